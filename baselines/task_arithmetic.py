@@ -1,0 +1,14 @@
+"""Continual Task Arithmetic (Ilharco et al. 2023, arXiv:2212.04089; continual form as in FusionBench).
+
+    M_0 = θ_0,   M_t = M_{t−1} + λ·(θ_t − θ_0)
+
+so M_T = θ_0 + λ·Σ_t τ_t whatever the order.
+"""
+
+from cmbench.methods import merge_function
+from cmbench.tensors import apply, task_vector
+
+
+@merge_function("task_arithmetic", paper="Ilharco et al. 2023, arXiv:2212.04089")
+def task_arithmetic(ctx, merged, incoming, *, lam: float = 0.3):
+    return apply(merged, task_vector(incoming, ctx.theta0), lam)

@@ -1,0 +1,63 @@
+"""Continual TIES-merging (Yadav et al. 2023, arXiv:2306.01708; continual form as in FusionBench).
+
+TIES on task vectors τ_1..τ_n (flattened over the whole model):
+  1. trim:  keep each τ_i's top-k% entries by magnitude (|τ| ≥ its k-th largest |τ|),
+  2. elect: γ = sign(Σ_i trim(τ_i)); zeros take the majority sign sign(Σ γ),
+  3. merge: τ_m = Σ (or mean) of the trimmed entries whose sign agrees with γ.
+
+Continual form (FusionBench's ContinualTiesMerging):
+  M_1 = θ_0 + λ·τ_1,   M_t = M_{t−1} + λ·TIES(M_{t−1} − θ_0, θ_t − θ_0)
+
+``anchor="merged"`` is that published form; ``anchor="theta0"`` instead sets
+M_t = θ_0 + λ·TIES(...), a variant kept visible as a hyperparameter.
+"""
+
+from typing import Literal
+
+import torch
+
+from cmbench.methods import merge_function
+from cmbench.tensors import apply, flatten, task_vector, unflatten
+
+
+def trim(v: torch.Tensor, k: float) -> torch.Tensor:
+    """Keep the top-k fraction of |v| (ties at the threshold kept), zero the rest."""
+    d = v.numel()
+    kth = d - int(d * k)  # the reference keeps entries >= the (d − ⌊d·k⌋)-th smallest |v|
+    if kth < 1:
+        return v.clone()
+    thresh = v.abs().kthvalue(kth).values
+    return v * (v.abs() >= thresh)
+
+
+def ties(vectors: torch.Tensor, k: float, merge_func: str) -> torch.Tensor:
+    """TIES over the rows of ``vectors`` (n × d)."""
+    trimmed = torch.stack([trim(v, k) for v in vectors])
+    sign = torch.sign(trimmed.sum(0))
+    sign[sign == 0] = torch.sign(sign.sum())
+    agree = torch.where(sign > 0, trimmed > 0, trimmed < 0)
+    selected = trimmed * agree
+    if merge_func == "sum":
+        return selected.sum(0)
+    return selected.sum(0) / agree.sum(0).clamp(min=1)
+
+
+@merge_function("ties", paper="Yadav et al. 2023, arXiv:2306.01708")
+def ties_merging(
+    ctx,
+    merged,
+    incoming,
+    *,
+    k: float = 0.2,
+    lam: float = 0.5,
+    merge_func: Literal["sum", "mean"] = "sum",
+    anchor: Literal["merged", "theta0"] = "merged",
+):
+    tau = task_vector(incoming, ctx.theta0)
+    if ctx.step == 1:
+        return apply(ctx.theta0, tau, lam)
+    keys = sorted(tau)
+    prev = task_vector(merged, ctx.theta0)
+    stacked = torch.stack([flatten(prev, keys), flatten(tau, keys)])
+    merged_tv = unflatten(ties(stacked, k, merge_func), tau, keys)
+    return apply(merged if anchor == "merged" else ctx.theta0, merged_tv, lam)

@@ -1,0 +1,245 @@
+"""Expensive artefacts, content-addressed and cached: task data, θ0, heads, experts.
+
+A key is a hash of (the recipe fields that produce the artefact, the seed, the source of
+the code that computes it). Files are safetensors (tensors) plus a JSON sidecar,
+written atomically under a file lock, so concurrent jobs build each artefact once and a
+killed job never leaves a file a rerun would trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import torch
+from filelock import FileLock
+from safetensors.torch import load_file, save_file
+
+from . import CmbenchError, data as data_mod
+from .models import Head, create_backbone, features
+from .suite import Suite
+from .tensors import StateDict, content_hash
+from .train import fit
+
+_CODE_FILES = ("data/__init__.py", "data/micro.py", "models/__init__.py", "train.py", "artefacts.py")
+
+
+@lru_cache(maxsize=None)
+def code_hash(files: tuple[str, ...] = _CODE_FILES) -> str:
+    """Hash of the harness source files that produce numbers."""
+    root = Path(__file__).parent
+    h = hashlib.sha256()
+    for f in files:
+        h.update((root / f).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _key(*parts) -> str:
+    blob = json.dumps([code_hash(), *parts], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Store:
+    """A cache directory of ``<kind>/<key>.safetensors`` + ``<key>.json``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def _paths(self, kind: str, key: str) -> tuple[Path, Path]:
+        d = self.root / kind
+        return d / f"{key}.safetensors", d / f"{key}.json"
+
+    def get_or_make(self, kind: str, key: str, make: Callable[[], tuple[StateDict, dict]]) -> tuple[StateDict, dict]:
+        tensors_path, meta_path = self._paths(kind, key)
+        if meta_path.exists():  # the sidecar is written last: its presence marks completion
+            return self._load(tensors_path, meta_path)
+        tensors_path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(tensors_path) + ".lock"):
+            if meta_path.exists():
+                return self._load(tensors_path, meta_path)
+            tensors, meta = make()
+            tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
+            meta = dict(meta, key=key, content_hash=content_hash(tensors))
+            fd, tmp = tempfile.mkstemp(dir=tensors_path.parent, suffix=".tmp")
+            os.close(fd)
+            try:
+                save_file(tensors, tmp)
+                os.replace(tmp, tensors_path)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+            atomic_write_bytes(meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())
+        return tensors, meta
+
+    def has(self, kind: str, key: str) -> bool:
+        return self._paths(kind, key)[1].exists()
+
+    @staticmethod
+    def _load(tensors_path: Path, meta_path: Path) -> tuple[StateDict, dict]:
+        meta = json.loads(meta_path.read_text())
+        try:
+            tensors = load_file(str(tensors_path))
+        except Exception as e:
+            raise CmbenchError(f"{tensors_path}: unreadable cached artefact ({e}); delete it to rebuild") from None
+        if content_hash(tensors) != meta["content_hash"]:
+            raise CmbenchError(f"{tensors_path}: content hash does not match {meta_path.name}; delete both to rebuild")
+        return tensors, meta
+
+
+# -- the artefacts of a micro suite ---------------------------------------------------------
+
+
+@lru_cache(maxsize=64)
+def task_data(dataset: str, task: str, data_seed: int, img_size: int, params_json: str) -> data_mod.TaskData:
+    return data_mod.build(dataset, task, data_seed, img_size, json.loads(params_json))
+
+
+def load_tasks(suite: Suite) -> dict[str, data_mod.TaskData]:
+    return {
+        t.name: task_data(t.dataset, t.name, suite.data_seed, suite.backbone.img_size,
+                          json.dumps(t.params, sort_keys=True))
+        for t in suite.tasks
+    }
+
+
+def theta0_key(suite: Suite, seed: int) -> str:
+    tasks = [t.model_dump() for t in suite.tasks]
+    return _key("theta0", suite.backbone.model_dump(), suite.pretrain.model_dump(), tasks, suite.data_seed, seed)
+
+
+def heads_key(suite: Suite, seed: int) -> str:
+    return _key("heads", theta0_key(suite, seed), suite.heads.model_dump())
+
+
+def expert_key(suite: Suite, seed: int, task: str) -> str:
+    return _key("expert", heads_key(suite, seed), task, suite.experts.model_dump(), suite.evaluation.model_dump())
+
+
+def _rotate_batch(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    r = torch.randint(0, 4, (len(x),), generator=gen)
+    out = x.clone()
+    for k in range(1, 4):
+        sel = r == k
+        out[sel] = torch.rot90(x[sel], k, dims=(-2, -1))
+    return out, r
+
+
+def make_theta0(suite: Suite, seed: int) -> tuple[StateDict, dict]:
+    """Pretrain θ0 without task labels: predict the source task and the rotation."""
+    torch.manual_seed(seed)
+    tasks = load_tasks(suite)
+    backbone = create_backbone(suite.backbone)
+    d = suite.backbone.embed_dim
+    fam_head, rot_head = torch.nn.Linear(d, len(tasks)), torch.nn.Linear(d, 4)
+    x = torch.cat([td.train.x for td in tasks.values()])
+    fam = torch.cat([torch.full((len(td.train),), i) for i, td in enumerate(tasks.values())])
+    gen = torch.Generator().manual_seed(seed + 1)
+
+    def loss_fn(xb, yb):
+        xr, rot = _rotate_batch(xb, gen)
+        f = backbone(xr)
+        ce = torch.nn.functional.cross_entropy
+        return ce(fam_head(f), yb) + ce(rot_head(f), rot)
+
+    params = [*backbone.parameters(), *fam_head.parameters(), *rot_head.parameters()]
+    losses = fit(params, loss_fn, x, fam, suite.pretrain, seed, what="θ0 pretraining")
+    return backbone.state_dict(), {"recipe": suite.pretrain.recipe, "losses": losses}
+
+
+def make_heads(suite: Suite, seed: int, theta0: StateDict) -> tuple[StateDict, dict]:
+    """One head per task from θ0's features on its train split (never val/test)."""
+    backbone = create_backbone(suite.backbone)
+    backbone.load_state_dict(theta0)
+    gen = torch.Generator().manual_seed(seed + 2)
+    out = {}
+    for name, td in load_tasks(suite).items():
+        feats = torch.nn.functional.normalize(features(backbone, td.train.x, suite.evaluation.batch_size), dim=-1)
+        y = td.train.y
+        n_cls = len(td.classes)
+        if suite.heads.kind == "prototype":
+            protos = []
+            for c in range(n_cls):
+                idx = torch.nonzero(y == c).flatten()
+                pick = idx[torch.randperm(len(idx), generator=gen)[: suite.heads.shots]]
+                protos.append(feats[pick].mean(0))
+            w = torch.nn.functional.normalize(torch.stack(protos), dim=-1) * suite.heads.scale
+            out[f"{name}.weight"] = w
+        else:  # linear probe: multinomial logistic regression, full batch L-BFGS
+            w = torch.zeros(n_cls, feats.shape[1], requires_grad=True)
+            b = torch.zeros(n_cls, requires_grad=True)
+            opt = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+
+            def closure():
+                opt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(feats @ w.T + b, y) + 1e-4 * (w**2).sum()
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+            out[f"{name}.weight"], out[f"{name}.bias"] = w.detach(), b.detach()
+    return out, {"kind": suite.heads.kind}
+
+
+def split_heads(tensors: StateDict, task_names: list[str]) -> dict[str, Head]:
+    return {n: Head(tensors[f"{n}.weight"], tensors.get(f"{n}.bias")) for n in task_names}
+
+
+def make_expert(suite: Suite, seed: int, task: str, theta0: StateDict, head: Head) -> tuple[StateDict, dict]:
+    """Fine-tune θ0 on one task with its head frozen; record its own test accuracy E."""
+    from .models import accuracy
+
+    idx = suite.task_names().index(task)
+    torch.manual_seed(seed * 1000 + idx)
+    backbone = create_backbone(suite.backbone)
+    backbone.load_state_dict(theta0)
+    backbone.train()
+    td = load_tasks(suite)[task]
+    recipe = suite.experts.finetune
+    ce = torch.nn.functional.cross_entropy
+
+    def loss_fn(xb, yb):
+        return ce(head(backbone(xb)), yb, label_smoothing=recipe.label_smoothing)
+
+    losses = fit(backbone.parameters(), loss_fn, td.train.x, td.train.y, recipe, seed * 1000 + idx,
+                 what=f"expert {task}")
+    acc = accuracy(backbone, head, td.test.x, td.test.y, suite.evaluation.batch_size)
+    return backbone.state_dict(), {"task": task, "test_accuracy": acc, "losses": losses}
+
+
+class SuiteArtefacts:
+    """θ0, heads and experts of one suite and seed, built on first use and cached."""
+
+    def __init__(self, suite: Suite, seed: int, store: Store):
+        self.suite, self.seed, self.store = suite, seed, store
+
+    def theta0(self) -> StateDict:
+        return self.store.get_or_make("theta0", theta0_key(self.suite, self.seed),
+                                      lambda: make_theta0(self.suite, self.seed))[0]
+
+    def heads(self) -> dict[str, Head]:
+        t, _ = self.store.get_or_make("heads", heads_key(self.suite, self.seed),
+                                      lambda: make_heads(self.suite, self.seed, self.theta0()))
+        return split_heads(t, self.suite.task_names())
+
+    def expert(self, task: str) -> tuple[StateDict, dict]:
+        return self.store.get_or_make(
+            "experts", expert_key(self.suite, self.seed, task),
+            lambda: make_expert(self.suite, self.seed, task, self.theta0(), self.heads()[task]))

@@ -1,0 +1,124 @@
+"""``cmbench``: run suites, render the leaderboard, list what exists.
+
+    cmbench run suites/micro-digits-merge.yaml           # all methods, seeds and orders
+    cmbench run SUITE --methods ties,task_arithmetic --seeds 1 --orders 2
+    cmbench report                                        # results/ -> leaderboard.md + plots/
+    cmbench list methods | suites
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import CmbenchError
+
+
+def _suite_dirs() -> list[Path]:
+    dirs = [Path.cwd() / "suites", Path(__file__).resolve().parents[1] / "suites"]
+    return [d for i, d in enumerate(dirs) if d.is_dir() and d.resolve() not in [x.resolve() for x in dirs[:i]]]
+
+
+def _resolve_suite(arg: str) -> Path:
+    p = Path(arg)
+    if p.exists() or p.suffix in (".yaml", ".yml"):
+        return p
+    for d in _suite_dirs():  # allow `cmbench run micro-digits-merge`
+        if (d / f"{arg}.yaml").exists():
+            return d / f"{arg}.yaml"
+    return p
+
+
+def cmd_run(args) -> int:
+    from .runner import run_suite
+
+    summary = run_suite(
+        _resolve_suite(args.suite),
+        methods=[m for m in args.methods.split(",") if m] if args.methods else None,
+        seeds=args.seeds, orders=args.orders, workers=args.workers, ray_address=args.ray_address,
+        out=args.out, force=args.force, dry_run=args.dry_run, tracking_uri=args.tracking_uri,
+        executor="local" if args.no_ray else "ray",
+    )
+    return 1 if summary["failed"] else 0
+
+
+def cmd_report(args) -> int:
+    from .report import render_leaderboard
+
+    out = render_leaderboard(args.results, args.output, args.plots)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    if args.what == "methods":
+        from .methods import discover
+
+        for name, cls in sorted(discover().items()):
+            hp = ", ".join(f"{k}={v!r}" for k, v in cls.defaults().items()) or "-"
+            tag = " [reconstruction]" if cls.reconstruction else ""
+            print(f"{name}{tag}\n  settings: {', '.join(cls.settings)}; data: {cls.data_access}; "
+                  f"hyperparameters: {hp}\n  paper: {cls.paper or '-'}")
+    else:
+        from .suite import load_suite
+
+        for d in _suite_dirs():
+            for p in sorted(d.glob("*.yaml")):
+                try:
+                    s = load_suite(p)
+                    print(f"{p}: {s.setting}, {len(s.tasks)} tasks, {len(s.seeds)} seeds, "
+                          f"{len(s.methods)} methods")
+                except CmbenchError as e:
+                    print(f"{p}: INVALID: {e}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="cmbench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="run a suite's jobs (method × seed × order); finished jobs are skipped",
+                       description="Run a suite. Artefacts (θ0, heads, experts) are built once and cached; "
+                                   "each job writes results/<suite>/<method>/seed<S>-order<O>.json.")
+    r.add_argument("suite", help="path to a suite YAML file, or the name of one in suites/")
+    r.add_argument("--methods", help="comma-separated method names or labels (default: all in the suite)")
+    r.add_argument("--seeds", type=int, help="use only the first N seeds of the suite")
+    r.add_argument("--orders", type=int, help="use only the first N task orders per seed")
+    r.add_argument("--workers", type=int, help="parallel jobs on the local Ray instance (default: cores / cpus_per_job)")
+    r.add_argument("--ray-address", help="join a Ray cluster at this address instead of starting a local one")
+    r.add_argument("--out", default=".", help="directory for results/ and .cmbench/ (cache, MLflow) (default: .)")
+    r.add_argument("--force", action="store_true", help="recompute jobs even if their result exists")
+    r.add_argument("--dry-run", action="store_true", help="validate and list the jobs that would run")
+    r.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under OUT/.cmbench)")
+    r.add_argument("--no-ray", action="store_true", help="run jobs in this process, one after another")
+    r.set_defaults(fn=cmd_run)
+
+    rp = sub.add_parser("report", help="render leaderboard.md and plots from result files")
+    rp.add_argument("--results", default="results", help="results directory (default: results)")
+    rp.add_argument("--output", default="leaderboard.md", help="markdown file to write (default: leaderboard.md)")
+    rp.add_argument("--plots", help="directory for plots (default: plots/ next to the output)")
+    rp.set_defaults(fn=cmd_report)
+
+    ls = sub.add_parser("list", help="list methods or suites")
+    ls.add_argument("what", choices=["methods", "suites"])
+    ls.set_defaults(fn=cmd_list)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except CmbenchError as e:
+        print(f"cmbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cmbench: interrupted; finished jobs are saved, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Task datasets: a registry of builders returning fixed train/val/test splits.
+
+Every builder returns a :class:`TaskData` of uint8 image tensors (N, C, H, W) and int64
+labels per split. Splits are a function of the *data seed* only, never of the run seed,
+so θ0's pretraining, every expert and every method see the same partition and no test
+image is ever trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .. import CmbenchError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    x: Tensor  # uint8, (N, C, H, W)
+    y: Tensor  # int64, (N,)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def float(self) -> Tensor:
+        """Images scaled to [-1, 1]."""
+        return self.x.float().div_(127.5).sub_(1.0)
+
+
+@dataclass
+class TaskData:
+    name: str
+    classes: list[str]
+    train: Split
+    val: Split
+    test: Split
+
+    def split(self, name: str) -> Split:
+        if name not in SPLITS:
+            raise CmbenchError(f"unknown split {name!r}; allowed: {SPLITS}")
+        return getattr(self, name)
+
+
+Builder = Callable[..., TaskData]
+DATASETS: dict[str, Builder] = {}
+
+
+def dataset(name: str):
+    """Register a builder ``fn(task_name, data_seed, img_size, **params) -> TaskData``."""
+
+    def deco(fn: Builder) -> Builder:
+        DATASETS[name] = fn
+        return fn
+
+    return deco
+
+
+def build(name: str, task: str, data_seed: int, img_size: int, params: dict) -> TaskData:
+    if name not in DATASETS:
+        raise CmbenchError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name](task, data_seed, img_size, **params)
+
+
+from . import micro  # noqa: E402,F401  (registers the micro datasets)

@@ -1,0 +1,180 @@
+"""Micro datasets that run on a laptop CPU: scikit-learn's digits and small image tasks
+generated from seeds (grayscale, ``img_size``², default 16).
+
+Each generated task draws every split from its own random stream
+``(data_seed, task name, split)``, so splits never share an image.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import SPLITS, Split, TaskData, dataset
+
+
+def _rng(data_seed: int, task: str, stream: str) -> np.random.Generator:
+    return np.random.default_rng([data_seed, zlib.crc32(task.encode()), zlib.crc32(stream.encode())])
+
+
+def _to_split(images: np.ndarray, labels: np.ndarray) -> Split:
+    x = torch.from_numpy(np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8))[:, None]
+    return Split(x=x.contiguous(), y=torch.from_numpy(labels.astype(np.int64)))
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+    t = torch.from_numpy(images.astype(np.float32))[:, None]
+    t = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+    return t[:, 0].numpy()
+
+
+@dataset("digits")
+def digits(task: str, data_seed: int, img_size: int, *, val_frac: float = 0.1, test_frac: float = 0.3,
+           noise: float = 0.0) -> TaskData:
+    """scikit-learn's 8×8 digits (1797 images), upscaled; stratified fixed split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = _resize(d.images / 16.0, img_size)
+    labels = d.target
+    rng = _rng(data_seed, "digits-split", "split")  # the same partition for every digits task
+    parts: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_test, n_val = round(len(idx) * test_frac), round(len(idx) * val_frac)
+        parts["test"] += idx[:n_test].tolist()
+        parts["val"] += idx[n_test : n_test + n_val].tolist()
+        parts["train"] += idx[n_test + n_val :].tolist()
+    splits = {}
+    for s in SPLITS:
+        idx = np.sort(np.array(parts[s]))
+        x = images[idx]
+        if noise:
+            x = x + _rng(data_seed, task, s + "-noise").normal(0, noise, x.shape)
+        splits[s] = _to_split(x, labels[idx])
+    return TaskData(task, [str(c) for c in range(10)], **splits)
+
+
+# -- generated tasks ----------------------------------------------------------------------
+
+Sampler = Callable[[np.random.Generator, int, int], np.ndarray]  # (rng, label, size) -> image
+
+
+def _grid(size: int):
+    return np.mgrid[0:size, 0:size].astype(np.float32) + 0.5  # (yy, xx)
+
+
+def _generated(task: str, data_seed: int, size: int, classes: list[str], sample: Sampler,
+               n_train: int, n_val: int, n_test: int, noise: float) -> TaskData:
+    splits = {}
+    for s, n in zip(SPLITS, (n_train, n_val, n_test)):
+        rng = _rng(data_seed, task, s)
+        labels = rng.permutation(np.arange(n) % len(classes))
+        imgs = np.stack([sample(rng, int(c), size) for c in labels])
+        imgs = imgs + rng.normal(0.0, noise, imgs.shape)
+        splits[s] = _to_split(imgs, labels)
+    return TaskData(task, classes, **splits)
+
+
+def _task(name: str, classes: list[str]):
+    """Register a generated dataset from a per-image sampler."""
+
+    def deco(sample: Sampler) -> Sampler:
+        def build(task: str, data_seed: int, img_size: int, *, n_train: int = 1200, n_val: int = 200,
+                  n_test: int = 500, noise: float = 0.05) -> TaskData:
+            return _generated(task, data_seed, img_size, classes, sample, n_train, n_val, n_test, noise)
+
+        build.__doc__ = sample.__doc__
+        dataset(name)(build)
+        return sample
+
+    return deco
+
+
+@_task("shapes", ["disk", "square", "triangle", "cross", "ring"])
+def _shape(rng, c, size):
+    """One of five shapes at a random place, size and brightness."""
+    yy, xx = _grid(size)
+    r = rng.uniform(0.2, 0.32) * size
+    cy, cx = rng.uniform(r, size - r, 2)
+    dy, dx = yy - cy, xx - cx
+    if c == 0:
+        m = dy**2 + dx**2 <= r**2
+    elif c == 1:
+        m = (abs(dy) <= r * 0.85) & (abs(dx) <= r * 0.85)
+    elif c == 2:
+        m = (dy <= r * 0.8) & (dy >= -r) & (abs(dx) <= (dy + r) * 0.55)
+    elif c == 3:
+        w = max(1.0, r * 0.3)
+        m = ((abs(dy) <= w) & (abs(dx) <= r)) | ((abs(dx) <= w) & (abs(dy) <= r))
+    else:
+        d2 = dy**2 + dx**2
+        m = (d2 <= r**2) & (d2 >= (r * 0.55) ** 2)
+    return m * rng.uniform(0.6, 1.0)
+
+
+@_task("bars", ["0°", "30°", "60°", "90°", "120°", "150°"])
+def _bar(rng, c, size):
+    """A bar at one of six orientations through a random point."""
+    yy, xx = _grid(size)
+    a = np.deg2rad(30 * c + rng.uniform(-6, 6))
+    cy, cx = rng.uniform(0.3 * size, 0.7 * size, 2)
+    along = (xx - cx) * np.cos(a) + (yy - cy) * np.sin(a)
+    across = -(xx - cx) * np.sin(a) + (yy - cy) * np.cos(a)
+    m = (abs(across) <= rng.uniform(0.6, 1.1)) & (abs(along) <= rng.uniform(0.3, 0.45) * size)
+    return m * rng.uniform(0.6, 1.0)
+
+
+@_task("dots", ["1", "2", "3", "4", "5"])
+def _dots(rng, c, size):
+    """Count the dots: 1 to 5 small blobs at distinct places."""
+    yy, xx = _grid(size)
+    img = np.zeros((size, size), np.float32)
+    cells = rng.choice(16, c + 1, replace=False)  # a 4×4 grid of cells keeps dots apart
+    for cell in cells:
+        cy = (cell // 4 + rng.uniform(0.3, 0.7)) * size / 4
+        cx = (cell % 4 + rng.uniform(0.3, 0.7)) * size / 4
+        img = np.maximum(img, ((yy - cy) ** 2 + (xx - cx) ** 2 <= (0.07 * size) ** 2 + 0.5) * 1.0)
+    return img * rng.uniform(0.6, 1.0)
+
+
+@_task("stripes", ["f1", "f2", "f3", "f4", "f5"])
+def _stripes(rng, c, size):
+    """A grating; the class is its spatial frequency (1–5 cycles per image)."""
+    yy, xx = _grid(size)
+    a = rng.uniform(0, np.pi)
+    u = (xx * np.cos(a) + yy * np.sin(a)) / size
+    return 0.5 + 0.4 * np.sin(2 * np.pi * (c + 1) * u + rng.uniform(0, 2 * np.pi))
+
+
+@_task("quadrant", ["top-left", "top-right", "bottom-left", "bottom-right"])
+def _quadrant(rng, c, size):
+    """A bright blob in one quadrant, a dimmer distractor anywhere."""
+    yy, xx = _grid(size)
+    h = size / 2
+    cy = (c // 2) * h + rng.uniform(0.25, 0.75) * h
+    cx = (c % 2) * h + rng.uniform(0.25, 0.75) * h
+    s = rng.uniform(0.08, 0.14) * size
+    img = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s**2))
+    dy, dx = rng.uniform(0, size, 2)
+    return img + 0.35 * np.exp(-((yy - dy) ** 2 + (xx - dx) ** 2) / (2 * (0.06 * size) ** 2))
+
+
+@_task("sizes", ["xs", "s", "m", "l", "xl"])
+def _size(rng, c, size):
+    """A filled square; the class is its side (5 sizes)."""
+    side = (0.15 + 0.14 * c) * size
+    y0, x0 = rng.uniform(0, size - side, 2)
+    yy, xx = _grid(size)
+    m = (yy >= y0) & (yy <= y0 + side) & (xx >= x0) & (xx <= x0 + side)
+    return m * rng.uniform(0.5, 1.0)
+
+
+@_task("texture", ["sparse", "light", "medium", "dense", "solid"])
+def _texture(rng, c, size):
+    """Speckle density (5 levels)."""
+    p = (0.06, 0.18, 0.32, 0.48, 0.66)[c] + rng.uniform(-0.03, 0.03)
+    return (rng.random((size, size)) < p) * rng.uniform(0.6, 1.0)

@@ -1,0 +1,248 @@
+"""The Method interface, the registry and discovery of ``baselines/``.
+
+A method sees parameter dictionaries (state dicts), never the loop: the harness owns
+task order, evaluation, logging and checkpointing (``cmbench.protocol``).
+
+Two ways to write one:
+
+* a stateless merge is one typed function under :func:`merge_function`; its keyword-only
+  parameters with defaults are the hyperparameters (validated from their annotations)::
+
+      @merge_function("task_arithmetic", paper="Ilharco et al. 2023, arXiv:2212.04089")
+      def task_arithmetic(ctx, merged, incoming, *, lam: float = 0.3):
+          return apply(merged, task_vector(incoming, ctx.theta0), lam)
+
+* a method that carries state across steps subclasses :class:`Method`, decorated with
+  :func:`register`; its hyperparameters are the keyword-only arguments of ``__init__``.
+  Whatever it keeps in attributes between steps is measured as storage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import os
+import sys
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import torch
+from pydantic import ConfigDict, ValidationError, create_model
+
+from . import CmbenchError
+from .tensors import StateDict
+
+SETTINGS = ("merge_stream", "train_then_merge")
+DATA_ACCESS = ("none", "current_task", "calibration")
+
+
+@dataclass
+class Context:
+    """What a method may see at a step. ``step`` counts from 1; ``theta0`` is read-only."""
+
+    theta0: StateDict
+    num_tasks: int
+    seed: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    step: int = 0
+    task: str = ""
+    seen_tasks: list[str] = field(default_factory=list)
+    generator: torch.Generator | None = None
+
+
+class Method:
+    """Base class. Subclasses set the class attributes and implement :meth:`merge`."""
+
+    name: ClassVar[str] = ""
+    settings: ClassVar[tuple[str, ...]] = ("merge_stream",)
+    data_access: ClassVar[str] = "none"
+    paper: ClassVar[str] = ""
+    reconstruction: ClassVar[bool] = False
+
+    def __init__(self, **hparams: Any):
+        self.hparams = hparams
+
+    # -- the steps ---------------------------------------------------------------
+    def start(self, ctx: Context) -> None:
+        """Once per run, before the first step."""
+
+    def merge(self, ctx: Context, merged: StateDict, incoming: StateDict, task: str) -> StateDict:
+        """Return M_t from M_{t-1} (``merged``; θ0 at step 1) and the incoming expert.
+
+        Must not modify its inputs in place.
+        """
+        raise NotImplementedError
+
+    def finish(self, ctx: Context, merged: StateDict) -> StateDict:
+        """Once after the last step; the result is evaluated as the final row."""
+        return merged
+
+    # -- introspection ------------------------------------------------------------
+    @classmethod
+    def hparam_parameters(cls) -> list[inspect.Parameter]:
+        sig = inspect.signature(cls.__init__)
+        return [p for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY]
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {p.name: p.default for p in cls.hparam_parameters() if p.default is not p.empty}
+
+    @classmethod
+    def source_hash(cls) -> str:
+        """Hash of the file defining the method: a fixed method is recomputed."""
+        try:
+            src = Path(inspect.getsourcefile(cls) or "").read_bytes()
+        except (OSError, TypeError):
+            src = cls.__qualname__.encode()
+        return hashlib.sha256(src).hexdigest()[:16]
+
+    @property
+    def kept(self) -> dict[str, Any]:
+        """State carried between steps (counted as storage): every attribute but hparams."""
+        return {k: v for k, v in vars(self).items() if k != "hparams"}
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: add a Method subclass to the registry under ``cls.name``."""
+    if not cls.name:
+        raise CmbenchError(f"{cls.__qualname__}: a method needs a non-empty `name`")
+    bad = set(cls.settings) - set(SETTINGS)
+    if bad:
+        raise CmbenchError(f"method {cls.name}: unknown settings {sorted(bad)}; allowed: {SETTINGS}")
+    if cls.data_access not in DATA_ACCESS:
+        raise CmbenchError(f"method {cls.name}: data_access must be one of {DATA_ACCESS}")
+    old = _REGISTRY.get(cls.name)
+    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise CmbenchError(
+            f"method name {cls.name!r} is registered twice: {old.__module__} and {cls.__module__}"
+        )
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def merge_function(
+    name: str, *, paper: str = "", settings: tuple[str, ...] = ("merge_stream",)
+) -> Callable[[Callable], type[Method]]:
+    """Turn ``fn(ctx, merged, incoming, *, hparam=default, ...)`` into a registered Method."""
+
+    def deco(fn: Callable) -> type[Method]:
+        params = [p for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
+
+        def merge(self, ctx, merged, incoming, task):
+            return fn(ctx, merged, incoming, **self.hparams)
+
+        cls = type(
+            fn.__name__,
+            (Method,),
+            {
+                "name": name,
+                "paper": paper,
+                "settings": settings,
+                "__doc__": fn.__doc__,
+                "__module__": fn.__module__,
+                "merge": merge,
+                "hparam_parameters": classmethod(lambda c: params),
+                "function": staticmethod(fn),
+            },
+        )
+        cls.__qualname__ = fn.__qualname__
+        return register(cls)
+
+    return deco
+
+
+# -- discovery ---------------------------------------------------------------------------
+
+
+def baseline_dirs() -> list[Path]:
+    """Where method files are discovered: $CMBENCH_BASELINES, ./baselines, the repo's own."""
+    dirs = [Path(p) for p in os.environ.get("CMBENCH_BASELINES", "").split(os.pathsep) if p]
+    dirs += [Path.cwd() / "baselines", Path(__file__).resolve().parents[1] / "baselines"]
+    out: list[Path] = []
+    for d in dirs:
+        d = d.resolve()
+        if d.is_dir() and d not in out:
+            out.append(d)
+    return out
+
+
+_LOADED: set[Path] = set()
+
+
+def discover(dirs: list[Path] | None = None) -> dict[str, type[Method]]:
+    """Import every ``*.py`` in the baseline folders and the ``cmbench.methods`` entry points.
+
+    Only these two sources are ever executed: plugins are code, so they come from the
+    project's own folder or an installed package, never from a suite or a result file.
+    """
+    for d in baseline_dirs() if dirs is None else dirs:
+        for path in sorted(Path(d).glob("*.py")):
+            path = path.resolve()
+            if path.name.startswith("_") or path in _LOADED:
+                continue
+            mod_name = f"cmbench_baselines.{path.stem}"
+            spec = importlib.util.spec_from_file_location(mod_name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[mod_name] = module
+            try:
+                spec.loader.exec_module(module)
+            except CmbenchError:
+                raise
+            except Exception as e:  # a broken plugin names itself
+                raise CmbenchError(f"{path}: failed to import method file: {type(e).__name__}: {e}")
+            _LOADED.add(path)
+    for ep in entry_points(group="cmbench.methods"):
+        ep.load()
+    return dict(_REGISTRY)
+
+
+def get(name: str) -> type[Method]:
+    if name not in _REGISTRY:
+        discover()
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY)) or "(none found)"
+        raise CmbenchError(f"unknown method {name!r}; known methods: {known}")
+    return _REGISTRY[name]
+
+
+def validate_hparams(cls: type[Method], given: dict[str, Any]) -> dict[str, Any]:
+    """Check names and types against the method's signature; return defaults filled in.
+
+    Raises ValueError with ``(field, message)`` pairs so the suite loader can name the path.
+    """
+    fields = {}
+    for p in cls.hparam_parameters():
+        ann = p.annotation if p.annotation is not p.empty else Any
+        if isinstance(ann, str):  # postponed annotations
+            ann = eval(ann, vars(sys.modules[cls.__module__]))  # noqa: S307 - our own code
+        fields[p.name] = (ann, ... if p.default is p.empty else p.default)
+    model = create_model(f"{cls.name}_hparams", __config__=ConfigDict(extra="forbid", strict=False), **fields)
+    try:
+        return model(**given).model_dump()
+    except ValidationError as e:
+        raise HparamError(
+            [(".".join(str(x) for x in err["loc"]), _hparam_msg(err, fields)) for err in e.errors()]
+        ) from None
+
+
+def _hparam_msg(err: dict, fields: dict) -> str:
+    if err["type"] == "extra_forbidden":
+        return f"unknown hyperparameter; allowed: {', '.join(fields) or '(none)'}"
+    return f"{err['msg']} (got {err.get('input')!r})"
+
+
+class HparamError(ValueError):
+    def __init__(self, errors: list[tuple[str, str]]):
+        super().__init__("; ".join(f"{f}: {m}" for f, m in errors))
+        self.errors = errors
+
+
+def create(name: str, hparams: dict[str, Any]) -> Method:
+    cls = get(name)
+    return cls(**validate_hparams(cls, hparams))

@@ -1,0 +1,159 @@
+"""``leaderboard.md`` from ``results/``: one table per suite, reference rows set apart.
+
+Aggregation: every (seed, order) job is one observation; a cell is mean ± sample std
+(ddof=1) over them, with n. Reference rows come from the same files: ``pretrained`` is
+row 0 of R (θ0), ``individual`` is E (each expert on its own task); both depend on the
+seed only, so they are aggregated over seeds.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from ..runner import load_results
+from .plots import plot_accuracy_over_steps
+
+METRIC_COLS = ("ACC", "AIA", "BWT", "FGT", "FWT", "NACC")
+
+
+def _stat(values) -> tuple[float, float, int]:
+    v = np.array([x for x in values if x is not None and x == x], dtype=float)
+    if v.size == 0:
+        return float("nan"), float("nan"), 0
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0, int(v.size)
+
+
+def _pct(values, signed: bool = False) -> str:
+    m, s, n = _stat(values)
+    if n == 0:
+        return "–"
+    fmt = "{:+.1f}" if signed else "{:.1f}"
+    return f"{fmt.format(100 * m)} ± {100 * s:.1f}"
+
+
+def _bytes(n: float) -> str:
+    if n != n:
+        return "–"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _per_seed(recs: list[dict], fn) -> dict[int, float]:
+    """One value per seed (these quantities do not depend on the order)."""
+    out = {}
+    for r in recs:
+        out.setdefault(r["seed"], fn(r))
+    return out
+
+
+def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -> list[str]:
+    ok = [r for r in recs if r["status"] == "ok"]
+    failed = [r for r in recs if r["status"] != "ok"]
+    by_label: dict[str, list[dict]] = defaultdict(list)
+    for r in ok:
+        by_label[r["label"]].append(r)
+    hashes = sorted({r["suite_hash"] for r in recs})
+    commits = sorted({r.get("git_commit") or "?" for r in recs})
+    last = max((r.get("finished_at") or "" for r in recs), default="")
+    lines = [f"## {suite}", ""]
+    setting = recs[0].get("setting", "merge_stream")
+    lines.append(f"Setting: `{setting}` · suite hash {', '.join(f'`{h}`' for h in hashes)} · "
+                 f"commit {', '.join(f'`{c[:10]}`' for c in commits)} · last job {last}")
+    lines.append("")
+
+    header = ["Method", "n", *METRIC_COLS, "Storage (peak)", "Merge time (s)", "Hyperparameters"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
+    for label, rs in by_label.items():
+        acc_mean = _stat([r["metrics"]["ACC"] for r in rs])[0]
+        hp = ", ".join(f"{k}={v}" for k, v in sorted(rs[0]["hparams"].items())) or "–"
+        name = label + (" †" if rs[0].get("reconstruction") else "") + (" ‡" if rs[0].get("R_final_before_finish") else "")
+        cells = [name, str(len(rs))]
+        for col in METRIC_COLS:
+            cells.append(_pct([r["metrics"].get(col) for r in rs], signed=col in ("BWT", "FWT")))
+        cells.append(_bytes(_stat([r["storage_bytes"]["peak"] for r in rs])[0]))
+        cells.append(f"{_stat([r['timings']['merge_total_s'] for r in rs])[0]:.3f}")
+        cells.append(hp)
+        rows.append((-acc_mean, label, cells))
+    for _, _, cells in sorted(rows):
+        lines.append("| " + " | ".join(cells) + " |")
+
+    # reference rows, set apart
+    if ok:
+        theta0 = _per_seed(ok, lambda r: float(np.mean(r["R"][0])))
+        indiv = _per_seed(ok, lambda r: float(np.mean(r["E"])))
+        blank = ["–"] * (len(METRIC_COLS) - 1)
+        lines.append(f"| *pretrained θ0* | {len(theta0)} seeds | {_pct(theta0.values())} | " + " | ".join(blank) + " | – | – | – |")
+        lines.append(f"| *individual experts* | {len(indiv)} seeds | {_pct(indiv.values())} | " + " | ".join(blank[:-1]) + " | 100.0 ± 0.0 | – | – | – |")
+    if failed:
+        lines += ["", f"**{len(failed)} failed job(s)** (counted, not dropped):"]
+        for r in sorted(failed, key=lambda r: (r["label"], r["seed"], r["order_index"])):
+            lines.append(f"- {r['label']} seed {r['seed']} order {r['order_index']}: {r.get('error', '?')}")
+    lines.append("")
+
+    if ok:
+        # ACC per seed, mean over orders: shows seed-to-seed spread next to the method gaps
+        seeds = sorted({r["seed"] for r in ok})
+        lines += ["ACC per seed (mean over orders), θ0 and experts for reference:", ""]
+        lines += ["| Method | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
+        for label in sorted(by_label, key=lambda lb: -_stat([r["metrics"]["ACC"] for r in by_label[lb]])[0]):
+            cells = []
+            for s in seeds:
+                m, _, n = _stat([r["metrics"]["ACC"] for r in by_label[label] if r["seed"] == s])
+                cells.append(f"{100 * m:.1f}" if n else "–")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("| *pretrained θ0* | " + " | ".join(f"{100 * theta0[s]:.1f}" for s in seeds) + " |")
+        lines.append("| *individual experts* | " + " | ".join(f"{100 * indiv[s]:.1f}" for s in seeds) + " |")
+        lines.append("")
+
+        # each expert and θ0 on each task (mean over seeds)
+        tasks = ok[0]["tasks"]
+        task_order = sorted(tasks, key=tasks.index)
+        per_task_e, per_task_0 = defaultdict(dict), defaultdict(dict)
+        for r in ok:
+            for j, t in enumerate(r["tasks"]):
+                per_task_e[t][r["seed"]] = r["E"][j]
+                per_task_0[t][r["seed"]] = r["R"][0][j]
+        lines += ["Per task (mean ± std over seeds): θ0 with the frozen head, and the expert on its own task:", ""]
+        lines += ["| | " + " | ".join(task_order) + " |", "|---|" + "---|" * len(task_order)]
+        lines.append("| θ0 | " + " | ".join(_pct(per_task_0[t].values()) for t in task_order) + " |")
+        lines.append("| expert | " + " | ".join(_pct(per_task_e[t].values()) for t in task_order) + " |")
+        lines.append("")
+
+        png = plot_accuracy_over_steps(suite, by_label, plots_dir)
+        rel = Path(png).resolve().relative_to(md_dir.resolve()) if md_dir else Path(png)
+        lines += [f"![average accuracy over steps]({rel.as_posix()})", ""]
+    return lines
+
+
+def render_leaderboard(results_dir: str | Path = "results", output: str | Path = "leaderboard.md",
+                       plots_dir: str | Path | None = None) -> Path:
+    results_dir, output = Path(results_dir), Path(output)
+    plots_dir = Path(plots_dir) if plots_dir else output.parent / "plots"
+    recs = load_results(results_dir)
+    by_suite: dict[str, list[dict]] = defaultdict(list)
+    for r in recs:
+        by_suite[r["suite"]].append(r)
+    lines = [
+        "# cmbench leaderboard",
+        "",
+        "Rendered by `cmbench report` from the result files under `results/` alone. Accuracies in %, "
+        "mean ± sample std over every (seed, task order) job; n = number of jobs. ACC final average "
+        "accuracy, AIA average incremental accuracy, BWT backward transfer (negative = forgetting), "
+        "FGT forgetting, FWT forward transfer, NACC accuracy normalised by each expert's own. "
+        "Storage: bytes a method keeps between steps beyond the merged model. "
+        "† reconstruction of a method without public code; ‡ end-of-stream refinement (lifts only the final row).",
+        "",
+    ]
+    if not by_suite:
+        lines.append("_No results yet: run `cmbench run suites/<suite>.yaml`._")
+    for suite in sorted(by_suite):
+        lines += suite_section(suite, by_suite[suite], plots_dir, output.parent)
+    output.write_text("\n".join(lines).rstrip() + "\n")
+    return output

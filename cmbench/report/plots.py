@@ -1,0 +1,38 @@
+"""Plots for the leaderboard (matplotlib, Agg; deterministic file contents)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import metrics
+
+
+def plot_accuracy_over_steps(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) -> Path:
+    """Mean accuracy over seen tasks after each step, per method, with a ±std band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    fig.patch.set_facecolor("white")
+    for label in sorted(by_label):
+        curves = np.array([metrics.step_average(r["R"]) for r in by_label[label]], dtype=float) * 100
+        steps = np.arange(1, curves.shape[1] + 1)
+        mean = np.nanmean(curves, axis=0)
+        std = np.nanstd(curves, axis=0, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
+        (line,) = ax.plot(steps, mean, marker="o", ms=3, label=f"{label} (n={len(curves)})")
+        ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.18, linewidth=0)
+    ax.set_xlabel("step t (tasks merged)")
+    ax.set_ylabel("mean accuracy on seen tasks (%)")
+    ax.set_title(f"{suite}: accuracy over steps (mean ± std over seeds × orders)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=True)
+    fig.tight_layout()
+    path = plots_dir / f"{suite}-accuracy-over-steps.png"
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+    return path

@@ -1,0 +1,255 @@
+"""Runs a suite's jobs: artefacts first, then (method × seed × order) jobs, on Ray.
+
+* Ray runs everything by default: a local instance sized by ``--workers``, or a cluster
+  via ``--ray-address``. ``executor="local"`` runs in-process (debugging, tests).
+* Each job fixes its torch thread count (``resources.cpus_per_job``) and its seeds, so a
+  rerun gives the identical matrix whatever the number of workers.
+* One JSON result per job, written atomically by the driver as soon as the job ends.
+  A job whose result exists with the same key (suite hash, method, hyperparameters,
+  method source hash, seed, order) is skipped; ``force`` recomputes. A killed run loses
+  only the jobs in flight.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import subprocess
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from tqdm import tqdm
+
+from . import CmbenchError
+from .artefacts import SuiteArtefacts, Store, atomic_write_bytes, code_hash, expert_key, theta0_key
+from .methods import baseline_dirs
+from .protocol import nan_to_none, run_job
+from .suite import Job, Suite, expand, load_suite
+
+
+@dataclass
+class Paths:
+    out: Path
+
+    @property
+    def results(self) -> Path:
+        return self.out / "results"
+
+    @property
+    def cache(self) -> Path:
+        return self.out / ".cmbench" / "cache"
+
+    @property
+    def tracking_uri(self) -> str:
+        db = (self.out / ".cmbench" / "mlflow.db").resolve()
+        return f"sqlite:///{db}"
+
+
+def job_key(job: Job) -> str:
+    """The job's identity plus the harness code that produces numbers."""
+    return f"{job.key}-{code_hash()}"
+
+
+def existing_result(path: Path, key: str) -> dict | None:
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # missing or unreadable (never trusted): recompute
+    return rec if rec.get("key") == key and rec.get("status") == "ok" else None
+
+
+def write_result(path: Path, record: dict) -> None:
+    payload = json.dumps(nan_to_none(record), indent=1, sort_keys=True).encode() + b"\n"
+    try:
+        atomic_write_bytes(path, payload)
+    except OSError as e:
+        raise CmbenchError(f"{path}: cannot write result: {e.strerror}") from None
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# -- executors ----------------------------------------------------------------------------
+
+
+def _call(fn: Callable, args: tuple, threads: int, env: dict[str, str]) -> Any:
+    """Worker-side wrapper: fix threads, make the project's baselines discoverable."""
+    import torch
+
+    os.environ.update(env)
+    torch.set_num_threads(threads)
+    return fn(*args)
+
+
+class LocalExecutor:
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def map(self, fn: Callable, argsets: list[tuple]) -> Iterator[tuple[tuple, Any, BaseException | None]]:
+        env = {"CMBENCH_BASELINES": os.pathsep.join(str(d) for d in baseline_dirs())}
+        for args in argsets:
+            try:
+                yield args, _call(fn, args, self.threads, env), None
+            except Exception as e:  # noqa: BLE001 - reported per job
+                yield args, None, e
+
+    def close(self):
+        pass
+
+
+class RayExecutor:
+    def __init__(self, workers: int, threads: int, gpus: float, address: str | None):
+        import ray
+
+        self.ray = ray
+        env = {"CMBENCH_BASELINES": os.pathsep.join(str(d) for d in baseline_dirs())}
+        kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=True,
+                                      configure_logging=True)
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=workers * threads, **kwargs)
+        self.remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=2)(_call)
+        self.threads, self.env = threads, env
+
+    def map(self, fn: Callable, argsets: list[tuple]):
+        pending = {self.remote.remote(fn, args, self.threads, self.env): args for args in argsets}
+        while pending:
+            done, _ = self.ray.wait(list(pending), num_returns=1)
+            ref = done[0]
+            args = pending.pop(ref)
+            try:
+                yield args, self.ray.get(ref), None
+            except Exception as e:  # noqa: BLE001 - reported per job
+                cause = getattr(e, "cause", None)
+                yield args, None, cause if isinstance(cause, BaseException) else e
+
+    def close(self):
+        self.ray.shutdown()
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def _prepare_theta0(suite: Suite, seed: int, cache: str) -> None:
+    art = SuiteArtefacts(suite, seed, Store(cache))
+    art.theta0()
+    art.heads()
+
+
+def _prepare_expert(suite: Suite, seed: int, task: str, cache: str) -> None:
+    SuiteArtefacts(suite, seed, Store(cache)).expert(task)
+
+
+def _run_job(suite: Suite, job: Job, cache: str, threads: int) -> dict:
+    return run_job(suite, job, Store(cache), threads)
+
+
+def _error_line(e: BaseException) -> str:
+    if isinstance(e, CmbenchError):
+        return str(e)
+    return f"{type(e).__name__}: {e}"
+
+
+def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, seeds: int | None = None,
+              orders: int | None = None, workers: int | None = None, ray_address: str | None = None,
+              out: str | Path = ".", force: bool = False, dry_run: bool = False,
+              tracking_uri: str | None = None, executor: str = "ray",
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    suite = load_suite(suite_path)
+    jobs = expand(suite, methods, seeds, orders)
+    paths = Paths(Path(out))
+    threads = suite.resources.cpus_per_job
+    workers = workers or max(1, (os.cpu_count() or 1) // threads)
+
+    todo, skipped = [], 0
+    for job in jobs:
+        if not force and existing_result(paths.results / job.relpath, job_key(job)):
+            skipped += 1
+        else:
+            todo.append(job)
+    log(f"suite {suite.name} (hash {suite.hash()}): {len(jobs)} jobs, {skipped} up to date, {len(todo)} to run")
+    if dry_run:
+        for job in todo:
+            log(f"  would run {job.label} seed={job.seed} order={job.order_index}: {' > '.join(job.order)}")
+        return {"jobs": len(jobs), "skipped": skipped, "ran": 0, "failed": 0}
+    if not todo:
+        return {"jobs": len(jobs), "skipped": skipped, "ran": 0, "failed": 0}
+
+    cache = str(paths.cache.resolve())
+    store = Store(cache)
+    ex = (RayExecutor(workers, threads, suite.resources.gpus_per_job, ray_address) if executor == "ray"
+          else LocalExecutor(threads))
+    from .tracking import Tracker
+
+    tracker = Tracker(tracking_uri or paths.tracking_uri, suite, log=log)
+    failed = 0
+    try:
+        # 1. artefacts, built once per seed and shared by every job (cached by content key)
+        need_seeds = sorted({j.seed for j in todo})
+        t0_args = [(suite, s, cache) for s in need_seeds if not store.has("theta0", theta0_key(suite, s))]
+        _drain(ex.map(_prepare_theta0, t0_args), f"pretraining θ0 ({len(t0_args)} seeds)", len(t0_args))
+        ex_args = [(suite, s, t, cache) for s in need_seeds for t in suite.task_names()
+                   if not store.has("experts", expert_key(suite, s, t))]
+        _drain(ex.map(_prepare_expert, ex_args), f"fine-tuning experts ({len(ex_args)})", len(ex_args))
+
+        # 2. the jobs; each result is written the moment it arrives
+        commit = git_commit()
+        argsets = [(suite, job, cache, threads) for job in todo]
+        bar = tqdm(total=len(argsets), desc="jobs", unit="job", file=sys.stderr)
+        for args, record, err in ex.map(_run_job, argsets):
+            job = args[1]
+            path = paths.results / job.relpath
+            if err is not None:
+                failed += 1
+                record = {"status": "failed", "error": _error_line(err), "suite": job.suite,
+                          "suite_hash": job.suite_hash, "method": job.method, "label": job.label,
+                          "hparams": dict(job.hparams), "seed": job.seed, "order_index": job.order_index,
+                          "tasks": list(job.order), "setting": suite.setting,
+                          "traceback": "".join(traceback.format_exception(err))[-4000:]}
+                log(f"job failed: {job.label} seed={job.seed} order={job.order_index}: {_error_line(err)}")
+            record.update(key=job_key(job), git_commit=commit,
+                          finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+            write_result(path, record)
+            tracker.log_job(record)
+            bar.update(1)
+        bar.close()
+    finally:
+        tracker.close()
+        ex.close()
+    log(f"done: {len(todo) - failed} ran, {failed} failed, {skipped} skipped; results in {paths.results / suite.name}")
+    return {"jobs": len(jobs), "skipped": skipped, "ran": len(todo) - failed, "failed": failed}
+
+
+def _drain(results: Iterable, desc: str, total: int) -> None:
+    if not total:
+        return
+    for _, _, err in tqdm(results, total=total, desc=desc, file=sys.stderr):
+        if err is not None:
+            raise CmbenchError(f"{desc}: {_error_line(err)}")
+
+
+def load_results(results_dir: str | Path) -> list[dict]:
+    out = []
+    for p in sorted(Path(results_dir).rglob("*.json")):
+        try:
+            rec = json.loads(p.read_text())
+        except ValueError:
+            raise CmbenchError(f"{p}: not valid JSON; delete it and rerun its suite") from None
+        if isinstance(rec, dict) and "suite" in rec and "status" in rec:
+            rec["_path"] = str(p)
+            out.append(rec)
+    return out
+
+
+__all__ = ["run_suite", "load_results", "load_suite", "Paths"]

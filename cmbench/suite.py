@@ -1,0 +1,308 @@
+"""Suite schema, validation with one-line errors, and expansion into jobs.
+
+A suite is a YAML file. Everything that changes a number is in it. Loading it checks
+types, unknown keys, task names in orders, dataset names, method names and their
+hyperparameters, and reports the first problem as ``FILE: FIELD.PATH: what is allowed``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from . import CmbenchError
+from . import methods as methods_mod
+
+Setting = Literal["merge_stream", "train_then_merge"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Backbone(Strict):
+    """The tiny timm VisionTransformer used by the micro suites."""
+
+    kind: Literal["tiny_vit"] = "tiny_vit"
+    img_size: int = Field(16, gt=0)
+    patch_size: int = Field(4, gt=0)
+    in_chans: int = Field(1, gt=0)
+    embed_dim: int = Field(64, gt=0)
+    depth: int = Field(4, gt=0)
+    num_heads: int = Field(4, gt=0)
+    mlp_ratio: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _shapes(self):
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size ({self.img_size}) must be a multiple of patch_size ({self.patch_size})")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim ({self.embed_dim}) must be a multiple of num_heads ({self.num_heads})")
+        return self
+
+
+class TrainRecipe(Strict):
+    epochs: int = Field(5, ge=0)
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    batch_size: int = Field(64, gt=0)
+    warmup_frac: float = Field(0.1, ge=0, le=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class Pretrain(TrainRecipe):
+    """How θ0 is made when no checkpoint is given.
+
+    ``family_rotation``: label-free; predict which task an image comes from and by how
+    much it was rotated (0/90/180/270°), on the train splits of the suite's tasks.
+    """
+
+    recipe: Literal["family_rotation"] = "family_rotation"
+
+
+class Task(Strict):
+    name: str = Field(min_length=1)
+    dataset: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from .data import DATASETS
+
+        if v not in DATASETS:
+            raise ValueError(f"unknown dataset {v!r}; known: {', '.join(sorted(DATASETS))}")
+        return v
+
+
+class Heads(Strict):
+    """Per-task heads fixed on θ0's features before any expert is trained.
+
+    ``prototype``: cosine classifier on ``shots`` class means per class (the analogue of
+    CLIP's zero-shot heads). ``linear_probe``: logistic regression on the train split.
+    """
+
+    kind: Literal["prototype", "linear_probe"] = "prototype"
+    shots: int = Field(5, gt=0)
+    scale: float = Field(20.0, gt=0)
+
+
+class Experts(Strict):
+    source: Literal["finetune"] = "finetune"
+    finetune: TrainRecipe = Field(default_factory=TrainRecipe)
+
+
+class Orders(Strict):
+    """Task orders, nested within seeds: the explicit lists, then ``random`` seeded
+    permutations per seed. With neither, the listed task order is used."""
+
+    explicit: list[list[str]] = Field(default_factory=list)
+    random: int = Field(0, ge=0)
+
+
+class MethodSpec(Strict):
+    name: str
+    label: Optional[str] = None
+    hparams: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+class Evaluation(Strict):
+    batch_size: int = Field(1024, gt=0)
+
+
+class Resources(Strict):
+    cpus_per_job: int = Field(1, gt=0)
+    gpus_per_job: float = Field(0, ge=0)
+
+
+class Suite(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    setting: Literal["merge_stream"] = "merge_stream"
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    data_seed: int = 0
+    backbone: Backbone = Field(default_factory=Backbone)
+    pretrain: Pretrain = Field(default_factory=Pretrain)
+    tasks: list[Task] = Field(min_length=1)
+    heads: Heads = Field(default_factory=Heads)
+    experts: Experts = Field(default_factory=Experts)
+    orders: Orders = Field(default_factory=Orders)
+    methods: list[MethodSpec] = Field(min_length=1)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    resources: Resources = Field(default_factory=Resources)
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        names = [t.name for t in self.tasks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise _FieldError("tasks", f"task names must be unique; repeated: {dup}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise _FieldError("seeds", "seeds must be unique")
+        for i, order in enumerate(self.orders.explicit):
+            if sorted(order) != sorted(names):
+                unknown = sorted(set(order) - set(names))
+                missing = sorted(set(names) - set(order))
+                repeated = sorted({n for n in order if order.count(n) > 1})
+                raise _FieldError(
+                    f"orders.explicit.{i}",
+                    "an order must list every task exactly once"
+                    + (f"; unknown: {unknown}" if unknown else "")
+                    + (f"; missing: {missing}" if missing else "")
+                    + (f"; repeated: {repeated}" if repeated else ""),
+                )
+        labels = [m.display for m in self.methods]
+        dup = sorted({n for n in labels if labels.count(n) > 1})
+        if dup:
+            raise _FieldError("methods", f"method labels must be unique (set `label`); repeated: {dup}")
+        for i, m in enumerate(self.methods):
+            try:
+                cls = methods_mod.get(m.name)
+            except CmbenchError as e:
+                raise _FieldError(f"methods.{i}.name", str(e))
+            if self.setting not in cls.settings:
+                raise _FieldError(f"methods.{i}.name", f"{m.name} supports {cls.settings}, not {self.setting}")
+            try:
+                m.hparams = methods_mod.validate_hparams(cls, m.hparams)
+            except methods_mod.HparamError as e:
+                field, msg = e.errors[0]
+                raise _FieldError(f"methods.{i}.hparams.{field}", msg)
+        return self
+
+    # -- identity --------------------------------------------------------------------
+    def environment(self) -> dict:
+        """Everything that changes numbers except the method list (adding a method does
+        not invalidate the other methods' results)."""
+        return self.model_dump(exclude={"name", "description", "methods"}, mode="json")
+
+    def hash(self) -> str:
+        blob = json.dumps(self.environment(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def orders_for(self, seed: int) -> list[list[str]]:
+        names = self.task_names()
+        out = [list(o) for o in self.orders.explicit]
+        rng = random.Random(f"order-{seed}")
+        for _ in range(self.orders.random):
+            out.append(rng.sample(names, len(names)))
+        return out or [names]
+
+
+class _FieldError(ValueError):
+    def __init__(self, field: str, msg: str):
+        super().__init__(msg)
+        self.field, self.msg = field, msg
+
+
+def _fmt_loc(loc: tuple) -> str:
+    return ".".join(str(x) for x in loc) or "(top level)"
+
+
+def _pydantic_message(err: dict) -> tuple[str, str]:
+    loc = _fmt_loc(err["loc"])
+    ctx_err = (err.get("ctx") or {}).get("error")
+    if isinstance(ctx_err, _FieldError):
+        return ctx_err.field, ctx_err.msg
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return loc, "unknown key; remove it or check its spelling"
+    if kind == "missing":
+        return loc, "required field is missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    if "input" in err and not isinstance(err["input"], (dict, list)):
+        msg += f" (got {err['input']!r})"
+    return loc, msg
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """SafeLoader: no tag constructs a Python object."""
+
+
+def load_suite(path: str | Path) -> Suite:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CmbenchError(f"{path}: suite file not found") from None
+    except UnicodeDecodeError as e:
+        raise CmbenchError(f"{path}: not UTF-8 text (byte {e.start}); save the suite as UTF-8") from None
+    except OSError as e:
+        raise CmbenchError(f"{path}: cannot read suite: {e.strerror}") from None
+    try:
+        raw = yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise CmbenchError(f"{path}: invalid YAML{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise CmbenchError(f"{path}: (top level): a suite is a mapping of keys (name, tasks, methods, ...)")
+    try:
+        return Suite.model_validate(raw)
+    except ValidationError as e:
+        field, msg = _pydantic_message(e.errors()[0])
+        raise CmbenchError(f"{path}: {field}: {msg}") from None
+
+
+# -- expansion into jobs ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    suite: str
+    suite_hash: str
+    method: str
+    label: str
+    hparams: tuple  # sorted (name, value) pairs, hashable
+    method_hash: str
+    seed: int
+    order_index: int
+    order: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps(
+            [self.suite_hash, self.method, self.hparams, self.method_hash, self.seed, self.order],
+            sort_keys=True, default=str,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    @property
+    def relpath(self) -> str:
+        return f"{self.suite}/{self.label}/seed{self.seed}-order{self.order_index}.json"
+
+
+def expand(suite: Suite, methods: list[str] | None = None, n_seeds: int | None = None,
+           n_orders: int | None = None) -> list[Job]:
+    specs = suite.methods
+    if methods:
+        known = {m.display for m in specs} | {m.name for m in specs}
+        unknown = [m for m in methods if m not in known]
+        if unknown:
+            raise CmbenchError(f"--methods: {unknown} not in suite {suite.name}; it has: {sorted(known)}")
+        specs = [m for m in specs if m.display in methods or m.name in methods]
+    seeds = suite.seeds[:n_seeds] if n_seeds else suite.seeds
+    suite_hash = suite.hash()
+    jobs = []
+    for spec, seed in itertools.product(specs, seeds):
+        cls = methods_mod.get(spec.name)
+        orders = suite.orders_for(seed)
+        for oi, order in enumerate(orders[:n_orders] if n_orders else orders):
+            jobs.append(Job(suite.name, suite_hash, spec.name, spec.display,
+                            tuple(sorted(spec.hparams.items())), cls.source_hash(), seed, oi, tuple(order)))
+    return jobs

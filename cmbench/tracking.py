@@ -1,0 +1,80 @@
+"""MLflow, logged from the driver only (SQLite locks under concurrent writers).
+
+One parent run per suite run, one nested run per job: parameters, per-step metrics, the
+final metrics and the accuracy matrix as a CSV artefact. If MLflow fails (server down,
+unwritable store), the run goes on: result files are the record, and a warning says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from . import metrics
+from .suite import Suite
+
+
+class Tracker:
+    def __init__(self, uri: str, suite: Suite, log: Callable[[str], None] = print):
+        self.log, self.enabled, self.parent = log, True, None
+        try:
+            import mlflow
+
+            if uri.startswith("sqlite:///"):
+                Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_experiment(suite.name)
+            self.parent = mlflow.start_run(run_name=f"{suite.name}", tags={"suite_hash": suite.hash()})
+            mlflow.log_param("suite", suite.name)
+            self.mlflow = mlflow
+        except Exception as e:  # noqa: BLE001 - tracking never fails a run
+            self._disable(e, uri)
+
+    def _disable(self, e: Exception, uri: str = "") -> None:
+        self.enabled = False
+        self.log(f"warning: MLflow tracking disabled ({type(e).__name__}: {str(e).splitlines()[0][:200]}) "
+                 f"{uri}; result files are still written")
+
+    def log_job(self, rec: dict) -> None:
+        if not self.enabled:
+            return
+        mlflow = self.mlflow
+        try:
+            name = f"{rec['label']}/seed{rec['seed']}/order{rec['order_index']}"
+            with mlflow.start_run(run_name=name, nested=True,
+                                  tags={"status": rec["status"], "key": rec.get("key", ""),
+                                        "method_source_hash": rec.get("method_source_hash", ""),
+                                        "git_commit": rec.get("git_commit") or ""}):
+                mlflow.log_params({"method": rec["method"], "seed": rec["seed"],
+                                   "order_index": rec["order_index"], "order": ">".join(rec["tasks"]),
+                                   **{f"hp.{k}": v for k, v in rec["hparams"].items()}})
+                if rec["status"] != "ok":
+                    mlflow.set_tag("error", rec.get("error", "")[:500])
+                    return
+                for t, v in enumerate(metrics.step_average(rec["R"]), start=1):
+                    mlflow.log_metric("avg_seen_acc", v, step=t)
+                for t, row in enumerate(rec["R"]):
+                    mlflow.log_metric("avg_all_acc", sum(row) / len(row), step=t)
+                mlflow.log_metrics({k: v for k, v in rec["metrics"].items() if v is not None and v == v})
+                with tempfile.TemporaryDirectory() as d:
+                    buf = io.StringIO()
+                    w = csv.writer(buf)
+                    w.writerow(["step"] + rec["tasks"])
+                    for t, row in enumerate(rec["R"]):
+                        w.writerow([t] + row)
+                    (Path(d) / "accuracy_matrix.csv").write_text(buf.getvalue())
+                    (Path(d) / "result.json").write_text(json.dumps(rec, indent=1, default=str))
+                    mlflow.log_artifacts(d)
+        except Exception as e:  # noqa: BLE001
+            self._disable(e)
+
+    def close(self) -> None:
+        if self.enabled and self.parent is not None:
+            try:
+                self.mlflow.end_run()
+            except Exception as e:  # noqa: BLE001
+                self._disable(e)
