@@ -19,6 +19,11 @@ import warnings
 import numpy as np
 
 
+def mean_defined(values) -> float:
+    """Mean over defined (non-NaN, non-None) values; NaN if there are none."""
+    return _nanmean([np.nan if v is None else v for v in values])
+
+
 def _nanmean(values) -> float:
     values = np.asarray(values, dtype=float)
     if values.size == 0 or np.all(np.isnan(values)):

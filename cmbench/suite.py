@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,9 +198,13 @@ class Suite(Strict):
     def orders_for(self, seed: int) -> list[list[str]]:
         names = self.task_names()
         out = [list(o) for o in self.orders.explicit]
+        # distinct permutations (and distinct from the explicit ones), up to all T! of them
         rng = random.Random(f"order-{seed}")
-        for _ in range(self.orders.random):
-            out.append(rng.sample(names, len(names)))
+        target = len(out) + min(self.orders.random, math.factorial(len(names)))
+        while len(out) < target:
+            perm = rng.sample(names, len(names))
+            if perm not in out:
+                out.append(perm)
         return out or [names]
 
 

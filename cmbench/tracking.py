@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -23,6 +24,9 @@ class Tracker:
         self.log, self.enabled, self.parent = log, True, None
         try:
             import mlflow
+
+            for noisy in ("mlflow", "alembic"):  # keep the terminal for progress and errors
+                logging.getLogger(noisy).setLevel(logging.WARNING)
 
             if uri.startswith("sqlite:///"):
                 Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -58,7 +62,7 @@ class Tracker:
                 for t, v in enumerate(metrics.step_average(rec["R"]), start=1):
                     mlflow.log_metric("avg_seen_acc", v, step=t)
                 for t, row in enumerate(rec["R"]):
-                    mlflow.log_metric("avg_all_acc", sum(row) / len(row), step=t)
+                    mlflow.log_metric("avg_all_acc", metrics.mean_defined(row), step=t)
                 mlflow.log_metrics({k: v for k, v in rec["metrics"].items() if v is not None and v == v})
                 with tempfile.TemporaryDirectory() as d:
                     buf = io.StringIO()

@@ -1,0 +1,145 @@
+"""End to end on the nano suite: determinism, caching, resume, Ray, failures, report."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from cmbench.artefacts import Store
+from cmbench.protocol import run_job
+from cmbench.report import render_leaderboard
+from cmbench.runner import Paths, load_results, run_suite
+from cmbench.suite import expand, load_suite
+
+from .conftest import NANO, REPO
+
+QUIET = dict(log=lambda s: None)
+
+
+def matrices(results_dir):
+    return {(r["label"], r["seed"], r["order_index"]): r["R"] for r in load_results(results_dir) if r["status"] == "ok"}
+
+
+def test_result_files_are_complete(nano_run):
+    recs = load_results(Paths(nano_run).results)
+    assert len(recs) == 12 and all(r["status"] == "ok" for r in recs)
+    r = recs[0]
+    T = len(r["tasks"])
+    assert len(r["R"]) == T + 1 and all(len(row) == T for row in r["R"])
+    assert all(0.0 <= v <= 1.0 for row in r["R"] for v in row)
+    assert len(r["E"]) == T and len(r["expert_content_hashes"]) == T
+    # row 0 is θ0 and does not depend on the method; E does not either
+    same_seed = [x for x in recs if x["seed"] == r["seed"] and x["tasks"] == r["tasks"]]
+    assert all(x["R"][0] == r["R"][0] and x["E"] == r["E"] for x in same_seed)
+    for k in ("ACC", "AIA", "BWT", "FGT", "FWT", "NACC"):
+        assert k in r["metrics"]
+    assert {"suite_hash", "key", "hparams", "method_source_hash", "versions", "timings", "storage_bytes"} <= set(r)
+
+
+def test_same_job_twice_gives_identical_matrix(nano_run):
+    suite = load_suite(NANO)
+    job = expand(suite, ["ties"], 1, 1)[0]
+    store = Store(Paths(nano_run).cache)
+    a = run_job(suite, job, store, threads=1)
+    b = run_job(suite, job, store, threads=1)
+    assert a["R"] == b["R"] and a["E"] == b["E"]
+    saved = json.loads((Paths(nano_run).results / job.relpath).read_text())
+    assert saved["R"] == a["R"]
+
+
+def test_rerun_skips_everything(nano_copy):
+    t = time.perf_counter()
+    summary = run_suite(NANO, out=nano_copy, executor="local", **QUIET)
+    assert summary["ran"] == 0 and summary["skipped"] == 12
+    assert time.perf_counter() - t < 10
+
+
+def test_editing_a_method_recomputes_only_that_method(nano_copy, tmp_path, monkeypatch):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    src = ("from cmbench.methods import merge_function\n"
+           "from cmbench.tensors import combine\n"
+           "@merge_function('e2e_halfway', paper='test')\n"
+           "def halfway(ctx, merged, incoming, *, w: float = 0.5):\n"
+           "    return combine([merged, incoming], lambda m, x: (1 - w) * m + w * x, like=incoming)\n")
+    (plugins / "e2e_halfway.py").write_text(src)
+    monkeypatch.setenv("CMBENCH_BASELINES", str(plugins))
+    d = yaml.safe_load(NANO.read_text())
+    d["methods"].append({"name": "e2e_halfway"})
+    suite_path = tmp_path / "nano-plus.yaml"
+    suite_path.write_text(yaml.safe_dump(d))
+    first = run_suite(suite_path, out=nano_copy, executor="local", **QUIET)
+    assert first["ran"] == 4 and first["skipped"] == 12  # adding a method keeps the others
+    (plugins / "e2e_halfway.py").write_text(src + "# a fix\n")
+    second = run_suite(suite_path, out=nano_copy, executor="local", **QUIET)
+    assert second["ran"] == 4 and second["skipped"] == 12
+
+
+def test_kill_and_resume_gives_identical_results(nano_run, nano_copy):
+    shutil.rmtree(Paths(nano_copy).results)
+    cmd = [sys.executable, "-m", "cmbench.cli", "run", str(NANO), "--no-ray", "--out", str(nano_copy)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(Paths(nano_copy).results.rglob("*.json")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = list(Paths(nano_copy).results.rglob("*.json"))
+    assert 1 <= len(partial) < 12, "kill landed before or after the run"
+    assert not list(Paths(nano_copy).results.rglob("*.tmp"))
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert matrices(Paths(nano_copy).results) == matrices(Paths(nano_run).results)
+
+
+def test_ray_executor_matches_in_process(nano_run, nano_copy):
+    shutil.rmtree(Paths(nano_copy).results)
+    summary = run_suite(NANO, out=nano_copy, executor="ray", workers=2, seeds=1, **QUIET)
+    assert summary["ran"] == 6 and summary["failed"] == 0
+    got = matrices(Paths(nano_copy).results)
+    want = matrices(Paths(nano_run).results)
+    assert got and all(got[k] == want[k] for k in got)
+
+
+def test_nan_merge_fails_that_job_only(nano_copy, tmp_path, monkeypatch):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "e2e_nan.py").write_text(
+        "import torch\n"
+        "from cmbench.methods import merge_function\n"
+        "@merge_function('e2e_nan', paper='test')\n"
+        "def nan(ctx, merged, incoming):\n"
+        "    out = {k: v.clone() for k, v in incoming.items()}\n"
+        "    out['blocks.0.attn.qkv.weight'][0, 0] = float('nan')\n"
+        "    return out\n")
+    monkeypatch.setenv("CMBENCH_BASELINES", str(plugins))
+    d = yaml.safe_load(NANO.read_text())
+    d["methods"].append({"name": "e2e_nan"})
+    suite_path = tmp_path / "nano-nan.yaml"
+    suite_path.write_text(yaml.safe_dump(d))
+    summary = run_suite(suite_path, out=nano_copy, executor="local", **QUIET)
+    assert summary["failed"] == 4 and summary["skipped"] == 12
+    failed = [r for r in load_results(Paths(nano_copy).results) if r["status"] == "failed"]
+    assert len(failed) == 4
+    assert all("blocks.0.attn.qkv.weight" in r["error"] and "after step 1" in r["error"] for r in failed)
+    md = render_leaderboard(Paths(nano_copy).results, tmp_path / "lb.md").read_text()
+    assert "4 failed job(s)" in md
+
+
+def test_report_is_deterministic(nano_copy, tmp_path):
+    a = render_leaderboard(Paths(nano_copy).results, tmp_path / "a" / "lb.md").read_bytes()
+    png_a = (tmp_path / "a" / "plots" / "nano-merge-accuracy-over-steps.png").read_bytes()
+    b = render_leaderboard(Paths(nano_copy).results, tmp_path / "b" / "lb.md").read_bytes()
+    png_b = (tmp_path / "b" / "plots" / "nano-merge-accuracy-over-steps.png").read_bytes()
+    assert a == b and png_a == png_b
+    text = a.decode()
+    for label in ("weight_average", "task_arithmetic", "ties", "pretrained θ0", "individual experts"):
+        assert label in text
+    assert "![average accuracy over steps](plots/nano-merge-accuracy-over-steps.png)" in text
