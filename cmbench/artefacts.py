@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -218,7 +219,11 @@ def make_expert(suite: Suite, seed: int, task: str, theta0: StateDict, head: Hea
     def loss_fn(xb, yb):
         return ce(head(backbone(xb)), yb, label_smoothing=recipe.label_smoothing)
 
-    losses = fit(backbone.parameters(), loss_fn, td.train.x, td.train.y, recipe, seed * 1000 + idx,
+    pattern = re.compile(recipe.trainable)
+    params = [p for n, p in backbone.named_parameters() if pattern.search(n)]
+    if not params:
+        raise CmbenchError(f"experts.finetune.trainable: {recipe.trainable!r} matches no parameter of the backbone")
+    losses = fit(params, loss_fn, td.train.x, td.train.y, recipe, seed * 1000 + idx,
                  what=f"expert {task}")
     acc = accuracy(backbone, head, td.test.x, td.test.y, suite.evaluation.batch_size)
     return backbone.state_dict(), {"task": task, "test_accuracy": acc, "losses": losses}

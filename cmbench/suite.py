@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -57,6 +58,16 @@ class TrainRecipe(Strict):
     batch_size: int = Field(64, gt=0)
     warmup_frac: float = Field(0.1, ge=0, le=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    trainable: str = Field(".*", description="regex over parameter names: the trainable subset")
+
+    @field_validator("trainable")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"not a valid regular expression: {e}")
+        return v
 
 
 class Pretrain(TrainRecipe):

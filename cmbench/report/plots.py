@@ -26,9 +26,16 @@ def plot_accuracy_over_steps(suite: str, by_label: dict[str, list[dict]], plots_
         std = np.nanstd(curves, axis=0, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
         (line,) = ax.plot(steps, mean, marker="o", ms=3, label=f"{label} (n={len(curves)})")
         ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.18, linewidth=0)
+    any_recs = [r for rs in by_label.values() for r in rs]
+    if any_recs:  # reference levels: θ0 and the experts, mean over seeds
+        by_seed = {r["seed"]: r for r in any_recs}
+        theta0 = 100 * np.mean([np.mean(r["R"][0]) for r in by_seed.values()])
+        experts = 100 * np.mean([np.mean(r["E"]) for r in by_seed.values()])
+        ax.axhline(theta0, color="0.45", ls=":", lw=1.2, label="pretrained θ0 (all tasks)")
+        ax.axhline(experts, color="0.45", ls="--", lw=1.2, label="individual experts")
     ax.set_xlabel("step t (tasks merged)")
     ax.set_ylabel("mean accuracy on seen tasks (%)")
-    ax.set_title(f"{suite}: accuracy over steps (mean ± std over seeds × orders)")
+    ax.set_title(f"{suite}\nmean ± std over seeds × orders", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=True)
     fig.tight_layout()
