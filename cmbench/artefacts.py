@@ -144,24 +144,46 @@ def _rotate_batch(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, 
 
 
 def make_theta0(suite: Suite, seed: int) -> tuple[StateDict, dict]:
-    """Pretrain θ0 without task labels: predict the source task and the rotation."""
+    """Pretrain θ0 on the train splits of the suite's tasks (never val/test).
+
+    ``family_rotation``: label-free; predict which task an image comes from and its
+    rotation (0/90/180/270°). ``multitask``: supervised on every task's labels, merged
+    into coarser classes (y // coarse) when ``coarse`` > 1, through throw-away heads (the analogue of a CLIP that has seen the concepts); the suite's
+    own heads are built afterwards from θ0's features and never see these.
+    """
     torch.manual_seed(seed)
     tasks = load_tasks(suite)
     backbone = create_backbone(suite.backbone)
     d = suite.backbone.embed_dim
-    fam_head, rot_head = torch.nn.Linear(d, len(tasks)), torch.nn.Linear(d, 4)
+    ce = torch.nn.functional.cross_entropy
     x = torch.cat([td.train.x for td in tasks.values()])
     fam = torch.cat([torch.full((len(td.train),), i) for i, td in enumerate(tasks.values())])
-    gen = torch.Generator().manual_seed(seed + 1)
+    if suite.pretrain.recipe == "family_rotation":
+        fam_head, rot_head = torch.nn.Linear(d, len(tasks)), torch.nn.Linear(d, 4)
+        heads = [fam_head, rot_head]
+        gen = torch.Generator().manual_seed(seed + 1)
+        y = fam
 
-    def loss_fn(xb, yb):
-        xr, rot = _rotate_batch(xb, gen)
-        f = backbone(xr)
-        ce = torch.nn.functional.cross_entropy
-        return ce(fam_head(f), yb) + ce(rot_head(f), rot)
+        def loss_fn(xb, yb):
+            xr, rot = _rotate_batch(xb, gen)
+            f = backbone(xr)
+            return ce(fam_head(f), yb) + ce(rot_head(f), rot)
+    else:  # multitask: (coarsened) labels offset per task, logits masked to the sample's task
+        c = suite.pretrain.coarse
+        sizes = torch.tensor([-(-len(td.classes) // c) for td in tasks.values()])
+        offsets = torch.cumsum(sizes, 0) - sizes
+        head = torch.nn.Linear(d, int(sizes.sum()))
+        heads = [head]
+        y = torch.cat([td.train.y // c + offsets[i] for i, td in enumerate(tasks.values())])
+        task_of = torch.repeat_interleave(torch.arange(len(tasks)), sizes)
 
-    params = [*backbone.parameters(), *fam_head.parameters(), *rot_head.parameters()]
-    losses = fit(params, loss_fn, x, fam, suite.pretrain, seed, what="θ0 pretraining")
+        def loss_fn(xb, yb):
+            logits = head(backbone(xb))
+            own = task_of[None, :] == task_of[yb][:, None]
+            return ce(logits.masked_fill(~own, float("-inf")), yb)
+
+    params = [*backbone.parameters(), *(p for h in heads for p in h.parameters())]
+    losses = fit(params, loss_fn, x, y, suite.pretrain, seed, what="θ0 pretraining")
     return backbone.state_dict(), {"recipe": suite.pretrain.recipe, "losses": losses}
 
 
@@ -175,7 +197,13 @@ def make_heads(suite: Suite, seed: int, theta0: StateDict) -> tuple[StateDict, d
         feats = torch.nn.functional.normalize(features(backbone, td.train.x, suite.evaluation.batch_size), dim=-1)
         y = td.train.y
         n_cls = len(td.classes)
-        if suite.heads.kind == "prototype":
+        if suite.heads.kind == "template":
+            # one canonical "description" per class: θ0's embedding of the class-mean image
+            # of the train split (the analogue of a zero-shot text prompt; no sampling)
+            means = torch.stack([td.train.x[y == c].float().mean(0) for c in range(n_cls)])
+            f = features(backbone, means.round().to(torch.uint8), suite.evaluation.batch_size)
+            out[f"{name}.weight"] = torch.nn.functional.normalize(f, dim=-1) * suite.heads.scale
+        elif suite.heads.kind == "prototype":
             protos = []
             for c in range(n_cls):
                 idx = torch.nonzero(y == c).flatten()

@@ -71,13 +71,10 @@ class TrainRecipe(Strict):
 
 
 class Pretrain(TrainRecipe):
-    """How θ0 is made when no checkpoint is given.
+    """How θ0 is made when no checkpoint is given (see ``artefacts.make_theta0``)."""
 
-    ``family_rotation``: label-free; predict which task an image comes from and by how
-    much it was rotated (0/90/180/270°), on the train splits of the suite's tasks.
-    """
-
-    recipe: Literal["family_rotation"] = "family_rotation"
+    recipe: Literal["family_rotation", "multitask"] = "family_rotation"
+    coarse: int = Field(1, ge=1, description="multitask: pretrain on labels y // coarse (coarser classes)")
 
 
 class Task(Strict):
@@ -98,11 +95,13 @@ class Task(Strict):
 class Heads(Strict):
     """Per-task heads fixed on θ0's features before any expert is trained.
 
-    ``prototype``: cosine classifier on ``shots`` class means per class (the analogue of
-    CLIP's zero-shot heads). ``linear_probe``: logistic regression on the train split.
+    ``template``: cosine classifier whose class vectors are θ0's embeddings of each class's
+    mean train image (one canonical description per class: the analogue of CLIP's
+    zero-shot text heads). ``prototype``: class means of ``shots`` train features per class.
+    ``linear_probe``: logistic regression on the train split.
     """
 
-    kind: Literal["prototype", "linear_probe"] = "prototype"
+    kind: Literal["template", "prototype", "linear_probe"] = "prototype"
     shots: int = Field(5, gt=0)
     scale: float = Field(20.0, gt=0)
 

@@ -1,0 +1,88 @@
+"""DOP: dual orthogonal projections (Yuan et al., "Continual Model Merging without Data:
+Dual Projections for Balancing Stability and Plasticity", NeurIPS 2025; continual form and
+defaults as in FusionBench's ContinualDOPForCLIP and config/method/dop/dop.yaml).
+
+M_1 = θ_1. For t ≥ 2, each linear weight matrix W (q, k, v separately when fused) is
+optimised from the average of the two models, W ← ½(W_{t−1} + W_t), to stay close to both
+the previous merged model (stability) and the new expert (plasticity) *in their own task
+subspaces*: with τ_i = W_i − W_0 = U_i Σ_i V_iᵀ truncated to the energy fraction ε,
+
+    L_i(W) = ‖Σ_i U_iᵀ (W − W_i)‖²_F + ‖(W − W_i) V_i Σ_i‖²_F,      i ∈ {merged, new}
+
+minimised by Adam (lr, num_steps) on Σ_i w_i L_i, where w comes from MGDA (the min-norm
+point of the two loss-normalised gradients), smoothed by an EMA started at (α, 1 − α).
+Every other parameter (biases, norms, embeddings) is the plain average ½(M_{t−1} + θ_t).
+Data-free; nothing is kept between steps but the merged model.
+"""
+
+from typing import Literal
+
+import torch
+
+from cmbench.methods import merge_function
+from cmbench.tensors import is_matrix, map_matrices
+
+
+def _subspace(tv: torch.Tensor, eps: float):
+    u, s, vh = torch.linalg.svd(tv, full_matrices=True)
+    r = int(torch.searchsorted(s.cumsum(0) / s.sum(), torch.tensor(min(eps, 1.0), dtype=s.dtype)))
+    return u[:, :r], s[:r], vh.T[:, :r]
+
+
+def _loss(delta, u, s, v, space):
+    lu = torch.linalg.matrix_norm(torch.diag(s) @ u.T @ delta) ** 2
+    lv = torch.linalg.matrix_norm(delta @ v @ torch.diag(s)) ** 2
+    return {"uv": lu + lv, "u": lu, "v": lv}[space]
+
+
+def min_norm_2(g1: torch.Tensor, g2: torch.Tensor) -> float:
+    """Weight γ on g1 of the min-norm point of the segment [g2, g1] (MGDA, two tasks)."""
+    v11, v12, v22 = float(g1 @ g1), float(g1 @ g2), float(g2 @ g2)
+    if v12 >= v11:
+        return 0.999
+    if v12 >= v22:
+        return 0.001
+    return -(v12 - v22) / (v11 + v22 - 2 * v12)
+
+
+def optimise(w0, w_merged, w_new, *, lr, num_steps, mgda, ema, ema_beta, alpha, eps, space):
+    targets = [w_merged, w_new]
+    subspaces = [_subspace(w - w0, eps) for w in targets]
+    W = torch.nn.Parameter((w_merged + w_new) / 2)
+    opt = torch.optim.Adam([W], lr=lr)
+    weights = [alpha, 1 - alpha]
+    for _ in range(num_steps):
+        if mgda:
+            grads = []  # each normalised by its loss value ("loss" gradient normaliser)
+            for target, (u, s, v) in zip(targets, subspaces):
+                loss_i = _loss(W - target, u, s, v, space)
+                (g,) = torch.autograd.grad(loss_i, W)
+                grads.append(g.flatten() / float(loss_i.detach()))
+            gamma = min_norm_2(grads[0], grads[1])
+            sol = [gamma, 1 - gamma]
+            weights = [ema_beta * w + (1 - ema_beta) * s_ for w, s_ in zip(weights, sol)] if ema else sol
+        total = sum(w * _loss(W - t, *sub, space) for w, t, sub in zip(weights, targets, subspaces))
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+    return W.detach()
+
+
+@merge_function("dop", paper="Yuan et al., NeurIPS 2025 (Continual Model Merging without Data: Dual Projections)")
+def dop(ctx, merged, incoming, *, lr: float = 1e-4, num_steps: int = 200, mgda: bool = True,
+        ema: bool = True, ema_beta: float = 0.999, alpha: float = 0.8, svd_epsilon: float = 0.99999,
+        svd_proj_space: Literal["uv", "u", "v"] = "uv"):
+    if ctx.step == 1:
+        return {k: v.clone() for k, v in incoming.items()}
+    hp = dict(lr=lr, num_steps=num_steps, mgda=mgda, ema=ema, ema_beta=ema_beta, alpha=alpha,
+              eps=svd_epsilon, space=svd_proj_space)
+    out = {}
+    with torch.enable_grad():
+        for k, w in merged.items():
+            if not w.is_floating_point():
+                out[k] = w.clone()
+            elif is_matrix(k, w):
+                out[k] = map_matrices(k, lambda a, b, c: optimise(a, b, c, **hp), ctx.theta0[k], w, incoming[k])
+            else:
+                out[k] = (w + incoming[k]) / 2
+    return out

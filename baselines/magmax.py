@@ -1,0 +1,34 @@
+"""MagMax (Marczak et al. 2024, "MagMax: Leveraging Model Merging for Seamless Continual
+Learning", arXiv:2407.06322).
+
+Per parameter entry keep the task-vector value of largest magnitude over the tasks seen
+(ties go to the later task), then add it to θ0 with a scale λ:
+
+    τ_max,t = τ_t where |τ_t| ≥ |τ_max,t−1| else τ_max,t−1,     M_t = θ0 + λ·τ_max,t
+
+Only τ_max is kept between steps (one model's worth of storage).
+"""
+
+import torch
+
+from cmbench.methods import Method, register
+from cmbench.tensors import apply, task_vector
+
+
+@register
+class MagMax(Method):
+    name = "magmax"
+    paper = "Marczak et al. 2024, arXiv:2407.06322"
+
+    def __init__(self, *, lam: float = 0.5):
+        self.lam = lam
+        self.tau_max = None
+
+    def merge(self, ctx, merged, incoming, task):
+        tau = task_vector(incoming, ctx.theta0)
+        if self.tau_max is None:
+            self.tau_max = tau
+        else:
+            self.tau_max = {k: torch.where(v.abs() >= self.tau_max[k].abs(), v, self.tau_max[k])
+                            for k, v in tau.items()}
+        return apply(ctx.theta0, self.tau_max, self.lam)

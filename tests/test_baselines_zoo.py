@@ -1,0 +1,195 @@
+"""MagMax, OPCM, DOP, consensus TA, sequential: step by step against plain transcriptions of
+their public code (fused q/k/v treated as three matrices, as separate layers are there)."""
+
+import pytest
+import torch
+
+from .test_methods import run_stream
+
+D = 4
+
+
+def models(n, seed=0):
+    """θ0 and n experts with a fused qkv, a non-square linear, biases, a norm and an int buffer."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"blk.qkv.weight": (3 * D, D), "blk.qkv.bias": (3 * D,), "blk.fc1.weight": (2 * D, D),
+              "blk.norm.weight": (D,), "pos_embed": (1, 3, D)}
+    theta0 = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+    theta0["count"] = torch.tensor([3])
+    experts = [{k: v + 0.3 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone()
+                for k, v in theta0.items()} for _ in range(n)]
+    return theta0, experts
+
+
+def split_qkv(sd):
+    """The separate-layer layout of the same model (what FusionBench's HF CLIP has)."""
+    out = {k: v for k, v in sd.items() if k != "blk.qkv.weight"}
+    q, k, v = sd["blk.qkv.weight"].chunk(3)
+    out.update({"blk.q.weight": q, "blk.k.weight": k, "blk.v.weight": v})
+    return out
+
+
+LINEAR = ("blk.q.weight", "blk.k.weight", "blk.v.weight", "blk.fc1.weight")
+
+
+def tv(a, b):
+    return {k: a[k] - b[k] for k in a if a[k].is_floating_point()}
+
+
+def vec_norm(sd):
+    return torch.linalg.norm(torch.cat([v.flatten() for v in sd.values()]))
+
+
+def assert_same(ours, ref_split):
+    ours = split_qkv(ours)
+    for k, v in ref_split.items():
+        assert torch.allclose(ours[k], v, atol=1e-6, rtol=1e-5), k
+
+
+def test_magmax_matches_reference():
+    theta0, experts = models(4)
+    steps = run_stream("magmax", {"lam": 0.5}, theta0, experts)
+    for t in range(1, 5):
+        taus = torch.stack([torch.cat([tv(e, theta0)[k].flatten() for k in sorted(tv(e, theta0))])
+                            for e in experts[:t]])
+        # reference aggregate("magnitude"); ties cannot occur with random floats
+        idx = taus.abs().argmax(0)
+        tau_max = taus[idx, torch.arange(taus.shape[1])]
+        flat = torch.cat([theta0[k].flatten() for k in sorted(tv(theta0, theta0))]) + 0.5 * tau_max
+        ours = torch.cat([steps[t - 1][k].flatten() for k in sorted(tv(theta0, theta0))])
+        assert torch.allclose(ours, flat, atol=1e-6)
+        assert torch.equal(steps[t - 1]["count"], theta0["count"])
+
+
+def test_magmax_one_task_is_task_arithmetic():
+    theta0, experts = models(1)
+    a = run_stream("magmax", {"lam": 0.7}, theta0, experts)[0]
+    b = run_stream("task_arithmetic", {"lam": 0.7}, theta0, experts)[0]
+    assert all(torch.allclose(a[k], b[k]) for k in a)
+
+
+def ref_opcm(theta0, experts, alpha):
+    """FusionBench OPCMForCLIP.run, transcribed on split layers with full SVDs."""
+    theta0, experts = split_qkv(theta0), [split_qkv(e) for e in experts]
+    merged = dict(experts[0])
+    norms = [vec_norm(tv(experts[0], theta0))]
+    prev_lambda = 1.0
+    out = [dict(merged)]
+    for e in experts[1:]:
+        norms.append(vec_norm(tv(e, theta0)))
+        avg = torch.stack(norms).mean()
+        new = {}
+        for k, w in merged.items():
+            if not w.is_floating_point():
+                new[k] = w
+                continue
+            prev_tv, task_tv = w - theta0[k], e[k] - theta0[k]
+            if k in LINEAR:
+                u, s, vh = torch.linalg.svd(prev_tv, full_matrices=True)
+                v = vh.T
+                split = (s.cumsum(0) / s.sum() > alpha).float().argmax().item()
+                p = u.T @ task_tv @ v
+                p.diagonal().fill_(0)
+                p[:split, :split] = 0
+                task_tv = u @ p @ v.T
+            new[k] = theta0[k] + prev_lambda * prev_tv + task_tv
+        tv_norm = vec_norm(tv(new, theta0))
+        lam = tv_norm / avg
+        merged = {k: theta0[k] + (w - theta0[k]) * (avg / tv_norm) if w.is_floating_point() else w
+                  for k, w in new.items()}
+        prev_lambda = lam
+        out.append(dict(merged))
+    return out
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.8])
+def test_opcm_matches_reference(alpha):
+    theta0, experts = models(5, seed=1)
+    ours = run_stream("opcm", {"alpha": alpha}, theta0, experts)
+    for o, r in zip(ours, ref_opcm(theta0, experts, alpha)):
+        assert_same(o, r)
+
+
+def ref_dop(theta0, experts, steps, alpha=0.8, beta=0.999, eps=0.99999, lr=1e-4):
+    """FusionBench ContinualDOPForCLIP, transcribed (MGDA + EMA, 'uv' space)."""
+    theta0, experts = split_qkv(theta0), [split_qkv(e) for e in experts]
+    merged = dict(experts[0])
+    out = [dict(merged)]
+
+    def loss_i(delta, u, s, v):
+        return (torch.linalg.matrix_norm(torch.diag(s) @ u.T @ delta) ** 2
+                + torch.linalg.matrix_norm(delta @ v @ torch.diag(s)) ** 2)
+
+    for e in experts[1:]:
+        new = {}
+        for k, w in merged.items():
+            if not w.is_floating_point():
+                new[k] = w
+            elif k not in LINEAR:
+                new[k] = (w + e[k]) / 2
+            else:
+                fts = [w, e[k]]
+                subs = []
+                for ft in fts:
+                    u, s, vh = torch.linalg.svd(ft - theta0[k], full_matrices=True)
+                    r = torch.searchsorted(s.cumsum(0) / s.sum(), eps).item()
+                    subs.append((u[:, :r], s[:r], vh.T[:, :r]))
+                W = torch.nn.Parameter((w + e[k]) / 2)
+                opt = torch.optim.Adam([W], lr=lr)
+                ema = [alpha, 1 - alpha]
+                for _ in range(steps):
+                    grads, losses = [], []
+                    for ft, sub in zip(fts, subs):
+                        li = loss_i(W - ft, *sub)
+                        opt.zero_grad()
+                        li.backward()
+                        grads.append(W.grad.detach().clone().flatten() / float(li))
+                    v11, v12, v22 = grads[0] @ grads[0], grads[0] @ grads[1], grads[1] @ grads[1]
+                    if v12 >= v11:
+                        gamma = 0.999
+                    elif v12 >= v22:
+                        gamma = 0.001
+                    else:
+                        gamma = float(-((v12 - v22) / (v11 + v22 - 2 * v12)))
+                    ema = [beta * ema[0] + (1 - beta) * gamma, beta * ema[1] + (1 - beta) * (1 - gamma)]
+                    loss = sum(ema[i] * loss_i(W - fts[i], *subs[i]) for i in range(2))
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                new[k] = W.detach()
+        merged = new
+        out.append(dict(merged))
+    return out
+
+
+def test_dop_matches_reference():
+    theta0, experts = models(3, seed=2)
+    ours = run_stream("dop", {"num_steps": 15, "lr": 1e-2}, theta0, experts)
+    for o, r in zip(ours, ref_dop(theta0, experts, steps=15, lr=1e-2)):
+        assert_same(o, r)
+
+
+def test_consensus_ta_reference_and_reductions():
+    theta0, experts = models(4, seed=3)
+    lam, k, tl = 0.3, 2, 0.6
+    steps = run_stream("consensus_ta", {"lam": lam, "k": k, "tall_lambda": tl}, theta0, experts)
+    keys = [k_ for k_ in theta0 if theta0[k_].is_floating_point()]
+    for t in range(2, 5):
+        taus = {key: torch.stack([e[key] - theta0[key] for e in experts[:t]]) for key in keys}
+        for key in keys:
+            mtl = taus[key].sum(0)
+            masks = (theta0[key] - torch.stack([e[key] for e in experts[:t]])).abs() > \
+                tl * ((theta0[key] + mtl) - torch.stack([e[key] for e in experts[:t]])).abs()
+            cons = masks.sum(0) >= k
+            assert torch.allclose(steps[t - 1][key], theta0[key] + lam * cons * mtl, atol=1e-6)
+    # all tasks agree (identical experts): every entry kept, consensus TA = TA
+    same = [experts[0]] * 3
+    a = run_stream("consensus_ta", {"lam": lam, "tall_lambda": 0.4}, theta0, same)[-1]
+    b = run_stream("task_arithmetic", {"lam": lam}, theta0, same)[-1]
+    assert all(torch.allclose(a[key], b[key], atol=1e-6) for key in keys)
+
+
+def test_sequential_keeps_newest():
+    theta0, experts = models(3)
+    steps = run_stream("sequential", {}, theta0, experts)
+    assert all(torch.equal(s[k], e[k]) for s, e in zip(steps, experts) for k in e)
