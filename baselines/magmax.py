@@ -6,7 +6,12 @@ Per parameter entry keep the task-vector value of largest magnitude over the tas
 
     τ_max,t = τ_t where |τ_t| ≥ |τ_max,t−1| else τ_max,t−1,     M_t = θ0 + λ·τ_max,t
 
-Only τ_max is kept between steps (one model's worth of storage).
+Merge stream: τ_t are the independent experts' task vectors; only τ_max is kept.
+Train then merge (the paper's sequential fine-tuning + merging): task t is trained from the
+method's own chain θ_{t−1} (not from the deployed merge), so the chain is kept too (counted).
+
+Ties go to the later task (the public code's argmax keeps the earlier one; exact ties of
+float task vectors do not occur in practice).
 """
 
 import torch
@@ -19,12 +24,19 @@ from cmbench.tensors import apply, task_vector
 class MagMax(Method):
     name = "magmax"
     paper = "Marczak et al. 2024, arXiv:2407.06322"
+    settings = ("merge_stream", "train_then_merge")
 
     def __init__(self, *, lam: float = 0.5):
         self.lam = lam
         self.tau_max = None
+        self.chain = None  # train then merge: the sequentially fine-tuned model θ_{t−1}
+
+    def train_start(self, ctx, deployed):
+        return ctx.theta0 if self.chain is None else self.chain
 
     def merge(self, ctx, merged, incoming, task):
+        if ctx.setting == "train_then_merge":
+            self.chain = incoming
         tau = task_vector(incoming, ctx.theta0)
         if self.tau_max is None:
             self.tau_max = tau

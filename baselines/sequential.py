@@ -8,6 +8,6 @@ from cmbench.methods import merge_function
 from cmbench.tensors import clone
 
 
-@merge_function("sequential", paper="lower bound (no merging)", settings=("merge_stream",))
+@merge_function("sequential", paper="lower bound (no merging)", settings=("merge_stream", "train_then_merge"))
 def sequential(ctx, merged, incoming):
     return clone(incoming)

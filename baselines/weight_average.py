@@ -2,14 +2,17 @@
 
     M_1 = θ_1,   M_t = ((t − 1)·M_{t−1} + θ_t) / t
 
-so M_t is the uniform average of the experts seen so far, kept as one running model.
+so M_t is the uniform average of the experts seen so far, kept as one running model. In
+train-then-merge suites θ_t is the model trained on task t from M_{t−1} (P&M's "model
+averaging" baseline).
 """
 
 from cmbench.methods import merge_function
 from cmbench.tensors import combine
 
 
-@merge_function("weight_average", paper="Wortsman et al. 2022, arXiv:2203.05482")
+@merge_function("weight_average", paper="Wortsman et al. 2022, arXiv:2203.05482",
+                settings=("merge_stream", "train_then_merge"))
 def weight_average(ctx, merged, incoming):
     t = ctx.step
     return combine([merged, incoming], lambda m, x: ((t - 1) * m + x) / t, like=incoming)

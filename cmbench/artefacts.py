@@ -113,11 +113,13 @@ def task_data(dataset: str, task: str, data_seed: int, img_size: int, params_jso
     return data_mod.build(dataset, task, data_seed, img_size, json.loads(params_json))
 
 
-def load_tasks(suite: Suite) -> dict[str, data_mod.TaskData]:
+def load_tasks(suite: Suite, pretraining: bool = False) -> dict[str, data_mod.TaskData]:
+    """The suite's tasks (or, with ``pretraining``, the data θ0 is pretrained on)."""
+    specs = (suite.pretrain.tasks or suite.tasks) if pretraining else suite.tasks
     return {
         t.name: task_data(t.dataset, t.name, suite.data_seed, suite.backbone.img_size,
                           json.dumps(t.params, sort_keys=True))
-        for t in suite.tasks
+        for t in specs
     }
 
 
@@ -152,7 +154,7 @@ def make_theta0(suite: Suite, seed: int) -> tuple[StateDict, dict]:
     own heads are built afterwards from θ0's features and never see these.
     """
     torch.manual_seed(seed)
-    tasks = load_tasks(suite)
+    tasks = load_tasks(suite, pretraining=True)
     backbone = create_backbone(suite.backbone)
     d = suite.backbone.embed_dim
     ce = torch.nn.functional.cross_entropy
@@ -169,6 +171,9 @@ def make_theta0(suite: Suite, seed: int) -> tuple[StateDict, dict]:
             f = backbone(xr)
             return ce(fam_head(f), yb) + ce(rot_head(f), rot)
     else:  # multitask: (coarsened) labels offset per task, logits masked to the sample's task
+        if suite.pretrain.label_tasks is not None:
+            tasks = {n: td for n, td in tasks.items() if n in suite.pretrain.label_tasks}
+            x = torch.cat([td.train.x for td in tasks.values()])
         c = suite.pretrain.coarse
         sizes = torch.tensor([-(-len(td.classes) // c) for td in tasks.values()])
         offsets = torch.cumsum(sizes, 0) - sizes

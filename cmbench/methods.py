@@ -36,7 +36,8 @@ from . import CmbenchError
 from .tensors import StateDict
 
 SETTINGS = ("merge_stream", "train_then_merge")
-DATA_ACCESS = ("none", "current_task", "calibration")
+# "all_seen" is for reference rows only (multitask joint training sees every seen task's data)
+DATA_ACCESS = ("none", "current_task", "calibration", "all_seen")
 
 
 @dataclass
@@ -47,10 +48,14 @@ class Context:
     num_tasks: int
     seed: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    setting: str = "merge_stream"
     step: int = 0
     task: str = ""
     seen_tasks: list[str] = field(default_factory=list)
     generator: torch.Generator | None = None
+    data: Any = None  # cmbench.protocol.DataAccess: only what the method declared
+    # network(state) -> (backbone module loaded with state, head(features) -> current task's logits)
+    network: Callable[[StateDict], tuple[torch.nn.Module, Callable]] | None = None
 
 
 class Method:
@@ -79,6 +84,28 @@ class Method:
     def finish(self, ctx: Context, merged: StateDict) -> StateDict:
         """Once after the last step; the result is evaluated as the final row."""
         return merged
+
+    # -- train-then-merge hooks (the harness owns the training loop) ----------------
+    merges_heads: ClassVar[bool] = False  # False: classifier rows are copied, not merged
+
+    def train_start(self, ctx: Context, deployed: StateDict) -> StateDict:
+        """What training on task t starts from (default: the deployed M_{t−1})."""
+        return deployed
+
+    def train_tasks(self, ctx: Context) -> list[str]:
+        """Whose training data step t trains on (default: the current task only)."""
+        return [ctx.task]
+
+    def lora(self, ctx: Context, suite_lora):
+        """The LoRA spec for this method's training (default: the suite's, or full-parameter)."""
+        return suite_lora
+
+    def wrap_loss(self, ctx: Context, loss_fn: Callable, model: torch.nn.Module) -> Callable:
+        """Wrap the batch loss (perturb, regularise); called once per task before training."""
+        return loss_fn
+
+    def on_train_step(self, ctx: Context, step: int, loss: float) -> None:
+        """Called after every optimiser step of the task's training."""
 
     # -- introspection ------------------------------------------------------------
     @classmethod

@@ -1,12 +1,21 @@
 """The continual loop, owned once by the harness.
 
-Merge stream: θ0 and T experts, each fine-tuned independently from θ0, arrive one at a
+Merge stream (``run_merge_stream``): θ0 and T experts, each fine-tuned independently from θ0, arrive one at a
 time in the job's order. After every step (and once before any, row 0 = θ0) the merged
 model is evaluated on *all* T tasks:
 
     R[t, j] = accuracy of M_t on task j,   t = 0..T,  j in arrival order,
 
-plus each expert's own accuracy E[j]. Methods never see the loop or any test split.
+plus each expert's own accuracy E[j].
+
+Train then merge (``run_train_then_merge``): at step t the harness trains on task t from
+what the method chooses (default M_{t−1}), with the method's hooks, then the method merges
+the trained model into the deployed M_t. One classifier over all classes; task t's rows are
+trained during task t (logits masked to the trained classes) and copied, not merged. Cells
+of tasks not learned yet are NaN. Class-incremental evaluation predicts over every class
+seen so far; task-incremental over the task's own classes.
+
+Methods never see the loop or any test split; what data they see is what they declared.
 """
 
 from __future__ import annotations
@@ -40,8 +49,25 @@ class Evaluator:
                 for n in self.order]
 
 
-def run_job(suite: Suite, job: Job, store: Store, threads: int) -> dict[str, Any]:
-    """Run one (method, seed, order) job of a merge-stream suite; return its result record."""
+def run(suite: Suite, job: Job, store: Store, threads: int) -> dict[str, Any]:
+    """Run one (method, seed, order) job in the suite's setting; return its result record."""
+    if suite.setting == "train_then_merge":
+        return run_train_then_merge(suite, job, store, threads)
+    return run_merge_stream(suite, job, store, threads)
+
+
+def _record_common(suite: Suite, job: Job, method) -> dict[str, Any]:
+    cls = type(method)
+    return {
+        "status": "ok", "suite": job.suite, "suite_hash": job.suite_hash, "setting": suite.setting,
+        "key": job.key, "method": job.method, "label": job.label, "hparams": dict(job.hparams),
+        "method_source_hash": job.method_hash, "paper": cls.paper, "data_access": cls.data_access,
+        "reconstruction": cls.reconstruction, "seed": job.seed, "order_index": job.order_index,
+        "versions": {"cmbench": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
+
+
+def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict[str, Any]:
     torch.set_num_threads(threads)
     torch.manual_seed(job.seed)
     order = list(job.order)
@@ -51,8 +77,16 @@ def run_job(suite: Suite, job: Job, store: Store, threads: int) -> dict[str, Any
     ev = Evaluator(suite, heads, order)
 
     method = methods_mod.create(job.method, dict(job.hparams))
-    ctx = methods_mod.Context(theta0=theta0, num_tasks=len(order), seed=job.seed,
-                              generator=torch.Generator().manual_seed(job.seed))
+    data = DataAccess(job.method, type(method).data_access, ev.tasks, job.seed)
+    ctx = methods_mod.Context(theta0=theta0, num_tasks=len(order), seed=job.seed, setting=suite.setting,
+                              generator=torch.Generator().manual_seed(job.seed), data=data)
+    data.ctx = ctx
+
+    def network(state):
+        ev.model.load_state_dict(state)
+        return ev.model, heads[ctx.task]
+
+    ctx.network = network
     t_start = time.perf_counter()
     method.start(ctx)
 
@@ -73,48 +107,30 @@ def run_job(suite: Suite, job: Job, store: Store, threads: int) -> dict[str, Any
         del incoming
 
     finished = method.finish(ctx, merged)
-    refined = finished is not merged
     row_before_finish = None
-    if refined:
+    if finished is not merged:
         _check_finite(finished, job, len(order) + 1)
         row_before_finish = R[-1]
         R[-1] = ev.row(finished)
 
-    m = metrics.all_metrics(R, E)
     return {
-        "status": "ok",
-        "suite": job.suite,
-        "suite_hash": job.suite_hash,
-        "setting": suite.setting,
-        "key": job.key,
-        "method": job.method,
-        "label": job.label,
-        "hparams": dict(job.hparams),
-        "method_source_hash": job.method_hash,
-        "paper": type(method).paper,
-        "data_access": type(method).data_access,
-        "reconstruction": type(method).reconstruction,
-        "seed": job.seed,
-        "order_index": job.order_index,
-        "tasks": order,
-        "R": R,
-        "E": E,
-        "R_final_before_finish": row_before_finish,
+        **_record_common(suite, job, method),
+        "tasks": order, "R": R, "E": E, "R_final_before_finish": row_before_finish,
         "expert_content_hashes": expert_hashes,
-        "metrics": m,
+        "metrics": metrics.all_metrics(R, E),
+        "data_samples_handed": data.samples_handed,
         "storage_bytes": {"peak": max(storage, default=0), "per_step": storage},
         "timings": {"merge_steps_s": step_times, "merge_total_s": sum(step_times),
                     "job_s": time.perf_counter() - t_start},
         "threads": threads,
-        "versions": {"cmbench": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
 
 
-def _check_finite(state: StateDict, job: Job, step: int) -> None:
+def _check_finite(state: StateDict, job: Job, step: int, what: str = "merged") -> None:
     bad = first_nonfinite(state)
     if bad is not None:
         raise CmbenchError(f"{job.label} (seed {job.seed}, order {job.order_index}): "
-                           f"merged model has NaN/Inf in {bad!r} after step {step}")
+                           f"{what} model has NaN/Inf in {bad!r} after step {step}")
 
 
 def nan_to_none(x):
@@ -126,3 +142,254 @@ def nan_to_none(x):
     if isinstance(x, dict):
         return {k: nan_to_none(v) for k, v in x.items()}
     return x
+
+
+# -- data access ------------------------------------------------------------------------------
+
+
+class DataAccess:
+    """Hands a method exactly the data it declared, never a test split, and counts it.
+
+    * ``none``: nothing;
+    * ``current_task``: the current task's train/val splits;
+    * ``calibration``: nested subsets of seen tasks' train splits (``calibration(task, n)``
+      returns the first n samples of a fixed permutation, so smaller budgets are prefixes);
+    * ``all_seen``: every seen task's train/val splits (reference rows only).
+    """
+
+    def __init__(self, method_name: str, declared: str, tasks: dict, seed: int):
+        self.method, self.declared, self.tasks, self.seed = method_name, declared, tasks, seed
+        self.ctx: methods_mod.Context | None = None
+        self.samples_handed = 0
+
+    def _deny(self, what: str):
+        raise CmbenchError(f"method {self.method} declared data_access={self.declared!r} but asked for "
+                           f"{what}; declare the access it needs in its class")
+
+    def _split(self, task: str, split: str):
+        if split == "test":
+            raise CmbenchError(f"method {self.method} asked for the test split of {task}: methods never see test data")
+        if split not in ("train", "val"):
+            raise CmbenchError(f"method {self.method}: unknown split {split!r} (train or val)")
+        return self.tasks[task].split(split)
+
+    def current(self, split: str = "train"):
+        if self.declared not in ("current_task", "calibration", "all_seen"):
+            self._deny(f"the current task's {split} data")
+        s = self._split(self.ctx.task, split)
+        self.samples_handed += len(s)
+        return s
+
+    def seen(self, task: str, split: str = "train"):
+        if self.declared != "all_seen":
+            self._deny(f"all data of seen task {task}")
+        if task not in self.ctx.seen_tasks:
+            raise CmbenchError(f"method {self.method} asked for {task}, which has not arrived yet")
+        s = self._split(task, split)
+        self.samples_handed += len(s)
+        return s
+
+    def calibration(self, task: str, n: int):
+        if self.declared != "calibration":
+            self._deny(f"calibration samples of {task}")
+        if task not in self.ctx.seen_tasks:
+            raise CmbenchError(f"method {self.method} asked for calibration data of {task}, which has not arrived yet")
+        s = self._split(task, "train")
+        perm = torch.randperm(len(s), generator=torch.Generator().manual_seed(self.seed))[: min(n, len(s))]
+        self.samples_handed += len(perm)
+        from .data import Split
+
+        return Split(x=s.x[perm], y=s.y[perm])
+
+
+# -- train then merge ----------------------------------------------------------------------------
+
+
+class ClassSpace:
+    """One classifier over every class of the stream; rows owned by the task introducing them."""
+
+    def __init__(self, tasks: dict, order: list[str]):
+        ids = sorted({c for n in order for c in tasks[n].class_ids})
+        self.row = {c: i for i, c in enumerate(ids)}
+        self.n = len(ids)
+        self.rows_of = {n: torch.tensor([self.row[c] for c in tasks[n].class_ids]) for n in order}
+
+    def targets(self, td, y: torch.Tensor) -> torch.Tensor:
+        return self.rows_of[td.name][y]
+
+    def rows(self, names: list[str]) -> torch.Tensor:
+        return torch.cat([self.rows_of[n] for n in names]) if names else torch.tensor([], dtype=torch.long)
+
+
+def _masked(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    mask = torch.full((logits.shape[-1],), float("-inf"))
+    mask[rows] = 0.0
+    return logits + mask
+
+
+class Learner:
+    """Backbone + one linear classifier; trains a task with the method's hooks."""
+
+    def __init__(self, suite: Suite, tasks: dict, space: ClassSpace):
+        self.suite, self.tasks, self.space = suite, tasks, space
+        self.model = create_backbone(suite.backbone)
+        self.bs = suite.evaluation.batch_size
+
+    def features(self, state: StateDict, x: torch.Tensor) -> torch.Tensor:
+        from .models import features
+
+        self.model.load_state_dict(state)
+        return features(self.model, x, self.bs)
+
+    def evaluate(self, state: StateDict, head: dict, order: list[str], learned: list[str],
+                 incremental: str) -> tuple[list[float], float]:
+        """R row (NaN for unlearned tasks) and the sample-weighted accuracy over learned tasks."""
+        row, correct, total = [], 0, 0
+        seen_rows = self.space.rows(learned)
+        for name in order:
+            if name not in learned:
+                row.append(float("nan"))
+                continue
+            td = self.tasks[name]
+            logits = self.features(state, td.test.x) @ head["weight"].T + head["bias"]
+            rows = seen_rows if incremental == "class_incremental" else self.space.rows_of[name]
+            pred = _masked(logits, rows).argmax(-1)
+            hit = (pred == self.space.targets(td, td.test.y)).sum().item()
+            row.append(hit / len(td.test.y))
+            correct, total = correct + hit, total + len(td.test.y)
+        return row, (correct / total if total else float("nan"))
+
+    def train(self, ctx, method, start: StateDict, head: dict, names: list[str], seed: int):
+        """Train ``start`` (and the rows of ``names``' classes) on those tasks' train data."""
+        from .train import add_lora, fit, merge_lora
+
+        suite = self.suite
+        recipe = suite.training
+        model = create_backbone(suite.backbone)
+        model.load_state_dict(start)
+        model.train()
+        lin = torch.nn.Linear(suite.backbone.embed_dim, self.space.n)
+        with torch.no_grad():
+            lin.weight.copy_(head["weight"])
+            lin.bias.copy_(head["bias"])
+        lora = method.lora(ctx, recipe.lora)
+        if lora is not None:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            adapters = add_lora(model, lora.rank, lora.alpha, list(lora.targets), seed)
+            body = [p for a in adapters for p in a.parameters()]
+        else:
+            adapters, body = [], list(model.parameters())
+        ctx.adapters = adapters
+        rows = self.space.rows(names)
+        xs = torch.cat([self.tasks[n].train.x for n in names])
+        ys = torch.cat([self.space.targets(self.tasks[n], self.tasks[n].train.y) for n in names])
+
+        def loss_fn(xb, yb):
+            return torch.nn.functional.cross_entropy(_masked(lin(model(xb)), rows), yb)
+
+        loss_fn = method.wrap_loss(ctx, loss_fn, model)
+        groups = [{"params": body}, {"params": list(lin.parameters()), "lr": recipe.head_lr or recipe.lr}]
+        fit(groups, loss_fn, xs, ys, recipe, seed, on_step=lambda s, l: method.on_train_step(ctx, s, l),
+            what=f"training on {'+'.join(names)}")
+        merge_lora(model)
+        trained_head = {k: v.detach().clone() for k, v in head.items()}
+        trained_head["weight"][rows] = lin.weight.detach()[rows]
+        trained_head["bias"][rows] = lin.bias.detach()[rows]
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}, trained_head
+
+    def start_grad_norm(self, state: StateDict, head: dict, name: str, n: int = 256) -> float:
+        """‖∇θ L‖ at the model training starts from, on task ``name``'s first n train samples:
+        small values mean the new task starts where gradients vanish."""
+        model = create_backbone(self.suite.backbone)
+        model.load_state_dict(state)
+        model.train()
+        td = self.tasks[name]
+        x = td.train.x[:n].float().div(127.5).sub(1.0)
+        logits = model(x) @ head["weight"].T + head["bias"]
+        loss = torch.nn.functional.cross_entropy(_masked(logits, self.space.rows_of[name]),
+                                                 self.space.targets(td, td.train.y[:n]))
+        grads = torch.autograd.grad(loss, [p for p in model.parameters()])
+        return float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+
+
+def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    torch.manual_seed(job.seed)
+    order = list(job.order)
+    art = SuiteArtefacts(suite, job.seed, store)
+    theta0 = art.theta0()
+    tasks = load_tasks(suite)
+    space = ClassSpace(tasks, order)
+    learner = Learner(suite, tasks, space)
+    gen = torch.Generator().manual_seed(job.seed)
+    head = {"weight": torch.randn(space.n, suite.backbone.embed_dim, generator=gen) * 0.02,
+            "bias": torch.zeros(space.n)}
+    incremental = suite.heads.kind
+
+    method = methods_mod.create(job.method, dict(job.hparams))
+    cls = type(method)
+    data = DataAccess(job.method, cls.data_access, tasks, job.seed)
+    ctx = methods_mod.Context(theta0=theta0, num_tasks=len(order), seed=job.seed, setting=suite.setting,
+                              generator=torch.Generator().manual_seed(job.seed), data=data)
+    data.ctx = ctx
+
+    def network(state):
+        learner.model.load_state_dict(state)
+        rows = space.rows_of[ctx.task]
+        w, b = ctx_head["weight"][rows], ctx_head["bias"][rows]
+        return learner.model, lambda f: f @ w.T + b
+
+    ctx.network = network
+    t_start = time.perf_counter()
+    method.start(ctx)
+    row0, all0 = learner.evaluate(theta0, head, order, [], incremental)
+    R, acc_all = [row0], [all0]
+    deployed = theta0
+    merge_times, train_times, storage, grad_norms, own = [], [], [], [], []
+    for t, task in enumerate(order, start=1):
+        ctx.step, ctx.task, ctx.seen_tasks = t, task, order[:t]
+        start = method.train_start(ctx, deployed)
+        names = method.train_tasks(ctx)
+        if not set(names) <= set(order[:t]):
+            raise CmbenchError(f"{job.method}: train_tasks returned {names}, not all seen by step {t}")
+        grad_norms.append(learner.start_grad_norm(start, head, task))
+        t0 = time.perf_counter()
+        trained, trained_head = learner.train(ctx, method, start, head, names, seed=job.seed * 1000 + t)
+        train_times.append(time.perf_counter() - t0)
+        _check_finite(trained, job, t, "trained")
+        ctx_head = trained_head
+        own.append(learner.evaluate(trained, trained_head, [task], [task], "task_incremental")[0][0])
+        t0 = time.perf_counter()
+        deployed = method.merge(ctx, deployed, trained, task)
+        merge_times.append(time.perf_counter() - t0)
+        _check_finite(deployed, job, t)
+        head = trained_head  # rows of this step's classes come from training; others unchanged
+        row, a = learner.evaluate(deployed, head, order, order[:t], incremental)
+        R.append(row)
+        acc_all.append(a)
+        storage.append(nbytes(method.kept))
+
+    finished = method.finish(ctx, deployed)
+    row_before_finish = None
+    if finished is not deployed:
+        _check_finite(finished, job, len(order) + 1)
+        row_before_finish = R[-1]
+        R[-1], acc_all[-1] = learner.evaluate(finished, head, order, order, incremental)
+
+    m = metrics.all_metrics(R)
+    if incremental == "class_incremental":
+        m["ACC_all"] = acc_all[-1]
+        m["AAA"] = float(sum(acc_all[1:]) / len(order))
+    return {
+        **_record_common(suite, job, method),
+        "tasks": order, "R": R, "E": None, "R_final_before_finish": row_before_finish,
+        "heads": incremental, "ACC_all_steps": acc_all, "trained_own_task_acc": own,
+        "start_grad_norm": grad_norms, "metrics": m,
+        "data_samples_handed": data.samples_handed,
+        "storage_bytes": {"peak": max(storage, default=0), "per_step": storage},
+        "timings": {"train_steps_s": train_times, "train_total_s": sum(train_times),
+                    "merge_steps_s": merge_times, "merge_total_s": sum(merge_times),
+                    "job_s": time.perf_counter() - t_start},
+        "threads": threads,
+    }

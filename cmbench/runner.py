@@ -27,7 +27,7 @@ from tqdm import tqdm
 from . import CmbenchError
 from .artefacts import SuiteArtefacts, Store, atomic_write_bytes, code_hash, expert_key, theta0_key
 from .methods import baseline_dirs
-from .protocol import nan_to_none, run_job
+from .protocol import nan_to_none, run
 from .suite import Job, Suite, expand, load_suite
 
 
@@ -144,7 +144,8 @@ class RayExecutor:
 def _prepare_theta0(suite: Suite, seed: int, cache: str) -> None:
     art = SuiteArtefacts(suite, seed, Store(cache))
     art.theta0()
-    art.heads()
+    if suite.setting == "merge_stream":
+        art.heads()
 
 
 def _prepare_expert(suite: Suite, seed: int, task: str, cache: str) -> None:
@@ -152,7 +153,7 @@ def _prepare_expert(suite: Suite, seed: int, task: str, cache: str) -> None:
 
 
 def _run_job(suite: Suite, job: Job, cache: str, threads: int) -> dict:
-    return run_job(suite, job, Store(cache), threads)
+    return run(suite, job, Store(cache), threads)
 
 
 def _error_line(e: BaseException) -> str:
@@ -200,7 +201,7 @@ def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, seeds
         t0_args = [(suite, s, cache) for s in need_seeds if not store.has("theta0", theta0_key(suite, s))]
         _drain(ex.map(_prepare_theta0, t0_args), f"pretraining θ0 ({len(t0_args)} seeds)", len(t0_args))
         ex_args = [(suite, s, t, cache) for s in need_seeds for t in suite.task_names()
-                   if not store.has("experts", expert_key(suite, s, t))]
+                   if suite.setting == "merge_stream" and not store.has("experts", expert_key(suite, s, t))]
         _drain(ex.map(_prepare_expert, ex_args), f"fine-tuning experts ({len(ex_args)})", len(ex_args))
 
         # 2. the jobs; each result is written the moment it arrives

@@ -70,11 +70,32 @@ class TrainRecipe(Strict):
         return v
 
 
+class LoRA(Strict):
+    """Low-rank adapters: W + (alpha/rank)·B A on the target matrices (q, k, v are rows of
+    a fused attention weight and are adapted separately)."""
+
+    rank: int = Field(10, gt=0)
+    alpha: Optional[float] = Field(None, gt=0, description="scaling numerator; default = rank")
+    targets: list[Literal["q", "k", "v", "proj", "fc1", "fc2"]] = Field(default_factory=lambda: ["k", "v"],
+                                                                         min_length=1)
+
+
+class Training(TrainRecipe):
+    """Train-then-merge: how each task is trained (the harness's loop; methods hook it)."""
+
+    head_lr: Optional[float] = Field(None, gt=0, description="classifier rows' lr; default = lr")
+    lora: Optional[LoRA] = None
+
+
 class Pretrain(TrainRecipe):
     """How θ0 is made when no checkpoint is given (see ``artefacts.make_theta0``)."""
 
     recipe: Literal["family_rotation", "multitask"] = "family_rotation"
     coarse: int = Field(1, ge=1, description="multitask: pretrain on labels y // coarse (coarser classes)")
+    tasks: Optional[list["Task"]] = Field(
+        None, description="pretrain on these tasks (other image data) instead of the suite's tasks")
+    label_tasks: Optional[list[str]] = Field(
+        None, description="multitask: the tasks whose (train) labels θ0 is pretrained on; default all")
 
 
 class Task(Strict):
@@ -101,7 +122,7 @@ class Heads(Strict):
     ``linear_probe``: logistic regression on the train split.
     """
 
-    kind: Literal["template", "prototype", "linear_probe"] = "prototype"
+    kind: Literal["template", "prototype", "linear_probe", "class_incremental", "task_incremental"] = "prototype"
     shots: int = Field(5, gt=0)
     scale: float = Field(20.0, gt=0)
 
@@ -141,7 +162,7 @@ class Resources(Strict):
 class Suite(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
-    setting: Literal["merge_stream"] = "merge_stream"
+    setting: Setting = "merge_stream"
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     data_seed: int = 0
     backbone: Backbone = Field(default_factory=Backbone)
@@ -149,6 +170,7 @@ class Suite(Strict):
     tasks: list[Task] = Field(min_length=1)
     heads: Heads = Field(default_factory=Heads)
     experts: Experts = Field(default_factory=Experts)
+    training: Training = Field(default_factory=Training)
     orders: Orders = Field(default_factory=Orders)
     methods: list[MethodSpec] = Field(min_length=1)
     evaluation: Evaluation = Field(default_factory=Evaluation)
@@ -174,6 +196,15 @@ class Suite(Strict):
                     + (f"; missing: {missing}" if missing else "")
                     + (f"; repeated: {repeated}" if repeated else ""),
                 )
+        pre_names = [t.name for t in self.pretrain.tasks] if self.pretrain.tasks else names
+        unknown = sorted(set(self.pretrain.label_tasks or []) - set(pre_names))
+        if unknown:
+            raise _FieldError("pretrain.label_tasks", f"unknown tasks {unknown}; pretraining tasks are {pre_names}")
+        stream_heads = ("template", "prototype", "linear_probe")
+        cl_heads = ("class_incremental", "task_incremental")
+        allowed = stream_heads if self.setting == "merge_stream" else cl_heads
+        if self.heads.kind not in allowed:
+            raise _FieldError("heads.kind", f"{self.heads.kind!r} does not fit setting {self.setting}; use one of {allowed}")
         labels = [m.display for m in self.methods]
         dup = sorted({n for n in labels if labels.count(n) > 1})
         if dup:
@@ -321,3 +352,7 @@ def expand(suite: Suite, methods: list[str] | None = None, n_seeds: int | None =
             jobs.append(Job(suite.name, suite_hash, spec.name, spec.display,
                             tuple(sorted(spec.hparams.items())), cls.source_hash(), seed, oi, tuple(order)))
     return jobs
+
+
+Pretrain.model_rebuild()
+Suite.model_rebuild()

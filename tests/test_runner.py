@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from cmbench.artefacts import Store
-from cmbench.protocol import run_job
+from cmbench.protocol import run as run_job
 from cmbench.report import render_leaderboard
 from cmbench.runner import Paths, load_results, run_suite
 from cmbench.suite import expand, load_suite

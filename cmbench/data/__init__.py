@@ -34,11 +34,19 @@ class Split:
 
 @dataclass
 class TaskData:
+    """One task. ``y`` holds local labels 0..C−1; ``class_ids[y]`` are the global class ids
+    (shared across the tasks of a class-incremental split)."""
+
     name: str
     classes: list[str]
     train: Split
     val: Split
     test: Split
+    class_ids: list[int] | None = None
+
+    def __post_init__(self):
+        if self.class_ids is None:
+            self.class_ids = list(range(len(self.classes)))
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:

@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .. import CmbenchError
 from . import SPLITS, Split, TaskData, dataset
 
 
@@ -33,8 +34,10 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
 
 @dataset("digits")
 def digits(task: str, data_seed: int, img_size: int, *, val_frac: float = 0.1, test_frac: float = 0.3,
-           noise: float = 0.0) -> TaskData:
-    """scikit-learn's 8×8 digits (1797 images), upscaled; stratified fixed split."""
+           noise: float = 0.0, classes: list[int] | None = None) -> TaskData:
+    """scikit-learn's 8×8 digits (1797 images), upscaled; stratified fixed split (the same
+    partition for every digits task). ``classes`` keeps a subset (a class-incremental split);
+    its labels become local 0..C−1 with the digit as the global class id."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -48,14 +51,19 @@ def digits(task: str, data_seed: int, img_size: int, *, val_frac: float = 0.1, t
         parts["test"] += idx[:n_test].tolist()
         parts["val"] += idx[n_test : n_test + n_val].tolist()
         parts["train"] += idx[n_test + n_val :].tolist()
+    keep = list(range(10)) if classes is None else [int(c) for c in classes]
+    if not keep or any(c not in range(10) for c in keep) or len(set(keep)) != len(keep):
+        raise CmbenchError(f"digits: classes must be distinct digits 0-9, got {classes}")
+    local = {c: i for i, c in enumerate(keep)}
     splits = {}
     for s in SPLITS:
         idx = np.sort(np.array(parts[s]))
+        idx = idx[np.isin(labels[idx], keep)]
         x = images[idx]
         if noise:
             x = x + _rng(data_seed, task, s + "-noise").normal(0, noise, x.shape)
-        splits[s] = _to_split(x, labels[idx])
-    return TaskData(task, [str(c) for c in range(10)], **splits)
+        splits[s] = _to_split(x, np.array([local[c] for c in labels[idx]]))
+    return TaskData(task, [str(c) for c in keep], **splits, class_ids=keep)
 
 
 # -- generated tasks ----------------------------------------------------------------------

@@ -16,7 +16,10 @@ import numpy as np
 from ..runner import load_results
 from .plots import plot_accuracy_over_steps
 
-METRIC_COLS = ("ACC", "AIA", "BWT", "FGT", "FWT", "NACC")
+STREAM_COLS = ("ACC", "AIA", "BWT", "FGT", "FWT", "NACC")
+TTM_COLS = ["ACC", "AIA", "BWT", "FGT"]  # FWT undefined: unlearned classes have no cells
+DATA_LABEL = {"none": "data-free", "current_task": "current task", "calibration": "calibration samples",
+              "all_seen": "all seen tasks"}
 
 
 def _stat(values) -> tuple[float, float, int]:
@@ -67,30 +70,41 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
                  f"commit {', '.join(f'`{c[:10]}`' for c in commits)} · last job {last}")
     lines.append("")
 
-    header = ["Method", "n", *METRIC_COLS, "Storage (peak)", "Merge time (s)", "Hyperparameters"]
+    stream = setting == "merge_stream"
+    cols = STREAM_COLS if stream else ([*TTM_COLS, "ACC_all", "AAA"]
+                                       if any("ACC_all" in r["metrics"] for r in ok) else TTM_COLS)
+    header = ["Method", "n", *cols, "Storage (peak)", "Data", *([] if stream else ["Train time (s)", "Start ‖∇‖"]),
+              "Merge time (s)", "Hyperparameters"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = []
     for label, rs in by_label.items():
         acc_mean = _stat([r["metrics"]["ACC"] for r in rs])[0]
         hp = ", ".join(f"{k}={v}" for k, v in sorted(rs[0]["hparams"].items())) or "–"
         name = label + (" †" if rs[0].get("reconstruction") else "") + (" ‡" if rs[0].get("R_final_before_finish") else "")
-        cells = [name, str(len(rs))]
-        for col in METRIC_COLS:
+        reference = rs[0].get("data_access") == "all_seen"
+        cells = [f"*{name}* (reference)" if reference else name, str(len(rs))]
+        for col in cols:
             cells.append(_pct([r["metrics"].get(col) for r in rs], signed=col in ("BWT", "FWT")))
         cells.append(_bytes(_stat([r["storage_bytes"]["peak"] for r in rs])[0]))
+        cells.append(DATA_LABEL.get(rs[0].get("data_access", "none"), rs[0].get("data_access", "?")))
+        if not stream:
+            cells.append(f"{_stat([r['timings']['train_total_s'] for r in rs])[0]:.1f}")
+            cells.append(f"{_stat([np.mean(r['start_grad_norm']) for r in rs])[0]:.3g}")
         cells.append(f"{_stat([r['timings']['merge_total_s'] for r in rs])[0]:.3f}")
         cells.append(hp)
-        rows.append((-acc_mean, label, cells))
-    for _, _, cells in sorted(rows):
+        rows.append((reference, -acc_mean, label, cells))
+    for _, _, _, cells in sorted(rows):
         lines.append("| " + " | ".join(cells) + " |")
 
-    # reference rows, set apart
-    if ok:
+    # reference rows of the merge stream, set apart: θ0 (row 0 of R) and the experts (E)
+    theta0 = indiv = None
+    if ok and stream:
         theta0 = _per_seed(ok, lambda r: float(np.mean(r["R"][0])))
         indiv = _per_seed(ok, lambda r: float(np.mean(r["E"])))
-        blank = ["–"] * (len(METRIC_COLS) - 1)
-        lines.append(f"| *pretrained θ0* | {len(theta0)} seeds | {_pct(theta0.values())} | " + " | ".join(blank) + " | – | – | – |")
-        lines.append(f"| *individual experts* | {len(indiv)} seeds | {_pct(indiv.values())} | " + " | ".join(blank[:-1]) + " | 100.0 ± 0.0 | – | – | – |")
+        pad = " | ".join(["–"] * (len(header) - len(cols) - 2))
+        blank = ["–"] * (len(cols) - 1)
+        lines.append(f"| *pretrained θ0* | {len(theta0)} seeds | {_pct(theta0.values())} | " + " | ".join(blank) + f" | {pad} |")
+        lines.append(f"| *individual experts* | {len(indiv)} seeds | {_pct(indiv.values())} | " + " | ".join(blank[:-1]) + f" | 100.0 ± 0.0 | {pad} |")
     if failed:
         lines += ["", f"**{len(failed)} failed job(s)** (counted, not dropped):"]
         for r in sorted(failed, key=lambda r: (r["label"], r["seed"], r["order_index"])):
@@ -100,7 +114,7 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
     if ok:
         # ACC per seed, mean over orders: shows seed-to-seed spread next to the method gaps
         seeds = sorted({r["seed"] for r in ok})
-        lines += ["ACC per seed (mean over orders), θ0 and experts for reference:", ""]
+        lines += ["ACC per seed (mean over orders):", ""]
         lines += ["| Method | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
         for label in sorted(by_label, key=lambda lb: -_stat([r["metrics"]["ACC"] for r in by_label[lb]])[0]):
             cells = []
@@ -108,10 +122,12 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
                 m, _, n = _stat([r["metrics"]["ACC"] for r in by_label[label] if r["seed"] == s])
                 cells.append(f"{100 * m:.1f}" if n else "–")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        lines.append("| *pretrained θ0* | " + " | ".join(f"{100 * theta0[s]:.1f}" for s in seeds) + " |")
-        lines.append("| *individual experts* | " + " | ".join(f"{100 * indiv[s]:.1f}" for s in seeds) + " |")
+        if stream:
+            lines.append("| *pretrained θ0* | " + " | ".join(f"{100 * theta0[s]:.1f}" for s in seeds) + " |")
+            lines.append("| *individual experts* | " + " | ".join(f"{100 * indiv[s]:.1f}" for s in seeds) + " |")
         lines.append("")
 
+    if ok and stream:
         # each expert and θ0 on each task (mean over seeds)
         tasks = ok[0]["tasks"]
         task_order = sorted(tasks, key=tasks.index)
@@ -126,6 +142,7 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
         lines.append("| expert | " + " | ".join(_pct(per_task_e[t].values()) for t in task_order) + " |")
         lines.append("")
 
+    if ok:
         png = plot_accuracy_over_steps(suite, by_label, plots_dir)
         rel = Path(png).resolve().relative_to(md_dir.resolve()) if md_dir else Path(png)
         lines += [f"![average accuracy over steps]({rel.as_posix()})", ""]
@@ -147,6 +164,10 @@ def render_leaderboard(results_dir: str | Path = "results", output: str | Path =
         "mean ± sample std over every (seed, task order) job; n = number of jobs. ACC final average "
         "accuracy, AIA average incremental accuracy, BWT backward transfer (negative = forgetting), "
         "FGT forgetting, FWT forward transfer, NACC accuracy normalised by each expert's own. "
+        "Class-incremental suites also report ACC_all (accuracy over the union of all seen tasks' test "
+        "samples, sample-weighted: the number P&M, InfLoRA and MagMax report) and AAA (its mean over steps); "
+        "ACC/AIA/BWT/FGT there are per-task means. Start ‖∇‖: gradient norm at the start of each task's "
+        "training, mean over steps. "
         "Storage: bytes a method keeps between steps beyond the merged model. "
         "† reconstruction of a method without public code; ‡ end-of-stream refinement (lifts only the final row).",
         "",

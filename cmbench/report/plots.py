@@ -27,7 +27,7 @@ def plot_accuracy_over_steps(suite: str, by_label: dict[str, list[dict]], plots_
         (line,) = ax.plot(steps, mean, marker="o", ms=3, label=f"{label} (n={len(curves)})")
         ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.18, linewidth=0)
     any_recs = [r for rs in by_label.values() for r in rs]
-    if any_recs:  # reference levels: θ0 and the experts, mean over seeds
+    if any_recs and any_recs[0].get("E"):  # merge stream reference levels: θ0 and the experts, mean over seeds
         by_seed = {r["seed"]: r for r in any_recs}
         theta0 = 100 * np.mean([np.mean(r["R"][0]) for r in by_seed.values()])
         experts = 100 * np.mean([np.mean(r["E"]) for r in by_seed.values()])
