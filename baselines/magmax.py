@@ -25,6 +25,7 @@ class MagMax(Method):
     name = "magmax"
     paper = "Marczak et al. 2024, arXiv:2407.06322"
     settings = ("merge_stream", "train_then_merge")
+    storage_kinds = {"chain": "models", "tau_max": "vectors"}
 
     def __init__(self, *, lam: float = 0.5):
         self.lam = lam

@@ -4,6 +4,7 @@
     cmbench run SUITE --methods ties,task_arithmetic --seeds 1 --orders 2
     cmbench report                                        # results/ -> leaderboard.md + plots/
     cmbench list methods | suites
+    cmbench check my_method                               # the conformance kit
 """
 
 from __future__ import annotations
@@ -75,6 +76,21 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    from .conformance import check
+    from .methods import discover
+
+    names = args.methods or sorted(discover())
+    bad = 0
+    for name in names:
+        problems = check(name)
+        print(f"{name}: {'ok' if not problems else 'FAILED'}")
+        for p in problems:
+            print("  - " + p.replace("\n", "\n    "))
+        bad += bool(problems)
+    return 1 if bad else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="cmbench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--output", default="leaderboard.md", help="markdown file to write (default: leaderboard.md)")
     rp.add_argument("--plots", help="directory for plots (default: plots/ next to the output)")
     rp.set_defaults(fn=cmd_report)
+
+    ck = sub.add_parser("check", help="run the conformance kit on methods (default: all)",
+                        description="Checks that a method does not modify its inputs, keeps keys/shapes/dtypes "
+                                    "and integer tensors, is deterministic, respects its declared data access "
+                                    "and has measurable storage.")
+    ck.add_argument("methods", nargs="*", help="method names (default: every discovered method)")
+    ck.set_defaults(fn=cmd_check)
 
     ls = sub.add_parser("list", help="list methods or suites")
     ls.add_argument("what", choices=["methods", "suites"])

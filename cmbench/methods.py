@@ -66,6 +66,9 @@ class Method:
     data_access: ClassVar[str] = "none"
     paper: ClassVar[str] = ""
     reconstruction: ClassVar[bool] = False
+    # attribute -> storage kind ("models", "vectors", "samples"); unnamed attributes are
+    # classified by shape (see protocol.measure_storage)
+    storage_kinds: ClassVar[dict[str, str]] = {}
 
     def __init__(self, **hparams: Any):
         self.hparams = hparams

@@ -103,7 +103,7 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
         step_times.append(time.perf_counter() - t0)
         _check_finite(merged, job, t)
         R.append(ev.row(merged))
-        storage.append(nbytes(method.kept))
+        storage.append(measure_storage(method, theta0))
         del incoming
 
     finished = method.finish(ctx, merged)
@@ -119,11 +119,45 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
         "expert_content_hashes": expert_hashes,
         "metrics": metrics.all_metrics(R, E),
         "data_samples_handed": data.samples_handed,
-        "storage_bytes": {"peak": max(storage, default=0), "per_step": storage},
+        "storage_bytes": _storage_record(storage),
         "timings": {"merge_steps_s": step_times, "merge_total_s": sum(step_times),
                     "job_s": time.perf_counter() - t_start},
         "threads": threads,
     }
+
+
+def measure_storage(method, model_keys) -> dict[str, int]:
+    """Bytes a method keeps between steps, by kind: ``models`` / ``vectors`` (state dicts
+    keyed like the model; a method names its models in ``storage_kinds``), ``samples``
+    (data splits), ``other``."""
+    from .data import Split
+
+    declared = getattr(type(method), "storage_kinds", {})
+    out: dict[str, int] = {}
+    for name, value in method.kept.items():
+        if name in declared:
+            kind = declared[name]
+        elif isinstance(value, Split) or (isinstance(value, (list, tuple, dict)) and value and all(
+                isinstance(v, Split) for v in (value.values() if isinstance(value, dict) else value))):
+            kind = "samples"
+        elif isinstance(value, dict) and value and set(value) <= set(model_keys):
+            kind = "vectors"
+        elif isinstance(value, (list, tuple)) and value and all(
+                isinstance(v, dict) and set(v) <= set(model_keys) for v in value):
+            kind = "vectors"
+        else:
+            kind = "other"
+        b = nbytes(value)
+        if b:
+            out[kind] = out.get(kind, 0) + b
+    return out
+
+
+def _storage_record(per_step: list[dict[str, int]]) -> dict[str, Any]:
+    totals = [sum(d.values()) for d in per_step]
+    kinds = sorted({k for d in per_step for k in d})
+    return {"peak": max(totals, default=0), "per_step": totals,
+            "peak_by_kind": {k: max(d.get(k, 0) for d in per_step) for k in kinds}}
 
 
 def _check_finite(state: StateDict, job: Job, step: int, what: str = "merged") -> None:
@@ -368,7 +402,7 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
         row, a = learner.evaluate(deployed, head, order, order[:t], incremental)
         R.append(row)
         acc_all.append(a)
-        storage.append(nbytes(method.kept))
+        storage.append(measure_storage(method, theta0))
 
     finished = method.finish(ctx, deployed)
     row_before_finish = None
@@ -387,7 +421,7 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
         "heads": incremental, "ACC_all_steps": acc_all, "trained_own_task_acc": own,
         "start_grad_norm": grad_norms, "metrics": m,
         "data_samples_handed": data.samples_handed,
-        "storage_bytes": {"peak": max(storage, default=0), "per_step": storage},
+        "storage_bytes": _storage_record(storage),
         "timings": {"train_steps_s": train_times, "train_total_s": sum(train_times),
                     "merge_steps_s": merge_times, "merge_total_s": sum(merge_times),
                     "job_s": time.perf_counter() - t_start},

@@ -47,6 +47,15 @@ def _bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def _storage_cell(rs: list[dict]) -> str:
+    peak = _bytes(_stat([r["storage_bytes"]["peak"] for r in rs])[0])
+    kinds = sorted({k for r in rs for k in r["storage_bytes"].get("peak_by_kind", {})})
+    if len(kinds) < 2:
+        return peak + (f" ({kinds[0]})" if kinds else "")
+    parts = [f"{k} {_bytes(_stat([r['storage_bytes']['peak_by_kind'].get(k, 0) for r in rs])[0])}" for k in kinds]
+    return f"{peak} ({', '.join(parts)})"
+
+
 def _per_seed(recs: list[dict], fn) -> dict[int, float]:
     """One value per seed (these quantities do not depend on the order)."""
     out = {}
@@ -85,7 +94,7 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
         cells = [f"*{name}* (reference)" if reference else name, str(len(rs))]
         for col in cols:
             cells.append(_pct([r["metrics"].get(col) for r in rs], signed=col in ("BWT", "FWT")))
-        cells.append(_bytes(_stat([r["storage_bytes"]["peak"] for r in rs])[0]))
+        cells.append(_storage_cell(rs))
         cells.append(DATA_LABEL.get(rs[0].get("data_access", "none"), rs[0].get("data_access", "?")))
         if not stream:
             cells.append(f"{_stat([r['timings']['train_total_s'] for r in rs])[0]:.1f}")
