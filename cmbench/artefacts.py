@@ -242,7 +242,7 @@ def make_expert(suite: Suite, seed: int, task: str, theta0: StateDict, head: Hea
 
     idx = suite.task_names().index(task)
     torch.manual_seed(seed * 1000 + idx)
-    backbone = create_backbone(suite.backbone)
+    backbone = create_backbone(suite.backbone, theta0)
     backbone.load_state_dict(theta0)
     backbone.train()
     td = load_tasks(suite)[task]

@@ -24,6 +24,7 @@ import importlib.util
 import inspect
 import os
 import sys
+import types
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -54,6 +55,12 @@ class Context:
     seen_tasks: list[str] = field(default_factory=list)
     generator: torch.Generator | None = None
     data: Any = None  # cmbench.protocol.DataAccess: only what the method declared
+    # set by the harness while a task trains (train then merge): LoRA adapters, the state
+    # training started from, and the trainable backbone parameters by name
+    job_lora: str | None = None  # the suite's LoRA spec for this job (JSON)
+    adapters: list = field(default_factory=list)
+    train_start_state: StateDict | None = None
+    trainable: dict = field(default_factory=dict)
     # network(state) -> (backbone module loaded with state, head(features) -> current task's logits)
     network: Callable[[StateDict], tuple[torch.nn.Module, Callable]] | None = None
 
@@ -100,12 +107,16 @@ class Method:
         return [ctx.task]
 
     def lora(self, ctx: Context, suite_lora):
-        """The LoRA spec for this method's training (default: the suite's, or full-parameter)."""
+        """The LoRA spec this method trains with (default: the suite's for this method, or
+        None: full-parameter)."""
         return suite_lora
 
     def wrap_loss(self, ctx: Context, loss_fn: Callable, model: torch.nn.Module) -> Callable:
         """Wrap the batch loss (perturb, regularise); called once per task before training."""
         return loss_fn
+
+    def after_backward(self, ctx: Context) -> None:
+        """Called between each backward pass and its optimiser step (undo perturbations)."""
 
     def on_train_step(self, ctx: Context, step: int, loss: float) -> None:
         """Called after every optimiser step of the task's training."""
@@ -211,6 +222,10 @@ def discover(dirs: list[Path] | None = None) -> dict[str, type[Method]]:
     Only these two sources are ever executed: plugins are code, so they come from the
     project's own folder or an installed package, never from a suite or a result file.
     """
+    if "cmbench_baselines" not in sys.modules:  # a namespace so `import cmbench_baselines.x` works
+        pkg = types.ModuleType("cmbench_baselines")
+        pkg.__path__ = []
+        sys.modules["cmbench_baselines"] = pkg
     for d in baseline_dirs() if dirs is None else dirs:
         for path in sorted(Path(d).glob("*.py")):
             path = path.resolve()
@@ -220,6 +235,7 @@ def discover(dirs: list[Path] | None = None) -> dict[str, type[Method]]:
             spec = importlib.util.spec_from_file_location(mod_name, path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[mod_name] = module
+            setattr(sys.modules["cmbench_baselines"], path.stem, module)
             try:
                 spec.loader.exec_module(module)
             except CmbenchError:

@@ -20,6 +20,7 @@ Methods never see the loop or any test split; what data they see is what they de
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import time
@@ -31,15 +32,15 @@ from . import CmbenchError, __version__, metrics
 from . import methods as methods_mod
 from .artefacts import SuiteArtefacts, Store, load_tasks
 from .models import accuracy, create_backbone
-from .suite import Job, Suite
+from .suite import Job, LoRA, Suite
 from .tensors import StateDict, first_nonfinite, nbytes
 
 
 class Evaluator:
     """Evaluates a backbone state dict on every task's test split with its frozen head."""
 
-    def __init__(self, suite: Suite, heads, order: list[str]):
-        self.model = create_backbone(suite.backbone)
+    def __init__(self, suite: Suite, heads, order: list[str], theta0: StateDict):
+        self.model = create_backbone(suite.backbone, theta0)
         self.tasks = load_tasks(suite)
         self.heads, self.order, self.bs = heads, order, suite.evaluation.batch_size
 
@@ -61,7 +62,8 @@ def _record_common(suite: Suite, job: Job, method) -> dict[str, Any]:
     return {
         "status": "ok", "suite": job.suite, "suite_hash": job.suite_hash, "setting": suite.setting,
         "key": job.key, "method": job.method, "label": job.label, "hparams": dict(job.hparams),
-        "method_source_hash": job.method_hash, "paper": cls.paper, "data_access": cls.data_access,
+        "method_source_hash": job.method_hash, "lora": json.loads(job.lora) if job.lora else None,
+        "paper": cls.paper, "data_access": cls.data_access,
         "reconstruction": cls.reconstruction, "seed": job.seed, "order_index": job.order_index,
         "versions": {"cmbench": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
@@ -74,7 +76,7 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
     art = SuiteArtefacts(suite, job.seed, store)
     theta0 = art.theta0()
     heads = art.heads()
-    ev = Evaluator(suite, heads, order)
+    ev = Evaluator(suite, heads, order, theta0)
 
     method = methods_mod.create(job.method, dict(job.hparams))
     data = DataAccess(job.method, type(method).data_access, ev.tasks, job.seed)
@@ -306,7 +308,8 @@ class Learner:
         with torch.no_grad():
             lin.weight.copy_(head["weight"])
             lin.bias.copy_(head["bias"])
-        lora = method.lora(ctx, recipe.lora)
+        job_lora = LoRA.model_validate_json(ctx.job_lora) if ctx.job_lora else None
+        lora = method.lora(ctx, job_lora)
         if lora is not None:
             for p in model.parameters():
                 p.requires_grad_(False)
@@ -314,7 +317,9 @@ class Learner:
             body = [p for a in adapters for p in a.parameters()]
         else:
             adapters, body = [], list(model.parameters())
-        ctx.adapters = adapters
+        ctx.adapters = adapters  # the LoRA adapters of this task (empty: full-parameter)
+        ctx.train_start_state = start
+        ctx.trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
         rows = self.space.rows(names)
         xs = torch.cat([self.tasks[n].train.x for n in names])
         ys = torch.cat([self.space.targets(self.tasks[n], self.tasks[n].train.y) for n in names])
@@ -325,7 +330,7 @@ class Learner:
         loss_fn = method.wrap_loss(ctx, loss_fn, model)
         groups = [{"params": body}, {"params": list(lin.parameters()), "lr": recipe.head_lr or recipe.lr}]
         fit(groups, loss_fn, xs, ys, recipe, seed, on_step=lambda s, l: method.on_train_step(ctx, s, l),
-            what=f"training on {'+'.join(names)}")
+            what=f"training on {'+'.join(names)}", after_backward=lambda: method.after_backward(ctx))
         merge_lora(model)
         trained_head = {k: v.detach().clone() for k, v in head.items()}
         trained_head["weight"][rows] = lin.weight.detach()[rows]
@@ -367,6 +372,7 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
     ctx = methods_mod.Context(theta0=theta0, num_tasks=len(order), seed=job.seed, setting=suite.setting,
                               generator=torch.Generator().manual_seed(job.seed), data=data)
     data.ctx = ctx
+    ctx.job_lora = job.lora
 
     def network(state):
         learner.model.load_state_dict(state)

@@ -41,6 +41,7 @@ class Backbone(Strict):
     depth: int = Field(4, gt=0)
     num_heads: int = Field(4, gt=0)
     mlp_ratio: float = Field(2.0, gt=0)
+    linearized: bool = Field(False, description="fine-tune and merge the model linearised at θ0 (tangent space)")
 
     @model_validator(mode="after")
     def _shapes(self):
@@ -144,6 +145,8 @@ class MethodSpec(Strict):
     name: str
     label: Optional[str] = None
     hparams: dict[str, Any] = Field(default_factory=dict)
+    lora: Optional[LoRA] = Field(None, description="train-then-merge: train this method with LoRA "
+                                                   "(overrides training.lora)")
 
     @property
     def display(self) -> str:
@@ -315,6 +318,7 @@ class Job:
     method: str
     label: str
     hparams: tuple  # sorted (name, value) pairs, hashable
+    lora: Optional[str]  # the LoRA spec this job trains with (JSON), or None
     method_hash: str
     seed: int
     order_index: int
@@ -323,7 +327,7 @@ class Job:
     @property
     def key(self) -> str:
         blob = json.dumps(
-            [self.suite_hash, self.method, self.hparams, self.method_hash, self.seed, self.order],
+            [self.suite_hash, self.method, self.hparams, self.lora, self.method_hash, self.seed, self.order],
             sort_keys=True, default=str,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
@@ -349,8 +353,9 @@ def expand(suite: Suite, methods: list[str] | None = None, n_seeds: int | None =
         cls = methods_mod.get(spec.name)
         orders = suite.orders_for(seed)
         for oi, order in enumerate(orders[:n_orders] if n_orders else orders):
-            jobs.append(Job(suite.name, suite_hash, spec.name, spec.display,
-                            tuple(sorted(spec.hparams.items())), cls.source_hash(), seed, oi, tuple(order)))
+            lora = spec.lora or suite.training.lora if suite.setting == "train_then_merge" else None
+            jobs.append(Job(suite.name, suite_hash, spec.name, spec.display, tuple(sorted(spec.hparams.items())),
+                            lora.model_dump_json() if lora else None, cls.source_hash(), seed, oi, tuple(order)))
     return jobs
 
 

@@ -2,7 +2,8 @@
 
 Hook points (used by θ0 pretraining, expert fine-tuning and train-then-merge methods):
 ``loss_fn`` computes the loss of a batch (wrap it to perturb or regularise),
-``params`` is the trainable subset, ``on_step`` is called after every optimiser step.
+``params`` is the trainable subset, ``after_backward`` runs between the backward pass and
+the optimiser step (undo a perturbation there), ``on_step`` after every optimiser step.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ LossFn = Callable[[Tensor, Tensor], Tensor]  # (float images in [-1, 1], labels)
 
 def fit(params: Iterable[torch.nn.Parameter] | list[dict], loss_fn: LossFn, x: Tensor, y: Tensor,
         recipe: TrainRecipe, seed: int, on_step: Callable[[int, float], None] | None = None,
-        what: str = "training") -> list[float]:
+        what: str = "training", after_backward: Callable[[], None] | None = None) -> list[float]:
     """Train ``params`` on (x uint8, y) for ``recipe.epochs``; returns per-epoch mean losses."""
     params = list(params)
     if params and isinstance(params[0], dict):  # parameter groups (e.g. a separate head lr)
@@ -53,6 +54,8 @@ def fit(params: Iterable[torch.nn.Parameter] | list[dict], loss_fn: LossFn, x: T
                 raise CmbenchError(f"{what}: loss is {loss.item()} at epoch {epoch}, step {step} (diverged)")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if after_backward is not None:
+                after_backward()
             opt.step()
             sched.step()
             running += loss.item()

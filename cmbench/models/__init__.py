@@ -13,15 +13,59 @@ from torch import Tensor, nn
 from ..suite import Backbone
 
 
-def create_backbone(cfg: Backbone) -> nn.Module:
-    """A timm VisionTransformer without a classifier: forward(x) -> pooled features."""
+def create_backbone(cfg: Backbone, theta0: dict[str, Tensor] | None = None) -> nn.Module:
+    """A timm VisionTransformer without a classifier: forward(x) -> pooled features.
+
+    With ``cfg.linearized`` and the θ0 it is linearised at, the model fine-tuned and merged
+    is the first-order Taylor expansion around θ0 (see :class:`Linearized`); its state
+    dict is still θ, so methods and checkpoints do not change.
+    """
     from timm.models.vision_transformer import VisionTransformer
 
-    return VisionTransformer(
+    model = VisionTransformer(
         img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, num_classes=0,
         embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
         global_pool="token", class_token=True,
     )
+    if getattr(cfg, "linearized", False) and theta0 is not None:
+        return Linearized(model, theta0)
+    return model
+
+
+class Linearized(nn.Module):
+    """f_lin(x; θ) = f(x; θ0) + J_θ f(x; θ0)·(θ − θ0)   (Ortiz-Jiménez et al. 2023,
+    "Task Arithmetic in the Tangent Space", arXiv:2305.12827).
+
+    Fine-tuning and merging in the tangent space keep task vectors disentangled. Parameters
+    are θ (the wrapped model's); θ0 is a frozen copy. ``state_dict``/``load_state_dict``
+    read and write θ under the plain model's names.
+    """
+
+    def __init__(self, model: nn.Module, theta0: dict[str, Tensor]):
+        super().__init__()
+        self.model = model
+        for blk in getattr(model, "blocks", []):  # forward-mode AD through the math attention
+            if hasattr(blk.attn, "fused_attn"):
+                blk.attn.fused_attn = False
+        model.load_state_dict(theta0)
+        self._theta0 = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    def forward(self, x: Tensor) -> Tensor:
+        from torch.func import functional_call, jvp
+
+        params = dict(self.model.named_parameters())
+        dparams = {k: params[k] - self._theta0[k] for k in params}
+        out, tangent = jvp(lambda p: functional_call(self.model, p, (x,)), (self._theta0,), (dparams,))
+        return out + tangent
+
+    def state_dict(self, *args, **kwargs):
+        return self.model.state_dict(*args, **kwargs)
+
+    def named_parameters(self, *args, **kwargs):  # θ under the plain model's names
+        return self.model.named_parameters(*args, **kwargs)
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        return self.model.load_state_dict(state, strict=strict, assign=assign)
 
 
 class Head(nn.Module):
