@@ -61,6 +61,8 @@ class Context:
     adapters: list = field(default_factory=list)
     train_start_state: StateDict | None = None
     trainable: dict = field(default_factory=dict)
+    train_model: Any = None
+    train_total_steps: int = 0
     # network(state) -> (backbone module loaded with state, head(features) -> current task's logits)
     network: Callable[[StateDict], tuple[torch.nn.Module, Callable]] | None = None
 

@@ -84,9 +84,11 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
                               generator=torch.Generator().manual_seed(job.seed), data=data)
     data.ctx = ctx
 
-    def network(state):
+    def network(state, classes: str = "task"):
         ev.model.load_state_dict(state)
-        return ev.model, heads[ctx.task]
+        if classes == "task":
+            return ev.model, heads[ctx.task]
+        return ev.model, lambda f: torch.cat([heads[n](f) for n in ctx.seen_tasks], -1)
 
     ctx.network = network
     t_start = time.perf_counter()
@@ -320,8 +322,10 @@ class Learner:
         ctx.adapters = adapters  # the LoRA adapters of this task (empty: full-parameter)
         ctx.train_start_state = start
         ctx.trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        ctx.train_model = model  # its state_dict() is the current (LoRA-folded) weights
         rows = self.space.rows(names)
         xs = torch.cat([self.tasks[n].train.x for n in names])
+        ctx.train_total_steps = recipe.epochs * -(-len(xs) // recipe.batch_size)
         ys = torch.cat([self.space.targets(self.tasks[n], self.tasks[n].train.y) for n in names])
 
         def loss_fn(xb, yb):
@@ -374,9 +378,11 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
     data.ctx = ctx
     ctx.job_lora = job.lora
 
-    def network(state):
+    def network(state, classes: str = "task"):
+        """The backbone loaded with ``state`` and a head over the current task's classes
+        (``classes="seen"``: over every class seen so far, in seen-task order)."""
         learner.model.load_state_dict(state)
-        rows = space.rows_of[ctx.task]
+        rows = space.rows_of[ctx.task] if classes == "task" else space.rows(ctx.seen_tasks)
         w, b = ctx_head["weight"][rows], ctx_head["bias"][rows]
         return learner.model, lambda f: f @ w.T + b
 

@@ -76,24 +76,26 @@ def _grid(size: int):
 
 
 def _generated(task: str, data_seed: int, size: int, classes: list[str], sample: Sampler,
-               n_train: int, n_val: int, n_test: int, noise: float) -> TaskData:
+               n_train: int, n_val: int, n_test: int, noise: float, params: dict) -> TaskData:
     splits = {}
     for s, n in zip(SPLITS, (n_train, n_val, n_test)):
         rng = _rng(data_seed, task, s)
         labels = rng.permutation(np.arange(n) % len(classes))
-        imgs = np.stack([sample(rng, int(c), size) for c in labels])
+        imgs = np.stack([sample(rng, int(c), size, **params) for c in labels])
         imgs = imgs + rng.normal(0.0, noise, imgs.shape)
         splits[s] = _to_split(imgs, labels)
     return TaskData(task, classes, **splits)
 
 
-def _task(name: str, classes: list[str]):
-    """Register a generated dataset from a per-image sampler."""
+def _task(name: str, classes: list[str] | Callable[..., list[str]]):
+    """Register a generated dataset from a per-image sampler ``sample(rng, label, size, **params)``;
+    ``classes`` may be a function of those params."""
 
     def deco(sample: Sampler) -> Sampler:
         def build(task: str, data_seed: int, img_size: int, *, n_train: int = 1200, n_val: int = 200,
-                  n_test: int = 500, noise: float = 0.05) -> TaskData:
-            return _generated(task, data_seed, img_size, classes, sample, n_train, n_val, n_test, noise)
+                  n_test: int = 500, noise: float = 0.05, **params) -> TaskData:
+            names = classes(**params) if callable(classes) else classes
+            return _generated(task, data_seed, img_size, names, sample, n_train, n_val, n_test, noise, params)
 
         build.__doc__ = sample.__doc__
         dataset(name)(build)
@@ -149,13 +151,14 @@ def _dots(rng, c, size):
     return img * rng.uniform(0.6, 1.0)
 
 
-@_task("stripes", ["f1", "f2", "f3", "f4", "f5"])
-def _stripes(rng, c, size):
-    """A grating; the class is its spatial frequency (1–5 cycles per image)."""
+@_task("stripes", lambda freqs=(1, 2, 3, 4, 5): [f"f{f}" for f in freqs])
+def _stripes(rng, c, size, freqs=(1, 2, 3, 4, 5)):
+    """A grating at a random orientation and phase; the class is its spatial frequency
+    (``freqs``: cycles per image)."""
     yy, xx = _grid(size)
     a = rng.uniform(0, np.pi)
     u = (xx * np.cos(a) + yy * np.sin(a)) / size
-    return 0.5 + 0.4 * np.sin(2 * np.pi * (c + 1) * u + rng.uniform(0, 2 * np.pi))
+    return 0.5 + 0.4 * np.sin(2 * np.pi * freqs[c] * u + rng.uniform(0, 2 * np.pi))
 
 
 @_task("quadrant", ["top-left", "top-right", "bottom-left", "bottom-right"])
