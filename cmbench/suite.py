@@ -259,7 +259,11 @@ class _FieldError(ValueError):
 
 
 def _fmt_loc(loc: tuple) -> str:
-    return ".".join(str(x) for x in loc) or "(top level)"
+    def part(x) -> str:
+        x = str(x)
+        return x if x and x.isprintable() and "." not in x else repr(x)
+
+    return ".".join(part(x) for x in loc) or "(top level)"
 
 
 def _pydantic_message(err: dict) -> tuple[str, str]:
@@ -305,7 +309,7 @@ def load_suite(path: str | Path) -> Suite:
         return Suite.model_validate(raw)
     except ValidationError as e:
         field, msg = _pydantic_message(e.errors()[0])
-        raise CmbenchError(f"{path}: {field}: {msg}") from None
+        raise CmbenchError(f"{path}: {field}: {msg}".replace("\n", "\\n")) from None
 
 
 # -- expansion into jobs ------------------------------------------------------------------

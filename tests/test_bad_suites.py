@@ -1,0 +1,108 @@
+"""Property-based: every malformed suite gets a one-line CmbenchError naming the file (and a
+field), never another exception."""
+
+import copy
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cmbench import CmbenchError
+from cmbench.suite import load_suite
+
+from .conftest import NANO
+
+BASE = yaml.safe_load(NANO.read_text())
+PATHS = [("name",), ("setting",), ("seeds",), ("data_seed",), ("backbone", "embed_dim"), ("backbone", "kind"),
+         ("pretrain", "epochs"), ("pretrain", "recipe"), ("tasks",), ("tasks", 0, "dataset"), ("tasks", 0, "name"),
+         ("tasks", 1, "params"), ("heads", "kind"), ("heads", "shots"), ("experts", "finetune", "lr"),
+         ("experts", "finetune", "batch_size"), ("orders", "explicit"), ("orders", "random"), ("methods",),
+         ("methods", 0, "name"), ("methods", 1, "hparams", "lam"), ("methods", 2, "hparams", "k"),
+         ("evaluation", "batch_size")]
+junk = st.one_of(st.none(), st.booleans(), st.integers(-10**6, -1), st.floats(allow_nan=True),
+                 st.text(max_size=12), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+
+
+def _set(d, path, value):
+    for p in path[:-1]:
+        d = d[p]
+    d[path[-1]] = value
+
+
+def _del(d, path):
+    for p in path[:-1]:
+        d = d[p]
+    del d[path[-1]]
+
+
+mutation = st.one_of(
+    st.tuples(st.just("set"), st.sampled_from(PATHS), junk),
+    st.tuples(st.just("del"), st.sampled_from([p for p in PATHS if p[-1] not in (0, 1, 2)] + [("tasks",), ("methods",)]), st.none()),
+    st.tuples(st.just("unknown_key"), st.sampled_from([(), ("backbone",), ("heads",), ("methods", 0)]), st.text(min_size=1, max_size=8)),
+    st.tuples(st.just("order"), st.lists(st.sampled_from(["bars", "quadrant", "dots", "cars", ""]), max_size=5), st.none()),
+)
+raw_text = st.one_of(st.binary(max_size=200).map(lambda b: b"\xff\xfe" + b), st.text(max_size=200),
+                     st.just("x" * 2_000_000), st.just("a: [1, 2\n"), st.just("- just\n- a list\n"))
+
+
+def _mutated(m) -> str | None:
+    d = copy.deepcopy(BASE)
+    kind, path, value = m
+    if kind == "set":
+        _set(d, path, value)
+    elif kind == "del":
+        _del(d, path)
+    elif kind == "unknown_key":
+        target = d
+        for p in path:
+            target = target[p]
+        if value in target:
+            return None
+        target[value] = 1
+    else:
+        d["orders"]["explicit"] = [path]
+        if sorted(path) == sorted(["bars", "quadrant", "dots"]):
+            return None
+    return yaml.safe_dump(d)
+
+
+TRIED = {"n": 0}
+
+
+@settings(max_examples=520, deadline=None, suppress_health_check=list(HealthCheck))
+@given(mutation)
+def test_mutated_suites_fail_cleanly(tmp_path_factory, m):
+    text = _mutated(m)
+    if text is None:
+        return
+    path = tmp_path_factory.mktemp("s") / "suite.yaml"
+    path.write_text(text)
+    try:
+        load_suite(path)
+    except CmbenchError as e:
+        msg = str(e)
+        assert msg.startswith(f"{path}: ") and "\n" not in msg and len(msg.split(": ")) >= 3
+        TRIED["n"] += 1
+        return
+    # a mutation that happens to be valid (e.g. a junk value that is allowed) must load fully
+    # and still be a proper suite
+    s = load_suite(path)
+    assert s.tasks and s.methods
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(raw_text)
+def test_raw_garbage_fails_cleanly(tmp_path_factory, blob):
+    path = tmp_path_factory.mktemp("s") / "suite.yaml"
+    path.write_bytes(blob if isinstance(blob, bytes) else blob.encode())
+    try:
+        load_suite(path)
+    except CmbenchError as e:
+        assert str(e).startswith(f"{path}: ") and "\n" not in str(e)
+        TRIED["n"] += 1
+
+
+def test_count_tried():
+    # runs after the two property tests in file order: report how many malformed suites failed cleanly
+    print(f"\nmalformed suites rejected cleanly: {TRIED['n']}")
+    assert TRIED["n"] >= 500
