@@ -57,7 +57,9 @@ def optimise(w0, w_merged, w_new, *, lr, num_steps, mgda, ema, ema_beta, alpha, 
             for target, (u, s, v) in zip(targets, subspaces):
                 loss_i = _loss(W - target, u, s, v, space)
                 (g,) = torch.autograd.grad(loss_i, W)
-                grads.append(g.flatten() / float(loss_i.detach()))
+                # (the reference divides by a zero loss when W already equals W_i: NaN; a
+                # zero loss has a zero gradient, which we keep instead)
+                grads.append(g.flatten() / max(float(loss_i.detach()), 1e-30))
             gamma = min_norm_2(grads[0], grads[1])
             sol = [gamma, 1 - gamma]
             weights = [ema_beta * w + (1 - ema_beta) * s_ for w, s_ in zip(weights, sol)] if ema else sol

@@ -193,3 +193,36 @@ def test_sequential_keeps_newest():
     theta0, experts = models(3)
     steps = run_stream("sequential", {}, theta0, experts)
     assert all(torch.equal(s[k], e[k]) for s, e in zip(steps, experts) for k in e)
+
+
+def test_opcm_merging_the_same_expert_twice_changes_nothing():
+    """S_1 = τ is its own singular basis: Uᵀ τ V is diagonal, so the projection removes all
+    of it, S_2 = S_1 and the rescaling is 1 (a model of linear weights only: other
+    parameters are added unprojected)."""
+    theta0, experts = models(1, seed=4)
+    keep = ("blk.qkv.weight", "blk.fc1.weight")
+    theta0 = {k: theta0[k] for k in keep}
+    e = {k: experts[0][k] for k in keep}
+    out = run_stream("opcm", {"alpha": 0.5}, theta0, [e, e])
+    assert all(torch.allclose(out[1][k], e[k], atol=1e-5) for k in keep)
+
+
+def test_dop_identical_models_stay_put():
+    theta0, experts = models(1, seed=5)
+    out = run_stream("dop", {"num_steps": 5}, theta0, [experts[0], experts[0]])
+    assert all(torch.allclose(out[1][k], experts[0][k], atol=1e-6) for k in experts[0] if experts[0][k].is_floating_point())
+
+
+def test_fisher_average_with_equal_fishers_is_plain_averaging(monkeypatch):
+    from cmbench import methods as M
+
+    M.discover()
+    import cmbench_baselines.fisher_average as fa
+
+    theta0, experts = models(3, seed=6)
+    keys = [k for k in theta0 if theta0[k].is_floating_point()]
+    monkeypatch.setattr(fa, "diagonal_fisher", lambda ctx, state, n: {k: torch.full_like(state[k], 0.7) for k in keys})
+    out = run_stream("fisher_average", {}, theta0, experts)
+    for t in range(1, 4):
+        for k in keys:
+            assert torch.allclose(out[t - 1][k], torch.stack([e[k] for e in experts[:t]]).mean(0), atol=1e-5)
