@@ -49,9 +49,14 @@ class Paths:
         return f"sqlite:///{db}"
 
 
+# harness files a job's numbers depend on beyond the artefacts' (evaluation, metrics, the
+# helpers methods call): editing one recomputes every job
+JOB_CODE_FILES = ("protocol.py", "metrics.py", "tensors.py", "estimates.py", "methods.py")
+
+
 def job_key(job: Job) -> str:
     """The job's identity plus the harness code that produces numbers."""
-    return f"{job.key}-{code_hash()}"
+    return f"{job.key}-{code_hash()}-{code_hash(JOB_CODE_FILES)}"
 
 
 def existing_result(path: Path, key: str) -> dict | None:
@@ -84,8 +89,11 @@ def git_commit() -> str | None:
 
 def _call(fn: Callable, args: tuple, threads: int, env: dict[str, str]) -> Any:
     """Worker-side wrapper: fix threads, make the project's baselines discoverable."""
+    import warnings
+
     import torch
 
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecations drown progress
     os.environ.update(env)
     torch.set_num_threads(threads)
     return fn(*args)
