@@ -47,6 +47,13 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
+    if args.format:
+        from .report.tables import render_table
+        from .runner import load_results
+
+        methods = [m for m in args.methods.split(",") if m] if args.methods else None
+        print(render_table(load_results(args.results), args.table, args.format, methods, args.suite), end="")
+        return 0
     from .report import render_leaderboard
 
     out = render_leaderboard(args.results, args.output, args.plots)
@@ -117,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--results", default="results", help="results directory (default: results)")
     rp.add_argument("--output", default="leaderboard.md", help="markdown file to write (default: leaderboard.md)")
     rp.add_argument("--plots", help="directory for plots (default: plots/ next to the output)")
+    rp.add_argument("--format", choices=["markdown", "latex", "csv"],
+                    help="print a paper table instead of writing the leaderboard")
+    rp.add_argument("--table", default="stream", choices=["stream", "benchmarks", "ablation"],
+                    help="stream: methods × tasks + Avg + BWT; benchmarks: methods × suites (final, AAA); "
+                         "ablation: variants of one method (--methods NAME) × suites")
+    rp.add_argument("--suite", help="only this suite's results")
+    rp.add_argument("--methods", help="comma-separated method names or labels")
     rp.set_defaults(fn=cmd_report)
 
     ck = sub.add_parser("check", help="run the conformance kit on methods (default: all)",

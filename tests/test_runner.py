@@ -133,13 +133,27 @@ def test_nan_merge_fails_that_job_only(nano_copy, tmp_path, monkeypatch):
     assert "4 failed job(s)" in md
 
 
-def test_report_is_deterministic(nano_copy, tmp_path):
+def test_report_is_deterministic_and_complete(nano_copy, tmp_path):
+    from cmbench.report.tables import render_table
+
     a = render_leaderboard(Paths(nano_copy).results, tmp_path / "a" / "lb.md").read_bytes()
-    png_a = (tmp_path / "a" / "plots" / "nano-merge-accuracy-over-steps.png").read_bytes()
     b = render_leaderboard(Paths(nano_copy).results, tmp_path / "b" / "lb.md").read_bytes()
-    png_b = (tmp_path / "b" / "plots" / "nano-merge-accuracy-over-steps.png").read_bytes()
-    assert a == b and png_a == png_b
+    files_a = sorted(p.name for p in (tmp_path / "a" / "plots").iterdir())
+    assert a == b
+    for name in files_a:  # every plot, PNG and SVG, byte-identical
+        assert (tmp_path / "a" / "plots" / name).read_bytes() == (tmp_path / "b" / "plots" / name).read_bytes(), name
+    kinds = ["accuracy-over-steps", "accuracy-matrices", "forgetting", "pareto", "final-vs-expert"]
+    assert files_a == sorted(f"nano-merge-{k}.{ext}" for k in kinds for ext in ("png", "svg"))
     text = a.decode()
     for label in ("weight_average", "task_arithmetic", "ties", "pretrained θ0", "individual experts"):
         assert label in text
     assert "![average accuracy over steps](plots/nano-merge-accuracy-over-steps.png)" in text
+    recs = load_results(Paths(nano_copy).results)
+    for fmt in ("markdown", "latex", "csv"):
+        stream = render_table(recs, "stream", fmt)
+        assert "bars" in stream and "BWT" in stream
+        assert "nano-merge" in render_table(recs, "benchmarks", fmt)
+        assert "ties" in render_table(recs, "ablation", fmt, ["ties"])
+        assert render_table(recs, "stream", fmt) == stream
+    assert "\\textbf{" in render_table(recs, "stream", "latex")
+    assert "**" in render_table(recs, "benchmarks", "markdown")

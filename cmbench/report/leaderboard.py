@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runner import load_results
-from .plots import plot_accuracy_over_steps
+from . import plots
 
 STREAM_COLS = ("ACC", "AIA", "BWT", "FGT", "FWT", "NACC")
 TTM_COLS = ["ACC", "AIA", "BWT", "FGT"]  # FWT undefined: unlearned classes have no cells
@@ -152,9 +152,20 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
         lines.append("")
 
     if ok:
-        png = plot_accuracy_over_steps(suite, by_label, plots_dir)
-        rel = Path(png).resolve().relative_to(md_dir.resolve()) if md_dir else Path(png)
-        lines += [f"![average accuracy over steps]({rel.as_posix()})", ""]
+        figs = [("average accuracy over steps", plots.plot_accuracy_over_steps),
+                ("accuracy matrices", plots.plot_heatmaps),
+                ("forgetting", plots.plot_forgetting),
+                ("accuracy vs cost", plots.plot_pareto)]
+        figs += ([("final accuracy vs the expert", plots.plot_final_vs_expert)] if stream
+                 else [("start-of-task gradient norm", plots.plot_grad_norm)])
+        links = []
+        for i, (title, fn) in enumerate(figs):
+            png = Path(fn(suite, by_label, plots_dir))
+            rel = png.resolve().relative_to(md_dir.resolve()).as_posix()
+            if i == 0:
+                lines += [f"![{title}]({rel})", ""]
+            links.append(f"[{title}]({rel}) ([SVG]({rel[:-4]}.svg))")
+        lines += ["Plots: " + " · ".join(links), ""]
     return lines
 
 

@@ -1,4 +1,6 @@
-"""Plots for the leaderboard (matplotlib, Agg; deterministic file contents)."""
+"""Plots for the leaderboard (matplotlib, Agg). Each is written as PNG and SVG with fixed
+metadata and a fixed SVG id salt, so the same result files give the same bytes. A white
+figure background keeps them readable on light and dark pages."""
 
 from __future__ import annotations
 
@@ -9,25 +11,50 @@ import numpy as np
 from .. import metrics
 
 
-def plot_accuracy_over_steps(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) -> Path:
-    """Mean accuracy over seen tasks after each step, per method, with a ±std band."""
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    plt.rcParams.update({"svg.hashsalt": "cmbench", "figure.facecolor": "white", "axes.facecolor": "white",
+                         "savefig.facecolor": "white", "font.size": 9})
+    return plt
+
+
+def _save(fig, plots_dir: Path, name: str) -> Path:
     plots_dir.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    fig.patch.set_facecolor("white")
+    png = plots_dir / f"{name}.png"
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
+    fig.savefig(png, dpi=120, metadata={"Software": None})
+    fig.savefig(plots_dir / f"{name}.svg", metadata={"Date": None, "Creator": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return png
+
+
+def _colors(labels):
+    plt = _plt()
+    cmap = plt.get_cmap("tab20")
+    return {lb: cmap(i % 20) for i, lb in enumerate(sorted(labels))}
+
+
+def plot_accuracy_over_steps(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) -> Path:
+    """Mean accuracy over seen tasks after each step, per method, with a ±std band."""
+    plt = _plt()
+    colors = _colors(by_label)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for label in sorted(by_label):
         curves = np.array([metrics.step_average(r["R"]) for r in by_label[label]], dtype=float) * 100
         steps = np.arange(1, curves.shape[1] + 1)
         mean = np.nanmean(curves, axis=0)
         std = np.nanstd(curves, axis=0, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
-        (line,) = ax.plot(steps, mean, marker="o", ms=3, label=f"{label} (n={len(curves)})")
-        ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.18, linewidth=0)
+        ax.plot(steps, mean, marker="o", ms=3, color=colors[label], label=f"{label} (n={len(curves)})")
+        ax.fill_between(steps, mean - std, mean + std, color=colors[label], alpha=0.15, linewidth=0)
     any_recs = [r for rs in by_label.values() for r in rs]
-    if any_recs and any_recs[0].get("E"):  # merge stream reference levels: θ0 and the experts, mean over seeds
+    if any_recs and any_recs[0].get("E"):  # merge stream reference levels
         by_seed = {r["seed"]: r for r in any_recs}
         theta0 = 100 * np.mean([np.mean(r["R"][0]) for r in by_seed.values()])
         experts = 100 * np.mean([np.mean(r["E"]) for r in by_seed.values()])
@@ -37,9 +64,114 @@ def plot_accuracy_over_steps(suite: str, by_label: dict[str, list[dict]], plots_
     ax.set_ylabel("mean accuracy on seen tasks (%)")
     ax.set_title(f"{suite}\nmean ± std over seeds × orders", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, frameon=True)
-    fig.tight_layout()
-    path = plots_dir / f"{suite}-accuracy-over-steps.png"
-    fig.savefig(path, metadata={"Software": None})
-    plt.close(fig)
-    return path
+    ax.legend(fontsize=7, frameon=True, ncol=2)
+    return _save(fig, plots_dir, f"{suite}-accuracy-over-steps")
+
+
+def plot_heatmaps(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) -> Path:
+    """The accuracy matrix R of each method for one job (lowest seed, order 0), tasks named."""
+    plt = _plt()
+    labels = sorted(by_label)
+    cols = min(4, len(labels))
+    rows = -(-len(labels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols + 0.8, 2.9 * rows), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, label in zip(axes.flat, labels):
+        r = min(by_label[label], key=lambda x: (x["seed"], x["order_index"]))
+        R = np.array([[np.nan if v is None else v for v in row] for row in r["R"]], dtype=float) * 100
+        ax.axis("on")
+        im = ax.imshow(R, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+        ax.set_title(f"{label}\nseed {r['seed']}, order {r['order_index']}", fontsize=8)
+        ax.set_xticks(range(len(r["tasks"])), r["tasks"], rotation=60, fontsize=6)
+        ax.set_yticks(range(len(R)), ["θ0"] + [f"M{t}" for t in range(1, len(R))], fontsize=6)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="accuracy (%)")
+    return _save(fig, plots_dir, f"{suite}-accuracy-matrices")
+
+
+def plot_final_vs_expert(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) -> Path:
+    """Final accuracy per task for each method beside the expert's (merge stream)."""
+    plt = _plt()
+    recs = [r for rs in by_label.values() for r in rs]
+    tasks = sorted({t for r in recs for t in r["tasks"]})
+    labels = sorted(by_label)
+    colors = _colors(labels)
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(tasks) * (len(labels) + 1) / 4), 3.8))
+    width = 0.8 / (len(labels) + 1)
+    x = np.arange(len(tasks))
+
+    def final(r, t):
+        return 100 * r["R"][-1][r["tasks"].index(t)]
+
+    expert = [100 * np.mean([r["E"][r["tasks"].index(t)] for r in recs]) for t in tasks]
+    ax.bar(x - 0.4 + width / 2, expert, width, color="0.6", label="expert")
+    for i, label in enumerate(labels, start=1):
+        vals = [np.mean([final(r, t) for r in by_label[label]]) for t in tasks]
+        ax.bar(x - 0.4 + width * (i + 0.5), vals, width, color=colors[label], label=label)
+    ax.set_xticks(x, tasks, rotation=30, ha="right")
+    ax.set_ylabel("final accuracy (%)")
+    ax.set_title(f"{suite}: per-task final accuracy vs the expert (mean over jobs)", fontsize=10)
+    ax.legend(fontsize=7, ncol=4)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, plots_dir, f"{suite}-final-vs-expert")
+
+
+def plot_forgetting(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) -> Path:
+    """BWT and FGT per method, mean ± std over jobs."""
+    plt = _plt()
+    labels = sorted(by_label, key=lambda lb: np.nanmean([r["metrics"]["BWT"] for r in by_label[lb]]))
+    fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(labels) + 1.5))
+    y = np.arange(len(labels))
+    for off, key, color in ((-0.2, "BWT", "tab:red"), (0.2, "FGT", "tab:blue")):
+        vals = [[100 * (r["metrics"][key] if r["metrics"][key] is not None else np.nan) for r in by_label[lb]]
+                for lb in labels]
+        ax.barh(y + off, [np.nanmean(v) for v in vals], 0.38, xerr=[np.nanstd(v) for v in vals],
+                color=color, alpha=0.8, label=key, error_kw={"lw": 0.8})
+    ax.set_yticks(y, labels)
+    ax.axvline(0, color="0.3", lw=0.8)
+    ax.set_xlabel("points (BWT < 0 and FGT > 0 mean forgetting)")
+    ax.set_title(f"{suite}: backward transfer and forgetting", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, plots_dir, f"{suite}-forgetting")
+
+
+def plot_pareto(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) -> Path:
+    """ACC against storage and against time, one point per method."""
+    plt = _plt()
+    colors = _colors(by_label)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8.4, 3.6))
+    for label, rs in sorted(by_label.items()):
+        acc = 100 * np.mean([r["metrics"]["ACC"] for r in rs])
+        storage = np.mean([r["storage_bytes"]["peak"] for r in rs]) / 2**20
+        t = max(1e-3, np.mean([r["timings"]["merge_total_s"] + r["timings"].get("train_total_s", 0.0) for r in rs]))
+        for ax, xv in ((a1, storage), (a2, t)):
+            ax.scatter([xv], [acc], color=colors[label], s=30)
+            ax.annotate(label, (xv, acc), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    a1.set_xlabel("storage kept between steps (MiB)")
+    a2.set_xlabel("merge + train time per job (s)")
+    a2.set_xscale("log")
+    for ax in (a1, a2):
+        ax.set_ylabel("ACC (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{suite}: accuracy vs cost", fontsize=10)
+    return _save(fig, plots_dir, f"{suite}-pareto")
+
+
+def plot_grad_norm(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) -> Path:
+    """Train then merge: gradient norm at the start of each task's training."""
+    plt = _plt()
+    colors = _colors(by_label)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for label, rs in sorted(by_label.items()):
+        g = np.array([r["start_grad_norm"] for r in rs], dtype=float)
+        steps = np.arange(1, g.shape[1] + 1)
+        ax.plot(steps, g.mean(0), marker="o", ms=3, color=colors[label], label=label)
+    ax.set_xlabel("task t")
+    ax.set_ylabel("‖∇θ L‖ at the start of task t's training")
+    ax.set_yscale("log")
+    ax.set_title(f"{suite}: start-of-task gradient norm (mean over jobs)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, plots_dir, f"{suite}-start-grad-norm")

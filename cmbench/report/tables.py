@@ -1,0 +1,135 @@
+"""Paper tables from result files: markdown, LaTeX or CSV; mean ± std; best in bold, second
+underlined (per column, higher is better except where noted).
+
+Layouts:
+* ``stream``: methods × tasks (final per-task accuracy) + Avg + BWT, one block per suite
+  (the layout of the continual-merging papers: OPCM, ODE-M);
+* ``benchmarks``: methods × suites with final accuracy (ACC_all for class-incremental
+  suites, else ACC) and AAA (else AIA) — the layout of the P&M / InfLoRA tables;
+* ``ablation``: the variants of one method (labels starting with its name) × suites.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+
+import numpy as np
+
+
+def _ms(values):
+    v = np.array([x for x in values if x is not None and x == x], dtype=float) * 100
+    if v.size == 0:
+        return None
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def _rank_marks(column: list[tuple | None]) -> list[str]:
+    means = sorted({c[0] for c in column if c is not None}, reverse=True)
+    out = []
+    for c in column:
+        if c is None:
+            out.append("")
+        elif means and c[0] == means[0]:
+            out.append("best")
+        elif len(means) > 1 and c[0] == means[1]:
+            out.append("second")
+        else:
+            out.append("")
+    return out
+
+
+def _cell(c, mark, fmt):
+    if c is None:
+        return "–"
+    text = f"{c[0]:.1f} ± {c[1]:.1f}"
+    if fmt == "latex":
+        text = f"{c[0]:.1f} $\\pm$ {c[1]:.1f}"
+        return {"best": f"\\textbf{{{text}}}", "second": f"\\underline{{{text}}}"}.get(mark, text)
+    if fmt == "markdown":
+        return {"best": f"**{text}**", "second": f"<u>{text}</u>"}.get(mark, text)
+    return text
+
+
+def _render(title: str, header: list[str], rows: list[str], cols: list[list], fmt: str) -> str:
+    marks = [_rank_marks(col) for col in cols]
+    body = [[r] + [_cell(cols[j][i], marks[j][i], fmt) for j in range(len(cols))] for i, r in enumerate(rows)]
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["table"] + header)
+        for line in body:
+            w.writerow([title] + line)
+        return buf.getvalue()
+    if fmt == "latex":
+        esc = lambda t: t.replace("_", "\\_").replace("%", "\\%")  # noqa: E731
+        out = [f"% {esc(title)}", "\\begin{tabular}{l" + "c" * (len(header) - 1) + "}", "\\toprule",
+               " & ".join(esc(h) for h in header) + " \\\\", "\\midrule"]
+        out += [" & ".join([esc(line[0])] + line[1:]) + " \\\\" for line in body]
+        out += ["\\bottomrule", "\\end{tabular}", ""]
+        return "\n".join(out)
+    out = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(line) + " |" for line in body] + [""]
+    return "\n".join(out)
+
+
+def stream_table(recs: list[dict], fmt: str, methods: list[str] | None = None) -> str:
+    out = []
+    by_suite = defaultdict(list)
+    for r in recs:
+        if r["status"] == "ok" and r.get("setting") == "merge_stream":
+            by_suite[r["suite"]].append(r)
+    for suite in sorted(by_suite):
+        rs = by_suite[suite]
+        tasks = sorted({t for r in rs for t in r["tasks"]})
+        labels = sorted({r["label"] for r in rs if not methods or r["label"] in methods or r["method"] in methods})
+        cols = []
+        for t in tasks:
+            cols.append([_ms([r["R"][-1][r["tasks"].index(t)] for r in rs if r["label"] == lb]) for lb in labels])
+        cols.append([_ms([r["metrics"]["ACC"] for r in rs if r["label"] == lb]) for lb in labels])
+        cols.append([_ms([r["metrics"]["BWT"] for r in rs if r["label"] == lb]) for lb in labels])
+        out.append(_render(f"{suite}: final accuracy per task (%)", ["Method", *tasks, "Avg", "BWT"], labels, cols, fmt))
+    return "\n".join(out)
+
+
+def _headline(r):
+    m = r["metrics"]
+    return (m.get("ACC_all", m["ACC"]), m.get("AAA", m["AIA"]))
+
+
+def benchmarks_table(recs: list[dict], fmt: str, methods: list[str] | None = None,
+                     title: str = "final accuracy / AAA per benchmark (%)") -> str:
+    ok = [r for r in recs if r["status"] == "ok" and (not methods or r["label"] in methods or r["method"] in methods
+                                                        or any(r["label"].startswith(m) for m in methods))]
+    suites = sorted({r["suite"] for r in ok})
+    labels = sorted({r["label"] for r in ok})
+    cols, header = [], ["Method"]
+    for s in suites:
+        for k, name in ((0, "Final"), (1, "AAA")):
+            header.append(f"{s} {name}")
+            cols.append([_ms([_headline(r)[k] for r in ok if r["suite"] == s and r["label"] == lb]) for lb in labels])
+    return _render(title, header, labels, cols, fmt)
+
+
+def ablation_table(recs: list[dict], fmt: str, method: str) -> str:
+    variants = [r for r in recs if r["method"] == method]
+    return benchmarks_table(variants, fmt, None, title=f"ablation of {method}: final accuracy / AAA (%)")
+
+
+def render_table(recs: list[dict], kind: str, fmt: str, methods: list[str] | None = None, suite: str | None = None) -> str:
+    if suite:
+        recs = [r for r in recs if r["suite"] == suite]
+    if kind == "stream":
+        return stream_table(recs, fmt, methods)
+    if kind == "benchmarks":
+        return benchmarks_table(recs, fmt, methods)
+    if kind == "ablation":
+        if not methods or len(methods) != 1:
+            from .. import CmbenchError
+
+            raise CmbenchError("--table ablation needs exactly one method: --methods NAME")
+        return ablation_table(recs, fmt, methods[0])
+    from .. import CmbenchError
+
+    raise CmbenchError(f"unknown --table {kind!r}; use stream, benchmarks or ablation")
