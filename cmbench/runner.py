@@ -17,11 +17,13 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from . import CmbenchError
@@ -195,6 +197,26 @@ def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, seeds
     if not todo:
         return {"jobs": len(jobs), "skipped": skipped, "ran": 0, "failed": 0}
 
+    try:  # fail before computing anything if results cannot be written
+        paths.results.mkdir(parents=True, exist_ok=True)
+        paths.cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=paths.results):
+            pass
+    except OSError as e:
+        raise CmbenchError(f"{paths.results}: not writable ({e.strerror}); use --out DIR") from None
+    lock = FileLock(str(paths.cache.parent / f"{suite.name}.run.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise CmbenchError(f"another `cmbench run` is running suite {suite.name} in {paths.out}; "
+                           f"wait for it to finish or use another --out") from None
+    try:
+        return _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, executor, tracking_uri, log)
+    finally:
+        lock.release()
+
+
+def _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, executor, tracking_uri, log):
     cache = str(paths.cache.resolve())
     store = Store(cache)
     ex = (RayExecutor(workers, threads, suite.resources.gpus_per_job, ray_address) if executor == "ray"
