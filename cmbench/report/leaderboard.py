@@ -189,7 +189,9 @@ def render_leaderboard(results_dir: str | Path = "results", output: str | Path =
         "ACC/AIA/BWT/FGT there are per-task means. Start ‖∇‖: gradient norm at the start of each task's "
         "training, mean over steps. "
         "Storage: bytes a method keeps between steps beyond the merged model. "
-        "† reconstruction of a method without public code; ‡ end-of-stream refinement (lifts only the final row).",
+        "† reconstruction of a method without public code; ‡ end-of-stream refinement (lifts only the final row). "
+        "Hyperparameters: the values each row lists, as set in its suite (paper or public-code defaults); "
+        "a row whose values were tuned would say so — none is (no tuning has been run).",
         "",
     ]
     if not by_suite:
