@@ -28,9 +28,14 @@ class Tracker:
             for noisy in ("mlflow", "alembic"):  # keep the terminal for progress and errors
                 logging.getLogger(noisy).setLevel(logging.WARNING)
 
-            if uri.startswith("sqlite:///"):
-                Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            artifacts = None
+            if uri.startswith("sqlite:///"):  # artefacts beside the database, not in the cwd
+                db_dir = Path(uri.removeprefix("sqlite:///")).parent
+                db_dir.mkdir(parents=True, exist_ok=True)
+                artifacts = (db_dir / "mlartifacts").resolve().as_uri()
             mlflow.set_tracking_uri(uri)
+            if mlflow.get_experiment_by_name(suite.name) is None:
+                mlflow.create_experiment(suite.name, artifact_location=artifacts)
             mlflow.set_experiment(suite.name)
             self.parent = mlflow.start_run(run_name=f"{suite.name}", tags={"suite_hash": suite.hash()})
             mlflow.log_param("suite", suite.name)
