@@ -193,3 +193,20 @@ def test_second_run_on_the_same_output_is_refused_and_unwritable_dir_is_named(na
     (ro / "results").write_text("a file where the results folder should be")
     with __import__("pytest").raises(CmbenchError, match="not writable"):
         run_suite(NANO, out=ro, executor="local", **QUIET)
+
+
+def test_mlflow_parent_and_nested_runs(nano_run):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=Paths(nano_run).tracking_uri)
+    exp = client.get_experiment_by_name("nano-merge")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and len(children) == 12
+    child = children[0]
+    assert "ACC" in child.data.metrics and child.data.params["method"]
+    assert len(client.get_metric_history(child.info.run_id, "avg_seen_acc")) == 3
+    names = [a.path for a in client.list_artifacts(child.info.run_id)]
+    assert "accuracy_matrix.csv" in names
+    assert Path(exp.artifact_location.removeprefix("file://")).is_relative_to(Path(nano_run).resolve())
