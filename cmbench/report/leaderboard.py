@@ -136,6 +136,9 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
             lines.append("| *individual experts* | " + " | ".join(f"{100 * indiv[s]:.1f}" for s in seeds) + " |")
         lines.append("")
 
+    if ok and len(by_label) > 1:
+        lines += paired_section(by_label, "weight_average" if "weight_average" in by_label else sorted(by_label)[0])
+
     if ok and stream:
         # each expert and θ0 on each task (mean over seeds)
         tasks = ok[0]["tasks"]
@@ -167,6 +170,24 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
             links.append(f"[{title}]({rel}) ([SVG]({rel[:-4]}.svg))")
         lines += ["Plots: " + " · ".join(links), ""]
     return lines
+
+
+def paired_section(by_label: dict[str, list[dict]], ref: str) -> list[str]:
+    """ACC differences to ``ref`` on the same (seed, order): removes the seed-to-seed spread
+    that unpaired mean ± std mixes in."""
+    base = {(r["seed"], r["order_index"]): r["metrics"]["ACC"] for r in by_label[ref]}
+    lines = [f"Paired ACC difference to {ref} (same seed and order; mean ± std, wins/n):", "",
+             "| Method | Δ ACC | wins |", "|---|---|---|"]
+    rows = []
+    for label, rs in by_label.items():
+        if label == ref:
+            continue
+        d = [r["metrics"]["ACC"] - base[(r["seed"], r["order_index"])] for r in rs
+             if (r["seed"], r["order_index"]) in base]
+        if d:
+            m, sd, n = _stat(d)
+            rows.append((-m, label, f"| {label} | {100 * m:+.1f} ± {100 * sd:.1f} | {sum(x > 0 for x in d)}/{n} |"))
+    return lines + [row for *_, row in sorted(rows)] + [""]
 
 
 def render_leaderboard(results_dir: str | Path = "results", output: str | Path = "leaderboard.md",
