@@ -97,7 +97,7 @@ def plot_final_vs_expert(suite: str, by_label: dict[str, list[dict]], plots_dir:
     tasks = sorted({t for r in recs for t in r["tasks"]})
     labels = sorted(by_label)
     colors = _colors(labels)
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(tasks) * (len(labels) + 1) / 4), 3.8))
+    fig, ax = plt.subplots(figsize=(min(12.0, max(6.4, 0.9 * len(tasks) * (len(labels) + 1) / 4)), 4.4))
     width = 0.8 / (len(labels) + 1)
     x = np.arange(len(tasks))
 
@@ -112,7 +112,7 @@ def plot_final_vs_expert(suite: str, by_label: dict[str, list[dict]], plots_dir:
     ax.set_xticks(x, tasks, rotation=30, ha="right")
     ax.set_ylabel("final accuracy (%)")
     ax.set_title(f"{suite}: per-task final accuracy vs the expert (mean over jobs)", fontsize=10)
-    ax.legend(fontsize=7, ncol=4)
+    ax.legend(fontsize=7, ncol=min(6, len(labels) + 1), loc="upper center", bbox_to_anchor=(0.5, -0.2))
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, plots_dir, f"{suite}-final-vs-expert")
 
