@@ -88,7 +88,11 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
     rows = []
     for label, rs in by_label.items():
         acc_mean = _stat([r["metrics"]["ACC"] for r in rs])[0]
-        hp = ", ".join(f"{k}={v}" for k, v in sorted(rs[0]["hparams"].items())) or "–"
+        hp = ", ".join(f"{k}={v}" for k, v in sorted(rs[0]["hparams"].items()))
+        lora = rs[0].get("lora")
+        if lora:
+            hp = (f"LoRA rank {lora['rank']} on {'/'.join(lora['targets'])}" + (f"; {hp}" if hp else ""))
+        hp = hp or "–"
         name = label + (" †" if rs[0].get("reconstruction") else "") + (" ‡" if rs[0].get("R_final_before_finish") else "")
         reference = rs[0].get("data_access") == "all_seen"
         cells = [f"*{name}* (reference)" if reference else name, str(len(rs))]
