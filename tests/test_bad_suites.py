@@ -69,7 +69,7 @@ def _mutated(m) -> str | None:
 TRIED = {"n": 0}
 
 
-@settings(max_examples=520, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=520, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(mutation)
 def test_mutated_suites_fail_cleanly(tmp_path_factory, m):
     text = _mutated(m)
@@ -90,7 +90,7 @@ def test_mutated_suites_fail_cleanly(tmp_path_factory, m):
     assert s.tasks and s.methods
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(raw_text)
 def test_raw_garbage_fails_cleanly(tmp_path_factory, blob):
     path = tmp_path_factory.mktemp("s") / "suite.yaml"
