@@ -60,23 +60,30 @@ def test_rerun_skips_everything(nano_copy):
     assert time.perf_counter() - t < 10
 
 
-def test_editing_a_method_recomputes_only_that_method(nano_copy, tmp_path, monkeypatch):
+def nano_with_plugin(tmp_path, monkeypatch, name: str, src: str):
+    """Write ``plugins/<name>.py``, make it discoverable, return (plugin file, nano suite + it)."""
     plugins = tmp_path / "plugins"
-    plugins.mkdir()
+    plugins.mkdir(exist_ok=True)
+    plugin = plugins / f"{name}.py"
+    plugin.write_text(src)
+    monkeypatch.setenv("CMBENCH_BASELINES", str(plugins))
+    d = yaml.safe_load(NANO.read_text())
+    d["methods"].append({"name": name})
+    suite_path = tmp_path / f"nano-{name}.yaml"
+    suite_path.write_text(yaml.safe_dump(d))
+    return plugin, suite_path
+
+
+def test_editing_a_method_recomputes_only_that_method(nano_copy, tmp_path, monkeypatch):
     src = ("from cmbench.methods import merge_function\n"
            "from cmbench.tensors import combine\n"
            "@merge_function('e2e_halfway', paper='test')\n"
            "def halfway(ctx, merged, incoming, *, w: float = 0.5):\n"
            "    return combine([merged, incoming], lambda m, x: (1 - w) * m + w * x, like=incoming)\n")
-    (plugins / "e2e_halfway.py").write_text(src)
-    monkeypatch.setenv("CMBENCH_BASELINES", str(plugins))
-    d = yaml.safe_load(NANO.read_text())
-    d["methods"].append({"name": "e2e_halfway"})
-    suite_path = tmp_path / "nano-plus.yaml"
-    suite_path.write_text(yaml.safe_dump(d))
+    plugin, suite_path = nano_with_plugin(tmp_path, monkeypatch, "e2e_halfway", src)
     first = run_suite(suite_path, out=nano_copy, executor="local", **QUIET)
     assert first["ran"] == 4 and first["skipped"] == 12  # adding a method keeps the others
-    (plugins / "e2e_halfway.py").write_text(src + "# a fix\n")
+    plugin.write_text(src + "# a fix\n")
     second = run_suite(suite_path, out=nano_copy, executor="local", **QUIET)
     assert second["ran"] == 4 and second["skipped"] == 12
 
@@ -127,21 +134,14 @@ def test_ray_executor_matches_in_process(nano_run, nano_copy):
 
 
 def test_nan_merge_fails_that_job_only(nano_copy, tmp_path, monkeypatch):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "e2e_nan.py").write_text(
+    _, suite_path = nano_with_plugin(tmp_path, monkeypatch, "e2e_nan", (
         "import torch\n"
         "from cmbench.methods import merge_function\n"
         "@merge_function('e2e_nan', paper='test')\n"
         "def nan(ctx, merged, incoming):\n"
         "    out = {k: v.clone() for k, v in incoming.items()}\n"
         "    out['blocks.0.attn.qkv.weight'][0, 0] = float('nan')\n"
-        "    return out\n")
-    monkeypatch.setenv("CMBENCH_BASELINES", str(plugins))
-    d = yaml.safe_load(NANO.read_text())
-    d["methods"].append({"name": "e2e_nan"})
-    suite_path = tmp_path / "nano-nan.yaml"
-    suite_path.write_text(yaml.safe_dump(d))
+        "    return out\n"))
     summary = run_suite(suite_path, out=nano_copy, executor="local", **QUIET)
     assert summary["failed"] == 4 and summary["skipped"] == 12
     failed = [r for r in load_results(Paths(nano_copy).results) if r["status"] == "failed"]
