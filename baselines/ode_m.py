@@ -100,14 +100,8 @@ class ODEM(Method):
     # -- model access -------------------------------------------------------------------------
     @staticmethod
     def _net(ctx, task, state):
-        """The backbone loaded with ``state`` and task ``task``'s frozen head (the harness's
-        accessor serves the current task, so it is asked with ``task`` as current)."""
-        current = ctx.task
-        ctx.task = task
-        try:
-            return ctx.network(state)
-        finally:
-            ctx.task = current
+        """The backbone loaded with ``state`` and task ``task``'s frozen head."""
+        return ctx.network(state, task=task)
 
     def _batches(self, task, n_batches):
         s = self.calib[task]

@@ -27,7 +27,8 @@ from .suite import Suite
 from .tensors import StateDict, content_hash
 from .train import fit
 
-_CODE_FILES = ("data/__init__.py", "data/micro.py", "models/__init__.py", "train.py", "artefacts.py")
+_CODE_FILES = ("data/__init__.py", "data/micro.py", "data/vision.py", "data/clip_tasks.json", "models/__init__.py",
+               "models/clip.py", "models/checkpoint.py", "train.py", "artefacts.py")
 
 
 @lru_cache(maxsize=None)
@@ -114,13 +115,25 @@ def task_data(dataset: str, task: str, data_seed: int, img_size: int, params_jso
 
 
 def load_tasks(suite: Suite, pretraining: bool = False) -> dict[str, data_mod.TaskData]:
-    """The suite's tasks (or, with ``pretraining``, the data θ0 is pretrained on)."""
+    """The suite's tasks (or, with ``pretraining``, the data θ0 is pretrained on); test
+    splits capped at ``evaluation.max_test_per_task`` (a fixed, data-seeded subset)."""
     specs = (suite.pretrain.tasks or suite.tasks) if pretraining else suite.tasks
-    return {
-        t.name: task_data(t.dataset, t.name, suite.data_seed, suite.backbone.img_size,
-                          json.dumps(t.params, sort_keys=True))
-        for t in specs
-    }
+    out = {t.name: task_data(t.dataset, t.name, suite.data_seed, suite.backbone.image_size,
+                             json.dumps(t.params, sort_keys=True))
+           for t in specs}
+    cap = suite.evaluation.max_test_per_task
+    if cap and not pretraining:
+        out = {n: _cap_test(td, cap, suite.data_seed) for n, td in out.items()}
+    return out
+
+
+def _cap_test(td: data_mod.TaskData, cap: int, data_seed: int) -> data_mod.TaskData:
+    if len(td.test) <= cap:
+        return td
+    keep = torch.randperm(len(td.test), generator=torch.Generator().manual_seed(data_seed))[:cap].sort().values
+    import dataclasses
+
+    return dataclasses.replace(td, test=data_mod.Split(x=td.test.x[keep], y=td.test.y[keep]))
 
 
 def theta0_key(suite: Suite, seed: int) -> str:
@@ -133,7 +146,10 @@ def heads_key(suite: Suite, seed: int) -> str:
 
 
 def expert_key(suite: Suite, seed: int, task: str) -> str:
-    return _key("expert", heads_key(suite, seed), task, suite.experts.model_dump(), suite.evaluation.model_dump())
+    experts = suite.experts.model_dump()
+    if suite.experts.source == "checkpoints":  # only this task's checkpoint names this expert
+        experts = {"checkpoint": experts["checkpoints"][task]}
+    return _key("expert", heads_key(suite, seed), task, experts, suite.evaluation.model_dump())
 
 
 def _rotate_batch(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,6 +162,15 @@ def _rotate_batch(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, 
 
 
 def make_theta0(suite: Suite, seed: int) -> tuple[StateDict, dict]:
+    """θ0: a real-scale backbone's published weights, or (tiny ViT) pretrain it."""
+    if suite.backbone.kind != "tiny_vit":
+        from .models.clip import pretrained_state
+
+        return pretrained_state(suite.backbone, seed), {"pretrained": getattr(suite.backbone, "pretrained", None)}
+    return pretrain_theta0(suite, seed)
+
+
+def pretrain_theta0(suite: Suite, seed: int) -> tuple[StateDict, dict]:
     """Pretrain θ0 on the train splits of the suite's tasks (never val/test).
 
     ``family_rotation``: label-free; predict which task an image comes from and its
@@ -198,6 +223,16 @@ def make_heads(suite: Suite, seed: int, theta0: StateDict) -> tuple[StateDict, d
     backbone.load_state_dict(theta0)
     gen = torch.Generator().manual_seed(seed + 2)
     out = {}
+    if suite.heads.kind == "zero_shot":
+        from .data.vision import clip_tasks
+        from .models.clip import zero_shot_weights
+
+        for t in suite.tasks:
+            meta = clip_tasks().get(t.dataset)
+            if meta is None:
+                raise CmbenchError(f"heads.kind: zero_shot needs class names and templates; {t.dataset} has none")
+            out[f"{t.name}.weight"] = zero_shot_weights(suite.backbone, meta["classnames"], meta["templates"], seed)
+        return out, {"kind": "zero_shot"}
     for name, td in load_tasks(suite).items():
         feats = torch.nn.functional.normalize(features(backbone, td.train.x, suite.evaluation.batch_size), dim=-1)
         y = td.train.y
@@ -272,12 +307,33 @@ class SuiteArtefacts:
         return self.store.get_or_make("theta0", theta0_key(self.suite, self.seed),
                                       lambda: make_theta0(self.suite, self.seed))[0]
 
+    def theta0_eval_key(self) -> str:
+        """θ0's test accuracies depend on θ0, the heads, the test splits and evaluation."""
+        tasks = [t.model_dump() for t in self.suite.tasks]
+        return _key("eval-theta0", heads_key(self.suite, self.seed), tasks, self.suite.evaluation.max_test_per_task)
+
     def heads(self) -> dict[str, Head]:
         t, _ = self.store.get_or_make("heads", heads_key(self.suite, self.seed),
                                       lambda: make_heads(self.suite, self.seed, self.theta0()))
         return split_heads(t, self.suite.task_names())
 
     def expert(self, task: str) -> tuple[StateDict, dict]:
-        return self.store.get_or_make(
-            "experts", expert_key(self.suite, self.seed, task),
-            lambda: make_expert(self.suite, self.seed, task, self.theta0(), self.heads()[task]))
+        if self.suite.experts.source == "checkpoints":
+            make = lambda: load_expert_checkpoint(self.suite, task, self.theta0(), self.heads()[task])  # noqa: E731
+        else:
+            make = lambda: make_expert(self.suite, self.seed, task, self.theta0(), self.heads()[task])  # noqa: E731
+        return self.store.get_or_make("experts", expert_key(self.suite, self.seed, task), make)
+
+
+def load_expert_checkpoint(suite: Suite, task: str, theta0: StateDict, head: Head) -> tuple[StateDict, dict]:
+    """A pinned checkpoint, converted to the backbone's names and checked against θ0; its own
+    test accuracy measured once here (cached with it)."""
+    from .models import accuracy
+    from .models.checkpoint import load_expert
+
+    state, meta = load_expert(suite.experts.checkpoints[task], task, theta0, "experts.checkpoints")
+    backbone = create_backbone(suite.backbone, theta0)
+    backbone.load_state_dict(state)
+    td = load_tasks(suite)[task]
+    meta["test_accuracy"] = accuracy(backbone, head, td.test.x, td.test.y, suite.evaluation.batch_size)
+    return state, meta

@@ -70,10 +70,10 @@ def _stream(name: str, setting: str, seed: int = 0):
     data.ctx = ctx
     model = create_backbone(TINY)
 
-    def network(state, classes="task"):
+    def network(state, classes="task", task=None):
         model.load_state_dict({k: v for k, v in state.items() if k != "conformance_counter"})
         if classes == "task":
-            return model, heads[ctx.task]
+            return model, heads[task or ctx.task]
         return model, lambda f: torch.cat([heads[n](f) for n in ctx.seen_tasks], -1)
 
     ctx.network = network

@@ -63,7 +63,8 @@ class Context:
     trainable: dict = field(default_factory=dict)
     train_model: Any = None
     train_total_steps: int = 0
-    # network(state) -> (backbone module loaded with state, head(features) -> current task's logits)
+    # network(state, classes="task", task=None) -> (backbone loaded with state, head(features) -> logits
+    # of ``task``, default the current one; classes="seen": over every seen task's classes)
     network: Callable[[StateDict], tuple[torch.nn.Module, Callable]] | None = None
 
 

@@ -37,17 +37,37 @@ from .tensors import StateDict, first_nonfinite, nbytes
 
 
 class Evaluator:
-    """Evaluates a backbone state dict on every task's test split with its frozen head."""
+    """Evaluates a backbone state dict on every task's test split with its frozen head.
+
+    θ0's row is the same for every job of a suite and seed: it is computed once and cached
+    (keyed by θ0, the heads and the evaluation settings). With ``evaluation.seen_only`` a
+    merged model is evaluated on the tasks seen so far only (other cells NaN).
+    """
 
     def __init__(self, suite: Suite, heads, order: list[str], theta0: StateDict):
         self.model = create_backbone(suite.backbone, theta0)
         self.tasks = load_tasks(suite)
         self.heads, self.order, self.bs = heads, order, suite.evaluation.batch_size
+        self.seen_only = suite.evaluation.seen_only
 
-    def row(self, state: StateDict) -> list[float]:
+    def accuracies(self, state: StateDict, names: list[str]) -> dict[str, float]:
         self.model.load_state_dict(state)
-        return [accuracy(self.model, self.heads[n], self.tasks[n].test.x, self.tasks[n].test.y, self.bs)
-                for n in self.order]
+        return {n: accuracy(self.model, self.heads[n], self.tasks[n].test.x, self.tasks[n].test.y, self.bs)
+                for n in names}
+
+    def row(self, state: StateDict, seen: list[str] | None = None) -> list[float]:
+        names = [n for n in self.order if not self.seen_only or seen is None or n in seen]
+        acc = self.accuracies(state, names)
+        return [acc.get(n, float("nan")) for n in self.order]
+
+    def theta0_row(self, art: SuiteArtefacts) -> list[float]:
+        names = sorted(self.order)
+        t, _ = art.store.get_or_make("evals", art.theta0_eval_key(),
+                                     lambda: ({"acc": torch.tensor([self.accuracies(art.theta0(), names)[n]
+                                                                    for n in names], dtype=torch.float64)},
+                                              {"tasks": names}))
+        by_name = dict(zip(names, t["acc"].tolist()))
+        return [by_name[n] for n in self.order]
 
 
 def run(suite: Suite, job: Job, store: Store, threads: int) -> dict[str, Any]:
@@ -69,32 +89,39 @@ def _record_common(suite: Suite, job: Job, method) -> dict[str, Any]:
     }
 
 
-def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict[str, Any]:
+def _setup(suite: Suite, job: Job, store: Store, threads: int, tasks: dict):
+    """What every job starts with: threads and seeds fixed, θ0, the method and its context."""
     torch.set_num_threads(threads)
     torch.manual_seed(job.seed)
-    order = list(job.order)
     art = SuiteArtefacts(suite, job.seed, store)
     theta0 = art.theta0()
+    method = methods_mod.create(job.method, dict(job.hparams))
+    data = DataAccess(job.method, type(method).data_access, tasks, job.seed)
+    ctx = methods_mod.Context(theta0=theta0, num_tasks=len(job.order), seed=job.seed, setting=suite.setting,
+                              generator=torch.Generator().manual_seed(job.seed), data=data)
+    data.ctx = ctx
+    return art, theta0, method, ctx, data
+
+
+def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict[str, Any]:
+    order = list(job.order)
+    art, theta0, method, ctx, data = _setup(suite, job, store, threads, load_tasks(suite))
     heads = art.heads()
     ev = Evaluator(suite, heads, order, theta0)
 
-    method = methods_mod.create(job.method, dict(job.hparams))
-    data = DataAccess(job.method, type(method).data_access, ev.tasks, job.seed)
-    ctx = methods_mod.Context(theta0=theta0, num_tasks=len(order), seed=job.seed, setting=suite.setting,
-                              generator=torch.Generator().manual_seed(job.seed), data=data)
-    data.ctx = ctx
-
-    def network(state, classes: str = "task"):
+    def network(state, classes: str = "task", task: str | None = None):
+        """The backbone loaded with ``state`` and the head of ``task`` (default: the
+        current task); ``classes="seen"``: every seen task's head, logits concatenated."""
         ev.model.load_state_dict(state)
         if classes == "task":
-            return ev.model, heads[ctx.task]
+            return ev.model, heads[task or ctx.task]
         return ev.model, lambda f: torch.cat([heads[n](f) for n in ctx.seen_tasks], -1)
 
     ctx.network = network
     t_start = time.perf_counter()
     method.start(ctx)
 
-    R = [ev.row(theta0)]
+    R = [ev.theta0_row(art)]
     E, expert_hashes, step_times, storage = [], [], [], []
     merged = theta0
     for t, task in enumerate(order, start=1):
@@ -106,7 +133,7 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
         merged = method.merge(ctx, merged, incoming, task)
         step_times.append(time.perf_counter() - t0)
         _check_finite(merged, job, t)
-        R.append(ev.row(merged))
+        R.append(ev.row(merged, order[:t]))
         storage.append(measure_storage(method, theta0))
         del incoming
 
@@ -115,12 +142,15 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
     if finished is not merged:
         _check_finite(finished, job, len(order) + 1)
         row_before_finish = R[-1]
-        R[-1] = ev.row(finished)
+        R[-1] = ev.row(finished, order)
 
     return {
         **_record_common(suite, job, method),
         "tasks": order, "R": R, "E": E, "R_final_before_finish": row_before_finish,
         "expert_content_hashes": expert_hashes,
+        "evaluation": {"seen_only": suite.evaluation.seen_only,
+                       "max_test_per_task": suite.evaluation.max_test_per_task,
+                       "test_samples": {n: len(ev.tasks[n].test) for n in order}},
         "metrics": metrics.all_metrics(R, E),
         "data_samples_handed": data.samples_handed,
         "storage_bytes": _storage_record(storage),
@@ -306,7 +336,7 @@ class Learner:
         model = create_backbone(suite.backbone)
         model.load_state_dict(start)
         model.train()
-        lin = torch.nn.Linear(suite.backbone.embed_dim, self.space.n)
+        lin = torch.nn.Linear(suite.backbone.feature_dim, self.space.n)
         with torch.no_grad():
             lin.weight.copy_(head["weight"])
             lin.bias.copy_(head["bias"])
@@ -357,32 +387,22 @@ class Learner:
 
 
 def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> dict[str, Any]:
-    torch.set_num_threads(threads)
-    torch.manual_seed(job.seed)
     order = list(job.order)
-    art = SuiteArtefacts(suite, job.seed, store)
-    theta0 = art.theta0()
     tasks = load_tasks(suite)
+    art, theta0, method, ctx, data = _setup(suite, job, store, threads, tasks)
     space = ClassSpace(tasks, order)
     learner = Learner(suite, tasks, space)
     gen = torch.Generator().manual_seed(job.seed)
-    head = {"weight": torch.randn(space.n, suite.backbone.embed_dim, generator=gen) * 0.02,
+    head = {"weight": torch.randn(space.n, suite.backbone.feature_dim, generator=gen) * 0.02,
             "bias": torch.zeros(space.n)}
     incremental = suite.heads.kind
-
-    method = methods_mod.create(job.method, dict(job.hparams))
-    cls = type(method)
-    data = DataAccess(job.method, cls.data_access, tasks, job.seed)
-    ctx = methods_mod.Context(theta0=theta0, num_tasks=len(order), seed=job.seed, setting=suite.setting,
-                              generator=torch.Generator().manual_seed(job.seed), data=data)
-    data.ctx = ctx
     ctx.job_lora = job.lora
 
-    def network(state, classes: str = "task"):
-        """The backbone loaded with ``state`` and a head over the current task's classes
-        (``classes="seen"``: over every class seen so far, in seen-task order)."""
+    def network(state, classes: str = "task", task: str | None = None):
+        """The backbone loaded with ``state`` and a head over ``task``'s classes (default:
+        the current task; ``classes="seen"``: every class seen so far, in seen-task order)."""
         learner.model.load_state_dict(state)
-        rows = space.rows_of[ctx.task] if classes == "task" else space.rows(ctx.seen_tasks)
+        rows = space.rows_of[task or ctx.task] if classes == "task" else space.rows(ctx.seen_tasks)
         w, b = ctx_head["weight"][rows], ctx_head["bias"][rows]
         return learner.model, lambda f: f @ w.T + b
 

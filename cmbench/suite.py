@@ -15,7 +15,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -30,8 +30,8 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Backbone(Strict):
-    """The tiny timm VisionTransformer used by the micro suites."""
+class TinyViT(Strict):
+    """The tiny timm VisionTransformer used by the micro suites (θ0 pretrained by the harness)."""
 
     kind: Literal["tiny_vit"] = "tiny_vit"
     img_size: int = Field(16, gt=0)
@@ -51,6 +51,97 @@ class Backbone(Strict):
             raise ValueError(f"embed_dim ({self.embed_dim}) must be a multiple of num_heads ({self.num_heads})")
         return self
 
+    @property
+    def image_size(self) -> int:
+        return self.img_size
+
+    @property
+    def channels(self) -> int:
+        return self.in_chans
+
+    @property
+    def feature_dim(self) -> int:
+        return self.embed_dim
+
+
+Backbone = TinyViT  # the default kind; ``AnyBackbone`` is the union a suite accepts
+
+
+class OpenCLIP(Strict):
+    """A CLIP image encoder through open_clip; the merged model is ``visual.*``.
+
+    ``model`` is an open_clip architecture (``ViT-B-32``, ``ViT-B-16``, ``ViT-L-14``) and
+    ``pretrained`` its tag (``openai``), loaded from the local open_clip / HF cache (set
+    ``CMBENCH_ALLOW_DOWNLOAD=1`` to fetch). ``config`` gives a custom architecture instead
+    (an open_clip model config: tiny models in tests); ``pretrained: null`` initialises it
+    from the seed. Zero-shot heads come from the text tower (see ``Heads``).
+    """
+
+    kind: Literal["open_clip"]
+    model: str = Field(min_length=1)
+    pretrained: Optional[str] = "openai"
+    config: Optional[dict[str, Any]] = Field(None, description="open_clip model config (embed_dim, vision_cfg, text_cfg)")
+    linearized: bool = False
+
+    @model_validator(mode="after")
+    def _known(self):
+        if self.config is None:
+            import open_clip
+
+            if self.model not in open_clip.list_models():
+                raise ValueError(f"unknown open_clip model {self.model!r}; e.g. ViT-B-32, ViT-B-16, ViT-L-14 "
+                                 "(or give `config`)")
+        elif not {"embed_dim", "vision_cfg", "text_cfg"} <= set(self.config):
+            raise ValueError("config needs embed_dim, vision_cfg and text_cfg (an open_clip model config)")
+        return self
+
+    def open_clip_config(self) -> dict:
+        import open_clip
+
+        return self.config if self.config is not None else open_clip.get_model_config(self.model)
+
+    @property
+    def image_size(self) -> int:
+        size = self.open_clip_config()["vision_cfg"].get("image_size", 224)
+        return size if isinstance(size, int) else size[0]
+
+    @property
+    def channels(self) -> int:
+        return 3
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.open_clip_config()["embed_dim"])
+
+
+class TimmViT(Strict):
+    """A timm ViT (e.g. ``vit_base_patch16_224.augreg_in21k_ft_in1k``: ImageNet-21k
+    pretrained, ImageNet-1k fine-tuned, as in the InfLoRA / P&M line of work). ``kwargs``
+    go to ``timm.create_model`` (tiny test models: ``img_size``, ``depth``, …)."""
+
+    kind: Literal["timm"]
+    model: str = Field(min_length=1)
+    pretrained: bool = True
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    linearized: bool = False
+
+    @property
+    def image_size(self) -> int:
+        return int(self.kwargs.get("img_size", 224))
+
+    @property
+    def channels(self) -> int:
+        return int(self.kwargs.get("in_chans", 3))
+
+    @property
+    def feature_dim(self) -> int:
+        from .models import create_backbone
+
+        return int(create_backbone(self).num_features)
+
+
+AnyBackbone = Annotated[Union[TinyViT, OpenCLIP, TimmViT], Field(discriminator="kind")]
+
 
 class TrainRecipe(Strict):
     epochs: int = Field(5, ge=0)
@@ -59,6 +150,7 @@ class TrainRecipe(Strict):
     batch_size: int = Field(64, gt=0)
     warmup_frac: float = Field(0.1, ge=0, le=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    steps: Optional[int] = Field(None, gt=0, description="optimiser steps (overrides epochs; FusionBench-style)")
     trainable: str = Field(".*", description="regex over parameter names: the trainable subset")
 
     @field_validator("trainable")
@@ -115,22 +207,46 @@ class Task(Strict):
 
 
 class Heads(Strict):
-    """Per-task heads fixed on θ0's features before any expert is trained.
+    """Per-task heads fixed on θ0 before any expert is trained.
 
+    ``zero_shot`` (CLIP backbones): the text tower's embeddings of every class name in every
+    prompt template of the task (normalised, averaged over templates, normalised again,
+    times the logit scale), as in the task-vectors / FusionBench releases.
     ``template``: cosine classifier whose class vectors are θ0's embeddings of each class's
-    mean train image (one canonical description per class: the analogue of CLIP's
+    mean train image (one canonical description per class: the micro analogue of the
     zero-shot text heads). ``prototype``: class means of ``shots`` train features per class.
     ``linear_probe``: logistic regression on the train split.
     """
 
-    kind: Literal["template", "prototype", "linear_probe", "class_incremental", "task_incremental"] = "prototype"
+    kind: Literal["zero_shot", "template", "prototype", "linear_probe", "class_incremental",
+                  "task_incremental"] = "prototype"
     shots: int = Field(5, gt=0)
     scale: float = Field(20.0, gt=0)
 
 
+class ExpertCheckpoint(Strict):
+    """Where a task's expert comes from, pinned by its file's sha256.
+
+    ``format``: ``hf_clip_vision`` (a transformers ``CLIPVisionModel`` state dict, e.g. the
+    ``tanganke/clip-vit-base-patch32_<task>`` checkpoints used by FusionBench and ODE-M),
+    ``open_clip`` (a state dict under open_clip's names, e.g. a local safetensors file),
+    ``task_vectors`` (the task-vectors release's pickled ``ImageEncoder``: needs
+    ``trust_pickle: true``). ``path`` is a local file or ``hf://OWNER/REPO[/FILE]``.
+    """
+
+    format: Literal["hf_clip_vision", "open_clip", "task_vectors", "timm"] = "open_clip"
+    path: str = Field(min_length=1)
+    sha256: Optional[str] = Field(None, pattern=r"^[0-9a-f]{64}$")
+    trust_pickle: bool = False
+
+
 class Experts(Strict):
-    source: Literal["finetune"] = "finetune"
+    """``finetune``: the harness fine-tunes θ0 on each task (``cmbench finetune`` or on
+    first use). ``checkpoints``: one pinned checkpoint per task (every task needs one)."""
+
+    source: Literal["finetune", "checkpoints"] = "finetune"
     finetune: TrainRecipe = Field(default_factory=TrainRecipe)
+    checkpoints: dict[str, ExpertCheckpoint] = Field(default_factory=dict)
 
 
 class Orders(Strict):
@@ -155,6 +271,10 @@ class MethodSpec(Strict):
 
 class Evaluation(Strict):
     batch_size: int = Field(1024, gt=0)
+    seen_only: bool = Field(False, description="evaluate M_t on seen tasks only (unseen cells NaN; "
+                                                "FWT undefined); saves T²/2 evaluations")
+    max_test_per_task: Optional[int] = Field(None, gt=0, description="cap each task's test split at "
+                                             "its first N samples of a fixed permutation (data seed)")
 
 
 class Resources(Strict):
@@ -168,7 +288,7 @@ class Suite(Strict):
     setting: Setting = "merge_stream"
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     data_seed: int = 0
-    backbone: Backbone = Field(default_factory=Backbone)
+    backbone: AnyBackbone = Field(default_factory=TinyViT)
     pretrain: Pretrain = Field(default_factory=Pretrain)
     tasks: list[Task] = Field(min_length=1)
     heads: Heads = Field(default_factory=Heads)
@@ -178,6 +298,11 @@ class Suite(Strict):
     methods: list[MethodSpec] = Field(min_length=1)
     evaluation: Evaluation = Field(default_factory=Evaluation)
     resources: Resources = Field(default_factory=Resources)
+
+    @field_validator("backbone", mode="before")
+    @classmethod
+    def _default_kind(cls, v):
+        return {"kind": "tiny_vit", **v} if isinstance(v, dict) and "kind" not in v else v
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -203,11 +328,21 @@ class Suite(Strict):
         unknown = sorted(set(self.pretrain.label_tasks or []) - set(pre_names))
         if unknown:
             raise _FieldError("pretrain.label_tasks", f"unknown tasks {unknown}; pretraining tasks are {pre_names}")
-        stream_heads = ("template", "prototype", "linear_probe")
+        stream_heads = ("zero_shot", "template", "prototype", "linear_probe")
         cl_heads = ("class_incremental", "task_incremental")
         allowed = stream_heads if self.setting == "merge_stream" else cl_heads
         if self.heads.kind not in allowed:
             raise _FieldError("heads.kind", f"{self.heads.kind!r} does not fit setting {self.setting}; use one of {allowed}")
+        if (self.heads.kind == "zero_shot") != (self.backbone.kind == "open_clip" and self.setting == "merge_stream"):
+            raise _FieldError("heads.kind", "zero_shot heads go with an open_clip backbone in the merge stream "
+                                            f"(backbone is {self.backbone.kind}, heads {self.heads.kind})")
+        if self.experts.source == "checkpoints":
+            unknown = sorted(set(self.experts.checkpoints) - set(names))
+            missing = [n for n in names if n not in self.experts.checkpoints]
+            if unknown or missing:
+                raise _FieldError("experts.checkpoints", "one checkpoint per task"
+                                  + (f"; unknown tasks: {unknown}" if unknown else "")
+                                  + (f"; missing: {missing}" if missing else ""))
         labels = [m.display for m in self.methods]
         dup = sorted({n for n in labels if labels.count(n) > 1})
         if dup:
@@ -259,6 +394,9 @@ class _FieldError(ValueError):
 
 
 def _fmt_loc(loc: tuple) -> str:
+    if len(loc) > 1 and loc[0] == "backbone" and loc[1] in ("tiny_vit", "open_clip", "timm"):
+        loc = loc[:1] + loc[2:]  # the union's tag is not a field the user wrote
+
     def part(x) -> str:
         x = str(x)
         return x if x and x.isprintable() and "." not in x else repr(x)

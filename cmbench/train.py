@@ -23,7 +23,9 @@ LossFn = Callable[[Tensor, Tensor], Tensor]  # (float images in [-1, 1], labels)
 def fit(params: Iterable[torch.nn.Parameter] | list[dict], loss_fn: LossFn, x: Tensor, y: Tensor,
         recipe: TrainRecipe, seed: int, on_step: Callable[[int, float], None] | None = None,
         what: str = "training", after_backward: Callable[[], None] | None = None) -> list[float]:
-    """Train ``params`` on (x uint8, y) for ``recipe.epochs``; returns per-epoch mean losses."""
+    """Train ``params`` on (x uint8, y) for ``recipe.epochs`` (or ``recipe.steps`` optimiser
+    steps, cycling through epochs); returns per-epoch mean losses. Batches go to the
+    device of the first parameter (the loop is the same on CPU and GPU)."""
     params = list(params)
     if params and isinstance(params[0], dict):  # parameter groups (e.g. a separate head lr)
         groups = [dict(g, params=[p for p in g["params"] if p.requires_grad]) for g in params]
@@ -32,7 +34,9 @@ def fit(params: Iterable[torch.nn.Parameter] | list[dict], loss_fn: LossFn, x: T
     opt = torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
     n = len(y)
     steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
-    total = steps_per_epoch * recipe.epochs
+    total = recipe.steps or steps_per_epoch * recipe.epochs
+    epochs = math.ceil(total / steps_per_epoch)
+    device = groups[0]["params"][0].device if groups and groups[0]["params"] else torch.device("cpu")
     warmup = int(recipe.warmup_frac * total)
 
     def lr_at(step: int) -> float:
@@ -43,13 +47,13 @@ def fit(params: Iterable[torch.nn.Parameter] | list[dict], loss_fn: LossFn, x: T
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     gen = torch.Generator().manual_seed(seed)
     history, step = [], 0
-    for epoch in range(recipe.epochs):
+    for epoch in range(epochs):
         perm = torch.randperm(n, generator=gen)
-        running = 0.0
-        for i in range(steps_per_epoch):
+        running, done = 0.0, 0
+        for i in range(min(steps_per_epoch, total - step)):
             idx = perm[i * recipe.batch_size : (i + 1) * recipe.batch_size]
-            xb = x[idx].float().div_(127.5).sub_(1.0)
-            loss = loss_fn(xb, y[idx])
+            xb = x[idx].to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+            loss = loss_fn(xb, y[idx].to(device, non_blocking=True))
             if not torch.isfinite(loss):
                 raise CmbenchError(f"{what}: loss is {loss.item()} at epoch {epoch}, step {step} (diverged)")
             opt.zero_grad(set_to_none=True)
@@ -60,16 +64,24 @@ def fit(params: Iterable[torch.nn.Parameter] | list[dict], loss_fn: LossFn, x: T
             sched.step()
             running += loss.item()
             step += 1
+            done += 1
             if on_step is not None:
                 on_step(step, loss.item())
-        history.append(running / steps_per_epoch)
+        history.append(running / max(1, done))
     return history
 
 
 # -- LoRA ---------------------------------------------------------------------------------
 
-_TARGET_OF = {"q": ("attn.qkv.weight", 0), "k": ("attn.qkv.weight", 1), "v": ("attn.qkv.weight", 2),
-              "proj": ("attn.proj.weight", None), "fc1": ("mlp.fc1.weight", None), "fc2": ("mlp.fc2.weight", None)}
+# target -> (parameter name suffix, row block of a fused q/k/v matrix), timm and open_clip names
+_TARGET_OF = {
+    "q": [("attn.qkv.weight", 0), ("attn.in_proj_weight", 0)],
+    "k": [("attn.qkv.weight", 1), ("attn.in_proj_weight", 1)],
+    "v": [("attn.qkv.weight", 2), ("attn.in_proj_weight", 2)],
+    "proj": [("attn.proj.weight", None), ("attn.out_proj.weight", None)],
+    "fc1": [("mlp.fc1.weight", None), ("mlp.c_fc.weight", None)],
+    "fc2": [("mlp.fc2.weight", None), ("mlp.c_proj.weight", None)],
+}
 
 
 class LoRADelta(torch.nn.Module):
@@ -116,8 +128,8 @@ def add_lora(model: torch.nn.Module, rank: int, alpha: float | None, targets: li
     scale = (alpha if alpha is not None else rank) / rank
     by_param: dict[str, list[int | None]] = {}
     for t in targets:
-        name, block = _TARGET_OF[t]
-        by_param.setdefault(name, []).append(block)
+        for name, block in _TARGET_OF[t]:
+            by_param.setdefault(name, []).append(block)
     adapters = []
     for mod_name, module in model.named_modules():
         for pname, blocks in by_param.items():

@@ -37,9 +37,9 @@ def stream(hp, n_tasks=3, n=48, seed=0):
     data.ctx = ctx
     model = create_backbone(TINY)
 
-    def network(state, classes="task"):
+    def network(state, classes="task", task=None):
         model.load_state_dict(state)
-        return model, heads[ctx.task]
+        return model, heads[task or ctx.task]
 
     ctx.network = network
     merged, outs = theta0, []

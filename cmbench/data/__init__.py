@@ -74,4 +74,4 @@ def build(name: str, task: str, data_seed: int, img_size: int, params: dict) -> 
     return DATASETS[name](task, data_seed, img_size, **params)
 
 
-from . import micro  # noqa: E402,F401  (registers the micro datasets)
+from . import micro, vision  # noqa: E402,F401  (register the datasets)

@@ -10,24 +10,37 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..suite import Backbone
+from ..suite import AnyBackbone
 
 
-def create_backbone(cfg: Backbone, theta0: dict[str, Tensor] | None = None) -> nn.Module:
-    """A timm VisionTransformer without a classifier: forward(x) -> pooled features.
+def create_backbone(cfg: AnyBackbone, theta0: dict[str, Tensor] | None = None) -> nn.Module:
+    """The backbone of a suite without a classifier: forward(x in [-1, 1]) -> features.
+
+    ``tiny_vit``: a small timm VisionTransformer (micro suites). ``open_clip``: a CLIP image
+    encoder (see :class:`CLIPImageEncoder`). ``timm``: any timm model, e.g. ViT-B/16.
+    Weights are random here; θ0 is loaded by the caller (``artefacts.theta0``).
 
     With ``cfg.linearized`` and the θ0 it is linearised at, the model fine-tuned and merged
     is the first-order Taylor expansion around θ0 (see :class:`Linearized`); its state
     dict is still θ, so methods and checkpoints do not change.
     """
-    from timm.models.vision_transformer import VisionTransformer
+    if cfg.kind == "tiny_vit":
+        from timm.models.vision_transformer import VisionTransformer
 
-    model = VisionTransformer(
-        img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, num_classes=0,
-        embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
-        global_pool="token", class_token=True,
-    )
-    if getattr(cfg, "linearized", False) and theta0 is not None:
+        model = VisionTransformer(
+            img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, num_classes=0,
+            embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
+            global_pool="token", class_token=True,
+        )
+    elif cfg.kind == "open_clip":
+        from .clip import CLIPImageEncoder
+
+        model = CLIPImageEncoder.create(cfg)
+    else:
+        from .clip import TimmEncoder
+
+        model = TimmEncoder.create(cfg)
+    if cfg.linearized and theta0 is not None:
         return Linearized(model, theta0)
     return model
 
@@ -44,9 +57,9 @@ class Linearized(nn.Module):
     def __init__(self, model: nn.Module, theta0: dict[str, Tensor]):
         super().__init__()
         self.model = model
-        for blk in getattr(model, "blocks", []):  # forward-mode AD through the math attention
-            if hasattr(blk.attn, "fused_attn"):
-                blk.attn.fused_attn = False
+        for m in model.modules():  # forward-mode AD through the math attention
+            if hasattr(m, "fused_attn"):
+                m.fused_attn = False
         model.load_state_dict(theta0)
         self._theta0 = {k: v.detach().clone() for k, v in model.named_parameters()}
 

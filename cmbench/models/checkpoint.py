@@ -61,3 +61,106 @@ def check_matches(state: StateDict, reference: StateDict, what: str) -> None:
         if shapes:
             parts.append(f"shape mismatch {shapes[:5]}")
         raise CmbenchError(f"{what}: does not match the backbone: " + "; ".join(parts))
+
+
+# -- expert checkpoints from where users have them -----------------------------------------
+
+
+def resolve(path: str, what: str) -> Path:
+    """A local file, or ``hf://OWNER/REPO[/FILE]`` from the Hugging Face cache (fetched only
+    with ``CMBENCH_ALLOW_DOWNLOAD=1``; FILE defaults to model.safetensors)."""
+    if not path.startswith("hf://"):
+        return Path(path).expanduser()
+    from .clip import allow_download
+
+    parts = path[len("hf://"):].split("/")
+    if len(parts) < 2:
+        raise CmbenchError(f"{what}: {path!r} is not hf://OWNER/REPO[/FILE]")
+    repo, filename = "/".join(parts[:2]), "/".join(parts[2:]) or "model.safetensors"
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo, filename, local_files_only=not allow_download()))
+    except Exception as e:  # noqa: BLE001 - not cached, offline, no such repo
+        raise CmbenchError(f"{what}: {path} is not in the local Hugging Face cache ({type(e).__name__}); "
+                           "download it (CMBENCH_ALLOW_DOWNLOAD=1) or give a local path") from None
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hf_clip_vision_to_open_clip(state: StateDict, theta0: StateDict) -> StateDict:
+    """transformers ``CLIPVisionModel`` names → open_clip's ``visual.*`` (q, k, v stacked
+    into ``in_proj``). ``visual_projection`` (in ``CLIPModel`` / ``…WithProjection``
+    checkpoints) becomes ``visual.proj`` (transposed); a ``CLIPVisionModel`` has none, and
+    FusionBench's fine-tuning leaves the projection at its pretrained value, so θ0's is used."""
+    s = {k.removeprefix("model."): v for k, v in state.items()}
+    out: StateDict = {}
+    pre = "vision_model."
+    simple = {"embeddings.class_embedding": "class_embedding",
+              "embeddings.patch_embedding.weight": "conv1.weight",
+              "embeddings.position_embedding.weight": "positional_embedding",
+              "pre_layrnorm.weight": "ln_pre.weight", "pre_layrnorm.bias": "ln_pre.bias",
+              "post_layernorm.weight": "ln_post.weight", "post_layernorm.bias": "ln_post.bias"}
+    layer = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1", "layer_norm2": "ln_2",
+             "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+    used = set()
+    for src, dst in simple.items():
+        if pre + src in s:
+            out["visual." + dst] = s[pre + src]
+            used.add(pre + src)
+    i = 0
+    while f"{pre}encoder.layers.{i}.layer_norm1.weight" in s:
+        lp, op = f"{pre}encoder.layers.{i}.", f"visual.transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            qkv = [lp + f"self_attn.{x}_proj.{kind}" for x in "qkv"]
+            if all(k in s for k in qkv):
+                out[op + f"attn.in_proj_{kind}"] = torch.cat([s[k] for k in qkv])
+                used.update(qkv)
+            for src, dst in layer.items():
+                if lp + f"{src}.{kind}" in s:
+                    out[op + f"{dst}.{kind}"] = s[lp + f"{src}.{kind}"]
+                    used.add(lp + f"{src}.{kind}")
+        i += 1
+    if "visual_projection.weight" in s:
+        out["visual.proj"] = s["visual_projection.weight"].T.contiguous()
+        used.add("visual_projection.weight")
+    elif "visual.proj" in theta0:
+        out["visual.proj"] = theta0["visual.proj"]
+    ignored = {k for k in s if k.endswith("position_ids")}
+    extra = sorted(set(s) - used - ignored)
+    if extra:
+        raise CmbenchError(f"unexpected keys for a CLIPVisionModel checkpoint: {extra[:5]}")
+    return out
+
+
+def task_vectors_to_open_clip(state: StateDict) -> StateDict:
+    """The task-vectors release's ``ImageEncoder`` (``model.visual.*`` + the text tower)."""
+    return {k.removeprefix("model."): v for k, v in state.items() if k.removeprefix("model.").startswith("visual.")}
+
+
+def load_expert(spec, task: str, theta0: StateDict, where: str) -> tuple[StateDict, dict]:
+    """Load, convert and check one expert checkpoint (``suite.ExpertCheckpoint``)."""
+    what = f"{where}.{task}"
+    path = resolve(spec.path, what)
+    if not path.exists():
+        raise CmbenchError(f"{what}: checkpoint {path} not found")
+    digest = file_sha256(path)
+    if spec.sha256 and digest != spec.sha256:
+        raise CmbenchError(f"{what}: {path} has sha256 {digest}, the suite pins {spec.sha256}: "
+                           "a different checkpoint than the suite names")
+    state = load_checkpoint(path, trust_pickle=spec.trust_pickle)
+    if spec.format == "hf_clip_vision":
+        state = hf_clip_vision_to_open_clip(state, theta0)
+    elif spec.format == "task_vectors":
+        state = task_vectors_to_open_clip(state)
+    state = {k: v.to(theta0[k].dtype) if k in theta0 else v for k, v in state.items()}
+    check_matches(state, theta0, f"{what} ({path})")
+    return state, {"task": task, "source": spec.path, "format": spec.format, "sha256": digest}

@@ -1,0 +1,138 @@
+"""Real-scale backbones: CLIP image encoders (open_clip) and timm ViTs.
+
+Both take the harness's canonical input (images in [-1, 1], see ``models.features``) and
+apply their own normalisation inside ``forward``, so datasets are decoded once as uint8
+and shared by every backbone. The merged object is the module's state dict: for CLIP the
+image tower under open_clip's names (``visual.*``), for timm the ViT without its classifier.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor, nn
+
+from .. import CmbenchError
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def allow_download() -> bool:
+    return os.environ.get("CMBENCH_ALLOW_DOWNLOAD", "") not in ("", "0", "false")
+
+
+class _Normalize(nn.Module):
+    def __init__(self, mean, std):
+        super().__init__()
+        # buffers are not persistent: the merged state dict holds only weights
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:  # x in [-1, 1]
+        return ((x + 1) * 0.5 - self.mean) / self.std
+
+
+def build_open_clip(cfg, pretrained: bool, seed: int = 0) -> nn.Module:
+    """The full open_clip model (image and text towers). ``pretrained``: load the tag's
+    weights from the local cache (``CMBENCH_ALLOW_DOWNLOAD=1`` lets open_clip fetch them).
+    Random initialisation (custom config, no tag) is seeded, so θ0 and its text tower agree
+    between calls."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build_open_clip(cfg, pretrained)
+
+
+def _build_open_clip(cfg, pretrained: bool) -> nn.Module:
+    import open_clip
+
+    if cfg.config is not None:
+        from open_clip.model import CLIP
+
+        c = cfg.config
+        return CLIP(embed_dim=c["embed_dim"], vision_cfg=c["vision_cfg"], text_cfg=c["text_cfg"],
+                    quick_gelu=c.get("quick_gelu", False))
+    if not pretrained or cfg.pretrained is None:
+        return open_clip.create_model(cfg.model, pretrained=None)
+    if not allow_download():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        return open_clip.create_model(cfg.model, pretrained=cfg.pretrained, require_pretrained=True)
+    except Exception as e:  # noqa: BLE001 - missing cache, no network, bad tag
+        raise CmbenchError(
+            f"backbone: cannot load open_clip {cfg.model} / {cfg.pretrained} ({str(e).splitlines()[0][:200]}); "
+            "put the weights in the HF / open_clip cache or set CMBENCH_ALLOW_DOWNLOAD=1") from None
+
+
+class CLIPImageEncoder(nn.Module):
+    """CLIP's image tower: f(x) = visual(normalise(x)), the embedding before the logit scale.
+    Zero-shot heads (``artefacts.make_heads``) normalise it and take cosines with the text
+    embeddings, exactly CLIP's zero-shot classifier."""
+
+    def __init__(self, visual: nn.Module):
+        super().__init__()
+        self.visual = visual
+        self.normalize = _Normalize(OPENAI_MEAN, OPENAI_STD)
+
+    @classmethod
+    def create(cls, cfg) -> "CLIPImageEncoder":
+        return cls(build_open_clip(cfg, pretrained=False).visual)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.visual(self.normalize(x))
+
+
+class TimmEncoder(nn.Module):
+    """A timm model without its classifier, normalising with its pretrained config."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        pc = getattr(model, "pretrained_cfg", None) or {}
+        self.normalize = _Normalize(pc.get("mean", (0.5, 0.5, 0.5)), pc.get("std", (0.5, 0.5, 0.5)))
+        self.num_features = model.num_features
+
+    @classmethod
+    def create(cls, cfg, pretrained: bool = False) -> "TimmEncoder":
+        import timm
+
+        if pretrained and not allow_download():
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            model = timm.create_model(cfg.model, pretrained=pretrained, num_classes=0, **cfg.kwargs)
+        except Exception as e:  # noqa: BLE001
+            raise CmbenchError(f"backbone: cannot create timm {cfg.model} (pretrained={pretrained}): "
+                               f"{str(e).splitlines()[0][:200]}; put the weights in the HF cache or set "
+                               "CMBENCH_ALLOW_DOWNLOAD=1") from None
+        return cls(model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(self.normalize(x))
+
+
+def pretrained_state(cfg, seed: int) -> dict[str, Tensor]:
+    """θ0 of a real-scale backbone: its published weights (or, with no tag / a custom
+    config, the random initialisation drawn from ``seed``)."""
+    if cfg.kind == "open_clip":
+        return CLIPImageEncoder(build_open_clip(cfg, pretrained=True, seed=seed).visual).state_dict()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return TimmEncoder.create(cfg, pretrained=cfg.pretrained).state_dict()
+
+
+@torch.no_grad()
+def zero_shot_weights(cfg, classnames: list[str], templates: list[str], seed: int,
+                      device: str = "cpu") -> Tensor:
+    """CLIP zero-shot head: for each class, encode every template filled with its name,
+    L2-normalise, average over templates, L2-normalise again; times exp(logit_scale)."""
+    import open_clip
+
+    model = build_open_clip(cfg, pretrained=True, seed=seed).to(device).eval()
+    tokenizer = open_clip.get_tokenizer(cfg.model) if cfg.config is None else open_clip.tokenize
+    rows = []
+    for c in classnames:
+        tokens = tokenizer([t.format(c=c) for t in templates]).to(device)
+        emb = nn.functional.normalize(model.encode_text(tokens).float(), dim=-1).mean(0)
+        rows.append(nn.functional.normalize(emb, dim=-1))
+    return torch.stack(rows).cpu() * model.logit_scale.exp().float().cpu()
