@@ -101,9 +101,11 @@ def hf_clip_vision_to_open_clip(state: StateDict, theta0: StateDict) -> StateDic
     into ``in_proj``). ``visual_projection`` (in ``CLIPModel`` / ``…WithProjection``
     checkpoints) becomes ``visual.proj`` (transposed); a ``CLIPVisionModel`` has none, and
     FusionBench's fine-tuning leaves the projection at its pretrained value, so θ0's is used."""
-    s = {k.removeprefix("model."): v for k, v in state.items()}
-    out: StateDict = {}
     pre = "vision_model."
+    bare = ("embeddings.", "encoder.", "pre_layrnorm.", "post_layernorm.")  # transformers ≥ 5 drops the prefix
+    s = {k.removeprefix("model."): v for k, v in state.items()}
+    s = {(pre + k if k.startswith(bare) else k): v for k, v in s.items()}
+    out: StateDict = {}
     simple = {"embeddings.class_embedding": "class_embedding",
               "embeddings.patch_embedding.weight": "conv1.weight",
               "embeddings.position_embedding.weight": "positional_embedding",

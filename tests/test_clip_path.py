@@ -1,0 +1,216 @@
+"""The real-scale CLIP path, offline: a tiny open_clip config (random init), image-folder
+datasets the test writes, an expert in transformers' CLIPVisionModel format."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+TINY_CLIP = {"embed_dim": 16,
+             "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+def write_folder(root: Path, name: str, n_classes: int, per_class: int, seed: int) -> None:
+    """ROOT/name/{train,test}/<class index>/<i>.png: class c is a colour + noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", per_class), ("test", per_class // 2)):
+        for c in range(n_classes):
+            d = root / name / split / str(c)
+            d.mkdir(parents=True, exist_ok=True)
+            base = rng.integers(0, 255, 3)
+            for i in range(n):
+                img = np.clip(base + rng.normal(0, 30, (40, 48, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(d / f"{i}.png")
+
+
+def hf_from_open_clip(visual: dict, layers: int) -> dict:
+    """The inverse naming, written independently of cmbench's converter."""
+    out = {"vision_model.embeddings.class_embedding": visual["visual.class_embedding"],
+           "vision_model.embeddings.patch_embedding.weight": visual["visual.conv1.weight"],
+           "vision_model.embeddings.position_embedding.weight": visual["visual.positional_embedding"],
+           "vision_model.pre_layrnorm.weight": visual["visual.ln_pre.weight"],
+           "vision_model.pre_layrnorm.bias": visual["visual.ln_pre.bias"],
+           "vision_model.post_layernorm.weight": visual["visual.ln_post.weight"],
+           "vision_model.post_layernorm.bias": visual["visual.ln_post.bias"]}
+    for i in range(layers):
+        o, h = f"visual.transformer.resblocks.{i}.", f"vision_model.encoder.layers.{i}."
+        for kind in ("weight", "bias"):
+            q, k, v = visual[o + f"attn.in_proj_{kind}"].chunk(3)
+            out |= {h + f"self_attn.q_proj.{kind}": q, h + f"self_attn.k_proj.{kind}": k,
+                    h + f"self_attn.v_proj.{kind}": v,
+                    h + f"self_attn.out_proj.{kind}": visual[o + f"attn.out_proj.{kind}"],
+                    h + f"layer_norm1.{kind}": visual[o + f"ln_1.{kind}"],
+                    h + f"layer_norm2.{kind}": visual[o + f"ln_2.{kind}"],
+                    h + f"mlp.fc1.{kind}": visual[o + f"mlp.c_fc.{kind}"],
+                    h + f"mlp.fc2.{kind}": visual[o + f"mlp.c_proj.{kind}"]}
+    return {k: v.contiguous().clone() for k, v in out.items()}
+
+
+def test_hf_clip_vision_mapping_matches_transformers():
+    """A transformers CLIPVisionModel and open_clip's visual tower with the converted weights
+    give the same embedding (before the projection) on the same input."""
+    transformers = pytest.importorskip("transformers")
+    from cmbench.models.checkpoint import hf_clip_vision_to_open_clip
+    from open_clip.model import CLIP
+
+    torch.manual_seed(0)
+    cfg = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=2, image_size=32, patch_size=8,
+                                        hidden_act="gelu", layer_norm_eps=1e-5)
+    hf = transformers.CLIPVisionModel(cfg).eval()
+    for p in hf.parameters():  # non-trivial LayerNorms and biases
+        torch.nn.init.normal_(p, std=0.2)
+    oc = CLIP(embed_dim=16, vision_cfg=TINY_CLIP["vision_cfg"], text_cfg=TINY_CLIP["text_cfg"]).visual.eval()
+    theta0 = {"visual." + k: v for k, v in oc.state_dict().items()}
+    mapped = hf_clip_vision_to_open_clip(hf.state_dict(), theta0)
+    assert set(mapped) == set(theta0)
+    oc.load_state_dict({k.removeprefix("visual."): v for k, v in mapped.items()})
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        ref = hf(pixel_values=x).pooler_output  # post-layernorm CLS token
+        oc.proj = None  # compare before the projection CLIPVisionModel does not have
+        got = oc(x)
+    assert torch.allclose(got, ref, atol=1e-5), (got - ref).abs().max()
+
+
+def test_clip_suite_end_to_end_offline(tmp_path, monkeypatch):
+    """Zero-shot heads from the text tower, an expert from a HF-format safetensors file, a
+    second from open_clip names; merged by TA, evaluated, result file written; a wrong pin
+    and a wrong checkpoint are refused naming the task and the keys."""
+    from safetensors.torch import save_file
+
+    from cmbench import CmbenchError
+    from cmbench.artefacts import SuiteArtefacts, Store
+    from cmbench.runner import load_results, run_suite
+    from cmbench.suite import load_suite
+
+    data = tmp_path / "data"
+    write_folder(data, "eurosat", 10, 6, 0)
+    write_folder(data, "pcam", 2, 12, 1)
+    monkeypatch.setenv("CMBENCH_DATA_ROOT", str(data))
+    base = {"name": "tiny-clip", "setting": "merge_stream",
+            "backbone": {"kind": "open_clip", "model": "tiny", "pretrained": None, "config": TINY_CLIP},
+            "tasks": [{"name": "eurosat", "dataset": "eurosat"}, {"name": "pcam", "dataset": "pcam"}],
+            "heads": {"kind": "zero_shot"},
+            "methods": [{"name": "task_arithmetic", "hparams": {"lam": 0.3}}, {"name": "weight_average"}],
+            "evaluation": {"batch_size": 64, "max_test_per_task": 8}}
+    # experts: θ0 + noise, one saved under transformers' names, one under open_clip's
+    suite0 = tmp_path / "s0.yaml"
+    suite0.write_text(yaml.safe_dump(base))
+    art = SuiteArtefacts(load_suite(suite0), 0, Store(tmp_path / "cache0"))
+    theta0 = art.theta0()
+    assert any(k.startswith("visual.transformer.resblocks.1.attn.in_proj") for k in theta0)
+    g = torch.Generator().manual_seed(1)
+    e1 = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in theta0.items()}
+    e2 = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in theta0.items()}
+    e1_hf = hf_from_open_clip(e1, layers=2)
+    e1_hf["vision_model.embeddings.position_ids"] = torch.arange(17)[None]
+    save_file(e1_hf, str(tmp_path / "eurosat_hf.safetensors"))
+    save_file({k: v.contiguous() for k, v in e2.items()}, str(tmp_path / "pcam.safetensors"))
+    from cmbench.models.checkpoint import file_sha256
+
+    pin = file_sha256(tmp_path / "eurosat_hf.safetensors")
+    suite = dict(base, experts={"source": "checkpoints", "checkpoints": {
+        "eurosat": {"format": "hf_clip_vision", "path": str(tmp_path / "eurosat_hf.safetensors"), "sha256": pin},
+        "pcam": {"format": "open_clip", "path": str(tmp_path / "pcam.safetensors")}}})
+    path = tmp_path / "tiny-clip.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    out = tmp_path / "out"
+    summary = run_suite(path, out=out, executor="local", log=lambda s: None)
+    assert summary["failed"] == 0
+    recs = load_results(out / "results")
+    assert len(recs) == 2
+    heads = SuiteArtefacts(load_suite(path), 0, Store(out / ".cmbench" / "cache")).heads()
+    assert heads["eurosat"].weight.shape == (10, 16) and heads["pcam"].weight.shape == (2, 16)
+    for r in recs:
+        assert len(r["R"]) == 3 and all(0 <= v <= 1 for row in r["R"] for v in row)
+        assert r["evaluation"]["test_samples"] == {"eurosat": 8, "pcam": 8}
+        assert r["R"][0] == recs[0]["R"][0]  # row 0: the cached θ0 row, the same for every job
+    # the converted HF expert equals e1 (the projection, absent in CLIPVisionModel, is θ0's)
+    from cmbench.models.checkpoint import load_expert
+    from cmbench.suite import ExpertCheckpoint
+
+    got, meta = load_expert(ExpertCheckpoint(format="hf_clip_vision", path=str(tmp_path / "eurosat_hf.safetensors")),
+                            "eurosat", theta0, "experts.checkpoints")
+    assert meta["sha256"] == pin
+    for k in theta0:
+        expect = theta0[k] if k == "visual.proj" else e1[k]
+        assert torch.equal(got[k], expect), k
+    # a wrong pin and a checkpoint of another backbone are refused, naming the task
+    with pytest.raises(CmbenchError, match=r"experts.checkpoints.eurosat: .* pins"):
+        load_expert(ExpertCheckpoint(format="hf_clip_vision", path=str(tmp_path / "eurosat_hf.safetensors"),
+                                     sha256="0" * 64), "eurosat", theta0, "experts.checkpoints")
+    bad = {k: v for k, v in e2.items() if "resblocks.1" not in k}
+    bad["visual.conv1.weight"] = torch.zeros(8, 3, 8, 8)
+    save_file(bad, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(CmbenchError, match=r"pcam .*does not match the backbone: missing .*resblocks.1.*shape mismatch"):
+        load_expert(ExpertCheckpoint(path=str(tmp_path / "bad.safetensors")), "pcam", theta0, "experts.checkpoints")
+
+
+def test_zero_shot_head_is_clip_zero_shot_classifier():
+    """normalise(text) per template, mean, normalise, × exp(logit_scale): recomputed by hand."""
+    import open_clip
+
+    from cmbench.models.clip import build_open_clip, zero_shot_weights
+    from cmbench.suite import OpenCLIP
+
+    cfg = OpenCLIP(kind="open_clip", model="tiny", pretrained=None, config=TINY_CLIP)
+    w = zero_shot_weights(cfg, ["cat", "dog"], ["a photo of a {c}.", "a {c}!"], seed=3)
+    model = build_open_clip(cfg, pretrained=True, seed=3).eval()
+    with torch.no_grad():
+        rows = []
+        for c in ("cat", "dog"):
+            e = model.encode_text(open_clip.tokenize([f"a photo of a {c}.", f"a {c}!"]))
+            e = e / e.norm(dim=-1, keepdim=True)
+            m = e.mean(0)
+            rows.append(m / m.norm())
+        ref = torch.stack(rows) * model.logit_scale.exp()
+    assert torch.allclose(w, ref, atol=1e-6)
+
+
+def test_image_folder_dataset_splits_and_cache(tmp_path, monkeypatch):
+    """FusionBench's val rule (randperm seeded 0, last 10 %), train/val disjoint, decoded
+    once: the second load reads the uint8 cache."""
+    from cmbench.data import build
+    from cmbench.data.vision import data_root
+
+    write_folder(tmp_path, "eurosat", 10, 10, 0)
+    monkeypatch.setenv("CMBENCH_DATA_ROOT", str(tmp_path))
+    td = build("eurosat", "eurosat", 0, 24, {})
+    assert td.train.x.dtype == torch.uint8 and td.train.x.shape[1:] == (3, 24, 24)
+    assert len(td.train) == 90 and len(td.val) == 10 and len(td.test) == 50
+    assert td.classes[0] == json.loads((Path(__file__).parents[1] / "cmbench/data/clip_tasks.json")
+                                       .read_text())["tasks"]["eurosat"]["classnames"][0]
+    perm = torch.randperm(100, generator=torch.Generator().manual_seed(0))
+    assert sorted(perm[90:].tolist()) != sorted(perm[:10].tolist())
+    cached = list((data_root() / ".decoded").glob("eurosat-train-24-*.safetensors"))
+    assert len(cached) == 1
+    again = build("eurosat", "eurosat", 0, 24, {})
+    assert torch.equal(again.train.x, td.train.x) and torch.equal(again.val.y, td.val.y)
+
+
+def test_class_split_follows_the_seed_1993_order(tmp_path, monkeypatch):
+    from cmbench.data import build
+    from cmbench.data.vision import class_order
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in range(100):
+            d = tmp_path / "cifar100" / split / f"class{c:03d}"
+            d.mkdir(parents=True)
+            for i in range(2 if split == "test" else 10):
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    monkeypatch.setenv("CMBENCH_DATA_ROOT", str(tmp_path))
+    order = class_order(100)
+    assert order[:5] == np.random.RandomState(1993).permutation(100)[:5].tolist()
+    tasks = [build("class_split", f"t{i}", 0, 8, {"source": "cifar100", "n_tasks": 10, "index": i}) for i in range(10)]
+    assert [c for t in tasks for c in t.class_ids] == order
+    assert all(len(t.classes) == 10 and len(t.test) == 20 for t in tasks)
