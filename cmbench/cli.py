@@ -2,6 +2,8 @@
 
     cmbench run suites/micro-digits-merge.yaml           # all methods, seeds and orders
     cmbench run SUITE --methods ties,task_arithmetic --seeds 1 --orders 2
+    cmbench run clip-vit-b32-ta8 --dry-run                # jobs, downloads, fine-tuning, GPU time
+    cmbench finetune SUITE                                # the experts a suite needs (Ray jobs)
     cmbench report                                        # results/ -> leaderboard.md + plots/
     cmbench list methods | suites
     cmbench check my_method                               # the conformance kit
@@ -33,9 +35,17 @@ def _resolve_suite(arg: str) -> Path:
     return p
 
 
+def _data_env(args) -> None:
+    if getattr(args, "data_root", None):
+        os.environ["CMBENCH_DATA_ROOT"] = str(Path(args.data_root).expanduser().resolve())
+    if getattr(args, "allow_download", False):
+        os.environ["CMBENCH_ALLOW_DOWNLOAD"] = "1"
+
+
 def cmd_run(args) -> int:
     from .runner import run_suite
 
+    _data_env(args)
     summary = run_suite(
         _resolve_suite(args.suite),
         methods=[m for m in args.methods.split(",") if m] if args.methods else None,
@@ -44,6 +54,15 @@ def cmd_run(args) -> int:
         executor="local" if args.no_ray else "ray",
     )
     return 1 if summary["failed"] else 0
+
+
+def cmd_finetune(args) -> int:
+    from .runner import finetune_experts
+
+    _data_env(args)
+    finetune_experts(_resolve_suite(args.suite), seeds=args.seeds, workers=args.workers,
+                     ray_address=args.ray_address, out=args.out, executor="local" if args.no_ray else "ray")
+    return 0
 
 
 def cmd_report(args) -> int:
@@ -99,6 +118,12 @@ def cmd_check(args) -> int:
     return 1 if bad else 0
 
 
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", help="where datasets live (default: $CMBENCH_DATA_ROOT or ~/.cache/cmbench/data)")
+    p.add_argument("--allow-download", action="store_true",
+                   help="let datasets and weights be fetched from the hubs (default: local caches only)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="cmbench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,10 +140,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ray-address", help="join a Ray cluster at this address instead of starting a local one")
     r.add_argument("--out", default=".", help="directory for results/ and .cmbench/ (cache, MLflow) (default: .)")
     r.add_argument("--force", action="store_true", help="recompute jobs even if their result exists")
-    r.add_argument("--dry-run", action="store_true", help="validate and list the jobs that would run")
+    r.add_argument("--dry-run", action="store_true",
+                   help="validate; list the jobs, what must be downloaded or fine-tuned first, and a GPU-time "
+                        "estimate (no network)")
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under OUT/.cmbench)")
     r.add_argument("--no-ray", action="store_true", help="run jobs in this process, one after another")
+    _data_args(r)
     r.set_defaults(fn=cmd_run)
+
+    ft = sub.add_parser("finetune", help="fine-tune (and cache) the experts a merge-stream suite needs",
+                        description="Builds θ0, the heads and every task's expert with the suite's "
+                                    "experts.finetune recipe, as Ray jobs; `cmbench run` reuses them.")
+    ft.add_argument("suite", help="path to a suite YAML file, or the name of one in suites/")
+    ft.add_argument("--seeds", type=int, help="use only the first N seeds of the suite")
+    ft.add_argument("--workers", type=int, help="parallel fine-tuning jobs (default: cores / cpus_per_job)")
+    ft.add_argument("--ray-address", help="join a Ray cluster at this address")
+    ft.add_argument("--out", default=".", help="directory whose .cmbench/cache holds the experts (default: .)")
+    ft.add_argument("--no-ray", action="store_true", help="fine-tune in this process")
+    _data_args(ft)
+    ft.set_defaults(fn=cmd_finetune)
 
     rp = sub.add_parser("report", help="render leaderboard.md and plots from result files")
     rp.add_argument("--results", default="results", help="results directory (default: results)")

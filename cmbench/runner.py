@@ -89,6 +89,16 @@ def git_commit() -> str | None:
 # -- executors ----------------------------------------------------------------------------
 
 
+def worker_env() -> dict[str, str]:
+    """What a worker needs from the driver's environment: the project's baselines, the data
+    root and whether downloads are allowed (so a cluster node sees the driver's settings)."""
+    env = {"CMBENCH_BASELINES": os.pathsep.join(str(d) for d in baseline_dirs())}
+    for k in ("CMBENCH_DATA_ROOT", "CMBENCH_ALLOW_DOWNLOAD"):
+        if k in os.environ:
+            env[k] = os.environ[k]
+    return env
+
+
 def _call(fn: Callable, args: tuple, threads: int, env: dict[str, str]) -> Any:
     """Worker-side wrapper: fix threads, make the project's baselines discoverable."""
     import warnings
@@ -106,7 +116,7 @@ class LocalExecutor:
         self.threads = threads
 
     def map(self, fn: Callable, argsets: list[tuple]) -> Iterator[tuple[tuple, Any, BaseException | None]]:
-        env = {"CMBENCH_BASELINES": os.pathsep.join(str(d) for d in baseline_dirs())}
+        env = worker_env()
         for args in argsets:
             try:
                 yield args, _call(fn, args, self.threads, env), None
@@ -122,7 +132,7 @@ class RayExecutor:
         import ray
 
         self.ray = ray
-        env = {"CMBENCH_BASELINES": os.pathsep.join(str(d) for d in baseline_dirs())}
+        env = worker_env()
         kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=True,
                                       configure_logging=True)
         if address:
@@ -191,8 +201,12 @@ def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, seeds
             todo.append(job)
     log(f"suite {suite.name} (hash {suite.hash()}): {len(jobs)} jobs, {skipped} up to date, {len(todo)} to run")
     if dry_run:
+        from .plan import describe
+
         for job in todo:
             log(f"  would run {job.label} seed={job.seed} order={job.order_index}: {' > '.join(job.order)}")
+        for line in describe(suite, todo, Store(paths.cache)):
+            log(line)
         return {"jobs": len(jobs), "skipped": skipped, "ran": 0, "failed": 0}
     if not todo:
         return {"jobs": len(jobs), "skipped": skipped, "ran": 0, "failed": 0}
@@ -214,6 +228,42 @@ def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, seeds
         return _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, executor, tracking_uri, log)
     finally:
         lock.release()
+
+
+def finetune_experts(suite_path: str | Path, *, seeds: int | None = None, workers: int | None = None,
+                     ray_address: str | None = None, out: str | Path = ".", executor: str = "ray",
+                     log: Callable[[str], None] = print) -> dict[str, Any]:
+    """``cmbench finetune``: build θ0, heads and every expert the suite needs (Ray jobs,
+    cached); ``cmbench run`` then finds them."""
+    suite = load_suite(suite_path)
+    if suite.setting != "merge_stream":
+        raise CmbenchError(f"{suite_path}: setting {suite.setting} trains inside each job; nothing to fine-tune")
+    if suite.experts.source != "finetune":
+        raise CmbenchError(f"{suite_path}: experts.source is {suite.experts.source}; set it to finetune "
+                           "to fine-tune experts with the suite's recipe")
+    paths = Paths(Path(out))
+    paths.cache.mkdir(parents=True, exist_ok=True)
+    cache = str(paths.cache.resolve())
+    store = Store(cache)
+    threads = suite.resources.cpus_per_job
+    workers = workers or max(1, (os.cpu_count() or 1) // threads)
+    ex = (RayExecutor(workers, threads, suite.resources.gpus_per_job, ray_address) if executor == "ray"
+          else LocalExecutor(threads))
+    seed_list = suite.seeds[:seeds] if seeds else suite.seeds
+    try:
+        t0 = [(suite, s, cache) for s in seed_list if not store.has("theta0", theta0_key(suite, s))]
+        _drain(ex.map(_prepare_theta0, t0), f"θ0 and heads ({len(t0)} seeds)", len(t0))
+        todo = [(suite, s, t, cache) for s in seed_list for t in suite.task_names()
+                if not store.has("experts", expert_key(suite, s, t))]
+        log(f"suite {suite.name}: {len(seed_list) * len(suite.tasks) - len(todo)} experts cached, {len(todo)} to fine-tune")
+        _drain(ex.map(_prepare_expert, todo), f"fine-tuning experts ({len(todo)})", len(todo))
+    finally:
+        ex.close()
+    for s in seed_list:
+        for t in suite.task_names():
+            _, meta = SuiteArtefacts(suite, s, store).expert(t)
+            log(f"  seed {s} {t}: test accuracy {100 * meta['test_accuracy']:.1f}")
+    return {"experts": len(seed_list) * len(suite.tasks), "trained": len(todo)}
 
 
 def _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, executor, tracking_uri, log):

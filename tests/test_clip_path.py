@@ -214,3 +214,88 @@ def test_class_split_follows_the_seed_1993_order(tmp_path, monkeypatch):
     tasks = [build("class_split", f"t{i}", 0, 8, {"source": "cifar100", "n_tasks": 10, "index": i}) for i in range(10)]
     assert [c for t in tasks for c in t.class_ids] == order
     assert all(len(t.classes) == 10 and len(t.test) == 20 for t in tasks)
+
+
+def test_finetune_then_dry_run_then_run(tmp_path, monkeypatch, capsys):
+    """`cmbench finetune` builds the experts with the suite's recipe (zero-shot head frozen);
+    the dry run then sees them cached, lists the datasets and estimates GPU time; `run` uses
+    them without training again."""
+    from cmbench.cli import main
+
+    data = tmp_path / "data"
+    write_folder(data, "eurosat", 10, 6, 0)
+    write_folder(data, "pcam", 2, 12, 1)
+    suite = {"name": "tiny-clip-ft", "setting": "merge_stream",
+             "backbone": {"kind": "open_clip", "model": "tiny", "pretrained": None, "config": TINY_CLIP},
+             "tasks": [{"name": "eurosat", "dataset": "eurosat"}, {"name": "pcam", "dataset": "pcam"}],
+             "heads": {"kind": "zero_shot"},
+             "experts": {"finetune": {"lr": 1e-3, "weight_decay": 0.1, "batch_size": 16, "steps": 6}},
+             "methods": [{"name": "weight_average"}]}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    out = tmp_path / "out"
+    common = ["--out", str(out), "--data-root", str(data), "--no-ray"]
+    assert main(["run", str(path), "--dry-run", *common]) == 0
+    text = capsys.readouterr().out
+    assert "experts to fine-tune: 2" in text and f"image folder {data / 'eurosat'}" in text
+    assert "estimate (" in text and "GPU-h" in text
+    assert main(["finetune", str(path), *common]) == 0
+    text = capsys.readouterr().out
+    assert "2 to fine-tune" in text and "seed 0 pcam: test accuracy" in text
+    assert main(["run", str(path), "--dry-run", *common]) == 0
+    assert "experts to fine-tune: 0" in capsys.readouterr().out
+    from cmbench.runner import load_results, run_suite
+
+    run_suite(path, out=out, executor="local", log=lambda s: None)
+    rec = load_results(out / "results")[0]
+    assert rec["status"] == "ok" and len(rec["E"]) == 2
+
+
+def test_every_shipped_suite_loads_and_dry_runs_offline(tmp_path, monkeypatch):
+    """The real-scale suites validate and their dry run needs no network."""
+    from cmbench.runner import run_suite
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("CMBENCH_DATA_ROOT", str(tmp_path / "nodata"))
+    suites = sorted((Path(__file__).parents[1] / "suites").glob("*.yaml"))
+    assert len([s for s in suites if s.name.startswith(("clip-", "split-vit-"))]) == 16
+    lines = []
+    for s in suites:
+        if s.name.startswith(("clip-vit-b32-ta8", "split-vit-b16-imagenet-r-10")):
+            summary = run_suite(s, out=tmp_path / "o", dry_run=True, log=lines.append)
+            assert summary["ran"] == 0
+    assert any("TO DOWNLOAD" in ln for ln in lines) and any("MISSING" in ln for ln in lines)
+
+
+def test_split_vit_suite_runs_offline_on_a_tiny_timm_vit(tmp_path, monkeypatch):
+    """The split ViT path (timm backbone, class_split tasks, LoRA on k/v) end to end."""
+    from PIL import Image
+
+    from cmbench.runner import load_results, run_suite
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in range(100):
+            d = tmp_path / "data" / "cifar100" / split / f"c{c:03d}"
+            d.mkdir(parents=True)
+            base = rng.integers(0, 255, 3)
+            for i in range(2 if split == "test" else 6):
+                img = np.clip(base + rng.normal(0, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(d / f"{i}.png")
+    monkeypatch.setenv("CMBENCH_DATA_ROOT", str(tmp_path / "data"))
+    lora = {"rank": 2, "targets": ["k", "v"]}
+    suite = {"name": "tiny-split", "setting": "train_then_merge",
+             "backbone": {"kind": "timm", "model": "vit_tiny_patch16_224", "pretrained": False,
+                          "kwargs": {"img_size": 16, "patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2}},
+             "tasks": [{"name": f"t{i}", "dataset": "class_split",
+                        "params": {"source": "cifar100", "n_tasks": 10, "index": i}} for i in range(2)],
+             "heads": {"kind": "class_incremental"},
+             "training": {"epochs": 1, "lr": 1e-3, "head_lr": 1e-2, "batch_size": 16},
+             "methods": [{"name": "pm", "label": "pm-lora", "lora": lora}, {"name": "trm"}]}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    summary = run_suite(path, out=tmp_path / "out", executor="local", log=lambda s: None)
+    assert summary["failed"] == 0
+    recs = load_results(tmp_path / "out" / "results")
+    assert {r["label"] for r in recs} == {"pm-lora", "trm"}
+    assert all(len(r["start_grad_norm"]) == 2 and r["metrics"]["ACC_all"] is not None for r in recs)

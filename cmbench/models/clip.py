@@ -54,7 +54,9 @@ def _build_open_clip(cfg, pretrained: bool) -> nn.Module:
         return CLIP(embed_dim=c["embed_dim"], vision_cfg=c["vision_cfg"], text_cfg=c["text_cfg"],
                     quick_gelu=c.get("quick_gelu", False))
     if not pretrained or cfg.pretrained is None:
-        return open_clip.create_model(cfg.model, pretrained=None)
+        # the architecture the tag's weights need (OpenAI's CLIPs use QuickGELU)
+        tag_cfg = open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained) if cfg.pretrained else {}
+        return open_clip.create_model(cfg.model, pretrained=None, force_quick_gelu=bool(tag_cfg.get("quick_gelu")))
     if not allow_download():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:

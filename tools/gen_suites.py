@@ -1,0 +1,140 @@
+"""Write the real-scale suites (``suites/clip-*.yaml``, ``suites/split-vit-*.yaml``) from one
+table, so the 16 files cannot drift apart. Run after editing this file:
+
+    python tools/gen_suites.py
+"""
+
+import json
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = json.loads((ROOT / "cmbench" / "data" / "clip_tasks.json").read_text())["tasks"]
+# TA8 ⊂ TALL14 ⊂ TALL20 in FusionBench's order (Wang et al. 2024, "Localizing Task Information")
+ORDER = list(TASKS)
+STREAMS = {"ta8": ORDER[:8], "tall14": ORDER[:14], "tall20": ORDER[:20]}
+BACKBONES = {  # cmbench suffix -> (open_clip model, hub prefix of FusionBench's experts)
+    "vit-b32": ("ViT-B-32", "clip-vit-base-patch32"),
+    "vit-b16": ("ViT-B-16", "clip-vit-base-patch16"),
+    "vit-l14": ("ViT-L-14", "clip-vit-large-patch14"),
+}
+
+CLIP_METHODS = [
+    "# data-free continual merging (published defaults)",
+    {"name": "weight_average"},
+    {"name": "task_arithmetic", "hparams": {"lam": 0.3}},
+    {"name": "ties", "hparams": {"k": 0.2, "lam": 0.5, "merge_func": "sum"}},
+    {"name": "magmax", "hparams": {"lam": 0.5}},
+    {"name": "opcm", "hparams": {"alpha": 0.5}},
+    {"name": "dop"},
+    {"name": "consensus_ta", "hparams": {"lam": 0.3, "k": 2, "tall_lambda": 0.6}},
+    "# the current task's training data",
+    {"name": "fisher_average"},
+    "# ODE-M (public config): 2048 nested calibration samples; refinement at the end (‡), per step, none",
+    {"name": "ode_m"},
+    {"name": "ode_m", "label": "ode_m-per-step", "hparams": {"refine": "per_step"}},
+    {"name": "ode_m", "label": "ode_m-no-refine", "hparams": {"refine": "none"}},
+    "# lower bound: keep the newest expert",
+    {"name": "sequential"},
+]
+
+
+def dump(path: Path, header: str, doc: dict, methods: list) -> None:
+    body = yaml.safe_dump(doc, sort_keys=False, width=120, allow_unicode=True)
+    lines = ["methods:"]
+    for m in methods:
+        lines.append(f"  {m}" if isinstance(m, str) else "  - " + json.dumps(m).replace('"', ""))
+    path.write_text(header + body + "\n".join(lines) + "\n")
+
+
+def clip_suites() -> None:
+    for bb, (model, hub) in BACKBONES.items():
+        for stream, tasks in STREAMS.items():
+            name = f"clip-{bb}-{stream}"
+            header = (f"# {name}: continual merging of {len(tasks)} CLIP {model} experts (FusionBench's hub\n"
+                      "# checkpoints, fine-tuned on each task's full train split, so they have seen the val split),\n"
+                      "# zero-shot heads from FusionBench's class names and templates, 3 seeds x random orders.\n"
+                      "# Needs: `cmbench run " + name + " --dry-run` lists downloads (weights, experts, datasets).\n"
+                      "# Pin each expert after the first download: add `sha256:` (the result files record it).\n")
+            doc = {
+                "name": name,
+                "description": f"{len(tasks)} CLIP {model} experts merged one at a time (TA8 ⊂ TALL14 ⊂ TALL20)",
+                "setting": "merge_stream",
+                "seeds": [0, 1, 2],
+                "backbone": {"kind": "open_clip", "model": model, "pretrained": "openai"},
+                "tasks": [{"name": t, "dataset": t} for t in tasks],
+                "heads": {"kind": "zero_shot"},
+                "experts": {"source": "checkpoints", "checkpoints": {
+                    t: {"format": "hf_clip_vision", "path": f"hf://tanganke/{hub}_{TASKS[t]['fusionbench']}"}
+                    for t in tasks},
+                    # `cmbench finetune` recipe when source is switched to finetune (task vectors / FusionBench)
+                    "finetune": {"lr": 1.0e-5, "weight_decay": 0.1, "batch_size": 128, "steps": 4000,
+                                 "warmup_frac": 0.125}},
+                "orders": {"random": 3},
+                "evaluation": {"batch_size": 512},
+                "resources": {"cpus_per_job": 4, "gpus_per_job": 1},
+            }
+            dump(ROOT / "suites" / f"{name}.yaml", header, doc, CLIP_METHODS)
+
+
+SPLITS = {  # name -> (source, tasks, epochs): InfLoRA / P&M class-incremental benchmarks
+    "split-vit-b16-cifar100-10": ("cifar100", 10, 10),
+    "split-vit-b16-imagenet-r-5": ("imagenet_r", 5, 10),
+    "split-vit-b16-imagenet-r-10": ("imagenet_r", 10, 10),
+    "split-vit-b16-imagenet-r-20": ("imagenet_r", 20, 10),
+    "split-vit-b16-imagenet-a-10": ("imagenet_a", 10, 10),
+    "split-vit-b16-domainnet-5": ("domainnet", 5, 5),
+    "split-vit-b16-cub200-10": ("cub200", 10, 10),
+}
+LORA = {"rank": 10, "targets": ["k", "v"]}
+SPLIT_METHODS = [
+    "# lower bounds: sequential fine-tuning, full and LoRA",
+    {"name": "sequential"},
+    {"name": "sequential", "label": "sequential-lora", "lora": LORA},
+    "# merging baselines",
+    {"name": "weight_average", "label": "weight_average-lora", "lora": LORA},
+    {"name": "magmax", "hparams": {"lam": 0.5}},
+    "# P&M (Qiu et al. 2025): LoRA rank 10 on k, v (the paper), full-parameter, ablations",
+    {"name": "pm", "label": "pm-lora", "lora": LORA},
+    {"name": "pm", "label": "pm-full"},
+    {"name": "pm", "label": "pm-lora-merge-only", "hparams": {"perturbation": "none"}, "lora": LORA},
+    {"name": "pm", "label": "pm-lora-gaussian", "hparams": {"perturbation": "gaussian"}, "lora": LORA},
+    {"name": "pm", "label": "pm-lora-per-module-alpha", "hparams": {"alpha": "per_module"}, "lora": LORA},
+    "# TRM (reconstruction from the abstract, †) and its ablations",
+    {"name": "trm"},
+    {"name": "trm", "label": "trm-no-align", "hparams": {"w_align": 0.0}},
+    {"name": "trm", "label": "trm-no-consistency", "hparams": {"w_cons": 0.0}},
+    {"name": "trm", "label": "trm-no-responsiveness", "hparams": {"w_resp": 0.0}},
+    "# upper reference: joint training on every seen task",
+    {"name": "multitask"},
+]
+
+
+def split_suites() -> None:
+    for name, (source, n, epochs) in SPLITS.items():
+        header = (f"# {name}: class-incremental {source} in {n} tasks (classes in the PyCIL/InfLoRA seed-1993\n"
+                  "# order), ViT-B/16 ImageNet-21k pretrained + ImageNet-1k fine-tuned (timm), P&M's recipe:\n"
+                  f"# AdamW, lr 1e-3 (LoRA), head lr 1e-2, batch 256, {epochs} epochs.\n"
+                  f"# Data: $CMBENCH_DATA_ROOT/{source}/{{train,test}}/<class>/<image>.\n")
+        doc = {
+            "name": name,
+            "description": f"class-incremental {source}, {n} tasks, ViT-B/16 (P&M / InfLoRA protocol)",
+            "setting": "train_then_merge",
+            "seeds": [0, 1, 2],
+            "backbone": {"kind": "timm", "model": "vit_base_patch16_224.augreg_in21k_ft_in1k", "pretrained": True},
+            "tasks": [{"name": f"task{i}", "dataset": "class_split",
+                       "params": {"source": source, "n_tasks": n, "index": i}} for i in range(n)],
+            "heads": {"kind": "class_incremental"},
+            "training": {"epochs": epochs, "lr": 1.0e-3, "head_lr": 1.0e-2, "weight_decay": 0.0, "batch_size": 256,
+                         "warmup_frac": 0.0},
+            "evaluation": {"batch_size": 512},
+            "resources": {"cpus_per_job": 4, "gpus_per_job": 1},
+        }
+        dump(ROOT / "suites" / f"{name}.yaml", header, doc, SPLIT_METHODS)
+
+
+if __name__ == "__main__":
+    clip_suites()
+    split_suites()
+    print("wrote", len(BACKBONES) * len(STREAMS) + len(SPLITS), "suites")
