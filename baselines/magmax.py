@@ -41,7 +41,8 @@ class MagMax(Method):
         tau = task_vector(incoming, ctx.theta0)
         if self.tau_max is None:
             self.tau_max = tau
-        else:
-            self.tau_max = {k: torch.where(v.abs() >= self.tau_max[k].abs(), v, self.tau_max[k])
-                            for k, v in tau.items()}
+        else:  # τ_max ← the larger-magnitude entry (ties to the later task), updated in place
+            for k, v in tau.items():
+                m = self.tau_max[k]
+                torch.where(v.abs() >= m.abs(), v, m, out=m)
         return apply(ctx.theta0, self.tau_max, self.lam)

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 
 from cmbench.methods import merge_function
-from cmbench.tensors import apply, flatten, task_vector, unflatten
+from cmbench.tensors import apply, task_vector, topk_threshold
 
 
 def trim(v: torch.Tensor, k: float) -> torch.Tensor:
@@ -31,7 +31,7 @@ def trim(v: torch.Tensor, k: float) -> torch.Tensor:
 
 
 def ties(vectors: torch.Tensor, k: float, merge_func: str) -> torch.Tensor:
-    """TIES over the rows of ``vectors`` (n × d)."""
+    """TIES over the rows of ``vectors`` (n × d): the plain form of the equations above."""
     trimmed = torch.stack([trim(v, k) for v in vectors])
     sign = torch.sign(trimmed.sum(0))
     sign[sign == 0] = torch.sign(sign.sum())
@@ -40,6 +40,30 @@ def ties(vectors: torch.Tensor, k: float, merge_func: str) -> torch.Tensor:
     if merge_func == "sum":
         return selected.sum(0)
     return selected.sum(0) / agree.sum(0).clamp(min=1)
+
+
+def ties_state(vectors: list[dict], k: float, merge_func: str) -> dict:
+    """:func:`ties` on state dicts, tensor by tensor (no flattened copy of the model); the
+    global top-k threshold per vector comes from ``topk_threshold`` (exact, no full sort)."""
+    d = sum(v.numel() for v in vectors[0].values())
+    keep = int(d * k)  # entries ≥ the (⌊d·k⌋ + 1)-th largest |v| are kept, as in :func:`trim`
+    trimmed = []
+    for vec in vectors:
+        if keep >= d:
+            trimmed.append(vec)
+            continue
+        t = topk_threshold(vec.values(), keep + 1)
+        trimmed.append({n: torch.where(v.abs() >= t, v, 0.0) for n, v in vec.items()})
+    total = {n: sum(tr[n] for tr in trimmed) for n in vectors[0]}
+    majority = torch.sign(sum(torch.sign(v).sum() for v in total.values()))  # sign of Σγ for γ = 0
+    out = {}
+    for n, s in total.items():
+        sign = torch.sign(s)
+        sign = torch.where(sign == 0, majority, sign)
+        agree = [torch.where(sign > 0, tr[n] > 0, tr[n] < 0) for tr in trimmed]
+        selected = sum(torch.where(a, tr[n], 0.0) for a, tr in zip(agree, trimmed))
+        out[n] = selected if merge_func == "sum" else selected / sum(a.to(s.dtype) for a in agree).clamp(min=1)
+    return out
 
 
 @merge_function("ties", paper="Yadav et al. 2023, arXiv:2306.01708")
@@ -56,8 +80,5 @@ def ties_merging(
     tau = task_vector(incoming, ctx.theta0)
     if ctx.step == 1:
         return apply(ctx.theta0, tau, lam)
-    keys = sorted(tau)
-    prev = task_vector(merged, ctx.theta0)
-    stacked = torch.stack([flatten(prev, keys), flatten(tau, keys)])
-    merged_tv = unflatten(ties(stacked, k, merge_func), tau, keys)
+    merged_tv = ties_state([task_vector(merged, ctx.theta0), tau], k, merge_func)
     return apply(merged if anchor == "merged" else ctx.theta0, merged_tv, lam)

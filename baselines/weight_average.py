@@ -7,6 +7,8 @@ train-then-merge suites θ_t is the model trained on task t from M_{t−1} (P&M'
 averaging" baseline).
 """
 
+import torch
+
 from cmbench.methods import merge_function
 from cmbench.tensors import combine
 
@@ -15,4 +17,5 @@ from cmbench.tensors import combine
                 settings=("merge_stream", "train_then_merge"))
 def weight_average(ctx, merged, incoming):
     t = ctx.step
-    return combine([merged, incoming], lambda m, x: ((t - 1) * m + x) / t, like=incoming)
+    # ((t − 1)·M + θ)/t = M + (θ − M)/t: one fused pass (lerp)
+    return combine([merged, incoming], lambda m, x: torch.lerp(m, x, 1.0 / t), like=incoming)

@@ -65,6 +65,15 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import DEFAULT_METHODS, main_json, run_bench
+
+    methods = [m for m in args.methods.split(",") if m] if args.methods else list(DEFAULT_METHODS)
+    r = run_bench(methods, threads=args.threads, repeats=args.repeats, device=args.device, suite=args.suite)
+    main_json(args.json, r)
+    return 0
+
+
 def cmd_report(args) -> int:
     if args.format:
         from .report.tables import render_table
@@ -172,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--suite", help="only this suite's results")
     rp.add_argument("--methods", help="comma-separated method names or labels")
     rp.set_defaults(fn=cmd_report)
+
+    bn = sub.add_parser("bench", help="merge-step time and memory per method on 88M parameters, "
+                                      "bandwidth floor, evaluation img/s, suite wall time")
+    bn.add_argument("--methods", help="comma-separated methods (default: the data-free baselines)")
+    bn.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
+    bn.add_argument("--repeats", type=int, default=3, help="timed merge steps per method (median reported)")
+    bn.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    bn.add_argument("--suite", help="also time `cmbench run SUITE --seeds 1` cold and warm (e.g. micro-digits-merge)")
+    bn.add_argument("--json", help="also write the figures to this JSON file")
+    bn.set_defaults(fn=cmd_bench)
 
     ck = sub.add_parser("check", help="run the conformance kit on methods (default: all)",
                         description="Checks that a method does not modify its inputs, keeps keys/shapes/dtypes "

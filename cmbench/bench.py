@@ -1,0 +1,196 @@
+"""``cmbench bench``: merge-step time and peak memory per method on a ViT-B/32-size model
+(random init, no download), the memory-bandwidth floor measured in the same run,
+evaluation throughput, and optionally the micro suite's wall time cold and warm.
+
+Each method is measured in a fresh subprocess so its peak memory (max RSS growth over
+the process's baseline after building the inputs) is its own. Times are the median of
+``repeats`` merge steps at step t = 3 (after two warm-up steps that build the method's
+state), with the thread count fixed.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULT_METHODS = ("weight_average", "task_arithmetic", "ties", "magmax", "opcm", "consensus_ta", "sequential")
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _reset_peak() -> float:
+    """Reset the peak RSS (Linux: clear_refs 5) and return the current RSS, in MB."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return _status_mb("VmRSS")
+
+
+def vit_b32_state(seed: int) -> dict[str, torch.Tensor]:
+    """An 87.8M-parameter CLIP ViT-B/32 image tower, random weights."""
+    import logging
+
+    from .models.clip import CLIPImageEncoder
+    from .suite import OpenCLIP
+
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip warns that no weights were loaded
+    torch.manual_seed(seed)
+    return CLIPImageEncoder.create(OpenCLIP(kind="open_clip", model="ViT-B-32", pretrained=None)).state_dict()
+
+
+def _perturbed(theta0, seed):
+    g = torch.Generator().manual_seed(seed)
+    return {k: v + 1e-3 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone()
+            for k, v in theta0.items()}
+
+
+def _measure_method(name: str, threads: int, repeats: int, device: str, q) -> None:
+    torch.set_num_threads(threads)
+    from . import methods as methods_mod
+
+    theta0 = {k: v.to(device) for k, v in vit_b32_state(0).items()}
+    experts = [{k: v.to(device) for k, v in _perturbed(theta0, i + 1).items()} for i in range(2 + repeats)]
+    method = methods_mod.create(name, {})
+    ctx = methods_mod.Context(theta0=theta0, num_tasks=2 + repeats, seed=0, device=torch.device(device),
+                              generator=torch.Generator().manual_seed(0))
+    method.start(ctx)
+    merged = theta0
+    for t in (1, 2):  # warm-up steps build the method's state (τ_max, projections, …)
+        ctx.step, ctx.task, ctx.seen_tasks = t, f"t{t}", [f"t{i}" for i in range(1, t + 1)]
+        merged = method.merge(ctx, merged, experts[t - 1], ctx.task)
+    base = _reset_peak()
+    times = []
+    for r in range(repeats):
+        t = 3 + r
+        ctx.step, ctx.task, ctx.seen_tasks = t, f"t{t}", [f"t{i}" for i in range(1, t + 1)]
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        out = method.merge(ctx, merged, experts[t - 1], ctx.task)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+        merged = out
+        del out
+    # growth of the peak RSS over the RSS before the timed steps: the merge's temporaries
+    # and any state it grows (inputs, the previous merged model and its state excluded)
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _status_mb("VmHWM") - base)
+    q.put({"method": name, "step_s": statistics.median(times), "peak_mb": peak})
+
+
+def _floor(threads: int, device: str) -> dict:
+    """axpy (m += λ·τ) over the model's floats, in place: the bandwidth floor of a TA step."""
+    torch.set_num_threads(threads)
+    n = sum(v.numel() for v in vit_b32_state(0).values())
+    a = torch.randn(n, device=device)
+    b = torch.randn(n, device=device)
+    times = []
+    for _ in range(5):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a.add_(b, alpha=0.3)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    s = min(times)
+    return {"params": n, "axpy_s": s, "gbps": 3 * 4 * n / s / 1e9}  # read a, b; write a
+
+
+def _eval_throughput(threads: int, device: str) -> list[dict]:
+    from .models import create_backbone, features
+    from .models.clip import CLIPImageEncoder
+    from .suite import OpenCLIP, TinyViT
+
+    torch.set_num_threads(threads)
+    out = []
+    tiny = TinyViT(img_size=16, patch_size=4, in_chans=1, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0)
+    plain = create_backbone(tiny).to(device)
+    lin = create_backbone(tiny.model_copy(update={"linearized": True}), plain.state_dict()).to(device)
+    vit = CLIPImageEncoder.create(OpenCLIP(kind="open_clip", model="ViT-B-32", pretrained=None)).to(device)
+    for label, model, shape, n, bs in (("tiny ViT (micro)", plain, (1, 16, 16), 8192, 1024),
+                                       ("tiny ViT, linearised", lin, (1, 16, 16), 4096, 1024),
+                                       ("ViT-B/32 224²", vit, (3, 224, 224), 256 if device == "cpu" else 8192, 128 if device == "cpu" else 512)):
+        x = torch.randint(0, 255, (n, *shape), dtype=torch.uint8)
+        features(model, x[:bs], bs)  # warm-up
+        t0 = time.perf_counter()
+        features(model, x, bs)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        out.append({"model": label, "img_s": n / (time.perf_counter() - t0)})
+    return out
+
+
+def _suite_times(suite: str) -> dict:
+    """Wall time of `cmbench run SUITE --seeds 1` cold (empty output dir) and warm (rerun)."""
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "-m", "cmbench.cli", "run", suite, "--seeds", "1", "--out", out]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        cold = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        return {"suite": suite, "cold_s": cold, "warm_s": time.perf_counter() - t0}
+
+
+def run_bench(methods=DEFAULT_METHODS, threads: int = 2, repeats: int = 3, device: str = "cpu",
+              suite: str | None = None, log=print) -> dict:
+    ctx = mp.get_context("spawn")
+    results = {"threads": threads, "device": device, "torch": torch.__version__}
+    q = ctx.Queue()
+    p = ctx.Process(target=_floor_proc, args=(threads, device, q))
+    p.start()
+    results["floor"] = q.get()
+    p.join()
+    rows = []
+    for name in methods:
+        p = ctx.Process(target=_measure_method, args=(name, threads, repeats, device, q))
+        p.start()
+        rows.append(q.get())
+        p.join()
+    results["methods"] = rows
+    results["eval"] = _eval_throughput(threads, device)
+    if suite:
+        results["suite"] = _suite_times(suite)
+    log(format_bench(results))
+    return results
+
+
+def _floor_proc(threads, device, q):
+    q.put(_floor(threads, device))
+
+
+def format_bench(r: dict) -> str:
+    f = r["floor"]
+    lines = [f"cmbench bench: {f['params'] / 1e6:.1f}M parameters (CLIP ViT-B/32 image tower, random), "
+             f"{r['threads']} threads, {r['device']}, torch {r['torch']}",
+             f"memory-bandwidth floor (in-place axpy over all floats): {f['axpy_s']:.3f} s ({f['gbps']:.1f} GB/s)",
+             "", "| method | merge step (s) | × floor | peak memory (MB) |", "|---|---|---|---|"]
+    for m in r["methods"]:
+        lines.append(f"| {m['method']} | {m['step_s']:.3f} | {m['step_s'] / f['axpy_s']:.1f} | {m['peak_mb']:.0f} |")
+    lines += ["", "| evaluation | img/s |", "|---|---|"]
+    lines += [f"| {e['model']} | {e['img_s']:.0f} |" for e in r["eval"]]
+    if "suite" in r:
+        s = r["suite"]
+        lines += ["", f"{s['suite']} (one seed): cold {s['cold_s']:.0f} s, warm {s['warm_s']:.1f} s"]
+    return "\n".join(lines)
+
+
+def main_json(path: str | None, r: dict) -> None:
+    if path:
+        Path(path).write_text(json.dumps(r, indent=1))
