@@ -87,14 +87,14 @@ class PerturbAndMerge(Method):
         start = ctx.train_start_state
         saved = []
         for name, p in ctx.trainable.items():
-            delta = p.data - start[name]
+            delta = p.data - start[name].to(p.device)
             d = s * self.eps * delta if self.perturbation == "task_vector" else self._matched_noise(ctx, delta, s * self.eps)
             saved.append((p, p.data.clone()))
             p.add_(d)
         self._undo = ("restore", saved)
 
     def _matched_noise(self, ctx, like, scale):
-        n = torch.randn(like.shape, generator=ctx.generator)
+        n = torch.randn(like.shape, generator=ctx.generator).to(like.device)
         return n * (abs(scale) * like.norm() / n.norm().clamp_min(1e-12))
 
     @torch.no_grad()

@@ -39,6 +39,8 @@ Reconstruction:
 
 from typing import Literal
 
+import re
+
 import torch
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -70,14 +72,14 @@ class TRM(Method):
         total = max(1, ctx.train_total_steps)
         marks = {round(total * (i + 1) / self.k) for i in range(self.k)}
         if step in marks:
-            self._trajectory.append({k: v.detach().clone() for k, v in ctx.train_model.state_dict().items()})
+            self._trajectory.append({k: v.detach().cpu().clone() for k, v in ctx.train_model.state_dict().items()})
 
     # -- merge: optimise the coefficients ----------------------------------------------------
     def _group(self, name: str) -> int:
         if self.granularity == "global":
             return 0
-        parts = name.split(".")
-        return int(parts[1]) + 1 if parts[0] == "blocks" and parts[1].isdigit() else 0
+        m = re.search(r"(?:^|\.)(?:blocks|resblocks)\.(\d+)\.", name)  # timm / open_clip block index
+        return int(m.group(1)) + 1 if m else 0
 
     @staticmethod
     def combine(merged, dirs, groups, c):

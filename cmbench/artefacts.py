@@ -273,19 +273,23 @@ def split_heads(tensors: StateDict, task_names: list[str]) -> dict[str, Head]:
 
 def make_expert(suite: Suite, seed: int, task: str, theta0: StateDict, head: Head) -> tuple[StateDict, dict]:
     """Fine-tune θ0 on one task with its head frozen; record its own test accuracy E."""
-    from .models import accuracy
+    import copy
+
+    from .models import accuracy, device_for
 
     idx = suite.task_names().index(task)
     torch.manual_seed(seed * 1000 + idx)
     backbone = create_backbone(suite.backbone, theta0)
     backbone.load_state_dict(theta0)
-    backbone.train()
+    device = device_for(suite)
+    backbone.to(device).train()
+    train_head = copy.deepcopy(head).to(device)
     td = load_tasks(suite)[task]
     recipe = suite.experts.finetune
     ce = torch.nn.functional.cross_entropy
 
     def loss_fn(xb, yb):
-        return ce(head(backbone(xb)), yb, label_smoothing=recipe.label_smoothing)
+        return ce(train_head(backbone(xb)), yb, label_smoothing=recipe.label_smoothing)
 
     pattern = re.compile(recipe.trainable)
     params = [p for n, p in backbone.named_parameters() if pattern.search(n)]
@@ -294,7 +298,8 @@ def make_expert(suite: Suite, seed: int, task: str, theta0: StateDict, head: Hea
     losses = fit(params, loss_fn, td.train.x, td.train.y, recipe, seed * 1000 + idx,
                  what=f"expert {task}")
     acc = accuracy(backbone, head, td.test.x, td.test.y, suite.evaluation.batch_size)
-    return backbone.state_dict(), {"task": task, "test_accuracy": acc, "losses": losses}
+    return ({k: v.cpu() for k, v in backbone.state_dict().items()},
+            {"task": task, "test_accuracy": acc, "losses": losses, "device": str(device)})
 
 
 class SuiteArtefacts:
@@ -332,7 +337,9 @@ def load_expert_checkpoint(suite: Suite, task: str, theta0: StateDict, head: Hea
     from .models.checkpoint import load_expert
 
     state, meta = load_expert(suite.experts.checkpoints[task], task, theta0, "experts.checkpoints")
-    backbone = create_backbone(suite.backbone, theta0)
+    from .models import device_for
+
+    backbone = create_backbone(suite.backbone, theta0).to(device_for(suite))
     backbone.load_state_dict(state)
     td = load_tasks(suite)[task]
     meta["test_accuracy"] = accuracy(backbone, head, td.test.x, td.test.y, suite.evaluation.batch_size)

@@ -31,7 +31,7 @@ import torch
 from . import CmbenchError, __version__, metrics
 from . import methods as methods_mod
 from .artefacts import SuiteArtefacts, Store, load_tasks
-from .models import accuracy, create_backbone
+from .models import accuracy, create_backbone, device_for
 from .suite import Job, LoRA, Suite
 from .tensors import StateDict, first_nonfinite, nbytes
 
@@ -45,7 +45,7 @@ class Evaluator:
     """
 
     def __init__(self, suite: Suite, heads, order: list[str], theta0: StateDict):
-        self.model = create_backbone(suite.backbone, theta0)
+        self.model = create_backbone(suite.backbone, theta0).to(device_for(suite))
         self.tasks = load_tasks(suite)
         self.heads, self.order, self.bs = heads, order, suite.evaluation.batch_size
         self.seen_only = suite.evaluation.seen_only
@@ -108,14 +108,15 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
     art, theta0, method, ctx, data = _setup(suite, job, store, threads, load_tasks(suite))
     heads = art.heads()
     ev = Evaluator(suite, heads, order, theta0)
+    cpu_model = ev.model if device_for(suite).type == "cpu" else create_backbone(suite.backbone, theta0)
 
     def network(state, classes: str = "task", task: str | None = None):
         """The backbone loaded with ``state`` and the head of ``task`` (default: the
         current task); ``classes="seen"``: every seen task's head, logits concatenated."""
-        ev.model.load_state_dict(state)
+        cpu_model.load_state_dict(state)  # methods compute on the CPU, where their inputs are
         if classes == "task":
-            return ev.model, heads[task or ctx.task]
-        return ev.model, lambda f: torch.cat([heads[n](f) for n in ctx.seen_tasks], -1)
+            return cpu_model, heads[task or ctx.task]
+        return cpu_model, lambda f: torch.cat([heads[n](f) for n in ctx.seen_tasks], -1)
 
     ctx.network = network
     t_start = time.perf_counter()
@@ -290,7 +291,7 @@ class ClassSpace:
 
 
 def _masked(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    mask = torch.full((logits.shape[-1],), float("-inf"))
+    mask = torch.full((logits.shape[-1],), float("-inf"), device=logits.device)
     mask[rows] = 0.0
     return logits + mask
 
@@ -300,14 +301,16 @@ class Learner:
 
     def __init__(self, suite: Suite, tasks: dict, space: ClassSpace):
         self.suite, self.tasks, self.space = suite, tasks, space
-        self.model = create_backbone(suite.backbone)
+        self.device = device_for(suite)
+        self.model = create_backbone(suite.backbone)  # CPU: evaluation copies and methods' network
+        self.eval_model = self.model if self.device.type == "cpu" else create_backbone(suite.backbone).to(self.device)
         self.bs = suite.evaluation.batch_size
 
     def features(self, state: StateDict, x: torch.Tensor) -> torch.Tensor:
         from .models import features
 
-        self.model.load_state_dict(state)
-        return features(self.model, x, self.bs)
+        self.eval_model.load_state_dict(state)
+        return features(self.eval_model, x, self.bs)
 
     def evaluate(self, state: StateDict, head: dict, order: list[str], learned: list[str],
                  incremental: str) -> tuple[list[float], float]:
@@ -349,6 +352,8 @@ class Learner:
             body = [p for a in adapters for p in a.parameters()]
         else:
             adapters, body = [], list(model.parameters())
+        model.to(self.device)
+        lin.to(self.device)
         ctx.adapters = adapters  # the LoRA adapters of this task (empty: full-parameter)
         ctx.train_start_state = start
         ctx.trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -367,21 +372,21 @@ class Learner:
             what=f"training on {'+'.join(names)}", after_backward=lambda: method.after_backward(ctx))
         merge_lora(model)
         trained_head = {k: v.detach().clone() for k, v in head.items()}
-        trained_head["weight"][rows] = lin.weight.detach()[rows]
-        trained_head["bias"][rows] = lin.bias.detach()[rows]
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}, trained_head
+        trained_head["weight"][rows] = lin.weight.detach()[rows].cpu()
+        trained_head["bias"][rows] = lin.bias.detach()[rows].cpu()
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, trained_head
 
     def start_grad_norm(self, state: StateDict, head: dict, name: str, n: int = 256) -> float:
         """‖∇θ L‖ at the model training starts from, on task ``name``'s first n train samples:
         small values mean the new task starts where gradients vanish."""
         model = create_backbone(self.suite.backbone)
         model.load_state_dict(state)
-        model.train()
+        model.to(self.device).train()
         td = self.tasks[name]
-        x = td.train.x[:n].float().div(127.5).sub(1.0)
-        logits = model(x) @ head["weight"].T + head["bias"]
+        x = td.train.x[:n].to(self.device).float().div(127.5).sub(1.0)
+        logits = model(x) @ head["weight"].to(self.device).T + head["bias"].to(self.device)
         loss = torch.nn.functional.cross_entropy(_masked(logits, self.space.rows_of[name]),
-                                                 self.space.targets(td, td.train.y[:n]))
+                                                 self.space.targets(td, td.train.y[:n]).to(self.device))
         grads = torch.autograd.grad(loss, [p for p in model.parameters()])
         return float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
 

@@ -67,6 +67,8 @@ class Linearized(nn.Module):
         from torch.func import functional_call, jvp
 
         params = dict(self.model.named_parameters())
+        if next(iter(self._theta0.values())).device != x.device:  # follow the module to the GPU
+            self._theta0 = {k: v.to(x.device) for k, v in self._theta0.items()}
         dparams = {k: params[k] - self._theta0[k] for k in params}
         out, tangent = jvp(lambda p: functional_call(self.model, p, (x,)), (self._theta0,), (dparams,))
         return out + tangent
@@ -96,13 +98,32 @@ class Head(nn.Module):
         return {"weight": self.weight} | ({} if self.bias is None else {"bias": self.bias})
 
 
+def device_for(suite) -> torch.device:
+    """Where a job trains and evaluates: the GPU when the suite asks for one
+    (``resources.gpus_per_job`` > 0) and one is visible, else the CPU. Merge arithmetic
+    stays on the CPU state dicts either way."""
+    if suite.resources.gpus_per_job > 0 and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def features(model: nn.Module, x_uint8: Tensor, batch_size: int) -> Tensor:
-    """Backbone features for uint8 images, in large batches."""
+    """Backbone features (on the CPU) for uint8 images, in large batches on the model's
+    device; on a GPU uint8 batches are sent pinned and converted there."""
     model.eval()
+    device = _device(model)
     out = []
     for i in range(0, len(x_uint8), batch_size):
-        out.append(model(x_uint8[i : i + batch_size].float().div_(127.5).sub_(1.0)))
+        xb = x_uint8[i : i + batch_size]
+        if device.type == "cuda":
+            xb = xb.pin_memory().to(device, non_blocking=True)
+        out.append(model(xb.float().div_(127.5).sub_(1.0)).float().cpu())
     return torch.cat(out)
 
 
