@@ -49,6 +49,7 @@ def cmd_run(args) -> int:
     summary = run_suite(
         _resolve_suite(args.suite),
         methods=[m for m in args.methods.split(",") if m] if args.methods else None,
+        skip=[m for m in args.skip.split(",") if m] if args.skip else None,
         seeds=args.seeds, orders=args.orders, workers=args.workers, ray_address=args.ray_address,
         out=args.out, force=args.force, dry_run=args.dry_run, tracking_uri=args.tracking_uri,
         executor="local" if args.no_ray else "ray",
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "each job writes results/<suite>/<method>/seed<S>-order<O>.json.")
     r.add_argument("suite", help="path to a suite YAML file, or the name of one in suites/")
     r.add_argument("--methods", help="comma-separated method names or labels (default: all in the suite)")
+    r.add_argument("--skip", help="comma-separated method names or labels to leave out")
     r.add_argument("--seeds", type=int, help="use only the first N seeds of the suite")
     r.add_argument("--orders", type=int, help="use only the first N task orders per seed")
     r.add_argument("--workers", type=int, help="parallel jobs on the local Ray instance (default: cores / cpus_per_job)")

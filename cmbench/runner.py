@@ -182,13 +182,14 @@ def _error_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, seeds: int | None = None,
+def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, skip: list[str] | None = None,
+              seeds: int | None = None,
               orders: int | None = None, workers: int | None = None, ray_address: str | None = None,
               out: str | Path = ".", force: bool = False, dry_run: bool = False,
               tracking_uri: str | None = None, executor: str = "ray",
               log: Callable[[str], None] = print) -> dict[str, Any]:
     suite = load_suite(suite_path)
-    jobs = expand(suite, methods, seeds, orders)
+    jobs = expand(suite, methods, seeds, orders, skip)
     paths = Paths(Path(out))
     threads = suite.resources.cpus_per_job
     workers = workers or max(1, (os.cpu_count() or 1) // threads)

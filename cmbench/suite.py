@@ -480,14 +480,17 @@ class Job:
 
 
 def expand(suite: Suite, methods: list[str] | None = None, n_seeds: int | None = None,
-           n_orders: int | None = None) -> list[Job]:
+           n_orders: int | None = None, skip: list[str] | None = None) -> list[Job]:
     specs = suite.methods
-    if methods:
-        known = {m.display for m in specs} | {m.name for m in specs}
-        unknown = [m for m in methods if m not in known]
+    known = {m.display for m in specs} | {m.name for m in specs}
+    for flag, names in (("--methods", methods), ("--skip", skip)):
+        unknown = [m for m in names or [] if m not in known]
         if unknown:
-            raise CmbenchError(f"--methods: {unknown} not in suite {suite.name}; it has: {sorted(known)}")
+            raise CmbenchError(f"{flag}: {unknown} not in suite {suite.name}; it has: {sorted(known)}")
+    if methods:
         specs = [m for m in specs if m.display in methods or m.name in methods]
+    if skip:
+        specs = [m for m in specs if m.display not in skip and m.name not in skip]
     seeds = suite.seeds[:n_seeds] if n_seeds else suite.seeds
     suite_hash = suite.hash()
     jobs = []
