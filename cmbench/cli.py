@@ -52,9 +52,18 @@ def cmd_run(args) -> int:
         skip=[m for m in args.skip.split(",") if m] if args.skip else None,
         seeds=args.seeds, orders=args.orders, workers=args.workers, ray_address=args.ray_address,
         out=args.out, force=args.force, dry_run=args.dry_run, tracking_uri=args.tracking_uri,
-        executor="local" if args.no_ray else "ray",
+        executor="local" if args.no_ray else "ray", use_tuned=args.use_tuned, retries=args.retries,
     )
     return 1 if summary["failed"] else 0
+
+
+def cmd_tune(args) -> int:
+    from .tune import tune_method
+
+    _data_env(args)
+    tune_method(_resolve_suite(args.suite), args.method, out=args.out, seeds=args.seeds, orders=args.orders,
+                workers=args.workers, executor="local" if args.no_ray else "ray", tracking_uri=args.tracking_uri)
+    return 0
 
 
 def cmd_finetune(args) -> int:
@@ -156,8 +165,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "estimate (no network)")
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under OUT/.cmbench)")
     r.add_argument("--no-ray", action="store_true", help="run jobs in this process, one after another")
+    r.add_argument("--use-tuned", action="store_true",
+                   help="also run <label>-tuned rows with the values `cmbench tune` chose (OUT/tuned/)")
+    r.add_argument("--retries", type=int, default=2, help="retries of a job whose worker process dies (default: 2)")
     _data_args(r)
     r.set_defaults(fn=cmd_run)
+
+    tu = sub.add_parser("tune", help="choose a method's hyperparameters on validation data (Ray Tune)",
+                        description="Grid search over the method's `search` space in the suite; every trial "
+                                    "runs the method's jobs scored on validation splits (never test). "
+                                    "Scoring on every task's validation data is an oracle (it sees later "
+                                    "tasks); the output and the leaderboard say so.")
+    tu.add_argument("suite", help="path to a suite YAML file, or the name of one in suites/")
+    tu.add_argument("--method", required=True, help="method name or label in the suite")
+    tu.add_argument("--seeds", type=int, default=1, help="seeds per trial (default: 1)")
+    tu.add_argument("--orders", type=int, help="orders per seed per trial (default: all)")
+    tu.add_argument("--workers", type=int, help="parallel trials (default: cores / cpus_per_job)")
+    tu.add_argument("--out", default=".", help="directory for tuned/ and .cmbench/ (default: .)")
+    tu.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under OUT/.cmbench)")
+    tu.add_argument("--no-ray", action="store_true", help="run trials in this process")
+    _data_args(tu)
+    tu.set_defaults(fn=cmd_tune)
 
     ft = sub.add_parser("finetune", help="fine-tune (and cache) the experts a merge-stream suite needs",
                         description="Builds θ0, the heads and every task's expert with the suite's "

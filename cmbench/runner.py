@@ -128,7 +128,11 @@ class LocalExecutor:
 
 
 class RayExecutor:
-    def __init__(self, workers: int, threads: int, gpus: float, address: str | None):
+    """Jobs as Ray tasks: ``threads`` CPUs and ``gpus`` (fractions allowed) each, placed by
+    Ray; a job whose worker process dies is retried ``retries`` times (an exception the job
+    raises itself is not retried: it is recorded as failed with its reason)."""
+
+    def __init__(self, workers: int, threads: int, gpus: float, address: str | None, retries: int = 2):
         import ray
 
         self.ray = ray
@@ -139,7 +143,7 @@ class RayExecutor:
             ray.init(address=address, **kwargs)
         else:
             ray.init(num_cpus=workers * threads, **kwargs)
-        self.remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=2)(_call)
+        self.remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=retries)(_call)
         self.threads, self.env = threads, env
 
     def map(self, fn: Callable, argsets: list[tuple]):
@@ -186,9 +190,25 @@ def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, skip:
               seeds: int | None = None,
               orders: int | None = None, workers: int | None = None, ray_address: str | None = None,
               out: str | Path = ".", force: bool = False, dry_run: bool = False,
-              tracking_uri: str | None = None, executor: str = "ray",
+              tracking_uri: str | None = None, executor: str = "ray", use_tuned: bool = False,
+              retries: int = 2, prepare_only: bool = False,
               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run a suite's jobs. ``use_tuned``: also run ``<label>-tuned`` rows with the values
+    ``cmbench tune`` chose; ``retries``: times a job is retried after its worker dies;
+    ``prepare_only``: build the artefacts (θ0, heads, experts) the jobs need and stop."""
     suite = load_suite(suite_path)
+    sources: dict[str, dict] = {}
+    if use_tuned:
+        from .tune import tuned_specs
+
+        extra = tuned_specs(suite, out)
+        if not extra:
+            raise CmbenchError(f"--use-tuned: no tuned values for suite {suite.name} under {Path(out) / 'tuned'}; "
+                               f"run `cmbench tune {suite.name} --method M` first")
+        suite = suite.model_copy(update={"methods": [*suite.methods, *(s for s, _ in extra)]})
+        sources = {s.display: src for s, src in extra}
+        if methods:
+            methods = [*methods, *(f"{m}-tuned" for m in methods if f"{m}-tuned" in sources)]
     jobs = expand(suite, methods, seeds, orders, skip)
     paths = Paths(Path(out))
     threads = suite.resources.cpus_per_job
@@ -209,6 +229,8 @@ def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, skip:
         for line in describe(suite, todo, Store(paths.cache)):
             log(line)
         return {"jobs": len(jobs), "skipped": skipped, "ran": 0, "failed": 0}
+    if prepare_only:
+        todo = list(jobs)  # the artefacts of every job, whether or not its result exists
     if not todo:
         return {"jobs": len(jobs), "skipped": skipped, "ran": 0, "failed": 0}
 
@@ -226,7 +248,8 @@ def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, skip:
         raise CmbenchError(f"another `cmbench run` is running suite {suite.name} in {paths.out}; "
                            f"wait for it to finish or use another --out") from None
     try:
-        return _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, executor, tracking_uri, log)
+        return _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, executor, tracking_uri, log,
+                    sources, retries, prepare_only)
     finally:
         lock.release()
 
@@ -267,10 +290,11 @@ def finetune_experts(suite_path: str | Path, *, seeds: int | None = None, worker
     return {"experts": len(seed_list) * len(suite.tasks), "trained": len(todo)}
 
 
-def _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, executor, tracking_uri, log):
+def _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, executor, tracking_uri, log,
+         sources=None, retries=2, prepare_only=False):
     cache = str(paths.cache.resolve())
     store = Store(cache)
-    ex = (RayExecutor(workers, threads, suite.resources.gpus_per_job, ray_address) if executor == "ray"
+    ex = (RayExecutor(workers, threads, suite.resources.gpus_per_job, ray_address, retries) if executor == "ray"
           else LocalExecutor(threads))
     from .tracking import Tracker
 
@@ -285,6 +309,8 @@ def _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, execu
                    if suite.setting == "merge_stream" and not store.has("experts", expert_key(suite, s, t))]
         _drain(ex.map(_prepare_expert, ex_args), f"fine-tuning experts ({len(ex_args)})", len(ex_args))
 
+        if prepare_only:
+            return {"jobs": len(jobs), "skipped": skipped, "ran": 0, "failed": 0}
         # 2. the jobs; each result is written the moment it arrives
         commit = git_commit()
         argsets = [(suite, job, cache, threads) for job in todo]
@@ -300,6 +326,7 @@ def _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, execu
                           "tasks": list(job.order), "setting": suite.setting,
                           "traceback": "".join(traceback.format_exception(err))[-4000:]}
                 log(f"job failed: {job.label} seed={job.seed} order={job.order_index}: {_error_line(err)}")
+            record.update(hparam_source=(sources or {}).get(job.label, {"kind": "suite"}))
             record.update(key=job_key(job), git_commit=commit,
                           finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
             write_result(path, record)

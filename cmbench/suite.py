@@ -263,6 +263,8 @@ class MethodSpec(Strict):
     hparams: dict[str, Any] = Field(default_factory=dict)
     lora: Optional[LoRA] = Field(None, description="train-then-merge: train this method with LoRA "
                                                    "(overrides training.lora)")
+    search: dict[str, list[Any]] = Field(default_factory=dict, description="`cmbench tune`: a grid of "
+                                         "values per hyperparameter, scored on validation splits")
 
     @property
     def display(self) -> str:
@@ -359,6 +361,14 @@ class Suite(Strict):
             except methods_mod.HparamError as e:
                 field, msg = e.errors[0]
                 raise _FieldError(f"methods.{i}.hparams.{field}", msg)
+            for hp, values in m.search.items():
+                if not values:
+                    raise _FieldError(f"methods.{i}.search.{hp}", "give at least one value")
+                for v in values:
+                    try:
+                        methods_mod.validate_hparams(cls, {**m.hparams, hp: v})
+                    except methods_mod.HparamError as e:
+                        raise _FieldError(f"methods.{i}.search.{hp}", e.errors[0][1])
         return self
 
     # -- identity --------------------------------------------------------------------

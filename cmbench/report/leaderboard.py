@@ -93,6 +93,9 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
         if lora:
             hp = (f"LoRA rank {lora['rank']} on {'/'.join(lora['targets'])}" + (f"; {hp}" if hp else ""))
         hp = hp or "–"
+        src = rs[0].get("hparam_source") or {"kind": "suite"}
+        hp += " (suite defaults)" if src["kind"] == "suite" else (
+            " (tuned on validation data" + (", oracle: all tasks" if src.get("oracle") else "") + ")")
         name = label + (" †" if rs[0].get("reconstruction") else "") + (" ‡" if rs[0].get("R_final_before_finish") else "")
         reference = rs[0].get("data_access") == "all_seen"
         cells = [f"*{name}* (reference)" if reference else name, str(len(rs))]
@@ -215,8 +218,9 @@ def render_leaderboard(results_dir: str | Path = "results", output: str | Path =
         "training, mean over steps. "
         "Storage: bytes a method keeps between steps beyond the merged model. "
         "† reconstruction of a method without public code; ‡ end-of-stream refinement (lifts only the final row). "
-        "Hyperparameters: the values each row lists, as set in its suite (paper or public-code defaults); "
-        "a row whose values were tuned would say so — none is (no tuning has been run).",
+        "Hyperparameters: the values each row lists: suite defaults (paper or public-code values) or tuned "
+        "by `cmbench tune` on validation splits (rows `<label>-tuned`; scored on every task's validation "
+        "data, which is an oracle: the values have seen tasks that arrive later).",
         "",
     ]
     if not by_suite:

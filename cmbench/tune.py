@@ -1,0 +1,184 @@
+"""``cmbench tune SUITE --method M``: choose a method's hyperparameters on validation data.
+
+The search space is the method's ``search`` grid in the suite. Each trial runs the
+method's jobs (first ``seeds`` seeds × first ``orders`` orders) exactly as ``cmbench run``
+would, except that every accuracy is measured on the tasks' **validation** splits: in a
+trial the harness's task loader hands the protocol each task with its test split replaced
+by its validation split, and θ0's row is computed afresh instead of read from the cache.
+No test split is read (``tests/test_tune.py`` poisons them). Artefacts (θ0, heads,
+experts) are built first, as by ``cmbench run``; their own test accuracies are the suite's
+reference rows and play no part in the choice.
+
+Scoring on every task's validation data is an **oracle**: the chosen values have seen
+tasks that arrive later in the stream. The output says so, and the leaderboard labels
+rows run with tuned values (``cmbench run --use-tuned``) as ``tuned (oracle)``.
+
+Trials run as Ray Tune trials (``executor="ray"``, one per worker) or in-process; every
+trial is logged to MLflow. The result is ``OUT/tuned/<suite>/<label>.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from . import CmbenchError, metrics
+from .artefacts import Store, atomic_write_bytes
+from .suite import Job, MethodSpec, Suite, expand, load_suite
+
+
+def tuned_path(out: str | Path, suite: str, label: str) -> Path:
+    return Path(out) / "tuned" / suite / f"{label}.json"
+
+
+class _FreshEvalStore(Store):
+    """The suite's artefact cache, except that evaluations are recomputed, never cached:
+    a trial's θ0 row is on validation data and must neither read nor write the test row."""
+
+    def get_or_make(self, kind, key, make):
+        if kind == "evals":
+            return make()
+        return super().get_or_make(kind, key, make)
+
+
+def _val_as_test(tasks: dict) -> dict:
+    return {n: dataclasses.replace(td, test=td.val) for n, td in tasks.items()}
+
+
+def _trial_job(suite: Suite, job: Job, cache: str, threads: int) -> dict:
+    """One job of a trial, scored on validation splits (see the module docstring)."""
+    from . import protocol
+
+    original = protocol.load_tasks
+    protocol.load_tasks = lambda s, pretraining=False: (original(s, pretraining) if pretraining
+                                                        else _val_as_test(original(s)))
+    try:
+        return protocol.run(suite, job, _FreshEvalStore(cache), threads)
+    finally:
+        protocol.load_tasks = original
+
+
+def _grid(spec: MethodSpec) -> list[dict[str, Any]]:
+    names = sorted(spec.search)
+    return [dict(zip(names, values)) for values in itertools.product(*(spec.search[n] for n in names))]
+
+
+def _trial(suite: Suite, spec: MethodSpec, config: dict, seeds: int, orders: int | None, cache: str,
+           threads: int) -> dict:
+    trial_spec = spec.model_copy(update={"hparams": {**spec.hparams, **config}})
+    jobs = expand(suite.model_copy(update={"methods": [trial_spec]}), None, seeds, orders)
+    recs = [_trial_job(suite, j, cache, threads) for j in jobs]
+    accs = [r["metrics"]["ACC"] for r in recs]
+    return {"hparams": config, "val_acc": metrics.mean_defined(accs), "val_acc_per_job": accs,
+            "jobs": [{"seed": j.seed, "order_index": j.order_index} for j in jobs]}
+
+
+def tune_method(suite_path: str | Path, method: str, *, out: str | Path = ".", seeds: int = 1,
+                orders: int | None = None, workers: int | None = None, executor: str = "ray",
+                tracking_uri: str | None = None, log: Callable[[str], None] = print) -> dict:
+    from .runner import Paths, run_suite
+
+    suite = load_suite(suite_path)
+    specs = [m for m in suite.methods if method in (m.display, m.name)]
+    if len(specs) != 1:
+        raise CmbenchError(f"--method {method}: expected one method of suite {suite.name} with that name or label, "
+                           f"found {len(specs)}; labels: {[m.display for m in suite.methods]}")
+    spec = specs[0]
+    if not spec.search:
+        raise CmbenchError(f"{suite_path}: methods.{suite.methods.index(spec)}.search: {spec.display} declares no "
+                           "search space; add e.g. `search: {lam: [0.1, 0.2, 0.3]}`")
+    paths = Paths(Path(out))
+    # artefacts exactly as `cmbench run` builds them (θ0, heads, experts), before any trial
+    run_suite(suite_path, methods=[spec.display], seeds=seeds, orders=orders, out=out, workers=workers,
+              executor=executor, dry_run=False, prepare_only=True, log=lambda s: None)
+    cache = str(paths.cache.resolve())
+    threads = suite.resources.cpus_per_job
+    grid = _grid(spec)
+    log(f"tuning {spec.display} on {suite.name}: {len(grid)} trials × {seeds} seed(s) × "
+        f"{orders or len(suite.orders_for(suite.seeds[0]))} order(s), scored on validation splits")
+    if executor == "ray":
+        trials = _ray_tune(suite, spec, grid, seeds, orders, cache, threads, workers, paths)
+    else:
+        trials = [_trial(suite, spec, c, seeds, orders, cache, threads) for c in grid]
+    best = max(trials, key=lambda t: t["val_acc"])
+    result = {"suite": suite.name, "suite_hash": suite.hash(), "method": spec.name, "label": spec.display,
+              "defaults": spec.hparams, "search": spec.search, "seeds": suite.seeds[:seeds],
+              "orders": orders, "scored_on": "validation splits of every task of the stream",
+              "oracle": True, "trials": trials, "best": best["hparams"], "best_val_acc": best["val_acc"]}
+    path = tuned_path(out, suite.name, spec.display)
+    atomic_write_bytes(path, json.dumps(result, indent=1, sort_keys=True).encode() + b"\n")
+    _log_trials(tracking_uri or paths.tracking_uri, suite, spec, trials, log)
+    for t in sorted(trials, key=lambda t: -t["val_acc"]):
+        log(f"  {t['hparams']}: val ACC {100 * t['val_acc']:.2f}")
+    log(f"best {best['hparams']} (oracle: all tasks' validation data) -> {path}")
+    return result
+
+
+def _ray_tune(suite, spec, grid, seeds, orders, cache, threads, workers, paths) -> list[dict]:
+    import os
+
+    import ray
+    from ray import tune
+
+    from .runner import worker_env
+
+    env = worker_env()
+    ray.init(num_cpus=(workers or max(1, (os.cpu_count() or 1) // threads)) * threads, include_dashboard=False,
+             logging_level="ERROR", runtime_env={"env_vars": env})
+    try:
+        def trainable(config):
+            return _trial(suite, spec, config["hparams"], seeds, orders, cache, threads)
+
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, {"cpu": threads, "gpu": suite.resources.gpus_per_job}),
+            param_space={"hparams": tune.grid_search(grid)},
+            tune_config=tune.TuneConfig(metric="val_acc", mode="max"),
+            run_config=tune.RunConfig(storage_path=str((paths.cache.parent / "tune").resolve()),
+                                      name=f"{suite.name}-{spec.display}", verbose=0),
+        )
+        results = tuner.fit()
+        out = []
+        for r in results:
+            if r.error:
+                raise CmbenchError(f"tune trial {r.config} failed: {r.error}")
+            m = r.metrics
+            out.append({k: m[k] for k in ("hparams", "val_acc", "val_acc_per_job", "jobs")})
+        return sorted(out, key=lambda t: json.dumps(t["hparams"], sort_keys=True))
+    finally:
+        ray.shutdown()
+
+
+def _log_trials(uri: str, suite: Suite, spec: MethodSpec, trials: list[dict], log) -> None:
+    try:
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(f"{suite.name}-tune")
+        with mlflow.start_run(run_name=f"tune {spec.display}", tags={"suite_hash": suite.hash(), "oracle": "true"}):
+            for t in trials:
+                with mlflow.start_run(run_name=json.dumps(t["hparams"], sort_keys=True), nested=True):
+                    mlflow.log_params({f"hp.{k}": v for k, v in t["hparams"].items()})
+                    mlflow.log_metric("val_acc", t["val_acc"])
+    except Exception as e:  # noqa: BLE001 - tracking must not lose a finished sweep
+        log(f"warning: MLflow logging of the sweep failed ({type(e).__name__}: {e}); the sweep is saved")
+
+
+def tuned_specs(suite: Suite, out: str | Path) -> list[tuple[MethodSpec, dict]]:
+    """``--use-tuned``: for each method with a tuned file, a ``<label>-tuned`` spec with the
+    chosen values (and the file's summary to record in its results)."""
+    from . import methods as methods_mod
+
+    extra = []
+    for spec in suite.methods:
+        path = tuned_path(out, suite.name, spec.display)
+        if not path.exists():
+            continue
+        t = json.loads(path.read_text())
+        hp = methods_mod.validate_hparams(methods_mod.get(spec.name), {**spec.hparams, **t["best"]})
+        source = {"kind": "tuned", "oracle": bool(t.get("oracle")), "scored_on": t["scored_on"],
+                  "file": str(path), "search": t["search"]}
+        extra.append((spec.model_copy(update={"label": f"{spec.display}-tuned", "hparams": hp, "search": {}}), source))
+    return extra
