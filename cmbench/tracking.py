@@ -56,8 +56,10 @@ class Tracker:
             name = f"{rec['label']}/seed{rec['seed']}/order{rec['order_index']}"
             with mlflow.start_run(run_name=name, nested=True,
                                   tags={"status": rec["status"], "key": rec.get("key", ""),
+                                        "suite_hash": rec.get("suite_hash", ""),
                                         "method_source_hash": rec.get("method_source_hash", ""),
-                                        "git_commit": rec.get("git_commit") or ""}):
+                                        "git_commit": rec.get("git_commit") or "",
+                                        "hparams_from": (rec.get("hparam_source") or {}).get("kind", "suite")}):
                 mlflow.log_params({"method": rec["method"], "seed": rec["seed"],
                                    "order_index": rec["order_index"], "order": ">".join(rec["tasks"]),
                                    **{f"hp.{k}": v for k, v in rec["hparams"].items()}})
@@ -68,6 +70,10 @@ class Tracker:
                     mlflow.log_metric("avg_seen_acc", v, step=t)
                 for t, row in enumerate(rec["R"]):
                     mlflow.log_metric("avg_all_acc", metrics.mean_defined(row), step=t)
+                for t, g in enumerate(rec.get("start_grad_norm") or [], start=1):
+                    mlflow.log_metric("start_grad_norm", g, step=t)
+                for t, b in enumerate(rec["storage_bytes"]["per_step"], start=1):
+                    mlflow.log_metric("storage_bytes", b, step=t)
                 mlflow.log_metrics({k: v for k, v in rec["metrics"].items() if v is not None and v == v})
                 with tempfile.TemporaryDirectory() as d:
                     buf = io.StringIO()
