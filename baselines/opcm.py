@@ -21,7 +21,11 @@ from cmbench.tensors import apply, clone, is_matrix, map_matrices, norm, task_ve
 
 def project(S: torch.Tensor, tau: torch.Tensor, alpha: float) -> torch.Tensor:
     """τ with the diagonal and the top-left r×r block of Uᵀ τ V removed (U, V from S)."""
-    U, s, Vh = torch.linalg.svd(S.double(), full_matrices=False)
+    if S.shape[0] < S.shape[1]:  # LAPACK is ~2× faster on tall matrices: svd(Sᵀ) = V Σ Uᵀ
+        V, s, Uh = torch.linalg.svd(S.double().T, full_matrices=False)
+        U, Vh = Uh.T, V.T
+    else:
+        U, s, Vh = torch.linalg.svd(S.double(), full_matrices=False)
     r = int((s.cumsum(0) / s.sum() > alpha).float().argmax())
     P = U.T @ tau.double() @ Vh.T
     Z = torch.eye(P.shape[0], dtype=torch.bool)

@@ -43,19 +43,17 @@ def ties(vectors: torch.Tensor, k: float, merge_func: str) -> torch.Tensor:
 
 
 def ties_state(vectors: list[dict], k: float, merge_func: str) -> dict:
-    """:func:`ties` on state dicts, tensor by tensor (no flattened copy of the model); the
-    global top-k threshold per vector comes from ``topk_threshold`` (exact, no full sort)."""
+    """:func:`ties` on state dicts, tensor by tensor (no flattened copy of the model); each
+    vector's global top-k threshold comes from ``topk_threshold`` (exact, no full sort)."""
     d = sum(v.numel() for v in vectors[0].values())
     keep = int(d * k)  # entries ≥ the (⌊d·k⌋ + 1)-th largest |v| are kept, as in :func:`trim`
-    trimmed = []
-    for vec in vectors:
-        if keep >= d:
-            trimmed.append(vec)
-            continue
-        t = topk_threshold(vec.values(), keep + 1)
-        trimmed.append({n: torch.where(v.abs() >= t, v, 0.0) for n, v in vec.items()})
+    thresholds = [None if keep >= d else topk_threshold(vec.values(), keep + 1) for vec in vectors]
+    trimmed = [vec if t is None else {n: v.where(v.abs() >= t, 0.0) for n, v in vec.items()}
+               for vec, t in zip(vectors, thresholds)]
     total = {n: sum(tr[n] for tr in trimmed) for n in vectors[0]}
-    majority = torch.sign(sum(torch.sign(v).sum() for v in total.values()))  # sign of Σγ for γ = 0
+    majority = torch.sign(sum(torch.sign(v).sum() for v in total.values()))  # γ where Σ is 0
+    if len(vectors) == 2:
+        return {n: _elect_two(trimmed[0][n], trimmed[1][n], total[n], majority, merge_func) for n in total}
     out = {}
     for n, s in total.items():
         sign = torch.sign(s)
@@ -63,6 +61,23 @@ def ties_state(vectors: list[dict], k: float, merge_func: str) -> dict:
         agree = [torch.where(sign > 0, tr[n] > 0, tr[n] < 0) for tr in trimmed]
         selected = sum(torch.where(a, tr[n], 0.0) for a, tr in zip(agree, trimmed))
         out[n] = selected if merge_func == "sum" else selected / sum(a.to(s.dtype) for a in agree).clamp(min=1)
+    return out
+
+
+def _elect_two(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor, majority, merge_func: str) -> torch.Tensor:
+    """Elect + disjoint merge for two trimmed vectors in few passes (the continual case).
+
+    Same sign or one zero: both agree with γ = sign(a + b), the sum is a + b. Opposite
+    signs: γ is the sign of the larger magnitude, which alone is kept; if they cancel
+    exactly (a = −b), γ is the majority sign and the entry with that sign is kept (a zero
+    majority selects negative entries, as the reference's ``where(γ > 0, τ > 0, τ < 0)``).
+    """
+    opposite = (a * b) < 0
+    on_tie = (a > 0) if float(majority) > 0 else (a < 0)
+    pick_a = torch.where(a.abs() == b.abs(), on_tie, a.abs() > b.abs())
+    out = torch.where(opposite, torch.where(pick_a, a, b), s)
+    if merge_func == "mean":  # both nonzero and agreeing: two entries were summed
+        out = torch.where(((a * b) > 0), out * 0.5, out)
     return out
 
 

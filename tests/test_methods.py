@@ -150,3 +150,37 @@ def test_user_method_file_is_discovered(tmp_path):
     theta0, experts = rand_models(1)
     out = run_stream("halfway_test", {"w": 0.25}, theta0, experts)[0]
     assert torch.allclose(out["a.bias"], 0.75 * theta0["a.bias"] + 0.25 * experts[0]["a.bias"])
+
+
+def test_ties_state_equals_plain_ties_with_exact_ties_and_cancellations():
+    """The tensor-by-tensor TIES (two-vector fast path and general path) equals the plain
+    flattened form exactly, on integer-valued vectors full of equal magnitudes, exact
+    cancellations (a = −b) and zero majority signs, and on random floats."""
+    from cmbench_baselines.ties import ties, ties_state
+
+    torch.manual_seed(0)
+    for trial in range(300):
+        n = int(torch.randint(2, 60, (1,)))
+        vecs = [torch.randint(-3, 4, (n,)).float() for _ in range(2 + trial % 2)]
+        if trial % 4 == 1:
+            vecs = [torch.randn(n) for _ in vecs]
+        for merge_func in ("sum", "mean"):
+            for k in (0.2, 0.5, 1.0):
+                ref = ties(torch.stack(vecs), k, merge_func)
+                got = ties_state([{"w": v[: n // 2], "b": v[n // 2 :]} for v in vecs], k, merge_func)
+                assert torch.equal(torch.cat([got["w"], got["b"]]), ref), (trial, merge_func, k)
+
+
+def test_topk_threshold_is_exact():
+    """The sampled-bracket threshold equals the sorted |v| value, ties included."""
+    from cmbench.tensors import topk_threshold
+
+    torch.manual_seed(1)
+    for trial in range(40):
+        vs = [torch.randn(int(torch.randint(1, 40000, (1,)))) * 10.0 ** int(torch.randint(-3, 3, (1,)))
+              for _ in range(6)]
+        if trial % 3 == 0:
+            vs[0][:500] = vs[1][0]  # many equal magnitudes at the threshold
+        flat = torch.cat([v.abs() for v in vs]).sort(descending=True).values
+        rank = int(torch.randint(1, len(flat) + 1, (1,)))
+        assert topk_threshold(vs, rank, sample=1 << 10) == flat[rank - 1], trial
