@@ -93,6 +93,27 @@ def _measure_method(name: str, threads: int, repeats: int, device: str, q) -> No
     q.put({"method": name, "step_s": statistics.median(times), "peak_mb": peak})
 
 
+def _stream_memory(name: str, T: int, threads: int, q) -> None:
+    """Peak RSS growth of a merge stream of T experts on 88M parameters, run as the
+    protocol runs it: θ0, the merged model and the incoming expert (made on arrival,
+    dropped after its step) plus whatever the method keeps."""
+    torch.set_num_threads(threads)
+    from . import methods as methods_mod
+
+    theta0 = vit_b32_state(0)
+    method = methods_mod.create(name, {})
+    ctx = methods_mod.Context(theta0=theta0, num_tasks=T, seed=0, generator=torch.Generator().manual_seed(0))
+    method.start(ctx)
+    base = _reset_peak()
+    merged = theta0
+    for t in range(1, T + 1):
+        incoming = _perturbed(theta0, t)
+        ctx.step, ctx.task, ctx.seen_tasks = t, f"t{t}", [f"t{i}" for i in range(1, t + 1)]
+        merged = method.merge(ctx, merged, incoming, ctx.task)
+        del incoming
+    q.put({"method": name, "T": T, "peak_mb": _status_mb("VmHWM") - base})
+
+
 def _floor(threads: int, device: str) -> dict:
     """axpy (m += λ·τ) over the model's floats, in place: the bandwidth floor of a TA step."""
     torch.set_num_threads(threads)
@@ -149,7 +170,8 @@ def _suite_times(suite: str) -> dict:
 
 
 def run_bench(methods=DEFAULT_METHODS, threads: int = 2, repeats: int = 3, device: str = "cpu",
-              suite: str | None = None, log=print) -> dict:
+              suite: str | None = None, stream_memory=("task_arithmetic", "ties", "magmax", "opcm"),
+              log=print) -> dict:
     ctx = mp.get_context("spawn")
     results = {"threads": threads, "device": device, "torch": torch.__version__}
     q = ctx.Queue()
@@ -164,6 +186,15 @@ def run_bench(methods=DEFAULT_METHODS, threads: int = 2, repeats: int = 3, devic
         rows.append(q.get())
         p.join()
     results["methods"] = rows
+    if stream_memory and device == "cpu":
+        mem = []
+        for name in stream_memory:
+            for T in (8, 20):
+                p = ctx.Process(target=_stream_memory, args=(name, T, threads, q))
+                p.start()
+                mem.append(q.get())
+                p.join()
+        results["stream_memory"] = mem
     results["eval"] = _eval_throughput(threads, device)
     if suite:
         results["suite"] = _suite_times(suite)
@@ -183,6 +214,12 @@ def format_bench(r: dict) -> str:
              "", "| method | merge step (s) | × floor | peak memory (MB) |", "|---|---|---|---|"]
     for m in r["methods"]:
         lines.append(f"| {m['method']} | {m['step_s']:.3f} | {m['step_s'] / f['axpy_s']:.1f} | {m['peak_mb']:.0f} |")
+    if r.get("stream_memory"):
+        by = {}
+        for m in r["stream_memory"]:
+            by.setdefault(m["method"], {})[m["T"]] = m["peak_mb"]
+        lines += ["", "| merge stream (88M params) | peak MB, T = 8 | T = 20 | ratio |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v[8]:.0f} | {v[20]:.0f} | {v[20] / max(v[8], 1e-9):.2f} |" for k, v in by.items()]
     lines += ["", "| evaluation | img/s |", "|---|---|"]
     lines += [f"| {e['model']} | {e['img_s']:.0f} |" for e in r["eval"]]
     if "suite" in r:

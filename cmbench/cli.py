@@ -84,6 +84,20 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from .data import export
+
+    _data_env(args)
+    if args.action == "list":
+        print("\n".join(export.status()))
+        return 0
+    if not args.tasks:
+        raise CmbenchError("data export: name the tasks to export (e.g. eurosat dtd)")
+    for t in args.tasks:
+        export.export(t)
+    return 0
+
+
 def cmd_report(args) -> int:
     if args.format:
         from .report.tables import render_table
@@ -211,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--suite", help="only this suite's results")
     rp.add_argument("--methods", help="comma-separated method names or labels")
     rp.set_defaults(fn=cmd_report)
+
+    dt = sub.add_parser("data", help="dataset status, and export of hub copies to image folders")
+    dt.add_argument("action", choices=["list", "export"])
+    dt.add_argument("tasks", nargs="*", help="export: CLIP task names (e.g. eurosat dtd)")
+    _data_args(dt)
+    dt.set_defaults(fn=cmd_data)
 
     bn = sub.add_parser("bench", help="merge-step time and memory per method on 88M parameters, "
                                       "bandwidth floor, evaluation img/s, suite wall time")

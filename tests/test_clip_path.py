@@ -299,3 +299,29 @@ def test_split_vit_suite_runs_offline_on_a_tiny_timm_vit(tmp_path, monkeypatch):
     recs = load_results(tmp_path / "out" / "results")
     assert {r["label"] for r in recs} == {"pm-lora", "trm"}
     assert all(len(r["start_grad_norm"]) == 2 and r["metrics"]["ACC_all"] is not None for r in recs)
+
+
+def test_data_export_writes_the_folder_layout_the_loader_reads(tmp_path, monkeypatch):
+    """`cmbench data export` with a stand-in for the `datasets` library (no network)."""
+    import sys
+    import types
+
+    from PIL import Image
+
+    from cmbench.data import build
+    from cmbench.data.export import export
+
+    rng = np.random.default_rng(0)
+
+    def load_dataset(path, config=None, split=None):
+        assert path == "tanganke/eurosat"
+        n = 20 if split == "train" else 10
+        return [{"image": Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)), "label": i % 10}
+                for i in range(n)]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    monkeypatch.setenv("CMBENCH_DATA_ROOT", str(tmp_path))
+    export("eurosat", log=lambda s: None)
+    assert len(list((tmp_path / "eurosat" / "train").rglob("*.png"))) == 20
+    td = build("eurosat", "eurosat", 0, 8, {})
+    assert len(td.train) + len(td.val) == 20 and len(td.test) == 10
