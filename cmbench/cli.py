@@ -53,6 +53,7 @@ def cmd_run(args) -> int:
         seeds=args.seeds, orders=args.orders, workers=args.workers, ray_address=args.ray_address,
         out=args.out, force=args.force, dry_run=args.dry_run, tracking_uri=args.tracking_uri,
         executor="local" if args.no_ray else "ray", use_tuned=args.use_tuned, retries=args.retries,
+        store=args.store,
     )
     return 1 if summary["failed"] else 0
 
@@ -62,7 +63,8 @@ def cmd_tune(args) -> int:
 
     _data_env(args)
     tune_method(_resolve_suite(args.suite), args.method, out=args.out, seeds=args.seeds, orders=args.orders,
-                workers=args.workers, executor="local" if args.no_ray else "ray", tracking_uri=args.tracking_uri)
+                workers=args.workers, executor="local" if args.no_ray else "ray", tracking_uri=args.tracking_uri,
+                store=args.store)
     return 0
 
 
@@ -71,7 +73,8 @@ def cmd_finetune(args) -> int:
 
     _data_env(args)
     finetune_experts(_resolve_suite(args.suite), seeds=args.seeds, workers=args.workers,
-                     ray_address=args.ray_address, out=args.out, executor="local" if args.no_ray else "ray")
+                     ray_address=args.ray_address, out=args.out, executor="local" if args.no_ray else "ray",
+                     store=args.store)
     return 0
 
 
@@ -152,6 +155,8 @@ def cmd_check(args) -> int:
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", help="artefact store shared by workers: a directory or an fsspec URL "
+                                   "(s3://…, gs://…); default OUT/.cmbench/cache")
     p.add_argument("--data-root", help="where datasets live (default: $CMBENCH_DATA_ROOT or ~/.cache/cmbench/data)")
     p.add_argument("--allow-download", action="store_true",
                    help="let datasets and weights be fetched from the hubs (default: local caches only)")

@@ -30,12 +30,18 @@ from . import CmbenchError
 from .artefacts import SuiteArtefacts, Store, atomic_write_bytes, code_hash, expert_key, theta0_key
 from .methods import baseline_dirs
 from .protocol import nan_to_none, run
+from .store import open_store
 from .suite import Job, Suite, expand, load_suite
 
 
 @dataclass
 class Paths:
     out: Path
+    store_url: str | None = None  # an fsspec URL shared by a cluster; default: the local cache
+
+    @property
+    def store(self) -> str:
+        return self.store_url or str(self.cache.resolve())
 
     @property
     def results(self) -> Path:
@@ -166,18 +172,18 @@ class RayExecutor:
 
 
 def _prepare_theta0(suite: Suite, seed: int, cache: str) -> None:
-    art = SuiteArtefacts(suite, seed, Store(cache))
+    art = SuiteArtefacts(suite, seed, open_store(cache))
     art.theta0()
     if suite.setting == "merge_stream":
         art.heads()
 
 
 def _prepare_expert(suite: Suite, seed: int, task: str, cache: str) -> None:
-    SuiteArtefacts(suite, seed, Store(cache)).expert(task)
+    SuiteArtefacts(suite, seed, open_store(cache)).expert(task)
 
 
 def _run_job(suite: Suite, job: Job, cache: str, threads: int) -> dict:
-    return run(suite, job, Store(cache), threads)
+    return run(suite, job, open_store(cache), threads)
 
 
 def _error_line(e: BaseException) -> str:
@@ -191,7 +197,7 @@ def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, skip:
               orders: int | None = None, workers: int | None = None, ray_address: str | None = None,
               out: str | Path = ".", force: bool = False, dry_run: bool = False,
               tracking_uri: str | None = None, executor: str = "ray", use_tuned: bool = False,
-              retries: int = 2, prepare_only: bool = False,
+              retries: int = 2, prepare_only: bool = False, store: str | None = None,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run a suite's jobs. ``use_tuned``: also run ``<label>-tuned`` rows with the values
     ``cmbench tune`` chose; ``retries``: times a job is retried after its worker dies;
@@ -210,7 +216,7 @@ def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, skip:
         if methods:
             methods = [*methods, *(f"{m}-tuned" for m in methods if f"{m}-tuned" in sources)]
     jobs = expand(suite, methods, seeds, orders, skip)
-    paths = Paths(Path(out))
+    paths = Paths(Path(out), store)
     threads = suite.resources.cpus_per_job
     workers = workers or max(1, (os.cpu_count() or 1) // threads)
 
@@ -226,7 +232,7 @@ def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, skip:
 
         for job in todo:
             log(f"  would run {job.label} seed={job.seed} order={job.order_index}: {' > '.join(job.order)}")
-        for line in describe(suite, todo, Store(paths.cache)):
+        for line in describe(suite, todo, open_store(paths.store)):
             log(line)
         return {"jobs": len(jobs), "skipped": skipped, "ran": 0, "failed": 0}
     if prepare_only:
@@ -256,7 +262,7 @@ def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, skip:
 
 def finetune_experts(suite_path: str | Path, *, seeds: int | None = None, workers: int | None = None,
                      ray_address: str | None = None, out: str | Path = ".", executor: str = "ray",
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
+                     store: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """``cmbench finetune``: build θ0, heads and every expert the suite needs (Ray jobs,
     cached); ``cmbench run`` then finds them."""
     suite = load_suite(suite_path)
@@ -265,10 +271,10 @@ def finetune_experts(suite_path: str | Path, *, seeds: int | None = None, worker
     if suite.experts.source != "finetune":
         raise CmbenchError(f"{suite_path}: experts.source is {suite.experts.source}; set it to finetune "
                            "to fine-tune experts with the suite's recipe")
-    paths = Paths(Path(out))
+    paths = Paths(Path(out), store)
     paths.cache.mkdir(parents=True, exist_ok=True)
-    cache = str(paths.cache.resolve())
-    store = Store(cache)
+    cache = paths.store
+    store = open_store(cache)
     threads = suite.resources.cpus_per_job
     workers = workers or max(1, (os.cpu_count() or 1) // threads)
     ex = (RayExecutor(workers, threads, suite.resources.gpus_per_job, ray_address) if executor == "ray"
@@ -292,8 +298,8 @@ def finetune_experts(suite_path: str | Path, *, seeds: int | None = None, worker
 
 def _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, executor, tracking_uri, log,
          sources=None, retries=2, prepare_only=False):
-    cache = str(paths.cache.resolve())
-    store = Store(cache)
+    cache = paths.store
+    store = open_store(cache)
     ex = (RayExecutor(workers, threads, suite.resources.gpus_per_job, ray_address, retries) if executor == "ray"
           else LocalExecutor(threads))
     from .tracking import Tracker

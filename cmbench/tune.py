@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from . import CmbenchError, metrics
 from .artefacts import Store, atomic_write_bytes
+from .store import open_store
 from .suite import Job, MethodSpec, Suite, expand, load_suite
 
 
@@ -34,14 +35,20 @@ def tuned_path(out: str | Path, suite: str, label: str) -> Path:
     return Path(out) / "tuned" / suite / f"{label}.json"
 
 
-class _FreshEvalStore(Store):
-    """The suite's artefact cache, except that evaluations are recomputed, never cached:
+class _FreshEvalStore:
+    """The suite's artefact store, except that evaluations are recomputed, never cached:
     a trial's θ0 row is on validation data and must neither read nor write the test row."""
+
+    def __init__(self, inner: Store):
+        self.inner = inner
+
+    def has(self, kind, key):
+        return self.inner.has(kind, key)
 
     def get_or_make(self, kind, key, make):
         if kind == "evals":
             return make()
-        return super().get_or_make(kind, key, make)
+        return self.inner.get_or_make(kind, key, make)
 
 
 def _val_as_test(tasks: dict) -> dict:
@@ -56,7 +63,7 @@ def _trial_job(suite: Suite, job: Job, cache: str, threads: int) -> dict:
     protocol.load_tasks = lambda s, pretraining=False: (original(s, pretraining) if pretraining
                                                         else _val_as_test(original(s)))
     try:
-        return protocol.run(suite, job, _FreshEvalStore(cache), threads)
+        return protocol.run(suite, job, _FreshEvalStore(open_store(cache)), threads)
     finally:
         protocol.load_tasks = original
 
@@ -78,7 +85,8 @@ def _trial(suite: Suite, spec: MethodSpec, config: dict, seeds: int, orders: int
 
 def tune_method(suite_path: str | Path, method: str, *, out: str | Path = ".", seeds: int = 1,
                 orders: int | None = None, workers: int | None = None, executor: str = "ray",
-                tracking_uri: str | None = None, log: Callable[[str], None] = print) -> dict:
+                tracking_uri: str | None = None, store: str | None = None,
+                log: Callable[[str], None] = print) -> dict:
     from .runner import Paths, run_suite
 
     suite = load_suite(suite_path)
@@ -90,11 +98,11 @@ def tune_method(suite_path: str | Path, method: str, *, out: str | Path = ".", s
     if not spec.search:
         raise CmbenchError(f"{suite_path}: methods.{suite.methods.index(spec)}.search: {spec.display} declares no "
                            "search space; add e.g. `search: {lam: [0.1, 0.2, 0.3]}`")
-    paths = Paths(Path(out))
+    paths = Paths(Path(out), store)
     # artefacts exactly as `cmbench run` builds them (θ0, heads, experts), before any trial
     run_suite(suite_path, methods=[spec.display], seeds=seeds, orders=orders, out=out, workers=workers,
-              executor=executor, dry_run=False, prepare_only=True, log=lambda s: None)
-    cache = str(paths.cache.resolve())
+              executor=executor, dry_run=False, prepare_only=True, store=store, log=lambda s: None)
+    cache = paths.store
     threads = suite.resources.cpus_per_job
     grid = _grid(spec)
     log(f"tuning {spec.display} on {suite.name}: {len(grid)} trials × {seeds} seed(s) × "

@@ -229,3 +229,25 @@ def test_mlflow_parent_and_nested_runs(nano_run):
     names = [a.path for a in client.list_artifacts(child.info.run_id)]
     assert "accuracy_matrix.csv" in names
     assert Path(exp.artifact_location.removeprefix("file://")).is_relative_to(Path(nano_run).resolve())
+
+
+def test_fsspec_store_shares_artefacts_and_gives_identical_results(nano_run, tmp_path):
+    """Artefacts in an fsspec store (here ``memory://``, as a cluster would use s3:// or a
+    shared filesystem): the same matrices as the local cache; a second run reuses them."""
+    import fsspec
+
+    from cmbench.store import FsspecStore, open_store
+
+    url = "memory://cmbench-test/store"
+    out = tmp_path / "o"
+    summary = run_suite(NANO, methods=["task_arithmetic"], seeds=1, out=out, executor="local", store=url, **QUIET)
+    assert summary["ran"] == 2 and summary["failed"] == 0
+    fs = fsspec.filesystem("memory")
+    assert fs.ls("/cmbench-test/store/experts") and isinstance(open_store(url), FsspecStore)
+    got = matrices(Paths(out).results)
+    want = matrices(Paths(nano_run).results)
+    assert got and all(got[k] == want[k] for k in got)
+    assert not (out / ".cmbench" / "cache" / "experts").exists()  # nothing went to the local cache
+    again = run_suite(NANO, methods=["task_arithmetic"], seeds=1, out=tmp_path / "o2", executor="local",
+                      store=url, **QUIET)
+    assert again["ran"] == 2 and matrices(Paths(tmp_path / "o2").results) == got
