@@ -111,3 +111,15 @@ def test_calibration_subsets_are_nested_sized_and_never_test():
             assert torch.equal(a.x[: len(b)], b.x) and torch.equal(a.y[: len(b)], b.y)
     kept = sum(len(s) for s in method.calib.values())
     assert kept <= budget
+
+
+def test_refine_none_is_refine_end_before_its_refinement():
+    """refine="none" merges exactly as refine="end" does; "end" only adds the final
+    refinement. So a job with refine="end" also yields the no-refinement variant: its final
+    row before `finish` (R_final_before_finish), which the micro-suite note reports."""
+    _, _, outs_end, final_end, _ = stream({"refine": "end"})
+    _, _, outs_none, final_none, _ = stream({"refine": "none"})
+    for a, b in zip(outs_end, outs_none):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert final_none is outs_none[-1] or all(torch.equal(final_none[k], outs_none[-1][k]) for k in final_none)
+    assert any(not torch.equal(final_end[k], outs_end[-1][k]) for k in final_end)  # "end" did refine
