@@ -121,6 +121,11 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
         blank = ["–"] * (len(cols) - 1)
         lines.append(f"| *pretrained θ0* | {len(theta0)} seeds | {_pct(theta0.values())} | " + " | ".join(blank) + f" | {pad} |")
         lines.append(f"| *individual experts* | {len(indiv)} seeds | {_pct(indiv.values())} | " + " | ".join(blank[:-1]) + f" | 100.0 ± 0.0 | {pad} |")
+    finished = {lb: rs for lb, rs in by_label.items() if rs[0].get("R_final_before_finish")}
+    if finished:  # what the final row was before the end-of-stream step (e.g. ODE-M without refinement)
+        lines += ["", "‡ final ACC before the end-of-stream step (the same jobs): " + "; ".join(
+            f"{lb} {_pct([float(np.nanmean([np.nan if v is None else v for v in r['R_final_before_finish']])) for r in rs])}"
+            f" (n = {len(rs)})" for lb, rs in sorted(finished.items()))]
     if failed:
         lines += ["", f"**{len(failed)} failed job(s)** (counted, not dropped):"]
         for r in sorted(failed, key=lambda r: (r["label"], r["seed"], r["order_index"])):
