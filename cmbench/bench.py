@@ -70,13 +70,13 @@ def _measure_method(name: str, threads: int, repeats: int, device: str, q) -> No
     method.start(ctx)
     merged = theta0
     for t in (1, 2):  # warm-up steps build the method's state (τ_max, projections, …)
-        ctx.step, ctx.task, ctx.seen_tasks = t, f"t{t}", [f"t{i}" for i in range(1, t + 1)]
+        _at_step(ctx, t)
         merged = method.merge(ctx, merged, experts[t - 1], ctx.task)
     base = _reset_peak()
     times = []
     for r in range(repeats):
         t = 3 + r
-        ctx.step, ctx.task, ctx.seen_tasks = t, f"t{t}", [f"t{i}" for i in range(1, t + 1)]
+        _at_step(ctx, t)
         if device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -91,6 +91,11 @@ def _measure_method(name: str, threads: int, repeats: int, device: str, q) -> No
     # and any state it grows (inputs, the previous merged model and its state excluded)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _status_mb("VmHWM") - base)
     q.put({"method": name, "step_s": statistics.median(times), "peak_mb": peak})
+
+
+def _at_step(ctx, t: int) -> None:
+    """Tasks are named t1, t2, …; step t has seen t1..tt."""
+    ctx.step, ctx.task, ctx.seen_tasks = t, f"t{t}", [f"t{i}" for i in range(1, t + 1)]
 
 
 def _stream_memory(name: str, T: int, threads: int, q) -> None:
@@ -108,7 +113,7 @@ def _stream_memory(name: str, T: int, threads: int, q) -> None:
     merged = theta0
     for t in range(1, T + 1):
         incoming = _perturbed(theta0, t)
-        ctx.step, ctx.task, ctx.seen_tasks = t, f"t{t}", [f"t{i}" for i in range(1, t + 1)]
+        _at_step(ctx, t)
         merged = method.merge(ctx, merged, incoming, ctx.task)
         del incoming
     q.put({"method": name, "T": T, "peak_mb": _status_mb("VmHWM") - base})
@@ -175,26 +180,19 @@ def run_bench(methods=DEFAULT_METHODS, threads: int = 2, repeats: int = 3, devic
     ctx = mp.get_context("spawn")
     results = {"threads": threads, "device": device, "torch": torch.__version__}
     q = ctx.Queue()
-    p = ctx.Process(target=_floor_proc, args=(threads, device, q))
-    p.start()
-    results["floor"] = q.get()
-    p.join()
-    rows = []
-    for name in methods:
-        p = ctx.Process(target=_measure_method, args=(name, threads, repeats, device, q))
+
+    def fresh_process(target, *args):  # one measurement, alone in a new process
+        p = ctx.Process(target=target, args=(*args, q))
         p.start()
-        rows.append(q.get())
+        out = q.get()
         p.join()
-    results["methods"] = rows
+        return out
+
+    results["floor"] = fresh_process(_floor_proc, threads, device)
+    results["methods"] = [fresh_process(_measure_method, name, threads, repeats, device) for name in methods]
     if stream_memory and device == "cpu":
-        mem = []
-        for name in stream_memory:
-            for T in (8, 20):
-                p = ctx.Process(target=_stream_memory, args=(name, T, threads, q))
-                p.start()
-                mem.append(q.get())
-                p.join()
-        results["stream_memory"] = mem
+        results["stream_memory"] = [fresh_process(_stream_memory, name, T, threads)
+                                    for name in stream_memory for T in (8, 20)]
     results["eval"] = _eval_throughput(threads, device)
     if suite:
         results["suite"] = _suite_times(suite)

@@ -154,9 +154,12 @@ def cmd_check(args) -> int:
     return 1 if bad else 0
 
 
-def _data_args(p: argparse.ArgumentParser) -> None:
+def _store_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", help="artefact store shared by workers: a directory or an fsspec URL "
                                    "(s3://…, gs://…); default OUT/.cmbench/cache")
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="where datasets live (default: $CMBENCH_DATA_ROOT or ~/.cache/cmbench/data)")
     p.add_argument("--allow-download", action="store_true",
                    help="let datasets and weights be fetched from the hubs (default: local caches only)")
@@ -188,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run <label>-tuned rows with the values `cmbench tune` chose (OUT/tuned/)")
     r.add_argument("--retries", type=int, default=2, help="retries of a job whose worker process dies (default: 2)")
     _data_args(r)
+    _store_arg(r)
     r.set_defaults(fn=cmd_run)
 
     tu = sub.add_parser("tune", help="choose a method's hyperparameters on validation data (Ray Tune)",
@@ -204,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under OUT/.cmbench)")
     tu.add_argument("--no-ray", action="store_true", help="run trials in this process")
     _data_args(tu)
+    _store_arg(tu)
     tu.set_defaults(fn=cmd_tune)
 
     ft = sub.add_parser("finetune", help="fine-tune (and cache) the experts a merge-stream suite needs",
@@ -216,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--out", default=".", help="directory whose .cmbench/cache holds the experts (default: .)")
     ft.add_argument("--no-ray", action="store_true", help="fine-tune in this process")
     _data_args(ft)
+    _store_arg(ft)
     ft.set_defaults(fn=cmd_finetune)
 
     rp = sub.add_parser("report", help="render leaderboard.md and plots from result files")

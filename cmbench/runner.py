@@ -27,7 +27,7 @@ from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from . import CmbenchError
-from .artefacts import SuiteArtefacts, Store, atomic_write_bytes, code_hash, expert_key, theta0_key
+from .artefacts import SuiteArtefacts, atomic_write_bytes, code_hash, expert_key, theta0_key
 from .methods import baseline_dirs
 from .protocol import nan_to_none, run
 from .store import open_store
@@ -218,7 +218,6 @@ def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, skip:
     jobs = expand(suite, methods, seeds, orders, skip)
     paths = Paths(Path(out), store)
     threads = suite.resources.cpus_per_job
-    workers = workers or max(1, (os.cpu_count() or 1) // threads)
 
     todo, skipped = [], 0
     for job in jobs:
@@ -276,44 +275,53 @@ def finetune_experts(suite_path: str | Path, *, seeds: int | None = None, worker
     cache = paths.store
     store = open_store(cache)
     threads = suite.resources.cpus_per_job
-    workers = workers or max(1, (os.cpu_count() or 1) // threads)
-    ex = (RayExecutor(workers, threads, suite.resources.gpus_per_job, ray_address) if executor == "ray"
-          else LocalExecutor(threads))
+    ex = _executor(suite, workers, threads, ray_address, executor)
     seed_list = suite.seeds[:seeds] if seeds else suite.seeds
     try:
-        t0 = [(suite, s, cache) for s in seed_list if not store.has("theta0", theta0_key(suite, s))]
-        _drain(ex.map(_prepare_theta0, t0), f"θ0 and heads ({len(t0)} seeds)", len(t0))
-        todo = [(suite, s, t, cache) for s in seed_list for t in suite.task_names()
-                if not store.has("experts", expert_key(suite, s, t))]
-        log(f"suite {suite.name}: {len(seed_list) * len(suite.tasks) - len(todo)} experts cached, {len(todo)} to fine-tune")
-        _drain(ex.map(_prepare_expert, todo), f"fine-tuning experts ({len(todo)})", len(todo))
+        trained = _prepare_artefacts(suite, seed_list, store, cache, ex, log)
     finally:
         ex.close()
     for s in seed_list:
         for t in suite.task_names():
             _, meta = SuiteArtefacts(suite, s, store).expert(t)
             log(f"  seed {s} {t}: test accuracy {100 * meta['test_accuracy']:.1f}")
-    return {"experts": len(seed_list) * len(suite.tasks), "trained": len(todo)}
+    return {"experts": len(seed_list) * len(suite.tasks), "trained": trained}
+
+
+def _executor(suite: Suite, workers: int | None, threads: int, ray_address: str | None, executor: str,
+              retries: int = 2):
+    workers = workers or max(1, (os.cpu_count() or 1) // threads)
+    if executor == "ray":
+        return RayExecutor(workers, threads, suite.resources.gpus_per_job, ray_address, retries)
+    return LocalExecutor(threads)
+
+
+def _prepare_artefacts(suite: Suite, seeds: list[int], store, cache: str, ex, log=None) -> int:
+    """θ0 and heads for ``seeds`` and, in the merge stream, every task's expert: built once
+    as jobs on ``ex``, cached by content key and shared by every job. Returns how many
+    experts were built; ``log`` (if given) hears how many were cached."""
+    t0 = [(suite, s, cache) for s in seeds if not store.has("theta0", theta0_key(suite, s))]
+    _drain(ex.map(_prepare_theta0, t0), f"θ0 and heads ({len(t0)} seeds)", len(t0))
+    todo = [(suite, s, t, cache) for s in seeds for t in suite.task_names()
+            if suite.setting == "merge_stream" and not store.has("experts", expert_key(suite, s, t))]
+    if log is not None:
+        log(f"suite {suite.name}: {len(seeds) * len(suite.tasks) - len(todo)} experts cached, {len(todo)} to fine-tune")
+    _drain(ex.map(_prepare_expert, todo), f"fine-tuning experts ({len(todo)})", len(todo))
+    return len(todo)
 
 
 def _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, executor, tracking_uri, log,
          sources=None, retries=2, prepare_only=False):
     cache = paths.store
     store = open_store(cache)
-    ex = (RayExecutor(workers, threads, suite.resources.gpus_per_job, ray_address, retries) if executor == "ray"
-          else LocalExecutor(threads))
+    ex = _executor(suite, workers, threads, ray_address, executor, retries)
     from .tracking import Tracker
 
     tracker = Tracker(tracking_uri or paths.tracking_uri, suite, log=log)
     failed = 0
     try:
         # 1. artefacts, built once per seed and shared by every job (cached by content key)
-        need_seeds = sorted({j.seed for j in todo})
-        t0_args = [(suite, s, cache) for s in need_seeds if not store.has("theta0", theta0_key(suite, s))]
-        _drain(ex.map(_prepare_theta0, t0_args), f"pretraining θ0 ({len(t0_args)} seeds)", len(t0_args))
-        ex_args = [(suite, s, t, cache) for s in need_seeds for t in suite.task_names()
-                   if suite.setting == "merge_stream" and not store.has("experts", expert_key(suite, s, t))]
-        _drain(ex.map(_prepare_expert, ex_args), f"fine-tuning experts ({len(ex_args)})", len(ex_args))
+        _prepare_artefacts(suite, sorted({j.seed for j in todo}), store, cache, ex)
 
         if prepare_only:
             return {"jobs": len(jobs), "skipped": skipped, "ran": 0, "failed": 0}

@@ -14,6 +14,7 @@ import math
 import random
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -54,10 +55,6 @@ class TinyViT(Strict):
     @property
     def image_size(self) -> int:
         return self.img_size
-
-    @property
-    def channels(self) -> int:
-        return self.in_chans
 
     @property
     def feature_dim(self) -> int:
@@ -106,10 +103,6 @@ class OpenCLIP(Strict):
         return size if isinstance(size, int) else size[0]
 
     @property
-    def channels(self) -> int:
-        return 3
-
-    @property
     def feature_dim(self) -> int:
         return int(self.open_clip_config()["embed_dim"])
 
@@ -129,12 +122,8 @@ class TimmViT(Strict):
     def image_size(self) -> int:
         return int(self.kwargs.get("img_size", 224))
 
-    @property
-    def channels(self) -> int:
-        return int(self.kwargs.get("in_chans", 3))
-
-    @property
-    def feature_dim(self) -> int:
+    @cached_property
+    def feature_dim(self) -> int:  # builds the model once: the Learner asks at every task
         from .models import create_backbone
 
         return int(create_backbone(self).num_features)

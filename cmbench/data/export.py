@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from .. import CmbenchError
+from ..models.clip import allow_download
 from .vision import CIL_SOURCES, clip_tasks, data_root
 
 
@@ -34,7 +35,7 @@ def export(task: str, splits=("train", "test"), log=print) -> Path:
         import datasets
     except ImportError:
         raise CmbenchError("data export needs the `datasets` library: pip install datasets") from None
-    if os.environ.get("CMBENCH_ALLOW_DOWNLOAD", "") in ("", "0", "false"):
+    if not allow_download():
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     out = data_root() / task
     for split in splits:
