@@ -146,19 +146,38 @@ class ODEM(Method):
         def loss_on(tk, x, y):
             return torch.nn.functional.cross_entropy(nets[tk][1](module(x)), y)
 
+        # Probe losses and gradients are functions of the current parameters only, and the
+        # code asks for the same ones several times per Euler step (the accepted trial point
+        # is probed again as the step's check and as the next step's L_cur; the sensitivity
+        # and constraint gradients are prefixes of the macro gradient's batch sum). They are
+        # memoised until the parameters next change (``moved``): same values, fewer passes.
+        memo_loss, memo_grad = {}, {}
+
+        def moved():
+            memo_loss.clear()
+            memo_grad.clear()
+
         @torch.no_grad()
         def probe_loss(tk):
-            b = probe[tk]
-            return sum(float(loss_on(tk, x, y)) for x, y in b) / len(b) if b else 0.0
+            if tk not in memo_loss:
+                b = probe[tk]
+                memo_loss[tk] = sum(float(loss_on(tk, x, y)) for x, y in b) / len(b) if b else 0.0
+            return memo_loss[tk]
 
         def grad(tk, n_batches):
-            """Σ over the first n batches of ∇(batch-mean loss), as the code accumulates."""
-            for p in params.values():
-                p.grad = None
-            for x, y in self._batches(tk, n_batches):
-                loss_on(tk, x, y).backward()
-            return {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
-                    for n, p in params.items()}
+            """Σ over the first n batches of ∇(batch-mean loss), as the code accumulates; a
+            longer prefix continues the accumulation of a shorter one (same additions)."""
+            batches = self._batches(tk, n_batches)
+            done = memo_grad.setdefault(tk, {})  # number of batches accumulated -> their Σ
+            if len(batches) not in done:
+                have = max((k for k in done if k < len(batches)), default=0)
+                for n, p in params.items():
+                    p.grad = done[have][n].clone() if have else None
+                for x, y in batches[have:]:
+                    loss_on(tk, x, y).backward()
+                done[len(batches)] = {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+                                      for n, p in params.items()}
+            return done[len(batches)]
 
         T_end = 1.0 / ctx.step
         n_full = math.ceil(1.0 / hp["step_size"])
@@ -173,8 +192,11 @@ class ODEM(Method):
         with torch.no_grad():
             L0 = {tk: probe_loss(tk) for tk in tasks}
             self._net(ctx, new_task, incoming)
+            moved()
             L1 = {tk: probe_loss(tk) for tk in tasks}
             self._net(ctx, new_task, merged)
+            moved()
+            memo_loss.update(L0)
 
         for s, h in steps:
             rem = max(1.0 - s, 1e-8)
@@ -237,6 +259,7 @@ class ODEM(Method):
                 def place(scale):
                     for n, p in params.items():
                         p.copy_(backup[n]).add_(v[n], alpha=h * scale)
+                    moved()
 
                 scale = 1.0
                 if hp["barrier"]:
@@ -250,7 +273,8 @@ class ODEM(Method):
                         if scale < hp["step_min"]:
                             break
                     scale = scale if accepted else 0.0
-                place(scale)
+                if not (hp["barrier"] and accepted):  # an accepted trial point is already in place
+                    place(scale)
                 worst = max((probe_loss(tk) - ceiling_next[tk] for tk in protect), default=float("-inf")) \
                     if hp["barrier"] else float("-inf")
                 self.step_log.append((scale, worst))
