@@ -72,12 +72,13 @@ def _elect_two(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor, majority, merg
     exactly (a = −b), γ is the majority sign and the entry with that sign is kept (a zero
     majority selects negative entries, as the reference's ``where(γ > 0, τ > 0, τ < 0)``).
     """
-    opposite = (a * b) < 0
+    agree = torch.sign(a) * torch.sign(b)  # signs, not a·b, which underflows to 0 for tiny entries
+    opposite = agree < 0
     on_tie = (a > 0) if float(majority) > 0 else (a < 0)
     pick_a = torch.where(a.abs() == b.abs(), on_tie, a.abs() > b.abs())
     out = torch.where(opposite, torch.where(pick_a, a, b), s)
     if merge_func == "mean":  # both nonzero and agreeing: two entries were summed
-        out = torch.where(((a * b) > 0), out * 0.5, out)
+        out = torch.where(agree > 0, out * 0.5, out)
     return out
 
 
