@@ -16,6 +16,7 @@ float task vectors do not occur in practice).
 
 import torch
 
+from cmbench import kernels
 from cmbench.methods import Method, register
 from cmbench.tensors import apply, task_vector
 
@@ -38,11 +39,12 @@ class MagMax(Method):
     def merge(self, ctx, merged, incoming, task):
         if ctx.setting == "train_then_merge":
             self.chain = incoming
-        tau = task_vector(incoming, ctx.theta0)
         if self.tau_max is None:
-            self.tau_max = tau
+            self.tau_max = task_vector(incoming, ctx.theta0)
+        elif kernels.use_kernels(self.tau_max, incoming, ctx.theta0):  # large models: one pass
+            kernels.magmax_update(incoming, ctx.theta0, self.tau_max)
         else:  # τ_max ← the larger-magnitude entry (ties to the later task), updated in place
-            for k, v in tau.items():
+            for k, v in task_vector(incoming, ctx.theta0).items():
                 m = self.tau_max[k]
                 torch.where(v.abs() >= m.abs(), v, m, out=m)
         return apply(ctx.theta0, self.tau_max, self.lam)

@@ -16,6 +16,7 @@ from typing import Literal
 
 import torch
 
+from cmbench import kernels
 from cmbench.methods import merge_function
 from cmbench.tensors import apply, task_vector, topk_threshold
 
@@ -47,7 +48,12 @@ def ties_state(vectors: list[dict], k: float, merge_func: str) -> dict:
     vector's global top-k threshold comes from ``topk_threshold`` (exact, no full sort)."""
     d = sum(v.numel() for v in vectors[0].values())
     keep = int(d * k)  # entries ≥ the (⌊d·k⌋ + 1)-th largest |v| are kept, as in :func:`trim`
-    thresholds = [None if keep >= d else topk_threshold(vec.values(), keep + 1) for vec in vectors]
+    fast = len(vectors) == 2 and kernels.use_kernels(*vectors)  # large models: one-pass kernels
+    kth = kernels.abs_kth_largest if fast else topk_threshold
+    thresholds = [None if keep >= d else kth(list(vec.values()), keep + 1) for vec in vectors]
+    if fast:
+        ta, tb = (0.0 if t is None else float(t) for t in thresholds)
+        return kernels.ties_two(*vectors, ta, tb, merge_func == "mean")
     trimmed = [vec if t is None else {n: v.where(v.abs() >= t, 0.0) for n, v in vec.items()}
                for vec, t in zip(vectors, thresholds)]
     total = {n: sum(tr[n] for tr in trimmed) for n in vectors[0]}

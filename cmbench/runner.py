@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import ast
 import datetime as _dt
+import inspect
 import json
 import os
 import subprocess
@@ -20,6 +22,7 @@ import sys
 import tempfile
 import traceback
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -27,6 +30,7 @@ from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from . import CmbenchError
+from . import methods as methods_mod
 from .artefacts import SuiteArtefacts, atomic_write_bytes, code_hash, expert_key, theta0_key
 from .methods import baseline_dirs
 from .protocol import nan_to_none, run
@@ -63,8 +67,34 @@ JOB_CODE_FILES = ("protocol.py", "metrics.py", "tensors.py", "estimates.py", "me
 
 
 def job_key(job: Job) -> str:
-    """The job's identity plus the harness code that produces numbers."""
-    return f"{job.key}-{code_hash()}-{code_hash(JOB_CODE_FILES)}"
+    """The job's identity plus the harness code that produces numbers: the artefacts' and
+    the job-wide files, and any other cmbench module the method's file imports (e.g.
+    ``kernels.py``), so that editing a helper recomputes exactly the methods that use it."""
+    key = f"{job.key}-{code_hash()}-{code_hash(JOB_CODE_FILES)}"
+    helpers = method_helper_files(job.method)
+    return f"{key}-{code_hash(helpers)}" if helpers else key
+
+
+@lru_cache(maxsize=None)
+def method_helper_files(method: str) -> tuple[str, ...]:
+    """cmbench modules imported by a method's source file beyond those already hashed."""
+    from .artefacts import _CODE_FILES
+
+    try:
+        tree = ast.parse(Path(inspect.getsourcefile(methods_mod.get(method)) or "").read_text())
+    except (OSError, TypeError, SyntaxError):
+        return ()
+    modules = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "cmbench":
+            modules.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cmbench."):
+            modules.add(node.module.split(".", 1)[1])
+        elif isinstance(node, ast.Import):
+            modules.update(a.name.split(".", 1)[1] for a in node.names if a.name.startswith("cmbench."))
+    root = Path(__file__).parent
+    files = {m.replace(".", "/") + ".py" for m in modules}
+    return tuple(sorted(f for f in files if (root / f).is_file() and f not in JOB_CODE_FILES + _CODE_FILES))
 
 
 def existing_result(path: Path, key: str) -> dict | None:

@@ -186,3 +186,52 @@ def test_topk_threshold_is_exact():
         flat = torch.cat([v.abs() for v in vs]).sort(descending=True).values
         rank = int(torch.randint(1, len(flat) + 1, (1,)))
         assert topk_threshold(vs, rank, sample=1 << 10) == flat[rank - 1], trial
+
+
+@pytest.fixture
+def kernels_everywhere(monkeypatch):
+    """Route every model, however small, through the numba kernels of large models."""
+    from cmbench import kernels
+
+    monkeypatch.setattr(kernels, "LARGE", 0)
+    return kernels
+
+
+def test_radix_kth_largest_is_exact(kernels_everywhere):
+    """The two-pass radix select equals the sorted |v| value: ties, zeros, −0.0, subnormals."""
+    torch.manual_seed(2)
+    for trial in range(40):
+        vs = [torch.randn(int(torch.randint(1, 5000, (1,)))) * 10.0 ** int(torch.randint(-40, 3, (1,)))
+              for _ in range(4)]
+        if trial % 3 == 0:
+            vs[0][:300] = vs[1][0]
+            vs[2][:50] = -0.0
+        flat = torch.cat([v.abs() for v in vs]).sort(descending=True).values
+        for rank in (1, len(flat), int(torch.randint(1, len(flat) + 1, (1,)))):
+            assert kernels_everywhere.abs_kth_largest(vs, rank) == flat[rank - 1], (trial, rank)
+
+
+def test_ties_and_magmax_kernels_equal_the_torch_forms(kernels_everywhere):
+    """Large-model kernels give bitwise the torch forms' outputs (TIES: exact ties, a = −b
+    cancellations, zero majorities, tiny entries; MagMax: a whole stream)."""
+    M.discover()
+    from cmbench_baselines.ties import ties, ties_state
+
+    torch.manual_seed(0)
+    for trial in range(200):
+        n = int(torch.randint(2, 60, (1,)))
+        vecs = [torch.randint(-3, 4, (n,)).float() for _ in range(2)]
+        if trial % 4 == 1:
+            vecs = [torch.randn(n) for _ in vecs]
+        if trial % 4 == 3:
+            vecs = [v * 1e-25 for v in vecs]
+        for merge_func in ("sum", "mean"):
+            for k in (0.2, 0.5, 1.0):
+                got = ties_state([{"w": v[: n // 2], "b": v[n // 2 :]} for v in vecs], k, merge_func)
+                ref = ties(torch.stack(vecs), k, merge_func)
+                assert torch.equal(torch.cat([got["w"], got["b"]]), ref), (trial, merge_func, k)
+    theta0, experts = rand_models(5)
+    fast = run_stream("magmax", {"lam": 0.5}, theta0, experts)
+    kernels_everywhere.LARGE = 1 << 62
+    plain = run_stream("magmax", {"lam": 0.5}, theta0, experts)
+    assert all(torch.equal(f[k], p[k]) for f, p in zip(fast, plain) for k in f)

@@ -251,3 +251,13 @@ def test_fsspec_store_shares_artefacts_and_gives_identical_results(nano_run, tmp
     again = run_suite(NANO, methods=["task_arithmetic"], seeds=1, out=tmp_path / "o2", executor="local",
                       store=url, **QUIET)
     assert again["ran"] == 2 and matrices(Paths(tmp_path / "o2").results) == got
+
+
+def test_job_key_covers_the_helper_modules_a_method_imports():
+    """Editing cmbench/kernels.py recomputes TIES and MagMax results, and only those."""
+    from cmbench import methods as M
+    from cmbench.runner import method_helper_files
+
+    M.discover()
+    assert method_helper_files("ties") == method_helper_files("magmax") == ("kernels.py",)
+    assert method_helper_files("weight_average") == method_helper_files("fisher_average") == ()
