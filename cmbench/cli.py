@@ -82,7 +82,9 @@ def cmd_bench(args) -> int:
     from .bench import DEFAULT_METHODS, main_json, run_bench
 
     methods = [m for m in args.methods.split(",") if m] if args.methods else list(DEFAULT_METHODS)
-    r = run_bench(methods, threads=args.threads, repeats=args.repeats, device=args.device, suite=args.suite)
+    stream = () if args.stream_memory == "none" else tuple(m for m in args.stream_memory.split(",") if m)
+    r = run_bench(methods, threads=args.threads, repeats=args.repeats, device=args.device, suite=args.suite,
+                  stream_memory=stream)
     main_json(args.json, r)
     return 0
 
@@ -249,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     bn.add_argument("--repeats", type=int, default=3, help="timed merge steps per method (median reported)")
     bn.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    bn.add_argument("--stream-memory", default="task_arithmetic,ties,magmax,opcm",
+                    help="methods whose merge-stream peak memory is measured at T = 8 and T = 20 "
+                         "(comma-separated, or none; default: %(default)s)")
     bn.add_argument("--suite", help="also time `cmbench run SUITE --seeds 1` cold and warm (e.g. micro-digits-merge)")
     bn.add_argument("--json", help="also write the figures to this JSON file")
     bn.set_defaults(fn=cmd_bench)
