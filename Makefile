@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 demo: $(STAMP)
-	# every baseline, 3 seeds × 3 orders; ODE-M's committed jobs are kept (recomputing them takes hours on a CPU)
+	# every baseline, 3 seeds × 3 orders; ODE-M's committed jobs are kept (~20 min per job on one core)
 	$(BIN)/cmbench run suites/micro-digits-merge.yaml --skip ode_m
 	$(BIN)/cmbench report
 
