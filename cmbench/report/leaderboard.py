@@ -22,6 +22,8 @@ DATA_LABEL = {"none": "data-free", "current_task": "current task", "calibration"
               "all_seen": "all seen tasks"}
 
 
+LONG_HPARAMS = 8  # beyond this many, a row lists what differs from its method's first row
+
 def _stat(values) -> tuple[float, float, int]:
     v = np.array([x for x in values if x is not None and x == x], dtype=float)
     if v.size == 0:
@@ -86,9 +88,18 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
               "Merge time (s)", "Hyperparameters"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = []
+    first_of = {}  # method -> its first row's label and hyperparameters (the base for long lists)
     for label, rs in by_label.items():
         acc_mean = _stat([r["metrics"]["ACC"] for r in rs])[0]
-        hp = ", ".join(f"{k}={v}" for k, v in sorted(rs[0]["hparams"].items()))
+        hparams = rs[0]["hparams"]
+        base_label, base = first_of.setdefault(rs[0]["method"], (label, hparams))
+        if len(hparams) <= LONG_HPARAMS:
+            hp = ", ".join(f"{k}={v}" for k, v in sorted(hparams.items()))
+        elif base_label == label:  # e.g. ODE-M's 35 public-config values: in the result files
+            hp = f"{len(hparams)} values, listed in the result files"
+        else:
+            diff = ", ".join(f"{k}={v}" for k, v in sorted(hparams.items()) if base.get(k) != v)
+            hp = f"{diff or 'same values'}; others as {base_label}"
         lora = rs[0].get("lora")
         if lora:
             hp = (f"LoRA rank {lora['rank']} on {'/'.join(lora['targets'])}" + (f"; {hp}" if hp else ""))
