@@ -261,3 +261,21 @@ def test_job_key_covers_the_helper_modules_a_method_imports():
     M.discover()
     assert method_helper_files("ties") == method_helper_files("magmax") == ("kernels.py",)
     assert method_helper_files("weight_average") == method_helper_files("fisher_average") == ()
+
+
+def test_leaderboard_shortens_long_hyperparameter_lists(nano_copy, tmp_path):
+    """Rows of a method with many hyperparameters (ODE-M: 34) list only what differs from
+    the method's first row; short lists are printed in full."""
+    results = Paths(nano_copy).results
+    src = next(p for p in sorted(results.rglob("*.json")) if "/ties/" in str(p))
+    rec = json.loads(src.read_text())
+    for label, n in (("many", 10), ("many-variant", 10)):
+        r = dict(rec, label=label, method="many", hparams={f"h{i}": i for i in range(n)})
+        if label == "many-variant":
+            r["hparams"] = dict(r["hparams"], h3=99)
+        (results / rec["suite"] / label).mkdir(parents=True, exist_ok=True)
+        (results / rec["suite"] / label / src.name).write_text(json.dumps(r))
+    md = render_leaderboard(results, tmp_path / "lb.md").read_text()
+    assert "10 values, listed in the result files" in md
+    assert "h3=99; others as many" in md
+    assert "k=0.2" in md  # TIES's three values in full
