@@ -20,9 +20,8 @@ STREAM_COLS = ("ACC", "AIA", "BWT", "FGT", "FWT", "NACC")
 TTM_COLS = ["ACC", "AIA", "BWT", "FGT"]  # FWT undefined: unlearned classes have no cells
 DATA_LABEL = {"none": "data-free", "current_task": "current task", "calibration": "calibration samples",
               "all_seen": "all seen tasks"}
-
-
 LONG_HPARAMS = 8  # beyond this many, a row lists what differs from its method's first row
+
 
 def _stat(values) -> tuple[float, float, int]:
     v = np.array([x for x in values if x is not None and x == x], dtype=float)
