@@ -45,7 +45,8 @@ def ties(vectors: torch.Tensor, k: float, merge_func: str) -> torch.Tensor:
 
 def ties_state(vectors: list[dict], k: float, merge_func: str) -> dict:
     """:func:`ties` on state dicts, tensor by tensor (no flattened copy of the model); each
-    vector's global top-k threshold comes from ``topk_threshold`` (exact, no full sort)."""
+    vector's global top-k threshold is exact without a full sort (``topk_threshold``; on
+    large CPU models the continual two-vector step runs ``cmbench.kernels`` instead)."""
     d = sum(v.numel() for v in vectors[0].values())
     keep = int(d * k)  # entries ≥ the (⌊d·k⌋ + 1)-th largest |v| are kept, as in :func:`trim`
     fast = len(vectors) == 2 and kernels.use_kernels(*vectors)  # large models: one-pass kernels
