@@ -38,20 +38,67 @@ def _threads() -> None:
     nb.set_num_threads(max(1, min(torch.get_num_threads(), nb.config.NUMBA_NUM_THREADS)))
 
 
-# -- exact k-th largest |v| by a two-pass radix select -----------------------------------------
-# For non-negative floats the IEEE bit pattern orders like the value, so the rank-th largest
-# |v| is found from a histogram of the top 16 bits of |v| (sign cleared), then one of the low
-# 15 bits among the entries in the chosen bin: two read-only passes, exact, no sort.
+# Each kernel splits its arrays into one contiguous span per thread and loops over a slice
+# from index 0: numba's loop over ``prange(n)`` or ``range(start, stop)`` keeps a
+# negative-index check that makes LLVM load entries by gathers instead of vectors (~4×
+# slower on these loops).
+
+
+@nb.njit(inline="always")
+def _span(n, n_threads, t):
+    chunk = (n + n_threads - 1) // n_threads
+    return t * chunk, min(n, (t + 1) * chunk)
+
+
+# -- exact k-th largest |v|: a sampled bracket, one counting pass, a small selection ------------
+# For non-negative floats the IEEE bit pattern orders like the value, so everything below
+# works on the bits of |v| (int32, sign cleared). As in ``tensors.topk_threshold`` (the torch
+# form): a uniform sample brackets the answer, one read-only pass counts the entries above the
+# bracket and copies those inside it, and a selection among those (~1 % of the model) gives
+# the exact value. If the sample was unlucky (the rank falls outside the bracket, or the
+# bracket holds too many entries for its buffer) an exact two-pass radix select is used.
+
+_ABS = np.int32(0x7FFFFFFF)
+_BLOCK = 32  # entries counted by vector compares before a rare second look for bracket entries
+
+
+@nb.njit(parallel=True, cache=True)
+def _bracket(bits, lo, hi, above, inside, fill):
+    """Per thread: above[t] += #(|v| bits > hi); bits in [lo, hi] appended to inside[t]
+    (fill[t] counts them, also past the buffer's capacity, which the caller checks)."""
+    n_threads, cap = inside.shape
+    for t in nb.prange(n_threads):
+        start, stop = _span(bits.size, n_threads, t)
+        sub = bits[start:stop]
+        n_above, f = 0, fill[t]
+        for s in range(0, sub.size, _BLOCK):
+            block = sub[s:s + _BLOCK]
+            n_gt, n_ge = 0, 0
+            for i in range(block.size):
+                b = block[i] & _ABS
+                n_gt += b > hi
+                n_ge += b >= lo
+            n_above += n_gt
+            if n_ge > n_gt:  # the block holds bracket entries: collect them
+                for i in range(block.size):
+                    b = block[i] & _ABS
+                    if lo <= b <= hi:
+                        if f < cap:
+                            inside[t, f] = b
+                        f += 1
+        above[t] += n_above
+        fill[t] = f
 
 
 @nb.njit(parallel=True, cache=True)
 def _hist(bits, shift, mask, prefix, prefix_shift, local):
     """local[thread, bin] += entries whose |v| bits fall in bin (those under ``prefix`` only)."""
     n_threads = local.shape[0]
-    chunk = (bits.size + n_threads - 1) // n_threads
     for t in nb.prange(n_threads):
-        for i in range(t * chunk, min(bits.size, (t + 1) * chunk)):
-            b = bits[i] & 0x7FFFFFFF
+        start, stop = _span(bits.size, n_threads, t)
+        sub = bits[start:stop]
+        for i in range(sub.size):
+            b = sub[i] & _ABS
             if prefix < 0 or (b >> prefix_shift) == prefix:
                 local[t, (b >> shift) & mask] += 1
 
@@ -63,10 +110,8 @@ def _select_bin(hist: np.ndarray, rank: int) -> tuple[int, int]:
     return hist.size - 1 - j, rank - (int(above[j - 1]) if j else 0)
 
 
-def abs_kth_largest(values: list[Tensor], rank: int) -> Tensor:
-    """The ``rank``-th largest |v| over all tensors (1-based), exactly (float32)."""
-    _threads()
-    bits = [_np(v).view(np.uint32) for v in values]
+def _radix_kth(bits: list[np.ndarray], rank: int) -> int:
+    """Bits of the rank-th largest |v|: histograms of the top 16, then the low 15 bits."""
     high = np.zeros((nb.get_num_threads(), 1 << 16), np.int64)
     for b in bits:
         _hist(b, 15, 0xFFFF, -1, 15, high)
@@ -75,7 +120,39 @@ def abs_kth_largest(values: list[Tensor], rank: int) -> Tensor:
     for b in bits:
         _hist(b, 0, 0x7FFF, top, 15, low)
     bottom, _ = _select_bin(low.sum(0), r)
-    return torch.tensor(np.array([(top << 15) | bottom], np.uint32).view(np.float32)[0])
+    return (top << 15) | bottom
+
+
+def abs_kth_largest(values: list[Tensor], rank: int, sample: int = 1 << 18, z: float = 6.0) -> Tensor:
+    """The ``rank``-th largest |v| over all tensors (1-based), exactly (float32)."""
+    _threads()
+    bits = [_np(v).view(np.int32) for v in values]
+    sizes = np.array([b.size for b in bits])
+    d = int(sizes.sum())
+    if not 1 <= rank <= d:
+        raise ValueError(f"rank {rank} not in 1..{d}")
+    idx = np.sort(np.random.default_rng(rank).integers(0, d, sample))  # exactness does not depend on it
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    cut = np.searchsorted(idx, starts)
+    picked = np.concatenate([b[idx[cut[i]:cut[i + 1]] - starts[i]] for i, b in enumerate(bits)])
+    picked = np.sort(picked & _ABS)[::-1]  # descending
+    q = rank / d
+    err = z * np.sqrt(q * (1 - q) / sample) + 1 / sample
+    hi = _ABS if q - err < 0 else picked[int((q - err) * sample)]
+    lo = np.int32(0) if q + err >= 1 else picked[min(sample - 1, int((q + err) * sample))]
+    n_threads = nb.get_num_threads()
+    above, fill = np.zeros(n_threads, np.int64), np.zeros(n_threads, np.int64)
+    inside = np.empty((n_threads, int(2 * err * d) + 4096), np.int32)  # ~4 × the expected count
+    for b in bits:
+        _bracket(b, lo, hi, above, inside, fill)
+    n_above = int(above.sum())
+    if (fill <= inside.shape[1]).all() and n_above < rank <= n_above + int(fill.sum()):
+        cand = np.concatenate([inside[t, :f] for t, f in enumerate(fill)])
+        j = cand.size - (rank - n_above)
+        kth = int(np.partition(cand, j)[j])
+    else:
+        kth = _radix_kth(bits, rank)
+    return torch.tensor(np.array([kth], np.int32).view(np.float32)[0])
 
 
 # -- TIES, two vectors (the continual step) ----------------------------------------------------
@@ -87,43 +164,61 @@ def _trimmed(v, t):
 
 
 @nb.njit(parallel=True, cache=True)
-def _votes_two(a, b, ta, tb):
-    total = 0
-    for i in nb.prange(a.size):
-        s = _trimmed(a[i], ta) + _trimmed(b[i], tb)
-        total += (s > 0) - (s < 0)
-    return total
+def _elect_two(a, b, ta, tb, mean, out, votes, cancels):
+    """out = the elected merge of trim(a), trim(b), taking the positive entry where they
+    cancel exactly (as for a positive majority sign); per thread, votes[t] += Σ sign(trim(a) +
+    trim(b)) and cancels[t] += the number of exact cancellations."""
+    n_threads = votes.size
+    for t in nb.prange(n_threads):
+        start, stop = _span(a.size, n_threads, t)
+        sa, sb, so = a[start:stop], b[start:stop], out[start:stop]
+        n_votes, n_cancel = 0, 0
+        for i in range(sa.size):
+            A, B = _trimmed(sa[i], ta), _trimmed(sb[i], tb)
+            s = A + B
+            n_votes += (s > 0) - (s < 0)
+            agree = np.sign(A) * np.sign(B)
+            if agree < 0:  # opposite signs: the larger magnitude
+                if abs(A) == abs(B):
+                    n_cancel += 1
+                    so[i] = max(A, B)
+                else:
+                    so[i] = A if abs(A) > abs(B) else B
+            elif agree > 0 and mean:
+                so[i] = s * np.float32(0.5)
+            else:
+                so[i] = s
+        votes[t] += n_votes
+        cancels[t] += n_cancel
 
 
 @nb.njit(parallel=True, cache=True)
-def _elect_two(a, b, ta, tb, majority, mean, out):
-    for i in nb.prange(a.size):
-        A, B = _trimmed(a[i], ta), _trimmed(b[i], tb)
-        agree = np.sign(A) * np.sign(B)
-        if agree < 0:  # opposite signs: the larger magnitude; exact cancellation: the majority sign
-            if abs(A) == abs(B):
-                pick_a = A > 0 if majority > 0 else A < 0
-            else:
-                pick_a = abs(A) > abs(B)
-            out[i] = A if pick_a else B
-        elif agree > 0 and mean:
-            out[i] = (A + B) * np.float32(0.5)
-        else:
-            out[i] = A + B
+def _negative_where_cancelled(a, b, ta, tb, out, n_threads):
+    """Where trim(a) = −trim(b) ≠ 0, out takes the negative entry (majority sign ≤ 0)."""
+    for t in nb.prange(n_threads):
+        start, stop = _span(a.size, n_threads, t)
+        sa, sb, so = a[start:stop], b[start:stop], out[start:stop]
+        for i in range(sa.size):
+            A, B = _trimmed(sa[i], ta), _trimmed(sb[i], tb)
+            if A != 0 and A == -B:
+                so[i] = min(A, B)
 
 
 def ties_two(a: dict[str, Tensor], b: dict[str, Tensor], ta: float, tb: float, mean: bool) -> dict[str, Tensor]:
     """TIES of two task vectors with trim thresholds ta, tb (``baselines/ties.py``'s
-    ``_elect_two`` applied to the trimmed vectors), in two passes."""
+    ``_elect_two`` applied to the trimmed vectors) in one pass. The majority sign γ decides
+    only exact cancellations (a = −b), which are rare: the pass assumes γ > 0 while it counts
+    the votes, and a second pass corrects those entries if γ ≤ 0."""
     _threads()
     ta32, tb32 = np.float32(ta), np.float32(tb)
-    votes = sum(_votes_two(_np(a[n]), _np(b[n]), ta32, tb32) for n in a)
-    majority = (votes > 0) - (votes < 0)
-    out = {}
+    n_threads = nb.get_num_threads()
+    votes, cancels = np.zeros(n_threads, np.int64), np.zeros(n_threads, np.int64)
+    out = {n: torch.empty_like(v) for n, v in a.items()}
     for n in a:
-        o = torch.empty_like(a[n])
-        _elect_two(_np(a[n]), _np(b[n]), ta32, tb32, majority, mean, _np(o))
-        out[n] = o
+        _elect_two(_np(a[n]), _np(b[n]), ta32, tb32, mean, _np(out[n]), votes, cancels)
+    if cancels.sum() and votes.sum() <= 0:
+        for n in a:
+            _negative_where_cancelled(_np(a[n]), _np(b[n]), ta32, tb32, _np(out[n]), n_threads)
     return out
 
 
@@ -131,15 +226,18 @@ def ties_two(a: dict[str, Tensor], b: dict[str, Tensor], ta: float, tb: float, m
 
 
 @nb.njit(parallel=True, cache=True)
-def _magmax_update(incoming, theta0, tau_max):
-    for i in nb.prange(tau_max.size):
-        t = incoming[i] - theta0[i]
-        if abs(t) >= abs(tau_max[i]):
-            tau_max[i] = t
+def _magmax_update(incoming, theta0, tau_max, n_threads):
+    for t in nb.prange(n_threads):
+        start, stop = _span(tau_max.size, n_threads, t)
+        x, x0, m = incoming[start:stop], theta0[start:stop], tau_max[start:stop]
+        for i in range(m.size):
+            v = x[i] - x0[i]
+            if abs(v) >= abs(m[i]):
+                m[i] = v
 
 
 def magmax_update(incoming: dict[str, Tensor], theta0: dict[str, Tensor], tau_max: dict[str, Tensor]) -> None:
     """τ_max ← τ where |τ| ≥ |τ_max| (τ = incoming − θ0), in place, one pass."""
     _threads()
     for n, m in tau_max.items():
-        _magmax_update(_np(incoming[n]), _np(theta0[n]), _np(m))
+        _magmax_update(_np(incoming[n]), _np(theta0[n]), _np(m), nb.get_num_threads())

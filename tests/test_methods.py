@@ -1,6 +1,7 @@
 """Each baseline against an independent transcription of its reference, step by step."""
 
 import pytest
+import numpy as np
 import torch
 
 from cmbench import CmbenchError
@@ -197,9 +198,15 @@ def kernels_everywhere(monkeypatch):
     return kernels
 
 
-def test_radix_kth_largest_is_exact(kernels_everywhere):
-    """The two-pass radix select equals the sorted |v| value: ties, zeros, −0.0, subnormals."""
+def test_kernel_kth_largest_is_exact(kernels_everywhere, monkeypatch):
+    """The sampled-bracket select and its radix fallback equal the sorted |v| value: ties,
+    zeros, −0.0, subnormals; small samples make the bracket miss, so both paths run."""
+    kernels = kernels_everywhere
+    radix_calls = []
+    radix = kernels._radix_kth
+    monkeypatch.setattr(kernels, "_radix_kth", lambda bits, rank: radix_calls.append(rank) or radix(bits, rank))
     torch.manual_seed(2)
+    n_checked = 0
     for trial in range(40):
         vs = [torch.randn(int(torch.randint(1, 5000, (1,)))) * 10.0 ** int(torch.randint(-40, 3, (1,)))
               for _ in range(4)]
@@ -208,7 +215,12 @@ def test_radix_kth_largest_is_exact(kernels_everywhere):
             vs[2][:50] = -0.0
         flat = torch.cat([v.abs() for v in vs]).sort(descending=True).values
         for rank in (1, len(flat), int(torch.randint(1, len(flat) + 1, (1,)))):
-            assert kernels_everywhere.abs_kth_largest(vs, rank) == flat[rank - 1], (trial, rank)
+            for sample, z in ((1 << 18, 6.0), (16, 0.5)):
+                assert kernels.abs_kth_largest(vs, rank, sample=sample, z=z) == flat[rank - 1], (trial, rank)
+                bits = [kernels._np(v).view(np.int32) for v in vs]
+                assert kernels._radix_kth(bits, rank) == kernels._np(flat[rank - 1 : rank]).view(np.int32)[0]
+                n_checked += 2
+    assert 0 < len(radix_calls) - n_checked // 2 < n_checked // 2  # some brackets missed, most did not
 
 
 def test_ties_and_magmax_kernels_equal_the_torch_forms(kernels_everywhere):
