@@ -28,7 +28,7 @@ def project(S: torch.Tensor, tau: torch.Tensor, alpha: float) -> torch.Tensor:
         U, s, Vh = torch.linalg.svd(S.double(), full_matrices=False)
     r = int((s.cumsum(0) / s.sum() > alpha).float().argmax())
     P = U.T @ tau.double() @ Vh.T
-    Z = torch.eye(P.shape[0], dtype=torch.bool)
+    Z = torch.eye(P.shape[0], dtype=torch.bool, device=P.device)
     Z[:r, :r] = True
     return (tau.double() - U @ (P * Z) @ Vh).to(tau.dtype)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import queue
 import statistics
 import subprocess
 import sys
@@ -54,7 +55,7 @@ def vit_b32_state(seed: int) -> dict[str, torch.Tensor]:
 
 def _perturbed(theta0, seed):
     g = torch.Generator().manual_seed(seed)
-    return {k: v + 1e-3 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone()
+    return {k: v + 1e-3 * torch.randn(v.shape, generator=g).to(v.device) if v.is_floating_point() else v.clone()
             for k, v in theta0.items()}
 
 
@@ -73,13 +74,16 @@ def _measure_method(name: str, threads: int, repeats: int, device: str, q) -> No
         _at_step(ctx, t)
         merged = method.merge(ctx, merged, experts[t - 1], ctx.task)
     base = _reset_peak()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
     times = []
     for r in range(repeats):
         t = 3 + r
         _at_step(ctx, t)
         if device == "cuda":
             torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         out = method.merge(ctx, merged, experts[t - 1], ctx.task)
         if device == "cuda":
@@ -89,7 +93,8 @@ def _measure_method(name: str, threads: int, repeats: int, device: str, q) -> No
         del out
     # growth of the peak RSS over the RSS before the timed steps: the merge's temporaries
     # and any state it grows (inputs, the previous merged model and its state excluded)
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _status_mb("VmHWM") - base)
+    # (on the GPU: growth of the peak allocated device memory over what was allocated then)
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _status_mb("VmHWM")) - base
     q.put({"method": name, "step_s": statistics.median(times), "peak_mb": peak})
 
 
@@ -159,7 +164,34 @@ def _eval_throughput(threads: int, device: str) -> list[dict]:
         if device == "cuda":
             torch.cuda.synchronize()
         out.append({"model": label, "img_s": n / (time.perf_counter() - t0)})
+    if device == "cuda":
+        out += _cuda_eval_variants(vit)
     return out
+
+
+def _cuda_eval_variants(vit, n: int = 8192, bs: int = 512) -> list[dict]:
+    """ViT-B/32 img/s on the GPU beyond the harness's fp32 path (``models.features``:
+    pinned uint8 batches, non-blocking copies, conversion on the GPU): with TF32 matmuls,
+    and with bf16 autocast + channels-last. Each row also gives the worst cosine similarity
+    of its features to fp32's on the same images, to weigh speed against fidelity."""
+    from .models import features
+
+    x = torch.randint(0, 255, (n, 3, 224, 224), dtype=torch.uint8)
+    ref = features(vit, x[:bs], bs)
+    rows = []
+    for label, tf32, bf16 in (("ViT-B/32 224², TF32 matmuls", True, False),
+                              ("ViT-B/32 224², bf16 autocast + channels-last", False, True)):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+        model = vit.to(memory_format=torch.channels_last) if bf16 else vit
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            cos = torch.nn.functional.cosine_similarity(features(model, x[:bs], bs), ref, dim=-1).min()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            features(model, x, bs)
+            torch.cuda.synchronize()
+        rows.append({"model": label, "img_s": n / (time.perf_counter() - t0), "min_cos_vs_fp32": float(cos)})
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    return rows
 
 
 def _suite_times(suite: str, skip: tuple[str, ...] = ()) -> dict:
@@ -186,12 +218,24 @@ def run_bench(methods=DEFAULT_METHODS, threads: int = 2, repeats: int = 3, devic
     def fresh_process(target, *args):  # one measurement, alone in a new process
         p = ctx.Process(target=target, args=(*args, q))
         p.start()
-        out = q.get()
+        while True:  # a child that dies (an error, out of memory) must not hang the bench
+            try:
+                out = q.get(timeout=5)
+                break
+            except queue.Empty:
+                if not p.is_alive():
+                    raise RuntimeError(f"bench: {target.__name__}{args} died (exit code {p.exitcode}); "
+                                       "its traceback is above")
         p.join()
         return out
 
     results["floor"] = fresh_process(_floor_proc, threads, device)
-    results["methods"] = [fresh_process(_measure_method, name, threads, repeats, device) for name in methods]
+    results["methods"] = []
+    for name in methods:  # one method failing (e.g. a device bug) still reports the others
+        try:
+            results["methods"].append(fresh_process(_measure_method, name, threads, repeats, device))
+        except RuntimeError as e:
+            results["methods"].append({"method": name, "error": str(e)})
     if stream_memory and device == "cpu":
         results["stream_memory"] = [fresh_process(_stream_memory, name, T, threads)
                                     for name in stream_memory for T in (8, 20)]
@@ -210,10 +254,13 @@ def format_bench(r: dict) -> str:
     f = r["floor"]
     lines = [f"cmbench bench: {f['params'] / 1e6:.1f}M parameters (CLIP ViT-B/32 image tower, random), "
              f"{r['threads']} threads, {r['device']}, torch {r['torch']}",
-             f"memory-bandwidth floor (in-place axpy over all floats): {f['axpy_s']:.3f} s ({f['gbps']:.1f} GB/s)",
+             f"memory-bandwidth floor (in-place axpy over all floats): {f['axpy_s'] * 1e3:.2f} ms ({f['gbps']:.1f} GB/s)",
              "", "| method | merge step (s) | × floor | peak memory (MB) |", "|---|---|---|---|"]
     for m in r["methods"]:
-        lines.append(f"| {m['method']} | {m['step_s']:.3f} | {m['step_s'] / f['axpy_s']:.1f} | {m['peak_mb']:.0f} |")
+        if "error" in m:
+            lines.append(f"| {m['method']} | failed: {m['error']} | | |")
+            continue
+        lines.append(f"| {m['method']} | {m['step_s']:.4f} | {m['step_s'] / f['axpy_s']:.1f} | {m['peak_mb']:.0f} |")
     if r.get("stream_memory"):
         by = {}
         for m in r["stream_memory"]:
@@ -221,7 +268,9 @@ def format_bench(r: dict) -> str:
         lines += ["", "| merge stream (88M params) | peak MB, T = 8 | T = 20 | ratio |", "|---|---|---|---|"]
         lines += [f"| {k} | {v[8]:.0f} | {v[20]:.0f} | {v[20] / max(v[8], 1e-9):.2f} |" for k, v in by.items()]
     lines += ["", "| evaluation | img/s |", "|---|---|"]
-    lines += [f"| {e['model']} | {e['img_s']:.0f} |" for e in r["eval"]]
+    lines += [f"| {e['model']} | {e['img_s']:.0f} |"
+              + (f" (features' min cosine to fp32: {e['min_cos_vs_fp32']:.5f})" if "min_cos_vs_fp32" in e else "")
+              for e in r["eval"]]
     if "suite" in r:
         s = r["suite"]
         left_out = f", without {', '.join(s['skipped'])}" if s.get("skipped") else ""

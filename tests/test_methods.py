@@ -175,8 +175,10 @@ def test_ties_state_equals_plain_ties_with_exact_ties_and_cancellations():
 
 
 def test_topk_threshold_is_exact():
-    """The sampled-bracket threshold equals the sorted |v| value, ties included."""
+    """The sampled-bracket threshold (and TIES's GPU top-k routine, run here on CPU
+    tensors) equals the sorted |v| value, ties included."""
     from cmbench.tensors import topk_threshold
+    from cmbench_baselines.ties import _abs_kth_largest_gpu
 
     torch.manual_seed(1)
     for trial in range(40):
@@ -187,6 +189,7 @@ def test_topk_threshold_is_exact():
         flat = torch.cat([v.abs() for v in vs]).sort(descending=True).values
         rank = int(torch.randint(1, len(flat) + 1, (1,)))
         assert topk_threshold(vs, rank, sample=1 << 10) == flat[rank - 1], trial
+        assert _abs_kth_largest_gpu(vs, rank) == flat[rank - 1], trial
 
 
 @pytest.fixture
