@@ -142,7 +142,8 @@ def abs_kth_largest(values: list[Tensor], rank: int, sample: int = 1 << 18, z: f
     lo = np.int32(0) if q + err >= 1 else picked[min(sample - 1, int((q + err) * sample))]
     n_threads = nb.get_num_threads()
     above, fill = np.zeros(n_threads, np.int64), np.zeros(n_threads, np.int64)
-    inside = np.empty((n_threads, int(2 * err * d) + 4096), np.int32)  # ~4 × the expected count
+    # one row per thread, each as large as the whole bracket's expected count (~2·err·d)
+    inside = np.empty((n_threads, int(2 * err * d) + 4096), np.int32)
     for b in bits:
         _bracket(b, lo, hi, above, inside, fill)
     n_above = int(above.sum())
