@@ -223,9 +223,14 @@ def run_bench(methods=DEFAULT_METHODS, threads: int = 2, repeats: int = 3, devic
                 out = q.get(timeout=5)
                 break
             except queue.Empty:
-                if not p.is_alive():
+                if p.is_alive():
+                    continue
+                try:  # it may have put its result just before exiting
+                    out = q.get(timeout=1)
+                    break
+                except queue.Empty:
                     raise RuntimeError(f"bench: {target.__name__}{args} died (exit code {p.exitcode}); "
-                                       "its traceback is above")
+                                       "its traceback is above") from None
         p.join()
         return out
 

@@ -279,3 +279,20 @@ def test_leaderboard_shortens_long_hyperparameter_lists(nano_copy, tmp_path):
     assert "10 values, listed in the result files" in md
     assert "h3=99; others as many" in md
     assert "k=0.2" in md  # TIES's three values in full
+
+
+def test_bench_table_reports_failed_methods_and_fidelity():
+    """`cmbench bench` keeps a failed method's row (with its reason) and prints the GPU
+    precision rows' fidelity beside their throughput."""
+    from cmbench.bench import format_bench
+
+    r = {"threads": 2, "device": "cuda", "torch": "x",
+         "floor": {"params": 87.8e6, "axpy_s": 0.00036, "gbps": 2900.0},
+         "methods": [{"method": "ties", "step_s": 0.0657, "peak_mb": 2042.0},
+                     {"method": "opcm", "error": "bench: _measure_method('opcm', 2, 5, 'cuda') died (exit code 1)"}],
+         "eval": [{"model": "ViT-B/32 224²", "img_s": 4450.0},
+                  {"model": "ViT-B/32 224², TF32 matmuls", "img_s": 13951.0, "min_cos_vs_fp32": 0.999996}]}
+    out = format_bench(r)
+    assert "0.36 ms" in out and "| ties | 0.0657 | 182.5 | 2042 |" in out
+    assert "| opcm | failed: bench: _measure_method('opcm'" in out
+    assert "| ViT-B/32 224², TF32 matmuls | 13951 | (features' min cosine to fp32: 1.00000)" in out
