@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test test-slow install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -21,8 +21,16 @@ demo: $(STAMP)
 	$(BIN)/cmbench run suites/micro-digits-merge.yaml --skip ode_m
 	$(BIN)/cmbench report
 
+# CI budget (README, "Tests and the CI budget"): `test` under 10 min on a fresh clone of a
+# 2-core machine, install included; `.ci/run` (test, then test-slow) under 30 min.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# slower checks: tests marked slow (pytest exits 5 while there are none), then the jobs of a
+# sample covering both micro suites and every component version, recomputed cold
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]
+	$(BIN)/cmbench verify --sample 4
 
 clean:
 	rm -rf $(VENV) .cmbench

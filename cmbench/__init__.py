@@ -4,7 +4,12 @@ Data flows one way: suite -> jobs -> protocol (method steps + evaluation) -> res
 files -> report. Methods live in ``baselines/`` and depend on cmbench, never the reverse.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:  # read from the installed metadata: bumping the release never re-keys a result
+    __version__ = version("cmbench")
+except PackageNotFoundError:  # a source tree on sys.path without an install
+    __version__ = "0+unknown"
 
 
 class CmbenchError(Exception):

@@ -1,9 +1,11 @@
 """Expensive artefacts, content-addressed and cached: task data, θ0, heads, experts.
 
-A key is a hash of (the recipe fields that produce the artefact, the seed, the source of
-the code that computes it). Files are safetensors (tensors) plus a JSON sidecar,
-written atomically under a file lock, so concurrent jobs build each artefact once and a
-killed job never leaves a file a rerun would trust.
+An artefact's key is a hash of what determines its numbers: the recipe fields that
+produce it, the seed, the keys of the artefacts it is built from, the device type and
+precision it is computed with, and the versions of the harness components that compute
+it (each ``*_VERSION`` constant says when to bump it). Files are safetensors (tensors)
+plus a JSON sidecar, written atomically under a file lock, so concurrent jobs build each
+artefact once and a killed job never leaves a file a rerun would trust.
 """
 
 from __future__ import annotations
@@ -22,28 +24,31 @@ from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
 from . import CmbenchError, data as data_mod
-from .models import Head, create_backbone, features
-from .suite import Suite
+from .models import MODELS_VERSION, Head, create_backbone, features, numerics
+from .suite import Suite, Task
 from .tensors import StateDict, content_hash
-from .train import fit
+from .train import TRAIN_VERSION, fit
 
-_CODE_FILES = ("data/__init__.py", "data/micro.py", "data/vision.py", "data/clip_tasks.json", "models/__init__.py",
-               "models/clip.py", "models/checkpoint.py", "train.py", "artefacts.py")
+# Bump one when a change alters any number that artefact holds (its tensors, or the test
+# accuracy recorded with an expert): it is rebuilt, and every job consuming it recomputed.
+THETA0_VERSION = 1  # make_theta0 / pretrain_theta0: pretraining recipes, loading pretrained weights
+HEADS_VERSION = 1  # make_heads: template, prototype, linear-probe and zero-shot heads
+EXPERTS_VERSION = 1  # make_expert, load_expert_checkpoint, and load_tasks' test cap (E is measured there)
 
-
-@lru_cache(maxsize=None)
-def code_hash(files: tuple[str, ...] = _CODE_FILES) -> str:
-    """Hash of the harness source files that produce numbers."""
-    root = Path(__file__).parent
-    h = hashlib.sha256()
-    for f in files:
-        h.update((root / f).read_bytes())
-    return h.hexdigest()[:16]
+# θ0 and the heads are computed on the CPU whatever the suite's device (make_theta0, make_heads)
+CPU_FP32 = {"device": "cpu", "precision": "fp32"}
 
 
-def _key(*parts) -> str:
-    blob = json.dumps([code_hash(), *parts], sort_keys=True, default=str).encode()
+def artefact_key(kind: str, components: dict, on: dict, *parts) -> str:
+    """The key of a cached artefact: what it is, the component versions and numerics that
+    compute it, and the recipe parts that determine it."""
+    blob = json.dumps([kind, components, on, *parts], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def data_versions(tasks: list[Task]) -> dict:
+    """The version of the code (and data files) that builds each dataset ``tasks`` read."""
+    return {t.dataset: data_mod.DATASET_VERSIONS[t.dataset] for t in tasks}
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
@@ -94,6 +99,13 @@ class Store:
     def has(self, kind: str, key: str) -> bool:
         return self._paths(kind, key)[1].exists()
 
+    def content_hash(self, kind: str, key: str) -> str | None:
+        """The content hash its sidecar records, or None if the artefact is not here."""
+        try:
+            return json.loads(self._paths(kind, key)[1].read_text())["content_hash"]
+        except (OSError, ValueError, KeyError):
+            return None
+
     @staticmethod
     def _load(tensors_path: Path, meta_path: Path) -> tuple[StateDict, dict]:
         meta = json.loads(meta_path.read_text())
@@ -128,6 +140,7 @@ def load_tasks(suite: Suite, pretraining: bool = False) -> dict[str, data_mod.Ta
 
 
 def _cap_test(td: data_mod.TaskData, cap: int, data_seed: int) -> data_mod.TaskData:
+    # a change here alters E and R: bump EXPERTS_VERSION and protocol.EVALUATION_VERSION
     if len(td.test) <= cap:
         return td
     keep = torch.randperm(len(td.test), generator=torch.Generator().manual_seed(data_seed))[:cap].sort().values
@@ -137,19 +150,33 @@ def _cap_test(td: data_mod.TaskData, cap: int, data_seed: int) -> data_mod.TaskD
 
 
 def theta0_key(suite: Suite, seed: int) -> str:
+    components = {"theta0": THETA0_VERSION, "models": MODELS_VERSION}
+    if suite.backbone.kind == "tiny_vit":  # pretrained by the harness, on these tasks
+        components.update(train=TRAIN_VERSION, data=data_versions([*suite.tasks, *(suite.pretrain.tasks or [])]))
     tasks = [t.model_dump() for t in suite.tasks]
-    return _key("theta0", suite.backbone.model_dump(), suite.pretrain.model_dump(), tasks, suite.data_seed, seed)
+    return artefact_key("theta0", components, CPU_FP32, suite.backbone.model_dump(), suite.pretrain.model_dump(), tasks,
+                suite.data_seed, seed)
 
 
 def heads_key(suite: Suite, seed: int) -> str:
-    return _key("heads", theta0_key(suite, seed), suite.heads.model_dump())
+    components = {"heads": HEADS_VERSION, "models": MODELS_VERSION, "data": data_versions(suite.tasks)}
+    return artefact_key("heads", components, CPU_FP32, theta0_key(suite, seed), suite.heads.model_dump(),
+                suite.evaluation.batch_size)
 
 
 def expert_key(suite: Suite, seed: int, task: str) -> str:
     experts = suite.experts.model_dump()
+    components = {"experts": EXPERTS_VERSION, "models": MODELS_VERSION,
+                  "data": data_versions([t for t in suite.tasks if t.name == task])}
     if suite.experts.source == "checkpoints":  # only this task's checkpoint names this expert
+        from .models.checkpoint import CHECKPOINT_VERSION
+
         experts = {"checkpoint": experts["checkpoints"][task]}
-    return _key("expert", heads_key(suite, seed), task, experts, suite.evaluation.model_dump())
+        components["checkpoint"] = CHECKPOINT_VERSION
+    else:
+        components["train"] = TRAIN_VERSION
+    return artefact_key("expert", components, numerics(suite), heads_key(suite, seed), task, experts,
+                suite.evaluation.model_dump())
 
 
 def _rotate_batch(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -311,11 +338,6 @@ class SuiteArtefacts:
     def theta0(self) -> StateDict:
         return self.store.get_or_make("theta0", theta0_key(self.suite, self.seed),
                                       lambda: make_theta0(self.suite, self.seed))[0]
-
-    def theta0_eval_key(self) -> str:
-        """θ0's test accuracies depend on θ0, the heads, the test splits and evaluation."""
-        tasks = [t.model_dump() for t in self.suite.tasks]
-        return _key("eval-theta0", heads_key(self.suite, self.seed), tasks, self.suite.evaluation.max_test_per_task)
 
     def heads(self) -> dict[str, Head]:
         t, _ = self.store.get_or_make("heads", heads_key(self.suite, self.seed),

@@ -20,19 +20,10 @@ from pathlib import Path
 from . import CmbenchError
 
 
-def _suite_dirs() -> list[Path]:
-    dirs = [Path.cwd() / "suites", Path(__file__).resolve().parents[1] / "suites"]
-    return [d for i, d in enumerate(dirs) if d.is_dir() and d.resolve() not in [x.resolve() for x in dirs[:i]]]
+def resolve_suite(arg: str) -> Path:
+    from .suite import resolve_suite as resolve  # lazily: `cmbench --help` never imports torch
 
-
-def _resolve_suite(arg: str) -> Path:
-    p = Path(arg)
-    if p.exists() or p.suffix in (".yaml", ".yml"):
-        return p
-    for d in _suite_dirs():  # allow `cmbench run micro-digits-merge`
-        if (d / f"{arg}.yaml").exists():
-            return d / f"{arg}.yaml"
-    return p
+    return resolve(arg)
 
 
 def _data_env(args) -> None:
@@ -47,7 +38,7 @@ def cmd_run(args) -> int:
 
     _data_env(args)
     summary = run_suite(
-        _resolve_suite(args.suite),
+        resolve_suite(args.suite),
         methods=[m for m in args.methods.split(",") if m] if args.methods else None,
         skip=[m for m in args.skip.split(",") if m] if args.skip else None,
         seeds=args.seeds, orders=args.orders, workers=args.workers, ray_address=args.ray_address,
@@ -62,7 +53,7 @@ def cmd_tune(args) -> int:
     from .tune import tune_method
 
     _data_env(args)
-    tune_method(_resolve_suite(args.suite), args.method, out=args.out, seeds=args.seeds, orders=args.orders,
+    tune_method(resolve_suite(args.suite), args.method, out=args.out, seeds=args.seeds, orders=args.orders,
                 workers=args.workers, executor="local" if args.no_ray else "ray", tracking_uri=args.tracking_uri,
                 store=args.store)
     return 0
@@ -72,7 +63,7 @@ def cmd_finetune(args) -> int:
     from .runner import finetune_experts
 
     _data_env(args)
-    finetune_experts(_resolve_suite(args.suite), seeds=args.seeds, workers=args.workers,
+    finetune_experts(resolve_suite(args.suite), seeds=args.seeds, workers=args.workers,
                      ray_address=args.ray_address, out=args.out, executor="local" if args.no_ray else "ray",
                      store=args.store)
     return 0
@@ -119,6 +110,15 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from .verify import verify
+
+    r = verify(args.results, suites=[x for x in args.suite.split(",") if x] if args.suite else None,
+               methods=[m for m in args.methods.split(",") if m] if args.methods else None, sample=args.sample,
+               workers=args.workers, executor="local" if args.no_ray else "ray")
+    return 1 if r["mismatched"] or r["stale"] else 0
+
+
 def cmd_list(args) -> int:
     if args.what == "methods":
         from .methods import discover
@@ -129,9 +129,9 @@ def cmd_list(args) -> int:
             print(f"{name}{tag}\n  settings: {', '.join(cls.settings)}; data: {cls.data_access}; "
                   f"hyperparameters: {hp}\n  paper: {cls.paper or '-'}")
     else:
-        from .suite import load_suite
+        from .suite import load_suite, suite_dirs
 
-        for d in _suite_dirs():
+        for d in suite_dirs():
             for p in sorted(d.glob("*.yaml")):
                 try:
                     s = load_suite(p)
@@ -268,6 +268,20 @@ def build_parser() -> argparse.ArgumentParser:
                                     "and has measurable storage.")
     ck.add_argument("methods", nargs="*", help="method names (default: every discovered method)")
     ck.set_defaults(fn=cmd_check)
+
+    vf = sub.add_parser("verify", help="recompute committed jobs from scratch and compare them with their files",
+                        description="Recomputes result files cold in a temporary directory (θ0, heads and experts "
+                                    "rebuilt) and compares R and E cell by cell: identically when the result was "
+                                    "made with this torch version on this device type, else within a measured "
+                                    "tolerance. Reports stale keys. Exits 1 on any mismatch or stale result.")
+    vf.add_argument("--results", default="results", help="results directory (default: results)")
+    vf.add_argument("--suite", help="only these suites (comma-separated names)")
+    vf.add_argument("--methods", help="only these methods or labels (comma-separated)")
+    vf.add_argument("--sample", type=int, help="check N jobs: at least one per suite, setting and harness "
+                                               "component version, the cheapest first")
+    vf.add_argument("--workers", type=int, help="parallel jobs (default: cores / cpus_per_job)")
+    vf.add_argument("--no-ray", action="store_true", help="recompute in this process, one job after another")
+    vf.set_defaults(fn=cmd_verify)
 
     ls = sub.add_parser("list", help="list methods or suites")
     ls.add_argument("what", choices=["methods", "suites"])

@@ -8,7 +8,8 @@ These kernels make one pass per rule with the same IEEE operations entry by entr
 tests assert it. The method files keep the torch form (the equations), used for small
 models, where a kernel call is not worth it, and on GPUs.
 
-Results of methods that import this module are keyed on its source (``runner.job_key``).
+Results of methods that import this module are keyed on its normalised source
+(``fingerprint.method_fingerprint``).
 """
 
 from __future__ import annotations

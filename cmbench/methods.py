@@ -19,7 +19,6 @@ Two ways to write one:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import inspect
 import os
@@ -133,15 +132,6 @@ class Method:
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         return {p.name: p.default for p in cls.hparam_parameters() if p.default is not p.empty}
-
-    @classmethod
-    def source_hash(cls) -> str:
-        """Hash of the file defining the method: a fixed method is recomputed."""
-        try:
-            src = Path(inspect.getsourcefile(cls) or "").read_bytes()
-        except (OSError, TypeError):
-            src = cls.__qualname__.encode()
-        return hashlib.sha256(src).hexdigest()[:16]
 
     @property
     def kept(self) -> dict[str, Any]:

@@ -10,6 +10,11 @@ NaN (undefined, e.g. classes not learned yet) and are then skipped. Indices belo
     FGT  = 1/(T−1) Σ_{j<T} (max_{t=j..T−1} R[t, j] − R[T, j])
     FWT  = 1/(T−1) Σ_{j=2..T} (R[j−1, j] − R[0, j])
     NACC = mean_j R[T, j] / E[j]
+
+Class-incremental results also carry ACC_all after every step (the accuracy over the
+union of the seen tasks' test samples): ACC_all is its final value, AAA its mean over
+steps 1..T. Metrics are never part of a result's key: a fix here changes them everywhere
+they are read (``runner.load_results`` derives them afresh), never recomputes a job.
 """
 
 from __future__ import annotations
@@ -87,8 +92,13 @@ def step_average(R) -> list[float]:
     return [_nanmean(R[t, :t]) for t in range(1, R.shape[1] + 1)]
 
 
-def all_metrics(R, E=None) -> dict[str, float]:
+def all_metrics(R, E=None, acc_all=None) -> dict[str, float]:
+    """Every metric of a job: from R, E (merge stream) and ACC_all per step (class-incremental,
+    index 0 = before any step)."""
     out = {"ACC": acc(R), "AIA": aia(R), "BWT": bwt(R), "FGT": fgt(R), "FWT": fwt(R)}
     if E is not None:
         out["NACC"] = nacc(R, E)
+    if acc_all is not None:
+        out["ACC_all"] = acc_all[-1]
+        out["AAA"] = float(sum(acc_all[1:]) / (len(acc_all) - 1))
     return out

@@ -20,6 +20,7 @@ Methods never see the loop or any test split; what data they see is what they de
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import platform
@@ -30,10 +31,76 @@ import torch
 
 from . import CmbenchError, __version__, metrics
 from . import methods as methods_mod
-from .artefacts import SuiteArtefacts, Store, load_tasks
-from .models import accuracy, create_backbone, device_for
+from .artefacts import (SuiteArtefacts, Store, artefact_key, data_versions, expert_key, heads_key, load_tasks,
+                        theta0_key)
+from .models import MODELS_VERSION, accuracy, create_backbone, device_for, numerics
 from .suite import Job, LoRA, Suite
 from .tensors import StateDict, first_nonfinite, nbytes
+from .train import TRAIN_VERSION
+
+# Versions of the loop's components. Bump one when a change alters any number it produces
+# (R, E or anything recorded beside them): every job keyed on it is recomputed, and
+# `cmbench verify` on committed results fails until they are.
+EVALUATION_VERSION = 1  # Evaluator, Learner.evaluate: which cells are measured, and how
+MERGE_STREAM_VERSION = 1  # run_merge_stream: the loop, the methods' context and ctx.network
+TRAIN_THEN_MERGE_VERSION = 1  # run_train_then_merge, Learner, ClassSpace: training, classifier rows, the loop
+DATA_ACCESS_VERSION = 1  # DataAccess: which samples a method is handed
+
+
+# -- what a job's numbers depend on ----------------------------------------------------------
+
+
+def job_components(suite: Suite) -> dict:
+    """The versions of every harness component that produces a job's numbers (artefacts
+    carry their own in their keys)."""
+    out = {"evaluation": EVALUATION_VERSION, "data_access": DATA_ACCESS_VERSION, "models": MODELS_VERSION,
+           "data": data_versions(suite.tasks)}
+    if suite.setting == "merge_stream":
+        out["merge_stream"] = MERGE_STREAM_VERSION
+    else:
+        out.update(train_then_merge=TRAIN_THEN_MERGE_VERSION, train=TRAIN_VERSION)
+    return out
+
+
+def artefact_keys(suite: Suite, job: Job) -> dict:
+    """The cached artefacts a job consumes, by kind (the store's folder names)."""
+    keys: dict[str, Any] = {"theta0": theta0_key(suite, job.seed)}
+    if suite.setting == "merge_stream":
+        keys["heads"] = heads_key(suite, job.seed)
+        keys["experts"] = {t: expert_key(suite, job.seed, t) for t in job.order}
+    return keys
+
+
+def job_inputs(suite: Suite, job: Job) -> dict:
+    """Everything that determines a job's numbers except its artefacts' content hashes
+    (``with_content`` adds them). Metrics are not here: they are derived from R."""
+    return {"suite_hash": job.suite_hash, "method": job.method, "label": job.label, "hparams": dict(job.hparams),
+            "lora": json.loads(job.lora) if job.lora else None, "method_code": job.method_hash,
+            "seed": job.seed, "order": list(job.order), "artefacts": artefact_keys(suite, job),
+            "evaluation": suite.evaluation.model_dump(mode="json"), **numerics(suite),
+            "components": job_components(suite)}
+
+
+def with_content(inputs: dict, content_of) -> dict | None:
+    """``inputs`` plus the content hash of each artefact, ``content_of(kind, key)`` (None
+    when unknown: then the job's key cannot be formed and it is not up to date)."""
+    arts = inputs["artefacts"]
+    content: dict[str, Any] = {}
+    for kind, key in arts.items():
+        if isinstance(key, dict):
+            content[kind] = {t: content_of(kind, k) for t, k in key.items()}
+            if None in content[kind].values():
+                return None
+        else:
+            content[kind] = content_of(kind, key)
+            if content[kind] is None:
+                return None
+    return {**inputs, "content": content}
+
+
+def key_of(inputs: dict) -> str:
+    """A job's key: the hash of its inputs, content hashes included."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]
 
 
 class Evaluator:
@@ -61,8 +128,14 @@ class Evaluator:
         return [acc.get(n, float("nan")) for n in self.order]
 
     def theta0_row(self, art: SuiteArtefacts) -> list[float]:
+        """θ0's test accuracies depend on θ0, the heads, the test splits and evaluation."""
         names = sorted(self.order)
-        t, _ = art.store.get_or_make("evals", art.theta0_eval_key(),
+        suite = art.suite
+        key = artefact_key("eval-theta0", {"evaluation": EVALUATION_VERSION, "models": MODELS_VERSION,
+                                           "data": data_versions(suite.tasks)}, numerics(suite),
+                           heads_key(suite, art.seed), [t.model_dump() for t in suite.tasks],
+                           suite.evaluation.max_test_per_task, suite.evaluation.batch_size)
+        t, _ = art.store.get_or_make("evals", key,
                                      lambda: ({"acc": torch.tensor([self.accuracies(art.theta0(), names)[n]
                                                                     for n in names], dtype=torch.float64)},
                                               {"tasks": names}))
@@ -77,15 +150,21 @@ def run(suite: Suite, job: Job, store: Store, threads: int) -> dict[str, Any]:
     return run_merge_stream(suite, job, store, threads)
 
 
-def _record_common(suite: Suite, job: Job, method) -> dict[str, Any]:
+def _record_common(suite: Suite, job: Job, method, store: Store) -> dict[str, Any]:
+    """The fields every result shares, with the job's inputs and key: the artefacts it
+    consumed are in the store now, so their content hashes are known."""
     cls = type(method)
+    inputs = with_content(job_inputs(suite, job), store.content_hash)
     return {
         "status": "ok", "suite": job.suite, "suite_hash": job.suite_hash, "setting": suite.setting,
-        "key": job.key, "method": job.method, "label": job.label, "hparams": dict(job.hparams),
+        "inputs": inputs, "key": key_of(inputs), "method": job.method, "label": job.label, "hparams": dict(job.hparams),
         "method_source_hash": job.method_hash, "lora": json.loads(job.lora) if job.lora else None,
         "paper": cls.paper, "data_access": cls.data_access,
         "reconstruction": cls.reconstruction, "seed": job.seed, "order_index": job.order_index,
-        "versions": {"cmbench": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "versions": {"cmbench": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                     # CPU kernels differ in rounding by instruction set: `cmbench verify` expects a
+                     # bitwise rerun only on the same one
+                     "cpu_capability": torch.backends.cpu.get_cpu_capability()},
     }
 
 
@@ -146,7 +225,7 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
         R[-1] = ev.row(finished, order)
 
     return {
-        **_record_common(suite, job, method),
+        **_record_common(suite, job, method, store),
         "tasks": order, "R": R, "E": E, "R_final_before_finish": row_before_finish,
         "expert_content_hashes": expert_hashes,
         "evaluation": {"seen_only": suite.evaluation.seen_only,
@@ -448,15 +527,12 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
         row_before_finish = R[-1]
         R[-1], acc_all[-1] = learner.evaluate(finished, head, order, order, incremental)
 
-    m = metrics.all_metrics(R)
-    if incremental == "class_incremental":
-        m["ACC_all"] = acc_all[-1]
-        m["AAA"] = float(sum(acc_all[1:]) / len(order))
     return {
-        **_record_common(suite, job, method),
+        **_record_common(suite, job, method, store),
         "tasks": order, "R": R, "E": None, "R_final_before_finish": row_before_finish,
         "heads": incremental, "ACC_all_steps": acc_all, "trained_own_task_acc": own,
-        "start_grad_norm": grad_norms, "metrics": m,
+        "start_grad_norm": grad_norms,
+        "metrics": metrics.all_metrics(R, acc_all=acc_all if incremental == "class_incremental" else None),
         "data_samples_handed": data.samples_handed,
         "storage_bytes": _storage_record(storage),
         "timings": {"train_steps_s": train_times, "train_total_s": sum(train_times),

@@ -5,16 +5,13 @@
 * Each job fixes its torch thread count (``resources.cpus_per_job``) and its seeds, so a
   rerun gives the identical matrix whatever the number of workers.
 * One JSON result per job, written atomically by the driver as soon as the job ends.
-  A job whose result exists with the same key (suite hash, method, hyperparameters,
-  method source hash, seed, order) is skipped; ``force`` recomputes. A killed run loses
-  only the jobs in flight.
+  A job whose result exists with the same key (``protocol.job_inputs``: what determines its
+  numbers) is skipped; ``force`` recomputes. A killed run loses only the jobs in flight.
 """
 
 from __future__ import annotations
 
-import ast
 import datetime as _dt
-import inspect
 import json
 import os
 import subprocess
@@ -22,18 +19,16 @@ import sys
 import tempfile
 import traceback
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
-from . import CmbenchError
-from . import methods as methods_mod
-from .artefacts import SuiteArtefacts, atomic_write_bytes, code_hash, expert_key, theta0_key
+from . import CmbenchError, metrics
+from .artefacts import Store, SuiteArtefacts, atomic_write_bytes, expert_key, theta0_key
 from .methods import baseline_dirs
-from .protocol import nan_to_none, run
+from .protocol import job_inputs, key_of, nan_to_none, run, with_content
 from .store import open_store
 from .suite import Job, Suite, expand, load_suite
 
@@ -61,48 +56,36 @@ class Paths:
         return f"sqlite:///{db}"
 
 
-# harness files a job's numbers depend on beyond the artefacts' (evaluation, metrics, the
-# helpers methods call): editing one recomputes every job
-JOB_CODE_FILES = ("protocol.py", "metrics.py", "tensors.py", "estimates.py", "methods.py")
+def recorded_content(inputs: dict) -> dict[tuple[str, str], str]:
+    """(kind, artefact key) -> content hash, as a result's inputs record them."""
+    out = {}
+    content = inputs.get("content") or {}
+    for kind, key in (inputs.get("artefacts") or {}).items():
+        if isinstance(key, dict):
+            out.update({(kind, k): (content.get(kind) or {}).get(t) for t, k in key.items()})
+        else:
+            out[(kind, key)] = content.get(kind)
+    return out
 
 
-def job_key(job: Job) -> str:
-    """The job's identity plus the harness code that produces numbers: the artefacts' and
-    the job-wide files, and any other cmbench module the method's file imports (e.g.
-    ``kernels.py``), so that editing a helper recomputes exactly the methods that use it."""
-    key = f"{job.key}-{code_hash()}-{code_hash(JOB_CODE_FILES)}"
-    helpers = method_helper_files(job.method)
-    return f"{key}-{code_hash(helpers)}" if helpers else key
+def current_key(suite: Suite, job: Job, store: Store, rec: dict | None = None) -> str | None:
+    """The key ``job`` has now: its inputs, with each artefact's content hash read from the
+    store, or, where the store does not hold that artefact (a fresh clone), the hash ``rec``
+    recorded for the same artefact key. ``cmbench verify`` proves such hashes by rebuilding."""
+    known = recorded_content((rec or {}).get("inputs") or {})
+    inputs = with_content(job_inputs(suite, job), lambda kind, key: store.content_hash(kind, key) or known.get((kind, key)))
+    return None if inputs is None else key_of(inputs)
 
 
-@lru_cache(maxsize=None)
-def method_helper_files(method: str) -> tuple[str, ...]:
-    """cmbench modules imported by a method's source file beyond those already hashed."""
-    from .artefacts import _CODE_FILES
-
-    try:
-        tree = ast.parse(Path(inspect.getsourcefile(methods_mod.get(method)) or "").read_text())
-    except (OSError, TypeError, SyntaxError):
-        return ()
-    modules = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module == "cmbench":
-            modules.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cmbench."):
-            modules.add(node.module.split(".", 1)[1])
-        elif isinstance(node, ast.Import):
-            modules.update(a.name.split(".", 1)[1] for a in node.names if a.name.startswith("cmbench."))
-    root = Path(__file__).parent
-    files = {m.replace(".", "/") + ".py" for m in modules}
-    return tuple(sorted(f for f in files if (root / f).is_file() and f not in JOB_CODE_FILES + _CODE_FILES))
-
-
-def existing_result(path: Path, key: str) -> dict | None:
+def existing_result(path: Path, suite: Suite, job: Job, store: Store) -> dict | None:
+    """The result at ``path`` if it is a finished result of ``job`` as it would be computed now."""
     try:
         rec = json.loads(path.read_text())
     except (OSError, ValueError):
         return None  # missing or unreadable (never trusted): recompute
-    return rec if rec.get("key") == key and rec.get("status") == "ok" else None
+    if not isinstance(rec, dict) or rec.get("status") != "ok":
+        return None
+    return rec if rec.get("key") == current_key(suite, job, store, rec) else None
 
 
 def write_result(path: Path, record: dict) -> None:
@@ -250,8 +233,9 @@ def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, skip:
     threads = suite.resources.cpus_per_job
 
     todo, skipped = [], 0
+    store = open_store(paths.store)
     for job in jobs:
-        if not force and existing_result(paths.results / job.relpath, job_key(job)):
+        if not force and existing_result(paths.results / job.relpath, suite, job, store):
             skipped += 1
         else:
             todo.append(job)
@@ -261,7 +245,7 @@ def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, skip:
 
         for job in todo:
             log(f"  would run {job.label} seed={job.seed} order={job.order_index}: {' > '.join(job.order)}")
-        for line in describe(suite, todo, open_store(paths.store)):
+        for line in describe(suite, todo, store):
             log(line)
         return {"jobs": len(jobs), "skipped": skipped, "ran": 0, "failed": 0}
     if prepare_only:
@@ -367,11 +351,12 @@ def _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, execu
                 record = {"status": "failed", "error": _error_line(err), "suite": job.suite,
                           "suite_hash": job.suite_hash, "method": job.method, "label": job.label,
                           "hparams": dict(job.hparams), "seed": job.seed, "order_index": job.order_index,
-                          "tasks": list(job.order), "setting": suite.setting,
+                          "tasks": list(job.order), "setting": suite.setting, "key": None,
+                          "inputs": job_inputs(suite, job),
                           "traceback": "".join(traceback.format_exception(err))[-4000:]}
                 log(f"job failed: {job.label} seed={job.seed} order={job.order_index}: {_error_line(err)}")
             record.update(hparam_source=(sources or {}).get(job.label, {"kind": "suite"}))
-            record.update(key=job_key(job), git_commit=commit,
+            record.update(git_commit=commit,
                           finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
             write_result(path, record)
             tracker.log_job(record)
@@ -393,6 +378,8 @@ def _drain(results: Iterable, desc: str, total: int) -> None:
 
 
 def load_results(results_dir: str | Path) -> list[dict]:
+    """Every result file under ``results_dir``; metrics are derived afresh from R (they are
+    not part of a key, so a fix to ``metrics.py`` reaches every committed result)."""
     out = []
     for p in sorted(Path(results_dir).rglob("*.json")):
         try:
@@ -401,8 +388,15 @@ def load_results(results_dir: str | Path) -> list[dict]:
             raise CmbenchError(f"{p}: not valid JSON; delete it and rerun its suite") from None
         if isinstance(rec, dict) and "suite" in rec and "status" in rec:
             rec["_path"] = str(p)
+            if rec["status"] == "ok":
+                rec["metrics"] = derived_metrics(rec)
             out.append(rec)
     return out
+
+
+def derived_metrics(rec: dict) -> dict[str, float]:
+    acc_all = rec.get("ACC_all_steps") if rec.get("heads") == "class_incremental" else None
+    return metrics.all_metrics(rec["R"], rec.get("E"), acc_all)
 
 
 __all__ = ["run_suite", "load_results", "load_suite", "Paths"]

@@ -44,6 +44,12 @@ class FsspecStore(Store):
     def has(self, kind: str, key: str) -> bool:
         return self.fs.exists(self._fs_paths(kind, key)[1])
 
+    def content_hash(self, kind: str, key: str) -> str | None:
+        try:
+            return json.loads(self.fs.cat_file(self._fs_paths(kind, key)[1]))["content_hash"]
+        except (OSError, ValueError, KeyError):
+            return None
+
     def _put(self, path: str, payload: bytes) -> None:
         tmp = f"{path}.{uuid.uuid4().hex}.tmp"
         with self.fs.open(tmp, "wb") as f:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from . import CmbenchError
 from . import methods as methods_mod
+from .fingerprint import method_fingerprint
 
 Setting = Literal["merge_stream", "train_then_merge"]
 
@@ -419,6 +420,23 @@ def _pydantic_message(err: dict) -> tuple[str, str]:
     return loc, msg
 
 
+def suite_dirs() -> list[Path]:
+    """Where suites are found by name: ./suites, then the repository's suites/."""
+    dirs = [Path.cwd() / "suites", Path(__file__).resolve().parents[1] / "suites"]
+    return [d for i, d in enumerate(dirs) if d.is_dir() and d.resolve() not in [x.resolve() for x in dirs[:i]]]
+
+
+def resolve_suite(arg: str) -> Path:
+    """A suite file from a path or a name (``micro-digits-merge`` → ``suites/micro-digits-merge.yaml``)."""
+    p = Path(arg)
+    if p.exists() or p.suffix in (".yaml", ".yml"):
+        return p
+    for d in suite_dirs():
+        if (d / f"{arg}.yaml").exists():
+            return d / f"{arg}.yaml"
+    return p
+
+
 class _SafeLoader(yaml.SafeLoader):
     """SafeLoader: no tag constructs a Python object."""
 
@@ -460,18 +478,10 @@ class Job:
     label: str
     hparams: tuple  # sorted (name, value) pairs, hashable
     lora: Optional[str]  # the LoRA spec this job trains with (JSON), or None
-    method_hash: str
+    method_hash: str  # the method's code (fingerprint.method_fingerprint)
     seed: int
     order_index: int
     order: tuple[str, ...]
-
-    @property
-    def key(self) -> str:
-        blob = json.dumps(
-            [self.suite_hash, self.method, self.hparams, self.lora, self.method_hash, self.seed, self.order],
-            sort_keys=True, default=str,
-        )
-        return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     @property
     def relpath(self) -> str:
@@ -499,7 +509,7 @@ def expand(suite: Suite, methods: list[str] | None = None, n_seeds: int | None =
         for oi, order in enumerate(orders[:n_orders] if n_orders else orders):
             lora = spec.lora or suite.training.lora if suite.setting == "train_then_merge" else None
             jobs.append(Job(suite.name, suite_hash, spec.name, spec.display, tuple(sorted(spec.hparams.items())),
-                            lora.model_dump_json() if lora else None, cls.source_hash(), seed, oi, tuple(order)))
+                            lora.model_dump_json() if lora else None, method_fingerprint(cls), seed, oi, tuple(order)))
     return jobs
 
 

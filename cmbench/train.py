@@ -17,6 +17,11 @@ from torch import Tensor
 from . import CmbenchError
 from .suite import TrainRecipe
 
+# Bump when a change alters any number the training loop produces (optimiser, schedule,
+# batching and shuffling, LoRA): θ0 pretraining, every fine-tuned expert and every
+# train-then-merge job are then recomputed.
+TRAIN_VERSION = 1
+
 LossFn = Callable[[Tensor, Tensor], Tensor]  # (float images in [-1, 1], labels) -> scalar
 
 

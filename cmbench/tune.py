@@ -45,6 +45,9 @@ class _FreshEvalStore:
     def has(self, kind, key):
         return self.inner.has(kind, key)
 
+    def content_hash(self, kind, key):
+        return self.inner.content_hash(kind, key)
+
     def get_or_make(self, kind, key, make):
         if kind == "evals":
             return make()

@@ -81,7 +81,12 @@ def test_editing_a_method_recomputes_only_that_method(nano_copy, tmp_path, monke
     plugin, suite_path = nano_with_plugin(tmp_path, monkeypatch, "e2e_halfway", src)
     first = run_suite(suite_path, out=nano_copy, executor="local", **QUIET)
     assert first["ran"] == 4 and first["skipped"] == 12  # adding a method keeps the others
-    plugin.write_text(src + "# a fix\n")
+    # a comment, a docstring and a reformatting change no number: nothing is recomputed
+    plugin.write_text('"""A halfway merge."""\n' + src.replace("(ctx, merged, incoming, *, w: float = 0.5)",
+                                                               "(ctx,  merged, incoming,\n             *, w: float=0.5)")
+                      + "# why: nothing\n")
+    assert run_suite(suite_path, out=nano_copy, executor="local", **QUIET)["ran"] == 0
+    plugin.write_text(src.replace("(1 - w) * m + w * x", "(1 - w) * m + w * x + 0.0"))  # code: recomputed
     second = run_suite(suite_path, out=nano_copy, executor="local", **QUIET)
     assert second["ran"] == 4 and second["skipped"] == 12
 
@@ -254,13 +259,20 @@ def test_fsspec_store_shares_artefacts_and_gives_identical_results(nano_run, tmp
 
 
 def test_job_key_covers_the_helper_modules_a_method_imports():
-    """Editing cmbench/kernels.py recomputes TIES and MagMax results, and only those."""
+    """A method's code identity covers the cmbench modules its file imports, transitively:
+    editing cmbench/kernels.py re-keys TIES and MagMax, not weight averaging."""
+    import inspect
+
     from cmbench import methods as M
-    from cmbench.runner import method_helper_files
+    from cmbench.fingerprint import import_closure
 
     M.discover()
-    assert method_helper_files("ties") == method_helper_files("magmax") == ("kernels.py",)
-    assert method_helper_files("weight_average") == method_helper_files("fisher_average") == ()
+
+    def closure(name):
+        return {p.name for p in import_closure(Path(inspect.getsourcefile(M.get(name))))}
+
+    assert "kernels.py" in closure("ties") and "kernels.py" in closure("magmax")
+    assert "kernels.py" not in closure("weight_average") and "tensors.py" in closure("weight_average")
 
 
 def test_leaderboard_shortens_long_hyperparameter_lists(nano_copy, tmp_path):

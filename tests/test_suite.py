@@ -32,7 +32,7 @@ def test_nano_loads_and_expands():
     s = load_suite(NANO)
     jobs = expand(s)
     assert len(jobs) == 3 * 2 * 2  # methods × seeds × orders
-    assert len({j.key for j in jobs}) == len(jobs)
+    assert len({j.relpath for j in jobs}) == len(jobs)
     # orders nested within seeds: the explicit order first, then a seeded permutation
     assert jobs[0].order == ("bars", "quadrant", "dots")
     assert expand(s, ["ties"], 1, 1)[0].method == "ties"

@@ -56,13 +56,19 @@ class TaskData:
 
 Builder = Callable[..., TaskData]
 DATASETS: dict[str, Builder] = {}
+# dataset -> the version of the code (and data files) that builds it; part of the key of
+# every artefact and job that reads the dataset (see each family's *_VERSION constant)
+DATASET_VERSIONS: dict[str, int | str] = {}
 
 
-def dataset(name: str):
-    """Register a builder ``fn(task_name, data_seed, img_size, **params) -> TaskData``."""
+def dataset(name: str, version: int | str):
+    """Register a builder ``fn(task_name, data_seed, img_size, **params) -> TaskData``
+    built by code at ``version`` (its family's version constant, plus a fingerprint of any
+    data file it reads)."""
 
     def deco(fn: Builder) -> Builder:
         DATASETS[name] = fn
+        DATASET_VERSIONS[name] = version
         return fn
 
     return deco

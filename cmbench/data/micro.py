@@ -16,6 +16,10 @@ import torch
 from .. import CmbenchError
 from . import SPLITS, Split, TaskData, dataset
 
+# Bump when a change alters any image, label or split these builders produce (digits and
+# the generated tasks); every artefact and job on a micro dataset is then recomputed.
+MICRO_DATA_VERSION = 1
+
 
 def _rng(data_seed: int, task: str, stream: str) -> np.random.Generator:
     return np.random.default_rng([data_seed, zlib.crc32(task.encode()), zlib.crc32(stream.encode())])
@@ -32,7 +36,7 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
     return t[:, 0].numpy()
 
 
-@dataset("digits")
+@dataset("digits", MICRO_DATA_VERSION)
 def digits(task: str, data_seed: int, img_size: int, *, val_frac: float = 0.1, test_frac: float = 0.3,
            noise: float = 0.0, classes: list[int] | None = None) -> TaskData:
     """scikit-learn's 8×8 digits (1797 images), upscaled; stratified fixed split (the same
@@ -98,7 +102,7 @@ def _task(name: str, classes: list[str] | Callable[..., list[str]]):
             return _generated(task, data_seed, img_size, names, sample, n_train, n_val, n_test, noise, params)
 
         build.__doc__ = sample.__doc__
-        dataset(name)(build)
+        dataset(name, MICRO_DATA_VERSION)(build)
         return sample
 
     return deco

@@ -38,6 +38,11 @@ import torch
 from .. import CmbenchError
 from . import Split, TaskData, dataset
 
+# Bump when a change alters any image, label or split these builders produce (decoding and
+# preprocessing, folder layout rules, train/val splits, class splits); every artefact and
+# job on an image-folder or hub dataset is then recomputed, and decoded caches rebuilt.
+VISION_DATA_VERSION = 1
+
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 # class-incremental sources (image folders only; class names are the folder names)
@@ -98,7 +103,7 @@ def _cached(key: str, name: str, make) -> Split:
 
     from ..artefacts import atomic_write_bytes
 
-    path = data_root() / ".decoded" / f"{name}-{key}.safetensors"
+    path = data_root() / ".decoded" / f"{name}-v{VISION_DATA_VERSION}-{key}.safetensors"
     if path.exists():
         t = load_file(str(path))
         return Split(x=t["x"], y=t["y"])
@@ -176,8 +181,9 @@ def _clip_builder(name: str):
     return build
 
 
-for _name in clip_tasks():
-    dataset(_name)(_clip_builder(_name))
+for _name, _meta in clip_tasks().items():  # the task's class names, templates and hub copy are data
+    _entry = hashlib.sha256(json.dumps(_meta, sort_keys=True).encode()).hexdigest()[:12]
+    dataset(_name, f"{VISION_DATA_VERSION}-{_entry}")(_clip_builder(_name))
 
 
 def class_order(n_classes: int, seed: int = 1993) -> list[int]:
@@ -185,7 +191,7 @@ def class_order(n_classes: int, seed: int = 1993) -> list[int]:
     return np.random.RandomState(seed).permutation(n_classes).tolist()
 
 
-@dataset("class_split")
+@dataset("class_split", VISION_DATA_VERSION)
 def class_split(task: str, data_seed: int, img_size: int, *, source: str, n_tasks: int, index: int,
                 order_seed: int = 1993, first: int | None = None) -> TaskData:
     """Task ``index`` of ``n_tasks`` of a class-incremental split of ``source``: classes in

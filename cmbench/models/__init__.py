@@ -10,7 +10,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .. import CmbenchError
 from ..suite import AnyBackbone
+
+# Bump when a change alters any number a backbone produces: how it is built and initialised,
+# its forward pass (incl. the linearised model and models/clip.py's encoders), the heads,
+# and how ``features``/``accuracy`` feed images and count hits. Every artefact and job is
+# then recomputed.
+MODELS_VERSION = 1
 
 
 def create_backbone(cfg: AnyBackbone, theta0: dict[str, Tensor] | None = None) -> nn.Module:
@@ -98,11 +105,25 @@ class Head(nn.Module):
         return {"weight": self.weight} | ({} if self.bias is None else {"bias": self.bias})
 
 
+def device_type(suite) -> str:
+    """The device type a suite's jobs run on: ``cuda`` when it asks for GPUs
+    (``resources.gpus_per_job`` > 0), else ``cpu``. Part of every job's and expert's key."""
+    return "cuda" if suite.resources.gpus_per_job > 0 else "cpu"
+
+
+def numerics(suite) -> dict[str, str]:
+    """The device type and numeric precision a suite's jobs compute with (their key part)."""
+    return {"device": device_type(suite), "precision": "fp32"}
+
+
 def device_for(suite) -> torch.device:
-    """Where a job trains and evaluates: the GPU when the suite asks for one
-    (``resources.gpus_per_job`` > 0) and one is visible, else the CPU. Merge arithmetic
-    stays on the CPU state dicts either way."""
-    if suite.resources.gpus_per_job > 0 and torch.cuda.is_available():
+    """Where a job trains and evaluates (merge arithmetic stays on the CPU state dicts).
+    A suite that asks for a GPU never falls back to the CPU silently: its results are
+    keyed as GPU results."""
+    if device_type(suite) == "cuda":
+        if not torch.cuda.is_available():
+            raise CmbenchError(f"suite {suite.name}: resources.gpus_per_job is {suite.resources.gpus_per_job} but "
+                               "this worker sees no GPU; run it where one is visible, or set gpus_per_job: 0")
         return torch.device("cuda")
     return torch.device("cpu")
 

@@ -16,6 +16,10 @@ import torch
 from .. import CmbenchError
 from ..tensors import StateDict
 
+# Bump when a change alters the state dict a checkpoint is turned into (reading, name
+# mapping, conversion); every expert loaded from a checkpoint is then rebuilt.
+CHECKPOINT_VERSION = 1
+
 
 def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> StateDict:
     path = Path(path)

@@ -1,0 +1,257 @@
+"""``cmbench verify``: recompute committed jobs from scratch and compare them with their files.
+
+Each selected result is recomputed cold in a temporary directory (θ0, heads and experts
+rebuilt from the suite's recipes, then the job itself) and its R and E are compared cell
+by cell with the committed ones:
+
+* **identically** when the result was computed with the running torch version on the
+  running device type: jobs are seeded and fix their thread count, so a CPU rerun is
+  bitwise the same;
+* otherwise **within ``TOLERANCE_IMAGES`` flipped predictions per cell** (a cell is a
+  count of correct test images, so a difference is |ΔR|·n_test images). The bound is
+  measured, not chosen: see ``TOLERANCE_IMAGES``. Results computed on a GPU are always
+  compared this way: cuDNN/cuBLAS kernels differ between GPU models and library versions,
+  and some are not deterministic run to run, so a GPU result is reproducible only to a
+  tolerance.
+
+Verify also checks each result's key against the code as it is now: a result whose inputs
+differ (a method or a component version changed, and the result was not recomputed) is
+reported **stale**, naming the inputs that differ. Rebuilt artefacts are compared with the
+content hashes the results recorded, which is what lets a fresh clone trust those hashes.
+
+Exit status: 0 when every checked job matches and is current, else 1.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import CmbenchError
+from . import methods as methods_mod
+from .artefacts import load_tasks
+from .fingerprint import method_fingerprint
+from .models import device_type
+from .protocol import job_inputs
+from .runner import (_executor, _prepare_artefacts, _run_job, current_key, load_results, recorded_content)
+from .store import open_store
+from .suite import Job, LoRA, Suite, load_suite, resolve_suite
+
+# Largest per-cell difference, in test images, accepted when a result is recomputed with
+# another torch version or on a GPU. Measured: the committed micro results (torch
+# 2.15.0+cu132, CPU) recomputed under torch 2.14.1+cu130 (README, "Keys and verify").
+TOLERANCE_IMAGES = None  # set from the measurement below
+# the content hash of an artefact a result consumed but did not record (results written
+# before keys held content hashes recorded only the experts'); never equal to a real hash
+UNRECORDED = "unrecorded"
+# a new (suite, seed) in a sample costs its cold artefacts (θ0, heads, experts); the merge
+# micro suite's take ≈ 6 min on one core, so the sample prefers seeds it already has
+_NEW_SEED_COST_S = 360.0
+
+
+_LABEL = {None: "ok", "mismatched": "MISMATCH", "stale": "STALE"}
+
+
+def _flatten(prefix: tuple, value) -> list[tuple]:
+    if isinstance(value, dict):
+        return [x for k, v in sorted(value.items()) for x in _flatten(prefix + (k,), v)]
+    return [prefix + (value,)]
+
+
+def requirements(rec: dict) -> set[tuple]:
+    """What a sample must cover: every suite, setting and harness component version."""
+    comps = (rec.get("inputs") or {}).get("components") or {}
+    return {("suite", rec["suite"]), ("setting", rec["setting"]), *_flatten(("component",), comps)}
+
+
+def choose_sample(recs: list[dict], n: int) -> list[dict]:
+    """At least one job per suite, setting and component version, the cheapest first (a
+    job's recorded time, plus the cold artefacts of a seed the sample does not have yet);
+    then the cheapest others up to ``n`` jobs."""
+    chosen: list[dict] = []
+    covered: set[tuple] = set()
+    groups: set[tuple] = set()
+
+    def cost(r: dict) -> tuple:
+        extra = 0.0 if (r["suite"], r["seed"]) in groups else _NEW_SEED_COST_S
+        return r["timings"]["job_s"] + extra, r["_path"]
+
+    pool = list(recs)
+    need = set().union(*(requirements(r) for r in recs)) if recs else set()
+    while pool and (covered != need or len(chosen) < n):
+        useful = [r for r in pool if requirements(r) - covered] if covered != need else pool
+        pick = min(useful, key=cost)
+        pool.remove(pick)
+        chosen.append(pick)
+        covered |= requirements(pick)
+        groups.add((pick["suite"], pick["seed"]))
+    return chosen
+
+
+def compared_exactly(rec: dict, suite: Suite) -> bool:
+    """Whether a recomputation must be bitwise identical: on the CPU, with the torch version
+    and the CPU kernels (the instruction set torch dispatches to) the result was made with."""
+    here = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    return (rec["inputs"]["device"] == "cpu" and device_type(suite) == "cpu"
+            and all(rec["versions"].get(k) == v for k, v in here.items()))
+
+
+def job_from_record(suite: Suite, rec: dict) -> Job:
+    """The job a result file describes, with the method's code as it is now."""
+    lora = LoRA.model_validate(rec["lora"]).model_dump_json() if rec.get("lora") else None
+    return Job(suite.name, rec["suite_hash"], rec["method"], rec["label"], tuple(sorted(rec["hparams"].items())),
+               lora, method_fingerprint(methods_mod.get(rec["method"])), rec["seed"], rec["order_index"],
+               tuple(rec["tasks"]))
+
+
+def _differing_inputs(now: dict, then: dict) -> list[str]:
+    a = {x[:-1]: x[-1] for x in _flatten((), {k: v for k, v in now.items() if k != "content"})}
+    b = {x[:-1]: x[-1] for x in _flatten((), {k: v for k, v in then.items() if k != "content"})}
+    return sorted(".".join(map(str, k)) for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def cell_differences(committed: dict, fresh: dict, n_test: dict[str, int]) -> list[tuple[str, float, float, int]]:
+    """Every cell of R (row by row), then of E, where the two results differ:
+    (cell, committed, recomputed, test images it amounts to; -1 where one is undefined)."""
+    if len(fresh["R"]) != len(committed["R"]):
+        return [(f"R ({len(committed['R'])} rows committed, {len(fresh['R'])} recomputed)", 0.0, 0.0, -1)]
+    tasks = committed["tasks"]
+    cells = [(f"R[{t}, {task}]", row_c[j], row_f[j], task)
+             for t, (row_c, row_f) in enumerate(zip(committed["R"], fresh["R"])) for j, task in enumerate(tasks)]
+    if committed.get("E") is not None:
+        cells += [(f"E[{task}]", c, f, task) for task, c, f in zip(tasks, committed["E"], fresh.get("E") or [])]
+    return [(name, c, f, -1 if c is None or f is None else round(abs(c - f) * n_test[task]))
+            for name, c, f, task in cells if c != f]
+
+
+def first_difference(diffs: list[tuple[str, float, float, int]], n_test_of: Callable[[str], int],
+                     tolerance: int | None) -> str | None:
+    """The first differing cell beyond ``tolerance`` images (None: any difference), in one line."""
+    for name, c, f, flips in diffs:
+        if flips < 0:
+            return f"{name}: committed {c}, recomputed {f}"
+        if tolerance is None or flips > tolerance:
+            return (f"{name}: committed {c:.4f}, recomputed {f:.4f} ({flips} of {n_test_of(name)} test images; "
+                    + ("compared exactly" if tolerance is None else f"tolerance {tolerance}") + ")")
+    return None
+
+
+def verify(results_dir: str | Path = "results", *, suites: list[str] | None = None,
+           methods: list[str] | None = None, sample: int | None = None, workers: int | None = None,
+           executor: str = "ray", log: Callable[[str], None] = print) -> dict:
+    """Recompute the selected committed jobs cold and compare them (see the module doc)."""
+    if TOLERANCE_IMAGES is None:
+        raise CmbenchError("verify: TOLERANCE_IMAGES is not set")
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise CmbenchError(f"{results_dir}: no results directory; pass --results DIR")
+    recs = [r for r in load_results(results_dir) if r["status"] == "ok"]
+    if suites:
+        recs = [r for r in recs if r["suite"] in suites]
+    if methods:
+        recs = [r for r in recs if r["label"] in methods or r["method"] in methods]
+    if not recs:
+        raise CmbenchError(f"{results_dir}: no finished results match --suite {suites} --methods {methods}")
+    total = len(recs)
+    if sample is not None:
+        recs = choose_sample(recs, sample)
+    t0 = time.perf_counter()
+    log(f"verify: {len(recs)} of {total} committed jobs, recomputed cold (θ0, heads, experts rebuilt); "
+        f"here torch {torch.__version__}")
+    by_suite: dict[str, list[dict]] = defaultdict(list)
+    for r in recs:
+        by_suite[r["suite"]].append(r)
+    outcome: dict[str, set[str]] = {"mismatched": set(), "stale": set()}
+    with tempfile.TemporaryDirectory(prefix="cmbench-verify-") as tmp:
+        for name, rs in sorted(by_suite.items()):
+            _verify_suite(name, rs, Path(tmp) / name, workers, executor, log, outcome)
+    failed = outcome["mismatched"] | outcome["stale"]
+    log(f"verify: {len(recs) - len(failed)} ok, {len(outcome['mismatched'])} mismatched, "
+        f"{len(outcome['stale'])} stale, in {time.perf_counter() - t0:.0f} s")
+    return {"checked": len(recs), **{k: sorted(v) for k, v in outcome.items()}}
+
+
+def _verify_suite(name: str, recs: list[dict], tmp: Path, workers, executor, log, outcome) -> None:
+    path = resolve_suite(name)
+    suite = load_suite(path)
+    rel = {r["_path"]: str(Path(r["_path"]).relative_to(Path(r["_path"]).parents[2])) for r in recs}
+
+    def report(r: dict, kind: str | None, line: str) -> None:
+        if kind:
+            outcome[kind].add(rel[r["_path"]])
+        log(f"  {_LABEL[kind]:<10}{rel[r['_path']]}: {line}")
+
+    if any(r["suite_hash"] != suite.hash() for r in recs):
+        for r in recs:
+            report(r, "stale", f"suite hash {r['suite_hash']}, {path} now hashes to {suite.hash()}")
+        return
+    store = open_store(str(tmp / "cache"))
+    jobs: dict[Job, dict] = {}
+    for r in recs:
+        if not r.get("inputs"):
+            report(r, "stale", "no inputs recorded (written before results were keyed by them)")
+            continue
+        job = job_from_record(suite, r)
+        if current_key(suite, job, store, r) != r["key"]:
+            diff = ", ".join(_differing_inputs(job_inputs(suite, job), r["inputs"])) or "content"
+            report(r, "stale", f"its key no longer matches the code (differs in {diff})")
+        jobs[job] = r
+    if not jobs:
+        return
+    threads = suite.resources.cpus_per_job
+    ex = _executor(suite, workers, threads, None, executor)
+    try:
+        seeds = sorted({j.seed for j in jobs})
+        t0 = time.perf_counter()
+        _prepare_artefacts(suite, seeds, store, str(store.root), ex)
+        log(f"  {name}: artefacts of seed(s) {seeds} rebuilt in {time.perf_counter() - t0:.0f} s")
+        _compare_artefacts(suite, list(jobs.values()), store, log)
+        n_test = {n: len(td.test) for n, td in load_tasks(suite).items()}
+
+        def n_test_of(cell: str) -> int:
+            return n_test[cell.split("[")[1].rstrip("]").split(", ")[-1]]
+
+        for args, fresh, err in ex.map(_run_job, [(suite, j, str(store.root), threads) for j in jobs]):
+            r = jobs[args[1]]
+            if err is not None:
+                report(r, "mismatched", f"recomputing failed: {type(err).__name__}: {err}")
+                continue
+            exact = compared_exactly(r, suite)
+            diffs = cell_differences(r, fresh, n_test)
+            bad = first_difference(diffs, n_test_of, None if exact else TOLERANCE_IMAGES)
+            if bad:
+                report(r, "mismatched", bad)
+            elif not diffs:
+                report(r, None, f"identical ({fresh['timings']['job_s']:.0f} s)")
+            else:
+                report(r, None, f"{len(diffs)} cells differ, by at most {max(d[3] for d in diffs)} test images "
+                                f"(tolerance {TOLERANCE_IMAGES}: torch {r['versions']['torch']} committed, "
+                                f"{torch.__version__} here) ({fresh['timings']['job_s']:.0f} s)")
+    finally:
+        ex.close()
+
+
+def _compare_artefacts(suite: Suite, recs: list[dict], store, log) -> None:
+    """Say whether the rebuilt artefacts have the content hashes the results recorded."""
+    for seed in sorted({r["seed"] for r in recs}):
+        known: dict[tuple, str] = {}
+        for r in recs:
+            if r["seed"] == seed:
+                known.update(recorded_content(r.get("inputs") or {}))
+        unrecorded = sorted({kind for (kind, _), h in known.items() if h == UNRECORDED})
+        known = {k: h for k, h in known.items() if h != UNRECORDED}
+        same = sum(store.content_hash(kind, key) == h for (kind, key), h in known.items())
+        kinds = sorted({kind for kind, _ in known})
+        log(f"  {suite.name} seed {seed}: {same} of {len(known)} rebuilt artefacts ({', '.join(kinds)}) "
+            f"have the recorded content hash" + ("" if same == len(known) else
+                                                 " (bytes differ; the jobs' numbers are compared below)")
+            + (f"; {', '.join(unrecorded)}: no hash recorded" if unrecorded else ""))
+
+
+__all__ = ["verify", "choose_sample", "first_difference", "TOLERANCE_IMAGES"]

@@ -1,0 +1,143 @@
+"""Result keys follow what determines the numbers; `cmbench verify` proves them."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cmbench import artefacts, protocol
+from cmbench.fingerprint import code_fingerprint, normalised_source
+from cmbench.runner import Paths, load_results, run_suite
+from cmbench.suite import load_suite
+from cmbench.verify import choose_sample, verify
+
+from .conftest import NANO
+
+QUIET = dict(log=lambda s: None)
+
+CODE = '''
+def merge(a, b, w=0.5):
+    return (1 - w) * a + w * b
+'''
+
+
+def test_normalised_source_ignores_comments_docstrings_and_formatting():
+    edited = ('"""Module doc."""\n# a comment\n\ndef merge(a,\n          b, w = 0.5):  # why\n'
+              '    """Doc."""\n    return ((1 - w) * a\n            + w * b)\n')
+    assert normalised_source(edited) == normalised_source(CODE)
+    assert normalised_source(CODE.replace("0.5", "0.25")) != normalised_source(CODE)
+    assert normalised_source(CODE.replace("(1 - w) * a", "a * (1 - w)")) != normalised_source(CODE)
+    # a string that is not a docstring is code
+    assert normalised_source(CODE + "NAME = 'x'\n") != normalised_source(CODE + "NAME = 'y'\n")
+
+
+def test_code_fingerprint_follows_code_not_layout(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text(CODE)
+    before = code_fingerprint([f])
+    f.write_text("# header\n" + CODE.replace("w=0.5", "w = 0.5") + "\n\n")
+    assert code_fingerprint([f]) == before
+    f.write_text(CODE.replace("w * b", "w * b * 1.0"))
+    assert code_fingerprint([f]) != before
+
+
+def dry(out, **kw):
+    return run_suite(NANO, out=out, executor="local", dry_run=True, **QUIET, **kw)
+
+
+def test_component_versions_rekey_exactly_their_jobs(nano_copy, monkeypatch):
+    assert dry(nano_copy)["skipped"] == 12
+    monkeypatch.setattr(protocol, "MERGE_STREAM_VERSION", protocol.MERGE_STREAM_VERSION + 1)
+    assert dry(nano_copy)["skipped"] == 0
+    monkeypatch.undo()
+    assert dry(nano_copy)["skipped"] == 12
+    # an artefact recipe's version re-keys the artefact, hence every job consuming it
+    suite = load_suite(NANO)
+    before = artefacts.expert_key(suite, 0, "bars")
+    monkeypatch.setattr(artefacts, "EXPERTS_VERSION", artefacts.EXPERTS_VERSION + 1)
+    assert artefacts.expert_key(suite, 0, "bars") != before
+    assert dry(nano_copy)["skipped"] == 0
+
+
+def test_changed_artefact_content_rekeys_its_jobs(nano_copy):
+    """A store whose expert holds other bytes than the one a result consumed (a replaced
+    checkpoint, a rebuild on other hardware) makes that result stale."""
+    rec = next(r for r in load_results(Paths(nano_copy).results) if r["seed"] == 0)
+    kind_key = next(iter(rec["inputs"]["artefacts"]["experts"].values()))
+    meta = Paths(nano_copy).cache / "experts" / f"{kind_key}.json"
+    m = json.loads(meta.read_text())
+    m["content_hash"] = "0" * 16
+    meta.write_text(json.dumps(m))
+    s = dry(nano_copy)
+    assert s["skipped"] == 6  # the seed-1 jobs
+
+
+def test_metrics_are_derived_not_keyed(nano_copy):
+    """A result's metrics are recomputed from R when read; editing them changes nothing."""
+    path = next(Paths(nano_copy).results.rglob("*.json"))
+    rec = json.loads(path.read_text())
+    want = rec["metrics"]["ACC"]
+    rec["metrics"]["ACC"] = 0.0
+    path.write_text(json.dumps(rec))
+    assert dry(nano_copy)["skipped"] == 12
+    got = next(r for r in load_results(Paths(nano_copy).results) if r["_path"] == str(path))
+    assert got["metrics"]["ACC"] == want
+
+
+def test_verify_recomputes_cold_and_names_the_first_differing_cell(nano_copy, capsys):
+    results = Paths(nano_copy).results
+    lines: list[str] = []
+    ok = verify(results, methods=["ties"], executor="local", log=lines.append)
+    assert ok["checked"] == 4 and not ok["mismatched"] and not ok["stale"], lines
+    assert sum("identical" in ln for ln in lines) == 4
+    path = results / "nano-merge" / "ties" / "seed0-order1.json"
+    rec = json.loads(path.read_text())
+    committed = rec["R"][2][1]
+    rec["R"][2][1] = committed + 0.01
+    path.write_text(json.dumps(rec))
+    lines.clear()
+    bad = verify(results, methods=["ties"], executor="local", log=lines.append)
+    assert bad["mismatched"] == ["nano-merge/ties/seed0-order1.json"] and not bad["stale"]
+    (line,) = [ln for ln in lines if "MISMATCH" in ln]
+    assert "nano-merge/ties/seed0-order1.json" in line and f"R[2, {rec['tasks'][1]}]" in line
+    assert f"{committed:.4f}" in line and "compared exactly" in line
+
+
+def test_verify_reports_a_stale_key(nano_copy, monkeypatch):
+    monkeypatch.setattr(protocol, "EVALUATION_VERSION", protocol.EVALUATION_VERSION + 1)
+    lines: list[str] = []
+    r = verify(Paths(nano_copy).results, methods=["ties"], sample=1, executor="local", log=lines.append)
+    assert r["stale"] and any("components.evaluation" in ln and "STALE" in ln for ln in lines)
+
+
+def test_cli_verify_exits_non_zero_with_one_line(nano_copy, tmp_path):
+    import subprocess
+    import sys
+
+    results = tmp_path / "results"
+    shutil.copytree(Paths(nano_copy).results / "nano-merge" / "weight_average", results / "nano-merge" / "weight_average")
+    path = results / "nano-merge" / "weight_average" / "seed1-order0.json"
+    rec = json.loads(path.read_text())
+    rec["E"][0] = 1.0 - rec["E"][0]
+    path.write_text(json.dumps(rec))
+    p = subprocess.run([sys.executable, "-m", "cmbench", "verify", "--results", str(results), "--no-ray"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 1, p.stdout + p.stderr
+    (line,) = [ln for ln in p.stdout.splitlines() if "MISMATCH" in ln]
+    assert "seed1-order0.json" in line and f"E[{rec['tasks'][0]}]" in line
+
+
+def test_sample_covers_every_suite_setting_and_component_version_cheapest_first():
+    def rec(suite, setting, comp, seed, s, name):
+        return {"suite": suite, "setting": setting, "seed": seed, "timings": {"job_s": s}, "_path": name,
+                "inputs": {"components": comp}}
+
+    recs = [rec("a", "merge_stream", {"evaluation": 1, "merge_stream": 1}, 0, 5.0, "a1"),
+            rec("a", "merge_stream", {"evaluation": 1, "merge_stream": 1}, 0, 1.0, "a2"),
+            rec("a", "merge_stream", {"evaluation": 2, "merge_stream": 1}, 1, 9.0, "a3"),
+            rec("b", "train_then_merge", {"evaluation": 1, "train": 1}, 0, 3.0, "b1"),
+            rec("b", "train_then_merge", {"evaluation": 1, "train": 1}, 0, 2.0, "b2")]
+    got = [r["_path"] for r in choose_sample(recs, 1)]
+    assert sorted(got) == ["a2", "a3", "b2"]
+    assert len(choose_sample(recs, 4)) == 4
