@@ -17,6 +17,7 @@ import ast
 import hashlib
 import inspect
 import sys
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
@@ -55,10 +56,16 @@ def code_fingerprint(files: Iterable[Path]) -> str:
     files (data the code reads) are hashed by content."""
     h = hashlib.sha256()
     for f in sorted({Path(f).resolve() for f in files}, key=_display_name):
-        text = f.read_text(encoding="utf-8")
         h.update(_display_name(f).encode() + b"\0")
-        h.update((normalised_source(text, str(f)) if f.suffix == ".py" else text).encode() + b"\0")
+        h.update(_file_digest(f.read_bytes(), f.suffix == ".py").encode() + b"\0")
     return h.hexdigest()[:16]
+
+
+@lru_cache(maxsize=None)
+def _file_digest(raw: bytes, python: bool) -> str:
+    # keyed by the bytes, so an edited file is re-read; a suite's jobs share one parse per file
+    text = raw.decode("utf-8")
+    return hashlib.sha256((normalised_source(text) if python else text).encode()).hexdigest()
 
 
 def _display_name(path: Path) -> str:
@@ -95,10 +102,14 @@ def _package_of(path: Path) -> str:
     return ".".join(["cmbench", *rel.parent.parts])
 
 
-def _imported_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+def _imported_modules(path: Path) -> frozenset[str]:
+    return _imports_in(path.read_bytes(), _package_of(path))
+
+
+@lru_cache(maxsize=None)
+def _imports_in(raw: bytes, package: str) -> frozenset[str]:
+    tree = ast.parse(raw)
     out: set[str] = set()
-    package = _package_of(path)
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
@@ -111,7 +122,7 @@ def _imported_modules(path: Path) -> set[str]:
                 module = node.module or ""
             out.add(module)
             out.update(f"{module}.{a.name}" for a in node.names)  # `from cmbench import kernels`
-    return out
+    return frozenset(out)
 
 
 def import_closure(path: Path) -> list[Path]:
