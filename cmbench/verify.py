@@ -7,9 +7,10 @@ by cell with the committed ones:
 * **identically** when the result was computed with the running torch version on the
   running device type: jobs are seeded and fix their thread count, so a CPU rerun is
   bitwise the same;
-* otherwise **within ``TOLERANCE_IMAGES`` flipped predictions per cell** (a cell is a
-  count of correct test images, so a difference is |ΔR|·n_test images). The bound is
-  measured, not chosen: see ``TOLERANCE_IMAGES``. Results computed on a GPU are always
+* otherwise **within ``TOLERANCE_IMAGES`` flipped predictions per cell** (a cell counts
+  correct test images, so a flip moves it by 1/n_test: a difference must be a whole number
+  of images, |ΔR|·n_test, and at most the setting's tolerance). The bounds are measured,
+  not chosen: see ``TOLERANCE_IMAGES``. Results computed on a GPU are always
   compared this way: cuDNN/cuBLAS kernels differ between GPU models and library versions,
   and some are not deterministic run to run, so a GPU result is reproducible only to a
   tolerance.
@@ -38,15 +39,19 @@ from . import methods as methods_mod
 from .artefacts import load_tasks
 from .fingerprint import method_fingerprint
 from .models import device_type
-from .protocol import job_inputs
+from .protocol import job_inputs, nan_to_none
 from .runner import (_executor, _prepare_artefacts, _run_job, current_key, load_results, recorded_content)
 from .store import open_store
 from .suite import Job, LoRA, Suite, load_suite, resolve_suite
 
-# Largest per-cell difference, in test images, accepted when a result is recomputed with
-# another torch version or on a GPU. Measured: the committed micro results (torch
-# 2.15.0+cu132, CPU) recomputed under torch 2.14.1+cu130 (README, "Keys and verify").
-TOLERANCE_IMAGES = 1  # provisional
+# Largest per-cell difference, in whole test images, accepted when a result is recomputed
+# in another environment (another machine's CPU kernels, another torch version) or on a
+# GPU, by setting. Measured (/README.md, "Keys and `cmbench verify`"): the seed-0 jobs of
+# both micro suites recomputed cold on another machine with the same torch and with torch
+# 2.14.1. A merge-stream job only merges fixed experts, so a rounding difference moves few
+# predictions; a train-then-merge job trains every task from the merged model, and full
+# fine-tuning amplifies it over thousands of SGD steps (LoRA runs came back identical).
+TOLERANCE_IMAGES = {"merge_stream": 3, "train_then_merge": 40}
 # the content hash of an artefact a result consumed but did not record (results written
 # before keys held content hashes recorded only the experts'); never equal to a real hash
 UNRECORDED = "unrecorded"
@@ -96,12 +101,18 @@ def choose_sample(recs: list[dict], n: int) -> list[dict]:
     return chosen
 
 
-def compared_exactly(rec: dict, suite: Suite) -> bool:
-    """Whether a recomputation must be bitwise identical: on the CPU, with the torch version
-    and the CPU kernels (the instruction set torch dispatches to) the result was made with."""
+def inexact_because(rec: dict, suite: Suite) -> str | None:
+    """Why a recomputation of ``rec`` here need not be bitwise identical, or None when it
+    must be: on the CPU, with the torch version and the CPU kernels (the instruction set
+    torch dispatches to) the result was made with."""
+    if rec["inputs"]["device"] != "cpu" or device_type(suite) != "cpu":
+        return f"computed on {rec['inputs']['device']}, recomputed on {device_type(suite)}"
     here = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    return (rec["inputs"]["device"] == "cpu" and device_type(suite) == "cpu"
-            and all(rec["versions"].get(k) == v for k, v in here.items()))
+    for k, v in here.items():
+        then = rec["versions"].get(k)
+        if then != v:
+            return f"{k} {then or 'not recorded'} committed, {v} here"
+    return None
 
 
 def job_from_record(suite: Suite, rec: dict) -> Job:
@@ -121,6 +132,7 @@ def _differing_inputs(now: dict, then: dict) -> list[str]:
 def cell_differences(committed: dict, fresh: dict, n_test: dict[str, int]) -> list[tuple[str, float, float, float]]:
     """Every cell of R (row by row), then of E, where the two results differ:
     (cell, committed, recomputed, |difference| in test images; -1 where one is undefined)."""
+    fresh = nan_to_none(fresh)  # as its file would hold it: an unmeasured cell is null
     if len(fresh["R"]) != len(committed["R"]):
         return [(f"R ({len(committed['R'])} rows committed, {len(fresh['R'])} recomputed)", 0.0, 0.0, -1.0)]
     tasks = committed["tasks"]
@@ -157,8 +169,6 @@ def verify(results_dir: str | Path = "results", *, suites: list[str] | None = No
            methods: list[str] | None = None, sample: int | None = None, workers: int | None = None,
            executor: str = "ray", log: Callable[[str], None] = print) -> dict:
     """Recompute the selected committed jobs cold and compare them (see the module doc)."""
-    if TOLERANCE_IMAGES is None:
-        raise CmbenchError("verify: TOLERANCE_IMAGES is not set")
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise CmbenchError(f"{results_dir}: no results directory; pass --results DIR")
@@ -233,17 +243,17 @@ def _verify_suite(name: str, recs: list[dict], tmp: Path, workers, executor, log
             if err is not None:
                 report(r, "mismatched", f"recomputing failed: {type(err).__name__}: {err}")
                 continue
-            exact = compared_exactly(r, suite)
+            because = inexact_because(r, suite)
             diffs = cell_differences(r, fresh, n_test)
-            bad = first_difference(diffs, n_test_of, None if exact else TOLERANCE_IMAGES)
+            tolerance = TOLERANCE_IMAGES[suite.setting]
+            bad = first_difference(diffs, n_test_of, None if because is None else tolerance)
             if bad:
                 report(r, "mismatched", bad)
             elif not diffs:
                 report(r, None, f"identical ({fresh['timings']['job_s']:.0f} s)")
             else:
                 report(r, None, f"{len(diffs)} cells differ, by at most {max(d[3] for d in diffs):.0f} test images "
-                                f"(tolerance {TOLERANCE_IMAGES}: torch {r['versions']['torch']} committed, "
-                                f"{torch.__version__} here) ({fresh['timings']['job_s']:.0f} s)")
+                                f"(tolerance {tolerance}: {because}) ({fresh['timings']['job_s']:.0f} s)")
     finally:
         ex.close()
 

@@ -141,3 +141,22 @@ def test_sample_covers_every_suite_setting_and_component_version_cheapest_first(
     got = [r["_path"] for r in choose_sample(recs, 1)]
     assert sorted(got) == ["a2", "a3", "b2"]
     assert len(choose_sample(recs, 4)) == 4
+
+
+def test_tolerance_accepts_only_whole_flipped_images():
+    """Across environments a cell may move by a few whole test images (flipped predictions);
+    a fraction of an image means another test split, whatever the tolerance."""
+    from cmbench.verify import cell_differences, first_difference
+
+    committed = {"tasks": ["a"], "R": [[250 / 500]], "E": None}
+
+    def check(fresh_acc, tolerance):
+        diffs = cell_differences(committed, {"R": [[fresh_acc]]}, {"a": 500})
+        return first_difference(diffs, lambda cell: 500, tolerance)
+
+    assert check(252 / 500, 3) is None
+    assert "2 of 500 test images; tolerance 1" in check(252 / 500, 1)
+    assert "compared exactly" in check(251 / 500, None)
+    assert "not a whole number" in check(250 / 499, 3)  # one image fewer in the split
+    # an unmeasured cell is NaN in a fresh result and null in its file: equal
+    assert cell_differences({"tasks": ["a"], "R": [[None]], "E": None}, {"R": [[float("nan")]]}, {"a": 500}) == []
