@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -77,15 +78,37 @@ def current_key(suite: Suite, job: Job, store: Store, rec: dict | None = None) -
     return None if inputs is None else key_of(inputs)
 
 
-def existing_result(path: Path, suite: Suite, job: Job, store: Store) -> dict | None:
-    """The result at ``path`` if it is a finished result of ``job`` as it would be computed now."""
+def flatten(value: Any, prefix: tuple = ()) -> list[tuple]:
+    """Nested dicts as (key, ..., leaf) tuples, sorted."""
+    if isinstance(value, dict):
+        return [x for k, v in sorted(value.items()) for x in flatten(v, prefix + (k,))]
+    return [prefix + (value,)]
+
+
+def differing_inputs(now: dict, then: dict) -> list[str]:
+    """The dotted names of the inputs (content hashes included) that differ."""
+    a, b = ({x[:-1]: x[-1] for x in flatten(d)} for d in (now, then))
+    return sorted(".".join(map(str, k)) for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def stale_reason(path: Path, suite: Suite, job: Job, store: Store) -> str | None:
+    """None when ``path`` holds a finished result of ``job`` as it would be computed now;
+    otherwise why it must be (re)computed, in a few words."""
     try:
         rec = json.loads(path.read_text())
+    except FileNotFoundError:
+        return "no result"
     except (OSError, ValueError):
-        return None  # missing or unreadable (never trusted): recompute
+        return "unreadable result"  # never trusted: recompute
     if not isinstance(rec, dict) or rec.get("status") != "ok":
+        return "failed before"
+    if rec.get("key") == current_key(suite, job, store, rec):
         return None
-    return rec if rec.get("key") == current_key(suite, job, store, rec) else None
+    known = recorded_content(rec.get("inputs") or {})
+    now = with_content(job_inputs(suite, job), lambda kind, key: store.content_hash(kind, key) or known.get((kind, key)))
+    diff = differing_inputs(now or job_inputs(suite, job), rec.get("inputs") or {})
+    return "inputs differ: " + (", ".join(diff[:3]) + (f" and {len(diff) - 3} more" if len(diff) > 3 else "")
+                                if diff else "none recorded")
 
 
 def write_result(path: Path, record: dict) -> None:
@@ -232,19 +255,23 @@ def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, skip:
     paths = Paths(Path(out), store)
     threads = suite.resources.cpus_per_job
 
-    todo, skipped = [], 0
+    todo, skipped, why = [], 0, {}
     store = open_store(paths.store)
     for job in jobs:
-        if not force and existing_result(paths.results / job.relpath, suite, job, store):
+        why[job] = "--force" if force else stale_reason(paths.results / job.relpath, suite, job, store)
+        if why[job] is None:
             skipped += 1
         else:
             todo.append(job)
-    log(f"suite {suite.name} (hash {suite.hash()}): {len(jobs)} jobs, {skipped} up to date, {len(todo)} to run")
+    counts = Counter(why[j].split(":")[0] for j in todo)
+    log(f"suite {suite.name} (hash {suite.hash()}): {len(jobs)} jobs, {skipped} up to date, {len(todo)} to run"
+        + (f" ({', '.join(f'{n} {r}' for r, n in counts.most_common())})" if todo else ""))
     if dry_run:
         from .plan import describe
 
         for job in todo:
-            log(f"  would run {job.label} seed={job.seed} order={job.order_index}: {' > '.join(job.order)}")
+            log(f"  would run {job.label} seed={job.seed} order={job.order_index}: {' > '.join(job.order)} "
+                f"[{why[job]}]")
         for line in describe(suite, todo, store):
             log(line)
         return {"jobs": len(jobs), "skipped": skipped, "ran": 0, "failed": 0}

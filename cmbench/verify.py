@@ -25,7 +25,6 @@ Exit status: 0 when every checked job matches and is current, else 1.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections import defaultdict
@@ -39,8 +38,9 @@ from . import methods as methods_mod
 from .artefacts import load_tasks
 from .fingerprint import method_fingerprint
 from .models import device_type
-from .protocol import job_inputs, nan_to_none
-from .runner import (_executor, _prepare_artefacts, _run_job, current_key, load_results, recorded_content)
+from .protocol import nan_to_none
+from .runner import (_executor, _prepare_artefacts, _run_job, current_key, flatten, load_results, recorded_content,
+                     stale_reason)
 from .store import open_store
 from .suite import Job, LoRA, Suite, load_suite, resolve_suite
 
@@ -65,16 +65,10 @@ _NEW_SEED_COST_S = 360.0
 _LABEL = {None: "ok", "mismatched": "MISMATCH", "stale": "STALE"}
 
 
-def _flatten(prefix: tuple, value) -> list[tuple]:
-    if isinstance(value, dict):
-        return [x for k, v in sorted(value.items()) for x in _flatten(prefix + (k,), v)]
-    return [prefix + (value,)]
-
-
 def requirements(rec: dict) -> set[tuple]:
     """What a sample must cover: every suite, setting and harness component version."""
     comps = (rec.get("inputs") or {}).get("components") or {}
-    return {("suite", rec["suite"]), ("setting", rec["setting"]), *_flatten(("component",), comps)}
+    return {("suite", rec["suite"]), ("setting", rec["setting"]), *flatten(comps, ("component",))}
 
 
 def choose_sample(recs: list[dict], n: int) -> list[dict]:
@@ -121,12 +115,6 @@ def job_from_record(suite: Suite, rec: dict) -> Job:
     return Job(suite.name, rec["suite_hash"], rec["method"], rec["label"], tuple(sorted(rec["hparams"].items())),
                lora, method_fingerprint(methods_mod.get(rec["method"])), rec["seed"], rec["order_index"],
                tuple(rec["tasks"]))
-
-
-def _differing_inputs(now: dict, then: dict) -> list[str]:
-    a = {x[:-1]: x[-1] for x in _flatten((), {k: v for k, v in now.items() if k != "content"})}
-    b = {x[:-1]: x[-1] for x in _flatten((), {k: v for k, v in then.items() if k != "content"})}
-    return sorted(".".join(map(str, k)) for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
 def cell_differences(committed: dict, fresh: dict, n_test: dict[str, int]) -> list[tuple[str, float, float, float]]:
@@ -220,8 +208,7 @@ def _verify_suite(name: str, recs: list[dict], tmp: Path, workers, executor, log
             continue
         job = job_from_record(suite, r)
         if current_key(suite, job, store, r) != r["key"]:
-            diff = ", ".join(_differing_inputs(job_inputs(suite, job), r["inputs"])) or "content"
-            report(r, "stale", f"its key no longer matches the code (differs in {diff})")
+            report(r, "stale", f"its key no longer matches the code ({stale_reason(Path(r['_path']), suite, job, store)})")
         jobs[job] = r
     if not jobs:
         return

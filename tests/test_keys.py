@@ -2,9 +2,7 @@
 
 import json
 import shutil
-from pathlib import Path
 
-import pytest
 
 from cmbench import artefacts, protocol
 from cmbench.fingerprint import code_fingerprint, normalised_source
@@ -49,7 +47,10 @@ def dry(out, **kw):
 def test_component_versions_rekey_exactly_their_jobs(nano_copy, monkeypatch):
     assert dry(nano_copy)["skipped"] == 12
     monkeypatch.setattr(protocol, "MERGE_STREAM_VERSION", protocol.MERGE_STREAM_VERSION + 1)
-    assert dry(nano_copy)["skipped"] == 0
+    lines: list[str] = []
+    assert run_suite(NANO, out=nano_copy, executor="local", dry_run=True, log=lines.append)["skipped"] == 0
+    assert "12 to run (12 inputs differ)" in lines[0]
+    assert lines[1].endswith("[inputs differ: components.merge_stream]")
     monkeypatch.undo()
     assert dry(nano_copy)["skipped"] == 12
     # an artefact recipe's version re-keys the artefact, hence every job consuming it
