@@ -132,7 +132,7 @@ def test_cli_verify_exits_non_zero_with_one_line(nano_copy, tmp_path):
 def test_sample_covers_every_suite_setting_and_component_version_cheapest_first():
     def rec(suite, setting, comp, seed, s, name):
         return {"suite": suite, "setting": setting, "seed": seed, "timings": {"job_s": s}, "_path": name,
-                "inputs": {"components": comp}}
+                "label": name[0], "inputs": {"components": comp}}
 
     recs = [rec("a", "merge_stream", {"evaluation": 1, "merge_stream": 1}, 0, 5.0, "a1"),
             rec("a", "merge_stream", {"evaluation": 1, "merge_stream": 1}, 0, 1.0, "a2"),
@@ -142,6 +142,9 @@ def test_sample_covers_every_suite_setting_and_component_version_cheapest_first(
     got = [r["_path"] for r in choose_sample(recs, 1)]
     assert sorted(got) == ["a2", "a3", "b2"]
     assert len(choose_sample(recs, 4)) == 4
+    # beyond coverage, an unchecked label before a cheaper job of a checked one
+    recs.append(dict(rec("a", "merge_stream", {"evaluation": 1, "merge_stream": 1}, 0, 4.0, "c1"), label="c"))
+    assert [r["_path"] for r in choose_sample(recs, 4)][3] == "c1"
 
 
 def test_tolerance_accepts_only_whole_flipped_images():
