@@ -111,7 +111,7 @@ def inexact_because(rec: dict, suite: Suite) -> str | None:
     for k, v in here.items():
         then = rec["versions"].get(k)
         if then != v:
-            return f"{k} {then or 'not recorded'} committed, {v} here"
+            return f"{k} {then} committed, {v} here" if then else f"{k} not recorded in the result, {v} here"
     return None
 
 
