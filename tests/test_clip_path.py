@@ -326,3 +326,41 @@ def test_data_export_writes_the_folder_layout_the_loader_reads(tmp_path, monkeyp
     assert len(list((tmp_path / "eurosat" / "train").rglob("*.png"))) == 20
     td = build("eurosat", "eurosat", 0, 8, {})
     assert len(td.train) + len(td.val) == 20 and len(td.test) == 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suite_file", ["clip-vit-b32-ta8.yaml", "clip-vit-b16-ta8.yaml", "clip-vit-l14-ta8.yaml"])
+def test_full_size_hf_clip_vision_checkpoint_gives_transformers_features(suite_file, tmp_path):
+    """At the real sizes: a random transformers CLIPVisionModel with the suite backbone's
+    architecture, saved as safetensors the way FusionBench's experts are, read by the expert
+    loader and mapped to open_clip names, gives transformers' own image features (float32)."""
+    transformers = pytest.importorskip("transformers")
+    from cmbench.models.checkpoint import check_matches, hf_clip_vision_to_open_clip, load_checkpoint
+    from cmbench.models.clip import build_open_clip
+    from cmbench.suite import load_suite
+
+    backbone = load_suite(Path(__file__).parents[1] / "suites" / suite_file).backbone
+    visual = build_open_clip(backbone, pretrained=False).visual.eval()  # the architecture, not the weights
+    block = visual.transformer.resblocks[0]
+    act = type(block.mlp.gelu).__name__
+    cfg = transformers.CLIPVisionConfig(
+        hidden_size=visual.transformer.width, num_hidden_layers=visual.transformer.layers,
+        num_attention_heads=block.attn.num_heads, intermediate_size=block.mlp.c_fc.out_features,
+        image_size=visual.image_size[0], patch_size=visual.conv1.kernel_size[0],
+        hidden_act={"QuickGELU": "quick_gelu", "GELU": "gelu"}[act], layer_norm_eps=block.ln_1.eps)
+    torch.manual_seed(0)
+    hf = transformers.CLIPVisionModel(cfg).eval()
+    hf.save_pretrained(tmp_path / "expert", safe_serialization=True)
+    theta0 = {"visual." + k: v for k, v in visual.state_dict().items()}
+    mapped = hf_clip_vision_to_open_clip(load_checkpoint(tmp_path / "expert" / "model.safetensors"), theta0)
+    check_matches(mapped, theta0, suite_file)
+    visual.load_state_dict({k.removeprefix("visual."): v for k, v in mapped.items()})
+    visual.proj = None  # compare before the projection a CLIPVisionModel does not have
+    x = torch.randn(2, 3, *visual.image_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = hf(pixel_values=x).pooler_output
+        got = visual(x)
+    diff = (got - ref).abs().max().item()
+    print(f"{backbone.model}: {sum(p.numel() for p in hf.parameters()) / 1e6:.0f}M parameters, "
+          f"max |open_clip - transformers| = {diff:.2e} (features up to {ref.abs().max().item():.2f})")
+    assert diff < 1e-4 * max(1.0, ref.abs().max().item())
