@@ -173,7 +173,9 @@ def verify(results_dir: str | Path = "results", *, suites: list[str] | None = No
     if methods:
         recs = [r for r in recs if r["label"] in methods or r["method"] in methods]
     if not recs:
-        raise CmbenchError(f"{results_dir}: no finished results match --suite {suites} --methods {methods}")
+        wanted = " and ".join(f"{flag} {','.join(v)}" for flag, v in (("--suite", suites), ("--methods", methods)) if v)
+        raise CmbenchError(f"{results_dir}: no finished results" + (f" match {wanted}" if wanted else "")
+                           + " (its folders are <suite>/<label>/)")
     total = len(recs)
     if sample is not None:
         recs = choose_sample(recs, sample)
