@@ -83,10 +83,15 @@ class Store:
         with FileLock(str(tensors_path) + ".lock"):
             if meta_path.exists():
                 return self._load(tensors_path, meta_path)
+            # under the lock no one else writes this artefact: a temporary file of it is what a
+            # killed writer left (at real scale, gigabytes), never read
+            for path in (tensors_path, meta_path):
+                for stale in path.parent.glob(f".{path.name}.*.tmp"):
+                    stale.unlink(missing_ok=True)
             tensors, meta = make()
             tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
             meta = dict(meta, key=key, content_hash=content_hash(tensors))
-            fd, tmp = tempfile.mkstemp(dir=tensors_path.parent, suffix=".tmp")
+            fd, tmp = tempfile.mkstemp(dir=tensors_path.parent, prefix=f".{tensors_path.name}.", suffix=".tmp")
             os.close(fd)
             try:
                 save_file(tensors, tmp)

@@ -115,6 +115,23 @@ def test_sigkill_at_random_points_then_resume_gives_identical_results(nano_run, 
     assert not [p for p in out.rglob("*.tmp")]
 
 
+def test_a_killed_writers_temporary_file_is_removed_when_the_artefact_is_built(tmp_path):
+    """A SIGKILL while an artefact's tensors are written leaves a temporary file (at real
+    scale, gigabytes); whoever builds that artefact next removes it, and only its own."""
+    store = Store(tmp_path)
+    tensors_path, _ = store._paths("experts", "k1")
+    tensors_path.parent.mkdir(parents=True)
+    left = tensors_path.parent / f".{tensors_path.name}.abc123.tmp"
+    other = tensors_path.parent / ".k2.safetensors.def456.tmp"
+    left.write_bytes(b"partial")
+    other.write_bytes(b"another artefact being written")
+    import torch
+
+    store.get_or_make("experts", "k1", lambda: ({"w": torch.ones(2)}, {}))
+    assert not left.exists() and other.exists()
+    assert not list(tensors_path.parent.glob(".k1.*.tmp"))
+
+
 def test_mlflow_unreachable_still_writes_results(nano_copy, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
