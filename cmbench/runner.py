@@ -69,13 +69,13 @@ def recorded_content(inputs: dict) -> dict[tuple[str, str], str]:
     return out
 
 
-def current_key(suite: Suite, job: Job, store: Store, rec: dict | None = None) -> str | None:
-    """The key ``job`` has now: its inputs, with each artefact's content hash read from the
-    store, or, where the store does not hold that artefact (a fresh clone), the hash ``rec``
-    recorded for the same artefact key. ``cmbench verify`` proves such hashes by rebuilding."""
+def current_inputs(suite: Suite, job: Job, store: Store, rec: dict | None = None) -> dict | None:
+    """``job``'s inputs now, with each artefact's content hash read from the store, or, where
+    the store does not hold that artefact (a fresh clone), the hash ``rec`` recorded for the
+    same artefact key (None when neither knows one). ``cmbench verify`` proves such recorded
+    hashes by rebuilding."""
     known = recorded_content((rec or {}).get("inputs") or {})
-    inputs = with_content(job_inputs(suite, job), lambda kind, key: store.content_hash(kind, key) or known.get((kind, key)))
-    return None if inputs is None else key_of(inputs)
+    return with_content(job_inputs(suite, job), lambda kind, key: store.content_hash(kind, key) or known.get((kind, key)))
 
 
 def flatten(value: Any, prefix: tuple = ()) -> list[tuple]:
@@ -102,10 +102,9 @@ def stale_reason(path: Path, suite: Suite, job: Job, store: Store) -> str | None
         return "unreadable result"  # never trusted: recompute
     if not isinstance(rec, dict) or rec.get("status") != "ok":
         return "failed before"
-    if rec.get("key") == current_key(suite, job, store, rec):
+    now = current_inputs(suite, job, store, rec)
+    if now is not None and rec.get("key") == key_of(now):
         return None
-    known = recorded_content(rec.get("inputs") or {})
-    now = with_content(job_inputs(suite, job), lambda kind, key: store.content_hash(kind, key) or known.get((kind, key)))
     diff = differing_inputs(now or job_inputs(suite, job), rec.get("inputs") or {})
     return "inputs differ: " + (", ".join(diff[:3]) + (f" and {len(diff) - 3} more" if len(diff) > 3 else "")
                                 if diff else "none recorded")

@@ -39,7 +39,7 @@ from .artefacts import load_tasks
 from .fingerprint import method_fingerprint
 from .models import device_type
 from .protocol import nan_to_none
-from .runner import (_executor, _prepare_artefacts, _run_job, current_key, flatten, load_results, recorded_content,
+from .runner import (_executor, _prepare_artefacts, _run_job, flatten, load_results, recorded_content,
                      stale_reason)
 from .store import open_store
 from .suite import Job, LoRA, Suite, load_suite, resolve_suite
@@ -216,8 +216,9 @@ def _verify_suite(name: str, recs: list[dict], tmp: Path, workers, executor, log
             report(r, "stale", "no inputs recorded (written before results were keyed by them)")
             continue
         job = job_from_record(suite, r)
-        if current_key(suite, job, store, r) != r["key"]:
-            report(r, "stale", f"its key no longer matches the code ({stale_reason(Path(r['_path']), suite, job, store)})")
+        reason = stale_reason(Path(r["_path"]), suite, job, store)
+        if reason:
+            report(r, "stale", f"its key no longer matches the code ({reason})")
         jobs[job] = r
     if not jobs:
         return
