@@ -189,10 +189,18 @@ def test_image_folder_dataset_splits_and_cache(tmp_path, monkeypatch):
                                        .read_text())["tasks"]["eurosat"]["classnames"][0]
     perm = torch.randperm(100, generator=torch.Generator().manual_seed(0))
     assert sorted(perm[90:].tolist()) != sorted(perm[:10].tolist())
-    cached = list((data_root() / ".decoded").glob("eurosat-train-24-*.safetensors"))
-    assert len(cached) == 1
+    cached = [p for p in (data_root() / ".decoded").glob("eurosat-train-24-*") if p.is_dir()]
+    assert len(cached) == 1 and (cached[0] / "x.npy").exists()
     again = build("eurosat", "eurosat", 0, 24, {})
     assert torch.equal(again.train.x, td.train.x) and torch.equal(again.val.y, td.val.y)
+    # train and val are FusionBench's split in FusionBench's order: rows perm[:90], perm[90:]
+    # of the folder's images (sorted by class folder, then file name), views of one mapped file
+    from cmbench.data.vision import _decode
+
+    files = sorted((tmp_path / "eurosat" / "train").glob("*/*.png"), key=lambda p: (int(p.parent.name), p.name))
+    natural = torch.stack([torch.from_numpy(_decode(p, 24)) for p in files])
+    assert torch.equal(td.train.x, natural[perm[:90]]) and torch.equal(td.val.x, natural[perm[90:]])
+    assert td.train.x.untyped_storage().data_ptr() == td.val.x.untyped_storage().data_ptr()
 
 
 def test_class_split_follows_the_seed_1993_order(tmp_path, monkeypatch):

@@ -32,6 +32,27 @@ class Split:
         return self.x.float().div_(127.5).sub_(1.0)
 
 
+class LazySplit(Split):
+    """A split built by ``load()`` on first use: decoding a real dataset's train split takes
+    minutes and a merge stream of data-free methods never reads it."""
+
+    def __init__(self, load: Callable[[], Split]):  # noqa: D107 - not the dataclass's fields
+        self._load, self._split = load, None
+
+    def _get(self) -> Split:
+        if self._split is None:
+            self._split = self._load()
+        return self._split
+
+    @property
+    def x(self) -> Tensor:
+        return self._get().x
+
+    @property
+    def y(self) -> Tensor:
+        return self._get().y
+
+
 @dataclass
 class TaskData:
     """One task. ``y`` holds local labels 0..C−1; ``class_ids[y]`` are the global class ids

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .. import CmbenchError
-from . import Split, TaskData, dataset
+from . import LazySplit, Split, TaskData, dataset
 
 # Bump when a change alters any image, label or split these builders produce (decoding and
 # preprocessing, folder layout rules, train/val splits, class splits); every artefact and
@@ -98,45 +98,90 @@ def _folder_files(d: Path, classnames: list[str] | None, where: str) -> tuple[li
     return files, labels, classnames
 
 
-def _cached(key: str, name: str, make) -> Split:
-    from safetensors.torch import load_file, save
+def _cached(key: str, name: str, size: int, open_rows) -> Split:
+    """A decoded split; ``open_rows()`` returns its size n and an iterator over its (image,
+    label) pairs in the order stored (called only when the split is not decoded yet).
 
-    from ..artefacts import atomic_write_bytes
+    Stored as ``.npy`` (uint8 images, int64 labels) and memory-mapped on read: a job maps
+    the file instead of copying it (one copy in the page cache serves every job on a node),
+    and decoding streams into the file, so neither needs memory for a whole split (SVHN's
+    train split is 11 GB at 224 px). Written to a temporary folder renamed into place under
+    a lock: concurrent jobs decode it once, and a killed job leaves nothing a rerun trusts.
+    """
+    from filelock import FileLock
 
-    path = data_root() / ".decoded" / f"{name}-v{VISION_DATA_VERSION}-{key}.safetensors"
-    if path.exists():
-        t = load_file(str(path))
-        return Split(x=t["x"], y=t["y"])
-    x, y = make()
-    split = Split(x=torch.from_numpy(np.ascontiguousarray(x)), y=torch.as_tensor(y, dtype=torch.int64))
-    atomic_write_bytes(path, save({"x": split.x, "y": split.y}))
-    return split
+    d = data_root() / ".decoded" / f"{name}-v{VISION_DATA_VERSION}-{key}"
+    if not (d / "y.npy").exists():  # labels are written last: their presence marks completion
+        d.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(d) + ".lock"):
+            if not (d / "y.npy").exists():
+                _decode_into(d, size, *open_rows())
+    x = np.load(d / "x.npy", mmap_mode="c")  # copy-on-write: pages shared until written
+    return Split(x=torch.from_numpy(x), y=torch.from_numpy(np.load(d / "y.npy")))
 
 
-def load_source(source: str, split: str, size: int, classnames: list[str] | None = None) -> tuple[Split, list[str]]:
-    """All images of one split of a dataset (``train`` or ``test``), decoded and cached."""
+def _decode_into(d: Path, size: int, n: int, rows) -> None:
+    import shutil
+
+    for stale in d.parent.glob(f"{d.name}.*.tmp"):  # what a killed writer left (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = d.parent / f"{d.name}.{os.getpid()}.tmp"
+    tmp.mkdir()
+    try:
+        x = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=np.uint8, shape=(n, 3, size, size))
+        y = np.empty(n, dtype=np.int64)
+        i = 0
+        for i, (image, label) in enumerate(rows):
+            x[i] = _decode(image, size)
+            y[i] = label
+        if n and i != n - 1:
+            raise CmbenchError(f"{d.name}: the source changed while it was decoded ({i + 1} of {n} images)")
+        x.flush()
+        del x
+        np.save(tmp / "y.npy", y)
+        if d.exists():
+            shutil.rmtree(d)  # no labels: incomplete, never read
+        os.replace(tmp, d)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _val_order(n: int, fraction: float, seed: int) -> list[int]:
+    """FusionBench's ``train_validation_split``: randperm(n) seeded; the last ⌊fraction·n⌋
+    are validation (``fraction`` is applied by :func:`split_val`)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def load_source(source: str, split: str, size: int, classnames: list[str] | None = None,
+                val: tuple[float, int] | None = None) -> tuple[Split, list[str]]:
+    """All images of one split of a dataset (``train`` or ``test``), decoded and cached.
+
+    With ``val = (fraction, seed)`` (train splits) the images are stored in the order of
+    FusionBench's train/validation permutation, so :func:`split_val` takes train and
+    validation as views of the memory-mapped file instead of copies.
+    """
     folder = data_root() / source / split
     if folder.is_dir():
         files, labels, names = _folder_files(folder, classnames, f"{source}/{split}")
         h = hashlib.sha256(json.dumps([[str(p.relative_to(folder)), p.stat().st_size] for p in files]).encode())
         h.update(json.dumps([labels, names, size]).encode())
+        order = _val_order(len(files), *val) if val else range(len(files))
+        h.update(json.dumps(val).encode() if val else b"")
 
-        def make():
-            return np.stack([_decode(p, size) for p in files]), labels
-
-        return _cached(h.hexdigest()[:16], f"{source}-{split}-{size}", make), names
+        rows = lambda: (len(files), ((files[i], labels[i]) for i in order))  # noqa: E731
+        return _cached(h.hexdigest()[:16], f"{source}-{split}-{size}", size, rows), names
     if source in clip_tasks():
-        return _load_hub(source, split, size), list(classnames or clip_tasks()[source]["classnames"])
+        return _load_hub(source, split, size, val), list(classnames or clip_tasks()[source]["classnames"])
     raise CmbenchError(f"dataset {source}: no image folder {folder}; put the data there "
                        f"({source}/{split}/<class>/<image>) or set CMBENCH_DATA_ROOT")
 
 
-def _load_hub(source: str, split: str, size: int) -> Split:
+def _load_hub(source: str, split: str, size: int, val: tuple[float, int] | None) -> Split:
     spec = clip_tasks()[source]["hub"][split]
     where = f"{spec['path']}" + (f" ({spec['config']})" if "config" in spec else "") + f" split {spec['split']}"
-    key = hashlib.sha256(json.dumps([spec, size]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([spec, size] + ([val] if val else [])).encode()).hexdigest()[:16]
 
-    def make():
+    def open_rows():
         try:
             import datasets
         except ImportError:
@@ -153,28 +198,29 @@ def _load_hub(source: str, split: str, size: int) -> Split:
         img_col, lab_col = cols.get("image", "image"), cols.get("label", "label")
         if img_col not in ds.column_names:
             img_col = "img"
-        x = np.stack([_decode(r[img_col], size) for r in ds])
-        return x, [int(r[lab_col]) for r in ds]
+        order = _val_order(len(ds), *val) if val else range(len(ds))
+        # one row decoded at a time (`datasets` memory-maps its arrow files)
+        return len(ds), ((r[img_col], int(r[lab_col])) for r in (ds[i] for i in order))
 
-    return _cached(key, f"{source}-{split}-{size}-hub", make)
+    return _cached(key, f"{source}-{split}-{size}-hub", size, open_rows)
 
 
-def train_val(train: Split, fraction: float = 0.1, seed: int = 0) -> tuple[Split, Split]:
-    """FusionBench's ``train_validation_split``: randperm(n) seeded, last ⌊fraction·n⌋ are val."""
-    n = len(train)
-    n_val = int(n * fraction)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    tr, va = perm[: n - n_val], perm[n - n_val :]
-    return Split(x=train.x[tr], y=train.y[tr]), Split(x=train.x[va], y=train.y[va])
+def split_val(train: Split, fraction: float = 0.1, seed: int = 0) -> tuple[Split, Split]:
+    """Train and validation of a train split loaded with ``val=(fraction, seed)``: views."""
+    k = len(train) - int(len(train) * fraction)
+    return Split(x=train.x[:k], y=train.y[:k]), Split(x=train.x[k:], y=train.y[k:])
 
 
 def _clip_builder(name: str):
     def build(task: str, data_seed: int, img_size: int) -> TaskData:
         meta = clip_tasks()[name]
         classnames = meta["classnames"]
-        full_train, _ = load_source(name, "train", img_size, classnames)
-        test, _ = load_source(name, "test", img_size, classnames)
-        train, val = train_val(full_train, meta["hub"]["val"]["fraction"], meta["hub"]["val"]["seed"])
+        rule = (meta["hub"]["val"]["fraction"], meta["hub"]["val"]["seed"])
+        # the train split is decoded on first use: a merge stream of data-free methods reads test only
+        full_train = LazySplit(lambda: load_source(name, "train", img_size, classnames, val=rule)[0])
+        train = LazySplit(lambda: split_val(full_train, *rule)[0])
+        val = LazySplit(lambda: split_val(full_train, *rule)[1])
+        test = LazySplit(lambda: load_source(name, "test", img_size, classnames)[0])
         return TaskData(task, list(classnames), train=train, val=val, test=test)
 
     build.__doc__ = f"The CLIP task {name} (FusionBench conventions; splits independent of the data seed)."
@@ -206,16 +252,24 @@ def class_split(task: str, data_seed: int, img_size: int, *, source: str, n_task
         raise CmbenchError(f"class_split: index {index} not in 0..{n_tasks - 1}")
     start = sum(sizes[:index])
     keep = order[start : start + sizes[index]]
-    full_train, names = load_source(source, "train", img_size)
-    test, _ = load_source(source, "test", img_size, names)
+    folder = data_root() / source / "train"
+    if not folder.is_dir():
+        raise CmbenchError(f"dataset {source}: no image folder {folder}; put the data there "
+                           f"({source}/{{train,test}}/<class>/<image>) or set CMBENCH_DATA_ROOT")
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir())  # as load_source names them
     if len(names) != n:
-        raise CmbenchError(f"class_split: {data_root() / source}/train has {len(names)} classes, {source} has {n}")
-    train, val = train_val(full_train)
+        raise CmbenchError(f"class_split: {folder} has {len(names)} classes, {source} has {n}")
     local = torch.full((n,), -1, dtype=torch.int64)
     local[torch.tensor(keep)] = torch.arange(len(keep))
+    # the source's splits are decoded once, memory-mapped and shared by its tasks; a task's
+    # images are gathered on first use
+    full_train = LazySplit(lambda: load_source(source, "train", img_size, names, val=(0.1, 0))[0])
+    test = LazySplit(lambda: load_source(source, "test", img_size, names)[0])
 
     def sub(s: Split) -> Split:
         m = local[s.y] >= 0
         return Split(x=s.x[m], y=local[s.y[m]])
 
-    return TaskData(task, [names[c] for c in keep], train=sub(train), val=sub(val), test=sub(test), class_ids=keep)
+    return TaskData(task, [names[c] for c in keep], train=LazySplit(lambda: sub(split_val(full_train)[0])),
+                    val=LazySplit(lambda: sub(split_val(full_train)[1])), test=LazySplit(lambda: sub(test)),
+                    class_ids=keep)
