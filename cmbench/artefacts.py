@@ -24,6 +24,7 @@ from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
 from . import CmbenchError, data as data_mod
+from .measure import measured
 from .models import MODELS_VERSION, Head, create_backbone, features, numerics
 from .suite import Suite, Task
 from .tensors import StateDict, content_hash
@@ -88,9 +89,11 @@ class Store:
             for path in (tensors_path, meta_path):
                 for stale in path.parent.glob(f".{path.name}.*.tmp"):
                     stale.unlink(missing_ok=True)
-            tensors, meta = make()
+            cost: dict = {}
+            with measured(cost, "build"):
+                tensors, meta = make()
             tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
-            meta = dict(meta, key=key, content_hash=content_hash(tensors))
+            meta = dict(meta, key=key, content_hash=content_hash(tensors), build=cost["build"])
             fd, tmp = tempfile.mkstemp(dir=tensors_path.parent, prefix=f".{tensors_path.name}.", suffix=".tmp")
             os.close(fd)
             try:
@@ -159,8 +162,10 @@ def theta0_key(suite: Suite, seed: int) -> str:
     if suite.backbone.kind == "tiny_vit":  # pretrained by the harness, on these tasks
         components.update(train=TRAIN_VERSION, data=data_versions([*suite.tasks, *(suite.pretrain.tasks or [])]))
     tasks = [t.model_dump() for t in suite.tasks]
+    # a rehearsal's θ0 is random weights read from where the real ones would be: never the same key
+    stand_in = [suite.rehearsal.model_dump(exclude={"caps"})] if suite.rehearsal else []
     return artefact_key("theta0", components, CPU_FP32, suite.backbone.model_dump(), suite.pretrain.model_dump(), tasks,
-                suite.data_seed, seed)
+                        suite.data_seed, seed, *stand_in)
 
 
 def heads_key(suite: Suite, seed: int) -> str:
@@ -257,13 +262,15 @@ def make_heads(suite: Suite, seed: int, theta0: StateDict) -> tuple[StateDict, d
     out = {}
     if suite.heads.kind == "zero_shot":
         from .data.vision import clip_tasks
-        from .models.clip import zero_shot_weights
+        from .models.clip import build_open_clip, zero_shot_weights
 
+        clip = build_open_clip(suite.backbone, pretrained=True, seed=seed).eval()  # loaded once for every task
         for t in suite.tasks:
             meta = clip_tasks().get(t.dataset)
             if meta is None:
                 raise CmbenchError(f"heads.kind: zero_shot needs class names and templates; {t.dataset} has none")
-            out[f"{t.name}.weight"] = zero_shot_weights(suite.backbone, meta["classnames"], meta["templates"], seed)
+            out[f"{t.name}.weight"] = zero_shot_weights(suite.backbone, meta["classnames"], meta["templates"], seed,
+                                                        model=clip)
         return out, {"kind": "zero_shot"}
     for name, td in load_tasks(suite).items():
         feats = torch.nn.functional.normalize(features(backbone, td.train.x, suite.evaluation.batch_size), dim=-1)

@@ -33,19 +33,50 @@ def _data_env(args) -> None:
         os.environ["CMBENCH_ALLOW_DOWNLOAD"] = "1"
 
 
-def cmd_run(args) -> int:
-    from .runner import run_suite
+def _hparams(items: list[str] | None) -> dict[str, dict]:
+    """``--hparam LABEL.NAME=VALUE`` (VALUE read as YAML) -> {label: {name: value}}."""
+    import yaml
 
-    _data_env(args)
-    summary = run_suite(
-        resolve_suite(args.suite),
+    out: dict[str, dict] = {}
+    for item in items or []:
+        target, eq, value = item.partition("=")
+        label, dot, name = target.rpartition(".")
+        if not (eq and dot and label and name):
+            raise CmbenchError(f"--hparam {item!r}: write METHOD_OR_LABEL.NAME=VALUE, e.g. ode_m.post_refine_steps=1")
+        out.setdefault(label, {})[name] = yaml.safe_load(value)
+    return out
+
+
+def cmd_run(args) -> int:
+    kwargs = dict(
         methods=[m for m in args.methods.split(",") if m] if args.methods else None,
         skip=[m for m in args.skip.split(",") if m] if args.skip else None,
         seeds=args.seeds, orders=args.orders, workers=args.workers, ray_address=args.ray_address,
-        out=args.out, force=args.force, dry_run=args.dry_run, tracking_uri=args.tracking_uri,
+        force=args.force, dry_run=args.dry_run, tracking_uri=args.tracking_uri,
         executor="local" if args.no_ray else "ray", use_tuned=args.use_tuned, retries=args.retries,
         store=args.store,
     )
+    if args.rehearse:
+        if args.data_root or args.allow_download:
+            raise CmbenchError("--rehearse writes its own data and weights: drop --data-root / --allow-download")
+        from .rehearse import rehearse
+        from .suite import Rehearsal
+
+        try:
+            r = Rehearsal(seed=args.rehearsal_seed, scale=args.scale, max_per_split=args.max_per_split)
+        except ValueError as e:
+            raise CmbenchError(f"--scale / --max-per-split: {str(e).splitlines()[-1].strip()}") from None
+        summary = rehearse(resolve_suite(args.suite), out=Path(args.out) if args.out else None, rehearsal=r,
+                           eval_cap=args.eval_cap, train_steps=args.train_steps, train_batch=args.train_batch,
+                           hparams=_hparams(args.hparam), **kwargs)
+        return 1 if summary["failed"] else 0
+    if args.scale != 1.0 or args.max_per_split or args.eval_cap or args.train_steps or args.train_batch or args.hparam:
+        raise CmbenchError("--scale, --max-per-split, --eval-cap, --train-steps, --train-batch and --hparam "
+                           "shape a rehearsal: add --rehearse (a real run takes them from the suite)")
+    from .runner import run_suite
+
+    _data_env(args)
+    summary = run_suite(resolve_suite(args.suite), out=args.out or ".", **kwargs)
     return 1 if summary["failed"] else 0
 
 
@@ -101,11 +132,12 @@ def cmd_report(args) -> int:
         from .runner import load_results
 
         methods = [m for m in args.methods.split(",") if m] if args.methods else None
-        print(render_table(load_results(args.results), args.table, args.format, methods, args.suite), end="")
+        print(render_table(load_results(args.results, args.include_rehearsal), args.table, args.format, methods,
+                           args.suite), end="")
         return 0
     from .report import render_leaderboard
 
-    out = render_leaderboard(args.results, args.output, args.plots)
+    out = render_leaderboard(args.results, args.output, args.plots, args.include_rehearsal)
     print(f"wrote {out}")
     return 0
 
@@ -183,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--orders", type=int, help="use only the first N task orders per seed")
     r.add_argument("--workers", type=int, help="parallel jobs on the local Ray instance (default: cores / cpus_per_job)")
     r.add_argument("--ray-address", help="join a Ray cluster at this address instead of starting a local one")
-    r.add_argument("--out", default=".", help="directory for results/ and .cmbench/ (cache, MLflow) (default: .)")
+    r.add_argument("--out", help="directory for results/ and .cmbench/ (cache, MLflow) (default: ., and "
+                                 "rehearsals/SUITE with --rehearse)")
     r.add_argument("--force", action="store_true", help="recompute jobs even if their result exists")
     r.add_argument("--dry-run", action="store_true",
                    help="validate; list the jobs, what must be downloaded or fine-tuned first, and a GPU-time "
@@ -195,6 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--retries", type=int, default=2, help="retries of a job whose worker process dies (default: 2)")
     _data_args(r)
     _store_arg(r)
+    rh = r.add_argument_group("rehearsal", "the real code at the real sizes on generated stand-ins for the "
+                              "backbone weights, datasets and experts (cmbench/rehearse.py); offline")
+    rh.add_argument("--rehearse", action="store_true", help="rehearse the suite (results are watermarked)")
+    rh.add_argument("--scale", type=float, default=1.0, help="generated split sizes as a fraction of the real ones")
+    rh.add_argument("--max-per-split", type=int, help="at most N generated images per dataset split")
+    rh.add_argument("--eval-cap", type=int, help="evaluate on at most N test images per task")
+    rh.add_argument("--train-steps", type=int, help="train-then-merge: optimiser steps per task")
+    rh.add_argument("--train-batch", type=int, help="train-then-merge: batch size (default: the suite's)")
+    rh.add_argument("--hparam", action="append", metavar="LABEL.NAME=VALUE",
+                    help="override a method's hyperparameter (repeatable), e.g. ode_m.post_refine_steps=1")
+    rh.add_argument("--rehearsal-seed", type=int, default=0, help="seed of the stand-ins (default: 0)")
     r.set_defaults(fn=cmd_run)
 
     tu = sub.add_parser("tune", help="choose a method's hyperparameters on validation data (Ray Tune)",
@@ -238,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "ablation: variants of one method (--methods NAME) × suites")
     rp.add_argument("--suite", help="only this suite's results")
     rp.add_argument("--methods", help="comma-separated method names or labels")
+    rp.add_argument("--include-rehearsal", action="store_true",
+                    help="render a rehearsal's results (refused otherwise); every table is labelled "
+                         "'rehearsal: random weights'")
     rp.set_defaults(fn=cmd_report)
 
     dt = sub.add_parser("data", help="dataset status, and export of hub copies to image folders")

@@ -1,31 +1,29 @@
-"""``cmbench run SUITE --dry-run``: what a suite needs before it can run, without network.
+"""``cmbench run SUITE --dry-run``: what a suite needs before it can run, without network,
+and the cost model shared with rehearsals.
 
 Lists the datasets (image folder present, decoded cache, or a hub copy to fetch), the
 backbone's weights (in the local cache or to download), the experts (pinned checkpoints
-present, cached, or to fine-tune), and an estimate of GPU time for fine-tuning and
-evaluation from the backbone's FLOPs. The estimate is a rough guide: it assumes
-``GPU_TFLOPS`` effective (bf16 on an H100-class GPU at ~35 % utilisation) and the
-published test-split sizes where the data is not present; merge steps themselves are
-not counted (they are memory-bound and small, except data-driven methods such as ODE-M).
+present, cached, or to fine-tune), and the projected cost of the jobs to run
+(:func:`project`): evaluation and training from the backbone's FLOPs at the assumed GPU
+throughput, merge steps from a rehearsal's measurement of the same suite at full model
+size (``rehearsals/<suite>/rehearsal.json``, or ``--rehearsal-report``) where there is
+one, and the real split sizes (``vision.SPLIT_SIZES``) where the data is not present.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections import Counter
+from pathlib import Path
 
 from .artefacts import Store, expert_key, theta0_key
 from .suite import Job, Suite
 
-GPU_TFLOPS = 140.0
-
-# test-split sizes of the hub copies FusionBench uses (for the estimate only)
-TEST_SIZES = {"sun397": 19850, "stanford_cars": 8041, "resisc45": 6300, "eurosat": 2700, "svhn": 26032,
-              "gtsrb": 12630, "mnist": 10000, "dtd": 1880, "flowers102": 6149, "pcam": 32768, "fer2013": 7178,
-              "oxford_pet": 3669, "stl10": 8000, "cifar100": 10000, "cifar10": 10000, "food101": 25250,
-              "fashion_mnist": 10000, "emnist_letters": 20800, "kmnist": 10000, "rendered_sst2": 1821}
-# class-incremental sources (approximate; InfLoRA-style splits): (train, test) images over all classes
-CIL_SIZES = {"cifar100": (50000, 10000), "imagenet_r": (24000, 6000), "imagenet_a": (6000, 1500),
-             "domainnet": (410000, 177000), "cub200": (6000, 5800)}
+# Effective throughput assumed for a job's GPU work on an H100/H200-class GPU. Jobs compute
+# in float32 today (evaluation.precision does not exist yet): 25 TFLOP/s is ~50 % of the
+# fp32 peak; bf16 autocast would be ~140 (~35 % of the dense bf16 peak).
+GPU_TFLOPS = 25.0
 
 
 def vit_gflops(width: int, layers: int, image: int, patch: int) -> float:
@@ -96,7 +94,73 @@ def _data_lines(suite: Suite) -> list[str]:
     return out
 
 
-def describe(suite: Suite, todo: list[Job], store: Store) -> list[str]:
+def split_sizes(suite: Suite) -> dict[str, tuple[int, int]]:
+    """(train, test) images per task at the real sizes (a class split: its share)."""
+    from .data.vision import SPLIT_SIZES
+
+    out = {}
+    for t in suite.tasks:
+        if t.dataset == "class_split":
+            tr, te = SPLIT_SIZES.get(t.params.get("source"), (0, 0))
+            k = t.params.get("n_tasks", 1)
+            out[t.name] = (tr // k, te // k)
+        else:
+            out[t.name] = SPLIT_SIZES.get(t.dataset, (0, 0))
+    return out
+
+
+def project(suite: Suite, jobs: list[Job], measured: dict | None = None) -> dict:
+    """The cost of ``jobs`` at the real sizes: GPU seconds of evaluation and training at
+    ``GPU_TFLOPS``, and merge seconds from ``measured`` (a rehearsal's report: per-label
+    seconds per merge step at full model size, on the rehearsal host's CPU, which is where
+    merges run today) where it has them."""
+    gf = backbone_gflops(suite)
+    sizes = split_sizes(suite)
+    cap = suite.evaluation.max_test_per_task
+    per_eval = sum(min(te, cap) if cap else te for _, te in sizes.values())
+    T = len(suite.tasks)
+    out = {"gflops": gf, "eval_images": 0.0, "train_images": 0.0, "merge_steps": 0, "merge_s": 0.0,
+           "unmeasured_merge_steps": 0, "jobs": len(jobs)}
+    rows = T + 1 if not suite.evaluation.seen_only else (T + 1) / 2 + 1
+    methods = (measured or {}).get("methods", {})
+    for job in jobs:
+        out["eval_images"] += rows * per_eval if suite.setting == "merge_stream" else sum(
+            te * (T - i) for i, (_, te) in enumerate(sizes[n] for n in job.order)) + 0.0
+        if suite.setting == "train_then_merge":
+            r = suite.training
+            imgs = [sizes[n][0] * 0.9 for n in job.order]  # 10 % of train is validation
+            out["train_images"] += sum(r.steps * r.batch_size if r.steps else r.epochs * n for n in imgs)
+        out["merge_steps"] += T
+        m = methods.get(job.label)
+        if m:
+            out["merge_s"] += m["merge_step_s"] * T
+        else:
+            out["unmeasured_merge_steps"] += T
+    out["eval_gpu_s"] = gf * out["eval_images"] / (GPU_TFLOPS * 1e3)
+    out["train_gpu_s"] = 3 * gf * out["train_images"] / (GPU_TFLOPS * 1e3)
+    return out
+
+
+def load_measurement(suite: Suite, path: str | Path | None = None) -> dict | None:
+    """A rehearsal's report of this suite (its own, or ``path``), if there is one."""
+    p = Path(path) if path else Path("rehearsals") / suite.name / "rehearsal.json"
+    try:
+        rep = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    return rep if rep.get("suite") == suite.name else None
+
+
+def cost_line(suite: Suite, c: dict) -> str:
+    merge = (f"merge steps {c['merge_steps']} ({c['merge_s'] / 3600:.2f} h measured by a rehearsal"
+             + (f"; {c['unmeasured_merge_steps']} not measured: rehearse the suite" if c["unmeasured_merge_steps"]
+                else "") + ")")
+    return (f"estimate ({c['gflops']:.1f} GFLOPs/image forward, {GPU_TFLOPS:.0f} TFLOP/s effective fp32): "
+            f"evaluation {c['eval_gpu_s'] / 3600:.2f} GPU-h ({c['eval_images']:,.0f} images), training "
+            f"{c['train_gpu_s'] / 3600:.2f} GPU-h ({c['train_images']:,.0f} images), {merge}")
+
+
+def describe(suite: Suite, todo: list[Job], store: Store, measured: dict | None = None) -> list[str]:
     lines = ["needs:", "  " + _weights_line(suite)]
     data = _data_lines(suite)
     if data:
@@ -119,28 +183,35 @@ def describe(suite: Suite, todo: list[Job], store: Store) -> list[str]:
         else:
             r = suite.experts.finetune
             lines.append(f"  experts to fine-tune: {len(missing)} (`cmbench finetune {suite.name}`)")
-            steps = r.steps or 0
-            ft_images = len(missing) * steps * r.batch_size
-    else:  # each job trains every task once
-        r = suite.training
-        sources = {t.params.get("source") for t in suite.tasks if t.dataset == "class_split"}
-        train_images = sum(CIL_SIZES.get(src, (0, 0))[0] for src in sources)
-        ft_images = len(todo) * (r.steps * r.batch_size if r.steps else r.epochs * train_images)
+            ft_images = len(missing) * (r.steps or 0) * r.batch_size
     if not store.has("theta0", theta0_key(suite, seeds[0] if seeds else suite.seeds[0])):
         lines.append("  θ0 and heads: to build (first job)")
-    sizes = {t.name: TEST_SIZES.get(t.dataset, 0) for t in suite.tasks}
-    for t in suite.tasks:
-        if t.dataset == "class_split":
-            sizes[t.name] = CIL_SIZES.get(t.params.get("source"), (0, 0))[1] // t.params.get("n_tasks", 1)
-    cap = suite.evaluation.max_test_per_task
-    per_eval = sum(min(n, cap) if cap else n for n in sizes.values())
-    T = len(suite.tasks)
-    rows = T if not suite.evaluation.seen_only else (T + 1) / 2  # a seen-only row covers t of T tasks
-    eval_images = len(todo) * rows * per_eval
-    ft_h = 3 * gf * ft_images / (GPU_TFLOPS * 1e3) / 3600
-    ev_h = gf * eval_images / (GPU_TFLOPS * 1e3) / 3600
+    c = project(suite, todo, measured or load_measurement(suite))
     by = Counter(j.label for j in todo)
-    lines.append(f"estimate ({gf:.1f} GFLOPs/image forward, {GPU_TFLOPS:.0f} TFLOP/s effective): fine-tuning "
-                 f"{ft_h:.2f} GPU-h ({ft_images:,} images), evaluation {ev_h:.2f} GPU-h "
-                 f"({eval_images:,.0f} images over {len(todo)} jobs: {dict(by)}); merge steps not counted")
+    lines.append(cost_line(suite, c) + (f"; fine-tuning experts {3 * gf * ft_images / (GPU_TFLOPS * 1e3) / 3600:.2f} "
+                                        f"GPU-h ({ft_images:,} images)" if ft_images else "")
+                 + f"; {len(todo)} jobs: {dict(by)}")
     return lines
+
+
+def projection_lines(suite: Suite, measured: dict) -> list[str]:
+    """The real suite's cost (every job at the real sizes) from a rehearsal's measurements."""
+    from .suite import expand
+
+    jobs = expand(suite)
+    c = project(suite, jobs, measured)
+    methods = measured.get("methods", {})
+    peak_host = max((m.get("peak_private_bytes") or 0 for m in methods.values()), default=0)
+    peak_gpu = max((m.get("peak_gpu_bytes") or 0 for m in methods.values()), default=0)
+    sizes = split_sizes(suite)
+    side = suite.backbone.image_size
+    decoded = sum(te + (tr if measured.get("phases", {}).get("data preparation", {}).get("train_images") else 0)
+                  for tr, te in sizes.values()) * 3 * side * side
+    return ["", f"## projection: the real {suite.name} ({len(jobs)} jobs = methods × seeds × orders)", "",
+            cost_line(suite, c),
+            f"total: {(c['eval_gpu_s'] + c['train_gpu_s']) / 3600:.1f} GPU-h of model passes + "
+            f"{c['merge_s'] / 3600:.1f} h of merge steps on the job's CPU "
+            f"(measured with {measured['host']['threads_per_job']} threads on the rehearsal host)",
+            f"peak private host memory per job (measured at full model size): {peak_host / 2**30:.1f} GB; "
+            f"peak GPU memory: {peak_gpu / 2**30:.1f} GB" + (" (not measured: no GPU)" if not peak_gpu else ""),
+            f"decoded data cache at real sizes: {decoded / 2**30:.1f} GB"]

@@ -116,11 +116,16 @@ class Evaluator:
         self.tasks = load_tasks(suite)
         self.heads, self.order, self.bs = heads, order, suite.evaluation.batch_size
         self.seen_only = suite.evaluation.seen_only
+        self.seconds, self.images = 0.0, 0
 
     def accuracies(self, state: StateDict, names: list[str]) -> dict[str, float]:
+        t0 = time.perf_counter()
         self.model.load_state_dict(state)
-        return {n: accuracy(self.model, self.heads[n], self.tasks[n].test.x, self.tasks[n].test.y, self.bs)
-                for n in names}
+        out = {n: accuracy(self.model, self.heads[n], self.tasks[n].test.x, self.tasks[n].test.y, self.bs)
+               for n in names}
+        self.seconds += time.perf_counter() - t0  # evaluation's cost, reported beside the merge's
+        self.images += sum(len(self.tasks[n].test) for n in names)
+        return out
 
     def row(self, state: StateDict, seen: list[str] | None = None) -> list[float]:
         names = [n for n in self.order if not self.seen_only or seen is None or n in seen]
@@ -161,6 +166,8 @@ def _record_common(suite: Suite, job: Job, method, store: Store) -> dict[str, An
         "method_source_hash": job.method_hash, "lora": json.loads(job.lora) if job.lora else None,
         "paper": cls.paper, "data_access": cls.data_access,
         "reconstruction": cls.reconstruction, "seed": job.seed, "order_index": job.order_index,
+        # a rehearsal's results (random weights, generated data) carry its section: the report refuses them
+        **({"rehearsal": suite.rehearsal.model_dump(mode="json")} if suite.rehearsal else {}),
         "versions": {"cmbench": __version__, "torch": torch.__version__, "python": platform.python_version(),
                      # CPU kernels differ in rounding by instruction set: `cmbench verify` expects a
                      # bitwise rerun only on the same one
@@ -235,7 +242,7 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
         "data_samples_handed": data.samples_handed,
         "storage_bytes": _storage_record(storage),
         "timings": {"merge_steps_s": step_times, "merge_total_s": sum(step_times),
-                    "job_s": time.perf_counter() - t_start},
+                    "eval_s": ev.seconds, "eval_images": ev.images, "job_s": time.perf_counter() - t_start},
         "threads": threads,
     }
 
@@ -384,6 +391,8 @@ class Learner:
         self.model = create_backbone(suite.backbone)  # CPU: evaluation copies and methods' network
         self.eval_model = self.model if self.device.type == "cpu" else create_backbone(suite.backbone).to(self.device)
         self.bs = suite.evaluation.batch_size
+        self.eval_seconds, self.eval_images = 0.0, 0
+        self.train_optimizer_steps: list[int] = []
 
     def features(self, state: StateDict, x: torch.Tensor) -> torch.Tensor:
         from .models import features
@@ -394,6 +403,7 @@ class Learner:
     def evaluate(self, state: StateDict, head: dict, order: list[str], learned: list[str],
                  incremental: str) -> tuple[list[float], float]:
         """R row (NaN for unlearned tasks) and the sample-weighted accuracy over learned tasks."""
+        t0 = time.perf_counter()
         row, correct, total = [], 0, 0
         seen_rows = self.space.rows(learned)
         for name in order:
@@ -407,6 +417,8 @@ class Learner:
             hit = (pred == self.space.targets(td, td.test.y)).sum().item()
             row.append(hit / len(td.test.y))
             correct, total = correct + hit, total + len(td.test.y)
+        self.eval_seconds += time.perf_counter() - t0
+        self.eval_images += total
         return row, (correct / total if total else float("nan"))
 
     def train(self, ctx, method, start: StateDict, head: dict, names: list[str], seed: int):
@@ -439,7 +451,8 @@ class Learner:
         ctx.train_model = model  # its state_dict() is the current (LoRA-folded) weights
         rows = self.space.rows(names)
         xs = torch.cat([self.tasks[n].train.x for n in names])
-        ctx.train_total_steps = recipe.epochs * -(-len(xs) // recipe.batch_size)
+        # as many as `fit` takes (`steps` overrides epochs; no committed suite sets it for training)
+        ctx.train_total_steps = recipe.steps or recipe.epochs * -(-len(xs) // recipe.batch_size)
         ys = torch.cat([self.space.targets(self.tasks[n], self.tasks[n].train.y) for n in names])
 
         def loss_fn(xb, yb):
@@ -449,6 +462,7 @@ class Learner:
         groups = [{"params": body}, {"params": list(lin.parameters()), "lr": recipe.head_lr or recipe.lr}]
         fit(groups, loss_fn, xs, ys, recipe, seed, on_step=lambda s, l: method.on_train_step(ctx, s, l),
             what=f"training on {'+'.join(names)}", after_backward=lambda: method.after_backward(ctx))
+        self.train_optimizer_steps.append(ctx.train_total_steps)
         merge_lora(model)
         trained_head = {k: v.detach().clone() for k, v in head.items()}
         trained_head["weight"][rows] = lin.weight.detach()[rows].cpu()
@@ -536,7 +550,9 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
         "data_samples_handed": data.samples_handed,
         "storage_bytes": _storage_record(storage),
         "timings": {"train_steps_s": train_times, "train_total_s": sum(train_times),
+                    "train_optimizer_steps": learner.train_optimizer_steps, "train_batch_size": suite.training.batch_size,
                     "merge_steps_s": merge_times, "merge_total_s": sum(merge_times),
+                    "eval_s": learner.eval_seconds, "eval_images": learner.eval_images,
                     "job_s": time.perf_counter() - t_start},
         "threads": threads,
     }

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from . import CmbenchError, metrics
 from .artefacts import Store, SuiteArtefacts, atomic_write_bytes, expert_key, theta0_key
+from .measure import measured
 from .methods import baseline_dirs
 from .protocol import job_inputs, key_of, nan_to_none, run, with_content
 from .store import open_store
@@ -134,7 +135,8 @@ def worker_env() -> dict[str, str]:
     """What a worker needs from the driver's environment: the project's baselines, the data
     root and whether downloads are allowed (so a cluster node sees the driver's settings)."""
     env = {"CMBENCH_BASELINES": os.pathsep.join(str(d) for d in baseline_dirs())}
-    for k in ("CMBENCH_DATA_ROOT", "CMBENCH_ALLOW_DOWNLOAD"):
+    for k in ("CMBENCH_DATA_ROOT", "CMBENCH_ALLOW_DOWNLOAD", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE",
+              "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         if k in os.environ:
             env[k] = os.environ[k]
     return env
@@ -218,7 +220,10 @@ def _prepare_expert(suite: Suite, seed: int, task: str, cache: str) -> None:
 
 
 def _run_job(suite: Suite, job: Job, cache: str, threads: int) -> dict:
-    return run(suite, job, open_store(cache), threads)
+    cost: dict = {}
+    with measured(cost, "job"):
+        record = run(suite, job, open_store(cache), threads)
+    return {**record, "resources": cost["job"]}
 
 
 def _error_line(e: BaseException) -> str:
@@ -403,9 +408,10 @@ def _drain(results: Iterable, desc: str, total: int) -> None:
             raise CmbenchError(f"{desc}: {_error_line(err)}")
 
 
-def load_results(results_dir: str | Path) -> list[dict]:
+def load_results(results_dir: str | Path, include_rehearsal: bool = False) -> list[dict]:
     """Every result file under ``results_dir``; metrics are derived afresh from R (they are
-    not part of a key, so a fix to ``metrics.py`` reaches every committed result)."""
+    not part of a key, so a fix to ``metrics.py`` reaches every committed result). A
+    rehearsal's results (random weights) are refused unless ``include_rehearsal``."""
     out = []
     for p in sorted(Path(results_dir).rglob("*.json")):
         try:
@@ -416,6 +422,9 @@ def load_results(results_dir: str | Path) -> list[dict]:
             rec["_path"] = str(p)
             if rec["status"] == "ok":
                 rec["metrics"] = derived_metrics(rec)
+            if rec.get("rehearsal") and not include_rehearsal:
+                raise CmbenchError(f"{p}: a rehearsal's result (random weights, generated data), not a benchmark "
+                                   "number; report it with --include-rehearsal (tables are then labelled)")
             out.append(rec)
     return out
 

@@ -274,6 +274,26 @@ class Resources(Strict):
     gpus_per_job: float = Field(0, ge=0)
 
 
+class Rehearsal(Strict):
+    """Set by ``cmbench run SUITE --rehearse`` (``cmbench/rehearse.py``): the suite's real
+    code on generated stand-ins for its three downloads, in the output directory: backbone
+    weights initialised from ``seed``, images with the real class names and split sizes
+    (times ``scale``, at most ``max_per_split`` per split), and experts θ0 + a low-rank
+    plus sparse perturbation per matrix. ``caps`` are what it lowered for a CPU (evaluation,
+    training, method hyperparameters). Its results are watermarked with this section, and
+    ``cmbench report`` refuses them unless asked (``--include-rehearsal``)."""
+
+    seed: int = 0
+    scale: float = Field(1.0, gt=0, le=1)
+    max_per_split: Optional[int] = Field(None, gt=0)
+    expert_rank: int = Field(8, gt=0, description="rank of each matrix's low-rank perturbation")
+    expert_lowrank: float = Field(0.03, ge=0, description="its Frobenius norm relative to the matrix's")
+    expert_density: float = Field(0.005, gt=0, le=1, description="fraction of entries in the sparse part")
+    expert_sparse: float = Field(0.01, ge=0, description="its Frobenius norm relative to the matrix's")
+    expert_vector: float = Field(0.01, ge=0, description="dense perturbation of 1-d parameters (relative norm)")
+    caps: dict[str, Any] = Field(default_factory=dict)
+
+
 class Suite(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -290,6 +310,7 @@ class Suite(Strict):
     methods: list[MethodSpec] = Field(min_length=1)
     evaluation: Evaluation = Field(default_factory=Evaluation)
     resources: Resources = Field(default_factory=Resources)
+    rehearsal: Optional[Rehearsal] = None
 
     @field_validator("backbone", mode="before")
     @classmethod
@@ -365,7 +386,10 @@ class Suite(Strict):
     def environment(self) -> dict:
         """Everything that changes numbers except the method list (adding a method does
         not invalidate the other methods' results)."""
-        return self.model_dump(exclude={"name", "description", "methods"}, mode="json")
+        env = self.model_dump(exclude={"name", "description", "methods"}, mode="json")
+        if env["rehearsal"] is None:  # a real suite hashes as it did before rehearsals existed
+            del env["rehearsal"]
+        return env
 
     def hash(self) -> str:
         blob = json.dumps(self.environment(), sort_keys=True).encode()

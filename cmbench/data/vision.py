@@ -49,6 +49,31 @@ IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 CIL_SOURCES = {"cifar100": 100, "imagenet_r": 200, "imagenet_a": 200, "domainnet": 345, "cub200": 200}
 
 
+# (train, test) images of each source as its loaders see it: the CLIP tasks' hub copies
+# (FusionBench's; ``test`` is the split ``clip_tasks.json`` names, e.g. food101's
+# validation) and the class-incremental sources as split in the InfLoRA / P&M line of work
+# (ImageNet-R/A approximately: 80/20 of the images). Used by the dry-run cost estimate and by
+# rehearsals, which generate splits of these sizes.
+SPLIT_SIZES = {
+    "sun397": (19850, 19850), "stanford_cars": (8144, 8041), "resisc45": (18900, 6300), "eurosat": (21600, 2700),
+    "svhn": (73257, 26032), "gtsrb": (26640, 12630), "mnist": (60000, 10000), "dtd": (3760, 1880),
+    "flowers102": (1020, 6149), "pcam": (262144, 32768), "fer2013": (28709, 7178), "oxford_pet": (3680, 3669),
+    "stl10": (5000, 8000), "cifar100": (50000, 10000), "cifar10": (50000, 10000), "food101": (75750, 25250),
+    "fashion_mnist": (60000, 10000), "emnist_letters": (124800, 20800), "kmnist": (60000, 10000),
+    "rendered_sst2": (6920, 1821),
+    "imagenet_r": (24000, 6000), "imagenet_a": (6000, 1500), "domainnet": (409832, 176743), "cub200": (5994, 5794),
+}
+# a typical image of each source (side in pixels, PIL mode): what decoding costs per image
+NATIVE_IMAGE = {
+    "sun397": (300, "RGB"), "stanford_cars": (360, "RGB"), "resisc45": (256, "RGB"), "eurosat": (64, "RGB"),
+    "svhn": (32, "RGB"), "gtsrb": (50, "RGB"), "mnist": (28, "L"), "dtd": (450, "RGB"), "flowers102": (500, "RGB"),
+    "pcam": (96, "RGB"), "fer2013": (48, "L"), "oxford_pet": (400, "RGB"), "stl10": (96, "RGB"),
+    "cifar100": (32, "RGB"), "cifar10": (32, "RGB"), "food101": (512, "RGB"), "fashion_mnist": (28, "L"),
+    "emnist_letters": (28, "L"), "kmnist": (28, "L"), "rendered_sst2": (500, "RGB"),
+    "imagenet_r": (400, "RGB"), "imagenet_a": (400, "RGB"), "domainnet": (300, "RGB"), "cub200": (400, "RGB"),
+}
+
+
 @lru_cache(maxsize=1)
 def clip_tasks() -> dict:
     return json.loads((Path(__file__).parent / "clip_tasks.json").read_text())["tasks"]
@@ -189,6 +214,7 @@ def _load_hub(source: str, split: str, size: int, val: tuple[float, int] | None)
                                f"is not installed to read the hub copy {where}") from None
         if os.environ.get("CMBENCH_ALLOW_DOWNLOAD", "") in ("", "0", "false"):
             os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        datasets.logging.set_verbosity_error()  # its offline notices, twice per split, drown the progress bars
         try:
             ds = datasets.load_dataset(spec["path"], spec.get("config"), split=spec["split"])
         except Exception as e:  # noqa: BLE001

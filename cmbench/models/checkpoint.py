@@ -147,6 +147,36 @@ def hf_clip_vision_to_open_clip(state: StateDict, theta0: StateDict) -> StateDic
     return out
 
 
+def open_clip_to_hf_clip_vision(state: StateDict) -> StateDict:
+    """The inverse of :func:`hf_clip_vision_to_open_clip` for a ``CLIPVisionModel`` (no
+    projection): how a rehearsal writes its stand-in experts in FusionBench's format."""
+    pre = "vision_model."
+    simple = {"class_embedding": "embeddings.class_embedding", "conv1.weight": "embeddings.patch_embedding.weight",
+              "positional_embedding": "embeddings.position_embedding.weight",
+              "ln_pre.weight": "pre_layrnorm.weight", "ln_pre.bias": "pre_layrnorm.bias",
+              "ln_post.weight": "post_layernorm.weight", "ln_post.bias": "post_layernorm.bias"}
+    layer = {"attn.out_proj": "self_attn.out_proj", "ln_1": "layer_norm1", "ln_2": "layer_norm2",
+             "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+    out: StateDict = {}
+    for k, v in state.items():
+        k = k.removeprefix("visual.")
+        if k in simple:
+            out[pre + simple[k]] = v
+        elif k.startswith("transformer.resblocks."):
+            i, rest = k[len("transformer.resblocks."):].split(".", 1)
+            lp = f"{pre}encoder.layers.{i}."
+            if rest.startswith("attn.in_proj_"):
+                kind = rest.rsplit("_", 1)[1]
+                for x, part in zip("qkv", v.chunk(3)):
+                    out[lp + f"self_attn.{x}_proj.{kind}"] = part.contiguous()
+            else:
+                mod, kind = rest.rsplit(".", 1)
+                out[lp + f"{layer[mod]}.{kind}"] = v
+        elif k != "proj":
+            raise CmbenchError(f"open_clip_to_hf_clip_vision: no CLIPVisionModel name for visual.{k}")
+    return out
+
+
 def task_vectors_to_open_clip(state: StateDict) -> StateDict:
     """The task-vectors release's ``ImageEncoder`` (``model.visual.*`` + the text tower)."""
     return {k.removeprefix("model."): v for k, v in state.items() if k.removeprefix("model.").startswith("visual.")}

@@ -53,14 +53,17 @@ def _build_open_clip(cfg, pretrained: bool) -> nn.Module:
         c = cfg.config
         return CLIP(embed_dim=c["embed_dim"], vision_cfg=c["vision_cfg"], text_cfg=c["text_cfg"],
                     quick_gelu=c.get("quick_gelu", False))
+    # the architecture the tag's weights need: OpenAI's CLIPs use QuickGELU, which open_clip's
+    # `ViT-B-32` config does not say (it only warns when the tag's weights are loaded into GELU)
+    tag_cfg = (open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained) or {}) if cfg.pretrained else {}
+    quick = bool(tag_cfg.get("quick_gelu"))
     if not pretrained or cfg.pretrained is None:
-        # the architecture the tag's weights need (OpenAI's CLIPs use QuickGELU)
-        tag_cfg = open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained) if cfg.pretrained else {}
-        return open_clip.create_model(cfg.model, pretrained=None, force_quick_gelu=bool(tag_cfg.get("quick_gelu")))
+        return open_clip.create_model(cfg.model, pretrained=None, force_quick_gelu=quick)
     if not allow_download():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        return open_clip.create_model(cfg.model, pretrained=cfg.pretrained, require_pretrained=True)
+        return open_clip.create_model(cfg.model, pretrained=cfg.pretrained, require_pretrained=True,
+                                      force_quick_gelu=quick)
     except Exception as e:  # noqa: BLE001 - missing cache, no network, bad tag
         raise CmbenchError(
             f"backbone: cannot load open_clip {cfg.model} / {cfg.pretrained} ({str(e).splitlines()[0][:200]}); "
@@ -125,16 +128,19 @@ def pretrained_state(cfg, seed: int) -> dict[str, Tensor]:
 
 @torch.no_grad()
 def zero_shot_weights(cfg, classnames: list[str], templates: list[str], seed: int,
-                      device: str = "cpu") -> Tensor:
+                      device: str = "cpu", model: nn.Module | None = None, batch_size: int = 256) -> Tensor:
     """CLIP zero-shot head: for each class, encode every template filled with its name,
-    L2-normalise, average over templates, L2-normalise again; times exp(logit_scale)."""
+    L2-normalise, average over templates, L2-normalise again; times exp(logit_scale).
+
+    Prompts are encoded ``batch_size`` at a time (one class per call took 6.6 min for TA8's
+    1 140 classes on a CPU); pass ``model`` to reuse one loaded model across tasks."""
     import open_clip
 
-    model = build_open_clip(cfg, pretrained=True, seed=seed).to(device).eval()
+    if model is None:
+        model = build_open_clip(cfg, pretrained=True, seed=seed).to(device).eval()
     tokenizer = open_clip.get_tokenizer(cfg.model) if cfg.config is None else open_clip.tokenize
-    rows = []
-    for c in classnames:
-        tokens = tokenizer([t.format(c=c) for t in templates]).to(device)
-        emb = nn.functional.normalize(model.encode_text(tokens).float(), dim=-1).mean(0)
-        rows.append(nn.functional.normalize(emb, dim=-1))
-    return torch.stack(rows).cpu() * model.logit_scale.exp().float().cpu()
+    prompts = [t.format(c=c) for c in classnames for t in templates]
+    emb = torch.cat([model.encode_text(tokenizer(prompts[i : i + batch_size]).to(device)).float()
+                     for i in range(0, len(prompts), batch_size)])
+    emb = nn.functional.normalize(emb, dim=-1).view(len(classnames), len(templates), -1).mean(1)
+    return nn.functional.normalize(emb, dim=-1).cpu() * model.logit_scale.exp().float().cpu()

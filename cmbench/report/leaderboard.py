@@ -75,6 +75,9 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
     commits = sorted({r.get("git_commit") or "?" for r in recs})
     last = max((r.get("finished_at") or "" for r in recs), default="")
     lines = [f"## {suite}", ""]
+    if any(r.get("rehearsal") for r in recs):
+        lines += ["**rehearsal: random weights** (generated data and experts; these numbers measure the "
+                  "harness, not the methods)", ""]
     setting = recs[0].get("setting", "merge_stream")
     lines.append(f"Setting: `{setting}` · suite hash {', '.join(f'`{h}`' for h in hashes)} · "
                  f"commit {', '.join(f'`{c[:10]}`' for c in commits)} · last job {last}")
@@ -213,10 +216,10 @@ def paired_section(by_label: dict[str, list[dict]], ref: str) -> list[str]:
 
 
 def render_leaderboard(results_dir: str | Path = "results", output: str | Path = "leaderboard.md",
-                       plots_dir: str | Path | None = None) -> Path:
+                       plots_dir: str | Path | None = None, include_rehearsal: bool = False) -> Path:
     results_dir, output = Path(results_dir), Path(output)
     plots_dir = Path(plots_dir) if plots_dir else output.parent / "plots"
-    recs = load_results(results_dir)
+    recs = load_results(results_dir, include_rehearsal)
     by_suite: dict[str, list[dict]] = defaultdict(list)
     for r in recs:
         by_suite[r["suite"]].append(r)

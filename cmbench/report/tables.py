@@ -120,6 +120,14 @@ def ablation_table(recs: list[dict], fmt: str, method: str) -> str:
 def render_table(recs: list[dict], kind: str, fmt: str, methods: list[str] | None = None, suite: str | None = None) -> str:
     if suite:
         recs = [r for r in recs if r["suite"] == suite]
+    if any(r.get("rehearsal") for r in recs):
+        label = "rehearsal: random weights"
+        mark = {"markdown": f"_{label}_\n\n", "latex": f"% {label}\n", "csv": f"# {label}\n"}[fmt]
+        return mark + _render_table(recs, kind, fmt, methods)
+    return _render_table(recs, kind, fmt, methods)
+
+
+def _render_table(recs: list[dict], kind: str, fmt: str, methods: list[str] | None) -> str:
     if kind == "stream":
         return stream_table(recs, fmt, methods)
     if kind == "benchmarks":
