@@ -76,14 +76,19 @@ class Store:
         d = self.root / kind
         return d / f"{key}.safetensors", d / f"{key}.json"
 
-    def get_or_make(self, kind: str, key: str, make: Callable[[], tuple[StateDict, dict]]) -> tuple[StateDict, dict]:
+    def get_or_make(self, kind: str, key: str, make: Callable[[], tuple[StateDict, dict]],
+                    reload: Callable[[], StateDict] | None = None) -> tuple[StateDict, dict]:
+        """The artefact, built by ``make`` on first use. With ``reload`` (an artefact that is a
+        conversion of a file the user keeps, e.g. an expert checkpoint) only the sidecar is
+        stored and the tensors are re-read with ``reload`` and checked against its content
+        hash: an L/14 TALL20 stream would otherwise keep its 24 GB of experts twice."""
         tensors_path, meta_path = self._paths(kind, key)
         if meta_path.exists():  # the sidecar is written last: its presence marks completion
-            return self._load(tensors_path, meta_path)
+            return self._load(tensors_path, meta_path, reload)
         tensors_path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(tensors_path) + ".lock"):
             if meta_path.exists():
-                return self._load(tensors_path, meta_path)
+                return self._load(tensors_path, meta_path, reload)
             # under the lock no one else writes this artefact: a temporary file of it is what a
             # killed writer left (at real scale, gigabytes), never read
             for path in (tensors_path, meta_path):
@@ -94,6 +99,10 @@ class Store:
                 tensors, meta = make()
             tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
             meta = dict(meta, key=key, content_hash=content_hash(tensors), build=cost["build"])
+            if reload is not None:
+                meta["tensors"] = "reloaded from the source"
+                atomic_write_bytes(meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())
+                return tensors, meta
             fd, tmp = tempfile.mkstemp(dir=tensors_path.parent, prefix=f".{tensors_path.name}.", suffix=".tmp")
             os.close(fd)
             try:
@@ -115,8 +124,14 @@ class Store:
             return None
 
     @staticmethod
-    def _load(tensors_path: Path, meta_path: Path) -> tuple[StateDict, dict]:
+    def _load(tensors_path: Path, meta_path: Path, reload=None) -> tuple[StateDict, dict]:
         meta = json.loads(meta_path.read_text())
+        if reload is not None and meta.get("tensors") == "reloaded from the source":
+            tensors = reload()
+            if content_hash(tensors) != meta["content_hash"]:
+                raise CmbenchError(f"{meta_path}: its source now gives other tensors than when it was recorded (the "
+                                   "file changed); delete the sidecar to re-measure, or restore the file")
+            return tensors, meta
         try:
             tensors = load_file(str(tensors_path))
         except Exception as e:
@@ -357,11 +372,16 @@ class SuiteArtefacts:
         return split_heads(t, self.suite.task_names())
 
     def expert(self, task: str) -> tuple[StateDict, dict]:
-        if self.suite.experts.source == "checkpoints":
+        key = expert_key(self.suite, self.seed, task)
+        if self.suite.experts.source == "checkpoints":  # the user's checkpoint is the copy: not stored twice
+            from .models.checkpoint import load_expert
+
             make = lambda: load_expert_checkpoint(self.suite, task, self.theta0(), self.heads()[task])  # noqa: E731
-        else:
-            make = lambda: make_expert(self.suite, self.seed, task, self.theta0(), self.heads()[task])  # noqa: E731
-        return self.store.get_or_make("experts", expert_key(self.suite, self.seed, task), make)
+            reload = lambda: load_expert(self.suite.experts.checkpoints[task], task, self.theta0(),  # noqa: E731
+                                         "experts.checkpoints")[0]
+            return self.store.get_or_make("experts", key, make, reload=reload)
+        make = lambda: make_expert(self.suite, self.seed, task, self.theta0(), self.heads()[task])  # noqa: E731
+        return self.store.get_or_make("experts", key, make)
 
 
 def load_expert_checkpoint(suite: Suite, task: str, theta0: StateDict, head: Head) -> tuple[StateDict, dict]:

@@ -59,19 +59,23 @@ def cmd_run(args) -> int:
     if args.rehearse:
         if args.data_root or args.allow_download:
             raise CmbenchError("--rehearse writes its own data and weights: drop --data-root / --allow-download")
-        from .rehearse import rehearse
+        from .rehearse import default_out, rehearse, use_stand_ins
+
+        out = Path(args.out) if args.out else default_out(resolve_suite(args.suite))
+        use_stand_ins((out / ".cmbench" / "stand-ins").resolve())  # before anything imports the HF libraries
         from .suite import Rehearsal
 
         try:
-            r = Rehearsal(seed=args.rehearsal_seed, scale=args.scale, max_per_split=args.max_per_split)
+            r = Rehearsal(seed=args.rehearsal_seed, scale=args.scale, max_per_split=args.max_per_split,
+                          max_train_per_split=args.max_train_per_split)
         except ValueError as e:
             raise CmbenchError(f"--scale / --max-per-split: {str(e).splitlines()[-1].strip()}") from None
-        summary = rehearse(resolve_suite(args.suite), out=Path(args.out) if args.out else None, rehearsal=r,
+        summary = rehearse(resolve_suite(args.suite), out=out, rehearsal=r,
                            eval_cap=args.eval_cap, train_steps=args.train_steps, train_batch=args.train_batch,
                            hparams=_hparams(args.hparam), **kwargs)
         return 1 if summary["failed"] else 0
-    if args.scale != 1.0 or args.max_per_split or args.eval_cap or args.train_steps or args.train_batch or args.hparam:
-        raise CmbenchError("--scale, --max-per-split, --eval-cap, --train-steps, --train-batch and --hparam "
+    if args.scale != 1.0 or args.max_per_split or args.max_train_per_split or args.eval_cap or args.train_steps or args.train_batch or args.hparam:
+        raise CmbenchError("--scale, --max-per-split, --max-train-per-split, --eval-cap, --train-steps, --train-batch and --hparam "
                            "shape a rehearsal: add --rehearse (a real run takes them from the suite)")
     from .runner import run_suite
 
@@ -233,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     rh.add_argument("--rehearse", action="store_true", help="rehearse the suite (results are watermarked)")
     rh.add_argument("--scale", type=float, default=1.0, help="generated split sizes as a fraction of the real ones")
     rh.add_argument("--max-per-split", type=int, help="at most N generated images per dataset split")
+    rh.add_argument("--max-train-per-split", type=int, help="at most N generated images per train split "
+                    "(default: --max-per-split)")
     rh.add_argument("--eval-cap", type=int, help="evaluate on at most N test images per task")
     rh.add_argument("--train-steps", type=int, help="train-then-merge: optimiser steps per task")
     rh.add_argument("--train-batch", type=int, help="train-then-merge: batch size (default: the suite's)")

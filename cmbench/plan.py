@@ -109,36 +109,58 @@ def split_sizes(suite: Suite) -> dict[str, tuple[int, int]]:
     return out
 
 
-def project(suite: Suite, jobs: list[Job], measured: dict | None = None) -> dict:
-    """The cost of ``jobs`` at the real sizes: GPU seconds of evaluation and training at
-    ``GPU_TFLOPS``, and merge seconds from ``measured`` (a rehearsal's report: per-label
-    seconds per merge step at full model size, on the rehearsal host's CPU, which is where
-    merges run today) where it has them."""
+def project(suite: Suite, jobs: list[Job], measured: dict | None = None, sizes: dict | None = None,
+            tflops: float = GPU_TFLOPS) -> dict:
+    """The cost of ``jobs``: seconds of evaluation and training at ``tflops`` effective
+    (default: the assumed GPU), counted in images at ``sizes`` (default: the real split
+    sizes); and merge seconds from ``measured``, a rehearsal's report (seconds per merge step,
+    at full model size, on the host's CPU, which is where merges run today). A report of
+    another backbone is scaled: data-free steps by parameter count (they stream the weights),
+    data-using steps by forward FLOPs."""
+    from .methods import Method, discover
+
     gf = backbone_gflops(suite)
-    sizes = split_sizes(suite)
+    sizes = sizes or split_sizes(suite)
     cap = suite.evaluation.max_test_per_task
-    per_eval = sum(min(te, cap) if cap else te for _, te in sizes.values())
+    test = {n: min(te, cap) if cap else te for n, (_, te) in sizes.items()}
     T = len(suite.tasks)
     out = {"gflops": gf, "eval_images": 0.0, "train_images": 0.0, "merge_steps": 0, "merge_s": 0.0,
            "unmeasured_merge_steps": 0, "jobs": len(jobs)}
-    rows = T + 1 if not suite.evaluation.seen_only else (T + 1) / 2 + 1
     methods = (measured or {}).get("methods", {})
+    scale = {"none": 1.0, "data": 1.0}
+    mb = (measured or {}).get("backbone")
+    if mb:
+        scale = {"none": backbone_params(suite) / mb["params"], "data": gf / mb["gflops"]}
+    cls = discover()
     for job in jobs:
-        out["eval_images"] += rows * per_eval if suite.setting == "merge_stream" else sum(
-            te * (T - i) for i, (_, te) in enumerate(sizes[n] for n in job.order)) + 0.0
-        if suite.setting == "train_then_merge":
+        if suite.setting == "merge_stream":  # rows 1..T (θ0's row is evaluated once per seed, below)
+            per_row = sum(test.values())
+            out["eval_images"] += T * per_row * ((T + 1) / (2 * T) if suite.evaluation.seen_only else 1)
+        else:  # after step t: the t learned tasks
+            out["eval_images"] += sum(test[n] * (T - i) for i, n in enumerate(job.order))
             r = suite.training
-            imgs = [sizes[n][0] * 0.9 for n in job.order]  # 10 % of train is validation
-            out["train_images"] += sum(r.steps * r.batch_size if r.steps else r.epochs * n for n in imgs)
+            all_seen = cls[job.method].train_tasks is not Method.train_tasks  # e.g. multitask: the union
+            for t, n in enumerate(job.order):
+                imgs = sum(sizes[m][0] * 0.9 for m in job.order[: t + 1]) if all_seen else sizes[n][0] * 0.9
+                out["train_images"] += r.steps * r.batch_size if r.steps else r.epochs * imgs  # 10 % is val
         out["merge_steps"] += T
         m = methods.get(job.label)
         if m:
-            out["merge_s"] += m["merge_step_s"] * T
+            out["merge_s"] += m["merge_step_s"] * T * scale["none" if m.get("data_access") == "none" else "data"]
         else:
             out["unmeasured_merge_steps"] += T
-    out["eval_gpu_s"] = gf * out["eval_images"] / (GPU_TFLOPS * 1e3)
-    out["train_gpu_s"] = 3 * gf * out["train_images"] / (GPU_TFLOPS * 1e3)
+    if suite.setting == "merge_stream":
+        out["eval_images"] += len({j.seed for j in jobs}) * sum(test.values())
+    out["eval_gpu_s"] = gf * out["eval_images"] / (tflops * 1e3)
+    out["train_gpu_s"] = 3 * gf * out["train_images"] / (tflops * 1e3)
     return out
+
+
+def backbone_params(suite: Suite) -> int:
+    """Parameters of the merged model (the backbone's state dict)."""
+    from .models import create_backbone
+
+    return sum(p.numel() for p in create_backbone(suite.backbone).parameters())
 
 
 def load_measurement(suite: Suite, path: str | Path | None = None) -> dict | None:

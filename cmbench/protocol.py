@@ -140,10 +140,11 @@ class Evaluator:
                                            "data": data_versions(suite.tasks)}, numerics(suite),
                            heads_key(suite, art.seed), [t.model_dump() for t in suite.tasks],
                            suite.evaluation.max_test_per_task, suite.evaluation.batch_size)
-        t, _ = art.store.get_or_make("evals", key,
-                                     lambda: ({"acc": torch.tensor([self.accuracies(art.theta0(), names)[n]
-                                                                    for n in names], dtype=torch.float64)},
-                                              {"tasks": names}))
+        def make():
+            acc = self.accuracies(art.theta0(), names)  # once: not once per task (TALL20 evaluated θ0 20 times)
+            return {"acc": torch.tensor([acc[n] for n in names], dtype=torch.float64)}, {"tasks": names}
+
+        t, _ = art.store.get_or_make("evals", key, make)
         by_name = dict(zip(names, t["acc"].tolist()))
         return [by_name[n] for n in self.order]
 

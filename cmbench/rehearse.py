@@ -52,6 +52,34 @@ def stand_in_env(root: Path) -> dict[str, str]:
             "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "CMBENCH_ALLOW_DOWNLOAD": "0"}
 
 
+def default_out(suite_path: Path) -> Path:
+    return Path("rehearsals") / Path(suite_path).stem
+
+
+def use_stand_ins(root: Path) -> None:
+    """Point this process (and the workers it starts) at the stand-ins. The HF libraries read
+    their cache paths once, at import: if they were imported with other paths, stop rather
+    than let a real loader read (or a stand-in land in) the user's real caches."""
+    import sys
+
+    env = stand_in_env(root)
+    os.environ.update(env)
+    stale = []
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub import constants
+
+        if Path(constants.HF_HUB_CACHE) != Path(env["HF_HUB_CACHE"]) or not constants.HF_HUB_OFFLINE:
+            stale.append("huggingface_hub")
+    if "datasets" in sys.modules:
+        import datasets
+
+        if Path(datasets.config.HF_DATASETS_CACHE) != Path(env["HF_DATASETS_CACHE"]):
+            stale.append("datasets")
+    if stale:
+        raise CmbenchError(f"rehearsal: {', '.join(stale)} was imported before the stand-in caches were set; "
+                           "rehearse from a fresh process (`cmbench run SUITE --rehearse`)")
+
+
 def capped_suite(suite: Suite, rehearsal: Rehearsal, eval_cap: int | None = None, train_steps: int | None = None,
                  train_batch: int | None = None, hparams: dict[str, dict[str, Any]] | None = None) -> Suite:
     """The suite as rehearsed: its ``rehearsal`` section set, and what a CPU cannot afford
@@ -118,9 +146,7 @@ def prepare(suite: Suite, root: Path, log: Callable[[str], None] = print) -> dic
 
 def hub_file(repo: str, filename: str, repo_type: str = "model") -> Path:
     """The path ``hf_hub_download(repo, filename)`` resolves offline (``refs/main`` -> snapshot)."""
-    from huggingface_hub import constants
-
-    folder = Path(constants.HF_HUB_CACHE) / f"{repo_type}s--{repo.replace('/', '--')}"
+    folder = Path(os.environ["HF_HUB_CACHE"]) / f"{repo_type}s--{repo.replace('/', '--')}"
     (folder / "refs").mkdir(parents=True, exist_ok=True)
     (folder / "refs" / "main").write_text(COMMIT)
     path = folder / "snapshots" / COMMIT / filename
@@ -176,7 +202,8 @@ def split_size(source: str, split: str, r: Rehearsal) -> int:
     from .data.vision import SPLIT_SIZES
 
     n = math.ceil(SPLIT_SIZES[source][0 if split == "train" else 1] * r.scale)
-    return min(n, r.max_per_split) if r.max_per_split else n
+    cap = (r.max_train_per_split or r.max_per_split) if split == "train" else r.max_per_split
+    return min(n, cap) if cap else n
 
 
 def _image(rng: np.random.Generator, label: int, n_classes: int, side: int, mode: str) -> bytes:
@@ -232,7 +259,7 @@ def _write_hub_copy(source: str, r: Rehearsal) -> int:
     for (repo, config), splits in by_repo.items():
         parts = repo.split("/")
         name = camelcase_to_snakecase(parts[-1])
-        d = Path(datasets.config.HF_DATASETS_CACHE).joinpath("___".join(parts[:-1] + [name]), config or "default",
+        d = Path(os.environ["HF_DATASETS_CACHE"]).joinpath("___".join(parts[:-1] + [name]), config or "default",
                                                              "0.0.0", COMMIT)
         if (d / "dataset_info.json").exists():
             continue
@@ -391,10 +418,10 @@ def rehearse(suite_path: Path, *, out: Path | None = None, rehearsal: Rehearsal,
 
     from .suite import load_suite
 
-    suite = load_suite(suite_path)
-    out = Path(out or Path("rehearsals") / suite.name)
+    out = Path(out or default_out(suite_path))
     root = (out / ".cmbench" / "stand-ins").resolve()
-    os.environ.update(stand_in_env(root))
+    use_stand_ins(root)
+    suite = load_suite(suite_path)
     rehearsed = local_experts(capped_suite(suite, rehearsal, eval_cap, train_steps, train_batch, hparams), root)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{suite.name}.rehearsal.yaml"
@@ -406,14 +433,19 @@ def rehearse(suite_path: Path, *, out: Path | None = None, rehearsal: Rehearsal,
     with measured(phases, "stand-ins"):
         parts = prepare(rehearsed, root, log)
     phases["stand-ins"]["parts_s"] = parts
+    from .runner import run_suite
+    from .suite import expand
+
+    jobs = expand(rehearsed, run_kwargs.get("methods"), run_kwargs.get("seeds"), run_kwargs.get("orders"),
+                  run_kwargs.get("skip"))
     if not run_kwargs.get("dry_run"):
         with measured(phases, "data preparation"):
-            counts = decode_all(rehearsed)
+            counts = decode_all(rehearsed, {j.method for j in jobs})
         phases["data preparation"].update(counts)
-    summary = run_suite_for_rehearsal(path, out, log, run_kwargs)
+    summary = run_suite(path, out=out, log=log, **run_kwargs)
     if run_kwargs.get("dry_run"):
         return summary
-    report = measurements(rehearsed, out, phases, root)
+    report = measurements(rehearsed, out, phases, root, {j.label for j in jobs})
     (out / "rehearsal.json").write_text(json.dumps(report, indent=1, sort_keys=True))
     from .plan import projection_lines
 
@@ -424,20 +456,14 @@ def rehearse(suite_path: Path, *, out: Path | None = None, rehearsal: Rehearsal,
     return {**summary, "report": report}
 
 
-def run_suite_for_rehearsal(path: Path, out: Path, log, run_kwargs: dict) -> dict:
-    from .runner import run_suite
-
-    return run_suite(path, out=out, log=log, **run_kwargs)
-
-
-def decode_all(suite: Suite) -> dict[str, Any]:
+def decode_all(suite: Suite, methods: set[str]) -> dict[str, Any]:
     """Decode (or map) what the jobs will read, once, before they fan out: every test split,
-    and the train splits when a method reads training data. Returns images and bytes."""
+    and the train splits when one of ``methods`` reads training data."""
     from .artefacts import load_tasks
     from .methods import discover
 
     cls = discover()
-    reads_train = suite.setting == "train_then_merge" or any(cls[m.name].data_access != "none" for m in suite.methods)
+    reads_train = suite.setting == "train_then_merge" or any(cls[m].data_access != "none" for m in methods)
     tasks = load_tasks(suite)
     n = {"test_images": sum(len(td.test) for td in tasks.values())}
     if reads_train:
@@ -449,16 +475,23 @@ def decode_all(suite: Suite) -> dict[str, Any]:
     return n
 
 
-def measurements(suite: Suite, out: Path, phases: dict, root: Path) -> dict[str, Any]:
-    """Per phase and per method, from the rehearsal's result files and artefact sidecars."""
+def measurements(suite: Suite, out: Path, phases: dict, root: Path, labels: set[str]) -> dict[str, Any]:
+    """Per phase and per method, from the rehearsal's result files (of ``labels``) and
+    artefact sidecars, and the cost model checked against them."""
     from .measure import disk_bytes
+    from .plan import backbone_gflops, backbone_params
     from .runner import Paths, load_results
 
     paths = Paths(out)
-    recs = [r for r in load_results(paths.results / suite.name, include_rehearsal=True) if r.get("status") == "ok"]
+    recs = [r for r in load_results(paths.results / suite.name, include_rehearsal=True)
+            if r.get("status") == "ok" and r["label"] in labels and r.get("key")]
     art: dict[str, list] = {}
+    used = {(kind, k) for r in recs for kind, key in r["inputs"]["artefacts"].items()
+            for k in (key.values() if isinstance(key, dict) else [key])}
     for kind in ("theta0", "heads", "experts", "evals"):
         for side in sorted((paths.cache / kind).glob("*.json")):
+            if kind != "evals" and (kind, side.stem) not in used:
+                continue  # another rehearsal's (other sizes or caps)
             build = json.loads(side.read_text()).get("build")
             if build:
                 art.setdefault(kind, []).append(build)
@@ -477,9 +510,12 @@ def measurements(suite: Suite, out: Path, phases: dict, root: Path) -> dict[str,
             m["train_optimizer_steps"] = sum(steps)
             m["train_batch_size"] = t.get("train_batch_size")
         m["job_s"] = t["job_s"]
+        m["data_access"] = r.get("data_access")
         m.update({k: v for k, v in (r.get("resources") or {}).items() if k.startswith("peak")})
     evals = [(m["eval_s"], m["eval_images"]) for m in methods.values() if m.get("eval_s")]
     return {
+        "backbone": {"params": backbone_params(suite), "gflops": backbone_gflops(suite)},
+        "check": model_check(suite, recs),
         "suite": suite.name, "rehearsal": suite.rehearsal.model_dump(mode="json"), "phases": phases,
         "artefacts": {k: {"count": len(v), "s": sum(b["s"] for b in v),
                           "peak_rss_bytes": max(b["peak_rss_bytes"] for b in v)} for k, v in art.items()},
@@ -500,27 +536,63 @@ def report_lines(suite: Suite, rep: dict) -> list[str]:
     lines = [f"# rehearsal of {suite.name} (random weights, generated data)", "",
              f"sizes: scale {r.scale}, at most {r.max_per_split or '-'} images per split; caps: "
              f"{json.dumps(r.caps) if r.caps else 'none'}", "",
-             "| phase | wall s | peak host GB | notes |", "|---|---|---|---|"]
+             "| phase | wall s | peak host GB (private) | notes |", "|---|---|---|---|"]
     for name, p in rep["phases"].items():
         notes = ", ".join(f"{k} {v:.0f}" if isinstance(v, float) else f"{k} {v}" for k, v in p.items()
-                          if k not in ("s", "peak_rss_bytes", "parts_s", "decoded_bytes"))
+                          if k not in ("s", "peak_rss_bytes", "peak_private_bytes", "parts_s", "decoded_bytes"))
         if "parts_s" in p:
             notes = ", ".join(f"{k} {v:.1f} s" for k, v in p["parts_s"].items())
         if "decoded_bytes" in p:
             notes += f", decoded cache {_gb(p['decoded_bytes'])} GB"
-        lines.append(f"| {name} | {p['s']:.1f} | {_gb(p['peak_rss_bytes'])} | {notes} |")
+        lines.append(f"| {name} | {p['s']:.1f} | {_gb(p['peak_rss_bytes'])} ({_gb(p.get('peak_private_bytes'))}) | "
+                     f"{notes} |")
     for kind, a in rep["artefacts"].items():
         lines.append(f"| {kind} ({a['count']} built) | {a['s']:.1f} | {_gb(a['peak_rss_bytes'])} | |")
     lines += ["", "| method | jobs | merge s/step | train s/opt. step (batch) | eval s (images/s) | job s | "
-              "peak host GB | peak GPU GB | storage GB |", "|---|---|---|---|---|---|---|---|---|"]
+              "peak host GB (private) | peak GPU GB | storage GB |", "|---|---|---|---|---|---|---|---|---|"]
     for label, m in rep["methods"].items():
         train = (f"{m['train_s'] / max(1, m['train_optimizer_steps']):.1f} ({m['train_batch_size']})"
                  if m.get("train_optimizer_steps") else "-")
         ev = f"{m['eval_s']:.0f} ({m['eval_images'] / m['eval_s']:.1f})" if m.get("eval_s") else "-"
         lines.append(f"| {label} | {m['jobs']} | {m['merge_step_s']:.2f} | {train} | {ev} | {m['job_s']:.0f} | "
-                     f"{_gb(m.get('peak_rss_bytes'))} | {_gb(m.get('peak_gpu_bytes'))} | "
+                     f"{_gb(m.get('peak_rss_bytes'))} ({_gb(m.get('peak_private_bytes'))}) | {_gb(m.get('peak_gpu_bytes'))} | "
                      f"{_gb(m['storage_peak_bytes'])} |")
     lines += ["", "disk: " + ", ".join(f"{k} {_gb(v)} GB" for k, v in rep["disk_bytes"].items()),
               f"evaluation: {rep['eval_images_per_s'] or 0:.1f} images/s on {rep['host']['threads_per_job']} threads "
               f"({rep['host']['cpus']} CPUs)"]
+    c = rep.get("check")
+    if c:
+        lines += ["", f"cost model checked on these jobs (sizes as generated, the host's {c['host_gflops']:.0f} "
+                      f"GFLOP/s from evaluation): evaluation images predicted {c['eval_images_predicted']:,.0f}, "
+                      f"counted {c['eval_images_counted']:,.0f}; training seconds predicted "
+                      f"{c['train_s_predicted']:.0f} (backward = 2 × forward), measured {c['train_s_measured']:.0f}"]
     return lines
+
+
+def model_check(suite: Suite, recs: list[dict]) -> dict | None:
+    """``plan.project`` applied to the jobs this rehearsal ran, at the sizes it generated and
+    the throughput its evaluation reached, against what they counted and measured."""
+    from .plan import backbone_gflops, project
+    from .suite import Job
+
+    ev = [(r["timings"]["eval_s"], r["timings"]["eval_images"]) for r in recs if r["timings"].get("eval_s")]
+    if not ev:
+        return None
+    gf = backbone_gflops(suite)
+    host = gf * sum(i for _, i in ev) / sum(s for s, _ in ev)  # GFLOP/s
+    sizes = {}
+    r = suite.rehearsal
+    for t in suite.tasks:
+        src = t.params.get("source") if t.dataset == "class_split" else t.dataset
+        k = t.params.get("n_tasks", 1) if t.dataset == "class_split" else 1
+        sizes[t.name] = tuple(split_size(src, sp, r) // k for sp in ("train", "test"))
+    jobs = [Job(suite=suite.name, suite_hash="", method=x["method"], label=x["label"], hparams=(), lora=None,
+                method_hash="", seed=x["seed"], order_index=x["order_index"], order=tuple(x["tasks"])) for x in recs]
+    c = project(suite, jobs, sizes=sizes, tflops=host / 1e3)
+    counted = sum(x["timings"].get("eval_images", 0) for x in recs)
+    if suite.setting == "merge_stream":  # θ0's row, evaluated once per seed (a cached artefact)
+        cap = suite.evaluation.max_test_per_task or float("inf")
+        counted += len({x["seed"] for x in recs}) * sum(min(te, cap) for _, te in sizes.values())
+    return {"host_gflops": host, "eval_images_predicted": c["eval_images"], "eval_images_counted": counted,
+            "train_s_predicted": c["train_gpu_s"],
+            "train_s_measured": sum(sum(x["timings"].get("train_steps_s") or []) for x in recs)}

@@ -351,7 +351,8 @@ def _prepare_artefacts(suite: Suite, seeds: list[int], store, cache: str, ex, lo
             if suite.setting == "merge_stream" and not store.has("experts", expert_key(suite, s, t))]
     if log is not None:
         log(f"suite {suite.name}: {len(seeds) * len(suite.tasks) - len(todo)} experts cached, {len(todo)} to fine-tune")
-    _drain(ex.map(_prepare_expert, todo), f"fine-tuning experts ({len(todo)})", len(todo))
+    verb = "loading experts" if suite.experts.source == "checkpoints" else "fine-tuning experts"
+    _drain(ex.map(_prepare_expert, todo), f"{verb} ({len(todo)})", len(todo))
     return len(todo)
 
 

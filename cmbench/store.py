@@ -56,12 +56,19 @@ class FsspecStore(Store):
             f.write(payload)
         self.fs.mv(tmp, path)
 
-    def get_or_make(self, kind: str, key: str, make: Callable[[], tuple[StateDict, dict]]) -> tuple[StateDict, dict]:
+    def get_or_make(self, kind: str, key: str, make: Callable[[], tuple[StateDict, dict]],
+                    reload: Callable[[], StateDict] | None = None) -> tuple[StateDict, dict]:
         from safetensors.torch import load, save
 
         tensors_path, meta_path = self._fs_paths(kind, key)
         if self.fs.exists(meta_path):
             meta = json.loads(self.fs.cat_file(meta_path))
+            if reload is not None and meta.get("tensors") == "reloaded from the source":
+                tensors = reload()
+                if content_hash(tensors) != meta["content_hash"]:
+                    raise CmbenchError(f"{self.url}/{kind}/{key}: its source now gives other tensors than when it was "
+                                       "recorded (the file changed); delete the sidecar or restore the file")
+                return tensors, meta
             try:
                 tensors = load(self.fs.cat_file(tensors_path))
             except Exception as e:  # noqa: BLE001
@@ -73,6 +80,10 @@ class FsspecStore(Store):
         tensors, meta = make()
         tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
         meta = dict(meta, key=key, content_hash=content_hash(tensors))
+        if reload is not None:  # see artefacts.Store.get_or_make
+            meta["tensors"] = "reloaded from the source"
+            self._put(meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())
+            return tensors, meta
         self._put(tensors_path, save(tensors))
         self._put(meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())
         return tensors, meta

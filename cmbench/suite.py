@@ -286,6 +286,7 @@ class Rehearsal(Strict):
     seed: int = 0
     scale: float = Field(1.0, gt=0, le=1)
     max_per_split: Optional[int] = Field(None, gt=0)
+    max_train_per_split: Optional[int] = Field(None, gt=0, description="train splits only (default: max_per_split)")
     expert_rank: int = Field(8, gt=0, description="rank of each matrix's low-rank perturbation")
     expert_lowrank: float = Field(0.03, ge=0, description="its Frobenius norm relative to the matrix's")
     expert_density: float = Field(0.005, gt=0, le=1, description="fraction of entries in the sparse part")

@@ -58,7 +58,13 @@ def _build_open_clip(cfg, pretrained: bool) -> nn.Module:
     tag_cfg = (open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained) or {}) if cfg.pretrained else {}
     quick = bool(tag_cfg.get("quick_gelu"))
     if not pretrained or cfg.pretrained is None:
-        return open_clip.create_model(cfg.model, pretrained=None, force_quick_gelu=quick)
+        import logging
+
+        logging.disable(logging.WARNING)  # open_clip warns that no weights were loaded: θ0 is loaded next
+        try:
+            return open_clip.create_model(cfg.model, pretrained=None, force_quick_gelu=quick)
+        finally:
+            logging.disable(logging.NOTSET)
     if not allow_download():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
