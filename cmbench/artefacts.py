@@ -177,8 +177,8 @@ def theta0_key(suite: Suite, seed: int) -> str:
     if suite.backbone.kind == "tiny_vit":  # pretrained by the harness, on these tasks
         components.update(train=TRAIN_VERSION, data=data_versions([*suite.tasks, *(suite.pretrain.tasks or [])]))
     tasks = [t.model_dump() for t in suite.tasks]
-    # a rehearsal's θ0 is random weights read from where the real ones would be: never the same key
-    stand_in = [suite.rehearsal.model_dump(exclude={"caps"})] if suite.rehearsal else []
+    # a rehearsal's θ0 is random weights (from its seed) read from where the real ones would be
+    stand_in = [{"rehearsal_seed": suite.rehearsal.seed}] if suite.rehearsal else []
     return artefact_key("theta0", components, CPU_FP32, suite.backbone.model_dump(), suite.pretrain.model_dump(), tasks,
                         suite.data_seed, seed, *stand_in)
 
@@ -200,8 +200,10 @@ def expert_key(suite: Suite, seed: int, task: str) -> str:
         components["checkpoint"] = CHECKPOINT_VERSION
     else:
         components["train"] = TRAIN_VERSION
+    # a rehearsal's expert is its perturbation, measured (E) on its generated test split
+    stand_in = [suite.rehearsal.model_dump(exclude={"caps"})] if suite.rehearsal else []
     return artefact_key("expert", components, numerics(suite), heads_key(suite, seed), task, experts,
-                suite.evaluation.model_dump())
+                        suite.evaluation.model_dump(), *stand_in)
 
 
 def _rotate_batch(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,6 @@ one, and the real split sizes (``vision.SPLIT_SIZES``) where the data is not pre
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from pathlib import Path
 

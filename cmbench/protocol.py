@@ -139,7 +139,8 @@ class Evaluator:
         key = artefact_key("eval-theta0", {"evaluation": EVALUATION_VERSION, "models": MODELS_VERSION,
                                            "data": data_versions(suite.tasks)}, numerics(suite),
                            heads_key(suite, art.seed), [t.model_dump() for t in suite.tasks],
-                           suite.evaluation.max_test_per_task, suite.evaluation.batch_size)
+                           suite.evaluation.max_test_per_task, suite.evaluation.batch_size,
+                           *([suite.rehearsal.model_dump(exclude={"caps"})] if suite.rehearsal else []))
         def make():
             acc = self.accuracies(art.theta0(), names)  # once: not once per task (TALL20 evaluated θ0 20 times)
             return {"acc": torch.tensor([acc[n] for n in names], dtype=torch.float64)}, {"tasks": names}

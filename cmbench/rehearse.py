@@ -389,10 +389,9 @@ def local_experts(suite: Suite, root: Path) -> Suite:
     """Local expert paths pointed at the rehearsal's copies (hub paths resolve by themselves)."""
     if suite.experts.source != "checkpoints":
         return suite
-    ck = {t: (s if s.path.startswith("hf://") else s.model_copy(update={"path": str(expert_path(s.path, root)),
-                                                                          "sha256": None}))
+    ck = {t: s.model_copy(update={"sha256": None,  # stand-ins have their own bytes
+                                  "path": s.path if s.path.startswith("hf://") else str(expert_path(s.path, root))})
           for t, s in suite.experts.checkpoints.items()}
-    ck = {t: s.model_copy(update={"sha256": None}) for t, s in ck.items()}  # stand-ins have their own bytes
     return suite.model_copy(update={"experts": suite.experts.model_copy(update={"checkpoints": ck})})
 
 
@@ -426,7 +425,7 @@ def rehearse(suite_path: Path, *, out: Path | None = None, rehearsal: Rehearsal,
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{suite.name}.rehearsal.yaml"
     path.write_text(f"# {suite.name} as rehearsed (cmbench run {suite_path} --rehearse): stand-ins under "
-                    f"{root}\n" + yaml.safe_dump(rehearsed.model_dump(mode="json", exclude_none=True), sort_keys=False))
+                    f"{root}\n" + yaml.safe_dump(rehearsed.model_dump(mode="json"), sort_keys=False))
     phases: dict[str, Any] = {}
     from .measure import measured
 
@@ -446,10 +445,15 @@ def rehearse(suite_path: Path, *, out: Path | None = None, rehearsal: Rehearsal,
     if run_kwargs.get("dry_run"):
         return summary
     report = measurements(rehearsed, out, phases, root, {j.label for j in jobs})
+    if rehearsed.setting == "train_then_merge" and rehearsed.training.batch_size < suite.training.batch_size:
+        b = rehearsed.training.batch_size
+        report["train_step_probe"] = train_step_probe(suite, (b, 2 * b, 4 * b), rehearsed.resources.cpus_per_job)
     (out / "rehearsal.json").write_text(json.dumps(report, indent=1, sort_keys=True))
     from .plan import projection_lines
 
     lines = report_lines(rehearsed, report) + projection_lines(load_suite(suite_path), report)
+    if "train_step_probe" in report:
+        lines += probe_lines(report["train_step_probe"])
     (out / "rehearsal.md").write_text("\n".join(lines) + "\n")
     for line in lines:
         log(line)
@@ -596,3 +600,64 @@ def model_check(suite: Suite, recs: list[dict]) -> dict | None:
     return {"host_gflops": host, "eval_images_predicted": c["eval_images"], "eval_images_counted": counted,
             "train_s_predicted": c["train_gpu_s"],
             "train_s_measured": sum(sum(x["timings"].get("train_steps_s") or []) for x in recs)}
+
+
+def train_step_probe(suite: Suite, batches: tuple[int, ...], threads: int) -> dict[str, Any]:
+    """One optimiser step of the suite's backbone (+ a linear head) at each of ``batches``,
+    full-parameter and with the suite's LoRA (if a method uses one): seconds and peak private
+    memory, each fitted as a + b·batch and extrapolated to the suite's batch size. For a host
+    that cannot hold the real batch (ViT-B/16 at 256 needs tens of GB of activations)."""
+    import torch
+
+    from .measure import measured
+    from .models import create_backbone
+    from .train import add_lora
+
+    torch.set_num_threads(threads)
+    target = suite.training.batch_size
+    side = suite.backbone.image_size
+    loras = {json.dumps(m.lora.model_dump()) for m in suite.methods if m.lora}
+    kinds = {"full": None} | {f"lora {json.loads(x)['targets']} r{json.loads(x)['rank']}": json.loads(x) for x in loras}
+    out: dict[str, Any] = {"target_batch": target, "batches": list(batches), "threads": threads}
+    for kind, lora in kinds.items():
+        model = create_backbone(suite.backbone)
+        head = torch.nn.Linear(suite.backbone.feature_dim, 20)
+        if lora:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            params = [p for a in add_lora(model, lora["rank"], lora.get("alpha"), lora["targets"], 0)
+                      for p in a.parameters()]
+        else:
+            params = list(model.parameters())
+        opt = torch.optim.AdamW([*params, *head.parameters()], lr=1e-4)
+        rows = []
+        for b in batches:
+            x = torch.rand(b, getattr(suite.backbone, "in_chans", 3), side, side) * 2 - 1
+            y = torch.randint(0, 20, (b,))
+            cost: dict = {}
+            for _ in range(2):  # the first step allocates the optimiser state: time the second
+                with measured(cost, "step"):
+                    loss = torch.nn.functional.cross_entropy(head(model(x)), y)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+            rows.append((b, cost["step"]["s"], cost["step"]["peak_private_bytes"]))
+        bs = np.array([r[0] for r in rows], dtype=float)
+        fit = {name: np.polyfit(bs, np.array([r[i] for r in rows], dtype=float), 1) for name, i in (("s", 1), ("mem", 2))}
+        out[kind] = {"measured": [{"batch": b, "s": s, "peak_private_bytes": m} for b, s, m in rows],
+                     "extrapolated_s": float(np.polyval(fit["s"], target)),
+                     "extrapolated_peak_private_bytes": float(np.polyval(fit["mem"], target))}
+        del model, opt
+    return out
+
+
+def probe_lines(p: dict) -> list[str]:
+    lines = ["", f"training step at the suite's batch {p['target_batch']} (this host cannot hold it: measured at "
+                 f"batches {p['batches']} on {p['threads']} threads, fitted a + b·batch, extrapolated):", "",
+             "| training | " + " | ".join(f"batch {b}: s (GB)" for b in p["batches"]) + f" | batch {p['target_batch']} "
+             "extrapolated: s (GB) |", "|---|" + "---|" * (len(p["batches"]) + 1)]
+    for kind, v in p.items():
+        if isinstance(v, dict):
+            cells = " | ".join(f"{m['s']:.2f} ({_gb(m['peak_private_bytes'])})" for m in v["measured"])
+            lines.append(f"| {kind} | {cells} | {v['extrapolated_s']:.1f} ({_gb(v['extrapolated_peak_private_bytes'])}) |")
+    return lines
