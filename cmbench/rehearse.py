@@ -441,6 +441,10 @@ def rehearse(suite_path: Path, *, out: Path | None = None, rehearsal: Rehearsal,
         with measured(phases, "data preparation"):
             counts = decode_all(rehearsed, {j.method for j in jobs})
         phases["data preparation"].update(counts)
+        # kept now: a rehearsal stopped during its jobs still has its preparation's figures
+        (out / "rehearsal-phases.json").write_text(json.dumps(phases, indent=1))
+        log(f"rehearsal: data prepared in {phases['data preparation']['s']:.0f} s "
+            f"({json.dumps({k: v for k, v in counts.items()})})")
     summary = run_suite(path, out=out, log=log, **run_kwargs)
     if run_kwargs.get("dry_run"):
         return summary
