@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/cmbench report
 
 # CI budget (README, "Tests and the CI budget"): `test` under 10 min on a fresh clone of a
-# 2-core machine, install included; `.ci/run` (test, then test-slow) under 30 min.
+# 2-core machine, install included; `.ci/run` (test, then test-slow) under 45 min.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 

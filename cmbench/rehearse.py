@@ -597,10 +597,8 @@ def model_check(suite: Suite, recs: list[dict]) -> dict | None:
     jobs = [Job(suite=suite.name, suite_hash="", method=x["method"], label=x["label"], hparams=(), lora=None,
                 method_hash="", seed=x["seed"], order_index=x["order_index"], order=tuple(x["tasks"])) for x in recs]
     c = project(suite, jobs, sizes=sizes, tflops=host / 1e3)
+    # θ0's row (once per seed) is counted by the job that built its cached artefact
     counted = sum(x["timings"].get("eval_images", 0) for x in recs)
-    if suite.setting == "merge_stream":  # θ0's row, evaluated once per seed (a cached artefact)
-        cap = suite.evaluation.max_test_per_task or float("inf")
-        counted += len({x["seed"] for x in recs}) * sum(min(te, cap) for _, te in sizes.values())
     return {"host_gflops": host, "eval_images_predicted": c["eval_images"], "eval_images_counted": counted,
             "train_s_predicted": c["train_gpu_s"],
             "train_s_measured": sum(sum(x["timings"].get("train_steps_s") or []) for x in recs)}

@@ -19,12 +19,12 @@ from tests.test_clip_path import TINY_CLIP
 ROOT = Path(__file__).parents[1]
 
 
-def _cli(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+def _cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     """The CLI in a fresh process, as a user runs it (the HF libraries read their caches at import)."""
     e = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "CMBENCH_"))}
     e.update(HOME=str(cwd / "home"), **(env or {}))
     return subprocess.run([sys.executable, "-m", "cmbench", *args], cwd=cwd, env=e, capture_output=True, text=True,
-                          timeout=900)
+                          timeout=timeout)
 
 
 def test_open_clip_to_hf_clip_vision_inverts_the_loader_mapping():
@@ -106,7 +106,7 @@ def test_rehearsal_of_clip_vit_b32_ta8_at_full_model_size(tmp_path):
     step of one order, through the stand-in openai weights, hub datasets and HF experts."""
     p = _cli(["run", str(ROOT / "suites" / "clip-vit-b32-ta8.yaml"), "--rehearse", "--max-per-split", "16",
               "--eval-cap", "8", "--methods", "ties,opcm,fisher_average", "--hparam", "fisher_average.n_samples=8",
-              "--seeds", "1", "--orders", "1", "--no-ray", "--out", "out"], tmp_path)
+              "--seeds", "1", "--orders", "1", "--no-ray", "--out", "out"], tmp_path, timeout=3600)
     assert p.returncode == 0, p.stderr[-3000:]
     recs = [json.loads(f.read_text()) for f in (tmp_path / "out" / "results").rglob("*.json")]
     assert sorted(r["label"] for r in recs) == ["fisher_average", "opcm", "ties"]
