@@ -135,8 +135,8 @@ def project(suite: Suite, jobs: list[Job], measured: dict | None = None, sizes: 
         if suite.setting == "merge_stream":  # rows 1..T (θ0's row is evaluated once per seed, below)
             per_row = sum(test.values())
             out["eval_images"] += T * per_row * ((T + 1) / (2 * T) if suite.evaluation.seen_only else 1)
-        else:  # after step t: the t learned tasks
-            out["eval_images"] += sum(test[n] * (T - i) for i, n in enumerate(job.order))
+        else:  # after step t: the t learned tasks, and the trained model on its own task
+            out["eval_images"] += sum(test[n] * (T - i + 1) for i, n in enumerate(job.order))
             r = suite.training
             all_seen = cls[job.method].train_tasks is not Method.train_tasks  # e.g. multitask: the union
             for t, n in enumerate(job.order):

@@ -606,12 +606,12 @@ def model_check(suite: Suite, recs: list[dict]) -> dict | None:
 
 def train_step_probe(suite: Suite, batches: tuple[int, ...], threads: int) -> dict[str, Any]:
     """One optimiser step of the suite's backbone (+ a linear head) at each of ``batches``,
-    full-parameter and with the suite's LoRA (if a method uses one): seconds and peak private
-    memory, each fitted as a + b·batch and extrapolated to the suite's batch size. For a host
+    full-parameter and with the suite's LoRA (if a method uses one): seconds and the rise of
+    private memory (activations, gradients, optimiser state), each fitted as a + b·batch and extrapolated to the suite's batch size. For a host
     that cannot hold the real batch (ViT-B/16 at 256 needs tens of GB of activations)."""
     import torch
 
-    from .measure import measured
+    from .measure import measured, memory
     from .models import create_backbone
     from .train import add_lora
 
@@ -632,24 +632,28 @@ def train_step_probe(suite: Suite, batches: tuple[int, ...], threads: int) -> di
         else:
             params = list(model.parameters())
         opt = torch.optim.AdamW([*params, *head.parameters()], lr=1e-4)
+        chans = getattr(suite.backbone, "in_chans", 3)
+
+        def step(b: int) -> None:
+            loss = torch.nn.functional.cross_entropy(head(model(torch.rand(b, chans, side, side) * 2 - 1)),
+                                                     torch.randint(0, 20, (b,)))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        step(batches[0])  # allocates the optimiser state, which every batch size shares
         rows = []
         for b in batches:
-            x = torch.rand(b, getattr(suite.backbone, "in_chans", 3), side, side) * 2 - 1
-            y = torch.randint(0, 20, (b,))
             cost: dict = {}
-            for _ in range(2):  # the first step allocates the optimiser state: time the second
-                with measured(cost, "step"):
-                    loss = torch.nn.functional.cross_entropy(head(model(x)), y)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-            rows.append((b, cost["step"]["s"], cost["step"]["peak_private_bytes"]))
+            base = memory()[1]  # what the process holds already: a step's own memory is the rise
+            with measured(cost, "step"):
+                step(b)
+            rows.append((b, cost["step"]["s"], cost["step"]["peak_private_bytes"] - base))
         bs = np.array([r[0] for r in rows], dtype=float)
         fit = {name: np.polyfit(bs, np.array([r[i] for r in rows], dtype=float), 1) for name, i in (("s", 1), ("mem", 2))}
         out[kind] = {"measured": [{"batch": b, "s": s, "peak_private_bytes": m} for b, s, m in rows],
                      "extrapolated_s": float(np.polyval(fit["s"], target)),
                      "extrapolated_peak_private_bytes": float(np.polyval(fit["mem"], target))}
-        del model, opt
     return out
 
 

@@ -38,9 +38,8 @@ def main(merge_report: str, ttm_report: str) -> None:
                                                                  for m in suite.methods)
         side = suite.backbone.image_size
         decoded = sum(te + (tr if reads_train else 0) for tr, te in sizes.values()) * 3 * side * side
-        if suite.setting == "train_then_merge":  # a class split's tasks share one decoded source
-            decoded = sum(sizes.values(), (0, 0))
-            decoded = (decoded[0] + decoded[1]) * 3 * side * side
+        if suite.setting == "train_then_merge":  # a class split's tasks are shares of one decoded source
+            decoded = sum(tr + te for tr, te in sizes.values()) * 3 * side * side
         experts = (len(suite.tasks) * backbone_params(suite) * 4 if suite.setting == "merge_stream" else 0)
         peak = max((m.get("peak_private_bytes") or 0 for m in rep["methods"].values()), default=0)
         total = (c["eval_gpu_s"] + c["train_gpu_s"] + c["merge_s"]) / 3600
