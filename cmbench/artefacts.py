@@ -66,6 +66,22 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
         raise
 
 
+# a sidecar's ``tensors`` when only the sidecar is stored (``Store.get_or_make(reload=...)``)
+RELOADED = "reloaded from the source"
+
+
+def reloaded(meta: dict, reload, where: str) -> StateDict | None:
+    """The tensors of an artefact stored as its sidecar alone, re-read with ``reload`` and
+    checked against the recorded content hash; None if the artefact stores its tensors."""
+    if reload is None or meta.get("tensors") != RELOADED:
+        return None
+    tensors = reload()
+    if content_hash(tensors) != meta["content_hash"]:
+        raise CmbenchError(f"{where}: its source now gives other tensors than when it was recorded (the file "
+                           "changed); delete the sidecar to re-measure, or restore the file")
+    return tensors
+
+
 class Store:
     """A cache directory of ``<kind>/<key>.safetensors`` + ``<key>.json``."""
 
@@ -100,7 +116,7 @@ class Store:
             tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
             meta = dict(meta, key=key, content_hash=content_hash(tensors), build=cost["build"])
             if reload is not None:
-                meta["tensors"] = "reloaded from the source"
+                meta["tensors"] = RELOADED
                 atomic_write_bytes(meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())
                 return tensors, meta
             fd, tmp = tempfile.mkstemp(dir=tensors_path.parent, prefix=f".{tensors_path.name}.", suffix=".tmp")
@@ -126,11 +142,8 @@ class Store:
     @staticmethod
     def _load(tensors_path: Path, meta_path: Path, reload=None) -> tuple[StateDict, dict]:
         meta = json.loads(meta_path.read_text())
-        if reload is not None and meta.get("tensors") == "reloaded from the source":
-            tensors = reload()
-            if content_hash(tensors) != meta["content_hash"]:
-                raise CmbenchError(f"{meta_path}: its source now gives other tensors than when it was recorded (the "
-                                   "file changed); delete the sidecar to re-measure, or restore the file")
+        tensors = reloaded(meta, reload, str(meta_path))
+        if tensors is not None:
             return tensors, meta
         try:
             tensors = load_file(str(tensors_path))

@@ -16,7 +16,7 @@ import uuid
 from typing import Callable
 
 from . import CmbenchError
-from .artefacts import Store
+from .artefacts import RELOADED, Store, reloaded
 from .tensors import StateDict, content_hash
 
 
@@ -63,11 +63,8 @@ class FsspecStore(Store):
         tensors_path, meta_path = self._fs_paths(kind, key)
         if self.fs.exists(meta_path):
             meta = json.loads(self.fs.cat_file(meta_path))
-            if reload is not None and meta.get("tensors") == "reloaded from the source":
-                tensors = reload()
-                if content_hash(tensors) != meta["content_hash"]:
-                    raise CmbenchError(f"{self.url}/{kind}/{key}: its source now gives other tensors than when it was "
-                                       "recorded (the file changed); delete the sidecar or restore the file")
+            tensors = reloaded(meta, reload, f"{self.url}/{kind}/{key}")
+            if tensors is not None:
                 return tensors, meta
             try:
                 tensors = load(self.fs.cat_file(tensors_path))
@@ -81,7 +78,7 @@ class FsspecStore(Store):
         tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
         meta = dict(meta, key=key, content_hash=content_hash(tensors))
         if reload is not None:  # see artefacts.Store.get_or_make
-            meta["tensors"] = "reloaded from the source"
+            meta["tensors"] = RELOADED
             self._put(meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())
             return tensors, meta
         self._put(tensors_path, save(tensors))
