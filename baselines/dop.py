@@ -11,7 +11,12 @@ subspaces*: with τ_i = W_i − W_0 = U_i Σ_i V_iᵀ truncated to the energy fr
 
 minimised by Adam (lr, num_steps) on Σ_i w_i L_i, where w comes from MGDA (the min-norm
 point of the two loss-normalised gradients), smoothed by an EMA started at (α, 1 − α).
-Every other parameter (biases, norms, embeddings) is the plain average ½(M_{t−1} + θ_t).
+Which entries are linear weights is read from the modules (``ctx.layout``), as the
+reference loops over leaf modules: every other entry of a leaf module (biases, norms,
+embedding tables, convolutions) is the plain average ½(M_{t−1} + θ_t). The reference builds
+each merged model from a copy of θ0 and never visits a parameter owned by a module with
+children (CLIP's ``class_embedding``, a ViT's ``cls_token``), so from step 2 on such
+entries are θ0's (``non_leaf="average"`` averages them instead).
 Data-free; nothing is kept between steps but the merged model.
 """
 
@@ -20,7 +25,6 @@ from typing import Literal
 import torch
 
 from cmbench.methods import merge_function
-from cmbench.tensors import is_matrix, map_matrices
 
 
 def _subspace(tv: torch.Tensor, eps: float):
@@ -73,18 +77,20 @@ def optimise(w0, w_merged, w_new, *, lr, num_steps, mgda, ema, ema_beta, alpha, 
 @merge_function("dop", paper="Yuan et al., NeurIPS 2025 (Continual Model Merging without Data: Dual Projections)")
 def dop(ctx, merged, incoming, *, lr: float = 1e-4, num_steps: int = 200, mgda: bool = True,
         ema: bool = True, ema_beta: float = 0.999, alpha: float = 0.8, svd_epsilon: float = 0.99999,
-        svd_proj_space: Literal["uv", "u", "v"] = "uv"):
+        svd_proj_space: Literal["uv", "u", "v"] = "uv", non_leaf: Literal["theta0", "average"] = "theta0"):
     if ctx.step == 1:
         return {k: v.clone() for k, v in incoming.items()}
     hp = dict(lr=lr, num_steps=num_steps, mgda=mgda, ema=ema, ema_beta=ema_beta, alpha=alpha,
               eps=svd_epsilon, space=svd_proj_space)
-    out = {}
+    layout, out = ctx.layout, {}
     with torch.enable_grad():
         for k, w in merged.items():
             if not w.is_floating_point():
                 out[k] = w.clone()
-            elif is_matrix(k, w):
-                out[k] = map_matrices(k, lambda a, b, c: optimise(a, b, c, **hp), ctx.theta0[k], w, incoming[k])
+            elif not layout[k].leaf and non_leaf == "theta0":
+                out[k] = ctx.theta0[k].clone()
+            elif layout.is_linear(k):
+                out[k] = layout.map_matrices(k, lambda a, b, c: optimise(a, b, c, **hp), ctx.theta0[k], w, incoming[k])
             else:
                 out[k] = (w + incoming[k]) / 2
     return out

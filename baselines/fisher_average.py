@@ -1,16 +1,27 @@
 """Fisher-weighted averaging (Matena & Raffel 2022, "Merging Models with Fisher-Weighted
 Averaging", arXiv:2111.09832), continual form with running sums.
 
-With F_i the diagonal empirical Fisher of model θ_i on task i's train data,
+With F_i the diagonal Fisher of expert θ_i on task i's train data and c_i its weight,
 
-    M_t = Σ_{i≤t} (F_i + ε) ⊙ θ_i  /  Σ_{i≤t} (F_i + ε)
+    M_t = Σ_{i≤t} c_i (F_i + ε) ⊙ θ_i  /  Σ_{i≤t} c_i (F_i + ε),     c_i = 1 / (‖F_i‖ + ε)
 
-kept as two running sums, so no old model is stored. ε (the paper's Fisher floor) makes
-entries no task is sensitive to a plain average. Uses the current task's data only.
+kept as two running sums, so no old model is stored; this is exactly the one-shot merge of
+every expert seen so far. Defaults follow FusionBench's ``fisher_merging`` for CLIP:
+
+* ``fisher="model"``: the paper's Fisher, the expectation over the model's own predictive
+  distribution per example; ``"model_batch"`` is FusionBench's batch-level form and
+  ``"empirical"`` the true-label form (how the three differ: ``estimates.diagonal_fisher``);
+* ``normalize=True``: each model's Fisher is divided by its L2 norm over all parameters
+  (FusionBench's ``normalize_fisher_weight``; the common factor 1/Σ_j c_j cancels), so a
+  task whose Fisher is large overall (many classes, a low loss) does not outweigh the rest;
+* ε = 1e-6 (``minimal_fisher_weight``): entries no task is sensitive to are averaged;
+* 256 samples (``num_fisher_examples``) from the current task's train split, batches of 32
+  for ``model_batch``.
 """
 
-from cmbench.estimates import diagonal_fisher
+from cmbench.estimates import FisherKind, diagonal_fisher
 from cmbench.methods import Method, register
+from cmbench.tensors import norm
 
 
 @register
@@ -20,14 +31,16 @@ class FisherAverage(Method):
     settings = ("merge_stream", "train_then_merge")
     data_access = "current_task"
 
-    def __init__(self, *, n_samples: int = 256, eps: float = 1e-6):
-        self.n_samples, self.eps = n_samples, eps
+    def __init__(self, *, n_samples: int = 256, eps: float = 1e-6, fisher: FisherKind = "model",
+                 normalize: bool = True, batch_size: int = 32):
+        self.n_samples, self.eps, self.fisher, self.normalize, self.batch_size = n_samples, eps, fisher, normalize, batch_size
         self.fisher_sum = None
         self.weighted_sum = None
 
     def merge(self, ctx, merged, incoming, task):
-        F = diagonal_fisher(ctx, incoming, self.n_samples)
-        F = {k: f + self.eps for k, f in F.items()}
+        F = diagonal_fisher(ctx, incoming, self.n_samples, kind=self.fisher, batch_size=self.batch_size)
+        c = 1.0 / (norm(F) + self.eps) if self.normalize else 1.0
+        F = {k: c * (f + self.eps) for k, f in F.items()}
         if self.fisher_sum is None:
             self.fisher_sum = F
             self.weighted_sum = {k: f * incoming[k] for k, f in F.items()}

@@ -10,8 +10,8 @@ Merge stream: τ_t are the independent experts' task vectors; only τ_max is kep
 Train then merge (the paper's sequential fine-tuning + merging): task t is trained from the
 method's own chain θ_{t−1} (not from the deployed merge), so the chain is kept too (counted).
 
-Ties go to the later task (the public code's argmax keeps the earlier one; exact ties of
-float task vectors do not occur in practice).
+Ties go to the later task, as in the public code (danielm1405/magmax), which keeps the new
+entry where its magnitude is ``>=`` the kept one.
 """
 
 import torch

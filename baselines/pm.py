@@ -112,7 +112,7 @@ class PerturbAndMerge(Method):
 
     # -- merge: closed-form α from running Fisher sums --------------------------------------
     def merge(self, ctx, merged, incoming, task):
-        F = diagonal_fisher(ctx, incoming, self.fisher_samples)
+        F = diagonal_fisher(ctx, incoming, self.fisher_samples, kind="empirical")
         if self.fisher_on == "trainable":
             F = {k: f for k, f in F.items() if not torch.equal(incoming[k], merged[k])}
         if self.fisher_sum is None:

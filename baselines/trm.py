@@ -46,6 +46,7 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from cmbench.methods import Method, register
+from cmbench.train import current_weights
 
 
 @register
@@ -72,7 +73,7 @@ class TRM(Method):
         total = max(1, ctx.train_total_steps)
         marks = {round(total * (i + 1) / self.k) for i in range(self.k)}
         if step in marks:
-            self._trajectory.append({k: v.detach().cpu().clone() for k, v in ctx.train_model.state_dict().items()})
+            self._trajectory.append(current_weights(ctx.train_model))  # LoRA folded in
 
     # -- merge: optimise the coefficients ----------------------------------------------------
     def _group(self, name: str) -> int:

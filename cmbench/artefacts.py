@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from . import CmbenchError, data as data_mod
 from .measure import measured
-from .models import MODELS_VERSION, Head, create_backbone, features, numerics
+from .models import Head, create_backbone, features, models_version, numerics
 from .suite import Suite, Task
 from .tensors import StateDict, content_hash
 from .train import TRAIN_VERSION, fit
@@ -186,7 +186,7 @@ def _cap_test(td: data_mod.TaskData, cap: int, data_seed: int) -> data_mod.TaskD
 
 
 def theta0_key(suite: Suite, seed: int) -> str:
-    components = {"theta0": THETA0_VERSION, "models": MODELS_VERSION}
+    components = {"theta0": THETA0_VERSION, "models": models_version(suite.backbone)}
     if suite.backbone.kind == "tiny_vit":  # pretrained by the harness, on these tasks
         components.update(train=TRAIN_VERSION, data=data_versions([*suite.tasks, *(suite.pretrain.tasks or [])]))
     tasks = [t.model_dump() for t in suite.tasks]
@@ -197,14 +197,14 @@ def theta0_key(suite: Suite, seed: int) -> str:
 
 
 def heads_key(suite: Suite, seed: int) -> str:
-    components = {"heads": HEADS_VERSION, "models": MODELS_VERSION, "data": data_versions(suite.tasks)}
+    components = {"heads": HEADS_VERSION, "models": models_version(suite.backbone), "data": data_versions(suite.tasks)}
     return artefact_key("heads", components, CPU_FP32, theta0_key(suite, seed), suite.heads.model_dump(),
                 suite.evaluation.batch_size)
 
 
 def expert_key(suite: Suite, seed: int, task: str) -> str:
     experts = suite.experts.model_dump()
-    components = {"experts": EXPERTS_VERSION, "models": MODELS_VERSION,
+    components = {"experts": EXPERTS_VERSION, "models": models_version(suite.backbone),
                   "data": data_versions([t for t in suite.tasks if t.name == task])}
     if suite.experts.source == "checkpoints":  # only this task's checkpoint names this expert
         from .models.checkpoint import CHECKPOINT_VERSION

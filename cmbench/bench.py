@@ -41,16 +41,23 @@ def _reset_peak() -> float:
     return _status_mb("VmRSS")
 
 
-def vit_b32_state(seed: int) -> dict[str, torch.Tensor]:
-    """An 87.8M-parameter CLIP ViT-B/32 image tower, random weights."""
+def vit_b32(seed: int):
+    """An 87.8M-parameter CLIP ViT-B/32 image tower, random weights: its state dict and
+    layout (``ctx.layout``)."""
     import logging
 
+    from .models import layout_of
     from .models.clip import CLIPImageEncoder
     from .suite import OpenCLIP
 
     logging.getLogger().setLevel(logging.ERROR)  # open_clip warns that no weights were loaded
     torch.manual_seed(seed)
-    return CLIPImageEncoder.create(OpenCLIP(kind="open_clip", model="ViT-B-32", pretrained=None)).state_dict()
+    model = CLIPImageEncoder.create(OpenCLIP(kind="open_clip", model="ViT-B-32", pretrained=None))
+    return model.state_dict(), layout_of(model)
+
+
+def vit_b32_state(seed: int) -> dict[str, torch.Tensor]:
+    return vit_b32(seed)[0]
 
 
 def _perturbed(theta0, seed):
@@ -63,11 +70,12 @@ def _measure_method(name: str, threads: int, repeats: int, device: str, q) -> No
     torch.set_num_threads(threads)
     from . import methods as methods_mod
 
-    theta0 = {k: v.to(device) for k, v in vit_b32_state(0).items()}
+    theta0, layout = vit_b32(0)
+    theta0 = {k: v.to(device) for k, v in theta0.items()}
     experts = [{k: v.to(device) for k, v in _perturbed(theta0, i + 1).items()} for i in range(2 + repeats)]
     method = methods_mod.create(name, {})
     ctx = methods_mod.Context(theta0=theta0, num_tasks=2 + repeats, seed=0, device=torch.device(device),
-                              generator=torch.Generator().manual_seed(0))
+                              generator=torch.Generator().manual_seed(0), layout=layout)
     method.start(ctx)
     merged = theta0
     for t in (1, 2):  # warm-up steps build the method's state (τ_max, projections, …)
@@ -111,9 +119,10 @@ def _stream_memory(name: str, T: int, threads: int, q) -> None:
     torch.set_num_threads(threads)
     from . import methods as methods_mod
 
-    theta0 = vit_b32_state(0)
+    theta0, layout = vit_b32(0)
     method = methods_mod.create(name, {})
-    ctx = methods_mod.Context(theta0=theta0, num_tasks=T, seed=0, generator=torch.Generator().manual_seed(0))
+    ctx = methods_mod.Context(theta0=theta0, num_tasks=T, seed=0, generator=torch.Generator().manual_seed(0),
+                              layout=layout)
     method.start(ctx)
     base = _reset_peak()
     merged = theta0

@@ -23,7 +23,7 @@ import torch
 from . import CmbenchError
 from . import methods as methods_mod
 from .data import Split, TaskData
-from .models import Head, create_backbone
+from .models import Head, create_backbone, layout_of
 from .suite import Backbone
 from .tensors import StateDict, clone, nbytes
 
@@ -69,6 +69,7 @@ def _stream(name: str, setting: str, seed: int = 0):
                               generator=torch.Generator().manual_seed(seed), data=data)
     data.ctx = ctx
     model = create_backbone(TINY)
+    ctx.layout = layout_of(model)
 
     def network(state, classes="task", task=None):
         model.load_state_dict({k: v for k, v in state.items() if k != "conformance_counter"})

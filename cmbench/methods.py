@@ -33,6 +33,7 @@ import torch
 from pydantic import ConfigDict, ValidationError, create_model
 
 from . import CmbenchError
+from .layout import Layout
 from .tensors import StateDict
 
 SETTINGS = ("merge_stream", "train_then_merge")
@@ -53,6 +54,9 @@ class Context:
     task: str = ""
     seen_tasks: list[str] = field(default_factory=list)
     generator: torch.Generator | None = None
+    # what each state-dict entry is (linear weight, embedding, norm, ...), read from the
+    # backbone's modules (cmbench.layout): per-matrix methods ask it, never the names
+    layout: Layout | None = None
     data: Any = None  # cmbench.protocol.DataAccess: only what the method declared
     # set by the harness while a task trains (train then merge): LoRA adapters, the state
     # training started from, and the trainable backbone parameters by name

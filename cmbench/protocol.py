@@ -33,7 +33,7 @@ from . import CmbenchError, __version__, metrics
 from . import methods as methods_mod
 from .artefacts import (SuiteArtefacts, Store, artefact_key, data_versions, expert_key, heads_key, load_tasks,
                         theta0_key)
-from .models import MODELS_VERSION, accuracy, create_backbone, device_for, numerics
+from .models import accuracy, create_backbone, device_for, layout_of, models_version, numerics
 from .suite import Job, LoRA, Suite
 from .tensors import StateDict, first_nonfinite, nbytes
 from .train import TRAIN_VERSION
@@ -53,7 +53,7 @@ DATA_ACCESS_VERSION = 1  # DataAccess: which samples a method is handed
 def job_components(suite: Suite) -> dict:
     """The versions of every harness component that produces a job's numbers (artefacts
     carry their own in their keys)."""
-    out = {"evaluation": EVALUATION_VERSION, "data_access": DATA_ACCESS_VERSION, "models": MODELS_VERSION,
+    out = {"evaluation": EVALUATION_VERSION, "data_access": DATA_ACCESS_VERSION, "models": models_version(suite.backbone),
            "data": data_versions(suite.tasks)}
     if suite.setting == "merge_stream":
         out["merge_stream"] = MERGE_STREAM_VERSION
@@ -136,7 +136,7 @@ class Evaluator:
         """θ0's test accuracies depend on θ0, the heads, the test splits and evaluation."""
         names = sorted(self.order)
         suite = art.suite
-        key = artefact_key("eval-theta0", {"evaluation": EVALUATION_VERSION, "models": MODELS_VERSION,
+        key = artefact_key("eval-theta0", {"evaluation": EVALUATION_VERSION, "models": models_version(suite.backbone),
                                            "data": data_versions(suite.tasks)}, numerics(suite),
                            heads_key(suite, art.seed), [t.model_dump() for t in suite.tasks],
                            suite.evaluation.max_test_per_task, suite.evaluation.batch_size,
@@ -197,6 +197,7 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
     heads = art.heads()
     ev = Evaluator(suite, heads, order, theta0)
     cpu_model = ev.model if device_for(suite).type == "cpu" else create_backbone(suite.backbone, theta0)
+    ctx.layout = layout_of(cpu_model)
 
     def network(state, classes: str = "task", task: str | None = None):
         """The backbone loaded with ``state`` and the head of ``task`` (default: the
@@ -450,7 +451,7 @@ class Learner:
         ctx.adapters = adapters  # the LoRA adapters of this task (empty: full-parameter)
         ctx.train_start_state = start
         ctx.trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        ctx.train_model = model  # its state_dict() is the current (LoRA-folded) weights
+        ctx.train_model = model  # train.current_weights(model): its weights now, LoRA folded in
         rows = self.space.rows(names)
         xs = torch.cat([self.tasks[n].train.x for n in names])
         # as many as `fit` takes (`steps` overrides epochs; no committed suite sets it for training)
@@ -497,6 +498,7 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
             "bias": torch.zeros(space.n)}
     incremental = suite.heads.kind
     ctx.job_lora = job.lora
+    ctx.layout = layout_of(learner.model)
 
     def network(state, classes: str = "task", task: str | None = None):
         """The backbone loaded with ``state`` and a head over ``task``'s classes (default:

@@ -116,35 +116,6 @@ def unflatten(vec: Tensor, like: StateDict, keys: list[str] | None = None) -> St
     return out
 
 
-FUSED_ATTENTION = ("qkv.weight", "in_proj_weight")  # timm, open_clip: q, k, v stacked by rows
-
-
-def is_matrix(name: str, value: Tensor) -> bool:
-    """A linear layer's weight: 2-D, named ``*.weight`` / ``in_proj_weight``, and not an
-    embedding table (HF ``position_embedding.weight``); conv kernels are 4-D."""
-    module = name.rsplit(".", 1)[0] if "." in name else ""
-    return (value.ndim == 2 and value.is_floating_point()
-            and (name.endswith(".weight") or name.endswith("in_proj_weight"))
-            and "embed" not in module.rsplit(".", 1)[-1])
-
-
-def matrices(name: str, value: Tensor) -> list[Tensor]:
-    """The per-matrix views of a linear weight: a fused attention weight is q, k, v.
-
-    Views share storage, so writing into them writes into ``value``; per-matrix methods
-    (SVD projections, LoRA targets) give the same result on fused and separate layouts.
-    """
-    if name.endswith(FUSED_ATTENTION) and value.shape[0] == 3 * value.shape[1]:
-        return list(value.chunk(3, dim=0))
-    return [value]
-
-
-def map_matrices(name: str, fn: Callable[..., Tensor], *values: Tensor) -> Tensor:
-    """Apply ``fn`` matrix by matrix (q, k, v separately when fused); returns a new tensor."""
-    parts = zip(*(matrices(name, v) for v in values))
-    return torch.cat([fn(*p) for p in parts], dim=0)
-
-
 def norm(sd: StateDict) -> float:
     """Euclidean norm over all entries of a (task-vector) state dict."""
     return float(torch.sqrt(sum((v.double() ** 2).sum() for v in sd.values())))

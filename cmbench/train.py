@@ -149,6 +149,26 @@ def add_lora(model: torch.nn.Module, rank: int, alpha: float | None, targets: li
     return adapters
 
 
+def current_weights(model: torch.nn.Module) -> dict[str, Tensor]:
+    """The backbone's weights as they stand during training, under the plain names, with
+    every LoRA update folded in (what :func:`merge_lora` would leave), on the CPU; the
+    model is not changed. ``state_dict()`` of a parametrised model instead holds the frozen
+    ``…parametrizations.weight.original`` and the factors A, B separately."""
+    from torch.nn.utils import parametrize
+
+    out, skip = {}, []
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            prefix = f"{name}." if name else ""
+            skip.append(prefix + "parametrizations.")
+            for leaf in module.parametrizations.keys():
+                out[prefix + leaf] = getattr(module, leaf)
+    for k, v in model.state_dict().items():
+        if not k.startswith(tuple(skip)):
+            out[k] = v
+    return {k: v.detach().cpu().clone() for k, v in out.items()}
+
+
 def merge_lora(model: torch.nn.Module) -> None:
     """Fold every LoRA update into its weight and remove the parametrisation."""
     from torch.nn.utils import parametrize

@@ -4,21 +4,48 @@ their public code (fused q/k/v treated as three matrices, as separate layers are
 import pytest
 import torch
 
-from .test_methods import run_stream
+from cmbench.layout import describe
+
+from .test_methods import run_stream as _run_stream
 
 D = 4
 
 
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.num_heads = 1
+        self.qkv = torch.nn.Linear(D, 3 * D)  # fused q/k/v, as timm's Attention holds it
+        self.fc1 = torch.nn.Linear(D, 2 * D, bias=False)
+        self.norm = torch.nn.LayerNorm(D, bias=False)
+
+
+class Net(torch.nn.Module):
+    """A fused qkv, a non-square linear, biases, a norm, a bare parameter on a module with
+    children (as a ViT's pos_embed) and an integer buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.blk = Block()
+        self.pos_embed = torch.nn.Parameter(torch.zeros(1, 3, D))
+        self.register_buffer("count", torch.tensor([3]))
+
+
+LAYOUT = describe(Net())
+
+
 def models(n, seed=0):
-    """θ0 and n experts with a fused qkv, a non-square linear, biases, a norm and an int buffer."""
+    """θ0 and n experts of :class:`Net` (random values)."""
     g = torch.Generator().manual_seed(seed)
-    shapes = {"blk.qkv.weight": (3 * D, D), "blk.qkv.bias": (3 * D,), "blk.fc1.weight": (2 * D, D),
-              "blk.norm.weight": (D,), "pos_embed": (1, 3, D)}
-    theta0 = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
-    theta0["count"] = torch.tensor([3])
+    theta0 = {k: torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone()
+              for k, v in Net().state_dict().items()}
     experts = [{k: v + 0.3 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone()
                 for k, v in theta0.items()} for _ in range(n)]
     return theta0, experts
+
+
+def run_stream(name, hparams, theta0, experts):
+    return _run_stream(name, hparams, theta0, experts, LAYOUT)
 
 
 def split_qkv(sd):
@@ -30,6 +57,7 @@ def split_qkv(sd):
 
 
 LINEAR = ("blk.q.weight", "blk.k.weight", "blk.v.weight", "blk.fc1.weight")
+NON_LEAF = ("pos_embed",)  # owned by a module with children: the reference's leaf loop skips it
 
 
 def tv(a, b):
@@ -84,14 +112,18 @@ def ref_opcm(theta0, experts, alpha):
                 new[k] = w
                 continue
             prev_tv, task_tv = w - theta0[k], e[k] - theta0[k]
+            if k in NON_LEAF:  # not visited: only the rescaling below touches it
+                new[k] = w
+                continue
             if k in LINEAR:
-                u, s, vh = torch.linalg.svd(prev_tv, full_matrices=True)
+                # (in float64: float32 SVDs of near-degenerate spectra differ in the 6th digit)
+                u, s, vh = torch.linalg.svd(prev_tv.double(), full_matrices=True)
                 v = vh.T
                 split = (s.cumsum(0) / s.sum() > alpha).float().argmax().item()
-                p = u.T @ task_tv @ v
+                p = u.T @ task_tv.double() @ v
                 p.diagonal().fill_(0)
                 p[:split, :split] = 0
-                task_tv = u @ p @ v.T
+                task_tv = (u @ p @ v.T).float()
             new[k] = theta0[k] + prev_lambda * prev_tv + task_tv
         tv_norm = vec_norm(tv(new, theta0))
         lam = tv_norm / avg
@@ -125,6 +157,8 @@ def ref_dop(theta0, experts, steps, alpha=0.8, beta=0.999, eps=0.99999, lr=1e-4)
         for k, w in merged.items():
             if not w.is_floating_point():
                 new[k] = w
+            elif k in NON_LEAF:  # merged models start as copies of θ0; the leaf loop skips it
+                new[k] = theta0[k]
             elif k not in LINEAR:
                 new[k] = (w + e[k]) / 2
             else:
@@ -208,9 +242,15 @@ def test_opcm_merging_the_same_expert_twice_changes_nothing():
 
 
 def test_dop_identical_models_stay_put():
+    """Merging a model with itself changes no entry of a leaf module; an entry owned by a
+    module with children is θ0's, as in the reference (or the average: the model's own)."""
     theta0, experts = models(1, seed=5)
-    out = run_stream("dop", {"num_steps": 5}, theta0, [experts[0], experts[0]])
-    assert all(torch.allclose(out[1][k], experts[0][k], atol=1e-6) for k in experts[0] if experts[0][k].is_floating_point())
+    e = experts[0]
+    out = run_stream("dop", {"num_steps": 5}, theta0, [e, e])
+    assert all(torch.allclose(out[1][k], e[k], atol=1e-6) for k in e if e[k].is_floating_point() and k not in NON_LEAF)
+    assert torch.equal(out[1]["pos_embed"], theta0["pos_embed"])
+    out = run_stream("dop", {"num_steps": 5, "non_leaf": "average"}, theta0, [e, e])
+    assert torch.equal(out[1]["pos_embed"], e["pos_embed"])
 
 
 def test_fisher_average_with_equal_fishers_is_plain_averaging(monkeypatch):
@@ -221,7 +261,7 @@ def test_fisher_average_with_equal_fishers_is_plain_averaging(monkeypatch):
 
     theta0, experts = models(3, seed=6)
     keys = [k for k in theta0 if theta0[k].is_floating_point()]
-    monkeypatch.setattr(fa, "diagonal_fisher", lambda ctx, state, n: {k: torch.full_like(state[k], 0.7) for k in keys})
+    monkeypatch.setattr(fa, "diagonal_fisher", lambda ctx, state, n, **kw: {k: torch.full_like(state[k], 0.7) for k in keys})
     out = run_stream("fisher_average", {}, theta0, experts)
     for t in range(1, 4):
         for k in keys:

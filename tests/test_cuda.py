@@ -8,6 +8,8 @@ import torch
 
 from cmbench import methods as M
 
+from .test_baselines_zoo import LAYOUT, models
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 DATA_FREE = ["weight_average", "task_arithmetic", "ties", "magmax", "opcm", "consensus_ta", "sequential"]
@@ -17,7 +19,7 @@ def _stream(name, theta0, experts, device):
     to = lambda sd: {k: v.to(device) for k, v in sd.items()}  # noqa: E731
     method = M.create(name, {})
     ctx = M.Context(theta0=to(theta0), num_tasks=len(experts), seed=0, device=torch.device(device),
-                    generator=torch.Generator().manual_seed(0))
+                    generator=torch.Generator().manual_seed(0), layout=LAYOUT)
     method.start(ctx)
     merged = ctx.theta0
     for t, e in enumerate(experts, start=1):
@@ -28,11 +30,7 @@ def _stream(name, theta0, experts, device):
 
 @pytest.mark.parametrize("name", DATA_FREE)
 def test_merge_on_gpu_equals_cpu(name):
-    g = torch.Generator().manual_seed(0)
-    shapes = {"blocks.0.attn.qkv.weight": (96, 32), "blocks.0.attn.qkv.bias": (96,), "blocks.0.mlp.fc1.weight": (64, 32),
-              "norm.weight": (32,)}
-    theta0 = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
-    experts = [{k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in theta0.items()} for _ in range(4)]
+    theta0, experts = models(4)
     cpu, gpu = _stream(name, theta0, experts, "cpu"), _stream(name, theta0, experts, "cuda")
     for k in cpu:
         if name == "ties":  # comparisons and one addition per entry: bitwise

@@ -22,9 +22,9 @@ def rand_models(n, seed=0):
     return theta0, experts
 
 
-def run_stream(name, hparams, theta0, experts):
+def run_stream(name, hparams, theta0, experts, layout=None):
     method = M.create(name, hparams)
-    ctx = M.Context(theta0=theta0, num_tasks=len(experts), seed=0)
+    ctx = M.Context(theta0=theta0, num_tasks=len(experts), seed=0, layout=layout)
     method.start(ctx)
     merged, out = theta0, []
     for t, e in enumerate(experts, start=1):

@@ -20,7 +20,7 @@ def _merge_with_fishers(method, merged, incoming, fisher, step):
     import cmbench_baselines.pm as mod
 
     orig = mod.diagonal_fisher
-    mod.diagonal_fisher = lambda ctx, state, n: fisher
+    mod.diagonal_fisher = lambda ctx, state, n, **kw: fisher
     try:
         ctx = M.Context(theta0=merged, num_tasks=5, seed=0, step=step)
         return method.merge(ctx, merged, incoming, f"t{step}")

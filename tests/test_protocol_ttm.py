@@ -68,12 +68,12 @@ def test_multitask_trains_on_all_seen_tasks(ttm_results):
 def test_storage_constant_vs_linear():
     """TA / averaging / OPCM keep constant bytes as T grows; a method keeping every expert grows."""
     from cmbench.protocol import measure_storage
-    from .test_baselines_zoo import models
+    from .test_baselines_zoo import LAYOUT, models
 
     def kept_after(name, T):
         theta0, experts = models(T)
         method = M.create(name, {})
-        ctx = M.Context(theta0=theta0, num_tasks=T, seed=0)
+        ctx = M.Context(theta0=theta0, num_tasks=T, seed=0, layout=LAYOUT)
         merged = theta0
         sizes = []
         for t, e in enumerate(experts, start=1):
@@ -151,3 +151,57 @@ def test_undeclared_data_access_is_refused():
     d.ctx = ctx
     a, b = d.calibration("a", 2), d.calibration("a", 3)
     assert torch.equal(a.x, b.x[:2])  # nested: a smaller budget is a prefix
+
+
+def test_current_weights_fold_lora_without_changing_the_model():
+    """What TRM's trajectory checkpoints hold under LoRA (deviation 4): the plain names with
+    the low-rank update folded in, as ``merge_lora`` would leave them."""
+    import copy
+
+    from cmbench.models import create_backbone
+    from cmbench.suite import Backbone
+    from cmbench.train import current_weights
+
+    m = create_backbone(Backbone(embed_dim=16, num_heads=2, depth=1))
+    plain = set(m.state_dict())
+    adapters = add_lora(m, rank=2, alpha=None, targets=["k", "v"], seed=0)
+    with torch.no_grad():
+        for a in adapters:
+            for B in a.B:
+                B.normal_()
+    got = current_weights(m)
+    folded = copy.deepcopy(m)
+    merge_lora(folded)
+    want = folded.state_dict()
+    assert set(got) == plain == set(want)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert any("parametrizations" in k for k in m.state_dict())  # the model itself still has LoRA
+
+
+def test_trm_trains_with_the_suites_lora(tmp_path):
+    """TRM with a LoRA spec runs (it crashed: its checkpoints had the parametrised names) and
+    merges only what LoRA trained: the targeted k and v rows."""
+    spec = dict(NANO_SPLIT, methods=[{"name": "trm", "hparams": {"steps": 3, "checkpoints": 2},
+                                      "lora": {"rank": 2, "targets": ["k", "v"]}}])
+    suite = Suite.model_validate(spec)
+    job = expand(suite)[0]
+    M.discover()
+    import cmbench_baselines.trm as trm
+
+    seen = []
+    real = trm.TRM.merge
+
+    def spy(self, ctx, merged, incoming, task):
+        out = real(self, ctx, merged, incoming, task)
+        seen.append({k: (out[k] - merged[k]).abs().max().item() for k in merged if merged[k].is_floating_point()})
+        return out
+
+    trm.TRM.merge = spy
+    try:
+        res = run(suite, job, Store(tmp_path), threads=1)
+    finally:
+        trm.TRM.merge = real
+    assert res["status"] == "ok" and len(res["R"]) == 4
+    for moved in seen:
+        changed = {k for k, d in moved.items() if d > 0}
+        assert changed and all(k.endswith("attn.qkv.weight") for k in changed), changed

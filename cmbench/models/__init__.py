@@ -15,9 +15,23 @@ from ..suite import AnyBackbone
 
 # Bump when a change alters any number a backbone produces: how it is built and initialised,
 # its forward pass (incl. the linearised model and models/clip.py's encoders), the heads,
-# and how ``features``/``accuracy`` feed images and count hits. Every artefact and job is
-# then recomputed.
-MODELS_VERSION = 1
+# and how ``features``/``accuracy`` feed images and count hits. Per backbone kind, so a
+# change to one kind recomputes only its artefacts and jobs.
+# open_clip 2: QuickGELU for OpenAI tags; the output projection frozen (a buffer)
+_MODELS_VERSIONS = {"tiny_vit": 1, "open_clip": 2, "timm": 1}
+
+
+def models_version(cfg: AnyBackbone) -> int:
+    """The version of the backbone code that computes with ``cfg`` (a key component)."""
+    return _MODELS_VERSIONS[cfg.kind]
+
+
+def layout_of(model: nn.Module):
+    """What each state-dict entry of a backbone is (``cmbench.layout``), read from the
+    plain model under a linearisation."""
+    from ..layout import describe
+
+    return describe(model.model if isinstance(model, Linearized) else model)
 
 
 def create_backbone(cfg: AnyBackbone, theta0: dict[str, Tensor] | None = None) -> nn.Module:

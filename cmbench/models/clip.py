@@ -79,12 +79,28 @@ def _build_open_clip(cfg, pretrained: bool) -> nn.Module:
 class CLIPImageEncoder(nn.Module):
     """CLIP's image tower: f(x) = visual(normalise(x)), the embedding before the logit scale.
     Zero-shot heads (``artefacts.make_heads``) normalise it and take cosines with the text
-    embeddings, exactly CLIP's zero-shot classifier."""
+    embeddings, exactly CLIP's zero-shot classifier.
+
+    The output projection ``visual.proj`` is a buffer, not a parameter: the reference
+    (FusionBench) fine-tunes and merges a ``CLIPVisionModel``, which has no projection; it
+    stays at θ0's value beside the text tower. So no method moves it by gradients (ODE-M,
+    Fisher weights, fine-tuning), while it stays in the state dict that checkpoints hold."""
 
     def __init__(self, visual: nn.Module):
         super().__init__()
+        proj = getattr(visual, "proj", None)
+        if isinstance(proj, nn.Parameter):
+            del visual.proj
+            visual.register_buffer("proj", proj.detach())
         self.visual = visual
         self.normalize = _Normalize(OPENAI_MEAN, OPENAI_STD)
+
+    def reference_roles(self) -> dict:
+        """open_clip holds the position table as a bare tensor; in the reference layout
+        (transformers' CLIP) it is an ``nn.Embedding``, a leaf module (see cmbench.layout)."""
+        from ..layout import Role
+
+        return {"visual.positional_embedding": Role("embedding", leaf=True)}
 
     @classmethod
     def create(cls, cfg) -> "CLIPImageEncoder":
