@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
-from . import CmbenchError, data as data_mod
+from . import CmbenchError, data as data_mod, published
 from .measure import measured
 from .models import Head, create_backbone, features, models_version, numerics
 from .suite import Suite, Task
@@ -412,4 +413,8 @@ def load_expert_checkpoint(suite: Suite, task: str, theta0: StateDict, head: Hea
     backbone.load_state_dict(state)
     td = load_tasks(suite)[task]
     meta["test_accuracy"] = accuracy(backbone, head, td.test.x, td.test.y, suite.evaluation.batch_size)
+    if not suite.rehearsal:  # against the published accuracy of this hub expert, as soon as known
+        checks = published.setup_check(suite, "expert", {task: meta["test_accuracy"]}, {task: len(td.test.y)})
+        for line in published.warnings(checks):
+            print(line, file=sys.stderr, flush=True)
     return state, meta

@@ -20,8 +20,10 @@ Methods never see the loop or any test split; what data they see is what they de
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import sys
 import math
 import platform
 import time
@@ -29,7 +31,7 @@ from typing import Any
 
 import torch
 
-from . import CmbenchError, __version__, metrics
+from . import CmbenchError, __version__, metrics, published
 from . import methods as methods_mod
 from .artefacts import (SuiteArtefacts, Store, artefact_key, data_versions, expert_key, heads_key, load_tasks,
                         theta0_key)
@@ -143,6 +145,10 @@ class Evaluator:
                            *([suite.rehearsal.model_dump(exclude={"caps"})] if suite.rehearsal else []))
         def make():
             acc = self.accuracies(art.theta0(), names)  # once: not once per task (TALL20 evaluated θ0 20 times)
+            if not suite.rehearsal:  # against the published zero-shot accuracies, as soon as known
+                n_test = {n: len(self.tasks[n].test) for n in names}
+                for line in published.warnings(published.setup_check(suite, "theta0", acc, n_test)):
+                    print(line, file=sys.stderr, flush=True)
             return {"acc": torch.tensor([acc[n] for n in names], dtype=torch.float64)}, {"tasks": names}
 
         t, _ = art.store.get_or_make("evals", key, make)
@@ -155,6 +161,29 @@ def run(suite: Suite, job: Job, store: Store, threads: int) -> dict[str, Any]:
     if suite.setting == "train_then_merge":
         return run_train_then_merge(suite, job, store, threads)
     return run_merge_stream(suite, job, store, threads)
+
+
+def _published(suite: Suite, job: Job, cls) -> dict[str, Any]:
+    """The published numbers this job's row and its suite's reference rows compare with
+    (``cmbench.published``), recorded so the report needs only the result files; none for
+    a rehearsal (random weights) or a suite no source covers."""
+    if suite.rehearsal:
+        return {}
+    full = methods_mod.validate_hparams(cls, dict(job.hparams))
+    found = {"ACC": published.method_acc(suite, job.method, full, json.loads(job.lora) if job.lora else None),
+             "theta0": published.reference_acc(suite, "theta0"), "experts": published.reference_acc(suite, "experts")}
+    found = {k: dataclasses.asdict(v) for k, v in found.items() if v is not None}
+    return {"published": found} if found else {}
+
+
+def _setup_check(suite: Suite, order: list[str], R0: list[float], E: list[float], n_test: dict[str, int]) -> dict:
+    """θ0's and the experts' per-task accuracies against the published ones (recorded; the
+    warnings are printed where they are first computed: the θ0 row and the expert artefacts)."""
+    if suite.rehearsal:
+        return {}
+    checks = (published.setup_check(suite, "theta0", dict(zip(order, R0)), n_test)
+              + published.setup_check(suite, "expert", dict(zip(order, E)), n_test))
+    return {"setup_check": checks} if checks else {}
 
 
 def _record_common(suite: Suite, job: Job, method, store: Store) -> dict[str, Any]:
@@ -170,6 +199,7 @@ def _record_common(suite: Suite, job: Job, method, store: Store) -> dict[str, An
         "reconstruction": cls.reconstruction, "seed": job.seed, "order_index": job.order_index,
         # a rehearsal's results (random weights, generated data) carry its section: the report refuses them
         **({"rehearsal": suite.rehearsal.model_dump(mode="json")} if suite.rehearsal else {}),
+        **_published(suite, job, cls),
         "versions": {"cmbench": __version__, "torch": torch.__version__, "python": platform.python_version(),
                      # CPU kernels differ in rounding by instruction set: `cmbench verify` expects a
                      # bitwise rerun only on the same one
@@ -241,6 +271,7 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
         "evaluation": {"seen_only": suite.evaluation.seen_only,
                        "max_test_per_task": suite.evaluation.max_test_per_task,
                        "test_samples": {n: len(ev.tasks[n].test) for n in order}},
+        **_setup_check(suite, order, R[0], E, {n: len(ev.tasks[n].test) for n in order}),
         "metrics": metrics.all_metrics(R, E),
         "data_samples_handed": data.samples_handed,
         "storage_bytes": _storage_record(storage),

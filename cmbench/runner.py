@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
-from . import CmbenchError, metrics
+from . import CmbenchError, metrics, pins
 from .artefacts import Store, SuiteArtefacts, atomic_write_bytes, expert_key, theta0_key
 from .measure import measured
 from .methods import baseline_dirs
@@ -208,22 +208,36 @@ class RayExecutor:
 # -- the run --------------------------------------------------------------------------------
 
 
-def _prepare_theta0(suite: Suite, seed: int, cache: str) -> None:
-    art = SuiteArtefacts(suite, seed, open_store(cache))
-    art.theta0()
-    if suite.setting == "merge_stream":
-        art.heads()
+# Each task verifies the hub files it reads against the lock's entries (``known``; None: no
+# lock) and returns those it read for the first time; the driver writes the lock (cmbench.pins).
 
 
-def _prepare_expert(suite: Suite, seed: int, task: str, cache: str) -> None:
-    SuiteArtefacts(suite, seed, open_store(cache)).expert(task)
+def _prepare_theta0(suite: Suite, seed: int, cache: str, known: dict | None = None) -> dict:
+    with pins.session(known) as found:
+        art = SuiteArtefacts(suite, seed, open_store(cache))
+        art.theta0()
+        if suite.setting == "merge_stream":
+            art.heads()
+    return found
 
 
-def _run_job(suite: Suite, job: Job, cache: str, threads: int) -> dict:
+def _prepare_expert(suite: Suite, seed: int, task: str, cache: str, known: dict | None = None) -> dict:
+    with pins.session(known) as found:
+        SuiteArtefacts(suite, seed, open_store(cache)).expert(task)
+    return found
+
+
+def _run_job(suite: Suite, job: Job, cache: str, threads: int, known: dict | None = None) -> dict:
     cost: dict = {}
-    with measured(cost, "job"):
+    with pins.session(known) as found, measured(cost, "job"):
         record = run(suite, job, open_store(cache), threads)
-    return {**record, "resources": cost["job"]}
+    return {**record, "resources": cost["job"], **({"downloads": found} if found else {})}
+
+
+def _lock_of(suite: Suite, out: Path) -> tuple[Path, dict] | None:
+    """The output directory's lock and its entries; none for a rehearsal (its stand-ins are
+    generated, not downloaded)."""
+    return None if suite.rehearsal else (out, pins.read(out))
 
 
 def _error_line(e: BaseException) -> str:
@@ -323,7 +337,7 @@ def finetune_experts(suite_path: str | Path, *, seeds: int | None = None, worker
     ex = _executor(suite, workers, threads, ray_address, executor)
     seed_list = suite.seeds[:seeds] if seeds else suite.seeds
     try:
-        trained = _prepare_artefacts(suite, seed_list, store, cache, ex, log)
+        trained = _prepare_artefacts(suite, seed_list, store, cache, ex, log, lock=_lock_of(suite, paths.out))
     finally:
         ex.close()
     for s in seed_list:
@@ -341,18 +355,23 @@ def _executor(suite: Suite, workers: int | None, threads: int, ray_address: str 
     return LocalExecutor(threads)
 
 
-def _prepare_artefacts(suite: Suite, seeds: list[int], store, cache: str, ex, log=None) -> int:
+def _prepare_artefacts(suite: Suite, seeds: list[int], store, cache: str, ex, log=None,
+                       lock: tuple[Path, dict] | None = None) -> int:
     """θ0 and heads for ``seeds`` and, in the merge stream, every task's expert: built once
     as jobs on ``ex``, cached by content key and shared by every job. Returns how many
-    experts were built; ``log`` (if given) hears how many were cached."""
-    t0 = [(suite, s, cache) for s in seeds if not store.has("theta0", theta0_key(suite, s))]
-    _drain(ex.map(_prepare_theta0, t0), f"θ0 and heads ({len(t0)} seeds)", len(t0))
-    todo = [(suite, s, t, cache) for s in seeds for t in suite.task_names()
+    experts were built; ``log`` (if given) hears how many were cached; ``lock``: the output
+    directory and its pinned downloads (verified, and extended with what was read first)."""
+    known = lock[1] if lock else None
+    t0 = [(suite, s, cache, known) for s in seeds if not store.has("theta0", theta0_key(suite, s))]
+    found = _drain(ex.map(_prepare_theta0, t0), f"θ0 and heads ({len(t0)} seeds)", len(t0))
+    todo = [(suite, s, t, cache, known) for s in seeds for t in suite.task_names()
             if suite.setting == "merge_stream" and not store.has("experts", expert_key(suite, s, t))]
     if log is not None:
         log(f"suite {suite.name}: {len(seeds) * len(suite.tasks) - len(todo)} experts cached, {len(todo)} to fine-tune")
     verb = "loading experts" if suite.experts.source == "checkpoints" else "fine-tuning experts"
-    _drain(ex.map(_prepare_expert, todo), f"{verb} ({len(todo)})", len(todo))
+    found += _drain(ex.map(_prepare_expert, todo), f"{verb} ({len(todo)})", len(todo))
+    for f in found if lock else []:  # one task at a time: two copies of one source are refused
+        pins.merge(lock[0], lock[1], f or {})
     return len(todo)
 
 
@@ -366,14 +385,16 @@ def _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, execu
     tracker = Tracker(tracking_uri or paths.tracking_uri, suite, log=log)
     failed = 0
     try:
-        # 1. artefacts, built once per seed and shared by every job (cached by content key)
-        _prepare_artefacts(suite, sorted({j.seed for j in todo}), store, cache, ex)
+        # 1. artefacts, built once per seed and shared by every job (cached by content key);
+        # every hub file read is verified against the output directory's lock, or pinned in it
+        lock = _lock_of(suite, paths.out)
+        _prepare_artefacts(suite, sorted({j.seed for j in todo}), store, cache, ex, lock=lock)
 
         if prepare_only:
             return {"jobs": len(jobs), "skipped": skipped, "ran": 0, "failed": 0}
         # 2. the jobs; each result is written the moment it arrives
         commit = git_commit()
-        argsets = [(suite, job, cache, threads) for job in todo]
+        argsets = [(suite, job, cache, threads, lock[1] if lock else None) for job in todo]
         bar = tqdm(total=len(argsets), desc="jobs", unit="job", file=sys.stderr)
         for args, record, err in ex.map(_run_job, argsets):
             job = args[1]
@@ -387,6 +408,8 @@ def _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, execu
                           "inputs": job_inputs(suite, job),
                           "traceback": "".join(traceback.format_exception(err))[-4000:]}
                 log(f"job failed: {job.label} seed={job.seed} order={job.order_index}: {_error_line(err)}")
+            if lock and record.get("downloads"):
+                pins.merge(lock[0], lock[1], record.pop("downloads"))
             record.update(hparam_source=(sources or {}).get(job.label, {"kind": "suite"}))
             record.update(git_commit=commit,
                           finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -401,12 +424,16 @@ def _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, execu
     return {"jobs": len(jobs), "skipped": skipped, "ran": len(todo) - failed, "failed": failed}
 
 
-def _drain(results: Iterable, desc: str, total: int) -> None:
+def _drain(results: Iterable, desc: str, total: int) -> list:
+    """The tasks' return values, in completion order; the first failure stops the run."""
     if not total:
-        return
-    for _, _, err in tqdm(results, total=total, desc=desc, file=sys.stderr):
+        return []
+    out = []
+    for _, value, err in tqdm(results, total=total, desc=desc, file=sys.stderr):
         if err is not None:
             raise CmbenchError(f"{desc}: {_error_line(err)}")
+        out.append(value)
+    return out
 
 
 def load_results(results_dir: str | Path, include_rehearsal: bool = False) -> list[dict]:

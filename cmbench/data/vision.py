@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import CmbenchError
+from .. import CmbenchError, pins
 from . import LazySplit, Split, TaskData, dataset
 
 # Bump when a change alters any image, label or split these builders produce (decoding and
@@ -211,7 +211,7 @@ def _load_hub(source: str, split: str, size: int, val: tuple[float, int] | None)
             import datasets
         except ImportError:
             raise CmbenchError(f"dataset {source}: no image folder under {data_root()} and the `datasets` library "
-                               f"is not installed to read the hub copy {where}") from None
+                               f"is not installed to read the hub copy {where}: pip install 'cmbench[real]'") from None
         if os.environ.get("CMBENCH_ALLOW_DOWNLOAD", "") in ("", "0", "false"):
             os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         datasets.logging.set_verbosity_error()  # its offline notices, twice per split, drown the progress bars
@@ -220,6 +220,8 @@ def _load_hub(source: str, split: str, size: int, val: tuple[float, int] | None)
         except Exception as e:  # noqa: BLE001
             raise CmbenchError(f"dataset {source}: cannot load the hub copy {where} ({type(e).__name__}); "
                                "set CMBENCH_ALLOW_DOWNLOAD=1 or provide an image folder") from None
+        arrows = [Path(f["filename"]) for f in ds.cache_files]
+        pins.check("dataset", f"hf-dataset://{where}", arrows, arrows[0].parent.name if arrows else None)
         cols = spec.get("columns", {})
         img_col, lab_col = cols.get("image", "image"), cols.get("label", "label")
         if img_col not in ds.column_names:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .. import CmbenchError
+from .. import CmbenchError, pins
 from ..tensors import StateDict
 
 # Bump when a change alters the state dict a checkpoint is turned into (reading, name
@@ -84,10 +84,12 @@ def resolve(path: str, what: str) -> Path:
     try:
         from huggingface_hub import hf_hub_download
 
-        return Path(hf_hub_download(repo, filename, local_files_only=not allow_download()))
+        local = Path(hf_hub_download(repo, filename, local_files_only=not allow_download()))
     except Exception as e:  # noqa: BLE001 - not cached, offline, no such repo
         raise CmbenchError(f"{what}: {path} is not in the local Hugging Face cache ({type(e).__name__}); "
                            "download it (CMBENCH_ALLOW_DOWNLOAD=1) or give a local path") from None
+    pins.check("expert checkpoint", path, [local], pins.hub_revision(local))
+    return local
 
 
 def file_sha256(path: Path) -> str:

@@ -9,6 +9,7 @@ image tower under open_clip's names (``visual.*``), for timm the ViT without its
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -68,12 +69,34 @@ def _build_open_clip(cfg, pretrained: bool) -> nn.Module:
     if not allow_download():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        return open_clip.create_model(cfg.model, pretrained=cfg.pretrained, require_pretrained=True,
-                                      force_quick_gelu=quick)
+        model = open_clip.create_model(cfg.model, pretrained=cfg.pretrained, require_pretrained=True,
+                                       force_quick_gelu=quick)
+        hub = tag_cfg.get("hf_hub", "").strip("/")
+        _pin_hub_weights(f"open_clip {cfg.model}/{cfg.pretrained}", hub,
+                         ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"))
+        return model
+    except CmbenchError:
+        raise
     except Exception as e:  # noqa: BLE001 - missing cache, no network, bad tag
         raise CmbenchError(
             f"backbone: cannot load open_clip {cfg.model} / {cfg.pretrained} ({str(e).splitlines()[0][:200]}); "
             "put the weights in the HF / open_clip cache or set CMBENCH_ALLOW_DOWNLOAD=1") from None
+
+
+def _pin_hub_weights(source: str, repo: str, filenames: tuple[str, ...]) -> None:
+    """Pin the weight file a pretrained tag was loaded from (``cmbench.pins``), where it is
+    a Hugging Face hub file in the local cache."""
+    if not repo:
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    from .. import pins
+
+    for name in filenames:
+        path = try_to_load_from_cache(repo, name)
+        if isinstance(path, str):
+            pins.check("backbone weights", source, [Path(path)], pins.hub_revision(Path(path)))
+            return
 
 
 class CLIPImageEncoder(nn.Module):
@@ -128,6 +151,11 @@ class TimmEncoder(nn.Module):
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
             model = timm.create_model(cfg.model, pretrained=pretrained, num_classes=0, **cfg.kwargs)
+            if pretrained:
+                _pin_hub_weights(f"timm {cfg.model}", (model.pretrained_cfg or {}).get("hf_hub_id") or "",
+                                 ("model.safetensors", "pytorch_model.bin"))
+        except CmbenchError:
+            raise
         except Exception as e:  # noqa: BLE001
             raise CmbenchError(f"backbone: cannot create timm {cfg.model} (pretrained={pretrained}): "
                                f"{str(e).splitlines()[0][:200]}; put the weights in the HF cache or set "

@@ -48,6 +48,12 @@ def _bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def _published_cell(p: dict | None) -> str:
+    if not p:
+        return "–"
+    return f"{p['acc']:.1f}" + (f" ± {p['std']:.1f}" if p.get("std") is not None else "")
+
+
 def _storage_cell(rs: list[dict]) -> str:
     peak = _bytes(_stat([r["storage_bytes"]["peak"] for r in rs])[0])
     kinds = sorted({k for r in rs for k in r["storage_bytes"].get("peak_by_kind", {})})
@@ -86,8 +92,12 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
     stream = setting == "merge_stream"
     cols = STREAM_COLS if stream else ([*TTM_COLS, "ACC_all", "AAA"]
                                        if any("ACC_all" in r["metrics"] for r in ok) else TTM_COLS)
-    header = ["Method", "n", *cols, "Storage (peak)", "Data", *([] if stream else ["Train time (s)", "Start ‖∇‖"]),
-              "Merge time (s)", "Hyperparameters"]
+    # the published ACC of a row, where a source covers the suite and the method (cmbench.published)
+    pub = {r["label"]: r["published"]["ACC"] for r in ok if (r.get("published") or {}).get("ACC")}
+    pub_refs = next((r["published"] for r in ok if r.get("published")), {})
+    pub_cols = ["Published ACC"] if pub or pub_refs.get("theta0") else []
+    header = ["Method", "n", *cols, *pub_cols, "Storage (peak)", "Data",
+              *([] if stream else ["Train time (s)", "Start ‖∇‖"]), "Merge time (s)", "Hyperparameters"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = []
     first_of = {}  # method -> its first row's label and hyperparameters (the base for long lists)
@@ -114,6 +124,8 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
         cells = [f"*{name}* (reference)" if reference else name, str(len(rs))]
         for col in cols:
             cells.append(_pct([r["metrics"].get(col) for r in rs], signed=col in ("BWT", "FWT")))
+        if pub_cols:
+            cells.append(_published_cell(pub.get(label)))
         cells.append(_storage_cell(rs))
         cells.append(DATA_LABEL.get(rs[0].get("data_access", "none"), rs[0].get("data_access", "?")))
         if not stream:
@@ -130,10 +142,28 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
     if ok and stream:
         theta0 = _per_seed(ok, lambda r: float(np.mean(r["R"][0])))
         indiv = _per_seed(ok, lambda r: float(np.mean(r["E"])))
-        pad = " | ".join(["–"] * (len(header) - len(cols) - 2))
+        pad = " | ".join(["–"] * (len(header) - len(cols) - len(pub_cols) - 2))
         blank = ["–"] * (len(cols) - 1)
-        lines.append(f"| *pretrained θ0* | {len(theta0)} seeds | {_pct(theta0.values())} | " + " | ".join(blank) + f" | {pad} |")
-        lines.append(f"| *individual experts* | {len(indiv)} seeds | {_pct(indiv.values())} | " + " | ".join(blank[:-1]) + f" | 100.0 ± 0.0 | {pad} |")
+        ref_pub = {k: [_published_cell(pub_refs.get(k))] if pub_cols else [] for k in ("theta0", "experts")}
+        lines.append(f"| *pretrained θ0* | {len(theta0)} seeds | {_pct(theta0.values())} | "
+                     + " | ".join(blank + ref_pub["theta0"]) + f" | {pad} |")
+        lines.append(f"| *individual experts* | {len(indiv)} seeds | {_pct(indiv.values())} | "
+                     + " | ".join(blank[:-1] + ["100.0 ± 0.0"] + ref_pub["experts"]) + f" | {pad} |")
+    if pub_cols:
+        sources = sorted({p["source"] for p in [*pub.values(), *pub_refs.values()]})
+        lines += ["", "Published ACC (the source's row, mean over its task orders ± std where given): "
+                  + "; ".join(sources)]
+    off: dict[tuple, list[dict]] = defaultdict(list)  # (θ0 or expert, task) -> its failed checks
+    for r in ok:
+        for c in r.get("setup_check") or []:
+            if not c["ok"]:
+                off[(c["what"], c["task"])].append(c)
+    if off:
+        lines += ["", f"**Setup check: {len(off)} per-task accuracies differ from the published ones** "
+                  "(preprocessing, class names and templates, or the checkpoint?): " + "; ".join(
+                      f"{'θ0' if w == 'theta0' else 'expert'} on {t} {np.mean([c['ours'] for c in cs]):.1f}% vs "
+                      f"{cs[0]['published']:.1f}% (±{max(c['tolerance'] for c in cs):.1f})"
+                      for (w, t), cs in sorted(off.items()))]
     finished = {lb: rs for lb, rs in by_label.items() if rs[0].get("R_final_before_finish")}
     if finished:  # what the final row was before the end-of-stream step (e.g. ODE-M without refinement)
         lines += ["", "‡ final ACC before the end-of-stream step (the same jobs): " + "; ".join(
@@ -177,6 +207,11 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
         lines += ["| | " + " | ".join(task_order) + " |", "|---|" + "---|" * len(task_order)]
         lines.append("| θ0 | " + " | ".join(_pct(per_task_0[t].values()) for t in task_order) + " |")
         lines.append("| expert | " + " | ".join(_pct(per_task_e[t].values()) for t in task_order) + " |")
+        published_task = {(c["what"], c["task"]): c["published"] for r in ok for c in r.get("setup_check") or []}
+        for what, name in (("theta0", "θ0, published"), ("expert", "expert, published")):
+            if any(w == what for w, _ in published_task):
+                lines.append(f"| {name} | " + " | ".join(
+                    f"{published_task[(what, t)]:.1f}" if (what, t) in published_task else "–" for t in task_order) + " |")
         lines.append("")
 
     if ok:

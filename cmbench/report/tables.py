@@ -25,11 +25,17 @@ def _ms(values):
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
 
 
-def _rank_marks(column: list[tuple | None]) -> list[str]:
-    means = sorted({c[0] for c in column if c is not None}, reverse=True)
+def _published(rs: list[dict]) -> str | None:
+    """The published ACC recorded with these results (one source row), as text; never ranked."""
+    p = next(((r.get("published") or {}).get("ACC") for r in rs if (r.get("published") or {}).get("ACC")), None)
+    return None if p is None else f"{p['acc']:.1f}" + (f" ± {p['std']:.1f}" if p.get("std") is not None else "")
+
+
+def _rank_marks(column: list[tuple | str | None]) -> list[str]:
+    means = sorted({c[0] for c in column if isinstance(c, tuple)}, reverse=True)
     out = []
     for c in column:
-        if c is None:
+        if not isinstance(c, tuple):
             out.append("")
         elif means and c[0] == means[0]:
             out.append("best")
@@ -43,6 +49,8 @@ def _rank_marks(column: list[tuple | None]) -> list[str]:
 def _cell(c, mark, fmt):
     if c is None:
         return "–"
+    if isinstance(c, str):  # a published number: as the source gives it
+        return c.replace("±", "$\\pm$") if fmt == "latex" else c
     text = f"{c[0]:.1f} ± {c[1]:.1f}"
     if fmt == "latex":
         text = f"{c[0]:.1f} $\\pm$ {c[1]:.1f}"
@@ -88,8 +96,12 @@ def stream_table(recs: list[dict], fmt: str, methods: list[str] | None = None) -
         for t in tasks:
             cols.append([_ms([r["R"][-1][r["tasks"].index(t)] for r in rs if r["label"] == lb]) for lb in labels])
         cols.append([_ms([r["metrics"]["ACC"] for r in rs if r["label"] == lb]) for lb in labels])
+        pub = [_published([r for r in rs if r["label"] == lb]) for lb in labels]
+        if any(pub):  # the published final ACC of the same row (cmbench.published), unranked
+            cols.append(pub)
         cols.append([_ms([r["metrics"]["BWT"] for r in rs if r["label"] == lb]) for lb in labels])
-        out.append(_render(f"{suite}: final accuracy per task (%)", ["Method", *tasks, "Avg", "BWT"], labels, cols, fmt))
+        header = ["Method", *tasks, "Avg", *(["Avg (published)"] if any(pub) else []), "BWT"]
+        out.append(_render(f"{suite}: final accuracy per task (%)", header, labels, cols, fmt))
     return "\n".join(out)
 
 
@@ -109,6 +121,10 @@ def benchmarks_table(recs: list[dict], fmt: str, methods: list[str] | None = Non
         for k, name in ((0, "Final"), (1, "AAA")):
             header.append(f"{s} {name}")
             cols.append([_ms([_headline(r)[k] for r in ok if r["suite"] == s and r["label"] == lb]) for lb in labels])
+            pub = [_published([r for r in ok if r["suite"] == s and r["label"] == lb]) for lb in labels]
+            if k == 0 and any(pub):  # the published final accuracy beside ours, unranked
+                header.append(f"{s} Final (published)")
+                cols.append(pub)
     return _render(title, header, labels, cols, fmt)
 
 

@@ -1,0 +1,186 @@
+"""Published numbers to put beside ours (``cmbench/data/published.json``, each block with
+its source): the continual CLIP merging table (OPCM's paper), FusionBench's per-task
+zero-shot and expert accuracies, and P&M's split-ViT table.
+
+A published number applies to a suite when the suite computes the same quantity: the same
+backbone weights, the same task set (and, per task, the same expert checkpoint), and for a
+method row the same method, LoRA spec and the hyperparameters the source used. That is
+read from the suite and the result files, never from the suite's name.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+PUBLISHED = Path(__file__).resolve().parent / "data" / "published.json"
+
+
+@dataclass(frozen=True)
+class Published:
+    acc: float  # ACC in %
+    std: float | None  # over task orders, where the source gives it
+    row: str  # the source's row name
+    source: str
+
+    def cell(self) -> str:
+        return f"{self.acc:.1f}" + (f" ± {self.std:.1f}" if self.std is not None else "")
+
+
+@lru_cache(maxsize=1)
+def _data() -> dict:
+    return json.loads(PUBLISHED.read_text())
+
+
+def clip_backbone(backbone) -> str | None:
+    """The published CLIP a suite's backbone is (``vit-b-32``…), or None."""
+    if getattr(backbone, "kind", None) != "open_clip" or getattr(backbone, "config", None) is not None:
+        return None
+    return _data()["clip"]["backbones"].get(f"{backbone.model}/{backbone.pretrained}")
+
+
+def _clip_stream(suite) -> tuple[str, str] | None:
+    tag = clip_backbone(suite.backbone)
+    if tag is None or suite.setting != "merge_stream":
+        return None
+    datasets = sorted(t.dataset for t in suite.tasks)
+    for stream, names in _data()["clip"]["streams"].items():
+        if sorted(names) == datasets:
+            return tag, stream
+    return None
+
+
+def _split_benchmark(suite) -> str | None:
+    """``source/n_tasks`` of a class-incremental ViT-B/16 suite made of one source's splits."""
+    b = suite.backbone
+    if suite.setting != "train_then_merge" or b.kind != "timm" or not b.model.startswith("vit_base_patch16_224"):
+        return None
+    params = [t.params for t in suite.tasks if t.dataset == "class_split"]
+    if len(params) != len(suite.tasks) or not params:
+        return None
+    keys = {(p.get("source"), p.get("n_tasks")) for p in params}
+    if len(keys) != 1 or sorted(p.get("index") for p in params) != list(range(len(params))):
+        return None
+    source, n = keys.pop()
+    key = f"{source}/{n}"
+    return key if key in _data()["split"]["acc"] and n == len(params) else None
+
+
+def _matches(spec: dict, method: str, hparams: dict, lora: dict | None) -> bool:
+    if spec.get("method") != method:
+        return False
+    if any(hparams.get(k) != v for k, v in (spec.get("hparams") or {}).items()):
+        return False
+    want = spec.get("lora")
+    if (want is None) != (lora is None):
+        return False
+    return want is None or (lora.get("rank") == want["rank"] and sorted(lora.get("targets", [])) == sorted(want["targets"]))
+
+
+def method_acc(suite, method: str, hparams: dict, lora: dict | None = None) -> Published | None:
+    """The published final ACC of this method row on this suite's benchmark, or None."""
+    clip = _clip_stream(suite)
+    if clip is not None:
+        block = _data()["clip"]
+        values = block["continual"][f"{clip[0]}/{clip[1]}"]
+    else:
+        bench = _split_benchmark(suite)
+        if bench is None:
+            return None
+        block = _data()["split"]
+        values = {row: [v, None] for row, v in block["acc"][bench].items()}
+    for row, spec in block["rows"].items():
+        if spec and "method" in spec and row in values and _matches(spec, method, hparams, lora):
+            acc, std = values[row]
+            return Published(acc, std, row, block["source"])
+    return None
+
+
+def reference_acc(suite, which: str) -> Published | None:
+    """The published mean over tasks of θ0 (``which="theta0"``) or of the individual
+    experts (``"experts"``) on this suite's CLIP stream, or None."""
+    clip = _clip_stream(suite)
+    if clip is None:
+        return None
+    block = _data()["clip"]
+    for row, spec in block["rows"].items():
+        if spec and spec.get("reference") == which:
+            acc, std = block["continual"][f"{clip[0]}/{clip[1]}"][row]
+            return Published(acc, std, row, block["source"])
+    return None
+
+
+def per_task(suite) -> dict[str, dict[str, float]]:
+    """task name -> {"theta0": %, "expert": %} where published: θ0's zero-shot accuracy for
+    this CLIP, and the expert's for a task whose checkpoint is FusionBench's hub expert."""
+    tag = clip_backbone(suite.backbone)
+    if tag is None or suite.heads.kind != "zero_shot":
+        return {}
+    block = _data()["clip"]
+    table, prefix = block["per_task"][tag], block["experts"][tag]
+    checkpoints = (suite.experts.checkpoints or {}) if suite.experts.source == "checkpoints" else {}
+    out: dict[str, dict[str, float]] = {}
+    for t in suite.tasks:
+        got = {}
+        if t.dataset in table["zero_shot"]:
+            got["theta0"] = table["zero_shot"][t.dataset]
+        spec = checkpoints.get(t.name)
+        hub = prefix + block["hub_names"].get(t.dataset, t.dataset)
+        if spec is not None and t.dataset in table["finetuned"] and str(spec.path) == hub:
+            got["expert"] = table["finetuned"][t.dataset]
+        if got:
+            out[t.name] = got
+    return out
+
+
+# -- the setup check -------------------------------------------------------------------------
+
+# Allowed distance, in accuracy points, between a measured and a published per-task accuracy
+# beyond the test split's sampling noise: implementation differences between FusionBench's
+# transformers pipeline and open_clip's (image resizing and cropping, float precision) move a
+# task by well under this, while the mistakes the check exists for move it by far more: a
+# wrong normalisation, class names or templates, GELU in place of QuickGELU, another
+# checkpoint (5 to 50 points). Chosen, not measured here (no real weights on this machine):
+# the first real run's result files record every difference, to tighten it.
+TOLERANCE_POINTS = 2.0
+
+
+def tolerance(published_pct: float, n_test: int, n_full: int | None = None) -> float:
+    """Points a measured accuracy may differ from ``published_pct``: ``TOLERANCE_POINTS``
+    plus three standard errors of an accuracy measured on ``n_test`` of the split's
+    ``n_full`` images (a test cap samples the split; the whole split is the published
+    value's own images, so no sampling error: the finite-population correction is 0)."""
+    p = min(max(published_pct / 100.0, 0.0), 1.0)
+    n = max(1, n_test)
+    fpc = 1.0 if not n_full or n_full <= 1 else max(0.0, (n_full - n) / (n_full - 1)) ** 0.5
+    return TOLERANCE_POINTS + 300.0 * (p * (1 - p) / n) ** 0.5 * fpc
+
+
+def setup_check(suite, what: str, accuracies: dict[str, float], n_test: dict[str, int]) -> list[dict]:
+    """Compare θ0's (``what="theta0"``) or the experts' (``"expert"``) per-task test
+    accuracies (fractions, by task name) with the published ones; one entry per task that
+    has a published value, ``ok`` False beyond :func:`tolerance`."""
+    from .data.vision import (
+        SPLIT_SIZES,  # the published values are on the whole test splits
+    )
+
+    dataset = {t.name: t.dataset for t in suite.tasks}
+    out = []
+    for task, pub in per_task(suite).items():
+        if what not in pub or task not in accuracies or accuracies[task] is None:
+            continue
+        ours = 100.0 * accuracies[task]
+        tol = tolerance(pub[what], n_test.get(task, 0), SPLIT_SIZES.get(dataset[task], (None, None))[1])
+        out.append({"what": what, "task": task, "ours": round(ours, 2), "published": pub[what],
+                    "tolerance": round(tol, 2), "n_test": n_test.get(task, 0), "ok": abs(ours - pub[what]) <= tol})
+    return out
+
+
+def warnings(checks: list[dict]) -> list[str]:
+    """One line per failed check, naming the task, both values and the usual causes."""
+    who = {"theta0": "θ0 zero-shot", "expert": "expert"}
+    return [f"warning: setup check: {who[c['what']]} accuracy on {c['task']} is {c['ours']:.1f}%, published "
+            f"{c['published']:.1f}% (tolerance ±{c['tolerance']:.1f}): check the preprocessing, class names and "
+            f"templates, or the checkpoint" for c in checks if not c["ok"]]

@@ -1,0 +1,113 @@
+"""Published numbers beside ours (cmbench.published): which suites and rows they apply to,
+the report's column, and the setup check on θ0's and the experts' per-task accuracies."""
+
+import json
+
+from cmbench import methods as M
+from cmbench import published as P
+from cmbench.protocol import _published, _setup_check
+from cmbench.runner import Paths
+from cmbench.suite import expand, load_suite
+
+from .conftest import REPO
+
+TA8 = REPO / "suites" / "clip-vit-b32-ta8.yaml"
+
+
+def test_published_rows_apply_by_backbone_tasks_and_hyperparameters():
+    suite = load_suite(TA8)
+    rows = {j.label: _published(suite, j, M.get(j.method)) for j in expand(suite)}
+    assert rows["opcm"]["published"]["ACC"]["acc"] == 75.5 and rows["opcm"]["published"]["ACC"]["std"] == 0.5
+    assert rows["task_arithmetic"]["published"]["ACC"]["acc"] == 67.5
+    assert rows["weight_average"]["published"]["theta0"]["acc"] == 48.1
+    assert rows["weight_average"]["published"]["experts"]["acc"] == 90.4
+    assert "ACC" not in rows["dop"]["published"]  # no published table for DOP
+    # another λ is another row: the published one used 0.3
+    assert P.method_acc(suite, "task_arithmetic", {"lam": 0.5}) is None
+    # the same tasks on another CLIP: that CLIP's column
+    l14 = suite.model_copy(update={"backbone": suite.backbone.model_copy(update={"model": "ViT-L-14"})})
+    assert P.method_acc(l14, "opcm", {"alpha": 0.5}).acc == 87.0
+    # a different task set (TA8 minus one task) has no published column
+    fewer = suite.model_copy(update={"tasks": suite.tasks[:7]})
+    assert P.method_acc(fewer, "opcm", {"alpha": 0.5}) is None and P.per_task(fewer)["sun397"]["theta0"] == 63.18
+    # P&M's split table: the LoRA row only
+    split = load_suite(REPO / "suites" / "split-vit-b16-imagenet-r-10.yaml")
+    lora = {"rank": 10, "targets": ["k", "v"]}
+    pm = {"perturbation": "task_vector", "alpha": "global"}
+    assert P.method_acc(split, "pm", pm, lora).acc == 79.95
+    assert P.method_acc(split, "pm", pm, None) is None
+    assert P.method_acc(split, "weight_average", {}, lora).acc == 76.90
+
+
+def test_per_task_expert_values_only_for_fusionbench_hub_experts():
+    suite = load_suite(TA8)
+    assert P.per_task(suite)["svhn"] == {"theta0": 31.63, "expert": 97.27}
+    ck = dict(suite.experts.checkpoints)
+    ck["svhn"] = ck["svhn"].model_copy(update={"path": "/data/my_svhn_expert.safetensors"})
+    other = suite.model_copy(update={"experts": suite.experts.model_copy(update={"checkpoints": ck})})
+    assert P.per_task(other)["svhn"] == {"theta0": 31.63}
+
+
+def test_setup_check_fires_beyond_the_tolerance_and_is_silent_within(capsys):
+    suite = load_suite(TA8)
+    n = {t: 2000 for t in suite.task_names()}
+    pub = {t: v["theta0"] / 100 for t, v in P.per_task(suite).items()}
+    tol = P.tolerance(63.18, 2000, 19850)
+    assert 5.0 < tol < 5.3  # 2 points + 3 standard errors of 2000 of SUN397's 19 850 test images
+    assert P.tolerance(63.18, 19850, 19850) == 2.0  # the whole split: no sampling error
+    near = dict(pub, sun397=pub["sun397"] + (tol - 0.1) / 100)
+    assert P.warnings(P.setup_check(suite, "theta0", near, n)) == []
+    off = dict(pub, sun397=pub["sun397"] - (tol + 0.1) / 100)
+    lines = P.warnings(P.setup_check(suite, "theta0", off, n))
+    assert len(lines) == 1 and "sun397" in lines[0] and "63.2%" in lines[0] and lines[0].startswith("warning: ")
+    # what a job records: every comparison, with its outcome
+    order = suite.task_names()
+    rec = _setup_check(suite, order, [off[t] for t in order], [0.99] * 8, n)["setup_check"]
+    from cmbench.data.vision import SPLIT_SIZES
+
+    full = {t.name: SPLIT_SIZES[t.dataset][1] for t in suite.tasks}
+    experts_off = sum(abs(99.0 - v["expert"]) > P.tolerance(v["expert"], 2000, full[t])
+                      for t, v in P.per_task(suite).items())
+    assert 0 < experts_off < 8
+    assert len(rec) == 16 and sum(not c["ok"] for c in rec) == 1 + experts_off  # θ0 on sun397, experts at 99%
+
+
+def test_report_shows_the_published_column(nano_run, tmp_path):
+    """Result files shaped as a clip-vit-b32-ta8 run writes them (the nano suite's records,
+    relabelled, with the published block and setup check the job records): the report
+    puts the published ACC beside ours, and the published per-task rows under ours."""
+    from cmbench.report.leaderboard import render_leaderboard
+
+    suite = load_suite(TA8)
+    out = tmp_path / "results" / suite.name
+    jobs = {j.method: j for j in expand(suite)}
+    written = 0
+    for f in sorted(Paths(nano_run).results.rglob("*.json")):
+        rec = json.loads(f.read_text())
+        if rec.get("method") not in jobs:
+            continue
+        job = jobs[rec["method"]]
+        order = suite.task_names()
+        n = len(rec["tasks"])
+        rec.update(suite=suite.name, tasks=order[:n], **_published(suite, job, M.get(job.method)),
+                   **_setup_check(suite, order[:n], rec["R"][0], rec["E"], {t: 500 for t in order}))
+        (out / rec["label"]).mkdir(parents=True, exist_ok=True)
+        (out / rec["label"] / f.name).write_text(json.dumps(rec))
+        written += 1
+    assert written
+    md = tmp_path / "lb.md"
+    render_leaderboard(tmp_path / "results", md, plots_dir=tmp_path / "plots")
+    text = md.read_text()
+    assert "Published ACC" in text and "arXiv:2501.09522" in text
+    row = next(line for line in text.splitlines() if line.startswith("| weight_average |"))
+    assert "| 66.3 |" in row
+    assert any(line.startswith("| *pretrained θ0* |") and "| 48.1 |" in line for line in text.splitlines())
+    assert "| θ0, published |" in text and "Setup check:" in text
+    from cmbench.report.tables import render_table
+    from cmbench.runner import load_results
+
+    recs = load_results(tmp_path / "results")
+    for kind in ("stream", "benchmarks"):
+        table = render_table(recs, kind, "markdown")
+        assert "(published)" in table and "66.3" in table, kind
+    assert "49.0 $\\pm$ 10.2" in render_table(recs, "stream", "latex")

@@ -1,0 +1,62 @@
+"""Re-key committed results whose only stale input is ``method_code``, after a change to code
+every method imports (``cmbench/methods.py``, ``cmbench/tensors.py``) that provably changes
+none of their numbers.
+
+A method's key hashes its file and every cmbench module it imports, so adding a field to the
+method context re-keys every job of every suite, including hours of ODE-M jobs whose code did
+not change. This tool writes the current key into such a result and records what it did
+(``rekeyed``: the previous key and method code, the commit, the evidence), nothing else: R,
+E and every other field stay as computed. It refuses a result with any other differing input.
+
+Use it only with evidence that the labels' numbers are unchanged: the same jobs recomputed at
+the previous commit and at this one, on one machine, bitwise equal (``cmbench verify``
+then recomputes a sample from scratch, within its tolerance when the results were made on
+another machine). Usage:
+
+    python tools/rekey_method_code.py SUITE.yaml RESULTS_DIR LABEL[,LABEL...] "EVIDENCE"
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from cmbench.protocol import key_of
+from cmbench.runner import current_inputs, differing_inputs, git_commit, write_result
+from cmbench.store import open_store
+from cmbench.suite import load_suite
+from cmbench.verify import job_from_record
+
+
+def main(suite_file: str, results_dir: str, labels: str, evidence: str) -> int:
+    suite = load_suite(suite_file)
+    store = open_store(str(Path(".cmbench") / "cache"))
+    done = refused = 0
+    for label in labels.split(","):
+        for path in sorted((Path(results_dir) / suite.name / label).glob("*.json")):
+            rec = json.loads(path.read_text())
+            job = job_from_record(suite, rec)
+            now = current_inputs(suite, job, store, rec)
+            if now is None:
+                print(f"{path}: an artefact's content hash is unknown; refused")
+                refused += 1
+                continue
+            diff = differing_inputs(now, rec.get("inputs") or {})
+            if not diff:
+                continue
+            if diff != ["method_code"]:
+                print(f"{path}: inputs other than method_code differ ({', '.join(diff[:4])}); refused")
+                refused += 1
+                continue
+            rec["rekeyed"] = {"from_key": rec["key"], "from_method_code": rec["inputs"]["method_code"],
+                              "commit": git_commit(), "evidence": evidence}
+            rec["inputs"], rec["key"], rec["method_source_hash"] = now, key_of(now), now["method_code"]
+            write_result(path, rec)
+            done += 1
+    print(f"re-keyed {done} result(s), refused {refused}")
+    return 1 if refused else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))
