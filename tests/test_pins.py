@@ -29,9 +29,11 @@ def test_lock_records_then_refuses_another_copy(tmp_path, monkeypatch):
     from cmbench.runner import load_results, run_suite
     from cmbench.suite import load_suite
 
+    import huggingface_hub.constants
+
     hub = tmp_path / "hub"
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))  # read at import time
     data = tmp_path / "data"
     write_folder(data, "eurosat", 10, 6, 0)
     monkeypatch.setenv("CMBENCH_DATA_ROOT", str(data))
