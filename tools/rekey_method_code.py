@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 from cmbench.protocol import key_of
@@ -31,7 +32,8 @@ from cmbench.verify import job_from_record
 
 def main(suite_file: str, results_dir: str, labels: str, evidence: str) -> int:
     suite = load_suite(suite_file)
-    store = open_store(str(Path(".cmbench") / "cache"))
+    # an empty store: artefact content hashes come from the results, as on a fresh clone
+    store = open_store(tempfile.mkdtemp(prefix="cmbench-rekey-"))
     done = refused = 0
     for label in labels.split(","):
         for path in sorted((Path(results_dir) / suite.name / label).glob("*.json")):
