@@ -29,7 +29,7 @@ from cmbench.methods import merge_function
 
 def _subspace(tv: torch.Tensor, eps: float):
     u, s, vh = torch.linalg.svd(tv, full_matrices=True)
-    r = int(torch.searchsorted(s.cumsum(0) / s.sum(), torch.tensor(min(eps, 1.0), dtype=s.dtype)))
+    r = int(torch.searchsorted(s.cumsum(0) / s.sum(), torch.tensor(min(eps, 1.0), dtype=s.dtype, device=s.device)))
     return u[:, :r], s[:r], vh.T[:, :r]
 
 

@@ -46,7 +46,7 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from cmbench.methods import Method, register
-from cmbench.train import current_weights
+from cmbench.lora import current_weights
 
 
 @register
@@ -109,7 +109,7 @@ class TRM(Method):
             p = torch.softmax(logits_seen, -1)
             resp = (p * torch.log(p.clamp_min(1e-12))).sum(-1).mean()  # −entropy: high when saturated
         else:  # "jacobian": −log ‖∇_θ vᵀ f(x)‖² for a random unit v (a fresh head's view)
-            v = torch.nn.functional.normalize(torch.randn(feats.shape[-1], generator=probe_gen), dim=0)
+            v = torch.nn.functional.normalize(torch.randn(feats.shape[-1], generator=probe_gen), dim=0).to(feats.device)
             with sdpa_kernel(SDPBackend.MATH):
                 grads = torch.autograd.grad((feats @ v).mean(), list(params.values()), create_graph=True)
             resp = -torch.log(sum((g**2).sum() for g in grads) + 1e-12)

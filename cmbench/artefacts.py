@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from . import CmbenchError, data as data_mod, published
 from .measure import measured
-from .models import Head, create_backbone, features, models_version, numerics
+from .models import Head, create_backbone, device_for, device_type, features, models_version, numerics
 from .suite import Suite, Task
 from .tensors import StateDict, content_hash
 from .train import TRAIN_VERSION, fit
@@ -37,8 +37,13 @@ THETA0_VERSION = 1  # make_theta0 / pretrain_theta0: pretraining recipes, loadin
 HEADS_VERSION = 1  # make_heads: template, prototype, linear-probe and zero-shot heads
 EXPERTS_VERSION = 1  # make_expert, load_expert_checkpoint, and load_tasks' test cap (E is measured there)
 
-# θ0 and the heads are computed on the CPU whatever the suite's device (make_theta0, make_heads)
-CPU_FP32 = {"device": "cpu", "precision": "fp32"}
+
+
+def build_numerics(suite: Suite) -> dict[str, str]:
+    """θ0 and the heads are built on the suite's device in float32 whatever the evaluation
+    precision (their key part; a CPU suite's keys are what they were when they were built
+    on the CPU for every suite)."""
+    return {"device": device_type(suite), "precision": "fp32"}
 
 
 def artefact_key(kind: str, components: dict, on: dict, *parts) -> str:
@@ -193,13 +198,13 @@ def theta0_key(suite: Suite, seed: int) -> str:
     tasks = [t.model_dump() for t in suite.tasks]
     # a rehearsal's θ0 is random weights (from its seed) read from where the real ones would be
     stand_in = [{"rehearsal_seed": suite.rehearsal.seed}] if suite.rehearsal else []
-    return artefact_key("theta0", components, CPU_FP32, suite.backbone.model_dump(), suite.pretrain.model_dump(), tasks,
+    return artefact_key("theta0", components, build_numerics(suite), suite.backbone.model_dump(), suite.pretrain.model_dump(), tasks,
                         suite.data_seed, seed, *stand_in)
 
 
 def heads_key(suite: Suite, seed: int) -> str:
     components = {"heads": HEADS_VERSION, "models": models_version(suite.backbone), "data": data_versions(suite.tasks)}
-    return artefact_key("heads", components, CPU_FP32, theta0_key(suite, seed), suite.heads.model_dump(),
+    return artefact_key("heads", components, build_numerics(suite), theta0_key(suite, seed), suite.heads.model_dump(),
                 suite.evaluation.batch_size)
 
 
@@ -216,12 +221,13 @@ def expert_key(suite: Suite, seed: int, task: str) -> str:
         components["train"] = TRAIN_VERSION
     # a rehearsal's expert is its perturbation, measured (E) on its generated test split
     stand_in = [suite.rehearsal.model_dump(exclude={"caps"})] if suite.rehearsal else []
+    # the evaluation precision is in numerics (E is measured in it), not the evaluation part
     return artefact_key("expert", components, numerics(suite), heads_key(suite, seed), task, experts,
-                        suite.evaluation.model_dump(), *stand_in)
+                        suite.evaluation.model_dump(exclude={"precision"}), *stand_in)
 
 
 def _rotate_batch(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    r = torch.randint(0, 4, (len(x),), generator=gen)
+    r = torch.randint(0, 4, (len(x),), generator=gen).to(x.device)  # drawn on the CPU: same on any device
     out = x.clone()
     for k in range(1, 4):
         sel = r == k
@@ -248,7 +254,8 @@ def pretrain_theta0(suite: Suite, seed: int) -> tuple[StateDict, dict]:
     """
     torch.manual_seed(seed)
     tasks = load_tasks(suite, pretraining=True)
-    backbone = create_backbone(suite.backbone)
+    device = device_for(suite)
+    backbone = create_backbone(suite.backbone)  # initialised on the CPU (same θ on any device), then moved
     d = suite.backbone.embed_dim
     ce = torch.nn.functional.cross_entropy
     x = torch.cat([td.train.x for td in tasks.values()])
@@ -273,35 +280,39 @@ def pretrain_theta0(suite: Suite, seed: int) -> tuple[StateDict, dict]:
         head = torch.nn.Linear(d, int(sizes.sum()))
         heads = [head]
         y = torch.cat([td.train.y // c + offsets[i] for i, td in enumerate(tasks.values())])
-        task_of = torch.repeat_interleave(torch.arange(len(tasks)), sizes)
+        task_of = torch.repeat_interleave(torch.arange(len(tasks)), sizes).to(device)
 
         def loss_fn(xb, yb):
             logits = head(backbone(xb))
             own = task_of[None, :] == task_of[yb][:, None]
             return ce(logits.masked_fill(~own, float("-inf")), yb)
 
+    for m in (backbone, *heads):
+        m.to(device)
     params = [*backbone.parameters(), *(p for h in heads for p in h.parameters())]
     losses = fit(params, loss_fn, x, y, suite.pretrain, seed, what="θ0 pretraining")
-    return backbone.state_dict(), {"recipe": suite.pretrain.recipe, "losses": losses}
+    return {k: v.cpu() for k, v in backbone.state_dict().items()}, {"recipe": suite.pretrain.recipe, "losses": losses}
 
 
 def make_heads(suite: Suite, seed: int, theta0: StateDict) -> tuple[StateDict, dict]:
     """One head per task from θ0's features on its train split (never val/test)."""
+    device = device_for(suite)
     backbone = create_backbone(suite.backbone)
     backbone.load_state_dict(theta0)
+    backbone.to(device)
     gen = torch.Generator().manual_seed(seed + 2)
     out = {}
     if suite.heads.kind == "zero_shot":
         from .data.vision import clip_tasks
         from .models.clip import build_open_clip, zero_shot_weights
 
-        clip = build_open_clip(suite.backbone, pretrained=True, seed=seed).eval()  # loaded once for every task
+        clip = build_open_clip(suite.backbone, pretrained=True, seed=seed).to(device).eval()  # once for every task
         for t in suite.tasks:
             meta = clip_tasks().get(t.dataset)
             if meta is None:
                 raise CmbenchError(f"heads.kind: zero_shot needs class names and templates; {t.dataset} has none")
             out[f"{t.name}.weight"] = zero_shot_weights(suite.backbone, meta["classnames"], meta["templates"], seed,
-                                                        model=clip)
+                                                        device=str(device), model=clip)
         return out, {"kind": "zero_shot"}
     for name, td in load_tasks(suite).items():
         feats = torch.nn.functional.normalize(features(backbone, td.train.x, suite.evaluation.batch_size), dim=-1)
@@ -345,7 +356,7 @@ def make_expert(suite: Suite, seed: int, task: str, theta0: StateDict, head: Hea
     """Fine-tune θ0 on one task with its head frozen; record its own test accuracy E."""
     import copy
 
-    from .models import accuracy, device_for
+    from .models import accuracy
 
     idx = suite.task_names().index(task)
     torch.manual_seed(seed * 1000 + idx)
@@ -367,7 +378,7 @@ def make_expert(suite: Suite, seed: int, task: str, theta0: StateDict, head: Hea
         raise CmbenchError(f"experts.finetune.trainable: {recipe.trainable!r} matches no parameter of the backbone")
     losses = fit(params, loss_fn, td.train.x, td.train.y, recipe, seed * 1000 + idx,
                  what=f"expert {task}")
-    acc = accuracy(backbone, head, td.test.x, td.test.y, suite.evaluation.batch_size)
+    acc = accuracy(backbone, head, td.test.x, td.test.y, suite.evaluation.batch_size, suite.evaluation.precision)
     return ({k: v.cpu() for k, v in backbone.state_dict().items()},
             {"task": task, "test_accuracy": acc, "losses": losses, "device": str(device)})
 
@@ -407,12 +418,11 @@ def load_expert_checkpoint(suite: Suite, task: str, theta0: StateDict, head: Hea
     from .models.checkpoint import load_expert
 
     state, meta = load_expert(suite.experts.checkpoints[task], task, theta0, "experts.checkpoints")
-    from .models import device_for
-
     backbone = create_backbone(suite.backbone, theta0).to(device_for(suite))
     backbone.load_state_dict(state)
     td = load_tasks(suite)[task]
-    meta["test_accuracy"] = accuracy(backbone, head, td.test.x, td.test.y, suite.evaluation.batch_size)
+    meta["test_accuracy"] = accuracy(backbone, head, td.test.x, td.test.y, suite.evaluation.batch_size,
+                                     suite.evaluation.precision)
     if not suite.rehearsal:  # against the published accuracy of this hub expert, as soon as known
         checks = published.setup_check(suite, "expert", {task: meta["test_accuracy"]}, {task: len(td.test.y)})
         for line in published.warnings(checks):

@@ -20,6 +20,7 @@ Methods never see the loop or any test split; what data they see is what they de
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -35,7 +36,7 @@ from . import CmbenchError, __version__, metrics, published
 from . import methods as methods_mod
 from .artefacts import (SuiteArtefacts, Store, artefact_key, data_versions, expert_key, heads_key, load_tasks,
                         theta0_key)
-from .models import accuracy, create_backbone, device_for, layout_of, models_version, numerics
+from .models import accuracy, create_backbone, device_for, layout_of, models_version, numerics, to_device
 from .suite import Job, LoRA, Suite
 from .tensors import StateDict, first_nonfinite, nbytes
 from .train import TRAIN_VERSION
@@ -79,7 +80,8 @@ def job_inputs(suite: Suite, job: Job) -> dict:
     return {"suite_hash": job.suite_hash, "method": job.method, "label": job.label, "hparams": dict(job.hparams),
             "lora": json.loads(job.lora) if job.lora else None, "method_code": job.method_hash,
             "seed": job.seed, "order": list(job.order), "artefacts": artefact_keys(suite, job),
-            "evaluation": suite.evaluation.model_dump(mode="json"), **numerics(suite),
+            # the precision is keyed as part of the numerics (fp32 keys are as before the field)
+            "evaluation": suite.evaluation.model_dump(mode="json", exclude={"precision"}), **numerics(suite),
             "components": job_components(suite)}
 
 
@@ -117,14 +119,15 @@ class Evaluator:
         self.model = create_backbone(suite.backbone, theta0).to(device_for(suite))
         self.tasks = load_tasks(suite)
         self.heads, self.order, self.bs = heads, order, suite.evaluation.batch_size
+        self.precision = suite.evaluation.precision
         self.seen_only = suite.evaluation.seen_only
         self.seconds, self.images = 0.0, 0
 
     def accuracies(self, state: StateDict, names: list[str]) -> dict[str, float]:
         t0 = time.perf_counter()
         self.model.load_state_dict(state)
-        out = {n: accuracy(self.model, self.heads[n], self.tasks[n].test.x, self.tasks[n].test.y, self.bs)
-               for n in names}
+        out = {n: accuracy(self.model, self.heads[n], self.tasks[n].test.x, self.tasks[n].test.y, self.bs,
+                           self.precision) for n in names}
         self.seconds += time.perf_counter() - t0  # evaluation's cost, reported beside the merge's
         self.images += sum(len(self.tasks[n].test) for n in names)
         return out
@@ -208,15 +211,18 @@ def _record_common(suite: Suite, job: Job, method, store: Store) -> dict[str, An
 
 
 def _setup(suite: Suite, job: Job, store: Store, threads: int, tasks: dict):
-    """What every job starts with: threads and seeds fixed, θ0, the method and its context."""
+    """What every job starts with: threads and seeds fixed, θ0 on the job's device (merges
+    compute where their inputs are: state dicts are moved there once), the method and its
+    context. Random draws stay on the CPU generators, so they are the same on any device."""
     torch.set_num_threads(threads)
     torch.manual_seed(job.seed)
     art = SuiteArtefacts(suite, job.seed, store)
-    theta0 = art.theta0()
+    device = device_for(suite)
+    theta0 = to_device(art.theta0(), device)
     method = methods_mod.create(job.method, dict(job.hparams))
-    data = DataAccess(job.method, type(method).data_access, tasks, job.seed)
-    ctx = methods_mod.Context(theta0=theta0, num_tasks=len(job.order), seed=job.seed, setting=suite.setting,
-                              generator=torch.Generator().manual_seed(job.seed), data=data)
+    data = DataAccess(job.method, type(method).data_access, tasks, job.seed, device)
+    ctx = methods_mod.Context(theta0=theta0, num_tasks=len(job.order), seed=job.seed, device=device,
+                              setting=suite.setting, generator=torch.Generator().manual_seed(job.seed), data=data)
     data.ctx = ctx
     return art, theta0, method, ctx, data
 
@@ -224,18 +230,19 @@ def _setup(suite: Suite, job: Job, store: Store, threads: int, tasks: dict):
 def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict[str, Any]:
     order = list(job.order)
     art, theta0, method, ctx, data = _setup(suite, job, store, threads, load_tasks(suite))
-    heads = art.heads()
+    heads = art.heads()  # on the CPU, where evaluation's features arrive
     ev = Evaluator(suite, heads, order, theta0)
-    cpu_model = ev.model if device_for(suite).type == "cpu" else create_backbone(suite.backbone, theta0)
-    ctx.layout = layout_of(cpu_model)
+    ctx.layout = layout_of(ev.model)
+    # the methods' network is the evaluation model, on the job's device, with device heads
+    net_heads = heads if ctx.device.type == "cpu" else {n: copy.deepcopy(h).to(ctx.device) for n, h in heads.items()}
 
     def network(state, classes: str = "task", task: str | None = None):
         """The backbone loaded with ``state`` and the head of ``task`` (default: the
         current task); ``classes="seen"``: every seen task's head, logits concatenated."""
-        cpu_model.load_state_dict(state)  # methods compute on the CPU, where their inputs are
+        ev.model.load_state_dict(state)
         if classes == "task":
-            return cpu_model, heads[task or ctx.task]
-        return cpu_model, lambda f: torch.cat([heads[n](f) for n in ctx.seen_tasks], -1)
+            return ev.model, net_heads[task or ctx.task]
+        return ev.model, lambda f: torch.cat([net_heads[n](f) for n in ctx.seen_tasks], -1)
 
     ctx.network = network
     t_start = time.perf_counter()
@@ -246,6 +253,7 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
     merged = theta0
     for t, task in enumerate(order, start=1):
         incoming, meta = art.expert(task)
+        incoming = to_device(incoming, ctx.device)
         E.append(meta["test_accuracy"])
         expert_hashes.append(meta["content_hash"])
         ctx.step, ctx.task, ctx.seen_tasks = t, task, order[:t]
@@ -336,6 +344,32 @@ def nan_to_none(x):
 # -- data access ------------------------------------------------------------------------------
 
 
+class OnDevice:
+    """A CPU tensor whose slices and index selections arrive on ``device``: how a job on a
+    GPU hands a method a whole train split (a real dataset's would not fit beside the model;
+    methods compute on batches of it)."""
+
+    def __init__(self, t: torch.Tensor, device: torch.device):
+        self.t, self.device = t, device
+
+    def __getitem__(self, i):
+        return self.t[i.cpu() if torch.is_tensor(i) else i].to(self.device, non_blocking=True)
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    @property
+    def shape(self):
+        return self.t.shape
+
+    @property
+    def dtype(self):
+        return self.t.dtype
+
+    def float(self) -> torch.Tensor:
+        return self.t.to(self.device).float()
+
+
 class DataAccess:
     """Hands a method exactly the data it declared, never a test split, and counts it.
 
@@ -346,10 +380,13 @@ class DataAccess:
     * ``all_seen``: every seen task's train/val splits (reference rows only).
     """
 
-    def __init__(self, method_name: str, declared: str, tasks: dict, seed: int):
+    def __init__(self, method_name: str, declared: str, tasks: dict, seed: int,
+                 device: torch.device = torch.device("cpu")):
         self.method, self.declared, self.tasks, self.seed = method_name, declared, tasks, seed
+        self.device = device  # splits are handed on the job's device (copied there once each)
         self.ctx: methods_mod.Context | None = None
         self.samples_handed = 0
+        self._on_device: dict[tuple[str, str], Any] = {}
 
     def _deny(self, what: str):
         raise CmbenchError(f"method {self.method} declared data_access={self.declared!r} but asked for "
@@ -360,7 +397,14 @@ class DataAccess:
             raise CmbenchError(f"method {self.method} asked for the test split of {task}: methods never see test data")
         if split not in ("train", "val"):
             raise CmbenchError(f"method {self.method}: unknown split {split!r} (train or val)")
-        return self.tasks[task].split(split)
+        s = self.tasks[task].split(split)
+        if self.device.type == "cpu":
+            return s
+        if (task, split) not in self._on_device:
+            from .data import Split
+
+            self._on_device[task, split] = Split(x=OnDevice(s.x, self.device), y=s.y.to(self.device))
+        return self._on_device[task, split]
 
     def current(self, split: str = "train"):
         if self.declared not in ("current_task", "calibration", "all_seen"):
@@ -383,12 +427,12 @@ class DataAccess:
             self._deny(f"calibration samples of {task}")
         if task not in self.ctx.seen_tasks:
             raise CmbenchError(f"method {self.method} asked for calibration data of {task}, which has not arrived yet")
-        s = self._split(task, "train")
+        s = self.tasks[task].split("train")
         perm = torch.randperm(len(s), generator=torch.Generator().manual_seed(self.seed))[: min(n, len(s))]
         self.samples_handed += len(perm)
         from .data import Split
 
-        return Split(x=s.x[perm], y=s.y[perm])
+        return Split(x=s.x[perm].to(self.device), y=s.y[perm].to(self.device))
 
 
 # -- train then merge ----------------------------------------------------------------------------
@@ -422,17 +466,16 @@ class Learner:
     def __init__(self, suite: Suite, tasks: dict, space: ClassSpace):
         self.suite, self.tasks, self.space = suite, tasks, space
         self.device = device_for(suite)
-        self.model = create_backbone(suite.backbone)  # CPU: evaluation copies and methods' network
-        self.eval_model = self.model if self.device.type == "cpu" else create_backbone(suite.backbone).to(self.device)
-        self.bs = suite.evaluation.batch_size
+        self.model = create_backbone(suite.backbone).to(self.device)  # evaluation and the methods' network
+        self.bs, self.precision = suite.evaluation.batch_size, suite.evaluation.precision
         self.eval_seconds, self.eval_images = 0.0, 0
         self.train_optimizer_steps: list[int] = []
 
     def features(self, state: StateDict, x: torch.Tensor) -> torch.Tensor:
         from .models import features
 
-        self.eval_model.load_state_dict(state)
-        return features(self.eval_model, x, self.bs)
+        self.model.load_state_dict(state)
+        return features(self.model, x, self.bs, self.precision)
 
     def evaluate(self, state: StateDict, head: dict, order: list[str], learned: list[str],
                  incremental: str) -> tuple[list[float], float]:
@@ -457,7 +500,8 @@ class Learner:
 
     def train(self, ctx, method, start: StateDict, head: dict, names: list[str], seed: int):
         """Train ``start`` (and the rows of ``names``' classes) on those tasks' train data."""
-        from .train import add_lora, fit, merge_lora
+        from .lora import add_lora, merge_lora
+        from .train import fit
 
         suite = self.suite
         recipe = suite.training
@@ -482,7 +526,7 @@ class Learner:
         ctx.adapters = adapters  # the LoRA adapters of this task (empty: full-parameter)
         ctx.train_start_state = start
         ctx.trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        ctx.train_model = model  # train.current_weights(model): its weights now, LoRA folded in
+        ctx.train_model = model  # lora.current_weights(model): its weights now, LoRA folded in
         rows = self.space.rows(names)
         xs = torch.cat([self.tasks[n].train.x for n in names])
         # as many as `fit` takes (`steps` overrides epochs; no committed suite sets it for training)
@@ -501,7 +545,7 @@ class Learner:
         trained_head = {k: v.detach().clone() for k, v in head.items()}
         trained_head["weight"][rows] = lin.weight.detach()[rows].cpu()
         trained_head["bias"][rows] = lin.bias.detach()[rows].cpu()
-        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, trained_head
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}, trained_head  # on the device
 
     def start_grad_norm(self, state: StateDict, head: dict, name: str, n: int = 256) -> float:
         """‖∇θ L‖ at the model training starts from, on task ``name``'s first n train samples:
@@ -536,7 +580,7 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
         the current task; ``classes="seen"``: every class seen so far, in seen-task order)."""
         learner.model.load_state_dict(state)
         rows = space.rows_of[task or ctx.task] if classes == "task" else space.rows(ctx.seen_tasks)
-        w, b = ctx_head["weight"][rows], ctx_head["bias"][rows]
+        w, b = ctx_head["weight"][rows].to(ctx.device), ctx_head["bias"][rows].to(ctx.device)
         return learner.model, lambda f: f @ w.T + b
 
     ctx.network = network

@@ -613,7 +613,7 @@ def train_step_probe(suite: Suite, batches: tuple[int, ...], threads: int) -> di
 
     from .measure import measured, memory
     from .models import create_backbone
-    from .train import add_lora
+    from .lora import add_lora
 
     torch.set_num_threads(threads)
     target = suite.training.batch_size

@@ -267,6 +267,11 @@ class Evaluation(Strict):
                                                 "FWT undefined); saves T²/2 evaluations")
     max_test_per_task: Optional[int] = Field(None, gt=0, description="cap each task's test split at "
                                              "its first N samples of a fixed permutation (data seed)")
+    # keyed with the device type as the job's numerics (models.numerics), not as an
+    # evaluation setting: fp32 keys stay as they were before the field existed
+    precision: Literal["fp32", "tf32", "bf16"] = Field(
+        "fp32", description="evaluation arithmetic: fp32; tf32 (CUDA matmuls and convolutions in "
+                            "TensorFloat-32); bf16 (autocast to bfloat16)")
 
 
 class Resources(Strict):
@@ -342,6 +347,9 @@ class Suite(Strict):
         unknown = sorted(set(self.pretrain.label_tasks or []) - set(pre_names))
         if unknown:
             raise _FieldError("pretrain.label_tasks", f"unknown tasks {unknown}; pretraining tasks are {pre_names}")
+        if self.evaluation.precision == "tf32" and self.resources.gpus_per_job == 0:
+            raise _FieldError("evaluation.precision", "tf32 changes CUDA arithmetic only and this suite runs on "
+                                                      "the CPU (resources.gpus_per_job: 0); use fp32 or bf16")
         stream_heads = ("zero_shot", "template", "prototype", "linear_probe")
         cl_heads = ("class_incremental", "task_incremental")
         allowed = stream_heads if self.setting == "merge_stream" else cl_heads
@@ -390,6 +398,8 @@ class Suite(Strict):
         env = self.model_dump(exclude={"name", "description", "methods"}, mode="json")
         if env["rehearsal"] is None:  # a real suite hashes as it did before rehearsals existed
             del env["rehearsal"]
+        if env["evaluation"]["precision"] == "fp32":  # ... and before evaluation.precision existed
+            del env["evaluation"]["precision"]
         return env
 
     def hash(self) -> str:

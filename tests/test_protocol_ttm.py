@@ -10,7 +10,7 @@ from cmbench import methods as M
 from cmbench.artefacts import Store
 from cmbench.protocol import run
 from cmbench.suite import Suite, expand
-from cmbench.train import add_lora, merge_lora
+from cmbench.lora import add_lora, merge_lora
 
 from .test_methods import run_stream
 
@@ -160,7 +160,7 @@ def test_current_weights_fold_lora_without_changing_the_model():
 
     from cmbench.models import create_backbone
     from cmbench.suite import Backbone
-    from cmbench.train import current_weights
+    from cmbench.lora import current_weights
 
     m = create_backbone(Backbone(embed_dim=16, num_heads=2, depth=1))
     plain = set(m.state_dict())

@@ -7,6 +7,8 @@ zero-shot heads are): a head maps L2-normalised features to logits.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
@@ -126,14 +128,14 @@ def device_type(suite) -> str:
 
 
 def numerics(suite) -> dict[str, str]:
-    """The device type and numeric precision a suite's jobs compute with (their key part)."""
-    return {"device": device_type(suite), "precision": "fp32"}
+    """The device type and evaluation precision a suite's jobs compute with (their key part)."""
+    return {"device": device_type(suite), "precision": suite.evaluation.precision}
 
 
 def device_for(suite) -> torch.device:
-    """Where a job trains and evaluates (merge arithmetic stays on the CPU state dicts).
-    A suite that asks for a GPU never falls back to the CPU silently: its results are
-    keyed as GPU results."""
+    """Where a job computes: θ0 pretraining, heads, training, the methods' networks, merge
+    arithmetic and evaluation. A suite that asks for a GPU never falls back to the CPU
+    silently: its results are keyed as GPU results."""
     if device_type(suite) == "cuda":
         if not torch.cuda.is_available():
             raise CmbenchError(f"suite {suite.name}: resources.gpus_per_job is {suite.resources.gpus_per_job} but "
@@ -142,27 +144,56 @@ def device_for(suite) -> torch.device:
     return torch.device("cpu")
 
 
+def to_device(state: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    """A state dict on ``device`` (the same dict, no copy, when it is already there)."""
+    if all(v.device == device for v in state.values()):
+        return state
+    return {k: v.to(device, non_blocking=True) for k, v in state.items()}
+
+
 def _device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
 
 
+@contextlib.contextmanager
+def arithmetic(device: torch.device, precision: str = "fp32"):
+    """Evaluation arithmetic (``evaluation.precision``): ``fp32`` is IEEE float32 everywhere
+    (TensorFloat-32 off for CUDA matmuls *and* cuDNN convolutions, whose PyTorch default is
+    on); ``tf32`` lets CUDA use TensorFloat-32 (10-bit mantissa products, float32 sums);
+    ``bf16`` autocasts to bfloat16 on either device. Restores the global flags after."""
+    if device.type != "cuda":
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            yield
+        return
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
 @torch.no_grad()
-def features(model: nn.Module, x_uint8: Tensor, batch_size: int) -> Tensor:
-    """Backbone features (on the CPU) for uint8 images, in large batches on the model's
-    device; on a GPU uint8 batches are sent pinned and converted there."""
+def features(model: nn.Module, x_uint8: Tensor, batch_size: int, precision: str = "fp32") -> Tensor:
+    """Backbone features (float32, on the CPU) for uint8 images, in large batches on the
+    model's device, in the evaluation ``precision``; on a GPU uint8 batches are sent pinned
+    and converted there."""
     model.eval()
     device = _device(model)
     out = []
-    for i in range(0, len(x_uint8), batch_size):
-        xb = x_uint8[i : i + batch_size]
-        if device.type == "cuda":
-            xb = xb.pin_memory().to(device, non_blocking=True)
-        out.append(model(xb.float().div_(127.5).sub_(1.0)).float().cpu())
+    with arithmetic(device, precision):
+        for i in range(0, len(x_uint8), batch_size):
+            xb = x_uint8[i : i + batch_size]
+            if device.type == "cuda":
+                xb = (xb.pin_memory() if xb.device.type == "cpu" else xb).to(device, non_blocking=True)
+            out.append(model(xb.float().div_(127.5).sub_(1.0)).float().cpu())
     return torch.cat(out)
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, head: Head, x_uint8: Tensor, y: Tensor, batch_size: int) -> float:
-    logits = head(features(model, x_uint8, batch_size))
+def accuracy(model: nn.Module, head: Head, x_uint8: Tensor, y: Tensor, batch_size: int,
+             precision: str = "fp32") -> float:
+    logits = head(features(model, x_uint8, batch_size, precision))
     return float((logits.argmax(-1) == y).float().mean())
