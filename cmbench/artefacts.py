@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from . import CmbenchError, data as data_mod, published
 from .measure import measured
-from .models import Head, create_backbone, device_for, device_type, features, models_version, numerics
+from .models import Head, create_backbone, device_for, device_type, features, models_version
 from .suite import Suite, Task
 from .tensors import StateDict, content_hash
 from .train import TRAIN_VERSION, fit
@@ -40,9 +40,9 @@ EXPERTS_VERSION = 1  # make_expert, load_expert_checkpoint, and load_tasks' test
 
 
 def build_numerics(suite: Suite) -> dict[str, str]:
-    """θ0 and the heads are built on the suite's device in float32 whatever the evaluation
-    precision (their key part; a CPU suite's keys are what they were when they were built
-    on the CPU for every suite)."""
+    """θ0, the heads and the experts are built on the suite's device in float32 whatever the
+    evaluation precision (their key part; a CPU suite's keys are what they were when every
+    suite built them on the CPU)."""
     return {"device": device_type(suite), "precision": "fp32"}
 
 
@@ -221,8 +221,9 @@ def expert_key(suite: Suite, seed: int, task: str) -> str:
         components["train"] = TRAIN_VERSION
     # a rehearsal's expert is its perturbation, measured (E) on its generated test split
     stand_in = [suite.rehearsal.model_dump(exclude={"caps"})] if suite.rehearsal else []
-    # the evaluation precision is in numerics (E is measured in it), not the evaluation part
-    return artefact_key("expert", components, numerics(suite), heads_key(suite, seed), task, experts,
+    # trained (and E measured) in fp32 whatever the evaluation precision: a job in another
+    # precision measures E itself (protocol.Evaluator.expert_accuracy)
+    return artefact_key("expert", components, build_numerics(suite), heads_key(suite, seed), task, experts,
                         suite.evaluation.model_dump(exclude={"precision"}), *stand_in)
 
 
@@ -378,7 +379,7 @@ def make_expert(suite: Suite, seed: int, task: str, theta0: StateDict, head: Hea
         raise CmbenchError(f"experts.finetune.trainable: {recipe.trainable!r} matches no parameter of the backbone")
     losses = fit(params, loss_fn, td.train.x, td.train.y, recipe, seed * 1000 + idx,
                  what=f"expert {task}")
-    acc = accuracy(backbone, head, td.test.x, td.test.y, suite.evaluation.batch_size, suite.evaluation.precision)
+    acc = accuracy(backbone, head, td.test.x, td.test.y, suite.evaluation.batch_size)
     return ({k: v.cpu() for k, v in backbone.state_dict().items()},
             {"task": task, "test_accuracy": acc, "losses": losses, "device": str(device)})
 
@@ -421,8 +422,7 @@ def load_expert_checkpoint(suite: Suite, task: str, theta0: StateDict, head: Hea
     backbone = create_backbone(suite.backbone, theta0).to(device_for(suite))
     backbone.load_state_dict(state)
     td = load_tasks(suite)[task]
-    meta["test_accuracy"] = accuracy(backbone, head, td.test.x, td.test.y, suite.evaluation.batch_size,
-                                     suite.evaluation.precision)
+    meta["test_accuracy"] = accuracy(backbone, head, td.test.x, td.test.y, suite.evaluation.batch_size)
     if not suite.rehearsal:  # against the published accuracy of this hub expert, as soon as known
         checks = published.setup_check(suite, "expert", {task: meta["test_accuracy"]}, {task: len(td.test.y)})
         for line in published.warnings(checks):

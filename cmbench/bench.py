@@ -66,16 +66,64 @@ def _perturbed(theta0, seed):
             for k, v in theta0.items()}
 
 
-def _measure_method(name: str, threads: int, repeats: int, device: str, q) -> None:
+class _Images:
+    """Random 224² images with 10 classes per task, handed as the harness's DataAccess hands
+    them (train splits and nested calibration subsets; ``on`` the job's device)."""
+
+    def __init__(self, n: int, on: torch.device):
+        self.n, self.on, self.ctx = n, on, None
+
+    def _split(self, task: str, n: int):
+        from .data import Split
+
+        g = torch.Generator().manual_seed(int(task[1:]))
+        return Split(x=torch.randint(0, 256, (n, 3, 224, 224), dtype=torch.uint8, generator=g).to(self.on),
+                     y=torch.randint(0, 10, (n,), generator=g).to(self.on))
+
+    def current(self, split: str = "train"):
+        return self._split(self.ctx.task, self.n)
+
+    def calibration(self, task: str, n: int):
+        return self._split(task, min(n, self.n))
+
+
+def _network(device: str):
+    """``ctx.network`` over the ViT-B/32 tower with a random 10-class head per task."""
+    from .models import Head
+    from .models.clip import CLIPImageEncoder
+    from .suite import OpenCLIP
+
+    model = CLIPImageEncoder.create(OpenCLIP(kind="open_clip", model="ViT-B-32", pretrained=None)).to(device)
+    heads: dict[str, Head] = {}
+
+    def head(task: str) -> Head:
+        if task not in heads:
+            g = torch.Generator().manual_seed(int(task[1:]))
+            heads[task] = Head(torch.randn(10, 512, generator=g) * 10).to(device)
+        return heads[task]
+
+    def network(state, classes: str = "task", task: str | None = None):
+        model.load_state_dict(state)
+        return model, head(task or network.ctx.task)
+
+    return network
+
+
+def _measure_method(name: str, threads: int, repeats: int, device: str, hparams: dict, q) -> None:
     torch.set_num_threads(threads)
     from . import methods as methods_mod
 
     theta0, layout = vit_b32(0)
     theta0 = {k: v.to(device) for k, v in theta0.items()}
     experts = [{k: v.to(device) for k, v in _perturbed(theta0, i + 1).items()} for i in range(2 + repeats)]
-    method = methods_mod.create(name, {})
+    hparams = dict(hparams)
+    n_images = hparams.pop("bench_samples", 256)
+    method = methods_mod.create(name, hparams)
     ctx = methods_mod.Context(theta0=theta0, num_tasks=2 + repeats, seed=0, device=torch.device(device),
                               generator=torch.Generator().manual_seed(0), layout=layout)
+    if type(method).data_access != "none":  # data-using methods: random images, a real forward pass
+        ctx.data, ctx.network = _Images(n_images, torch.device(device)), _network(device)
+        ctx.data.ctx = ctx.network.ctx = ctx
     method.start(ctx)
     merged = theta0
     for t in (1, 2):  # warm-up steps build the method's state (τ_max, projections, …)
@@ -154,6 +202,9 @@ def _floor(threads: int, device: str) -> dict:
 
 
 def _eval_throughput(threads: int, device: str) -> list[dict]:
+    """img/s of ``models.features`` (the harness's evaluation path: uint8 batches from the
+    CPU, converted on the device); on a GPU per precision, beside the bare model's forward
+    at the same precision and batch size with float inputs already on the device."""
     from .models import create_backbone
     from .models.clip import CLIPImageEncoder
     from .suite import OpenCLIP, TinyViT
@@ -174,33 +225,45 @@ def _eval_throughput(threads: int, device: str) -> list[dict]:
     return out
 
 
-def _img_s(model, x: torch.Tensor, bs: int) -> float:
+@torch.no_grad()
+def _bare_img_s(model, x: torch.Tensor, bs: int, precision: str) -> float:
+    from .models import arithmetic
+
+    xd = x.to("cuda").float().div_(127.5).sub_(1.0)
+    model.eval()
+    with arithmetic(torch.device("cuda"), precision):
+        model(xd[:bs])
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for i in range(0, len(xd), bs):
+            model(xd[i : i + bs])
+        torch.cuda.synchronize()
+    return len(xd) / (time.perf_counter() - t0)
+
+
+def _img_s(model, x: torch.Tensor, bs: int, precision: str = "fp32") -> float:
     """Throughput of ``models.features`` on ``x`` after a one-batch warm-up."""
     from .models import features
 
-    features(model, x[:bs], bs)  # it returns CPU tensors: on a GPU, the work is done by then
+    features(model, x[:bs], bs, precision)  # it returns CPU tensors: on a GPU, the work is done by then
     t0 = time.perf_counter()
-    features(model, x, bs)
+    features(model, x, bs, precision)
     return len(x) / (time.perf_counter() - t0)
 
 
 def _cuda_eval_variants(vit, x: torch.Tensor, bs: int) -> list[dict]:
-    """ViT-B/32 img/s on the GPU beyond the harness's fp32 path (``models.features``:
-    pinned uint8 batches, non-blocking copies, conversion on the GPU): with TF32 matmuls,
-    and with bf16 autocast + channels-last. Each row also gives the worst cosine similarity
-    of its features to fp32's on the same images, to weigh speed against fidelity."""
+    """ViT-B/32 on the GPU in each ``evaluation.precision``: the harness path's img/s, the
+    bare forward's at the same precision and batch size (inputs already on the device), and
+    the worst cosine similarity of the features to fp32's on the same images."""
     from .models import features
 
-    ref = features(vit, x[:bs], bs)
+    ref = features(vit, x[:bs], bs, "fp32")
     rows = []
-    for label, tf32, bf16 in (("ViT-B/32 224², TF32 matmuls", True, False),
-                              ("ViT-B/32 224², bf16 autocast + channels-last", False, True)):
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
-        model = vit.to(memory_format=torch.channels_last) if bf16 else vit
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            cos = torch.nn.functional.cosine_similarity(features(model, x[:bs], bs), ref, dim=-1).min()
-            rows.append({"model": label, "img_s": _img_s(model, x, bs), "min_cos_vs_fp32": float(cos)})
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    for precision in ("fp32", "tf32", "bf16"):
+        cos = torch.nn.functional.cosine_similarity(features(vit, x[:bs], bs, precision), ref, dim=-1).min()
+        harness, bare = _img_s(vit, x, bs, precision), _bare_img_s(vit, x, bs, precision)
+        rows.append({"model": f"ViT-B/32 224², {precision}", "img_s": harness, "bare_img_s": bare,
+                     "harness_vs_bare": harness / bare, "min_cos_vs_fp32": float(cos)})
     return rows
 
 
@@ -220,7 +283,10 @@ def _suite_times(suite: str, skip: tuple[str, ...] = ()) -> dict:
 
 def run_bench(methods=DEFAULT_METHODS, threads: int = 2, repeats: int = 3, device: str = "cpu",
               suite: str | None = None, stream_memory=("task_arithmetic", "ties", "magmax", "opcm"),
-              suite_skip: tuple[str, ...] = ("ode_m",), log=print) -> dict:
+              suite_skip: tuple[str, ...] = ("ode_m",), log=print, hparams: dict | None = None,
+              evaluation: bool = True) -> dict:
+    """``hparams``: per method, values that override its defaults (``bench_samples``: the
+    images a data-using method is handed, default 256)."""
     ctx = mp.get_context("spawn")
     results = {"threads": threads, "device": device, "torch": torch.__version__}
     q = ctx.Queue()
@@ -248,13 +314,15 @@ def run_bench(methods=DEFAULT_METHODS, threads: int = 2, repeats: int = 3, devic
     results["methods"] = []
     for name in methods:  # one method failing (e.g. a device bug) still reports the others
         try:
-            results["methods"].append(fresh_process(_measure_method, name, threads, repeats, device))
+            hp = dict((hparams or {}).get(name, {}))
+            results["methods"].append({**fresh_process(_measure_method, name, threads, repeats, device, hp),
+                                       **({"hparams": hp} if hp else {})})
         except RuntimeError as e:
             results["methods"].append({"method": name, "error": str(e)})
     if stream_memory and device == "cpu":
         results["stream_memory"] = [fresh_process(_stream_memory, name, T, threads)
                                     for name in stream_memory for T in (8, 20)]
-    results["eval"] = _eval_throughput(threads, device)
+    results["eval"] = _eval_throughput(threads, device) if evaluation else []
     if suite:
         results["suite"] = _suite_times(suite, suite_skip)
     log(format_bench(results))
@@ -284,6 +352,8 @@ def format_bench(r: dict) -> str:
         lines += [f"| {k} | {v[8]:.0f} | {v[20]:.0f} | {v[20] / max(v[8], 1e-9):.2f} |" for k, v in by.items()]
     lines += ["", "| evaluation | img/s |", "|---|---|"]
     lines += [f"| {e['model']} | {e['img_s']:.0f} |"
+              + (f" bare forward {e['bare_img_s']:.0f} img/s (harness {100 * e['harness_vs_bare']:.0f} %)"
+                 if "bare_img_s" in e else "")
               + (f" (features' min cosine to fp32: {e['min_cos_vs_fp32']:.5f})" if "min_cos_vs_fp32" in e else "")
               for e in r["eval"]]
     if "suite" in r:

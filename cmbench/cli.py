@@ -110,8 +110,9 @@ def cmd_bench(args) -> int:
     methods = [m for m in args.methods.split(",") if m] if args.methods else list(DEFAULT_METHODS)
     stream = () if args.stream_memory == "none" else tuple(m for m in args.stream_memory.split(",") if m)
     skip = () if args.suite_skip == "none" else tuple(m for m in args.suite_skip.split(",") if m)
+    hparams = _hparams(args.hparam)
     r = run_bench(methods, threads=args.threads, repeats=args.repeats, device=args.device, suite=args.suite,
-                  stream_memory=stream, suite_skip=skip)
+                  stream_memory=stream, suite_skip=skip, hparams=hparams, evaluation=not args.no_eval)
     main_json(args.json, r)
     return 0
 
@@ -312,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--suite-skip", default="ode_m",
                     help="methods or labels --suite leaves out (comma-separated, or none; default: %(default)s, "
                          "whose micro jobs take 1–36 min each and are timed by their own results)")
+    bn.add_argument("--hparam", action="append", default=[], metavar="METHOD.NAME=VALUE",
+                    help="override a method's hyperparameter (repeatable); METHOD.bench_samples=N: the random "
+                         "images a data-using method is handed (default 256)")
+    bn.add_argument("--no-eval", action="store_true", help="skip the evaluation-throughput figures")
     bn.add_argument("--json", help="also write the figures to this JSON file")
     bn.set_defaults(fn=cmd_bench)
 

@@ -137,6 +137,18 @@ class Evaluator:
         acc = self.accuracies(state, names)
         return [acc.get(n, float("nan")) for n in self.order]
 
+    def expert_accuracy(self, art: SuiteArtefacts, task: str, state: StateDict, meta: dict) -> float:
+        """E of ``task``'s expert in the evaluation precision: the fp32 value measured when it
+        was built, or measured here once per precision (cached like θ0's row)."""
+        if self.precision == "fp32":
+            return meta["test_accuracy"]
+        suite = art.suite
+        key = artefact_key("eval-expert", {"evaluation": EVALUATION_VERSION}, numerics(suite),
+                           expert_key(suite, art.seed, task), suite.evaluation.batch_size)
+        t, _ = art.store.get_or_make("evals", key, lambda: (
+            {"acc": torch.tensor([self.accuracies(state, [task])[task]], dtype=torch.float64)}, {"task": task}))
+        return float(t["acc"][0])
+
     def theta0_row(self, art: SuiteArtefacts) -> list[float]:
         """θ0's test accuracies depend on θ0, the heads, the test splits and evaluation."""
         names = sorted(self.order)
@@ -203,11 +215,20 @@ def _record_common(suite: Suite, job: Job, method, store: Store) -> dict[str, An
         # a rehearsal's results (random weights, generated data) carry its section: the report refuses them
         **({"rehearsal": suite.rehearsal.model_dump(mode="json")} if suite.rehearsal else {}),
         **_published(suite, job, cls),
+        "device": _device_record(device_for(suite)),
         "versions": {"cmbench": __version__, "torch": torch.__version__, "python": platform.python_version(),
                      # CPU kernels differ in rounding by instruction set: `cmbench verify` expects a
                      # bitwise rerun only on the same one
                      "cpu_capability": torch.backends.cpu.get_cpu_capability()},
     }
+
+
+def _device_record(device: torch.device) -> dict[str, Any]:
+    """The device a job computed on (its type is also in the key)."""
+    if device.type == "cuda":
+        return {"type": "cuda", "name": torch.cuda.get_device_name(device), "cuda": torch.version.cuda,
+                "deterministic": torch.are_deterministic_algorithms_enabled()}
+    return {"type": device.type, "name": torch.backends.cpu.get_cpu_capability()}
 
 
 def _setup(suite: Suite, job: Job, store: Store, threads: int, tasks: dict):
@@ -254,7 +275,7 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
     for t, task in enumerate(order, start=1):
         incoming, meta = art.expert(task)
         incoming = to_device(incoming, ctx.device)
-        E.append(meta["test_accuracy"])
+        E.append(ev.expert_accuracy(art, task, incoming, meta))
         expert_hashes.append(meta["content_hash"])
         ctx.step, ctx.task, ctx.seen_tasks = t, task, order[:t]
         t0 = time.perf_counter()

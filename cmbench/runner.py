@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass
@@ -170,12 +171,65 @@ class LocalExecutor:
         pass
 
 
+# -- GPU placement ---------------------------------------------------------------------------
+# Ray packs jobs onto GPUs by the fraction each asks for (gpus_per_job 0.25: four per GPU).
+# Whether they fit is sized from a measured peak (resources.gpu_memory_gb): the driver
+# refuses a fraction whose share of a GPU is smaller than the peak, and a job waits at start
+# until its peak is free on its GPU (memory that Ray does not account for: another user's
+# process, a neighbour outside the run).
+
+
+def check_gpu_share(gpus_per_job: float, need_gb: float | None, gpu_gb: list[float]) -> None:
+    """Refuse a placement in which a job's share of the smallest GPU is below its peak."""
+    if not need_gb or not gpu_gb or not gpus_per_job:
+        return
+    share = min(gpus_per_job, 1.0) * min(gpu_gb)
+    if share < need_gb:
+        fit = max(1, int(min(gpu_gb) // need_gb))
+        raise CmbenchError(f"resources.gpu_memory_gb is {need_gb:g} but gpus_per_job {gpus_per_job:g} of a "
+                           f"{min(gpu_gb):.0f} GB GPU is {share:.1f} GB; set gpus_per_job to {1 / fit:g} or more")
+
+
+def wait_for_gpu_memory(need_gb: float | None, timeout_s: float = 600.0, poll_s: float = 5.0,
+                        mem_get_info: Callable[[], tuple[int, int]] | None = None,
+                        sleep: Callable[[float], None] = time.sleep) -> float:
+    """Block until ``need_gb`` is free on this worker's GPU; seconds waited. One clear error
+    after ``timeout_s``."""
+    if not need_gb:
+        return 0.0
+    if mem_get_info is None:
+        import torch
+
+        mem_get_info = torch.cuda.mem_get_info
+    waited = 0.0
+    while True:
+        free = mem_get_info()[0] / 2**30
+        if free >= need_gb:
+            return waited
+        if waited >= timeout_s:
+            raise CmbenchError(f"resources.gpu_memory_gb: {need_gb:g} GB never came free on this job's GPU within "
+                               f"{timeout_s:.0f} s ({free:.1f} GB free); lower gpus_per_job's sharing or free the GPU")
+        sleep(poll_s)
+        waited += poll_s
+
+
+def local_gpu_gb() -> list[float]:
+    """The memory of each GPU this process sees (none without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    return [torch.cuda.get_device_properties(i).total_memory / 2**30 for i in range(torch.cuda.device_count())]
+
+
 class RayExecutor:
     """Jobs as Ray tasks: ``threads`` CPUs and ``gpus`` (fractions allowed) each, placed by
     Ray; a job whose worker process dies is retried ``retries`` times (an exception the job
-    raises itself is not retried: it is recorded as failed with its reason)."""
+    raises itself is not retried: it is recorded as failed with its reason). ``num_gpus``
+    overrides the GPUs a local instance detects (tests simulate GPUs with it)."""
 
-    def __init__(self, workers: int, threads: int, gpus: float, address: str | None, retries: int = 2):
+    def __init__(self, workers: int, threads: int, gpus: float, address: str | None, retries: int = 2,
+                 num_gpus: int | None = None):
         import ray
 
         self.ray = ray
@@ -185,7 +239,12 @@ class RayExecutor:
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=workers * threads, **kwargs)
+            ray.init(num_cpus=workers * threads, **({"num_gpus": num_gpus} if num_gpus is not None else {}), **kwargs)
+        have = ray.cluster_resources().get("GPU", 0)
+        if gpus and have < min(gpus, 1.0):  # Ray would wait for a GPU forever
+            ray.shutdown()
+            raise CmbenchError(f"resources.gpus_per_job is {gpus:g} but the Ray cluster has {have:g} GPUs; "
+                               "run where GPUs are, or set gpus_per_job: 0")
         self.remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=retries)(_call)
         self.threads, self.env = threads, env
 
@@ -212,7 +271,13 @@ class RayExecutor:
 # lock) and returns those it read for the first time; the driver writes the lock (cmbench.pins).
 
 
+def _gpu_ready(suite: Suite) -> None:
+    if suite.resources.gpus_per_job:
+        wait_for_gpu_memory(suite.resources.gpu_memory_gb)
+
+
 def _prepare_theta0(suite: Suite, seed: int, cache: str, known: dict | None = None) -> dict:
+    _gpu_ready(suite)
     with pins.session(known) as found:
         art = SuiteArtefacts(suite, seed, open_store(cache))
         art.theta0()
@@ -222,6 +287,7 @@ def _prepare_theta0(suite: Suite, seed: int, cache: str, known: dict | None = No
 
 
 def _prepare_expert(suite: Suite, seed: int, task: str, cache: str, known: dict | None = None) -> dict:
+    _gpu_ready(suite)
     with pins.session(known) as found:
         SuiteArtefacts(suite, seed, open_store(cache)).expert(task)
     return found
@@ -229,6 +295,7 @@ def _prepare_expert(suite: Suite, seed: int, task: str, cache: str, known: dict 
 
 def _run_job(suite: Suite, job: Job, cache: str, threads: int, known: dict | None = None) -> dict:
     cost: dict = {}
+    _gpu_ready(suite)
     with pins.session(known) as found, measured(cost, "job"):
         record = run(suite, job, open_store(cache), threads)
     return {**record, "resources": cost["job"], **({"downloads": found} if found else {})}
@@ -350,6 +417,8 @@ def finetune_experts(suite_path: str | Path, *, seeds: int | None = None, worker
 def _executor(suite: Suite, workers: int | None, threads: int, ray_address: str | None, executor: str,
               retries: int = 2):
     workers = workers or max(1, (os.cpu_count() or 1) // threads)
+    if not ray_address:  # a cluster's GPUs are not visible from here; each job still waits for its peak
+        check_gpu_share(suite.resources.gpus_per_job, suite.resources.gpu_memory_gb, local_gpu_gb())
     if executor == "ray":
         return RayExecutor(workers, threads, suite.resources.gpus_per_job, ray_address, retries)
     return LocalExecutor(threads)

@@ -276,7 +276,13 @@ class Evaluation(Strict):
 
 class Resources(Strict):
     cpus_per_job: int = Field(1, gt=0)
+    # a fraction shares a GPU: Ray packs 1/f jobs onto each GPU
     gpus_per_job: float = Field(0, ge=0)
+    gpu_memory_gb: Optional[float] = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="a job's peak GPU memory (measure it with `cmbench run SUITE --rehearse` on a GPU): the "
+                    "driver refuses a gpus_per_job fraction whose share of a GPU is smaller, and each job "
+                    "waits until that much is free on its GPU before it starts")
 
 
 class Rehearsal(Strict):
@@ -347,6 +353,8 @@ class Suite(Strict):
         unknown = sorted(set(self.pretrain.label_tasks or []) - set(pre_names))
         if unknown:
             raise _FieldError("pretrain.label_tasks", f"unknown tasks {unknown}; pretraining tasks are {pre_names}")
+        if self.resources.gpu_memory_gb is not None and self.resources.gpus_per_job == 0:
+            raise _FieldError("resources.gpu_memory_gb", "applies to GPU jobs only; set resources.gpus_per_job")
         if self.evaluation.precision == "tf32" and self.resources.gpus_per_job == 0:
             raise _FieldError("evaluation.precision", "tf32 changes CUDA arithmetic only and this suite runs on "
                                                       "the CPU (resources.gpus_per_job: 0); use fp32 or bf16")
@@ -400,6 +408,7 @@ class Suite(Strict):
             del env["rehearsal"]
         if env["evaluation"]["precision"] == "fp32":  # ... and before evaluation.precision existed
             del env["evaluation"]["precision"]
+        del env["resources"]["gpu_memory_gb"]  # placement only: no number depends on it
         return env
 
     def hash(self) -> str:

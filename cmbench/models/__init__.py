@@ -8,6 +8,7 @@ zero-shot heads are): a head maps L2-normalised features to logits.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 from torch import Tensor, nn
@@ -140,8 +141,18 @@ def device_for(suite) -> torch.device:
         if not torch.cuda.is_available():
             raise CmbenchError(f"suite {suite.name}: resources.gpus_per_job is {suite.resources.gpus_per_job} but "
                                "this worker sees no GPU; run it where one is visible, or set gpus_per_job: 0")
+        _deterministic_cuda()
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def _deterministic_cuda() -> None:
+    """GPU reruns reproduce bitwise on the same GPU model and software where every kernel has
+    a deterministic variant (cuBLAS with a fixed workspace, no cuDNN autotuning); an op
+    without one warns instead of failing (its results then agree to rounding only)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def to_device(state: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:

@@ -23,6 +23,17 @@ DATA_LABEL = {"none": "data-free", "current_task": "current task", "calibration"
 LONG_HPARAMS = 8  # beyond this many, a row lists what differs from its method's first row
 
 
+
+def _devices(recs: list[dict]) -> list[str]:
+    """Where the jobs computed, as their keys say (device type, evaluation precision), with
+    the device's name where the result records it."""
+    out: dict[str, None] = {}
+    for r in recs:
+        inp = r.get("inputs") or {}
+        name = (r.get("device") or {}).get("name")
+        out[f"{inp.get('device', '?')} {inp.get('precision', '?')}" + (f" ({name})" if name else "")] = None
+    return list(out)
+
 def _stat(values) -> tuple[float, float, int]:
     v = np.array([x for x in values if x is not None and x == x], dtype=float)
     if v.size == 0:
@@ -86,6 +97,7 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
                   "harness, not the methods)", ""]
     setting = recs[0].get("setting", "merge_stream")
     lines.append(f"Setting: `{setting}` · suite hash {', '.join(f'`{h}`' for h in hashes)} · "
+                 f"{', '.join(_devices(recs))} · "
                  f"commit {', '.join(f'`{c[:10]}`' for c in commits)} · last job {last}")
     lines.append("")
 
