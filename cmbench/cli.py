@@ -54,7 +54,7 @@ def cmd_run(args) -> int:
         seeds=args.seeds, orders=args.orders, workers=args.workers, ray_address=args.ray_address,
         force=args.force, dry_run=args.dry_run, tracking_uri=args.tracking_uri,
         executor="local" if args.no_ray else "ray", use_tuned=args.use_tuned, retries=args.retries,
-        store=args.store,
+        store=args.store, dashboard=args.dashboard,
     )
     if args.rehearse:
         if args.data_root or args.allow_download:
@@ -90,7 +90,7 @@ def cmd_tune(args) -> int:
     _data_env(args)
     tune_method(resolve_suite(args.suite), args.method, out=args.out, seeds=args.seeds, orders=args.orders,
                 workers=args.workers, executor="local" if args.no_ray else "ray", tracking_uri=args.tracking_uri,
-                store=args.store)
+                store=args.store, ray_address=args.ray_address)
     return 0
 
 
@@ -223,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="directory for results/ and .cmbench/ (cache, MLflow) (default: ., and "
                                  "rehearsals/SUITE with --rehearse)")
     r.add_argument("--force", action="store_true", help="recompute jobs even if their result exists")
+    r.add_argument("--dashboard", action="store_true",
+                   help="start the local Ray instance with its dashboard (http://127.0.0.1:8265; needs the "
+                        "`dashboard` extra); a cluster's dashboard is the head node's")
     r.add_argument("--dry-run", action="store_true",
                    help="validate; list the jobs, what must be downloaded or fine-tuned first, and a GPU-time "
                         "estimate (no network)")
@@ -261,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--out", default=".", help="directory for tuned/ and .cmbench/ (default: .)")
     tu.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under OUT/.cmbench)")
     tu.add_argument("--no-ray", action="store_true", help="run trials in this process")
+    tu.add_argument("--ray-address", help="run the trials on the Ray cluster at this address")
     _data_args(tu)
     _store_arg(tu)
     tu.set_defaults(fn=cmd_tune)

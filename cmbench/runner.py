@@ -222,6 +222,69 @@ def local_gpu_gb() -> list[float]:
     return [torch.cuda.get_device_properties(i).total_memory / 2**30 for i in range(torch.cuda.device_count())]
 
 
+def ship_baselines(staging: Path) -> str:
+    """Copy every folder methods are discovered in (``methods.baseline_dirs``) into
+    ``staging`` (Ray uploads it as the jobs' working directory); the worker-side
+    CMBENCH_BASELINES, relative to that directory."""
+    import shutil
+
+    rel = []
+    for i, d in enumerate(baseline_dirs()):
+        shutil.copytree(d, staging / "cmbench_methods" / str(i), ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        rel.append(f"cmbench_methods/{i}")
+    return os.pathsep.join(rel)
+
+
+def _dashboard_available() -> None:
+    try:
+        import aiohttp  # noqa: F401 - what `ray[default]` adds for the dashboard
+        import ray.dashboard  # noqa: F401
+    except ImportError:
+        raise CmbenchError("--dashboard needs Ray's dashboard: pip install 'cmbench[dashboard]' (ray[default])") from None
+
+
+def connect_ray(address: str, **kwargs) -> None:
+    """Join a running Ray cluster, or fail within seconds with one line: nothing answering
+    at the address, a missing or wrong authentication token, another Ray version."""
+    import socket
+
+    import ray
+
+    if address != "auto":
+        hostport = address.split("://", 1)[-1]
+        host, _, port = hostport.rpartition(":")
+        if not host or not port.isdigit():
+            raise CmbenchError(f"--ray-address {address!r}: write HOST:PORT (the address `ray start --head` printed)")
+        try:
+            socket.create_connection((host, int(port)), timeout=3).close()
+        except OSError as e:
+            raise CmbenchError(f"--ray-address {address}: nothing answers there ({e.strerror or e}); start the head "
+                               "with `ray start --head` and pass the address it prints") from None
+    # Ray enables token authentication only when it finds the cluster itself (address "auto");
+    # against an explicit address a token cluster answers InvalidAuthToken until told to use
+    # one: do what ray.init does for "auto" (Ray's own helper, tested with the pinned range)
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available as enable_token)
+
+        enable_token(warn_if_disabled=False)
+    except ImportError:
+        pass
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError) as e:
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "version" in str(e).lower():
+            raise CmbenchError(f"--ray-address {address}: {text} (install the cluster's Ray version here, or "
+                               f"start the cluster with this Ray, {ray.__version__})") from None
+        how = ("with the token from " + ("RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else
+                                         os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token")
+               if os.environ.get("RAY_AUTH_MODE") == "token" else "without an authentication token")
+        raise CmbenchError(f"--ray-address {address}: the cluster refused this driver ({how}); if it requires "
+                           "authentication, set RAY_AUTH_TOKEN to the output of `ray get-auth-token` on its head "
+                           f"node; Ray here is {ray.__version__}, and the cluster's must match") from None
+
+
 class RayExecutor:
     """Jobs as Ray tasks: ``threads`` CPUs and ``gpus`` (fractions allowed) each, placed by
     Ray; a job whose worker process dies is retried ``retries`` times (an exception the job
@@ -229,17 +292,22 @@ class RayExecutor:
     overrides the GPUs a local instance detects (tests simulate GPUs with it)."""
 
     def __init__(self, workers: int, threads: int, gpus: float, address: str | None, retries: int = 2,
-                 num_gpus: int | None = None):
+                 num_gpus: int | None = None, dashboard: bool = False):
         import ray
 
         self.ray = ray
         env = worker_env()
-        kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=True,
-                                      configure_logging=True)
+        kwargs: dict[str, Any] = dict(logging_level="ERROR", log_to_driver=True, configure_logging=True)
         if address:
-            ray.init(address=address, **kwargs)
+            # the user's method files travel with the jobs (Ray's runtime_env), not as driver paths
+            self._staging = tempfile.TemporaryDirectory(prefix="cmbench-methods-")
+            env["CMBENCH_BASELINES"] = ship_baselines(Path(self._staging.name))
+            connect_ray(address, runtime_env={"working_dir": self._staging.name}, **kwargs)
         else:
-            ray.init(num_cpus=workers * threads, **({"num_gpus": num_gpus} if num_gpus is not None else {}), **kwargs)
+            if dashboard:
+                _dashboard_available()
+            ray.init(num_cpus=workers * threads, include_dashboard=dashboard,
+                     **({"num_gpus": num_gpus} if num_gpus is not None else {}), **kwargs)
         have = ray.cluster_resources().get("GPU", 0)
         if gpus and have < min(gpus, 1.0):  # Ray would wait for a GPU forever
             ray.shutdown()
@@ -260,8 +328,34 @@ class RayExecutor:
                 cause = getattr(e, "cause", None)
                 yield args, None, cause if isinstance(cause, BaseException) else e
 
+    def check_store(self, store: str) -> None:
+        """A directory store must be seen by every node of the cluster (a shared mount); an
+        fsspec URL is shared by design. Refused with one line otherwise, before any job runs."""
+        if "://" in store:
+            return
+        nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+        if len(nodes) < 2:
+            return
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        marker = Path(store) / f".node-check-{os.getpid()}-{time.time_ns()}"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("")
+        try:
+            probe = self.ray.remote(num_cpus=0)(os.path.exists)
+            seen = self.ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                                 .remote(str(marker)) for n in nodes], timeout=120)
+        finally:
+            marker.unlink(missing_ok=True)
+        blind = [n["NodeManagerAddress"] for n, ok in zip(nodes, seen) if not ok]
+        if blind:
+            raise CmbenchError(f"artefact store {store} is a directory of this machine that nodes {', '.join(blind)} "
+                               "do not see; pass --store a directory every node mounts, or an fsspec URL (s3://…)")
+
     def close(self):
         self.ray.shutdown()
+        if getattr(self, "_staging", None) is not None:
+            self._staging.cleanup()
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -298,7 +392,18 @@ def _run_job(suite: Suite, job: Job, cache: str, threads: int, known: dict | Non
     _gpu_ready(suite)
     with pins.session(known) as found, measured(cost, "job"):
         record = run(suite, job, open_store(cache), threads)
-    return {**record, "resources": cost["job"], **({"downloads": found} if found else {})}
+    return {**record, "resources": cost["job"], "ran_on": _where(), **({"downloads": found} if found else {})}
+
+
+def _where() -> dict[str, str]:
+    """The machine (and Ray node) a job ran on: provenance, never part of a key."""
+    import socket
+
+    out = {"host": socket.gethostname()}
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        out["ray_node"] = ray.get_runtime_context().get_node_id()
+    return out
 
 
 def _lock_of(suite: Suite, out: Path) -> tuple[Path, dict] | None:
@@ -319,7 +424,7 @@ def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, skip:
               out: str | Path = ".", force: bool = False, dry_run: bool = False,
               tracking_uri: str | None = None, executor: str = "ray", use_tuned: bool = False,
               retries: int = 2, prepare_only: bool = False, store: str | None = None,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+              log: Callable[[str], None] = print, dashboard: bool = False) -> dict[str, Any]:
     """Run a suite's jobs. ``use_tuned``: also run ``<label>-tuned`` rows with the values
     ``cmbench tune`` chose; ``retries``: times a job is retried after its worker dies;
     ``prepare_only``: build the artefacts (θ0, heads, experts) the jobs need and stop."""
@@ -380,7 +485,7 @@ def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, skip:
                            f"wait for it to finish or use another --out") from None
     try:
         return _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, executor, tracking_uri, log,
-                    sources, retries, prepare_only)
+                    sources, retries, prepare_only, dashboard)
     finally:
         lock.release()
 
@@ -415,12 +520,21 @@ def finetune_experts(suite_path: str | Path, *, seeds: int | None = None, worker
 
 
 def _executor(suite: Suite, workers: int | None, threads: int, ray_address: str | None, executor: str,
-              retries: int = 2):
+              retries: int = 2, store: str | None = None, dashboard: bool = False):
+    """The executor a run uses; on a cluster, ``store`` (the artefact store) must be one every
+    node sees."""
     workers = workers or max(1, (os.cpu_count() or 1) // threads)
     if not ray_address:  # a cluster's GPUs are not visible from here; each job still waits for its peak
         check_gpu_share(suite.resources.gpus_per_job, suite.resources.gpu_memory_gb, local_gpu_gb())
     if executor == "ray":
-        return RayExecutor(workers, threads, suite.resources.gpus_per_job, ray_address, retries)
+        ex = RayExecutor(workers, threads, suite.resources.gpus_per_job, ray_address, retries, dashboard=dashboard)
+        if store is not None:
+            try:
+                ex.check_store(store)
+            except BaseException:
+                ex.close()
+                raise
+        return ex
     return LocalExecutor(threads)
 
 
@@ -445,10 +559,10 @@ def _prepare_artefacts(suite: Suite, seeds: list[int], store, cache: str, ex, lo
 
 
 def _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, executor, tracking_uri, log,
-         sources=None, retries=2, prepare_only=False):
+         sources=None, retries=2, prepare_only=False, dashboard=False):
     cache = paths.store
     store = open_store(cache)
-    ex = _executor(suite, workers, threads, ray_address, executor, retries)
+    ex = _executor(suite, workers, threads, ray_address, executor, retries, store=cache, dashboard=dashboard)
     from .tracking import Tracker
 
     tracker = Tracker(tracking_uri or paths.tracking_uri, suite, log=log)

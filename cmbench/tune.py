@@ -88,7 +88,7 @@ def _trial(suite: Suite, spec: MethodSpec, config: dict, seeds: int, orders: int
 
 def tune_method(suite_path: str | Path, method: str, *, out: str | Path = ".", seeds: int = 1,
                 orders: int | None = None, workers: int | None = None, executor: str = "ray",
-                tracking_uri: str | None = None, store: str | None = None,
+                tracking_uri: str | None = None, store: str | None = None, ray_address: str | None = None,
                 log: Callable[[str], None] = print) -> dict:
     from .runner import Paths, run_suite
 
@@ -104,14 +104,15 @@ def tune_method(suite_path: str | Path, method: str, *, out: str | Path = ".", s
     paths = Paths(Path(out), store)
     # artefacts exactly as `cmbench run` builds them (θ0, heads, experts), before any trial
     run_suite(suite_path, methods=[spec.display], seeds=seeds, orders=orders, out=out, workers=workers,
-              executor=executor, dry_run=False, prepare_only=True, store=store, log=lambda s: None)
+              executor=executor, dry_run=False, prepare_only=True, store=store, log=lambda s: None,
+              ray_address=ray_address)
     cache = paths.store
     threads = suite.resources.cpus_per_job
     grid = _grid(spec)
     log(f"tuning {spec.display} on {suite.name}: {len(grid)} trials × {seeds} seed(s) × "
         f"{orders or len(suite.orders_for(suite.seeds[0]))} order(s), scored on validation splits")
     if executor == "ray":
-        trials = _ray_tune(suite, spec, grid, seeds, orders, cache, threads, workers, paths)
+        trials = _ray_tune(suite, spec, grid, seeds, orders, cache, threads, workers, paths, ray_address)
     else:
         trials = [_trial(suite, spec, c, seeds, orders, cache, threads) for c in grid]
     best = max(trials, key=lambda t: t["val_acc"])
@@ -128,17 +129,24 @@ def tune_method(suite_path: str | Path, method: str, *, out: str | Path = ".", s
     return result
 
 
-def _ray_tune(suite, spec, grid, seeds, orders, cache, threads, workers, paths) -> list[dict]:
+def _ray_tune(suite, spec, grid, seeds, orders, cache, threads, workers, paths, ray_address=None) -> list[dict]:
     import os
+    import tempfile
 
     import ray
     from ray import tune
 
-    from .runner import worker_env
+    from .runner import connect_ray, ship_baselines, worker_env
 
     env = worker_env()
-    ray.init(num_cpus=(workers or max(1, (os.cpu_count() or 1) // threads)) * threads, include_dashboard=False,
-             logging_level="ERROR", runtime_env={"env_vars": env})
+    staging = tempfile.TemporaryDirectory(prefix="cmbench-methods-")
+    if ray_address:  # on a cluster the method files travel with the trials, as with `cmbench run`
+        env["CMBENCH_BASELINES"] = ship_baselines(Path(staging.name))
+        connect_ray(ray_address, logging_level="ERROR",
+                    runtime_env={"working_dir": staging.name, "env_vars": env})
+    else:
+        ray.init(num_cpus=(workers or max(1, (os.cpu_count() or 1) // threads)) * threads, include_dashboard=False,
+                 logging_level="ERROR", runtime_env={"env_vars": env})
     try:
         def trainable(config):
             return _trial(suite, spec, config["hparams"], seeds, orders, cache, threads)
@@ -160,6 +168,7 @@ def _ray_tune(suite, spec, grid, seeds, orders, cache, threads, workers, paths) 
         return sorted(out, key=lambda t: json.dumps(t["hparams"], sort_keys=True))
     finally:
         ray.shutdown()
+        staging.cleanup()
 
 
 def _log_trials(uri: str, suite: Suite, spec: MethodSpec, trials: list[dict], log) -> None:
