@@ -138,6 +138,35 @@ class Store:
     def has(self, kind: str, key: str) -> bool:
         return self._paths(kind, key)[1].exists()
 
+    # -- mutable entries (a running job's latest state, replaced at every step) ----------------
+    def put(self, kind: str, key: str, tensors: StateDict, meta: dict) -> None:
+        """Replace the entry: tensors first, then the sidecar with their content hash (a
+        reader that finds the two out of step, after a crash between them, gets nothing)."""
+        tensors_path, meta_path = self._paths(kind, key)
+        tensors_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=tensors_path.parent, prefix=f".{tensors_path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp)
+            os.replace(tmp, tensors_path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        atomic_write_bytes(meta_path, json.dumps(dict(meta, content_hash=content_hash(tensors))).encode())
+
+    def get(self, kind: str, key: str) -> tuple[StateDict, dict] | None:
+        """A mutable entry, or None if absent, unreadable or torn."""
+        tensors_path, meta_path = self._paths(kind, key)
+        try:
+            meta = json.loads(meta_path.read_text())
+            tensors = load_file(str(tensors_path))
+        except Exception:  # noqa: BLE001 - absent or half-written: as if absent
+            return None
+        return (tensors, meta) if content_hash(tensors) == meta.get("content_hash") else None
+
+    def delete(self, kind: str, key: str) -> None:
+        for path in self._paths(kind, key):
+            path.unlink(missing_ok=True)
+
     def content_hash(self, kind: str, key: str) -> str | None:
         """The content hash its sidecar records, or None if the artefact is not here."""
         try:

@@ -54,7 +54,7 @@ def cmd_run(args) -> int:
         seeds=args.seeds, orders=args.orders, workers=args.workers, ray_address=args.ray_address,
         force=args.force, dry_run=args.dry_run, tracking_uri=args.tracking_uri,
         executor="local" if args.no_ray else "ray", use_tuned=args.use_tuned, retries=args.retries,
-        store=args.store, dashboard=args.dashboard,
+        store=args.store, dashboard=args.dashboard, job_time_limit=args.job_time_limit,
     )
     if args.rehearse:
         if args.data_root or args.allow_download:
@@ -223,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="directory for results/ and .cmbench/ (cache, MLflow) (default: ., and "
                                  "rehearsals/SUITE with --rehearse)")
     r.add_argument("--force", action="store_true", help="recompute jobs even if their result exists")
+    r.add_argument("--job-time-limit", type=float, metavar="SECONDS",
+                   help="stop a job that runs longer (recorded as failed; a rerun resumes from its last "
+                        "completed step); overrides the suite's resources.job_time_limit_s")
     r.add_argument("--dashboard", action="store_true",
                    help="start the local Ray instance with its dashboard (http://127.0.0.1:8265; needs the "
                         "`dashboard` extra); a cluster's dashboard is the head node's")

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from . import CmbenchError, __version__, metrics, published
+from . import CmbenchError, __version__, jobstate, metrics, published
 from . import methods as methods_mod
 from .artefacts import (SuiteArtefacts, Store, artefact_key, data_versions, expert_key, heads_key, load_tasks,
                         theta0_key)
@@ -269,10 +269,24 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
     t_start = time.perf_counter()
     method.start(ctx)
 
-    R = [ev.theta0_row(art)]
-    E, expert_hashes, step_times, storage = [], [], [], []
-    merged = theta0
+    # resume from the last completed step of an earlier attempt (cmbench.jobstate)
+    checkpoint = jobstate.Checkpoint(store, key_of(job_inputs(suite, job)))
+    saved = _resumable(checkpoint.load(), art, order)
+    if saved is None:
+        R = [ev.theta0_row(art)]
+        E, expert_hashes, step_times, storage = [], [], [], []
+        merged, done, earlier_s = theta0, 0, 0.0
+    else:
+        R, E, expert_hashes, step_times, storage = (saved[k] for k in ("R", "E", "expert_hashes", "step_times",
+                                                                           "storage"))
+        merged, done, earlier_s = saved["merged"], saved["step"], saved["job_s"]
+        for name, value in saved["method"].items():
+            setattr(method, name, value)
+        jobstate.set_rng_state(saved["rng"], ctx.generator)
+        data.samples_handed, ev.seconds, ev.images = saved["samples_handed"], *saved["eval"]
     for t, task in enumerate(order, start=1):
+        if t <= done:
+            continue
         incoming, meta = art.expert(task)
         incoming = to_device(incoming, ctx.device)
         E.append(ev.expert_accuracy(art, task, incoming, meta))
@@ -285,7 +299,13 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
         R.append(ev.row(merged, order[:t]))
         storage.append(measure_storage(method, theta0))
         del incoming
+        # after every step, the last too (a job killed in `finish`, ODE-M's refinement, resumes there)
+        checkpoint.save({"step": t, "merged": merged, "method": method.kept, "R": R, "E": E,
+                         "expert_hashes": expert_hashes, "step_times": step_times, "storage": storage,
+                         "rng": jobstate.rng_state(ctx.generator), "samples_handed": data.samples_handed,
+                         "eval": [ev.seconds, ev.images], "job_s": earlier_s + time.perf_counter() - t_start})
 
+    ctx.step, ctx.task, ctx.seen_tasks = len(order), order[-1], list(order)  # also when resumed after the last
     finished = method.finish(ctx, merged)
     row_before_finish = None
     if finished is not merged:
@@ -293,7 +313,7 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
         row_before_finish = R[-1]
         R[-1] = ev.row(finished, order)
 
-    return {
+    record = {
         **_record_common(suite, job, method, store),
         "tasks": order, "R": R, "E": E, "R_final_before_finish": row_before_finish,
         "expert_content_hashes": expert_hashes,
@@ -305,9 +325,20 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
         "data_samples_handed": data.samples_handed,
         "storage_bytes": _storage_record(storage),
         "timings": {"merge_steps_s": step_times, "merge_total_s": sum(step_times),
-                    "eval_s": ev.seconds, "eval_images": ev.images, "job_s": time.perf_counter() - t_start},
+                    "eval_s": ev.seconds, "eval_images": ev.images,
+                    "job_s": earlier_s + time.perf_counter() - t_start, "resumed_after_step": done or None},
         "threads": threads,
     }
+    checkpoint.clear()
+    return record
+
+
+def _resumable(saved: dict | None, art: SuiteArtefacts, order: list[str]) -> dict | None:
+    """A saved state is used only if the experts it merged are still the stored ones."""
+    if saved is None:
+        return None
+    now = [art.store.content_hash("experts", expert_key(art.suite, art.seed, t)) for t in order[: saved["step"]]]
+    return saved if now == saved["expert_hashes"] else None
 
 
 def measure_storage(method, model_keys) -> dict[str, int]:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -365,6 +366,30 @@ class RayExecutor:
 # lock) and returns those it read for the first time; the driver writes the lock (cmbench.pins).
 
 
+@contextlib.contextmanager
+def time_limit(seconds: float | None):
+    """Stop the job after ``seconds`` (a SIGALRM in the worker's main thread, where Ray runs a
+    task and `--no-ray` runs jobs; elsewhere no limit is enforced)."""
+    import signal
+    import threading
+
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum, frame):
+        raise CmbenchError(f"job exceeded resources.job_time_limit_s ({seconds:g} s); its last completed step "
+                           "is saved: a rerun resumes there")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _gpu_ready(suite: Suite) -> None:
     if suite.resources.gpus_per_job:
         wait_for_gpu_memory(suite.resources.gpu_memory_gb)
@@ -390,7 +415,7 @@ def _prepare_expert(suite: Suite, seed: int, task: str, cache: str, known: dict 
 def _run_job(suite: Suite, job: Job, cache: str, threads: int, known: dict | None = None) -> dict:
     cost: dict = {}
     _gpu_ready(suite)
-    with pins.session(known) as found, measured(cost, "job"):
+    with pins.session(known) as found, measured(cost, "job"), time_limit(suite.resources.job_time_limit_s):
         record = run(suite, job, open_store(cache), threads)
     return {**record, "resources": cost["job"], "ran_on": _where(), **({"downloads": found} if found else {})}
 
@@ -424,11 +449,18 @@ def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, skip:
               out: str | Path = ".", force: bool = False, dry_run: bool = False,
               tracking_uri: str | None = None, executor: str = "ray", use_tuned: bool = False,
               retries: int = 2, prepare_only: bool = False, store: str | None = None,
-              log: Callable[[str], None] = print, dashboard: bool = False) -> dict[str, Any]:
+              log: Callable[[str], None] = print, dashboard: bool = False,
+              job_time_limit: float | None = None) -> dict[str, Any]:
     """Run a suite's jobs. ``use_tuned``: also run ``<label>-tuned`` rows with the values
     ``cmbench tune`` chose; ``retries``: times a job is retried after its worker dies;
-    ``prepare_only``: build the artefacts (θ0, heads, experts) the jobs need and stop."""
+    ``prepare_only``: build the artefacts (θ0, heads, experts) the jobs need and stop;
+    ``job_time_limit``: seconds, overrides the suite's ``resources.job_time_limit_s``."""
     suite = load_suite(suite_path)
+    if job_time_limit is not None:
+        if not job_time_limit > 0:
+            raise CmbenchError(f"--job-time-limit {job_time_limit}: give a positive number of seconds")
+        suite = suite.model_copy(update={"resources": suite.resources.model_copy(
+            update={"job_time_limit_s": job_time_limit})})
     sources: dict[str, dict] = {}
     if use_tuned:
         from .tune import tuned_specs

@@ -50,6 +50,30 @@ class FsspecStore(Store):
         except (OSError, ValueError, KeyError):
             return None
 
+    def put(self, kind: str, key: str, tensors: StateDict, meta: dict) -> None:
+        from safetensors.torch import save
+
+        tensors_path, meta_path = self._fs_paths(kind, key)
+        self.fs.makedirs(tensors_path.rsplit("/", 1)[0], exist_ok=True)
+        self._put(tensors_path, save(tensors))
+        self._put(meta_path, json.dumps(dict(meta, content_hash=content_hash(tensors))).encode())
+
+    def get(self, kind: str, key: str) -> tuple[StateDict, dict] | None:
+        from safetensors.torch import load
+
+        tensors_path, meta_path = self._fs_paths(kind, key)
+        try:
+            meta = json.loads(self.fs.cat_file(meta_path))
+            tensors = load(self.fs.cat_file(tensors_path))
+        except Exception:  # noqa: BLE001 - absent or half-written: as if absent
+            return None
+        return (tensors, meta) if content_hash(tensors) == meta.get("content_hash") else None
+
+    def delete(self, kind: str, key: str) -> None:
+        for path in self._fs_paths(kind, key):
+            if self.fs.exists(path):
+                self.fs.rm(path)
+
     def _put(self, path: str, payload: bytes) -> None:
         tmp = f"{path}.{uuid.uuid4().hex}.tmp"
         with self.fs.open(tmp, "wb") as f:

@@ -283,6 +283,10 @@ class Resources(Strict):
         description="a job's peak GPU memory (measure it with `cmbench run SUITE --rehearse` on a GPU): the "
                     "driver refuses a gpus_per_job fraction whose share of a GPU is smaller, and each job "
                     "waits until that much is free on its GPU before it starts")
+    job_time_limit_s: Optional[float] = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="stop a job that runs longer (it is recorded as failed; its last completed step is "
+                    "saved, so a rerun resumes there); `cmbench run --job-time-limit` overrides it")
 
 
 class Rehearsal(Strict):
@@ -408,7 +412,8 @@ class Suite(Strict):
             del env["rehearsal"]
         if env["evaluation"]["precision"] == "fp32":  # ... and before evaluation.precision existed
             del env["evaluation"]["precision"]
-        del env["resources"]["gpu_memory_gb"]  # placement only: no number depends on it
+        for k in ("gpu_memory_gb", "job_time_limit_s"):  # placement and limits: no number depends on them
+            del env["resources"][k]
         return env
 
     def hash(self) -> str:

@@ -1,0 +1,82 @@
+"""A job interrupted after a step resumes from its saved state (cmbench.jobstate) and gives
+the numbers of an uninterrupted run, bitwise, for methods with state (OPCM's running sum,
+ODE-M's calibration subsets and step log) and without."""
+
+import pytest
+import torch
+import yaml
+
+from cmbench import CmbenchError, protocol
+from cmbench.artefacts import Store
+from cmbench.jobstate import KIND, pack, unpack
+from cmbench.suite import Suite, expand
+
+from .conftest import NANO
+
+METHODS = [{"name": "opcm"}, {"name": "ties", "hparams": {"k": 0.2}},
+           {"name": "ode_m", "hparams": {"num_samples": 48, "post_refine_steps": 2, "step_size": 0.25}}]
+
+
+@pytest.mark.parametrize("spec", METHODS, ids=[m["name"] for m in METHODS])
+def test_interrupted_job_resumes_with_identical_results(spec, nano_run, tmp_path, monkeypatch):
+    data = yaml.safe_load(NANO.read_text())
+    data.update(methods=[spec], seeds=[0])
+    suite = Suite.model_validate(data)
+    job = expand(suite)[0]
+    store = Store(nano_run / ".cmbench" / "cache")  # the nano run's θ0, heads and experts
+    whole = protocol.run(suite, job, store, threads=1)
+
+    check = protocol._check_finite
+
+    def interrupt(state, job_, step, what="merged"):
+        if step == 3:
+            raise CmbenchError("preempted")  # after step 2's state was saved
+        return check(state, job_, step, what)
+
+    monkeypatch.setattr(protocol, "_check_finite", interrupt)
+    with pytest.raises(CmbenchError, match="preempted"):
+        protocol.run(suite, job, store, threads=1)
+    assert list((store.root / KIND).glob("*.json"))
+    monkeypatch.setattr(protocol, "_check_finite", check)
+    resumed = protocol.run(suite, job, store, threads=1)
+    assert resumed["timings"]["resumed_after_step"] == 2 and whole["timings"]["resumed_after_step"] is None
+    for field in ("R", "E", "metrics", "key", "storage_bytes", "data_samples_handed", "R_final_before_finish"):
+        assert resumed[field] == whole[field], field
+    assert not list((store.root / KIND).glob("*.json"))  # cleared once the job is done
+
+
+def test_pack_round_trip_and_refusal():
+    from cmbench.data import Split
+
+    state = {"a": [1, 2.5, None, "x"], "t": (torch.arange(3), {"w": torch.ones(2, 2)}),
+             "s": Split(x=torch.zeros(2, 1, 4, 4, dtype=torch.uint8), y=torch.tensor([0, 1]))}
+    tensors: dict = {}
+    out = unpack(pack(state, tensors), tensors)
+    assert out["a"] == state["a"] and isinstance(out["t"], tuple) and torch.equal(out["t"][1]["w"], torch.ones(2, 2))
+    assert torch.equal(out["s"].y, state["s"].y)
+    with pytest.raises(TypeError):
+        pack({"f": object()}, {})
+
+
+def test_time_limit_stops_a_job_and_a_rerun_resumes(nano_copy):
+    """A job over --job-time-limit fails with one line; the rerun resumes it."""
+    import json
+    import time
+
+    from cmbench.runner import run_suite, time_limit
+
+    with pytest.raises(CmbenchError, match=r"job_time_limit_s \(0.2 s\)"):
+        with time_limit(0.2):
+            time.sleep(2)
+    data = yaml.safe_load(NANO.read_text())
+    data.update(methods=[{"name": "ode_m", "hparams": {"num_samples": 48, "post_refine_steps": 200}}], seeds=[0])
+    f = nano_copy / "nano-odem.yaml"
+    f.write_text(yaml.safe_dump(data))
+    first = run_suite(f, out=nano_copy, executor="local", orders=1, job_time_limit=1.5, log=lambda s: None)
+    assert first["failed"] == 1
+    rec = json.loads(next((nano_copy / "results" / "nano-merge" / "ode_m").glob("*.json")).read_text())
+    assert rec["status"] == "failed" and "job_time_limit_s" in rec["error"]
+    second = run_suite(f, out=nano_copy, executor="local", orders=1, log=lambda s: None)
+    assert second["failed"] == 0
+    rec = json.loads(next((nano_copy / "results" / "nano-merge" / "ode_m").glob("*.json")).read_text())
+    assert rec["status"] == "ok" and rec["timings"]["resumed_after_step"] >= 1
