@@ -33,6 +33,17 @@ def _data_env(args) -> None:
         os.environ["CMBENCH_ALLOW_DOWNLOAD"] = "1"
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1 (``--seeds 0`` or ``-1`` used to select every seed, or all but one)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more (got {n})")
+    return n
+
+
 def _hparams(items: list[str] | None) -> dict[str, dict]:
     """``--hparam LABEL.NAME=VALUE`` (VALUE read as YAML) -> {label: {name: value}}."""
     import yaml
@@ -131,19 +142,61 @@ def cmd_data(args) -> int:
     return 0
 
 
+def _did_you_mean(name: str, known) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _report_paths(args) -> tuple[Path, Path, Path | None]:
+    """The committed leaderboard is rendered only from the default results/; any other
+    results directory renders next to itself (X/../leaderboard.md, X/../plots/)."""
+    results = Path(args.results)
+    if not results.is_dir():
+        raise CmbenchError(f"--results {results}: no such directory; run `cmbench run SUITE` first, "
+                           "or point --results at a run's results/")
+    default = results.resolve() == (Path.cwd() / "results").resolve()
+    output = Path(args.output) if args.output else (Path("leaderboard.md") if default
+                                                    else results.resolve().parent / "leaderboard.md")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return results, output, Path(args.plots) if args.plots else None
+
+
+def _selected(recs: list[dict], results: Path, suite: str | None, methods: list[str] | None) -> list[dict]:
+    """The records of ``suite`` and ``methods``; an empty or unknown selection is an error
+    that says what exists."""
+    if not recs:
+        raise CmbenchError(f"{results}: no result files; run `cmbench run SUITE --out {results.parent}` first")
+    suites = sorted({r["suite"] for r in recs})
+    if suite is not None:
+        if suite not in suites:
+            raise CmbenchError(f"--suite {suite}: no results under {results}{_did_you_mean(suite, suites)} "
+                               f"(have: {', '.join(suites)})")
+        recs = [r for r in recs if r["suite"] == suite]
+    if methods:
+        labels = sorted({r["label"] for r in recs} | {r["method"] for r in recs})
+        for m in methods:
+            if m not in labels:
+                raise CmbenchError(f"--methods {m}: no results{_did_you_mean(m, labels)} (have: {', '.join(labels)})")
+    return recs
+
+
 def cmd_report(args) -> int:
+    from .runner import load_results
+
+    methods = [m for m in args.methods.split(",") if m] if args.methods else None
+    results, output, plots = _report_paths(args)
+    recs = _selected(load_results(results, args.include_rehearsal), results, args.suite, methods)
     if args.format:
         from .report.tables import render_table
-        from .runner import load_results
 
-        methods = [m for m in args.methods.split(",") if m] if args.methods else None
-        print(render_table(load_results(args.results, args.include_rehearsal), args.table, args.format, methods,
-                           args.suite), end="")
+        print(render_table(recs, args.table, args.format, methods, args.suite), end="")
         return 0
     from .report import render_leaderboard
 
-    out = render_leaderboard(args.results, args.output, args.plots, args.include_rehearsal)
-    print(f"wrote {out}")
+    out = render_leaderboard(results, output, plots, args.include_rehearsal)
+    print(f"wrote {out} and its plots in {plots or out.parent / 'plots'}")
     return 0
 
 
@@ -216,9 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("suite", help="path to a suite YAML file, or the name of one in suites/")
     r.add_argument("--methods", help="comma-separated method names or labels (default: all in the suite)")
     r.add_argument("--skip", help="comma-separated method names or labels to leave out")
-    r.add_argument("--seeds", type=int, help="use only the first N seeds of the suite")
-    r.add_argument("--orders", type=int, help="use only the first N task orders per seed")
-    r.add_argument("--workers", type=int, help="parallel jobs on the local Ray instance (default: cores / cpus_per_job)")
+    r.add_argument("--seeds", type=_positive_int, help="use only the first N seeds of the suite")
+    r.add_argument("--orders", type=_positive_int, help="use only the first N task orders per seed")
+    r.add_argument("--workers", type=_positive_int, help="parallel jobs on the local Ray instance (default: cores / cpus_per_job)")
     r.add_argument("--ray-address", help="join a Ray cluster at this address instead of starting a local one")
     r.add_argument("--out", help="directory for results/ and .cmbench/ (cache, MLflow) (default: ., and "
                                  "rehearsals/SUITE with --rehearse)")
@@ -236,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-ray", action="store_true", help="run jobs in this process, one after another")
     r.add_argument("--use-tuned", action="store_true",
                    help="also run <label>-tuned rows with the values `cmbench tune` chose (OUT/tuned/)")
-    r.add_argument("--retries", type=int, default=2, help="retries of a job whose worker process dies (default: 2)")
+    r.add_argument("--retries", type=lambda t: _positive_int(str(int(t) + 1)) - 1 if t.lstrip("-").isdigit() else _positive_int(t), default=2, help="retries of a job whose worker process dies (default: 2)")
     _data_args(r)
     _store_arg(r)
     rh = r.add_argument_group("rehearsal", "the real code at the real sizes on generated stand-ins for the "
@@ -261,9 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "tasks); the output and the leaderboard say so.")
     tu.add_argument("suite", help="path to a suite YAML file, or the name of one in suites/")
     tu.add_argument("--method", required=True, help="method name or label in the suite")
-    tu.add_argument("--seeds", type=int, default=1, help="seeds per trial (default: 1)")
-    tu.add_argument("--orders", type=int, help="orders per seed per trial (default: all)")
-    tu.add_argument("--workers", type=int, help="parallel trials (default: cores / cpus_per_job)")
+    tu.add_argument("--seeds", type=_positive_int, default=1, help="seeds per trial (default: 1)")
+    tu.add_argument("--orders", type=_positive_int, help="orders per seed per trial (default: all)")
+    tu.add_argument("--workers", type=_positive_int, help="parallel trials (default: cores / cpus_per_job)")
     tu.add_argument("--out", default=".", help="directory for tuned/ and .cmbench/ (default: .)")
     tu.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under OUT/.cmbench)")
     tu.add_argument("--no-ray", action="store_true", help="run trials in this process")
@@ -276,8 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Builds θ0, the heads and every task's expert with the suite's "
                                     "experts.finetune recipe, as Ray jobs; `cmbench run` reuses them.")
     ft.add_argument("suite", help="path to a suite YAML file, or the name of one in suites/")
-    ft.add_argument("--seeds", type=int, help="use only the first N seeds of the suite")
-    ft.add_argument("--workers", type=int, help="parallel fine-tuning jobs (default: cores / cpus_per_job)")
+    ft.add_argument("--seeds", type=_positive_int, help="use only the first N seeds of the suite")
+    ft.add_argument("--workers", type=_positive_int, help="parallel fine-tuning jobs (default: cores / cpus_per_job)")
     ft.add_argument("--ray-address", help="join a Ray cluster at this address")
     ft.add_argument("--out", default=".", help="directory whose .cmbench/cache holds the experts (default: .)")
     ft.add_argument("--no-ray", action="store_true", help="fine-tune in this process")
@@ -287,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="render leaderboard.md and plots from result files")
     rp.add_argument("--results", default="results", help="results directory (default: results)")
-    rp.add_argument("--output", default="leaderboard.md", help="markdown file to write (default: leaderboard.md)")
+    rp.add_argument("--output", help="markdown file to write (default: leaderboard.md for results/, else next to "
+                                     "the results directory: X/../leaderboard.md)")
     rp.add_argument("--plots", help="directory for plots (default: plots/ next to the output)")
     rp.add_argument("--format", choices=["markdown", "latex", "csv"],
                     help="print a paper table instead of writing the leaderboard")
@@ -310,8 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="merge-step time and memory per method on 88M parameters, "
                                       "bandwidth floor, evaluation img/s, suite wall time")
     bn.add_argument("--methods", help="comma-separated methods (default: the data-free baselines)")
-    bn.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
-    bn.add_argument("--repeats", type=int, default=3, help="timed merge steps per method (median reported)")
+    bn.add_argument("--threads", type=_positive_int, default=2, help="torch threads (default: 2)")
+    bn.add_argument("--repeats", type=_positive_int, default=3, help="timed merge steps per method (median reported)")
     bn.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     bn.add_argument("--stream-memory", default="task_arithmetic,ties,magmax,opcm",
                     help="methods whose merge-stream peak memory is measured at T = 8 and T = 20 "
@@ -342,9 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     vf.add_argument("--results", default="results", help="results directory (default: results)")
     vf.add_argument("--suite", help="only these suites (comma-separated names)")
     vf.add_argument("--methods", help="only these methods or labels (comma-separated)")
-    vf.add_argument("--sample", type=int, help="check N jobs: at least one per suite, setting and harness "
+    vf.add_argument("--sample", type=_positive_int, help="check N jobs: at least one per suite, setting and harness "
                                                "component version, the cheapest first")
-    vf.add_argument("--workers", type=int, help="parallel jobs (default: cores / cpus_per_job)")
+    vf.add_argument("--workers", type=_positive_int, help="parallel jobs (default: cores / cpus_per_job)")
     vf.add_argument("--no-ray", action="store_true", help="recompute in this process, one job after another")
     vf.set_defaults(fn=cmd_verify)
 

@@ -598,7 +598,7 @@ def _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, execu
     from .tracking import Tracker
 
     tracker = Tracker(tracking_uri or paths.tracking_uri, suite, log=log)
-    failed = 0
+    failed, finished = 0, []
     try:
         # 1. artefacts, built once per seed and shared by every job (cached by content key);
         # every hub file read is verified against the output directory's lock, or pinned in it
@@ -630,13 +630,36 @@ def _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, execu
                           finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
             write_result(path, record)
             tracker.log_job(record)
+            finished.append(record)
             bar.update(1)
         bar.close()
     finally:
         tracker.close()
         ex.close()
     log(f"done: {len(todo) - failed} ran, {failed} failed, {skipped} skipped; results in {paths.results / suite.name}")
+    for line in run_summary(finished, paths):
+        log(line)
     return {"jobs": len(jobs), "skipped": skipped, "ran": len(todo) - failed, "failed": failed}
+
+
+def run_summary(records: list[dict], paths: Paths) -> list[str]:
+    """This run's jobs per label (mean ACC and BWT over its seeds and orders), best first,
+    and the command that renders the full report."""
+    by: dict[str, list[dict]] = {}
+    for r in records:
+        if r.get("status") == "ok":
+            by.setdefault(r["label"], []).append(r["metrics"])
+    if not by:
+        return []
+    mean = lambda ms, k: sum(m[k] for m in ms) / len(ms)  # noqa: E731
+    width = max(len(k) for k in by)
+    lines = ["", f"{'method':<{width}}  {'n':>2}  {'ACC':>6}  {'BWT':>6}   (this run, %)"]
+    for label, ms in sorted(by.items(), key=lambda kv: -mean(kv[1], "ACC")):
+        lines.append(f"{label:<{width}}  {len(ms):>2}  {100 * mean(ms, 'ACC'):6.1f}  {100 * mean(ms, 'BWT'):6.1f}")
+    default = paths.results.resolve() == (Path.cwd() / "results").resolve()
+    lines += ["", "next: cmbench report" + ("" if default else f" --results {paths.results}")
+              + "   (leaderboard.md and plots/" + ("" if default else f" next to {paths.results}") + ")"]
+    return lines
 
 
 def _drain(results: Iterable, desc: str, total: int) -> list:

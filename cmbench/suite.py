@@ -423,6 +423,9 @@ class Suite(Strict):
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
 
+    def orders_per_seed(self) -> int:
+        return len(self.orders.explicit) + min(self.orders.random, math.factorial(len(self.tasks)))
+
     def orders_for(self, seed: int) -> list[list[str]]:
         names = self.task_names()
         out = [list(o) for o in self.orders.explicit]
@@ -495,7 +498,14 @@ def load_suite(path: str | Path) -> Suite:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise CmbenchError(f"{path}: suite file not found") from None
+        import difflib
+
+        names = sorted({f.stem for d in suite_dirs() for f in d.glob("*.yaml")})
+        close = difflib.get_close_matches(Path(path).stem, names, n=3, cutoff=0.4) or [
+            n for n in names if Path(path).stem in n][:3]
+        hint = f"; did you mean {' or '.join(f'suites/{c}.yaml' for c in close)}?" if close else \
+            "; `cmbench list suites` lists them"
+        raise CmbenchError(f"{path}: suite file not found{hint}") from None
     except UnicodeDecodeError as e:
         raise CmbenchError(f"{path}: not UTF-8 text (byte {e.start}); save the suite as UTF-8") from None
     except OSError as e:
@@ -549,6 +559,9 @@ def expand(suite: Suite, methods: list[str] | None = None, n_seeds: int | None =
         specs = [m for m in specs if m.display in methods or m.name in methods]
     if skip:
         specs = [m for m in specs if m.display not in skip and m.name not in skip]
+    for flag, n, have in (("--seeds", n_seeds, len(suite.seeds)), ("--orders", n_orders, suite.orders_per_seed())):
+        if n is not None and not 1 <= n <= have:
+            raise CmbenchError(f"{flag} {n}: suite {suite.name} has {have}; give 1 to {have} (the first N are used)")
     seeds = suite.seeds[:n_seeds] if n_seeds else suite.seeds
     suite_hash = suite.hash()
     jobs = []

@@ -46,7 +46,7 @@ def _pct(values, signed: bool = False) -> str:
     if n == 0:
         return "–"
     fmt = "{:+.1f}" if signed else "{:.1f}"
-    return f"{fmt.format(100 * m)} ± {100 * s:.1f}"
+    return fmt.format(100 * m) if n == 1 else f"{fmt.format(100 * m)} ± {100 * s:.1f}"  # one job: no spread
 
 
 def _bytes(n: float) -> str:

@@ -19,10 +19,11 @@ import numpy as np
 
 
 def _ms(values):
+    """(mean, sample std or None for one value, n) in %, or None without values."""
     v = np.array([x for x in values if x is not None and x == x], dtype=float) * 100
     if v.size == 0:
         return None
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+    return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else None), int(v.size)
 
 
 def _published(rs: list[dict]) -> str | None:
@@ -51,9 +52,9 @@ def _cell(c, mark, fmt):
         return "–"
     if isinstance(c, str):  # a published number: as the source gives it
         return c.replace("±", "$\\pm$") if fmt == "latex" else c
-    text = f"{c[0]:.1f} ± {c[1]:.1f}"
+    text = f"{c[0]:.1f}" if c[1] is None else f"{c[0]:.1f} ± {c[1]:.1f}"  # one job: no spread to show
     if fmt == "latex":
-        text = f"{c[0]:.1f} $\\pm$ {c[1]:.1f}"
+        text = f"{c[0]:.1f}" if c[1] is None else f"{c[0]:.1f} $\\pm$ {c[1]:.1f}"
         return {"best": f"\\textbf{{{text}}}", "second": f"\\underline{{{text}}}"}.get(mark, text)
     if fmt == "markdown":
         return {"best": f"**{text}**", "second": f"<u>{text}</u>"}.get(mark, text)
@@ -62,14 +63,25 @@ def _cell(c, mark, fmt):
 
 def _render(title: str, header: list[str], rows: list[str], cols: list[list], fmt: str) -> str:
     marks = [_rank_marks(col) for col in cols]
-    body = [[r] + [_cell(cols[j][i], marks[j][i], fmt) for j in range(len(cols))] for i, r in enumerate(rows)]
-    if fmt == "csv":
+    if fmt == "csv":  # numbers in their own columns: mean, std, n (a published value: mean only)
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["table"] + header)
-        for line in body:
-            w.writerow([title] + line)
+        w.writerow(["table", header[0], *(f"{h} {part}" for h in header[1:] for part in ("mean", "std", "n"))])
+        for i, r in enumerate(rows):
+            cells = []
+            for col in cols:
+                c = col[i]
+                if isinstance(c, tuple):
+                    cells += [f"{c[0]:.4f}", "" if c[1] is None else f"{c[1]:.4f}", c[2]]
+                else:
+                    cells += [c.split(" ± ")[0] if isinstance(c, str) else "", "", ""]
+            w.writerow([title, r, *cells])
         return buf.getvalue()
+    # a row with fewer jobs than the suite's fullest row is marked with its n
+    n_of = [max((c[2] for c in (col[i] for col in cols) if isinstance(c, tuple)), default=0) for i in range(len(rows))]
+    full = max(n_of, default=0)
+    rows = [f"{r} (n = {n} of {full})" if 0 < n < full else r for r, n in zip(rows, n_of)]
+    body = [[r] + [_cell(cols[j][i], marks[j][i], fmt) for j in range(len(cols))] for i, r in enumerate(rows)]
     if fmt == "latex":
         esc = lambda t: t.replace("_", "\\_").replace("%", "\\%")  # noqa: E731
         out = [f"% {esc(title)}", "\\begin{tabular}{l" + "c" * (len(header) - 1) + "}", "\\toprule",
