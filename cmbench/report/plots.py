@@ -45,14 +45,14 @@ def plot_accuracy_over_steps(suite: str, by_label: dict[str, list[dict]], plots_
     """Mean accuracy over seen tasks after each step, per method, with a ±std band."""
     plt = _plt()
     colors = _colors(by_label)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = plt.subplots(figsize=(8.4, 4.2))
     for label in sorted(by_label):
         curves = np.array([metrics.step_average(r["R"]) for r in by_label[label]], dtype=float) * 100
         steps = np.arange(1, curves.shape[1] + 1)
         mean = np.nanmean(curves, axis=0)
         std = np.nanstd(curves, axis=0, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
         ax.plot(steps, mean, marker="o", ms=3, color=colors[label], label=f"{label} (n={len(curves)})")
-        ax.fill_between(steps, mean - std, mean + std, color=colors[label], alpha=0.15, linewidth=0)
+        ax.fill_between(steps, mean - std, mean + std, color=colors[label], alpha=0.07, linewidth=0)
     any_recs = [r for rs in by_label.values() for r in rs]
     if any_recs and any_recs[0].get("E"):  # merge stream reference levels
         by_seed = {r["seed"]: r for r in any_recs}
@@ -64,56 +64,80 @@ def plot_accuracy_over_steps(suite: str, by_label: dict[str, list[dict]], plots_
     ax.set_ylabel("mean accuracy on seen tasks (%)")
     ax.set_title(f"{suite}\nmean ± std over seeds × orders", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, frameon=True, ncol=2)
+    _integer_ticks(ax)
+    # beside the axes, best final value first: the legend never covers the curves
+    handles, names = ax.get_legend_handles_labels()
+    final = {lb: np.nanmean([metrics.step_average(r["R"])[-1] for r in rs]) for lb, rs in by_label.items()}
+    rank = sorted(range(len(names)), key=lambda i: -final.get(names[i].rsplit(" (n=", 1)[0], -1.0))
+    ax.legend([handles[i] for i in rank], [names[i] for i in rank], fontsize=7, frameon=False,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, plots_dir, f"{suite}-accuracy-over-steps")
 
 
+def _integer_ticks(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_heatmaps(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) -> Path:
-    """The accuracy matrix R of each method for one job (lowest seed, order 0), tasks named."""
+    """The mean accuracy matrix of each method over its jobs, values in the cells. Jobs see
+    the tasks in different orders, so columns are arrival positions (the j-th task to
+    arrive), rows the model after each step; the mean is over every (seed, order) job."""
     plt = _plt()
     labels = sorted(by_label)
     cols = min(4, len(labels))
     rows = -(-len(labels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols + 0.8, 2.9 * rows), squeeze=False,
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols + 0.8, 3.1 * rows), squeeze=False,
                              layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, label in zip(axes.flat, labels):
-        r = min(by_label[label], key=lambda x: (x["seed"], x["order_index"]))
-        R = np.array([[np.nan if v is None else v for v in row] for row in r["R"]], dtype=float) * 100
+        Rs = np.array([[[np.nan if v is None else v for v in row] for row in r["R"]] for r in by_label[label]],
+                      dtype=float) * 100
+        R = np.nanmean(Rs, axis=0) if np.isfinite(Rs).any() else Rs[0]
+        T = R.shape[1]
         ax.axis("on")
         im = ax.imshow(R, vmin=0, vmax=100, cmap="viridis", aspect="auto")
-        ax.set_title(f"{label}\nseed {r['seed']}, order {r['order_index']}", fontsize=8)
-        ax.set_xticks(range(len(r["tasks"])), r["tasks"], rotation=60, fontsize=6)
+        ax.set_title(f"{label} (mean of {len(Rs)} jobs)", fontsize=8)
+        ax.set_xticks(range(T), [str(j + 1) for j in range(T)], fontsize=6)
         ax.set_yticks(range(len(R)), ["θ0"] + [f"M{t}" for t in range(1, len(R))], fontsize=6)
+        ax.set_xlabel("task, by arrival", fontsize=6)
+        if T <= 12:
+            for i in range(len(R)):
+                for j in range(T):
+                    if np.isfinite(R[i, j]):
+                        ax.text(j, i, f"{R[i, j]:.0f}", ha="center", va="center", fontsize=5,
+                                color="black" if R[i, j] > 60 else "white")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="accuracy (%)")
     return _save(fig, plots_dir, f"{suite}-accuracy-matrices")
 
 
 def plot_final_vs_expert(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) -> Path:
-    """Final accuracy per task for each method beside the expert's (merge stream)."""
+    """Method × task: final accuracy minus the expert's on that task (mean over jobs, points),
+    values in the cells; methods by mean, best first (merge stream)."""
     plt = _plt()
     recs = [r for rs in by_label.values() for r in rs]
     tasks = sorted({t for r in recs for t in r["tasks"]})
-    labels = sorted(by_label)
-    colors = _colors(labels)
-    fig, ax = plt.subplots(figsize=(min(12.0, max(6.4, 0.9 * len(tasks) * (len(labels) + 1) / 4)), 4.4))
-    width = 0.8 / (len(labels) + 1)
-    x = np.arange(len(tasks))
 
-    def final(r, t):
-        return 100 * r["R"][-1][r["tasks"].index(t)]
+    def gap(r, t):
+        i = r["tasks"].index(t)
+        return 100 * (r["R"][-1][i] - r["E"][i])
 
-    expert = [100 * np.mean([r["E"][r["tasks"].index(t)] for r in recs]) for t in tasks]
-    ax.bar(x - 0.4 + width / 2, expert, width, color="0.6", label="expert")
-    for i, label in enumerate(labels, start=1):
-        vals = [np.mean([final(r, t) for r in by_label[label]]) for t in tasks]
-        ax.bar(x - 0.4 + width * (i + 0.5), vals, width, color=colors[label], label=label)
-    ax.set_xticks(x, tasks, rotation=30, ha="right")
-    ax.set_ylabel("final accuracy (%)")
-    ax.set_title(f"{suite}: per-task final accuracy vs the expert (mean over jobs)", fontsize=10)
-    ax.legend(fontsize=7, ncol=min(6, len(labels) + 1), loc="upper center", bbox_to_anchor=(0.5, -0.2))
-    ax.grid(axis="y", alpha=0.3)
+    D = {lb: [np.mean([gap(r, t) for r in rs]) for t in tasks] for lb, rs in by_label.items()}
+    labels = sorted(D, key=lambda lb: -np.mean(D[lb]))
+    M = np.array([D[lb] for lb in labels])
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(tasks) + 1.6, 0.32 * len(labels) + 1.6))
+    lim = max(1.0, float(np.nanmax(np.abs(M))))
+    im = ax.imshow(M, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+    for i in range(len(labels)):
+        for j in range(len(tasks)):
+            ax.text(j, i, f"{M[i, j]:+.0f}", ha="center", va="center", fontsize=6,
+                    color="white" if abs(M[i, j]) > 0.6 * lim else "black")
+    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
+    ax.set_yticks(range(len(labels)), [f"{lb}  ({np.mean(D[lb]):+.1f})" for lb in labels], fontsize=7)
+    ax.set_title(f"{suite}: final accuracy minus the expert's (points, mean over jobs)", fontsize=10)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="final − expert (points)")
     return _save(fig, plots_dir, f"{suite}-final-vs-expert")
 
 
@@ -169,6 +193,7 @@ def plot_grad_norm(suite: str, by_label: dict[str, list[dict]], plots_dir: Path)
         steps = np.arange(1, g.shape[1] + 1)
         ax.plot(steps, g.mean(0), marker="o", ms=3, color=colors[label], label=label)
     ax.set_xlabel("task t")
+    _integer_ticks(ax)
     ax.set_ylabel("‖∇θ L‖ at the start of task t's training")
     ax.set_yscale("log")
     ax.set_title(f"{suite}: start-of-task gradient norm (mean over jobs)", fontsize=10)
