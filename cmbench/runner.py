@@ -634,7 +634,7 @@ def _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, execu
             bar.update(1)
         bar.close()
     finally:
-        tracker.close()
+        tracker.close(paths.results if finished else None)
         ex.close()
     log(f"done: {len(todo) - failed} ran, {failed} failed, {skipped} skipped; results in {paths.results / suite.name}")
     for line in run_summary(finished, paths):

@@ -21,7 +21,7 @@ from .suite import Suite
 
 class Tracker:
     def __init__(self, uri: str, suite: Suite, log: Callable[[str], None] = print):
-        self.log, self.enabled, self.parent = log, True, None
+        self.log, self.enabled, self.parent, self.logged = log, True, None, []
         try:
             import mlflow
 
@@ -49,6 +49,7 @@ class Tracker:
                  f"{uri}; result files are still written")
 
     def log_job(self, rec: dict) -> None:
+        self.logged.append(rec)
         if not self.enabled:
             return
         mlflow = self.mlflow
@@ -87,9 +88,27 @@ class Tracker:
         except Exception as e:  # noqa: BLE001
             self._disable(e)
 
-    def close(self) -> None:
+    def close(self, results_dir: Path | None = None) -> None:
+        """End the parent run with this run's aggregate metrics per method (mean over its
+        jobs, ``<label>.<metric>``) and the leaderboard rendered from ``results_dir``."""
         if self.enabled and self.parent is not None:
             try:
+                by: dict[str, list[dict]] = {}
+                for rec in self.logged:
+                    if rec["status"] == "ok":
+                        by.setdefault(rec["label"], []).append(rec["metrics"])
+                for label, ms in by.items():
+                    for k in ms[0]:
+                        vals = [m[k] for m in ms if m.get(k) is not None and m[k] == m[k]]
+                        if vals:
+                            self.mlflow.log_metric(f"{label}.{k}", sum(vals) / len(vals))
+                    self.mlflow.log_metric(f"{label}.n", len(ms))
+                if results_dir is not None and by:
+                    from .report import render_leaderboard
+
+                    with tempfile.TemporaryDirectory() as d:
+                        render_leaderboard(results_dir, Path(d) / "leaderboard.md", Path(d) / "plots")
+                        self.mlflow.log_artifacts(d)
                 self.mlflow.end_run()
             except Exception as e:  # noqa: BLE001
                 self._disable(e)

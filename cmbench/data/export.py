@@ -17,14 +17,44 @@ from ..models.clip import allow_download
 from .vision import CIL_SOURCES, clip_tasks, data_root
 
 
+def _size(path: Path) -> tuple[int, int]:
+    """(files, bytes) under ``path``."""
+    files = [f for f in path.rglob("*") if f.is_file()]
+    return len(files), sum(f.stat().st_size for f in files)
+
+
+def _hf_cache(repo: str) -> Path | None:
+    """The datasets library's hub cache folder of ``repo``, if it is there."""
+    roots = [Path(os.environ[k]) for k in ("HF_HUB_CACHE",) if k in os.environ]
+    roots.append(Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub")
+    for root in roots:
+        d = root / ("datasets--" + repo.replace("/", "--"))
+        if d.is_dir():
+            return d
+    return None
+
+
 def status() -> list[str]:
+    """Per dataset (once each): present or absent, where, how big, and what to do if absent."""
     root = data_root()
-    lines = [f"data root: {root}"]
-    for name in [*clip_tasks(), *CIL_SOURCES]:
-        have = [s for s in ("train", "test") if (root / name / s).is_dir()]
-        where = "image folder" if len(have) == 2 else ("hub copy " + clip_tasks()[name]["hub"]["test"]["path"]
-                                                       if name in clip_tasks() else "missing")
-        lines.append(f"  {name}: {where}")
+    lines = [f"data root: {root}  (set --data-root or $CMBENCH_DATA_ROOT)"]
+    for name in dict.fromkeys([*clip_tasks(), *CIL_SOURCES]):
+        folder = root / name
+        if all((folder / s).is_dir() for s in ("train", "test")):
+            n, b = _size(folder)
+            lines.append(f"  {name}: present, image folder {folder} ({n} files, {b / 2**20:.0f} MB)")
+            continue
+        if name in clip_tasks():
+            repo = clip_tasks()[name]["hub"]["test"]["path"]
+            cached = _hf_cache(repo)
+            if cached is not None:
+                lines.append(f"  {name}: present, hub copy {repo} in the HF cache ({_size(cached)[1] / 2**20:.0f} MB)")
+            else:
+                lines.append(f"  {name}: absent; hub copy {repo}: run with --allow-download once (or "
+                             f"`cmbench data export {name} --allow-download` for an image folder)")
+        else:
+            lines.append(f"  {name}: absent; no hub copy: put the images at {folder}/{{train,test}}/<class>/<image> "
+                         "(the splits of the InfLoRA / P&M code, see the suite's header)")
     return lines
 
 
