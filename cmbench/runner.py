@@ -450,12 +450,17 @@ def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, skip:
               tracking_uri: str | None = None, executor: str = "ray", use_tuned: bool = False,
               retries: int = 2, prepare_only: bool = False, store: str | None = None,
               log: Callable[[str], None] = print, dashboard: bool = False,
-              job_time_limit: float | None = None) -> dict[str, Any]:
+              job_time_limit: float | None = None, add: list[dict] | None = None) -> dict[str, Any]:
     """Run a suite's jobs. ``use_tuned``: also run ``<label>-tuned`` rows with the values
     ``cmbench tune`` chose; ``retries``: times a job is retried after its worker dies;
     ``prepare_only``: build the artefacts (θ0, heads, experts) the jobs need and stop;
-    ``job_time_limit``: seconds, overrides the suite's ``resources.job_time_limit_s``."""
+    ``job_time_limit``: seconds, overrides the suite's ``resources.job_time_limit_s``;
+    ``add``: method entries (as in a suite's ``methods:``) added to this run, validated as
+    the suite's are; only they run unless ``methods`` names others."""
     suite = load_suite(suite_path)
+    if add:
+        suite = with_methods(suite, add, suite_path)
+        methods = methods or [m.get("label") or m["name"] for m in add]
     if job_time_limit is not None:
         if not job_time_limit > 0:
             raise CmbenchError(f"--job-time-limit {job_time_limit}: give a positive number of seconds")
@@ -640,6 +645,21 @@ def _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, execu
     for line in run_summary(finished, paths):
         log(line)
     return {"jobs": len(jobs), "skipped": skipped, "ran": len(todo) - failed, "failed": failed}
+
+
+def with_methods(suite: Suite, add: list[dict], where) -> Suite:
+    """``suite`` with more method entries, validated exactly as the suite file's."""
+    from pydantic import ValidationError
+
+    from .suite import _FieldError
+
+    data = suite.model_dump(mode="json")
+    data["methods"] = [*data["methods"], *add]
+    try:
+        return Suite.model_validate(data)
+    except (ValidationError, _FieldError, ValueError) as e:
+        msg = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e).splitlines()[0]
+        raise CmbenchError(f"--add: {msg.removeprefix('Value error, ')} (suite {where})") from None
 
 
 def run_summary(records: list[dict], paths: Paths) -> list[str]:
