@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from . import CmbenchError
 from . import methods as methods_mod
@@ -181,8 +181,13 @@ class Pretrain(TrainRecipe):
         None, description="multitask: the tasks whose (train) labels θ0 is pretrained on; default all")
 
 
+# every name that becomes part of a path (suite, task, method label): no separators, no
+# "..", no control characters, bounded length (a label `../../x` wrote outside --out)
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
+
 class Task(Strict):
-    name: str = Field(min_length=1)
+    name: str = Field(pattern=NAME)
     dataset: str
     params: dict[str, Any] = Field(default_factory=dict)
 
@@ -249,7 +254,7 @@ class Orders(Strict):
 
 class MethodSpec(Strict):
     name: str
-    label: Optional[str] = None
+    label: Optional[str] = Field(None, pattern=NAME)
     hparams: dict[str, Any] = Field(default_factory=dict)
     lora: Optional[LoRA] = Field(None, description="train-then-merge: train this method with LoRA "
                                                    "(overrides training.lora)")
@@ -311,10 +316,10 @@ class Rehearsal(Strict):
 
 
 class Suite(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=NAME)
     description: str = ""
     setting: Setting = "merge_stream"
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]] = Field(default_factory=lambda: [0], min_length=1)
     data_seed: int = 0
     backbone: AnyBackbone = Field(default_factory=TinyViT)
     pretrain: Pretrain = Field(default_factory=Pretrain)
@@ -431,7 +436,8 @@ class Suite(Strict):
         out = [list(o) for o in self.orders.explicit]
         # distinct permutations (and distinct from the explicit ones), up to all T! of them
         rng = random.Random(f"order-{seed}")
-        target = len(out) + min(self.orders.random, math.factorial(len(names)))
+        # distinct from each other and from the explicit ones: never more than T! in all
+        target = min(len(out) + self.orders.random, math.factorial(len(names)))
         while len(out) < target:
             perm = rng.sample(names, len(names))
             if perm not in out:
@@ -490,7 +496,30 @@ def resolve_suite(arg: str) -> Path:
 
 
 class _SafeLoader(yaml.SafeLoader):
-    """SafeLoader: no tag constructs a Python object."""
+    """SafeLoader: no tag constructs a Python object; a key given twice in one mapping is an
+    error (YAML would keep the last silently); aliases are limited (an alias bomb would expand
+    to billions of nodes when the suite is hashed: see ``_expanded_size``)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(obj, memo: dict | None = None) -> int:
+    """Nodes ``obj`` has once its aliases are expanded, counted without expanding them."""
+    memo = {} if memo is None else memo
+    if id(obj) in memo:
+        return memo[id(obj)]
+    memo[id(obj)] = 1  # a cycle counts once
+    children = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else ()
+    memo[id(obj)] = n = 1 + sum(_expanded_size(c, memo) for c in children)
+    return n
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -512,6 +541,8 @@ def load_suite(path: str | Path) -> Suite:
         raise CmbenchError(f"{path}: cannot read suite: {e.strerror}") from None
     try:
         raw = yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise CmbenchError(f"{path}: invalid YAML: nested too deeply") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -519,6 +550,8 @@ def load_suite(path: str | Path) -> Suite:
         raise CmbenchError(f"{path}: invalid YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
         raise CmbenchError(f"{path}: (top level): a suite is a mapping of keys (name, tasks, methods, ...)")
+    if _expanded_size(raw) > 100_000:
+        raise CmbenchError(f"{path}: invalid YAML: its aliases (*name) expand to more than 100000 values")
     try:
         return Suite.model_validate(raw)
     except ValidationError as e:

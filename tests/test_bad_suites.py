@@ -106,3 +106,40 @@ def test_count_tried():
     # runs after the two property tests in file order: report how many malformed suites failed cleanly
     print(f"\nmalformed suites rejected cleanly: {TRIED['n']}")
     assert TRIED["n"] >= 500
+
+
+HOSTILE = {
+    # a label that is a path would write outside --out
+    "label": "name: x\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties, label: ../../x/ESCAPED}]\n",
+    "task name": "name: x\ntasks: [{name: ../bars, dataset: bars}]\nmethods: [{name: ties}]\n",
+    "duplicate key": "name: x\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\nmethods: [{name: sequential}]\n",
+    "bool seed": "name: x\nseeds: [true]\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\n",
+    "huge seed": "name: x\nseeds: [1000000000000]\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\n",
+    "deep": "name: x\nz: " + "[" * 5000 + "]" * 5000 + "\n",
+    "alias bomb": "\n".join(["a: &a [x,x,x,x,x,x,x,x,x]"] + [
+        f"l{i}: &l{i} [" + ",".join(["*" + ("a" if i == 1 else f"l{i - 1}")] * 9) + "]" for i in range(1, 9)])
+    + "\nname: x\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\n",
+}
+
+
+def test_hostile_suites_fail_with_one_line_and_fast(tmp_path):
+    import time
+
+    for what, text in HOSTILE.items():
+        f = tmp_path / "s.yaml"
+        f.write_text(text)
+        t0 = time.time()
+        try:
+            load_suite(f)
+        except CmbenchError as e:
+            assert str(e).startswith(str(f)) and "\n" not in str(e), what
+        else:
+            raise AssertionError(f"{what}: accepted")
+        assert time.time() - t0 < 5, what
+
+
+def test_more_random_orders_than_exist_does_not_hang(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("name: x\ntasks: [{name: bars, dataset: bars}, {name: dots, dataset: dots}]\n"
+                 "orders: {explicit: [[bars, dots]], random: 5}\nmethods: [{name: ties}]\n")
+    assert len(load_suite(f).orders_for(0)) == 2  # T! = 2, however many were asked for
