@@ -88,6 +88,18 @@ def reloaded(meta: dict, reload, where: str) -> StateDict | None:
     return tensors
 
 
+def _write_tensors(path: Path, tensors: StateDict) -> None:
+    """safetensors written under a temporary name and renamed into place (a reader never
+    sees half a file)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 class Store:
     """A cache directory of ``<kind>/<key>.safetensors`` + ``<key>.json``."""
 
@@ -125,13 +137,7 @@ class Store:
                 meta["tensors"] = RELOADED
                 atomic_write_bytes(meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())
                 return tensors, meta
-            fd, tmp = tempfile.mkstemp(dir=tensors_path.parent, prefix=f".{tensors_path.name}.", suffix=".tmp")
-            os.close(fd)
-            try:
-                save_file(tensors, tmp)
-                os.replace(tmp, tensors_path)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
+            _write_tensors(tensors_path, tensors)
             atomic_write_bytes(meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())
         return tensors, meta
 
@@ -144,13 +150,7 @@ class Store:
         reader that finds the two out of step, after a crash between them, gets nothing)."""
         tensors_path, meta_path = self._paths(kind, key)
         tensors_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=tensors_path.parent, prefix=f".{tensors_path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp)
-            os.replace(tmp, tensors_path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        _write_tensors(tensors_path, tensors)
         atomic_write_bytes(meta_path, json.dumps(dict(meta, content_hash=content_hash(tensors))).encode())
 
     def get(self, kind: str, key: str) -> tuple[StateDict, dict] | None:
