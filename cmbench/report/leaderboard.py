@@ -30,7 +30,7 @@ def _devices(recs: list[dict]) -> list[str]:
     out: dict[str, None] = {}
     for r in recs:
         inp = r.get("inputs") or {}
-        name = (r.get("device") or {}).get("name")
+        name = (r.get("device") or {}).get("name") or (r.get("versions") or {}).get("cpu_capability")
         out[f"{inp.get('device', '?')} {inp.get('precision', '?')}" + (f" ({name})" if name else "")] = None
     return list(out)
 
