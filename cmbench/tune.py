@@ -36,8 +36,9 @@ def tuned_path(out: str | Path, suite: str, label: str) -> Path:
 
 
 class _FreshEvalStore:
-    """The suite's artefact store, except that evaluations are recomputed, never cached:
-    a trial's θ0 row is on validation data and must neither read nor write the test row."""
+    """The suite's artefact store, except that evaluations are recomputed, never cached, and
+    job states are not kept: a trial's rows are on validation data and must neither read nor
+    write the test run's."""
 
     def __init__(self, inner: Store):
         self.inner = inner
@@ -52,6 +53,17 @@ class _FreshEvalStore:
         if kind == "evals":
             return make()
         return self.inner.get_or_make(kind, key, make)
+
+    # a trial's job state (rows on validation data) is never saved: a real run with the same
+    # key must not resume from it, nor a trial from a real run's
+    def get(self, kind, key):
+        return None
+
+    def put(self, kind, key, tensors, meta):
+        pass
+
+    def delete(self, kind, key):
+        pass
 
 
 def _val_as_test(tasks: dict) -> dict:
