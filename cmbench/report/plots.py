@@ -4,6 +4,7 @@ figure background keeps them readable on light and dark pages."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +96,9 @@ def plot_heatmaps(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) 
     for ax, label in zip(axes.flat, labels):
         Rs = np.array([[[np.nan if v is None else v for v in row] for row in r["R"]] for r in by_label[label]],
                       dtype=float) * 100
-        R = np.nanmean(Rs, axis=0) if np.isfinite(Rs).any() else Rs[0]
+        with warnings.catch_warnings():  # a cell no job measured (θ0 in train then merge) stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            R = np.nanmean(Rs, axis=0)
         T = R.shape[1]
         ax.axis("on")
         im = ax.imshow(R, vmin=0, vmax=100, cmap="viridis", aspect="auto")
