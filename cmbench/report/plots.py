@@ -165,23 +165,28 @@ def plot_forgetting(suite: str, by_label: dict[str, list[dict]], plots_dir: Path
 
 
 def plot_pareto(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) -> Path:
-    """ACC against storage and against time, one point per method."""
+    """ACC against storage and against time, one numbered point per method; the numbers are
+    keyed in a legend beside the axes (labels written at the points overlapped)."""
     plt = _plt()
     colors = _colors(by_label)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8.4, 3.6))
-    for label, rs in sorted(by_label.items()):
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10.4, 3.8), layout="constrained")
+    rows = []
+    for label, rs in by_label.items():
         acc = 100 * np.mean([r["metrics"]["ACC"] for r in rs])
         storage = np.mean([r["storage_bytes"]["peak"] for r in rs]) / 2**20
         t = max(1e-3, np.mean([r["timings"]["merge_total_s"] + r["timings"].get("train_total_s", 0.0) for r in rs]))
+        rows.append((acc, label, storage, t))
+    for i, (acc, label, storage, t) in enumerate(sorted(rows, reverse=True), start=1):
         for ax, xv in ((a1, storage), (a2, t)):
-            ax.scatter([xv], [acc], color=colors[label], s=30)
-            ax.annotate(label, (xv, acc), fontsize=6, xytext=(3, 2), textcoords="offset points")
+            ax.scatter([xv], [acc], color=colors[label], s=60, label=f"{i}  {label} ({acc:.1f})" if ax is a1 else None)
+            ax.annotate(str(i), (xv, acc), fontsize=6, ha="center", va="center")
     a1.set_xlabel("storage kept between steps (MiB)")
     a2.set_xlabel("merge + train time per job (s)")
     a2.set_xscale("log")
     for ax in (a1, a2):
         ax.set_ylabel("ACC (%)")
         ax.grid(alpha=0.3)
+    fig.legend(loc="outside right upper", fontsize=7, frameon=False)
     fig.suptitle(f"{suite}: accuracy vs cost", fontsize=10)
     return _save(fig, plots_dir, f"{suite}-pareto")
 
