@@ -200,6 +200,24 @@ class Task(Strict):
             raise ValueError(f"unknown dataset {v!r}; known: {', '.join(sorted(DATASETS))}")
         return v
 
+    @model_validator(mode="after")
+    def _known_params(self):
+        """``params`` are the dataset builder's keyword arguments: an unknown one is named
+        here, not later as a TypeError inside the builder."""
+        import inspect
+
+        from .data import DATASETS
+
+        sig = inspect.signature(DATASETS[self.dataset])
+        if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            return self
+        allowed = [n for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY]
+        unknown = sorted(set(self.params) - set(allowed))
+        if unknown:
+            raise ValueError(f"params: unknown parameter {unknown[0]!r} of dataset {self.dataset}; "
+                             f"allowed: {', '.join(allowed) or '(none)'}")
+        return self
+
 
 class Heads(Strict):
     """Per-task heads fixed on θ0 before any expert is trained.

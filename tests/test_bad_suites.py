@@ -143,3 +143,13 @@ def test_more_random_orders_than_exist_does_not_hang(tmp_path):
     f.write_text("name: x\ntasks: [{name: bars, dataset: bars}, {name: dots, dataset: dots}]\n"
                  "orders: {explicit: [[bars, dots]], random: 5}\nmethods: [{name: ties}]\n")
     assert len(load_suite(f).orders_for(0)) == 2  # T! = 2, however many were asked for
+
+
+def test_unknown_task_param_is_named(tmp_path):
+    import pytest
+
+    f = tmp_path / "s.yaml"
+    f.write_text("name: x\ntasks: [{name: bars, dataset: bars, params: {n_trian: 10}}]\nmethods: [{name: ties}]\n")
+    with pytest.raises(CmbenchError, match=r"tasks\.0: params: unknown parameter 'n_trian' of dataset bars; "
+                                           r"allowed: n_train, n_val, n_test, noise"):
+        load_suite(f)

@@ -7,6 +7,7 @@ Each generated task draws every split from its own random stream
 
 from __future__ import annotations
 
+import inspect
 import zlib
 from typing import Callable
 
@@ -102,6 +103,11 @@ def _task(name: str, classes: list[str] | Callable[..., list[str]]):
             return _generated(task, data_seed, img_size, names, sample, n_train, n_val, n_test, noise, params)
 
         build.__doc__ = sample.__doc__
+        # the parameters a suite may give: the split sizes and noise, and the sampler's own
+        # (so an unknown one is refused when the suite is read, see suite.Task)
+        own = list(inspect.signature(build).parameters.values())[:-1]
+        extra = list(inspect.signature(sample).parameters.values())[3:]
+        build.__signature__ = inspect.Signature(own + [p.replace(kind=p.KEYWORD_ONLY) for p in extra])
         dataset(name, MICRO_DATA_VERSION)(build)
         return sample
 
