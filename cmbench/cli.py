@@ -33,15 +33,23 @@ def _data_env(args) -> None:
         os.environ["CMBENCH_ALLOW_DOWNLOAD"] = "1"
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: an integer ≥ 1 (``--seeds 0`` or ``-1`` used to select every seed, or all but one)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more (got {n})")
-    return n
+def _int_at_least(minimum: int):
+    """argparse type: an integer ≥ ``minimum`` (``--seeds 0`` or ``-1`` used to select every
+    seed, or all but one)."""
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more (got {n})")
+        return n
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
 
 
 def _hparams(items: list[str] | None) -> dict[str, dict]:
@@ -170,7 +178,9 @@ def _report_paths(args) -> tuple[Path, Path, Path | None]:
     if not results.is_dir():
         raise CmbenchError(f"--results {results}: no such directory; run `cmbench run SUITE` first, "
                            "or point --results at a run's results/")
-    default = results.resolve() == (Path.cwd() / "results").resolve()
+    from .runner import is_default_results
+
+    default = is_default_results(results)
     output = Path(args.output) if args.output else (Path("leaderboard.md") if default
                                                     else results.resolve().parent / "leaderboard.md")
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -311,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-ray", action="store_true", help="run jobs in this process, one after another")
     r.add_argument("--use-tuned", action="store_true",
                    help="also run <label>-tuned rows with the values `cmbench tune` chose (OUT/tuned/)")
-    r.add_argument("--retries", type=lambda t: _positive_int(str(int(t) + 1)) - 1 if t.lstrip("-").isdigit() else _positive_int(t), default=2, help="retries of a job whose worker process dies (default: 2)")
+    r.add_argument("--retries", type=_int_at_least(0), default=2, help="retries of a job whose worker process dies (default: 2)")
     _data_args(r)
     _store_arg(r)
     rh = r.add_argument_group("rehearsal", "the real code at the real sizes on generated stand-ins for the "

@@ -25,22 +25,26 @@ class Unpackable(TypeError):
     pass
 
 
-def pack(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+def pack(obj: Any, tensors: dict[str, torch.Tensor], _storages: set[int] | None = None) -> Any:
     """A JSON-able skeleton of ``obj``; its tensors go to ``tensors`` (on the CPU; the device
-    is recorded)."""
+    is recorded). A tensor whose storage an earlier one uses (a view, the same tensor kept
+    twice) is copied: safetensors refuses tensors that share memory."""
+    storages = set() if _storages is None else _storages
     if isinstance(obj, torch.Tensor):
         name = f"t{len(tensors)}"
         t = obj.detach().cpu()
-        tensors[name] = t.clone() if t.data_ptr() in {v.data_ptr() for v in tensors.values()} else t.contiguous()
+        storage = t.untyped_storage().data_ptr()
+        tensors[name] = t.clone() if storage in storages else t.contiguous()
+        storages.add(tensors[name].untyped_storage().data_ptr())
         return {"__tensor__": name, "device": str(obj.device)}
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     if isinstance(obj, Split):
-        return {"__split__": {"x": pack(obj.x, tensors), "y": pack(obj.y, tensors)}}
+        return {"__split__": {"x": pack(obj.x, tensors, storages), "y": pack(obj.y, tensors, storages)}}
     if isinstance(obj, dict) and all(isinstance(k, str) for k in obj):
-        return {"__dict__": {k: pack(v, tensors) for k, v in obj.items()}}
+        return {"__dict__": {k: pack(v, tensors, storages) for k, v in obj.items()}}
     if isinstance(obj, (list, tuple)):
-        return {"__list__" if isinstance(obj, list) else "__tuple__": [pack(v, tensors) for v in obj]}
+        return {"__list__" if isinstance(obj, list) else "__tuple__": [pack(v, tensors, storages) for v in obj]}
     raise Unpackable(type(obj).__name__)
 
 

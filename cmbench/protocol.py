@@ -435,7 +435,7 @@ class DataAccess:
     def __init__(self, method_name: str, declared: str, tasks: dict, seed: int,
                  device: torch.device = torch.device("cpu")):
         self.method, self.declared, self.tasks, self.seed = method_name, declared, tasks, seed
-        self.device = device  # splits are handed on the job's device (copied there once each)
+        self.device = device  # splits are handed on the job's device (OnDevice: batch by batch)
         self.ctx: methods_mod.Context | None = None
         self.samples_handed = 0
         self._on_device: dict[tuple[str, str], Any] = {}

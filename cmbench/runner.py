@@ -662,6 +662,12 @@ def with_methods(suite: Suite, add: list[dict], where) -> Suite:
         raise CmbenchError(f"--add: {msg.removeprefix('Value error, ')} (suite {where})") from None
 
 
+def is_default_results(results: Path) -> bool:
+    """Whether ``results`` is ./results, whose report is the committed leaderboard.md and
+    plots/ (any other results directory renders next to itself)."""
+    return results.resolve() == (Path.cwd() / "results").resolve()
+
+
 def run_summary(records: list[dict], paths: Paths) -> list[str]:
     """This run's jobs per label (mean ACC and BWT over its seeds and orders), best first,
     and the command that renders the full report."""
@@ -676,7 +682,7 @@ def run_summary(records: list[dict], paths: Paths) -> list[str]:
     lines = ["", f"{'method':<{width}}  {'n':>2}  {'ACC':>6}  {'BWT':>6}   (this run, %)"]
     for label, ms in sorted(by.items(), key=lambda kv: -mean(kv[1], "ACC")):
         lines.append(f"{label:<{width}}  {len(ms):>2}  {100 * mean(ms, 'ACC'):6.1f}  {100 * mean(ms, 'BWT'):6.1f}")
-    default = paths.results.resolve() == (Path.cwd() / "results").resolve()
+    default = is_default_results(paths.results)
     lines += ["", "next: cmbench report" + ("" if default else f" --results {paths.results}")
               + "   (leaderboard.md and plots/" + ("" if default else f" next to {paths.results}") + ")"]
     return lines

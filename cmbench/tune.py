@@ -151,8 +151,9 @@ def _ray_tune(suite, spec, grid, seeds, orders, cache, threads, workers, paths, 
     from .runner import connect_ray, ship_baselines, worker_env
 
     env = worker_env()
-    staging = tempfile.TemporaryDirectory(prefix="cmbench-methods-")
+    staging = None
     if ray_address:  # on a cluster the method files travel with the trials, as with `cmbench run`
+        staging = tempfile.TemporaryDirectory(prefix="cmbench-methods-")
         env["CMBENCH_BASELINES"] = ship_baselines(Path(staging.name))
         connect_ray(ray_address, logging_level="ERROR",
                     runtime_env={"working_dir": staging.name, "env_vars": env})
@@ -180,7 +181,8 @@ def _ray_tune(suite, spec, grid, seeds, orders, cache, threads, workers, paths, 
         return sorted(out, key=lambda t: json.dumps(t["hparams"], sort_keys=True))
     finally:
         ray.shutdown()
-        staging.cleanup()
+        if staging is not None:
+            staging.cleanup()
 
 
 def _log_trials(uri: str, suite: Suite, spec: MethodSpec, trials: list[dict], log) -> None:

@@ -80,3 +80,19 @@ def test_time_limit_stops_a_job_and_a_rerun_resumes(nano_copy):
     assert second["failed"] == 0
     rec = json.loads(next((nano_copy / "results" / "nano-merge" / "ode_m").glob("*.json")).read_text())
     assert rec["status"] == "ok" and rec["timings"]["resumed_after_step"] >= 1
+
+
+def test_pack_copies_tensors_that_share_memory():
+    """A fused q/k/v weight's chunks (views of one storage) and a tensor kept twice are stored
+    as separate tensors, as safetensors requires."""
+    from cmbench.artefacts import Store
+
+    w = torch.arange(12.0).reshape(6, 2)
+    state = {"q": w[:2], "k": w[2:4], "same": [w, w]}
+    tensors: dict = {}
+    skeleton = pack(state, tensors)
+    store = Store(__import__("tempfile").mkdtemp())
+    store.put(KIND, "k", tensors, {"state": skeleton})
+    got = store.get(KIND, "k")
+    out = unpack(got[1]["state"], got[0])
+    assert torch.equal(out["k"], w[2:4]) and torch.equal(out["same"][1], w)
