@@ -638,11 +638,29 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
     ctx.network = network
     t_start = time.perf_counter()
     method.start(ctx)
-    row0, all0 = learner.evaluate(theta0, head, order, [], incremental)
-    R, acc_all = [row0], [all0]
-    deployed = theta0
-    merge_times, train_times, storage, grad_norms, own = [], [], [], [], []
+
+    # resume from the last completed step of an earlier attempt (cmbench.jobstate); the
+    # steps' training seeds are fixed per step, the generators' states are restored
+    checkpoint = jobstate.Checkpoint(store, key_of(job_inputs(suite, job)))
+    saved = checkpoint.load()
+    if saved is None:
+        row0, all0 = learner.evaluate(theta0, head, order, [], incremental)
+        R, acc_all = [row0], [all0]
+        deployed, done, earlier_s = theta0, 0, 0.0
+        merge_times, train_times, storage, grad_norms, own = [], [], [], [], []
+    else:
+        R, acc_all, merge_times, train_times, storage, grad_norms, own = (
+            saved[k] for k in ("R", "acc_all", "merge_times", "train_times", "storage", "grad_norms", "own"))
+        deployed, head, done, earlier_s = saved["deployed"], saved["head"], saved["step"], saved["job_s"]
+        for name, value in saved["method"].items():
+            setattr(method, name, value)
+        jobstate.set_rng_state(saved["rng"], ctx.generator)
+        data.samples_handed = saved["samples_handed"]
+        learner.train_optimizer_steps, learner.eval_seconds, learner.eval_images = saved["learner"]
+    ctx_head = head  # the methods' network's head: this step's trained rows, once trained
     for t, task in enumerate(order, start=1):
+        if t <= done:
+            continue
         ctx.step, ctx.task, ctx.seen_tasks = t, task, order[:t]
         start = method.train_start(ctx, deployed)
         names = method.train_tasks(ctx)
@@ -664,7 +682,14 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
         R.append(row)
         acc_all.append(a)
         storage.append(measure_storage(method, theta0))
+        checkpoint.save({"step": t, "deployed": deployed, "head": head, "method": method.kept, "R": R,
+                         "acc_all": acc_all, "merge_times": merge_times, "train_times": train_times,
+                         "storage": storage, "grad_norms": grad_norms, "own": own,
+                         "rng": jobstate.rng_state(ctx.generator), "samples_handed": data.samples_handed,
+                         "learner": [learner.train_optimizer_steps, learner.eval_seconds, learner.eval_images],
+                         "job_s": earlier_s + time.perf_counter() - t_start})
 
+    ctx.step, ctx.task, ctx.seen_tasks = len(order), order[-1], list(order)  # also when resumed after the last
     finished = method.finish(ctx, deployed)
     row_before_finish = None
     if finished is not deployed:
@@ -672,7 +697,7 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
         row_before_finish = R[-1]
         R[-1], acc_all[-1] = learner.evaluate(finished, head, order, order, incremental)
 
-    return {
+    record = {
         **_record_common(suite, job, method, store),
         "tasks": order, "R": R, "E": None, "R_final_before_finish": row_before_finish,
         "heads": incremental, "ACC_all_steps": acc_all, "trained_own_task_acc": own,
@@ -684,6 +709,8 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
                     "train_optimizer_steps": learner.train_optimizer_steps, "train_batch_size": suite.training.batch_size,
                     "merge_steps_s": merge_times, "merge_total_s": sum(merge_times),
                     "eval_s": learner.eval_seconds, "eval_images": learner.eval_images,
-                    "job_s": time.perf_counter() - t_start},
+                    "job_s": earlier_s + time.perf_counter() - t_start, "resumed_after_step": done or None},
         "threads": threads,
     }
+    checkpoint.clear()
+    return record
