@@ -417,10 +417,10 @@ def _run_job(suite: Suite, job: Job, cache: str, threads: int, known: dict | Non
     _gpu_ready(suite)
     with pins.session(known) as found, measured(cost, "job"), time_limit(suite.resources.job_time_limit_s):
         record = run(suite, job, open_store(cache), threads)
-    return {**record, "resources": cost["job"], "ran_on": _where(), **({"downloads": found} if found else {})}
+    return {**record, "resources": cost["job"], "ran_on": where_ran(), **({"downloads": found} if found else {})}
 
 
-def _where() -> dict[str, str]:
+def where_ran() -> dict[str, str]:
     """The machine (and Ray node) a job ran on: provenance, never part of a key."""
     import socket
 

@@ -92,10 +92,12 @@ def _trial(suite: Suite, spec: MethodSpec, config: dict, seeds: int, orders: int
            threads: int) -> dict:
     trial_spec = spec.model_copy(update={"hparams": {**spec.hparams, **config}})
     jobs = expand(suite.model_copy(update={"methods": [trial_spec]}), None, seeds, orders)
+    from .runner import where_ran
+
     recs = [_trial_job(suite, j, cache, threads) for j in jobs]
     accs = [r["metrics"]["ACC"] for r in recs]
     return {"hparams": config, "val_acc": metrics.mean_defined(accs), "val_acc_per_job": accs,
-            "jobs": [{"seed": j.seed, "order_index": j.order_index} for j in jobs]}
+            "jobs": [{"seed": j.seed, "order_index": j.order_index} for j in jobs], "ran_on": where_ran()}
 
 
 def tune_method(suite_path: str | Path, method: str, *, out: str | Path = ".", seeds: int = 1,
@@ -177,7 +179,7 @@ def _ray_tune(suite, spec, grid, seeds, orders, cache, threads, workers, paths, 
             if r.error:
                 raise CmbenchError(f"tune trial {r.config} failed: {r.error}")
             m = r.metrics
-            out.append({k: m[k] for k in ("hparams", "val_acc", "val_acc_per_job", "jobs")})
+            out.append({k: m[k] for k in ("hparams", "val_acc", "val_acc_per_job", "jobs", "ran_on")})
         return sorted(out, key=lambda t: json.dumps(t["hparams"], sort_keys=True))
     finally:
         ray.shutdown()

@@ -177,3 +177,18 @@ def test_a_directory_store_the_nodes_do_not_see_is_refused(cluster, tmp_path, mo
     finally:
         ex.close()
     shutil.rmtree(tmp_path / "store", ignore_errors=True)
+
+
+def test_tune_places_trials_on_both_nodes(cluster, tmp_path):
+    """`cmbench tune --ray-address` runs its trials on the cluster, on every node."""
+    suite = tmp_path / "nano.yaml"
+    suite.write_text(NANO.read_text().replace("{name: task_arithmetic, hparams: {lam: 0.3}}",
+                                              "{name: task_arithmetic, search: {lam: [0.1, 0.2, 0.3, 0.4]}}"))
+    env = {**cluster.env, "PYTHONUNBUFFERED": "1"}
+    r = subprocess.run([str(BIN / "cmbench"), "tune", str(suite), "--method", "task_arithmetic", "--ray-address",
+                        cluster.address, "--out", str(tmp_path / "out")], env=env, cwd=tmp_path, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    tuned = json.loads(next((tmp_path / "out").glob("tuned/**/*.json")).read_text())
+    assert len(tuned["trials"]) == 4
+    assert len({t["ran_on"]["ray_node"] for t in tuned["trials"]}) == 2, tuned["trials"]
