@@ -227,7 +227,7 @@ def theta0_key(suite: Suite, seed: int) -> str:
     tasks = [t.model_dump() for t in suite.tasks]
     # a rehearsal's θ0 is random weights (from its seed) read from where the real ones would be
     stand_in = [{"rehearsal_seed": suite.rehearsal.seed}] if suite.rehearsal else []
-    return artefact_key("theta0", components, build_numerics(suite), suite.backbone.model_dump(), suite.pretrain.model_dump(), tasks,
+    return artefact_key("theta0", components, build_numerics(suite), suite.backbone.model_dump(), suite.pretrain.keyed(), tasks,
                         suite.data_seed, seed, *stand_in)
 
 
@@ -238,7 +238,7 @@ def heads_key(suite: Suite, seed: int) -> str:
 
 
 def expert_key(suite: Suite, seed: int, task: str) -> str:
-    experts = suite.experts.model_dump()
+    experts = {**suite.experts.model_dump(), "finetune": suite.experts.finetune.keyed()}
     components = {"experts": EXPERTS_VERSION, "models": models_version(suite.backbone),
                   "data": data_versions([t for t in suite.tasks if t.name == task])}
     if suite.experts.source == "checkpoints":  # only this task's checkpoint names this expert

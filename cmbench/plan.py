@@ -137,7 +137,7 @@ def project(suite: Suite, jobs: list[Job], measured: dict | None = None, sizes: 
             out["eval_images"] += T * per_row * ((T + 1) / (2 * T) if suite.evaluation.seen_only else 1)
         else:  # after step t: the t learned tasks, and the trained model on its own task
             out["eval_images"] += sum(test[n] * (T - i + 1) for i, n in enumerate(job.order))
-            r = suite.training
+            r = suite.training_of(job)
             all_seen = cls[job.method].train_tasks is not Method.train_tasks  # e.g. multitask: the union
             for t, n in enumerate(job.order):
                 imgs = sum(sizes[m][0] * 0.9 for m in job.order[: t + 1]) if all_seen else sizes[n][0] * 0.9

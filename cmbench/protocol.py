@@ -37,7 +37,7 @@ from . import methods as methods_mod
 from .artefacts import (SuiteArtefacts, Store, artefact_key, data_versions, expert_key, heads_key, load_tasks,
                         theta0_key)
 from .models import accuracy, create_backbone, device_for, layout_of, models_version, numerics, to_device
-from .suite import Job, LoRA, Suite
+from .suite import Job, LoRA, Suite, Training
 from .tensors import StateDict, first_nonfinite, nbytes
 from .train import TRAIN_VERSION
 
@@ -82,7 +82,9 @@ def job_inputs(suite: Suite, job: Job) -> dict:
             "seed": job.seed, "order": list(job.order), "artefacts": artefact_keys(suite, job),
             # the precision is keyed as part of the numerics (fp32 keys are as before the field)
             "evaluation": suite.evaluation.model_dump(mode="json", exclude={"precision"}), **numerics(suite),
-            "components": job_components(suite)}
+            "components": job_components(suite),
+            # a method's own training recipe (keys of jobs without one are as before the field)
+            **({"training": suite.training_of(job).keyed()} if job.training else {})}
 
 
 def with_content(inputs: dict, content_of) -> dict | None:
@@ -515,8 +517,8 @@ def _masked(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 class Learner:
     """Backbone + one linear classifier; trains a task with the method's hooks."""
 
-    def __init__(self, suite: Suite, tasks: dict, space: ClassSpace):
-        self.suite, self.tasks, self.space = suite, tasks, space
+    def __init__(self, suite: Suite, tasks: dict, space: ClassSpace, recipe: Training):
+        self.suite, self.tasks, self.space, self.recipe = suite, tasks, space, recipe
         self.device = device_for(suite)
         self.model = create_backbone(suite.backbone).to(self.device)  # evaluation and the methods' network
         self.bs, self.precision = suite.evaluation.batch_size, suite.evaluation.precision
@@ -556,7 +558,7 @@ class Learner:
         from .train import fit
 
         suite = self.suite
-        recipe = suite.training
+        recipe = self.recipe
         model = create_backbone(suite.backbone)
         model.load_state_dict(start)
         model.train()
@@ -580,10 +582,9 @@ class Learner:
         ctx.trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
         ctx.train_model = model  # lora.current_weights(model): its weights now, LoRA folded in
         rows = self.space.rows(names)
-        xs = torch.cat([self.tasks[n].train.x for n in names])
+        xs, ys, aspect = self._train_images(names)
         # as many as `fit` takes (`steps` overrides epochs; no committed suite sets it for training)
         ctx.train_total_steps = recipe.steps or recipe.epochs * -(-len(xs) // recipe.batch_size)
-        ys = torch.cat([self.space.targets(self.tasks[n], self.tasks[n].train.y) for n in names])
 
         def loss_fn(xb, yb):
             return torch.nn.functional.cross_entropy(_masked(lin(model(xb)), rows), yb)
@@ -591,13 +592,28 @@ class Learner:
         loss_fn = method.wrap_loss(ctx, loss_fn, model)
         groups = [{"params": body}, {"params": list(lin.parameters()), "lr": recipe.head_lr or recipe.lr}]
         fit(groups, loss_fn, xs, ys, recipe, seed, on_step=lambda s, l: method.on_train_step(ctx, s, l),
-            what=f"training on {'+'.join(names)}", after_backward=lambda: method.after_backward(ctx))
+            what=f"training on {'+'.join(names)}", after_backward=lambda: method.after_backward(ctx),
+            aspect=aspect, out_size=suite.backbone.image_size)
         self.train_optimizer_steps.append(ctx.train_total_steps)
         merge_lora(model)
         trained_head = {k: v.detach().clone() for k, v in head.items()}
         trained_head["weight"][rows] = lin.weight.detach()[rows].cpu()
         trained_head["bias"][rows] = lin.bias.detach()[rows].cpu()
         return {k: v.detach().clone() for k, v in model.state_dict().items()}, trained_head  # on the device
+
+    def _train_images(self, names: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Images (uint8), targets (rows of the classifier) and aspect ratios training draws
+        from: the train splits, or, when the recipe augments, the whole images
+        (``TaskData.train_view``) that random resized crops are taken from."""
+        aug = self.recipe.augment
+        whole = aug is not None and any(self.tasks[n].train_view is not None for n in names)
+        splits = [self.tasks[n].train_view(aug.view_size) if whole and self.tasks[n].train_view else self.tasks[n].train
+                  for n in names]
+        if whole and (len({s.x.shape[-1] for s in splits}) > 1 or any(s.aspect is None for s in splits)):
+            raise CmbenchError(f"training on {'+'.join(names)}: some tasks have whole-image views and some "
+                               "do not; random resized crops need the same kind for every task")
+        ys = torch.cat([self.space.targets(self.tasks[n], s.y) for n, s in zip(names, splits)])
+        return torch.cat([s.x for s in splits]), ys, (torch.cat([s.aspect for s in splits]) if whole else None)
 
     def start_grad_norm(self, state: StateDict, head: dict, name: str, n: int = 256) -> float:
         """‖∇θ L‖ at the model training starts from, on task ``name``'s first n train samples:
@@ -619,7 +635,7 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
     tasks = load_tasks(suite)
     art, theta0, method, ctx, data = _setup(suite, job, store, threads, tasks)
     space = ClassSpace(tasks, order)
-    learner = Learner(suite, tasks, space)
+    learner = Learner(suite, tasks, space, suite.training_of(job))
     gen = torch.Generator().manual_seed(job.seed)
     head = {"weight": torch.randn(space.n, suite.backbone.feature_dim, generator=gen) * 0.02,
             "bias": torch.zeros(space.n)}
@@ -706,7 +722,7 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
         "data_samples_handed": data.samples_handed,
         "storage_bytes": _storage_record(storage),
         "timings": {"train_steps_s": train_times, "train_total_s": sum(train_times),
-                    "train_optimizer_steps": learner.train_optimizer_steps, "train_batch_size": suite.training.batch_size,
+                    "train_optimizer_steps": learner.train_optimizer_steps, "train_batch_size": learner.recipe.batch_size,
                     "merge_steps_s": merge_times, "merge_total_s": sum(merge_times),
                     "eval_s": learner.eval_seconds, "eval_images": learner.eval_images,
                     "job_s": earlier_s + time.perf_counter() - t_start, "resumed_after_step": done or None},

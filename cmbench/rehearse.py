@@ -94,6 +94,9 @@ def capped_suite(suite: Suite, rehearsal: Rehearsal, eval_cap: int | None = None
     if suite.setting == "train_then_merge" and (train_steps or train_batch):
         t = {k: v for k, v in (("steps", train_steps), ("batch_size", train_batch)) if v}
         update["training"] = suite.training.model_copy(update=t)
+        # methods with their own recipe are capped too (their fields override the suite's)
+        update["methods"] = [m.model_copy(update={"training": {**m.training, **t}}) if m.training else m
+                             for m in suite.methods]
         caps["training"] = t
     if hparams:
         methods = []
@@ -101,7 +104,7 @@ def capped_suite(suite: Suite, rehearsal: Rehearsal, eval_cap: int | None = None
         unknown = sorted(set(hparams) - known)
         if unknown:
             raise CmbenchError(f"--hparam: {', '.join(unknown)} is no method or label of suite {suite.name}")
-        for m in suite.methods:
+        for m in update.get("methods", suite.methods):
             extra = {**hparams.get(m.name, {}), **hparams.get(m.display, {})}
             methods.append(m.model_copy(update={"hparams": {**m.hparams, **extra}}) if extra else m)
         update["methods"] = methods

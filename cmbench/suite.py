@@ -133,6 +133,33 @@ class TimmViT(Strict):
 AnyBackbone = Annotated[Union[TinyViT, OpenCLIP, TimmViT], Field(discriminator="kind")]
 
 
+class Augment(Strict):
+    """Training-time augmentation, torchvision's ``RandomResizedCrop`` then
+    ``RandomHorizontalFlip`` as the InfLoRA / PyCIL / MagMax recipes use them. The crop is
+    taken from the whole image (its full field of view, decoded at ``view_size``² with its
+    aspect ratio kept on record) where the dataset can provide it, else from the stored image."""
+
+    random_resized_crop: bool = True
+    scale: tuple[float, float] = Field((0.08, 1.0), description="area fraction of the whole image (torchvision's "
+                                                                "default; InfLoRA uses 0.05 for ImageNet-A and CUB)")
+    ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="aspect ratio range of the crop")
+    hflip: bool = True
+    view_size: int = Field(256, gt=0, description="side of the decoded whole image the crops are taken from")
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        if not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ValueError(f"scale {list(self.scale)}: give 0 < low <= high <= 1")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"ratio {list(self.ratio)}: give 0 < low <= high")
+        return self
+
+
+# Fields added to the recipe after results were committed: at their defaults they are left out
+# of hashes and keys (`keyed`), so results computed before they existed stay valid.
+LATER_RECIPE_FIELDS = ("optimizer", "momentum", "warmup_steps", "grad_clip", "augment", "precision")
+
+
 class TrainRecipe(Strict):
     epochs: int = Field(5, ge=0)
     lr: float = Field(3e-4, gt=0)
@@ -142,6 +169,24 @@ class TrainRecipe(Strict):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     steps: Optional[int] = Field(None, gt=0, description="optimiser steps (overrides epochs; FusionBench-style)")
     trainable: str = Field(".*", description="regex over parameter names: the trainable subset")
+    optimizer: Literal["adamw", "adam", "sgd"] = Field("adamw", description="adam: L2 weight decay in the gradient "
+                                                       "(torch.optim.Adam, as InfLoRA); adamw: decoupled")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    warmup_steps: Optional[int] = Field(None, ge=0, description="linear warm-up length in steps (overrides "
+                                                                "warmup_frac; MagMax: 500)")
+    grad_clip: Optional[float] = Field(None, gt=0, description="clip the gradients' global norm to this "
+                                                               "(MagMax's fine-tuning: 1.0)")
+    augment: Optional[Augment] = None
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: forward and loss under autocast "
+                                                                   "(weights and optimiser state stay fp32)")
+
+    def keyed(self) -> dict:
+        """The recipe as hashes and keys see it (later fields dropped at their defaults)."""
+        out = self.model_dump(mode="json")
+        for f in LATER_RECIPE_FIELDS:
+            if getattr(self, f) == type(self).model_fields[f].default:
+                del out[f]
+        return out
 
     @field_validator("trainable")
     @classmethod
@@ -278,6 +323,9 @@ class MethodSpec(Strict):
                                                    "(overrides training.lora)")
     search: dict[str, list[Any]] = Field(default_factory=dict, description="`cmbench tune`: a grid of "
                                          "values per hyperparameter, scored on validation splits")
+    training: dict[str, Any] = Field(default_factory=dict, description="train-then-merge: this method's own "
+                                     "recipe, fields that override the suite's `training` (its paper's lr, "
+                                     "epochs, optimizer, augmentation)")
 
     @property
     def display(self) -> str:
@@ -416,6 +464,18 @@ class Suite(Strict):
             except methods_mod.HparamError as e:
                 field, msg = e.errors[0]
                 raise _FieldError(f"methods.{i}.hparams.{field}", msg)
+            if m.training:
+                if self.setting != "train_then_merge":
+                    raise _FieldError(f"methods.{i}.training", "a method's own training recipe applies to "
+                                                               "train_then_merge suites only")
+                if "lora" in m.training:
+                    raise _FieldError(f"methods.{i}.training.lora", "give a method's LoRA as methods.{i}.lora")
+                try:
+                    self.training_of(m)
+                except ValidationError as e:
+                    err = e.errors()[0]
+                    where = ".".join(str(x) for x in err["loc"])
+                    raise _FieldError(f"methods.{i}.training.{where}", err["msg"])
             for hp, values in m.search.items():
                 if not values:
                     raise _FieldError(f"methods.{i}.search.{hp}", "give at least one value")
@@ -425,6 +485,13 @@ class Suite(Strict):
                     except methods_mod.HparamError as e:
                         raise _FieldError(f"methods.{i}.search.{hp}", e.errors[0][1])
         return self
+
+    def training_of(self, spec: MethodSpec | Job) -> Training:
+        """The recipe a method (or a job) trains with: the suite's, the method's own fields over it."""
+        own = spec.training if isinstance(spec, MethodSpec) else json.loads(spec.training or "{}")
+        if not own:
+            return self.training
+        return Training.model_validate({**self.training.model_dump(), **own})
 
     # -- identity --------------------------------------------------------------------
     def environment(self) -> dict:
@@ -437,6 +504,8 @@ class Suite(Strict):
             del env["evaluation"]["precision"]
         for k in ("gpu_memory_gb", "job_time_limit_s"):  # placement and limits: no number depends on them
             del env["resources"][k]
+        env["training"], env["pretrain"] = self.training.keyed(), self.pretrain.keyed()
+        env["experts"]["finetune"] = self.experts.finetune.keyed()
         return env
 
     def hash(self) -> str:
@@ -592,6 +661,7 @@ class Job:
     seed: int
     order_index: int
     order: tuple[str, ...]
+    training: Optional[str] = None  # the method's own training fields (JSON), over the suite's
 
     @property
     def relpath(self) -> str:
@@ -622,7 +692,8 @@ def expand(suite: Suite, methods: list[str] | None = None, n_seeds: int | None =
         for oi, order in enumerate(orders[:n_orders] if n_orders else orders):
             lora = spec.lora or suite.training.lora if suite.setting == "train_then_merge" else None
             jobs.append(Job(suite.name, suite_hash, spec.name, spec.display, tuple(sorted(spec.hparams.items())),
-                            lora.model_dump_json() if lora else None, method_fingerprint(cls), seed, oi, tuple(order)))
+                            lora.model_dump_json() if lora else None, method_fingerprint(cls), seed, oi, tuple(order),
+                            json.dumps(spec.training, sort_keys=True) if spec.training else None))
     return jobs
 
 

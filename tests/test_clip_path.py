@@ -198,7 +198,7 @@ def test_image_folder_dataset_splits_and_cache(tmp_path, monkeypatch):
     from cmbench.data.vision import _decode
 
     files = sorted((tmp_path / "eurosat" / "train").glob("*/*.png"), key=lambda p: (int(p.parent.name), p.name))
-    natural = torch.stack([torch.from_numpy(_decode(p, 24)) for p in files])
+    natural = torch.stack([torch.from_numpy(_decode(p, 24)[0]) for p in files])
     assert torch.equal(td.train.x, natural[perm[:90]]) and torch.equal(td.val.x, natural[perm[90:]])
     assert td.train.x.untyped_storage().data_ptr() == td.val.x.untyped_storage().data_ptr()
 
@@ -299,12 +299,17 @@ def test_split_vit_suite_runs_offline_on_a_tiny_timm_vit(tmp_path, monkeypatch):
              "tasks": [{"name": f"t{i}", "dataset": "class_split",
                         "params": {"source": "cifar100", "n_tasks": 10, "index": i}} for i in range(2)],
              "heads": {"kind": "class_incremental"},
-             "training": {"epochs": 1, "lr": 1e-3, "head_lr": 1e-2, "batch_size": 16},
-             "methods": [{"name": "pm", "label": "pm-lora", "lora": lora}, {"name": "trm"}]}
+             "training": {"epochs": 1, "lr": 1e-3, "head_lr": 1e-2, "batch_size": 16, "augment": {"view_size": 20}},
+             "methods": [{"name": "pm", "label": "pm-lora", "lora": lora},
+                         {"name": "trm", "training": {"lr": 1e-5, "warmup_steps": 2, "grad_clip": 1.0,
+                                                      "augment": {"scale": [0.9, 1.0], "hflip": False, "view_size": 20}}}]}
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(suite))
     summary = run_suite(path, out=tmp_path / "out", executor="local", log=lambda s: None)
     assert summary["failed"] == 0
+    # training drew its random resized crops from the whole train images, decoded once at 20 px
+    whole = [p.name.split("-v")[0] for p in (tmp_path / "data" / ".decoded").glob("*-whole-v*") if p.is_dir()]
+    assert whole == ["cifar100-train-20-whole"]
     recs = load_results(tmp_path / "out" / "results")
     assert {r["label"] for r in recs} == {"pm-lora", "trm"}
     assert all(len(r["start_grad_norm"]) == 2 and r["metrics"]["ACC_all"] is not None for r in recs)

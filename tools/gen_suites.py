@@ -84,44 +84,57 @@ def clip_suites() -> None:
             dump(ROOT / "suites" / f"{name}.yaml", header, doc, CLIP_METHODS)
 
 
-SPLITS = {  # name -> (source, tasks, epochs): InfLoRA / P&M class-incremental benchmarks
-    "split-vit-b16-cifar100-10": ("cifar100", 10, 10),
-    "split-vit-b16-imagenet-r-5": ("imagenet_r", 5, 10),
-    "split-vit-b16-imagenet-r-10": ("imagenet_r", 10, 10),
-    "split-vit-b16-imagenet-r-20": ("imagenet_r", 20, 10),
-    "split-vit-b16-imagenet-a-10": ("imagenet_a", 10, 10),
-    "split-vit-b16-domainnet-5": ("domainnet", 5, 5),
-    "split-vit-b16-cub200-10": ("cub200", 10, 10),
+# name -> (source, tasks, epochs, RandomResizedCrop scale, test crop_pct): the InfLoRA / P&M
+# class-incremental benchmarks with InfLoRA's transforms (utils/data.py of liangyanshuo/InfLoRA):
+# train RandomResizedCrop(224, scale) + RandomHorizontalFlip; test Resize(256) + CenterCrop(224)
+# (crop_pct 0.875), CIFAR-100 Resize(224) only
+SPLITS = {
+    "split-vit-b16-cifar100-10": ("cifar100", 10, 10, [0.08, 1.0], 1.0),
+    "split-vit-b16-imagenet-r-5": ("imagenet_r", 5, 10, [0.08, 1.0], 0.875),
+    "split-vit-b16-imagenet-r-10": ("imagenet_r", 10, 10, [0.08, 1.0], 0.875),
+    "split-vit-b16-imagenet-r-20": ("imagenet_r", 20, 10, [0.08, 1.0], 0.875),
+    "split-vit-b16-imagenet-a-10": ("imagenet_a", 10, 10, [0.05, 1.0], 0.875),
+    "split-vit-b16-domainnet-5": ("domainnet", 5, 5, [0.08, 1.0], 0.875),
+    "split-vit-b16-cub200-10": ("cub200", 10, 10, [0.05, 1.0], 0.875),
 }
 LORA = {"rank": 10, "targets": ["k", "v"]}
+# full-parameter rows: MagMax's fine-tuning (danielm1405/magmax finetune_splitted.py, src/args.py):
+# AdamW lr 1e-5, weight decay 0.1, batch 128, 10 epochs, 500 warm-up steps then cosine, gradient
+# norm clipped at 1, open_clip's train transform (RandomResizedCrop scale 0.9-1, no flip); the
+# class-incremental head keeps the suite's head lr (MagMax's head is CLIP's frozen zero-shot head)
+FULL = {"lr": 1.0e-5, "weight_decay": 0.1, "batch_size": 128, "epochs": 10, "warmup_steps": 500, "grad_clip": 1.0,
+        "augment": {"scale": [0.9, 1.0], "hflip": False}}
 SPLIT_METHODS = [
-    "# lower bounds: sequential fine-tuning, full and LoRA",
-    {"name": "sequential"},
+    "# lower bounds: sequential fine-tuning, full (MagMax's recipe) and LoRA (the suite's)",
+    {"name": "sequential", "training": FULL},
     {"name": "sequential", "label": "sequential-lora", "lora": LORA},
     "# merging baselines",
     {"name": "weight_average", "label": "weight_average-lora", "lora": LORA},
-    {"name": "magmax", "hparams": {"lam": 0.5}},
+    {"name": "magmax", "hparams": {"lam": 0.5}, "training": FULL},
     "# P&M (Qiu et al. 2025): LoRA rank 10 on k, v (the paper), full-parameter, ablations",
     {"name": "pm", "label": "pm-lora", "lora": LORA},
-    {"name": "pm", "label": "pm-full"},
+    {"name": "pm", "label": "pm-full", "training": FULL},
     {"name": "pm", "label": "pm-lora-merge-only", "hparams": {"perturbation": "none"}, "lora": LORA},
     {"name": "pm", "label": "pm-lora-gaussian", "hparams": {"perturbation": "gaussian"}, "lora": LORA},
     {"name": "pm", "label": "pm-lora-per-module-alpha", "hparams": {"alpha": "per_module"}, "lora": LORA},
-    "# TRM (reconstruction from the abstract, †) and its ablations",
-    {"name": "trm"},
-    {"name": "trm", "label": "trm-no-align", "hparams": {"w_align": 0.0}},
-    {"name": "trm", "label": "trm-no-consistency", "hparams": {"w_cons": 0.0}},
-    {"name": "trm", "label": "trm-no-responsiveness", "hparams": {"w_resp": 0.0}},
-    "# upper reference: joint training on every seen task",
-    {"name": "multitask"},
+    "# TRM (reconstruction from the abstract, †) and its ablations: full-parameter, MagMax's recipe",
+    {"name": "trm", "training": FULL},
+    {"name": "trm", "label": "trm-no-align", "hparams": {"w_align": 0.0}, "training": FULL},
+    {"name": "trm", "label": "trm-no-consistency", "hparams": {"w_cons": 0.0}, "training": FULL},
+    {"name": "trm", "label": "trm-no-responsiveness", "hparams": {"w_resp": 0.0}, "training": FULL},
+    "# upper reference: joint training on every seen task (full-parameter, MagMax's recipe)",
+    {"name": "multitask", "training": FULL},
 ]
 
 
 def split_suites() -> None:
-    for name, (source, n, epochs) in SPLITS.items():
+    for name, (source, n, epochs, scale, crop_pct) in SPLITS.items():
+        test = "Resize(224)" if crop_pct == 1.0 else "Resize(256) + CenterCrop(224)"
         header = (f"# {name}: class-incremental {source} in {n} tasks (classes in the PyCIL/InfLoRA seed-1993\n"
-                  "# order), ViT-B/16 ImageNet-21k pretrained + ImageNet-1k fine-tuned (timm), P&M's recipe:\n"
-                  f"# AdamW, lr 1e-3 (LoRA), head lr 1e-2, batch 256, {epochs} epochs.\n"
+                  "# order), ViT-B/16 ImageNet-21k pretrained + ImageNet-1k fine-tuned (timm). LoRA rows: P&M's\n"
+                  f"# recipe, AdamW, lr 1e-3, head lr 1e-2, batch 256, {epochs} epochs; InfLoRA's transforms (train\n"
+                  f"# RandomResizedCrop(224, scale {scale[0]}-1) + flip, test {test}). Full-parameter rows:\n"
+                  "# MagMax's fine-tuning recipe (methods' `training`; see tools/gen_suites.py for the sources).\n"
                   f"# Data: $CMBENCH_DATA_ROOT/{source}/{{train,test}}/<class>/<image>.\n")
         doc = {
             "name": name,
@@ -130,10 +143,11 @@ def split_suites() -> None:
             "seeds": [0, 1, 2],
             "backbone": {"kind": "timm", "model": "vit_base_patch16_224.augreg_in21k_ft_in1k", "pretrained": True},
             "tasks": [{"name": f"task{i}", "dataset": "class_split",
-                       "params": {"source": source, "n_tasks": n, "index": i}} for i in range(n)],
+                       "params": {"source": source, "n_tasks": n, "index": i,
+                                  **({"crop_pct": crop_pct} if crop_pct != 1.0 else {})}} for i in range(n)],
             "heads": {"kind": "class_incremental"},
             "training": {"epochs": epochs, "lr": 1.0e-3, "head_lr": 1.0e-2, "weight_decay": 0.0, "batch_size": 256,
-                         "warmup_frac": 0.0},
+                         "warmup_frac": 0.0, "augment": {"scale": scale, "hflip": True}},
             "evaluation": {"batch_size": 512},
             "resources": {"cpus_per_job": 4, "gpus_per_job": 1},
         }

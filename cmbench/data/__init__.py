@@ -23,6 +23,7 @@ SPLITS = ("train", "val", "test")
 class Split:
     x: Tensor  # uint8, (N, C, H, W)
     y: Tensor  # int64, (N,)
+    aspect: Tensor | None = None  # float (N,): x holds whole images squashed square, of this width/height
 
     def __len__(self) -> int:
         return len(self.y)
@@ -52,6 +53,10 @@ class LazySplit(Split):
     def y(self) -> Tensor:
         return self._get().y
 
+    @property
+    def aspect(self) -> Tensor | None:
+        return self._get().aspect
+
 
 @dataclass
 class TaskData:
@@ -64,6 +69,9 @@ class TaskData:
     val: Split
     test: Split
     class_ids: list[int] | None = None
+    # the train images whole (full field of view) squashed to size², with `aspect`: what
+    # random resized crops are taken from; None: the stored train images are whole already
+    train_view: Callable[[int], Split] | None = None
 
     def __post_init__(self):
         if self.class_ids is None:

@@ -83,19 +83,25 @@ def data_root() -> Path:
     return Path(os.environ.get("CMBENCH_DATA_ROOT", "~/.cache/cmbench/data")).expanduser()
 
 
-def _decode(path_or_image, size: int) -> np.ndarray:
-    """RGB, shorter side → ``size`` (bicubic), centre crop: (3, size, size) uint8."""
+def _decode(path_or_image, size: int, crop_pct: float = 1.0, whole: bool = False) -> tuple[np.ndarray, float]:
+    """RGB (3, size, size) uint8 and the image's width/height. Shorter side → size / crop_pct
+    (bicubic), centre crop (crop_pct 0.875: torchvision's Resize(256) + CenterCrop(224));
+    ``whole``: the whole image squashed to size² (random resized crops are drawn from it in
+    the original geometry, see ``train.random_resized_crops``)."""
     from PIL import Image
 
     img = Image.open(path_or_image) if isinstance(path_or_image, (str, Path)) else path_or_image
     img = img.convert("RGB")
     w, h = img.size
-    scale = size / min(w, h)
-    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-    w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
+    if whole:
+        return np.asarray(img.resize((size, size), Image.BICUBIC), dtype=np.uint8).transpose(2, 0, 1), w / h
+    short = round(size / crop_pct)
+    scale = short / min(w, h)
+    img = img.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BICUBIC)
+    rw, rh = img.size
+    left, top = (rw - size) // 2, (rh - size) // 2
     img = img.crop((left, top, left + size, top + size))
-    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1), w / h
 
 
 def _folder_files(d: Path, classnames: list[str] | None, where: str) -> tuple[list[Path], list[int], list[str]]:
@@ -123,7 +129,7 @@ def _folder_files(d: Path, classnames: list[str] | None, where: str) -> tuple[li
     return files, labels, classnames
 
 
-def _cached(key: str, name: str, size: int, open_rows) -> Split:
+def _cached(key: str, name: str, size: int, open_rows, crop_pct: float = 1.0, whole: bool = False) -> Split:
     """A decoded split; ``open_rows()`` returns its size n and an iterator over its (image,
     label) pairs in the order stored (called only when the split is not decoded yet).
 
@@ -140,12 +146,13 @@ def _cached(key: str, name: str, size: int, open_rows) -> Split:
         d.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(d) + ".lock"):
             if not (d / "y.npy").exists():
-                _decode_into(d, size, *open_rows())
+                _decode_into(d, size, crop_pct, whole, *open_rows())
     x = np.load(d / "x.npy", mmap_mode="c")  # copy-on-write: pages shared until written
-    return Split(x=torch.from_numpy(x), y=torch.from_numpy(np.load(d / "y.npy")))
+    aspect = torch.from_numpy(np.load(d / "aspect.npy")) if whole else None
+    return Split(x=torch.from_numpy(x), y=torch.from_numpy(np.load(d / "y.npy")), aspect=aspect)
 
 
-def _decode_into(d: Path, size: int, n: int, rows) -> None:
+def _decode_into(d: Path, size: int, crop_pct: float, whole: bool, n: int, rows) -> None:
     import shutil
 
     for stale in d.parent.glob(f"{d.name}.*.tmp"):  # what a killed writer left (we hold the lock)
@@ -155,14 +162,17 @@ def _decode_into(d: Path, size: int, n: int, rows) -> None:
     try:
         x = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=np.uint8, shape=(n, 3, size, size))
         y = np.empty(n, dtype=np.int64)
+        aspect = np.empty(n, dtype=np.float32)
         i = 0
         for i, (image, label) in enumerate(rows):
-            x[i] = _decode(image, size)
+            x[i], aspect[i] = _decode(image, size, crop_pct, whole)
             y[i] = label
         if n and i != n - 1:
             raise CmbenchError(f"{d.name}: the source changed while it was decoded ({i + 1} of {n} images)")
         x.flush()
         del x
+        if whole:
+            np.save(tmp / "aspect.npy", aspect)
         np.save(tmp / "y.npy", y)
         if d.exists():
             shutil.rmtree(d)  # no labels: incomplete, never read
@@ -178,8 +188,10 @@ def _val_order(n: int, fraction: float, seed: int) -> list[int]:
 
 
 def load_source(source: str, split: str, size: int, classnames: list[str] | None = None,
-                val: tuple[float, int] | None = None) -> tuple[Split, list[str]]:
-    """All images of one split of a dataset (``train`` or ``test``), decoded and cached.
+                val: tuple[float, int] | None = None, crop_pct: float = 1.0,
+                whole: bool = False) -> tuple[Split, list[str]]:
+    """All images of one split of a dataset (``train`` or ``test``), decoded and cached
+    (see :func:`_decode` for ``crop_pct`` and ``whole``; image folders only).
 
     With ``val = (fraction, seed)`` (train splits) the images are stored in the order of
     FusionBench's train/validation permutation, so :func:`split_val` takes train and
@@ -192,10 +204,16 @@ def load_source(source: str, split: str, size: int, classnames: list[str] | None
         h.update(json.dumps([labels, names, size]).encode())
         order = _val_order(len(files), *val) if val else range(len(files))
         h.update(json.dumps(val).encode() if val else b"")
+        # decodings other than the first one (shorter side to size, centre crop) key apart
+        view = ([crop_pct] if crop_pct != 1.0 else []) + (["whole"] if whole else [])
+        h.update(json.dumps(view).encode() if view else b"")
 
         rows = lambda: (len(files), ((files[i], labels[i]) for i in order))  # noqa: E731
-        return _cached(h.hexdigest()[:16], f"{source}-{split}-{size}", size, rows), names
+        name = f"{source}-{split}-{size}" + ("-whole" if whole else "")
+        return _cached(h.hexdigest()[:16], name, size, rows, crop_pct, whole), names
     if source in clip_tasks():
+        if crop_pct != 1.0 or whole:
+            raise CmbenchError(f"dataset {source}: the hub copy is decoded one way only (crop_pct 1, not whole)")
         return _load_hub(source, split, size, val), list(classnames or clip_tasks()[source]["classnames"])
     raise CmbenchError(f"dataset {source}: no image folder {folder}; put the data there "
                        f"({source}/{split}/<class>/<image>) or set CMBENCH_DATA_ROOT")
@@ -236,7 +254,9 @@ def _load_hub(source: str, split: str, size: int, val: tuple[float, int] | None)
 def split_val(train: Split, fraction: float = 0.1, seed: int = 0) -> tuple[Split, Split]:
     """Train and validation of a train split loaded with ``val=(fraction, seed)``: views."""
     k = len(train) - int(len(train) * fraction)
-    return Split(x=train.x[:k], y=train.y[:k]), Split(x=train.x[k:], y=train.y[k:])
+    a = train.aspect
+    return (Split(x=train.x[:k], y=train.y[:k], aspect=None if a is None else a[:k]),
+            Split(x=train.x[k:], y=train.y[k:], aspect=None if a is None else a[k:]))
 
 
 def _clip_builder(name: str):
@@ -267,10 +287,15 @@ def class_order(n_classes: int, seed: int = 1993) -> list[int]:
 
 @dataset("class_split", VISION_DATA_VERSION)
 def class_split(task: str, data_seed: int, img_size: int, *, source: str, n_tasks: int, index: int,
-                order_seed: int = 1993, first: int | None = None) -> TaskData:
+                order_seed: int = 1993, first: int | None = None, crop_pct: float = 1.0) -> TaskData:
     """Task ``index`` of ``n_tasks`` of a class-incremental split of ``source``: classes in
     the seeded order (``first`` classes in task 0 if given, the rest equally). Labels are
-    local; ``class_ids`` the source's class indices."""
+    local; ``class_ids`` the source's class indices. ``crop_pct``: images are resized to
+    img_size / crop_pct on the shorter side and centre-cropped (InfLoRA's test transform for
+    ImageNet-R/A, DomainNet, CUB: Resize(256) + CenterCrop(224), crop_pct 0.875). The whole
+    train images (``train_view``) feed random resized crops when the recipe augments."""
+    if not 0 < crop_pct <= 1:
+        raise CmbenchError(f"class_split: crop_pct {crop_pct} must be in (0, 1]")
     if source not in CIL_SOURCES:
         raise CmbenchError(f"class_split: unknown source {source!r}; known: {sorted(CIL_SOURCES)}")
     n = CIL_SOURCES[source]
@@ -291,13 +316,16 @@ def class_split(task: str, data_seed: int, img_size: int, *, source: str, n_task
     local[torch.tensor(keep)] = torch.arange(len(keep))
     # the source's splits are decoded once, memory-mapped and shared by its tasks; a task's
     # images are gathered on first use
-    full_train = LazySplit(lambda: load_source(source, "train", img_size, names, val=(0.1, 0))[0])
-    test = LazySplit(lambda: load_source(source, "test", img_size, names)[0])
+    full_train = LazySplit(lambda: load_source(source, "train", img_size, names, val=(0.1, 0), crop_pct=crop_pct)[0])
+    test = LazySplit(lambda: load_source(source, "test", img_size, names, crop_pct=crop_pct)[0])
 
     def sub(s: Split) -> Split:
         m = local[s.y] >= 0
-        return Split(x=s.x[m], y=local[s.y[m]])
+        return Split(x=s.x[m], y=local[s.y[m]], aspect=None if s.aspect is None else s.aspect[m])
+
+    def train_view(size: int) -> Split:  # the same images in the same order as `train`
+        return sub(split_val(load_source(source, "train", size, names, val=(0.1, 0), whole=True)[0])[0])
 
     return TaskData(task, [names[c] for c in keep], train=LazySplit(lambda: sub(split_val(full_train)[0])),
                     val=LazySplit(lambda: sub(split_val(full_train)[1])), test=LazySplit(lambda: sub(test)),
-                    class_ids=keep)
+                    class_ids=keep, train_view=train_view)
