@@ -122,6 +122,9 @@ def test_a_methods_own_recipe_is_keyed_validated_and_trained_with(tmp_path):
     store = Store(tmp_path / "cache")
     a, b = run(both, j_both, store, threads=1), run(both, j_own, store, threads=1)
     assert a["R"] != b["R"]  # trained with another recipe
+    bf16 = Suite.model_validate({**SPLIT, "methods": [{"name": "sequential", "training": {"precision": "bf16"}}]})
+    c = run(bf16, expand(bf16)[0], store, threads=1)
+    assert c["R"] != a["R"] and all(0 <= v <= 1 for v in c["R"][-1])  # trains under bf16 autocast
 
     for bad, field in (({"lr": -1}, "methods.1.training.lr"), ({"optimizer": "rmsprop"}, "methods.1.training.optimizer"),
                        ({"augment": {"scale": [0.9, 0.1]}}, "methods.1.training.augment"),
