@@ -12,23 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import sys
-import tempfile
 from functools import lru_cache
-from pathlib import Path
-from typing import Callable
 
 import torch
-from filelock import FileLock
-from safetensors.torch import load_file, save_file
 
 from . import CmbenchError, data as data_mod, published
-from .measure import measured
 from .models import Head, create_backbone, device_for, device_type, features, models_version
 from .suite import Suite, Task
-from .tensors import StateDict, content_hash
+from .store import Store
+from .tensors import StateDict
 from .train import TRAIN_VERSION, fit
 
 # Bump one when a change alters any number that artefact holds (its tensors, or the test
@@ -56,137 +50,6 @@ def artefact_key(kind: str, components: dict, on: dict, *parts) -> str:
 def data_versions(tasks: list[Task]) -> dict:
     """The version of the code (and data files) that builds each dataset ``tasks`` read."""
     return {t.dataset: data_mod.DATASET_VERSIONS[t.dataset] for t in tasks}
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# a sidecar's ``tensors`` when only the sidecar is stored (``Store.get_or_make(reload=...)``)
-RELOADED = "reloaded from the source"
-
-
-def reloaded(meta: dict, reload, where: str) -> StateDict | None:
-    """The tensors of an artefact stored as its sidecar alone, re-read with ``reload`` and
-    checked against the recorded content hash; None if the artefact stores its tensors."""
-    if reload is None or meta.get("tensors") != RELOADED:
-        return None
-    tensors = reload()
-    if content_hash(tensors) != meta["content_hash"]:
-        raise CmbenchError(f"{where}: its source now gives other tensors than when it was recorded (the file "
-                           "changed); delete the sidecar to re-measure, or restore the file")
-    return tensors
-
-
-def _write_tensors(path: Path, tensors: StateDict) -> None:
-    """safetensors written under a temporary name and renamed into place (a reader never
-    sees half a file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-class Store:
-    """A cache directory of ``<kind>/<key>.safetensors`` + ``<key>.json``."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    def _paths(self, kind: str, key: str) -> tuple[Path, Path]:
-        d = self.root / kind
-        return d / f"{key}.safetensors", d / f"{key}.json"
-
-    def get_or_make(self, kind: str, key: str, make: Callable[[], tuple[StateDict, dict]],
-                    reload: Callable[[], StateDict] | None = None) -> tuple[StateDict, dict]:
-        """The artefact, built by ``make`` on first use. With ``reload`` (an artefact that is a
-        conversion of a file the user keeps, e.g. an expert checkpoint) only the sidecar is
-        stored and the tensors are re-read with ``reload`` and checked against its content
-        hash: an L/14 TALL20 stream would otherwise keep its 24 GB of experts twice."""
-        tensors_path, meta_path = self._paths(kind, key)
-        if meta_path.exists():  # the sidecar is written last: its presence marks completion
-            return self._load(tensors_path, meta_path, reload)
-        tensors_path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(tensors_path) + ".lock"):
-            if meta_path.exists():
-                return self._load(tensors_path, meta_path, reload)
-            # under the lock no one else writes this artefact: a temporary file of it is what a
-            # killed writer left (at real scale, gigabytes), never read
-            for path in (tensors_path, meta_path):
-                for stale in path.parent.glob(f".{path.name}.*.tmp"):
-                    stale.unlink(missing_ok=True)
-            cost: dict = {}
-            with measured(cost, "build"):
-                tensors, meta = make()
-            tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
-            meta = dict(meta, key=key, content_hash=content_hash(tensors), build=cost["build"])
-            if reload is not None:
-                meta["tensors"] = RELOADED
-                atomic_write_bytes(meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())
-                return tensors, meta
-            _write_tensors(tensors_path, tensors)
-            atomic_write_bytes(meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())
-        return tensors, meta
-
-    def has(self, kind: str, key: str) -> bool:
-        return self._paths(kind, key)[1].exists()
-
-    # -- mutable entries (a running job's latest state, replaced at every step) ----------------
-    def put(self, kind: str, key: str, tensors: StateDict, meta: dict) -> None:
-        """Replace the entry: tensors first, then the sidecar with their content hash (a
-        reader that finds the two out of step, after a crash between them, gets nothing)."""
-        tensors_path, meta_path = self._paths(kind, key)
-        tensors_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_tensors(tensors_path, tensors)
-        atomic_write_bytes(meta_path, json.dumps(dict(meta, content_hash=content_hash(tensors))).encode())
-
-    def get(self, kind: str, key: str) -> tuple[StateDict, dict] | None:
-        """A mutable entry, or None if absent, unreadable or torn."""
-        tensors_path, meta_path = self._paths(kind, key)
-        try:
-            meta = json.loads(meta_path.read_text())
-            tensors = load_file(str(tensors_path))
-        except Exception:  # noqa: BLE001 - absent or half-written: as if absent
-            return None
-        return (tensors, meta) if content_hash(tensors) == meta.get("content_hash") else None
-
-    def delete(self, kind: str, key: str) -> None:
-        for path in self._paths(kind, key):
-            path.unlink(missing_ok=True)
-
-    def content_hash(self, kind: str, key: str) -> str | None:
-        """The content hash its sidecar records, or None if the artefact is not here."""
-        try:
-            return json.loads(self._paths(kind, key)[1].read_text())["content_hash"]
-        except (OSError, ValueError, KeyError):
-            return None
-
-    @staticmethod
-    def _load(tensors_path: Path, meta_path: Path, reload=None) -> tuple[StateDict, dict]:
-        meta = json.loads(meta_path.read_text())
-        tensors = reloaded(meta, reload, str(meta_path))
-        if tensors is not None:
-            return tensors, meta
-        try:
-            tensors = load_file(str(tensors_path))
-        except Exception as e:
-            raise CmbenchError(f"{tensors_path}: unreadable cached artefact ({e}); delete it to rebuild") from None
-        if content_hash(tensors) != meta["content_hash"]:
-            raise CmbenchError(f"{tensors_path}: content hash does not match {meta_path.name}; delete both to rebuild")
-        return tensors, meta
 
 
 # -- the artefacts of a micro suite ---------------------------------------------------------

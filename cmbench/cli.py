@@ -207,7 +207,7 @@ def _selected(recs: list[dict], results: Path, suite: str | None, methods: list[
 
 
 def cmd_report(args) -> int:
-    from .runner import load_results
+    from .results import load_results
 
     methods = [m for m in args.methods.split(",") if m] if args.methods else None
     results, output, plots = _report_paths(args)

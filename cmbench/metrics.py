@@ -14,7 +14,7 @@ NaN (undefined, e.g. classes not learned yet) and are then skipped. Indices belo
 Class-incremental results also carry ACC_all after every step (the accuracy over the
 union of the seen tasks' test samples): ACC_all is its final value, AAA its mean over
 steps 1..T. Metrics are never part of a result's key: a fix here changes them everywhere
-they are read (``runner.load_results`` derives them afresh), never recomputes a job.
+they are read (``results.load_results`` derives them afresh), never recomputes a job.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from .artefacts import Store, expert_key, theta0_key
+from .artefacts import expert_key, theta0_key
+from .store import Store
 from .suite import Job, Suite
 
 # Effective throughput assumed for a job's GPU work on an H100/H200-class GPU. Jobs compute

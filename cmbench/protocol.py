@@ -34,9 +34,11 @@ import torch
 
 from . import CmbenchError, __version__, jobstate, metrics, published
 from . import methods as methods_mod
-from .artefacts import (SuiteArtefacts, Store, artefact_key, data_versions, expert_key, heads_key, load_tasks,
+from .artefacts import (SuiteArtefacts, artefact_key, data_versions, expert_key, heads_key, load_tasks,
                         theta0_key)
-from .models import accuracy, create_backbone, device_for, layout_of, models_version, numerics, to_device
+from .models import (accuracy, create_backbone, device_for, feature_dim, layout_of, models_version, numerics,
+                     to_device)
+from .store import Store
 from .suite import Job, LoRA, Suite, Training
 from .tensors import StateDict, first_nonfinite, nbytes
 from .train import TRAIN_VERSION
@@ -562,7 +564,7 @@ class Learner:
         model = create_backbone(suite.backbone)
         model.load_state_dict(start)
         model.train()
-        lin = torch.nn.Linear(suite.backbone.feature_dim, self.space.n)
+        lin = torch.nn.Linear(feature_dim(suite.backbone), self.space.n)
         with torch.no_grad():
             lin.weight.copy_(head["weight"])
             lin.bias.copy_(head["bias"])
@@ -637,7 +639,7 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
     space = ClassSpace(tasks, order)
     learner = Learner(suite, tasks, space, suite.training_of(job))
     gen = torch.Generator().manual_seed(job.seed)
-    head = {"weight": torch.randn(space.n, suite.backbone.feature_dim, generator=gen) * 0.02,
+    head = {"weight": torch.randn(space.n, feature_dim(suite.backbone), generator=gen) * 0.02,
             "bias": torch.zeros(space.n)}
     incremental = suite.heads.kind
     ctx.job_lora = job.lora

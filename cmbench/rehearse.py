@@ -399,12 +399,14 @@ def local_experts(suite: Suite, root: Path) -> Suite:
 
 
 def _hf_vision_config(suite: Suite) -> dict:
+    from .models import feature_dim
+
     v = suite.backbone.open_clip_config()["vision_cfg"]
     return {"architectures": ["CLIPVisionModel"], "model_type": "clip_vision_model", "hidden_size": v["width"],
             "intermediate_size": int(v["width"] * v.get("mlp_ratio", 4.0)), "num_hidden_layers": v["layers"],
             "num_attention_heads": v["width"] // v.get("head_width", 64), "image_size": suite.backbone.image_size,
             "patch_size": v["patch_size"], "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
-            "projection_dim": suite.backbone.feature_dim}
+            "projection_dim": feature_dim(suite.backbone)}
 
 
 # -- the rehearsal run and what it measured ----------------------------------------------------
@@ -491,7 +493,8 @@ def measurements(suite: Suite, out: Path, phases: dict, root: Path, labels: set[
     artefact sidecars, and the cost model checked against them."""
     from .measure import disk_bytes
     from .plan import backbone_gflops, backbone_params
-    from .runner import Paths, load_results
+    from .results import load_results
+    from .runner import Paths
 
     paths = Paths(out)
     recs = [r for r in load_results(paths.results / suite.name, include_rehearsal=True)
@@ -615,7 +618,7 @@ def train_step_probe(suite: Suite, batches: tuple[int, ...], threads: int) -> di
     import torch
 
     from .measure import measured, memory
-    from .models import create_backbone
+    from .models import create_backbone, feature_dim
     from .lora import add_lora
 
     torch.set_num_threads(threads)
@@ -626,7 +629,7 @@ def train_step_probe(suite: Suite, batches: tuple[int, ...], threads: int) -> di
     out: dict[str, Any] = {"target_batch": target, "batches": list(batches), "threads": threads}
     for kind, lora in kinds.items():
         model = create_backbone(suite.backbone)
-        head = torch.nn.Linear(suite.backbone.feature_dim, 20)
+        head = torch.nn.Linear(feature_dim(suite.backbone), 20)
         if lora:
             for p in model.parameters():
                 p.requires_grad_(False)

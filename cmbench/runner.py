@@ -28,12 +28,12 @@ from typing import Any, Callable, Iterable, Iterator
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
-from . import CmbenchError, metrics, pins
-from .artefacts import Store, SuiteArtefacts, atomic_write_bytes, expert_key, theta0_key
+from . import CmbenchError, pins
+from .artefacts import SuiteArtefacts, expert_key, theta0_key
 from .measure import measured
 from .methods import baseline_dirs
 from .protocol import job_inputs, key_of, nan_to_none, run, with_content
-from .store import open_store
+from .store import Store, atomic_write_bytes, open_store
 from .suite import Job, Suite, expand, load_suite
 
 
@@ -468,7 +468,7 @@ def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, skip:
             update={"job_time_limit_s": job_time_limit})})
     sources: dict[str, dict] = {}
     if use_tuned:
-        from .tune import tuned_specs
+        from .tuned import tuned_specs
 
         extra = tuned_specs(suite, out)
         if not extra:
@@ -700,30 +700,4 @@ def _drain(results: Iterable, desc: str, total: int) -> list:
     return out
 
 
-def load_results(results_dir: str | Path, include_rehearsal: bool = False) -> list[dict]:
-    """Every result file under ``results_dir``; metrics are derived afresh from R (they are
-    not part of a key, so a fix to ``metrics.py`` reaches every committed result). A
-    rehearsal's results (random weights) are refused unless ``include_rehearsal``."""
-    out = []
-    for p in sorted(Path(results_dir).rglob("*.json")):
-        try:
-            rec = json.loads(p.read_text())
-        except ValueError:
-            raise CmbenchError(f"{p}: not valid JSON; delete it and rerun its suite") from None
-        if isinstance(rec, dict) and "suite" in rec and "status" in rec:
-            rec["_path"] = str(p)
-            if rec["status"] == "ok":
-                rec["metrics"] = derived_metrics(rec)
-            if rec.get("rehearsal") and not include_rehearsal:
-                raise CmbenchError(f"{p}: a rehearsal's result (random weights, generated data), not a benchmark "
-                                   "number; report it with --include-rehearsal (tables are then labelled)")
-            out.append(rec)
-    return out
-
-
-def derived_metrics(rec: dict) -> dict[str, float]:
-    acc_all = rec.get("ACC_all_steps") if rec.get("heads") == "class_incremental" else None
-    return metrics.all_metrics(rec["R"], rec.get("E"), acc_all)
-
-
-__all__ = ["run_suite", "load_results", "load_suite", "Paths"]
+__all__ = ["run_suite", "load_suite", "Paths"]

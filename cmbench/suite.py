@@ -14,7 +14,6 @@ import math
 import random
 import re
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 
 from . import CmbenchError
 from . import methods as methods_mod
+from .catalog import DATASET_PARAMS
 from .fingerprint import method_fingerprint
 
 Setting = Literal["merge_stream", "train_then_merge"]
@@ -122,12 +122,6 @@ class TimmViT(Strict):
     @property
     def image_size(self) -> int:
         return int(self.kwargs.get("img_size", 224))
-
-    @cached_property
-    def feature_dim(self) -> int:  # builds the model once: the Learner asks at every task
-        from .models import create_backbone
-
-        return int(create_backbone(self).num_features)
 
 
 AnyBackbone = Annotated[Union[TinyViT, OpenCLIP, TimmViT], Field(discriminator="kind")]
@@ -239,24 +233,15 @@ class Task(Strict):
     @field_validator("dataset")
     @classmethod
     def _known(cls, v: str) -> str:
-        from .data import DATASETS
-
-        if v not in DATASETS:
-            raise ValueError(f"unknown dataset {v!r}; known: {', '.join(sorted(DATASETS))}")
+        if v not in DATASET_PARAMS:
+            raise ValueError(f"unknown dataset {v!r}; known: {', '.join(sorted(DATASET_PARAMS))}")
         return v
 
     @model_validator(mode="after")
     def _known_params(self):
-        """``params`` are the dataset builder's keyword arguments: an unknown one is named
-        here, not later as a TypeError inside the builder."""
-        import inspect
-
-        from .data import DATASETS
-
-        sig = inspect.signature(DATASETS[self.dataset])
-        if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-            return self
-        allowed = [n for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY]
+        """``params`` are the dataset builder's keyword arguments (``cmbench/catalog.py``):
+        an unknown one is named here, not later as a TypeError inside the builder."""
+        allowed = DATASET_PARAMS[self.dataset]
         unknown = sorted(set(self.params) - set(allowed))
         if unknown:
             raise ValueError(f"params: unknown parameter {unknown[0]!r} of dataset {self.dataset}; "

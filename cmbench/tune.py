@@ -26,13 +26,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import CmbenchError, metrics
-from .artefacts import Store, atomic_write_bytes
-from .store import open_store
+from .store import Store, atomic_write_bytes, open_store
 from .suite import Job, MethodSpec, Suite, expand, load_suite
-
-
-def tuned_path(out: str | Path, suite: str, label: str) -> Path:
-    return Path(out) / "tuned" / suite / f"{label}.json"
+from .tuned import tuned_path
 
 
 class _FreshEvalStore:
@@ -200,21 +196,3 @@ def _log_trials(uri: str, suite: Suite, spec: MethodSpec, trials: list[dict], lo
                     mlflow.log_metric("val_acc", t["val_acc"])
     except Exception as e:  # noqa: BLE001 - tracking must not lose a finished sweep
         log(f"warning: MLflow logging of the sweep failed ({type(e).__name__}: {e}); the sweep is saved")
-
-
-def tuned_specs(suite: Suite, out: str | Path) -> list[tuple[MethodSpec, dict]]:
-    """``--use-tuned``: for each method with a tuned file, a ``<label>-tuned`` spec with the
-    chosen values (and the file's summary to record in its results)."""
-    from . import methods as methods_mod
-
-    extra = []
-    for spec in suite.methods:
-        path = tuned_path(out, suite.name, spec.display)
-        if not path.exists():
-            continue
-        t = json.loads(path.read_text())
-        hp = methods_mod.validate_hparams(methods_mod.get(spec.name), {**spec.hparams, **t["best"]})
-        source = {"kind": "tuned", "oracle": bool(t.get("oracle")), "scored_on": t["scored_on"],
-                  "file": str(path), "search": t["search"]}
-        extra.append((spec.model_copy(update={"label": f"{spec.display}-tuned", "hparams": hp, "search": {}}), source))
-    return extra

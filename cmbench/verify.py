@@ -39,7 +39,8 @@ from .artefacts import load_tasks
 from .fingerprint import method_fingerprint
 from .models import device_type
 from .protocol import nan_to_none
-from .runner import (_executor, _prepare_artefacts, _run_job, flatten, load_results, recorded_content,
+from .results import load_results
+from .runner import (_executor, _prepare_artefacts, _run_job, flatten, recorded_content,
                      stale_reason)
 from .store import open_store
 from .suite import Job, LoRA, Suite, load_suite, resolve_suite

@@ -86,8 +86,10 @@ def test_clip_suite_end_to_end_offline(tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
     from cmbench import CmbenchError
-    from cmbench.artefacts import SuiteArtefacts, Store
-    from cmbench.runner import load_results, run_suite
+    from cmbench.artefacts import SuiteArtefacts
+    from cmbench.store import Store
+    from cmbench.results import load_results
+    from cmbench.runner import run_suite
     from cmbench.suite import load_suite
 
     data = tmp_path / "data"
@@ -252,7 +254,8 @@ def test_finetune_then_dry_run_then_run(tmp_path, monkeypatch, capsys):
     assert "2 to fine-tune" in text and "seed 0 pcam: test accuracy" in text
     assert main(["run", str(path), "--dry-run", *common]) == 0
     assert "experts to fine-tune: 0" in capsys.readouterr().out
-    from cmbench.runner import load_results, run_suite
+    from cmbench.results import load_results
+    from cmbench.runner import run_suite
 
     run_suite(path, out=out, executor="local", log=lambda s: None)
     rec = load_results(out / "results")[0]
@@ -280,7 +283,8 @@ def test_split_vit_suite_runs_offline_on_a_tiny_timm_vit(tmp_path, monkeypatch):
     """The split ViT path (timm backbone, class_split tasks, LoRA on k/v) end to end."""
     from PIL import Image
 
-    from cmbench.runner import load_results, run_suite
+    from cmbench.results import load_results
+    from cmbench.runner import run_suite
 
     rng = np.random.default_rng(0)
     for split in ("train", "test"):

@@ -143,7 +143,7 @@ def test_every_method_on_the_gpu_as_on_the_cpu(setting, tmp_path, monkeypatch):
 
     import yaml
 
-    from cmbench.artefacts import Store
+    from cmbench.store import Store
     from cmbench.protocol import run
     from cmbench.suite import Suite, expand
 

@@ -6,7 +6,8 @@ import shutil
 
 from cmbench import artefacts, protocol
 from cmbench.fingerprint import code_fingerprint, normalised_source
-from cmbench.runner import Paths, load_results, run_suite
+from cmbench.results import load_results
+from cmbench.runner import Paths, run_suite
 from cmbench.suite import load_suite
 from cmbench.verify import choose_sample, verify
 

@@ -45,7 +45,8 @@ def mlflow_server(tmp_path):
 def test_runs_are_tracked_on_a_remote_server(nano_copy, mlflow_server):
     from mlflow.tracking import MlflowClient
 
-    from cmbench.runner import load_results, run_suite
+    from cmbench.results import load_results
+    from cmbench.runner import run_suite
     from tests.conftest import NANO
 
     run_suite(NANO, methods=["weight_average"], seeds=1, out=nano_copy, force=True, executor="local",

@@ -25,8 +25,10 @@ def put_in_hub_cache(cache, repo: str, revision: str, tensors: dict) -> None:
 
 
 def test_lock_records_then_refuses_another_copy(tmp_path, monkeypatch):
-    from cmbench.artefacts import Store, SuiteArtefacts
-    from cmbench.runner import load_results, run_suite
+    from cmbench.artefacts import SuiteArtefacts
+    from cmbench.store import Store
+    from cmbench.results import load_results
+    from cmbench.runner import run_suite
     from cmbench.suite import load_suite
 
     import huggingface_hub.constants

@@ -4,15 +4,13 @@ import math
 
 import pytest
 import torch
-import yaml
 
 from cmbench import methods as M
-from cmbench.artefacts import Store
+from cmbench.store import Store
 from cmbench.protocol import run
 from cmbench.suite import Suite, expand
 from cmbench.lora import add_lora, merge_lora
 
-from .test_methods import run_stream
 
 NANO_SPLIT = {
     "name": "nano-split", "setting": "train_then_merge", "seeds": [0],

@@ -104,7 +104,7 @@ def test_report_shows_the_published_column(nano_run, tmp_path):
     assert any(line.startswith("| *pretrained θ0* |") and "| 48.1 |" in line for line in text.splitlines())
     assert "| θ0, published |" in text and "Setup check:" in text
     from cmbench.report.tables import render_table
-    from cmbench.runner import load_results
+    from cmbench.results import load_results
 
     recs = load_results(tmp_path / "results")
     for kind in ("stream", "benchmarks"):

@@ -2,7 +2,6 @@
 resized crops drawn in the whole image's geometry, InfLoRA's test crop, and keys that stay
 as they were for suites that use none of it."""
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +104,7 @@ SPLIT = {"name": "recipes", "setting": "train_then_merge", "seeds": [0],
 
 
 def test_a_methods_own_recipe_is_keyed_validated_and_trained_with(tmp_path):
-    from cmbench.artefacts import Store
+    from cmbench.store import Store
     from cmbench.protocol import job_inputs, key_of, run
 
     plain = Suite.model_validate(SPLIT)

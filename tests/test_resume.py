@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from cmbench import CmbenchError, protocol
-from cmbench.artefacts import Store
+from cmbench.store import Store
 from cmbench.jobstate import KIND, pack, unpack
 from cmbench.suite import Suite, expand
 
@@ -87,7 +87,7 @@ def test_time_limit_stops_a_job_and_a_rerun_resumes(nano_copy):
 def test_pack_copies_tensors_that_share_memory():
     """A fused q/k/v weight's chunks (views of one storage) and a tensor kept twice are stored
     as separate tensors, as safetensors requires."""
-    from cmbench.artefacts import Store
+    from cmbench.store import Store
 
     w = torch.arange(12.0).reshape(6, 2)
     state = {"q": w[:2], "k": w[2:4], "same": [w, w]}

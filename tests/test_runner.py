@@ -11,10 +11,11 @@ from pathlib import Path
 
 import yaml
 
-from cmbench.artefacts import Store
+from cmbench.store import Store
 from cmbench.protocol import run as run_job
 from cmbench.report import render_leaderboard
-from cmbench.runner import Paths, load_results, run_suite
+from cmbench.results import load_results
+from cmbench.runner import Paths, run_suite
 from cmbench.suite import expand, load_suite
 
 from .conftest import NANO, REPO

@@ -23,7 +23,8 @@ def test_tune_picks_on_validation_never_reads_test_and_use_tuned_runs(nano_copy,
 
     from cmbench import artefacts, protocol
     from cmbench.report import render_leaderboard
-    from cmbench.runner import load_results, run_suite
+    from cmbench.results import load_results
+    from cmbench.runner import run_suite
     from cmbench.tune import tune_method
 
     suite = yaml.safe_load(NANO.read_text())

@@ -7,13 +7,13 @@ Builds θ0, heads and experts for one seed of the suite with the YAML overrides 
 model's accuracy for averaging, TA (λ 0.3/0.5/1) and TIES (λ 0.5/1) in the listed task
 order — quick to compare recipes; the benchmark numbers come from `cmbench run`.
 """
-import sys, json, time, copy, yaml, torch
+import sys, json, time, yaml, torch
 torch.set_num_threads(int(__import__('os').environ.get('THREADS', '1')))
 from cmbench.suite import Suite
-from cmbench.artefacts import Store, SuiteArtefacts
+from cmbench.artefacts import SuiteArtefacts
+from cmbench.store import Store
 from cmbench.protocol import Evaluator
 from cmbench import methods as M
-from cmbench.tensors import task_vector, apply
 
 def deep_update(d, u):
     for k, v in u.items():

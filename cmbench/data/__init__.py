@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
 from torch import Tensor
 
 from .. import CmbenchError
+from ..catalog import DATASET_PARAMS
 
 SPLITS = ("train", "val", "test")
 
@@ -96,6 +96,12 @@ def dataset(name: str, version: int | str):
     data file it reads)."""
 
     def deco(fn: Builder) -> Builder:
+        import inspect
+
+        params = {n for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
+        if name not in DATASET_PARAMS or params != set(DATASET_PARAMS[name]):
+            raise RuntimeError(f"dataset {name}: builder parameters {sorted(params)} differ from cmbench/catalog.py "
+                               f"({sorted(DATASET_PARAMS.get(name, ()))}); list them there")
         DATASETS[name] = fn
         DATASET_VERSIONS[name] = version
         return fn

@@ -199,3 +199,82 @@ def _texture(rng, c, size):
     """Speckle density (5 levels)."""
     p = (0.06, 0.18, 0.32, 0.48, 0.66)[c] + rng.uniform(-0.03, 0.03)
     return (rng.random((size, size)) < p) * rng.uniform(0.6, 1.0)
+
+
+# -- glyphs: many classes, one concept per class, several renditions ------------------------
+# Each class is a fixed glyph (three strokes drawn from the class's own random stream, the
+# same for every data seed and domain), so a θ0 pretrained on one rendition has seen the
+# concepts that the continual tasks show in others: the micro analogue of ImageNet-21k's
+# photos and ImageNet-R's renditions of the same classes.
+
+GLYPH_DOMAINS = ("clean", "inverted", "outline", "texture", "blur")
+GLYPH_RENDITIONS = ("inverted", "outline", "texture", "blur")  # "rendition": one of these per image
+
+
+def _glyph_strokes(c: int) -> np.ndarray:
+    """Class c's glyph: three segments (x0, y0, x1, y1) in [0.2, 0.8] of the image side."""
+    return np.random.default_rng([0x676C79, c]).uniform(0.2, 0.8, (3, 4))
+
+
+def _segments_distance(xx, yy, seg: np.ndarray) -> np.ndarray:
+    d = np.full(xx.shape, np.inf, np.float32)
+    for x0, y0, x1, y1 in seg:
+        vx, vy = x1 - x0, y1 - y0
+        t = np.clip(((xx - x0) * vx + (yy - y0) * vy) / max(vx * vx + vy * vy, 1e-6), 0, 1)
+        d = np.minimum(d, np.hypot(xx - x0 - t * vx, yy - y0 - t * vy))
+    return d
+
+
+def _glyph(rng, c: int, size: int, domain: str) -> np.ndarray:
+    yy, xx = _grid(size)
+    seg = _glyph_strokes(c) * size
+    a, s = np.deg2rad(rng.uniform(-12, 12)), rng.uniform(0.85, 1.1)  # a random similarity, then jitter
+    ctr = size / 2
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) * s
+    pts = seg.reshape(-1, 2) - ctr
+    pts = pts @ rot.T + ctr + rng.uniform(-1.5, 1.5, 2) + rng.uniform(-0.5, 0.5, pts.shape)
+    d = _segments_distance(xx, yy, pts.reshape(-1, 4))
+    w = rng.uniform(0.6, 1.1)
+    stroke = np.clip(1.0 - (d - w) / 0.7, 0, 1)
+    if domain == "rendition":
+        domain = GLYPH_RENDITIONS[rng.integers(len(GLYPH_RENDITIONS))]
+    if domain == "clean":
+        return stroke * rng.uniform(0.7, 1.0)
+    if domain == "inverted":
+        return 1.0 - stroke * rng.uniform(0.6, 0.9)
+    if domain == "outline":
+        return np.clip(np.clip(1.0 - (d - w - 1.0) / 0.7, 0, 1) - stroke, 0, 1) * rng.uniform(0.7, 1.0)
+    if domain == "texture":
+        f, ph = rng.uniform(0.8, 1.6), rng.uniform(0, 2 * np.pi)
+        fill = 0.6 + 0.4 * np.sin(f * (xx + yy) + ph)
+        return np.maximum(stroke * fill, (rng.random((size, size)) < 0.15) * 0.4)
+    if domain == "blur":
+        k = np.exp(-0.5 * (np.arange(-3, 4) / rng.uniform(0.9, 1.3)) ** 2)
+        k /= k.sum()
+        img = np.apply_along_axis(lambda r: np.convolve(r, k, "same"), 0, stroke)
+        img = np.apply_along_axis(lambda r: np.convolve(r, k, "same"), 1, img)
+        return 0.2 + img * rng.uniform(0.5, 0.7)
+    raise CmbenchError(f"glyphs: unknown domain {domain!r}; known: {GLYPH_DOMAINS + ('rendition',)}")
+
+
+@dataset("glyphs", MICRO_DATA_VERSION)
+def glyphs(task: str, data_seed: int, img_size: int, *, n_classes: int = 100, classes: list[int] | None = None,
+           domain: str = "clean", n_train: int = 60, n_val: int = 10, n_test: int = 30,
+           noise: float = 0.05) -> TaskData:
+    """``n_classes`` glyphs (class c: three fixed strokes) under a random similarity
+    transform and stroke jitter, drawn in ``domain``: ``clean`` (bright strokes), one
+    rendition (``inverted``, ``outline``, ``texture``, ``blur``) or ``rendition`` (one of
+    those at random per image). ``classes`` keeps a subset (a class-incremental split; labels
+    local, class ids global); ``n_train``/``n_val``/``n_test`` are per class."""
+    if domain not in GLYPH_DOMAINS + ("rendition",):
+        raise CmbenchError(f"glyphs: unknown domain {domain!r}; known: {GLYPH_DOMAINS + ('rendition',)}")
+    keep = list(range(n_classes)) if classes is None else [int(c) for c in classes]
+    if not keep or len(set(keep)) != len(keep) or any(not 0 <= c < n_classes for c in keep):
+        raise CmbenchError(f"glyphs: classes must be distinct ids 0..{n_classes - 1}, got {classes}")
+    splits = {}
+    for s, per in zip(SPLITS, (n_train, n_val, n_test)):
+        rng = _rng(data_seed, task, s)
+        labels = rng.permutation(np.arange(per * len(keep)) % len(keep))
+        imgs = np.stack([_glyph(rng, keep[int(c)], img_size, domain) for c in labels])
+        splits[s] = _to_split(imgs + rng.normal(0.0, noise, imgs.shape), labels)
+    return TaskData(task, [f"glyph{c}" for c in keep], **splits, class_ids=keep)

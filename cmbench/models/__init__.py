@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from functools import lru_cache
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +36,21 @@ def layout_of(model: nn.Module):
     from ..layout import describe
 
     return describe(model.model if isinstance(model, Linearized) else model)
+
+
+def feature_dim(cfg: AnyBackbone) -> int:
+    """The backbone's feature width: from its config where it says (tiny ViT, open_clip),
+    else from the model built once (timm)."""
+    if cfg.kind == "timm":
+        return _timm_feature_dim(cfg.model_dump_json())
+    return cfg.feature_dim
+
+
+@lru_cache(maxsize=8)
+def _timm_feature_dim(cfg_json: str) -> int:
+    from ..suite import TimmViT
+
+    return int(create_backbone(TimmViT.model_validate_json(cfg_json)).num_features)
 
 
 def create_backbone(cfg: AnyBackbone, theta0: dict[str, Tensor] | None = None) -> nn.Module:

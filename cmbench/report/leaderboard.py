@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runner import load_results
+from ..results import load_results
 from . import plots
 
 STREAM_COLS = ("ACC", "AIA", "BWT", "FGT", "FWT", "NACC")

@@ -1,0 +1,25 @@
+"""The datasets a suite may name, with the keyword parameters of each one's builder, readable
+without importing the modules that build them (torch, PIL, ``datasets``).
+
+The suite schema (``cmbench.suite``) checks task entries against it; ``cmbench.data``
+registers every builder against it and refuses one that is missing here or takes other
+parameters, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+_GENERATED = ("n_train", "n_val", "n_test", "noise")  # every generated micro task's split sizes and noise
+
+DATASET_PARAMS: dict[str, tuple[str, ...]] = {
+    # micro (cmbench/data/micro.py)
+    "digits": ("val_frac", "test_frac", "noise", "classes"),
+    "shapes": _GENERATED, "bars": _GENERATED, "dots": _GENERATED, "stripes": _GENERATED + ("freqs",),
+    "quadrant": _GENERATED, "sizes": _GENERATED, "texture": _GENERATED,
+    "glyphs": ("n_classes", "classes", "domain", "n_train", "n_val", "n_test", "noise"),
+    # image folders and hub copies (cmbench/data/vision.py): class-incremental splits, the CLIP tasks
+    "class_split": ("source", "n_tasks", "index", "order_seed", "first", "crop_pct"),
+    **{name: () for name in json.loads((Path(__file__).parent / "data" / "clip_tasks.json").read_text())["tasks"]},
+}
