@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow install clean
+.PHONY: demo test test-slow lint typecheck install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -28,8 +28,18 @@ demo: $(STAMP)
 
 # CI budget (README, "Tests and the CI budget"): `test` under 10 min on a fresh clone of a
 # 2-core machine, install included; `.ci/run` (test, then test-slow) under 45 min.
-test: $(STAMP)
+test: lint typecheck
 	$(BIN)/python -m pytest -q
+
+# style and layout (ruff; configuration in pyproject.toml); the import layers are a test
+# (tests/test_layers.py)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# the public method API type-checks clean
+typecheck: $(STAMP)
+	$(BIN)/mypy --follow-imports=silent --ignore-missing-imports cmbench/methods.py cmbench/tensors.py cmbench/metrics.py
 
 # slower checks: tests marked slow (pytest exits 5 while there are none), then the jobs of a
 # sample covering both micro suites and every component version, recomputed cold

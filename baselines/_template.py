@@ -9,7 +9,7 @@ Write the update as the paper does, e.g.
 and say where the code departs from the paper, and why.
 """
 
-import torch
+import torch  # noqa: F401 - most methods compute with it
 
 from cmbench.methods import Method, merge_function, register
 from cmbench.tensors import apply, task_vector

@@ -75,13 +75,33 @@ def optimise(w0, w_merged, w_new, *, lr, num_steps, mgda, ema, ema_beta, alpha, 
 
 
 @merge_function("dop", paper="Yuan et al., NeurIPS 2025 (Continual Model Merging without Data: Dual Projections)")
-def dop(ctx, merged, incoming, *, lr: float = 1e-4, num_steps: int = 200, mgda: bool = True,
-        ema: bool = True, ema_beta: float = 0.999, alpha: float = 0.8, svd_epsilon: float = 0.99999,
-        svd_proj_space: Literal["uv", "u", "v"] = "uv", non_leaf: Literal["theta0", "average"] = "theta0"):
+def dop(
+    ctx,
+    merged,
+    incoming,
+    *,
+    lr: float = 1e-4,
+    num_steps: int = 200,
+    mgda: bool = True,
+    ema: bool = True,
+    ema_beta: float = 0.999,
+    alpha: float = 0.8,
+    svd_epsilon: float = 0.99999,
+    svd_proj_space: Literal["uv", "u", "v"] = "uv",
+    non_leaf: Literal["theta0", "average"] = "theta0",
+):
     if ctx.step == 1:
         return {k: v.clone() for k, v in incoming.items()}
-    hp = dict(lr=lr, num_steps=num_steps, mgda=mgda, ema=ema, ema_beta=ema_beta, alpha=alpha,
-              eps=svd_epsilon, space=svd_proj_space)
+    hp = dict(
+        lr=lr,
+        num_steps=num_steps,
+        mgda=mgda,
+        ema=ema,
+        ema_beta=ema_beta,
+        alpha=alpha,
+        eps=svd_epsilon,
+        space=svd_proj_space,
+    )
     layout, out = ctx.layout, {}
     with torch.enable_grad():
         for k, w in merged.items():

@@ -31,9 +31,22 @@ class FisherAverage(Method):
     settings = ("merge_stream", "train_then_merge")
     data_access = "current_task"
 
-    def __init__(self, *, n_samples: int = 256, eps: float = 1e-6, fisher: FisherKind = "model",
-                 normalize: bool = True, batch_size: int = 32):
-        self.n_samples, self.eps, self.fisher, self.normalize, self.batch_size = n_samples, eps, fisher, normalize, batch_size
+    def __init__(
+        self,
+        *,
+        n_samples: int = 256,
+        eps: float = 1e-6,
+        fisher: FisherKind = "model",
+        normalize: bool = True,
+        batch_size: int = 32,
+    ):
+        self.n_samples, self.eps, self.fisher, self.normalize, self.batch_size = (
+            n_samples,
+            eps,
+            fisher,
+            normalize,
+            batch_size,
+        )
         self.fisher_sum = None
         self.weighted_sum = None
 
@@ -47,5 +60,7 @@ class FisherAverage(Method):
         else:
             self.fisher_sum = {k: s + F[k] for k, s in self.fisher_sum.items()}
             self.weighted_sum = {k: s + F[k] * incoming[k] for k, s in self.weighted_sum.items()}
-        return {k: self.weighted_sum[k] / self.fisher_sum[k] if k in self.fisher_sum else v.clone()
-                for k, v in incoming.items()}
+        return {
+            k: self.weighted_sum[k] / self.fisher_sum[k] if k in self.fisher_sum else v.clone()
+            for k, v in incoming.items()
+        }

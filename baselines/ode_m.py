@@ -80,19 +80,44 @@ class ODEM(Method):
     data_access = "calibration"
     storage_kinds = {"calib": "samples"}
 
-    def __init__(self, *, num_samples: int = 2048, step_size: float = 0.01, batch_size: int = 128,
-                 barrier: bool = True, barrier_budget: float = 0.08, barrier_tight_power: float = 2.0,
-                 barrier_probe_batches: int = 8, protect_old_only: bool = False, qp_num_constraints: int = 2,
-                 qp_sens_constraints: int = 2, qp_reg: float = 1e-6, qp_tol: float = 1e-6,
-                 dv_over_u_target: float = 0.24, eta_max: float = 1e6, eta_min: float = 0.0,
-                 macro_grad_batches: int = 8, sens_grad_batches: int = 1, constraint_grad_batches: int = 1,
-                 allowed_inc_per_step: float = 0.0, step_backtrack_steps: int = 8, step_shrink: float = 0.7,
-                 step_min: float = 1e-4, macro_w_old: float = 1.0, macro_w_new: float = 1.0,
-                 macro_grad_norm_power: float = 0.25, land_on_t_end: bool = False,
-                 refine: Literal["end", "per_step", "none"] = "end", post_refine_steps: int = 80,
-                 post_refine_lr: float = 1e-6, post_refine_anchor: float = 1e-3, post_refine_radius: float = 1e-3,
-                 post_refine_task_tol: float = 0.02, post_refine_grad_clip: float = 1.0,
-                 post_refine_probe_batches: int = 4):
+    def __init__(
+        self,
+        *,
+        num_samples: int = 2048,
+        step_size: float = 0.01,
+        batch_size: int = 128,
+        barrier: bool = True,
+        barrier_budget: float = 0.08,
+        barrier_tight_power: float = 2.0,
+        barrier_probe_batches: int = 8,
+        protect_old_only: bool = False,
+        qp_num_constraints: int = 2,
+        qp_sens_constraints: int = 2,
+        qp_reg: float = 1e-6,
+        qp_tol: float = 1e-6,
+        dv_over_u_target: float = 0.24,
+        eta_max: float = 1e6,
+        eta_min: float = 0.0,
+        macro_grad_batches: int = 8,
+        sens_grad_batches: int = 1,
+        constraint_grad_batches: int = 1,
+        allowed_inc_per_step: float = 0.0,
+        step_backtrack_steps: int = 8,
+        step_shrink: float = 0.7,
+        step_min: float = 1e-4,
+        macro_w_old: float = 1.0,
+        macro_w_new: float = 1.0,
+        macro_grad_norm_power: float = 0.25,
+        land_on_t_end: bool = False,
+        refine: Literal["end", "per_step", "none"] = "end",
+        post_refine_steps: int = 80,
+        post_refine_lr: float = 1e-6,
+        post_refine_anchor: float = 1e-3,
+        post_refine_radius: float = 1e-3,
+        post_refine_task_tol: float = 0.02,
+        post_refine_grad_clip: float = 1.0,
+        post_refine_probe_batches: int = 4,
+    ):
         self.hp = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.calib = {}  # task -> Split: the nested calibration subsets (counted as samples)
         self.step_log = []  # diagnostics per Euler step: (σ, worst probe-loss excess over the ceiling)
@@ -175,15 +200,18 @@ class ODEM(Method):
                     p.grad = done[have][n].clone() if have else None
                 for x, y in batches[have:]:
                     loss_on(tk, x, y).backward()
-                done[len(batches)] = {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
-                                      for n, p in params.items()}
+                done[len(batches)] = {
+                    n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+                    for n, p in params.items()
+                }
             return done[len(batches)]
 
         T_end = 1.0 / ctx.step
         n_full = math.ceil(1.0 / hp["step_size"])
         grid = torch.linspace(0.0, 1.0, n_full + 1, dtype=torch.float64).tolist()
-        i_max = max(int(torch.searchsorted(torch.tensor(grid), torch.tensor(T_end, dtype=torch.float64),
-                                           right=True)) - 1, 0)
+        i_max = max(
+            int(torch.searchsorted(torch.tensor(grid), torch.tensor(T_end, dtype=torch.float64), right=True)) - 1, 0
+        )
         steps = [(grid[i], grid[i + 1] - grid[i]) for i in range(i_max)]
         if hp["land_on_t_end"] and grid[i_max] < T_end - 1e-12:
             steps.append((grid[i_max], T_end - grid[i_max]))
@@ -219,8 +247,11 @@ class ODEM(Method):
                 excess = sorted(protect, key=lambda tk: L_cur[tk] - ceiling[tk], reverse=True)
                 constraint = excess[: max(1, min(hp["qp_num_constraints"], len(excess)))]
                 if hp["qp_sens_constraints"] > 0:
-                    sens = sorted(((tk, dot(grad(tk, hp["sens_grad_batches"]), u)) for tk in protect),
-                                  key=lambda x: x[1], reverse=True)
+                    sens = sorted(
+                        ((tk, dot(grad(tk, hp["sens_grad_batches"]), u)) for tk in protect),
+                        key=lambda x: x[1],
+                        reverse=True,
+                    )
                     constraint += [tk for tk, d in sens if d > 0.0][: hp["qp_sens_constraints"]]
                 constraint = list(dict.fromkeys(constraint))
             if hp["dv_over_u_target"] > 0:
@@ -245,8 +276,9 @@ class ODEM(Method):
                 K = torch.tensor([[dot(gs[i], gs[j]) for j in range(m)] for i in range(m)], dtype=torch.float64)
                 c = torch.tensor([dot(g, v) for g in gs], dtype=torch.float64)
                 inc = hp["allowed_inc_per_step"] / max(h, eps)
-                b = torch.tensor([min((ceiling_next[tk] - L_cur[tk]) / max(h, eps), inc) for tk in constraint],
-                                 dtype=torch.float64)
+                b = torch.tensor(
+                    [min((ceiling_next[tk] - L_cur[tk]) / max(h, eps), inc) for tk in constraint], dtype=torch.float64
+                )
                 lam, _ = solve_qp(K, c, b, hp["qp_reg"], hp["qp_tol"])
                 for i, g in enumerate(gs):
                     if float(lam[i]) != 0.0:
@@ -275,8 +307,11 @@ class ODEM(Method):
                     scale = scale if accepted else 0.0
                 if not (hp["barrier"] and accepted):  # an accepted trial point is already in place
                     place(scale)
-                worst = max((probe_loss(tk) - ceiling_next[tk] for tk in protect), default=float("-inf")) \
-                    if hp["barrier"] else float("-inf")
+                worst = (
+                    max((probe_loss(tk) - ceiling_next[tk] for tk in protect), default=float("-inf"))
+                    if hp["barrier"]
+                    else float("-inf")
+                )
                 self.step_log.append((scale, worst))
         out = {k: v.clone() for k, v in merged.items()}
         out.update({n: p.detach().clone() for n, p in params.items()})
@@ -292,8 +327,11 @@ class ODEM(Method):
 
         @torch.no_grad()
         def probe_losses():
-            return {tk: sum(float(torch.nn.functional.cross_entropy(nets[tk][1](module(x)), y))
-                            for x, y in probe[tk]) / max(1, len(probe[tk])) for tk in tasks}
+            return {
+                tk: sum(float(torch.nn.functional.cross_entropy(nets[tk][1](module(x)), y)) for x, y in probe[tk])
+                / max(1, len(probe[tk]))
+                for tk in tasks
+            }
 
         base = probe_losses()
         best_loss = sum(base.values()) / len(tasks)

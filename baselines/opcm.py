@@ -52,8 +52,9 @@ def project_batched(S: torch.Tensor, tau: torch.Tensor, alpha: float) -> torch.T
     return (tau.double() - U @ (P * Z) @ Vh).to(tau.dtype)
 
 
-def project_all(layout, S: dict, tau: dict, keys: list[str], alpha: float, chunk: int = 32,
-                batched: bool | None = None) -> dict:
+def project_all(
+    layout, S: dict, tau: dict, keys: list[str], alpha: float, chunk: int = 32, batched: bool | None = None
+) -> dict:
     """The projected τ of every linear weight in ``keys`` (q, k, v separately when fused).
     On the CPU matrix by matrix (:func:`project`); on a GPU the matrices are grouped by shape
     (wide ones transposed: projecting τᵀ against Sᵀ gives the transpose) and projected
@@ -62,8 +63,11 @@ def project_all(layout, S: dict, tau: dict, keys: list[str], alpha: float, chunk
         batched = bool(keys) and S[keys[0]].device.type != "cpu"
     if not batched:
         return {k: layout.map_matrices(k, lambda a, b: project(a, b, alpha), S[k], tau[k]) for k in keys}
-    blocks = [(k, i, a.shape[0] < a.shape[1], a, b) for k in keys
-              for i, (a, b) in enumerate(zip(layout.matrices(k, S[k]), layout.matrices(k, tau[k])))]
+    blocks = [
+        (k, i, a.shape[0] < a.shape[1], a, b)
+        for k in keys
+        for i, (a, b) in enumerate(zip(layout.matrices(k, S[k]), layout.matrices(k, tau[k])))
+    ]
     groups: dict[tuple, list] = {}
     for blk in blocks:
         a = blk[3].mT if blk[2] else blk[3]
@@ -73,8 +77,11 @@ def project_all(layout, S: dict, tau: dict, keys: list[str], alpha: float, chunk
         for j in range(0, len(group), chunk):
             part = group[j : j + chunk]
             orient = lambda t, wide: t.mT if wide else t  # noqa: E731
-            out = project_batched(torch.stack([orient(a, w) for _, _, w, a, _ in part]),
-                                  torch.stack([orient(b, w) for _, _, w, _, b in part]), alpha)
+            out = project_batched(
+                torch.stack([orient(a, w) for _, _, w, a, _ in part]),
+                torch.stack([orient(b, w) for _, _, w, _, b in part]),
+                alpha,
+            )
             for (k, i, w, _, _), o in zip(part, out):
                 done[k, i] = orient(o, w)
     return {k: torch.cat([done[k, i] for i in range(layout[k].split)], dim=0) for k in keys}
@@ -97,8 +104,13 @@ class OPCM(Method):
             self.S = tau
             return clone(incoming)
         layout, S = ctx.layout, {}
-        projected = project_all(layout, self.S, tau, [k for k in self.S if layout[k].kind == "linear"
-                                                      and (layout[k].leaf or self.non_leaf == "sum")], self.alpha)
+        projected = project_all(
+            layout,
+            self.S,
+            tau,
+            [k for k in self.S if layout[k].kind == "linear" and (layout[k].leaf or self.non_leaf == "sum")],
+            self.alpha,
+        )
         for k, s in self.S.items():
             role = layout[k]
             if role.kind == "buffer" or (not role.leaf and self.non_leaf == "rescale"):

@@ -45,10 +45,19 @@ class PerturbAndMerge(Method):
     settings = ("train_then_merge",)
     data_access = "current_task"
 
-    def __init__(self, *, eps: float = 0.5, p0: float = 1 / 3, p_plus: float = 1 / 3, p_minus: float = 1 / 3,
-                 perturbation: Literal["task_vector", "gaussian", "none"] = "task_vector",
-                 alpha: Literal["global", "per_module"] = "global", clamp: bool = True,
-                 fisher_on: Literal["trainable", "all"] = "trainable", fisher_samples: int = 256):
+    def __init__(
+        self,
+        *,
+        eps: float = 0.5,
+        p0: float = 1 / 3,
+        p_plus: float = 1 / 3,
+        p_minus: float = 1 / 3,
+        perturbation: Literal["task_vector", "gaussian", "none"] = "task_vector",
+        alpha: Literal["global", "per_module"] = "global",
+        clamp: bool = True,
+        fisher_on: Literal["trainable", "all"] = "trainable",
+        fisher_samples: int = 256,
+    ):
         total = p0 + p_plus + p_minus
         self.probs = torch.tensor([p0, p_plus, p_minus]) / total
         self.eps, self.perturbation, self.alpha_mode, self.clamp = eps, perturbation, alpha, clamp
@@ -88,7 +97,11 @@ class PerturbAndMerge(Method):
         saved = []
         for name, p in ctx.trainable.items():
             delta = p.data - start[name].to(p.device)
-            d = s * self.eps * delta if self.perturbation == "task_vector" else self._matched_noise(ctx, delta, s * self.eps)
+            d = (
+                s * self.eps * delta
+                if self.perturbation == "task_vector"
+                else self._matched_noise(ctx, delta, s * self.eps)
+            )
             saved.append((p, p.data.clone()))
             p.add_(d)
         self._undo = ("restore", saved)
@@ -138,5 +151,6 @@ class PerturbAndMerge(Method):
         else:
             alphas = {k: alpha_of([k]) for k in delta}
         self.alphas.append(sum(alphas.values()) / max(1, len(alphas)))
-        return {k: (v + alphas[k] * (incoming[k] - v)) if k in alphas else incoming[k].clone()
-                for k, v in merged.items()}
+        return {
+            k: (v + alphas[k] * (incoming[k] - v)) if k in alphas else incoming[k].clone() for k, v in merged.items()
+        }

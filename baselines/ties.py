@@ -56,8 +56,10 @@ def ties_state(vectors: list[dict], k: float, merge_func: str) -> dict:
     if fast:
         ta, tb = (0.0 if t is None else float(t) for t in thresholds)
         return kernels.ties_two(*vectors, ta, tb, merge_func == "mean")
-    trimmed = [vec if t is None else {n: v.where(v.abs() >= t, 0.0) for n, v in vec.items()}
-               for vec, t in zip(vectors, thresholds)]
+    trimmed = [
+        vec if t is None else {n: v.where(v.abs() >= t, 0.0) for n, v in vec.items()}
+        for vec, t in zip(vectors, thresholds)
+    ]
     total = {n: sum(tr[n] for tr in trimmed) for n in vectors[0]}
     majority = torch.sign(sum(torch.sign(v).sum() for v in total.values()))  # γ where Σ is 0
     if len(vectors) == 2:

@@ -57,10 +57,19 @@ class TRM(Method):
     data_access = "current_task"
     reconstruction = True
 
-    def __init__(self, *, checkpoints: int = 4, coefficients: Literal["global", "per_layer"] = "global",
-                 w_align: float = 1.0, w_cons: float = 1.0, w_resp: float = 0.1,
-                 responsiveness: Literal["jacobian", "entropy"] = "jacobian", steps: int = 60,
-                 lr: float = 0.05, batch_size: int = 64):
+    def __init__(
+        self,
+        *,
+        checkpoints: int = 4,
+        coefficients: Literal["global", "per_layer"] = "global",
+        w_align: float = 1.0,
+        w_cons: float = 1.0,
+        w_resp: float = 0.1,
+        responsiveness: Literal["jacobian", "entropy"] = "jacobian",
+        steps: int = 60,
+        lr: float = 0.05,
+        batch_size: int = 64,
+    ):
         self.k, self.granularity = checkpoints, coefficients
         self.w = {"align": w_align, "cons": w_cons, "resp": w_resp}
         self.responsiveness = responsiveness
@@ -88,8 +97,7 @@ class TRM(Method):
         return {k: merged[k] + sum(c[i, g] * d[k] for i, d in enumerate(dirs)) for k, g in groups.items()}
 
     @staticmethod
-    def terms(module, buffers, head_task, head_seen, previous, params, x, y, responsiveness="jacobian",
-              probe_gen=None):
+    def terms(module, buffers, head_task, head_seen, previous, params, x, y, responsiveness="jacobian", probe_gen=None):
         """The three objective terms at ``params`` on a batch of current-task inputs."""
         if responsiveness == "jacobian":  # needs ∂/∂θ of the features (second order)
             params = {k: v if v.requires_grad else v.detach().requires_grad_(True) for k, v in params.items()}
@@ -101,8 +109,12 @@ class TRM(Method):
         if old:
             with torch.no_grad():
                 prev = head_seen(functional_call(module, (previous, buffers), (x,)))[:, :old]
-            cons = torch.nn.functional.kl_div(torch.log_softmax(logits_seen[:, :old], -1),
-                                              torch.log_softmax(prev, -1), log_target=True, reduction="batchmean")
+            cons = torch.nn.functional.kl_div(
+                torch.log_softmax(logits_seen[:, :old], -1),
+                torch.log_softmax(prev, -1),
+                log_target=True,
+                reduction="batchmean",
+            )
         else:
             cons = torch.zeros(())
         if responsiveness == "entropy":
@@ -136,9 +148,18 @@ class TRM(Method):
         for _ in range(self.steps):
             idx = torch.randint(0, len(split), (min(self.batch_size, len(split)),), generator=gen)
             x = split.x[idx].float().div(127.5).sub(1.0)
-            terms = self.terms(module, buffers, head_task, head_seen, previous,
-                               self.combine(merged, dirs, groups, c), x, split.y[idx],
-                               self.responsiveness if self.w["resp"] else "entropy", gen)
+            terms = self.terms(
+                module,
+                buffers,
+                head_task,
+                head_seen,
+                previous,
+                self.combine(merged, dirs, groups, c),
+                x,
+                split.y[idx],
+                self.responsiveness if self.w["resp"] else "entropy",
+                gen,
+            )
             loss = sum(self.w[name] * value for name, value in terms.items() if self.w[name])
             if not torch.is_tensor(loss) or not loss.requires_grad:
                 break  # every objective switched off: keep the endpoint

@@ -13,8 +13,9 @@ from cmbench.methods import merge_function
 from cmbench.tensors import combine
 
 
-@merge_function("weight_average", paper="Wortsman et al. 2022, arXiv:2203.05482",
-                settings=("merge_stream", "train_then_merge"))
+@merge_function(
+    "weight_average", paper="Wortsman et al. 2022, arXiv:2203.05482", settings=("merge_stream", "train_then_merge")
+)
 def weight_average(ctx, merged, incoming):
     t = ctx.step
     # ((t − 1)·M + θ)/t = M + (θ − M)/t: one fused pass (lerp)

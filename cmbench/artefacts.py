@@ -32,7 +32,6 @@ HEADS_VERSION = 1  # make_heads: template, prototype, linear-probe and zero-shot
 EXPERTS_VERSION = 1  # make_expert, load_expert_checkpoint, and load_tasks' test cap (E is measured there)
 
 
-
 def build_numerics(suite: Suite) -> dict[str, str]:
     """θ0, the heads and the experts are built on the suite's device in float32 whatever the
     evaluation precision (their key part; a CPU suite's keys are what they were when every
@@ -64,9 +63,12 @@ def load_tasks(suite: Suite, pretraining: bool = False) -> dict[str, data_mod.Ta
     """The suite's tasks (or, with ``pretraining``, the data θ0 is pretrained on); test
     splits capped at ``evaluation.max_test_per_task`` (a fixed, data-seeded subset)."""
     specs = (suite.pretrain.tasks or suite.tasks) if pretraining else suite.tasks
-    out = {t.name: task_data(t.dataset, t.name, suite.data_seed, suite.backbone.image_size,
-                             json.dumps(t.params, sort_keys=True))
-           for t in specs}
+    out = {
+        t.name: task_data(
+            t.dataset, t.name, suite.data_seed, suite.backbone.image_size, json.dumps(t.params, sort_keys=True)
+        )
+        for t in specs
+    }
     cap = suite.evaluation.max_test_per_task
     if cap and not pretraining:
         out = {n: _cap_test(td, cap, suite.data_seed) for n, td in out.items()}
@@ -90,20 +92,38 @@ def theta0_key(suite: Suite, seed: int) -> str:
     tasks = [t.model_dump() for t in suite.tasks]
     # a rehearsal's θ0 is random weights (from its seed) read from where the real ones would be
     stand_in = [{"rehearsal_seed": suite.rehearsal.seed}] if suite.rehearsal else []
-    return artefact_key("theta0", components, build_numerics(suite), suite.backbone.model_dump(), suite.pretrain.keyed(), tasks,
-                        suite.data_seed, seed, *stand_in)
+    return artefact_key(
+        "theta0",
+        components,
+        build_numerics(suite),
+        suite.backbone.model_dump(),
+        suite.pretrain.keyed(),
+        tasks,
+        suite.data_seed,
+        seed,
+        *stand_in,
+    )
 
 
 def heads_key(suite: Suite, seed: int) -> str:
     components = {"heads": HEADS_VERSION, "models": models_version(suite.backbone), "data": data_versions(suite.tasks)}
-    return artefact_key("heads", components, build_numerics(suite), theta0_key(suite, seed), suite.heads.model_dump(),
-                suite.evaluation.batch_size)
+    return artefact_key(
+        "heads",
+        components,
+        build_numerics(suite),
+        theta0_key(suite, seed),
+        suite.heads.model_dump(),
+        suite.evaluation.batch_size,
+    )
 
 
 def expert_key(suite: Suite, seed: int, task: str) -> str:
     experts = {**suite.experts.model_dump(), "finetune": suite.experts.finetune.keyed()}
-    components = {"experts": EXPERTS_VERSION, "models": models_version(suite.backbone),
-                  "data": data_versions([t for t in suite.tasks if t.name == task])}
+    components = {
+        "experts": EXPERTS_VERSION,
+        "models": models_version(suite.backbone),
+        "data": data_versions([t for t in suite.tasks if t.name == task]),
+    }
     if suite.experts.source == "checkpoints":  # only this task's checkpoint names this expert
         from .models.checkpoint import CHECKPOINT_VERSION
 
@@ -115,8 +135,16 @@ def expert_key(suite: Suite, seed: int, task: str) -> str:
     stand_in = [suite.rehearsal.model_dump(exclude={"caps"})] if suite.rehearsal else []
     # trained (and E measured) in fp32 whatever the evaluation precision: a job in another
     # precision measures E itself (protocol.Evaluator.expert_accuracy)
-    return artefact_key("expert", components, build_numerics(suite), heads_key(suite, seed), task, experts,
-                        suite.evaluation.model_dump(exclude={"precision"}), *stand_in)
+    return artefact_key(
+        "expert",
+        components,
+        build_numerics(suite),
+        heads_key(suite, seed),
+        task,
+        experts,
+        suite.evaluation.model_dump(exclude={"precision"}),
+        *stand_in,
+    )
 
 
 def _rotate_batch(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,8 +170,9 @@ def pretrain_theta0(suite: Suite, seed: int) -> tuple[StateDict, dict]:
 
     ``family_rotation``: label-free; predict which task an image comes from and its
     rotation (0/90/180/270°). ``multitask``: supervised on every task's labels, merged
-    into coarser classes (y // coarse) when ``coarse`` > 1, through throw-away heads (the analogue of a CLIP that has seen the concepts); the suite's
-    own heads are built afterwards from θ0's features and never see these.
+    into coarser classes (y // coarse) when ``coarse`` > 1, through throw-away heads (the
+    analogue of a CLIP that has seen the concepts); the suite's own heads are built afterwards
+    from θ0's features and never see these.
     """
     torch.manual_seed(seed)
     tasks = load_tasks(suite, pretraining=True)
@@ -204,8 +233,9 @@ def make_heads(suite: Suite, seed: int, theta0: StateDict) -> tuple[StateDict, d
             meta = clip_tasks().get(t.dataset)
             if meta is None:
                 raise CmbenchError(f"heads.kind: zero_shot needs class names and templates; {t.dataset} has none")
-            out[f"{t.name}.weight"] = zero_shot_weights(suite.backbone, meta["classnames"], meta["templates"], seed,
-                                                        device=str(device), model=clip)
+            out[f"{t.name}.weight"] = zero_shot_weights(
+                suite.backbone, meta["classnames"], meta["templates"], seed, device=str(device), model=clip
+            )
         return out, {"kind": "zero_shot"}
     for name, td in load_tasks(suite).items():
         feats = torch.nn.functional.normalize(features(backbone, td.train.x, suite.evaluation.batch_size), dim=-1)
@@ -269,11 +299,12 @@ def make_expert(suite: Suite, seed: int, task: str, theta0: StateDict, head: Hea
     params = [p for n, p in backbone.named_parameters() if pattern.search(n)]
     if not params:
         raise CmbenchError(f"experts.finetune.trainable: {recipe.trainable!r} matches no parameter of the backbone")
-    losses = fit(params, loss_fn, td.train.x, td.train.y, recipe, seed * 1000 + idx,
-                 what=f"expert {task}")
+    losses = fit(params, loss_fn, td.train.x, td.train.y, recipe, seed * 1000 + idx, what=f"expert {task}")
     acc = accuracy(backbone, head, td.test.x, td.test.y, suite.evaluation.batch_size)
-    return ({k: v.cpu() for k, v in backbone.state_dict().items()},
-            {"task": task, "test_accuracy": acc, "losses": losses, "device": str(device)})
+    return (
+        {k: v.cpu() for k, v in backbone.state_dict().items()},
+        {"task": task, "test_accuracy": acc, "losses": losses, "device": str(device)},
+    )
 
 
 class SuiteArtefacts:
@@ -283,12 +314,14 @@ class SuiteArtefacts:
         self.suite, self.seed, self.store = suite, seed, store
 
     def theta0(self) -> StateDict:
-        return self.store.get_or_make("theta0", theta0_key(self.suite, self.seed),
-                                      lambda: make_theta0(self.suite, self.seed))[0]
+        return self.store.get_or_make(
+            "theta0", theta0_key(self.suite, self.seed), lambda: make_theta0(self.suite, self.seed)
+        )[0]
 
     def heads(self) -> dict[str, Head]:
-        t, _ = self.store.get_or_make("heads", heads_key(self.suite, self.seed),
-                                      lambda: make_heads(self.suite, self.seed, self.theta0()))
+        t, _ = self.store.get_or_make(
+            "heads", heads_key(self.suite, self.seed), lambda: make_heads(self.suite, self.seed, self.theta0())
+        )
         return split_heads(t, self.suite.task_names())
 
     def expert(self, task: str) -> tuple[StateDict, dict]:
@@ -296,9 +329,12 @@ class SuiteArtefacts:
         if self.suite.experts.source == "checkpoints":  # the user's checkpoint is the copy: not stored twice
             from .models.checkpoint import load_expert
 
-            make = lambda: load_expert_checkpoint(self.suite, task, self.theta0(), self.heads()[task])  # noqa: E731
-            reload = lambda: load_expert(self.suite.experts.checkpoints[task], task, self.theta0(),  # noqa: E731
-                                         "experts.checkpoints")[0]
+            def make():
+                return load_expert_checkpoint(self.suite, task, self.theta0(), self.heads()[task])
+
+            def reload():
+                return load_expert(self.suite.experts.checkpoints[task], task, self.theta0(), "experts.checkpoints")[0]
+
             return self.store.get_or_make("experts", key, make, reload=reload)
         make = lambda: make_expert(self.suite, self.seed, task, self.theta0(), self.heads()[task])  # noqa: E731
         return self.store.get_or_make("experts", key, make)

@@ -62,8 +62,10 @@ def vit_b32_state(seed: int) -> dict[str, torch.Tensor]:
 
 def _perturbed(theta0, seed):
     g = torch.Generator().manual_seed(seed)
-    return {k: v + 1e-3 * torch.randn(v.shape, generator=g).to(v.device) if v.is_floating_point() else v.clone()
-            for k, v in theta0.items()}
+    return {
+        k: v + 1e-3 * torch.randn(v.shape, generator=g).to(v.device) if v.is_floating_point() else v.clone()
+        for k, v in theta0.items()
+    }
 
 
 class _Images:
@@ -77,8 +79,10 @@ class _Images:
         from .data import Split
 
         g = torch.Generator().manual_seed(int(task[1:]))
-        return Split(x=torch.randint(0, 256, (n, 3, 224, 224), dtype=torch.uint8, generator=g).to(self.on),
-                     y=torch.randint(0, 10, (n,), generator=g).to(self.on))
+        return Split(
+            x=torch.randint(0, 256, (n, 3, 224, 224), dtype=torch.uint8, generator=g).to(self.on),
+            y=torch.randint(0, 10, (n,), generator=g).to(self.on),
+        )
 
     def current(self, split: str = "train"):
         return self._split(self.ctx.task, self.n)
@@ -119,8 +123,14 @@ def _measure_method(name: str, threads: int, repeats: int, device: str, hparams:
     hparams = dict(hparams)
     n_images = hparams.pop("bench_samples", 256)
     method = methods_mod.create(name, hparams)
-    ctx = methods_mod.Context(theta0=theta0, num_tasks=2 + repeats, seed=0, device=torch.device(device),
-                              generator=torch.Generator().manual_seed(0), layout=layout)
+    ctx = methods_mod.Context(
+        theta0=theta0,
+        num_tasks=2 + repeats,
+        seed=0,
+        device=torch.device(device),
+        generator=torch.Generator().manual_seed(0),
+        layout=layout,
+    )
     if type(method).data_access != "none":  # data-using methods: random images, a real forward pass
         ctx.data, ctx.network = _Images(n_images, torch.device(device)), _network(device)
         ctx.data.ctx = ctx.network.ctx = ctx
@@ -169,8 +179,9 @@ def _stream_memory(name: str, T: int, threads: int, q) -> None:
 
     theta0, layout = vit_b32(0)
     method = methods_mod.create(name, {})
-    ctx = methods_mod.Context(theta0=theta0, num_tasks=T, seed=0, generator=torch.Generator().manual_seed(0),
-                              layout=layout)
+    ctx = methods_mod.Context(
+        theta0=theta0, num_tasks=T, seed=0, generator=torch.Generator().manual_seed(0), layout=layout
+    )
     method.start(ctx)
     base = _reset_peak()
     merged = theta0
@@ -215,9 +226,11 @@ def _eval_throughput(threads: int, device: str) -> list[dict]:
     plain = create_backbone(tiny).to(device)
     lin = create_backbone(tiny.model_copy(update={"linearized": True}), plain.state_dict()).to(device)
     vit = CLIPImageEncoder.create(OpenCLIP(kind="open_clip", model="ViT-B-32", pretrained=None)).to(device)
-    for label, model, shape, n, bs in (("tiny ViT (micro)", plain, (1, 16, 16), 8192, 1024),
-                                       ("tiny ViT, linearised", lin, (1, 16, 16), 4096, 1024),
-                                       ("ViT-B/32 224²", vit, (3, 224, 224), 256 if device == "cpu" else 8192, 128 if device == "cpu" else 512)):
+    for label, model, shape, n, bs in (
+        ("tiny ViT (micro)", plain, (1, 16, 16), 8192, 1024),
+        ("tiny ViT, linearised", lin, (1, 16, 16), 4096, 1024),
+        ("ViT-B/32 224²", vit, (3, 224, 224), 256 if device == "cpu" else 8192, 128 if device == "cpu" else 512),
+    ):
         x = torch.randint(0, 255, (n, *shape), dtype=torch.uint8)
         out.append({"model": label, "img_s": _img_s(model, x, bs)})
     if device == "cuda":
@@ -262,8 +275,15 @@ def _cuda_eval_variants(vit, x: torch.Tensor, bs: int) -> list[dict]:
     for precision in ("fp32", "tf32", "bf16"):
         cos = torch.nn.functional.cosine_similarity(features(vit, x[:bs], bs, precision), ref, dim=-1).min()
         harness, bare = _img_s(vit, x, bs, precision), _bare_img_s(vit, x, bs, precision)
-        rows.append({"model": f"ViT-B/32 224², {precision}", "img_s": harness, "bare_img_s": bare,
-                     "harness_vs_bare": harness / bare, "min_cos_vs_fp32": float(cos)})
+        rows.append(
+            {
+                "model": f"ViT-B/32 224², {precision}",
+                "img_s": harness,
+                "bare_img_s": bare,
+                "harness_vs_bare": harness / bare,
+                "min_cos_vs_fp32": float(cos),
+            }
+        )
     return rows
 
 
@@ -281,10 +301,18 @@ def _suite_times(suite: str, skip: tuple[str, ...] = ()) -> dict:
         return {"suite": suite, "skipped": list(skip), "cold_s": cold, "warm_s": time.perf_counter() - t0}
 
 
-def run_bench(methods=DEFAULT_METHODS, threads: int = 2, repeats: int = 3, device: str = "cpu",
-              suite: str | None = None, stream_memory=("task_arithmetic", "ties", "magmax", "opcm"),
-              suite_skip: tuple[str, ...] = ("ode_m",), log=print, hparams: dict | None = None,
-              evaluation: bool = True) -> dict:
+def run_bench(
+    methods=DEFAULT_METHODS,
+    threads: int = 2,
+    repeats: int = 3,
+    device: str = "cpu",
+    suite: str | None = None,
+    stream_memory=("task_arithmetic", "ties", "magmax", "opcm"),
+    suite_skip: tuple[str, ...] = ("ode_m",),
+    log=print,
+    hparams: dict | None = None,
+    evaluation: bool = True,
+) -> dict:
     """``hparams``: per method, values that override its defaults (``bench_samples``: the
     images a data-using method is handed, default 256)."""
     ctx = mp.get_context("spawn")
@@ -305,8 +333,9 @@ def run_bench(methods=DEFAULT_METHODS, threads: int = 2, repeats: int = 3, devic
                     out = q.get(timeout=1)
                     break
                 except queue.Empty:
-                    raise RuntimeError(f"bench: {target.__name__}{args} died (exit code {p.exitcode}); "
-                                       "its traceback is above") from None
+                    raise RuntimeError(
+                        f"bench: {target.__name__}{args} died (exit code {p.exitcode}); its traceback is above"
+                    ) from None
         p.join()
         return out
 
@@ -315,13 +344,18 @@ def run_bench(methods=DEFAULT_METHODS, threads: int = 2, repeats: int = 3, devic
     for name in methods:  # one method failing (e.g. a device bug) still reports the others
         try:
             hp = dict((hparams or {}).get(name, {}))
-            results["methods"].append({**fresh_process(_measure_method, name, threads, repeats, device, hp),
-                                       **({"hparams": hp} if hp else {})})
+            results["methods"].append(
+                {
+                    **fresh_process(_measure_method, name, threads, repeats, device, hp),
+                    **({"hparams": hp} if hp else {}),
+                }
+            )
         except RuntimeError as e:
             results["methods"].append({"method": name, "error": str(e)})
     if stream_memory and device == "cpu":
-        results["stream_memory"] = [fresh_process(_stream_memory, name, T, threads)
-                                    for name in stream_memory for T in (8, 20)]
+        results["stream_memory"] = [
+            fresh_process(_stream_memory, name, T, threads) for name in stream_memory for T in (8, 20)
+        ]
     results["eval"] = _eval_throughput(threads, device) if evaluation else []
     if suite:
         results["suite"] = _suite_times(suite, suite_skip)
@@ -335,10 +369,14 @@ def _floor_proc(threads, device, q):
 
 def format_bench(r: dict) -> str:
     f = r["floor"]
-    lines = [f"cmbench bench: {f['params'] / 1e6:.1f}M parameters (CLIP ViT-B/32 image tower, random), "
-             f"{r['threads']} threads, {r['device']}, torch {r['torch']}",
-             f"memory-bandwidth floor (in-place axpy over all floats): {f['axpy_s'] * 1e3:.2f} ms ({f['gbps']:.1f} GB/s)",
-             "", "| method | merge step (s) | × floor | peak memory (MB) |", "|---|---|---|---|"]
+    lines = [
+        f"cmbench bench: {f['params'] / 1e6:.1f}M parameters (CLIP ViT-B/32 image tower, random), "
+        f"{r['threads']} threads, {r['device']}, torch {r['torch']}",
+        f"memory-bandwidth floor (in-place axpy over all floats): {f['axpy_s'] * 1e3:.2f} ms ({f['gbps']:.1f} GB/s)",
+        "",
+        "| method | merge step (s) | × floor | peak memory (MB) |",
+        "|---|---|---|---|",
+    ]
     for m in r["methods"]:
         if "error" in m:
             lines.append(f"| {m['method']} | failed: {m['error']} | | |")
@@ -351,11 +389,16 @@ def format_bench(r: dict) -> str:
         lines += ["", "| merge stream (88M params) | peak MB, T = 8 | T = 20 | ratio |", "|---|---|---|---|"]
         lines += [f"| {k} | {v[8]:.0f} | {v[20]:.0f} | {v[20] / max(v[8], 1e-9):.2f} |" for k, v in by.items()]
     lines += ["", "| evaluation | img/s |", "|---|---|"]
-    lines += [f"| {e['model']} | {e['img_s']:.0f} |"
-              + (f" bare forward {e['bare_img_s']:.0f} img/s (harness {100 * e['harness_vs_bare']:.0f} %)"
-                 if "bare_img_s" in e else "")
-              + (f" (features' min cosine to fp32: {e['min_cos_vs_fp32']:.5f})" if "min_cos_vs_fp32" in e else "")
-              for e in r["eval"]]
+    lines += [
+        f"| {e['model']} | {e['img_s']:.0f} |"
+        + (
+            f" bare forward {e['bare_img_s']:.0f} img/s (harness {100 * e['harness_vs_bare']:.0f} %)"
+            if "bare_img_s" in e
+            else ""
+        )
+        + (f" (features' min cosine to fp32: {e['min_cos_vs_fp32']:.5f})" if "min_cos_vs_fp32" in e else "")
+        for e in r["eval"]
+    ]
     if "suite" in r:
         s = r["suite"]
         left_out = f", without {', '.join(s['skipped'])}" if s.get("skipped") else ""

@@ -16,8 +16,13 @@ _GENERATED = ("n_train", "n_val", "n_test", "noise")  # every generated micro ta
 DATASET_PARAMS: dict[str, tuple[str, ...]] = {
     # micro (cmbench/data/micro.py)
     "digits": ("val_frac", "test_frac", "noise", "classes"),
-    "shapes": _GENERATED, "bars": _GENERATED, "dots": _GENERATED, "stripes": _GENERATED + ("freqs",),
-    "quadrant": _GENERATED, "sizes": _GENERATED, "texture": _GENERATED,
+    "shapes": _GENERATED,
+    "bars": _GENERATED,
+    "dots": _GENERATED,
+    "stripes": _GENERATED + ("freqs",),
+    "quadrant": _GENERATED,
+    "sizes": _GENERATED,
+    "texture": _GENERATED,
     "glyphs": ("n_classes", "classes", "domain", "n_train", "n_val", "n_test", "noise"),
     # image folders and hub copies (cmbench/data/vision.py): class-incremental splits, the CLIP tasks
     "class_split": ("source", "n_tasks", "index", "order_seed", "first", "crop_pct"),

@@ -1,12 +1,12 @@
 """``cmbench``: run suites, render the leaderboard, list what exists.
 
-    cmbench run suites/micro-digits-merge.yaml           # all methods, seeds and orders
-    cmbench run SUITE --methods ties,task_arithmetic --seeds 1 --orders 2
-    cmbench run clip-vit-b32-ta8 --dry-run                # jobs, downloads, fine-tuning, GPU time
-    cmbench finetune SUITE                                # the experts a suite needs (Ray jobs)
-    cmbench report                                        # results/ -> leaderboard.md + plots/
-    cmbench list methods | suites
-    cmbench check my_method                               # the conformance kit
+cmbench run suites/micro-digits-merge.yaml           # all methods, seeds and orders
+cmbench run SUITE --methods ties,task_arithmetic --seeds 1 --orders 2
+cmbench run clip-vit-b32-ta8 --dry-run                # jobs, downloads, fine-tuning, GPU time
+cmbench finetune SUITE                                # the experts a suite needs (Ray jobs)
+cmbench report                                        # results/ -> leaderboard.md + plots/
+cmbench list methods | suites
+cmbench check my_method                               # the conformance kit
 """
 
 from __future__ import annotations
@@ -75,7 +75,9 @@ def _added_methods(names: list[str] | None, sets: list[str] | None) -> list[dict
     values = _hparams(sets)
     unknown = sorted(set(values) - set(names))
     if unknown:
-        raise CmbenchError(f"--set {unknown[0]}.…: {unknown[0]!r} is not a method given with --add ({', '.join(names)})")
+        raise CmbenchError(
+            f"--set {unknown[0]}.…: {unknown[0]!r} is not a method given with --add ({', '.join(names)})"
+        )
     return [{"name": n, **({"hparams": values[n]} if n in values else {})} for n in names]
 
 
@@ -83,10 +85,19 @@ def cmd_run(args) -> int:
     kwargs = dict(
         methods=[m for m in args.methods.split(",") if m] if args.methods else None,
         skip=[m for m in args.skip.split(",") if m] if args.skip else None,
-        seeds=args.seeds, orders=args.orders, workers=args.workers, ray_address=args.ray_address,
-        force=args.force, dry_run=args.dry_run, tracking_uri=args.tracking_uri,
-        executor="local" if args.no_ray else "ray", use_tuned=args.use_tuned, retries=args.retries,
-        store=args.store, dashboard=args.dashboard, job_time_limit=args.job_time_limit,
+        seeds=args.seeds,
+        orders=args.orders,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        force=args.force,
+        dry_run=args.dry_run,
+        tracking_uri=args.tracking_uri,
+        executor="local" if args.no_ray else "ray",
+        use_tuned=args.use_tuned,
+        retries=args.retries,
+        store=args.store,
+        dashboard=args.dashboard,
+        job_time_limit=args.job_time_limit,
         add=_added_methods(args.add, args.set),
     )
     if args.rehearse:
@@ -99,17 +110,38 @@ def cmd_run(args) -> int:
         from .suite import Rehearsal
 
         try:
-            r = Rehearsal(seed=args.rehearsal_seed, scale=args.scale, max_per_split=args.max_per_split,
-                          max_train_per_split=args.max_train_per_split)
+            r = Rehearsal(
+                seed=args.rehearsal_seed,
+                scale=args.scale,
+                max_per_split=args.max_per_split,
+                max_train_per_split=args.max_train_per_split,
+            )
         except ValueError as e:
             raise CmbenchError(f"--scale / --max-per-split: {str(e).splitlines()[-1].strip()}") from None
-        summary = rehearse(resolve_suite(args.suite), out=out, rehearsal=r,
-                           eval_cap=args.eval_cap, train_steps=args.train_steps, train_batch=args.train_batch,
-                           hparams=_hparams(args.hparam), **kwargs)
+        summary = rehearse(
+            resolve_suite(args.suite),
+            out=out,
+            rehearsal=r,
+            eval_cap=args.eval_cap,
+            train_steps=args.train_steps,
+            train_batch=args.train_batch,
+            hparams=_hparams(args.hparam),
+            **kwargs,
+        )
         return 1 if summary["failed"] else 0
-    if args.scale != 1.0 or args.max_per_split or args.max_train_per_split or args.eval_cap or args.train_steps or args.train_batch or args.hparam:
-        raise CmbenchError("--scale, --max-per-split, --max-train-per-split, --eval-cap, --train-steps, --train-batch and --hparam "
-                           "shape a rehearsal: add --rehearse (a real run takes them from the suite)")
+    if (
+        args.scale != 1.0
+        or args.max_per_split
+        or args.max_train_per_split
+        or args.eval_cap
+        or args.train_steps
+        or args.train_batch
+        or args.hparam
+    ):
+        raise CmbenchError(
+            "--scale, --max-per-split, --max-train-per-split, --eval-cap, --train-steps, --train-batch and --hparam "
+            "shape a rehearsal: add --rehearse (a real run takes them from the suite)"
+        )
     from .runner import run_suite
 
     _data_env(args)
@@ -121,9 +153,18 @@ def cmd_tune(args) -> int:
     from .tune import tune_method
 
     _data_env(args)
-    tune_method(resolve_suite(args.suite), args.method, out=args.out, seeds=args.seeds, orders=args.orders,
-                workers=args.workers, executor="local" if args.no_ray else "ray", tracking_uri=args.tracking_uri,
-                store=args.store, ray_address=args.ray_address)
+    tune_method(
+        resolve_suite(args.suite),
+        args.method,
+        out=args.out,
+        seeds=args.seeds,
+        orders=args.orders,
+        workers=args.workers,
+        executor="local" if args.no_ray else "ray",
+        tracking_uri=args.tracking_uri,
+        store=args.store,
+        ray_address=args.ray_address,
+    )
     return 0
 
 
@@ -131,9 +172,15 @@ def cmd_finetune(args) -> int:
     from .runner import finetune_experts
 
     _data_env(args)
-    finetune_experts(resolve_suite(args.suite), seeds=args.seeds, workers=args.workers,
-                     ray_address=args.ray_address, out=args.out, executor="local" if args.no_ray else "ray",
-                     store=args.store)
+    finetune_experts(
+        resolve_suite(args.suite),
+        seeds=args.seeds,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        out=args.out,
+        executor="local" if args.no_ray else "ray",
+        store=args.store,
+    )
     return 0
 
 
@@ -144,8 +191,17 @@ def cmd_bench(args) -> int:
     stream = () if args.stream_memory == "none" else tuple(m for m in args.stream_memory.split(",") if m)
     skip = () if args.suite_skip == "none" else tuple(m for m in args.suite_skip.split(",") if m)
     hparams = _hparams(args.hparam)
-    r = run_bench(methods, threads=args.threads, repeats=args.repeats, device=args.device, suite=args.suite,
-                  stream_memory=stream, suite_skip=skip, hparams=hparams, evaluation=not args.no_eval)
+    r = run_bench(
+        methods,
+        threads=args.threads,
+        repeats=args.repeats,
+        device=args.device,
+        suite=args.suite,
+        stream_memory=stream,
+        suite_skip=skip,
+        hparams=hparams,
+        evaluation=not args.no_eval,
+    )
     main_json(args.json, r)
     return 0
 
@@ -176,13 +232,18 @@ def _report_paths(args) -> tuple[Path, Path, Path | None]:
     results directory renders next to itself (X/../leaderboard.md, X/../plots/)."""
     results = Path(args.results)
     if not results.is_dir():
-        raise CmbenchError(f"--results {results}: no such directory; run `cmbench run SUITE` first, "
-                           "or point --results at a run's results/")
+        raise CmbenchError(
+            f"--results {results}: no such directory; run `cmbench run SUITE` first, "
+            "or point --results at a run's results/"
+        )
     from .runner import is_default_results
 
     default = is_default_results(results)
-    output = Path(args.output) if args.output else (Path("leaderboard.md") if default
-                                                    else results.resolve().parent / "leaderboard.md")
+    output = (
+        Path(args.output)
+        if args.output
+        else (Path("leaderboard.md") if default else results.resolve().parent / "leaderboard.md")
+    )
     output.parent.mkdir(parents=True, exist_ok=True)
     return results, output, Path(args.plots) if args.plots else None
 
@@ -195,8 +256,9 @@ def _selected(recs: list[dict], results: Path, suite: str | None, methods: list[
     suites = sorted({r["suite"] for r in recs})
     if suite is not None:
         if suite not in suites:
-            raise CmbenchError(f"--suite {suite}: no results under {results}{_did_you_mean(suite, suites)} "
-                               f"(have: {', '.join(suites)})")
+            raise CmbenchError(
+                f"--suite {suite}: no results under {results}{_did_you_mean(suite, suites)} (have: {', '.join(suites)})"
+            )
         recs = [r for r in recs if r["suite"] == suite]
     if methods:
         labels = sorted({r["label"] for r in recs} | {r["method"] for r in recs})
@@ -227,9 +289,14 @@ def cmd_report(args) -> int:
 def cmd_verify(args) -> int:
     from .verify import verify
 
-    r = verify(args.results, suites=[x for x in args.suite.split(",") if x] if args.suite else None,
-               methods=[m for m in args.methods.split(",") if m] if args.methods else None, sample=args.sample,
-               workers=args.workers, executor="local" if args.no_ray else "ray")
+    r = verify(
+        args.results,
+        suites=[x for x in args.suite.split(",") if x] if args.suite else None,
+        methods=[m for m in args.methods.split(",") if m] if args.methods else None,
+        sample=args.sample,
+        workers=args.workers,
+        executor="local" if args.no_ray else "ray",
+    )
     return 1 if r["mismatched"] or r["stale"] else 0
 
 
@@ -240,8 +307,10 @@ def cmd_list(args) -> int:
         for name, cls in sorted(discover().items()):
             hp = ", ".join(f"{k}={v!r}" for k, v in cls.defaults().items()) or "-"
             tag = " [reconstruction]" if cls.reconstruction else ""
-            print(f"{name}{tag}\n  settings: {', '.join(cls.settings)}; data: {cls.data_access}; "
-                  f"hyperparameters: {hp}\n  paper: {cls.paper or '-'}")
+            print(
+                f"{name}{tag}\n  settings: {', '.join(cls.settings)}; data: {cls.data_access}; "
+                f"hyperparameters: {hp}\n  paper: {cls.paper or '-'}"
+            )
     else:  # read, not validated (validation imports every method, i.e. torch): a second, not ten
         import yaml
 
@@ -251,8 +320,10 @@ def cmd_list(args) -> int:
             for p in sorted(d.glob("*.yaml")):
                 try:
                     s = yaml.safe_load(p.read_text())
-                    print(f"{p}: {s.get('setting', 'merge_stream')}, {len(s.get('tasks') or [])} tasks, "
-                          f"{len(s.get('seeds') or [0])} seeds, {len(s.get('methods') or [])} methods")
+                    print(
+                        f"{p}: {s.get('setting', 'merge_stream')}, {len(s.get('tasks') or [])} tasks, "
+                        f"{len(s.get('seeds') or [0])} seeds, {len(s.get('methods') or [])} methods"
+                    )
                 except (yaml.YAMLError, AttributeError, TypeError) as e:
                     print(f"{p}: unreadable YAML ({type(e).__name__})")
         print("(`cmbench run SUITE --dry-run` validates a suite and lists its jobs)")
@@ -275,75 +346,123 @@ def cmd_check(args) -> int:
 
 
 def _store_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", help="artefact store shared by workers: a directory or an fsspec URL "
-                                   "(s3://…, gs://…); default OUT/.cmbench/cache")
+    p.add_argument(
+        "--store",
+        help="artefact store shared by workers: a directory or an fsspec URL "
+        "(s3://…, gs://…); default OUT/.cmbench/cache",
+    )
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="where datasets live (default: $CMBENCH_DATA_ROOT or ~/.cache/cmbench/data)")
-    p.add_argument("--allow-download", action="store_true",
-                   help="let datasets and weights be fetched from the hubs (default: local caches only)")
+    p.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let datasets and weights be fetched from the hubs (default: local caches only)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="cmbench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="cmbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    r = sub.add_parser("run", help="run a suite's jobs (method × seed × order); finished jobs are skipped",
-                       description="Run a suite. Artefacts (θ0, heads, experts) are built once and cached; "
-                                   "each job writes results/<suite>/<method>/seed<S>-order<O>.json.")
+    r = sub.add_parser(
+        "run",
+        help="run a suite's jobs (method × seed × order); finished jobs are skipped",
+        description="Run a suite. Artefacts (θ0, heads, experts) are built once and cached; "
+        "each job writes results/<suite>/<method>/seed<S>-order<O>.json.",
+    )
     r.add_argument("suite", help="path to a suite YAML file, or the name of one in suites/")
     r.add_argument("--methods", help="comma-separated method names or labels (default: all in the suite)")
     r.add_argument("--skip", help="comma-separated method names or labels to leave out")
     r.add_argument("--seeds", type=_positive_int, help="use only the first N seeds of the suite")
     r.add_argument("--orders", type=_positive_int, help="use only the first N task orders per seed")
-    r.add_argument("--workers", type=_positive_int, help="parallel jobs on the local Ray instance (default: cores / cpus_per_job)")
+    r.add_argument(
+        "--workers", type=_positive_int, help="parallel jobs on the local Ray instance (default: cores / cpus_per_job)"
+    )
     r.add_argument("--ray-address", help="join a Ray cluster at this address instead of starting a local one")
-    r.add_argument("--out", help="directory for results/ and .cmbench/ (cache, MLflow) (default: ., and "
-                                 "rehearsals/SUITE with --rehearse)")
+    r.add_argument(
+        "--out",
+        help="directory for results/ and .cmbench/ (cache, MLflow) (default: ., and rehearsals/SUITE with --rehearse)",
+    )
     r.add_argument("--force", action="store_true", help="recompute jobs even if their result exists")
-    r.add_argument("--add", action="append", metavar="METHOD",
-                   help="run this method on the suite too (repeatable; validated as a suite entry; only the "
-                        "added methods run unless --methods names others)")
-    r.add_argument("--set", action="append", metavar="METHOD.NAME=VALUE",
-                   help="a hyperparameter of a method given with --add (repeatable)")
-    r.add_argument("--job-time-limit", type=float, metavar="SECONDS",
-                   help="stop a job that runs longer (recorded as failed; a rerun resumes from its last "
-                        "completed step); overrides the suite's resources.job_time_limit_s")
-    r.add_argument("--dashboard", action="store_true",
-                   help="start the local Ray instance with its dashboard (http://127.0.0.1:8265; needs the "
-                        "`dashboard` extra); a cluster's dashboard is the head node's")
-    r.add_argument("--dry-run", action="store_true",
-                   help="validate; list the jobs, what must be downloaded or fine-tuned first, and a GPU-time "
-                        "estimate (no network)")
+    r.add_argument(
+        "--add",
+        action="append",
+        metavar="METHOD",
+        help="run this method on the suite too (repeatable; validated as a suite entry; only the "
+        "added methods run unless --methods names others)",
+    )
+    r.add_argument(
+        "--set",
+        action="append",
+        metavar="METHOD.NAME=VALUE",
+        help="a hyperparameter of a method given with --add (repeatable)",
+    )
+    r.add_argument(
+        "--job-time-limit",
+        type=float,
+        metavar="SECONDS",
+        help="stop a job that runs longer (recorded as failed; a rerun resumes from its last "
+        "completed step); overrides the suite's resources.job_time_limit_s",
+    )
+    r.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="start the local Ray instance with its dashboard (http://127.0.0.1:8265; needs the "
+        "`dashboard` extra); a cluster's dashboard is the head node's",
+    )
+    r.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate; list the jobs, what must be downloaded or fine-tuned first, and a GPU-time "
+        "estimate (no network)",
+    )
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under OUT/.cmbench)")
     r.add_argument("--no-ray", action="store_true", help="run jobs in this process, one after another")
-    r.add_argument("--use-tuned", action="store_true",
-                   help="also run <label>-tuned rows with the values `cmbench tune` chose (OUT/tuned/)")
-    r.add_argument("--retries", type=_int_at_least(0), default=2, help="retries of a job whose worker process dies (default: 2)")
+    r.add_argument(
+        "--use-tuned",
+        action="store_true",
+        help="also run <label>-tuned rows with the values `cmbench tune` chose (OUT/tuned/)",
+    )
+    r.add_argument(
+        "--retries", type=_int_at_least(0), default=2, help="retries of a job whose worker process dies (default: 2)"
+    )
     _data_args(r)
     _store_arg(r)
-    rh = r.add_argument_group("rehearsal", "the real code at the real sizes on generated stand-ins for the "
-                              "backbone weights, datasets and experts (cmbench/rehearse.py); offline")
+    rh = r.add_argument_group(
+        "rehearsal",
+        "the real code at the real sizes on generated stand-ins for the "
+        "backbone weights, datasets and experts (cmbench/rehearse.py); offline",
+    )
     rh.add_argument("--rehearse", action="store_true", help="rehearse the suite (results are watermarked)")
     rh.add_argument("--scale", type=float, default=1.0, help="generated split sizes as a fraction of the real ones")
     rh.add_argument("--max-per-split", type=int, help="at most N generated images per dataset split")
-    rh.add_argument("--max-train-per-split", type=int, help="at most N generated images per train split "
-                    "(default: --max-per-split)")
+    rh.add_argument(
+        "--max-train-per-split", type=int, help="at most N generated images per train split (default: --max-per-split)"
+    )
     rh.add_argument("--eval-cap", type=int, help="evaluate on at most N test images per task")
     rh.add_argument("--train-steps", type=int, help="train-then-merge: optimiser steps per task")
     rh.add_argument("--train-batch", type=int, help="train-then-merge: batch size (default: the suite's)")
-    rh.add_argument("--hparam", action="append", metavar="LABEL.NAME=VALUE",
-                    help="override a method's hyperparameter (repeatable), e.g. ode_m.post_refine_steps=1")
+    rh.add_argument(
+        "--hparam",
+        action="append",
+        metavar="LABEL.NAME=VALUE",
+        help="override a method's hyperparameter (repeatable), e.g. ode_m.post_refine_steps=1",
+    )
     rh.add_argument("--rehearsal-seed", type=int, default=0, help="seed of the stand-ins (default: 0)")
     r.set_defaults(fn=cmd_run)
 
-    tu = sub.add_parser("tune", help="choose a method's hyperparameters on validation data (Ray Tune)",
-                        description="Grid search over the method's `search` space in the suite; every trial "
-                                    "runs the method's jobs scored on validation splits (never test). "
-                                    "Scoring on every task's validation data is an oracle (it sees later "
-                                    "tasks); the output and the leaderboard say so.")
+    tu = sub.add_parser(
+        "tune",
+        help="choose a method's hyperparameters on validation data (Ray Tune)",
+        description="Grid search over the method's `search` space in the suite; every trial "
+        "runs the method's jobs scored on validation splits (never test). "
+        "Scoring on every task's validation data is an oracle (it sees later "
+        "tasks); the output and the leaderboard say so.",
+    )
     tu.add_argument("suite", help="path to a suite YAML file, or the name of one in suites/")
     tu.add_argument("--method", required=True, help="method name or label in the suite")
     tu.add_argument("--seeds", type=_positive_int, default=1, help="seeds per trial (default: 1)")
@@ -357,9 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     _store_arg(tu)
     tu.set_defaults(fn=cmd_tune)
 
-    ft = sub.add_parser("finetune", help="fine-tune (and cache) the experts a merge-stream suite needs",
-                        description="Builds θ0, the heads and every task's expert with the suite's "
-                                    "experts.finetune recipe, as Ray jobs; `cmbench run` reuses them.")
+    ft = sub.add_parser(
+        "finetune",
+        help="fine-tune (and cache) the experts a merge-stream suite needs",
+        description="Builds θ0, the heads and every task's expert with the suite's "
+        "experts.finetune recipe, as Ray jobs; `cmbench run` reuses them.",
+    )
     ft.add_argument("suite", help="path to a suite YAML file, or the name of one in suites/")
     ft.add_argument("--seeds", type=_positive_int, help="use only the first N seeds of the suite")
     ft.add_argument("--workers", type=_positive_int, help="parallel fine-tuning jobs (default: cores / cpus_per_job)")
@@ -372,19 +494,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="render leaderboard.md and plots from result files")
     rp.add_argument("--results", default="results", help="results directory (default: results)")
-    rp.add_argument("--output", help="markdown file to write (default: leaderboard.md for results/, else next to "
-                                     "the results directory: X/../leaderboard.md)")
+    rp.add_argument(
+        "--output",
+        help="markdown file to write (default: leaderboard.md for results/, else next to "
+        "the results directory: X/../leaderboard.md)",
+    )
     rp.add_argument("--plots", help="directory for plots (default: plots/ next to the output)")
-    rp.add_argument("--format", choices=["markdown", "latex", "csv"],
-                    help="print a paper table instead of writing the leaderboard")
-    rp.add_argument("--table", default="stream", choices=["stream", "benchmarks", "ablation"],
-                    help="stream: methods × tasks + Avg + BWT; benchmarks: methods × suites (final, AAA); "
-                         "ablation: variants of one method (--methods NAME) × suites")
+    rp.add_argument(
+        "--format", choices=["markdown", "latex", "csv"], help="print a paper table instead of writing the leaderboard"
+    )
+    rp.add_argument(
+        "--table",
+        default="stream",
+        choices=["stream", "benchmarks", "ablation"],
+        help="stream: methods × tasks + Avg + BWT; benchmarks: methods × suites (final, AAA); "
+        "ablation: variants of one method (--methods NAME) × suites",
+    )
     rp.add_argument("--suite", help="only this suite's results")
     rp.add_argument("--methods", help="comma-separated method names or labels")
-    rp.add_argument("--include-rehearsal", action="store_true",
-                    help="render a rehearsal's results (refused otherwise); every table is labelled "
-                         "'rehearsal: random weights'")
+    rp.add_argument(
+        "--include-rehearsal",
+        action="store_true",
+        help="render a rehearsal's results (refused otherwise); every table is labelled 'rehearsal: random weights'",
+    )
     rp.set_defaults(fn=cmd_report)
 
     dt = sub.add_parser("data", help="dataset status, and export of hub copies to image folders")
@@ -393,43 +525,66 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(dt)
     dt.set_defaults(fn=cmd_data)
 
-    bn = sub.add_parser("bench", help="merge-step time and memory per method on 88M parameters, "
-                                      "bandwidth floor, evaluation img/s, suite wall time")
+    bn = sub.add_parser(
+        "bench",
+        help="merge-step time and memory per method on 88M parameters, "
+        "bandwidth floor, evaluation img/s, suite wall time",
+    )
     bn.add_argument("--methods", help="comma-separated methods (default: the data-free baselines)")
     bn.add_argument("--threads", type=_positive_int, default=2, help="torch threads (default: 2)")
     bn.add_argument("--repeats", type=_positive_int, default=3, help="timed merge steps per method (median reported)")
     bn.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    bn.add_argument("--stream-memory", default="task_arithmetic,ties,magmax,opcm",
-                    help="methods whose merge-stream peak memory is measured at T = 8 and T = 20 "
-                         "(comma-separated, or none; default: %(default)s)")
+    bn.add_argument(
+        "--stream-memory",
+        default="task_arithmetic,ties,magmax,opcm",
+        help="methods whose merge-stream peak memory is measured at T = 8 and T = 20 "
+        "(comma-separated, or none; default: %(default)s)",
+    )
     bn.add_argument("--suite", help="also time `cmbench run SUITE --seeds 1` cold and warm (e.g. micro-digits-merge)")
-    bn.add_argument("--suite-skip", default="ode_m",
-                    help="methods or labels --suite leaves out (comma-separated, or none; default: %(default)s, "
-                         "whose micro jobs take 1–36 min each and are timed by their own results)")
-    bn.add_argument("--hparam", action="append", default=[], metavar="METHOD.NAME=VALUE",
-                    help="override a method's hyperparameter (repeatable); METHOD.bench_samples=N: the random "
-                         "images a data-using method is handed (default 256)")
+    bn.add_argument(
+        "--suite-skip",
+        default="ode_m",
+        help="methods or labels --suite leaves out (comma-separated, or none; default: %(default)s, "
+        "whose micro jobs take 1–36 min each and are timed by their own results)",
+    )
+    bn.add_argument(
+        "--hparam",
+        action="append",
+        default=[],
+        metavar="METHOD.NAME=VALUE",
+        help="override a method's hyperparameter (repeatable); METHOD.bench_samples=N: the random "
+        "images a data-using method is handed (default 256)",
+    )
     bn.add_argument("--no-eval", action="store_true", help="skip the evaluation-throughput figures")
     bn.add_argument("--json", help="also write the figures to this JSON file")
     bn.set_defaults(fn=cmd_bench)
 
-    ck = sub.add_parser("check", help="run the conformance kit on methods (default: all)",
-                        description="Checks that a method does not modify its inputs, keeps keys/shapes/dtypes "
-                                    "and integer tensors, is deterministic, respects its declared data access "
-                                    "and has measurable storage.")
+    ck = sub.add_parser(
+        "check",
+        help="run the conformance kit on methods (default: all)",
+        description="Checks that a method does not modify its inputs, keeps keys/shapes/dtypes "
+        "and integer tensors, is deterministic, respects its declared data access "
+        "and has measurable storage.",
+    )
     ck.add_argument("methods", nargs="*", help="method names (default: every discovered method)")
     ck.set_defaults(fn=cmd_check)
 
-    vf = sub.add_parser("verify", help="recompute committed jobs from scratch and compare them with their files",
-                        description="Recomputes result files cold in a temporary directory (θ0, heads and experts "
-                                    "rebuilt) and compares R and E cell by cell: identically when the result was "
-                                    "made with this torch version on this device type, else within a measured "
-                                    "tolerance. Reports stale keys. Exits 1 on any mismatch or stale result.")
+    vf = sub.add_parser(
+        "verify",
+        help="recompute committed jobs from scratch and compare them with their files",
+        description="Recomputes result files cold in a temporary directory (θ0, heads and experts "
+        "rebuilt) and compares R and E cell by cell: identically when the result was "
+        "made with this torch version on this device type, else within a measured "
+        "tolerance. Reports stale keys. Exits 1 on any mismatch or stale result.",
+    )
     vf.add_argument("--results", default="results", help="results directory (default: results)")
     vf.add_argument("--suite", help="only these suites (comma-separated names)")
     vf.add_argument("--methods", help="only these methods or labels (comma-separated)")
-    vf.add_argument("--sample", type=_positive_int, help="check N jobs: at least one per suite, setting and harness "
-                                               "component version, the cheapest first")
+    vf.add_argument(
+        "--sample",
+        type=_positive_int,
+        help="check N jobs: at least one per suite, setting and harness component version, the cheapest first",
+    )
     vf.add_argument("--workers", type=_positive_int, help="parallel jobs (default: cores / cpus_per_job)")
     vf.add_argument("--no-ray", action="store_true", help="recompute in this process, one job after another")
     vf.set_defaults(fn=cmd_verify)

@@ -35,8 +35,10 @@ def _tiny_task(name: str, seed: int, n: int = 48, n_cls: int = 3) -> TaskData:
     g = torch.Generator().manual_seed(seed)
 
     def split(m):
-        return Split(x=torch.randint(0, 256, (m, 1, 8, 8), generator=g, dtype=torch.uint8),
-                     y=torch.randint(0, n_cls, (m,), generator=g))
+        return Split(
+            x=torch.randint(0, 256, (m, 1, 8, 8), generator=g, dtype=torch.uint8),
+            y=torch.randint(0, n_cls, (m,), generator=g),
+        )
 
     return TaskData(name, [str(c) for c in range(n_cls)], split(n), split(n // 2), split(n // 2))
 
@@ -48,8 +50,10 @@ def _models(seed: int) -> tuple[StateDict, list[StateDict]]:
     g = torch.Generator().manual_seed(seed + 1)
     experts = []
     for _ in range(N_TASKS):
-        e = {k: (v + 0.05 * torch.randn(v.shape, generator=g)) if v.is_floating_point() else v.clone()
-             for k, v in theta0.items()}
+        e = {
+            k: (v + 0.05 * torch.randn(v.shape, generator=g)) if v.is_floating_point() else v.clone()
+            for k, v in theta0.items()
+        }
         experts.append(e)
     return theta0, experts
 
@@ -65,8 +69,14 @@ def _stream(name: str, setting: str, seed: int = 0):
     tasks = {n: _tiny_task(n, seed + i) for i, n in enumerate(names)}
     heads = {n: Head(torch.nn.functional.normalize(torch.randn(3, TINY.embed_dim), dim=-1) * 10) for n in names}
     data = DataAccess(name, cls.data_access, tasks, seed)
-    ctx = methods_mod.Context(theta0=theta0, num_tasks=N_TASKS, seed=seed, setting=setting,
-                              generator=torch.Generator().manual_seed(seed), data=data)
+    ctx = methods_mod.Context(
+        theta0=theta0,
+        num_tasks=N_TASKS,
+        seed=seed,
+        setting=setting,
+        generator=torch.Generator().manual_seed(seed),
+        data=data,
+    )
     data.ctx = ctx
     model = create_backbone(TINY)
     ctx.layout = layout_of(model)
@@ -125,8 +135,10 @@ def check(name: str, settings: tuple[str, ...] | None = None) -> list[str]:
                 continue
             for k, v in out.items():
                 if v.shape != theta0[k].shape or v.dtype != theta0[k].dtype:
-                    problems.append(where + f"step {t}: {k} is {tuple(v.shape)} {v.dtype}, "
-                                    f"expected {tuple(theta0[k].shape)} {theta0[k].dtype}")
+                    problems.append(
+                        where + f"step {t}: {k} is {tuple(v.shape)} {v.dtype}, "
+                        f"expected {tuple(theta0[k].shape)} {theta0[k].dtype}"
+                    )
                 elif not v.is_floating_point() and not torch.equal(v, theta0[k]):
                     problems.append(where + f"step {t}: integer tensor {k} was changed")
                 elif v.is_floating_point() and not torch.isfinite(v).all():

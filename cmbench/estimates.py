@@ -12,8 +12,9 @@ from .tensors import StateDict
 FisherKind = Literal["model", "model_batch", "empirical"]
 
 
-def diagonal_fisher(ctx: Context, state: StateDict, n_samples: int = 256, kind: FisherKind = "model",
-                    batch_size: int = 32) -> StateDict:
+def diagonal_fisher(
+    ctx: Context, state: StateDict, n_samples: int = 256, kind: FisherKind = "model", batch_size: int = 32
+) -> StateDict:
     """The diagonal Fisher of ``state`` on the current task's train split (the first
     ``n_samples`` of a seeded permutation), in one of three forms. With p(y|x) the model's
     softmax over the task's classes (its frozen head in the merge stream, its classifier

@@ -29,16 +29,20 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     for node in ast.walk(tree):
         if isinstance(node, _DOC_HOLDERS) and node.body:
             first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(
-                    first.value.value, str):
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
                 node.body = node.body[1:]
     return tree
 
 
 def _canonical(node) -> object:
     if isinstance(node, ast.AST):
-        fields = [[name, _canonical(value)] for name, value in ast.iter_fields(node)
-                  if value is not None and value != []]
+        fields = [
+            [name, _canonical(value)] for name, value in ast.iter_fields(node) if value is not None and value != []
+        ]
         return [type(node).__name__, fields]
     if isinstance(node, list):
         return [_canonical(x) for x in node]

@@ -26,8 +26,9 @@ def use_kernels(*sds: dict[str, Tensor]) -> bool:
     """Large contiguous float32 CPU models take the kernels; everything else the torch form.
     The entries checked are the first dict's (e.g. the task vector's) in every dict."""
     ts = [sd[k] for sd in sds for k in sds[0]]
-    return (sum(t.numel() for t in sds[0].values()) >= LARGE
-            and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in ts))
+    return sum(t.numel() for t in sds[0].values()) >= LARGE and all(
+        t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in ts
+    )
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -73,7 +74,7 @@ def _bracket(bits, lo, hi, above, inside, fill):
         sub = bits[start:stop]
         n_above, f = 0, fill[t]
         for s in range(0, sub.size, _BLOCK):
-            block = sub[s:s + _BLOCK]
+            block = sub[s : s + _BLOCK]
             n_gt, n_ge = 0, 0
             for i in range(block.size):
                 b = block[i] & _ABS
@@ -135,7 +136,7 @@ def abs_kth_largest(values: list[Tensor], rank: int, sample: int = 1 << 18, z: f
     idx = np.sort(np.random.default_rng(rank).integers(0, d, sample))  # exactness does not depend on it
     starts = np.concatenate([[0], np.cumsum(sizes)])
     cut = np.searchsorted(idx, starts)
-    picked = np.concatenate([b[idx[cut[i]:cut[i + 1]] - starts[i]] for i, b in enumerate(bits)])
+    picked = np.concatenate([b[idx[cut[i] : cut[i + 1]] - starts[i]] for i, b in enumerate(bits)])
     picked = np.sort(picked & _ABS)[::-1]  # descending
     q = rank / d
     err = z * np.sqrt(q * (1 - q) / sample) + 1 / sample

@@ -37,8 +37,14 @@ import torch
 from torch import Tensor, nn
 
 KINDS = ("linear", "bias", "embedding", "norm", "conv", "other", "buffer")
-NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
-         nn.LocalResponseNorm, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
+NORMS = (
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.LocalResponseNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
 
 
 @dataclass(frozen=True)
@@ -83,8 +89,11 @@ class Layout(Mapping[str, Role]):
 
 
 def _fused_qkv(parent: nn.Module, child: nn.Module) -> bool:
-    return (getattr(parent, "qkv", None) is child and hasattr(parent, "num_heads")
-            and child.out_features == 3 * child.in_features)
+    return (
+        getattr(parent, "qkv", None) is child
+        and hasattr(parent, "num_heads")
+        and child.out_features == 3 * child.in_features
+    )
 
 
 def _role(module: nn.Module, pname: str, leaf: bool, split: int) -> Role:

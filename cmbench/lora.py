@@ -31,8 +31,7 @@ class LoRADelta(torch.nn.Module):
     the current low-rank update (P&M perturbs it by 1 ± ε).
     """
 
-    def __init__(self, shape: tuple[int, int], blocks: list[int | None], rank: int, scale: float,
-                 gen: torch.Generator):
+    def __init__(self, shape: tuple[int, int], blocks: list[int | None], rank: int, scale: float, gen: torch.Generator):
         super().__init__()
         out_f, in_f = shape
         n_blocks = 3 if any(b is not None for b in blocks) else 1
@@ -42,9 +41,11 @@ class LoRADelta(torch.nn.Module):
         self.scale = scale
         self.gain = 1.0
         self.A = torch.nn.ParameterList(
-            [torch.nn.Parameter(torch.randn(rank, in_f, generator=gen) / math.sqrt(in_f)) for _ in blocks])
-        self.B = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(rows if b is not None else out_f, rank))
-                                         for b in blocks])
+            [torch.nn.Parameter(torch.randn(rank, in_f, generator=gen) / math.sqrt(in_f)) for _ in blocks]
+        )
+        self.B = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.zeros(rows if b is not None else out_f, rank)) for b in blocks]
+        )
 
     def delta(self, like: Tensor) -> Tensor:
         d = torch.zeros_like(like)
@@ -59,8 +60,7 @@ class LoRADelta(torch.nn.Module):
         return W + self.delta(W)
 
 
-def add_lora(model: torch.nn.Module, rank: int, alpha: float | None, targets: list[str],
-             seed: int) -> list[LoRADelta]:
+def add_lora(model: torch.nn.Module, rank: int, alpha: float | None, targets: list[str], seed: int) -> list[LoRADelta]:
     """Attach LoRA to every block's target matrices; returns the adapters (their A, B train)."""
     from torch.nn.utils import parametrize
 

@@ -12,6 +12,7 @@ import threading
 import time
 from contextlib import contextmanager
 
+
 def memory() -> tuple[int, int]:
     """(resident bytes, of which private): file-backed pages such as memory-mapped decoded
     datasets count in the first only (they are the page cache, shared by a node's jobs)."""

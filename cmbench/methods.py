@@ -157,9 +157,7 @@ def register(cls: type[Method]) -> type[Method]:
         raise CmbenchError(f"method {cls.name}: data_access must be one of {DATA_ACCESS}")
     old = _REGISTRY.get(cls.name)
     if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
-        raise CmbenchError(
-            f"method name {cls.name!r} is registered twice: {old.__module__} and {cls.__module__}"
-        )
+        raise CmbenchError(f"method name {cls.name!r} is registered twice: {old.__module__} and {cls.__module__}")
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -230,11 +228,11 @@ def discover(dirs: list[Path] | None = None) -> dict[str, type[Method]]:
                 continue
             mod_name = f"cmbench_baselines.{path.stem}"
             spec = importlib.util.spec_from_file_location(mod_name, path)
-            module = importlib.util.module_from_spec(spec)
+            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]  # a .py path always has a spec
             sys.modules[mod_name] = module
             setattr(sys.modules["cmbench_baselines"], path.stem, module)
             try:
-                spec.loader.exec_module(module)
+                spec.loader.exec_module(module)  # type: ignore[union-attr]  # (the same)
             except CmbenchError:
                 raise
             except Exception as e:  # a broken plugin names itself
@@ -265,12 +263,14 @@ def validate_hparams(cls: type[Method], given: dict[str, Any]) -> dict[str, Any]
         if isinstance(ann, str):  # postponed annotations
             ann = eval(ann, vars(sys.modules[cls.__module__]))  # noqa: S307 - our own code
         fields[p.name] = (ann, ... if p.default is p.empty else p.default)
-    model = create_model(f"{cls.name}_hparams", __config__=ConfigDict(extra="forbid", strict=False), **fields)
+    model = create_model(  # type: ignore[call-overload]  # fields are (annotation, default) pairs, as documented
+        f"{cls.name}_hparams", __config__=ConfigDict(extra="forbid", strict=False), **fields
+    )
     try:
         return model(**given).model_dump()
     except ValidationError as e:
         raise HparamError(
-            [(".".join(str(x) for x in err["loc"]), _hparam_msg(err, fields)) for err in e.errors()]
+            [(".".join(str(x) for x in err["loc"]), _hparam_msg(err, fields)) for err in e.errors()]  # type: ignore[arg-type]
         ) from None
 
 

@@ -57,6 +57,7 @@ def hub_revision(path: Path) -> str | None:
 
 def digest(files: list[Path]) -> str:
     """sha256 of one file, or of the names and sha256s of several (a dataset's arrow files)."""
+
     def one(p: Path) -> str:
         h = hashlib.sha256()
         with open(p, "rb") as f:
@@ -82,10 +83,15 @@ def check(kind: str, source: str, files: list[Path], revision: str | None = None
         raise CmbenchError(
             f"{source}: sha256 {sha[:16]}… (revision {revision}) differs from the lock's {pinned['sha256'][:16]}… "
             f"(revision {pinned.get('revision')}, recorded {pinned.get('recorded')}): not the copy the first run "
-            f"read; restore it, or delete its entry from {LOCK_FILE} in the output directory to accept this one")
+            f"read; restore it, or delete its entry from {LOCK_FILE} in the output directory to accept this one"
+        )
     if pinned is None:
-        _session["found"][source] = {"kind": kind, "sha256": sha, "revision": revision,
-                                     "files": sorted(Path(f).name for f in files)}
+        _session["found"][source] = {
+            "kind": kind,
+            "sha256": sha,
+            "revision": revision,
+            "files": sorted(Path(f).name for f in files),
+        }
 
 
 def read(out: Path) -> dict[str, dict]:
@@ -97,8 +103,10 @@ def read(out: Path) -> dict[str, dict]:
         assert isinstance(entries, dict)
         return entries
     except (ValueError, KeyError, TypeError, AssertionError):
-        raise CmbenchError(f"{path}: not a cmbench lock file (expected {{\"pins\": {{source: entry}}}}); "
-                           "fix or delete it (it is rewritten from the next downloads)") from None
+        raise CmbenchError(
+            f'{path}: not a cmbench lock file (expected {{"pins": {{source: entry}}}}); '
+            "fix or delete it (it is rewritten from the next downloads)"
+        ) from None
 
 
 def merge(out: Path, known: dict[str, dict], found: dict[str, dict]) -> None:
@@ -109,8 +117,10 @@ def merge(out: Path, known: dict[str, dict], found: dict[str, dict]) -> None:
         seen = known.get(source) or new.get(source)
         if seen is not None:
             if seen["sha256"] != entry["sha256"]:
-                raise CmbenchError(f"{source}: two workers read different copies (sha256 {seen['sha256'][:16]}… and "
-                                   f"{entry['sha256'][:16]}…): their Hugging Face caches differ; clear the stale one")
+                raise CmbenchError(
+                    f"{source}: two workers read different copies (sha256 {seen['sha256'][:16]}… and "
+                    f"{entry['sha256'][:16]}…): their Hugging Face caches differ; clear the stale one"
+                )
             continue
         new[source] = {**entry, "recorded": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     if not new:
@@ -118,7 +128,15 @@ def merge(out: Path, known: dict[str, dict], found: dict[str, dict]) -> None:
     known.update(new)
     path = Path(out) / LOCK_FILE
     tmp = path.with_name(f"{LOCK_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"about": "sha256 and hub revision of every hub file this output directory's runs "
-                                        "read (cmbench/pins.py); verified on every later run",
-                               "pins": dict(sorted(known.items()))}, indent=1) + "\n")
+    tmp.write_text(
+        json.dumps(
+            {
+                "about": "sha256 and hub revision of every hub file this output directory's runs "
+                "read (cmbench/pins.py); verified on every later run",
+                "pins": dict(sorted(known.items())),
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     os.replace(tmp, path)

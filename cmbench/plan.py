@@ -42,10 +42,17 @@ def backbone_gflops(suite: Suite) -> float:
     import re
 
     m = re.search(r"vit_(tiny|small|base|large|huge)_patch(\d+)_(\d+)", b.model)
-    width, layers = {"tiny": (192, 12), "small": (384, 12), "base": (768, 12), "large": (1024, 24),
-                     "huge": (1280, 32)}[m.group(1)] if m else (768, 12)
-    return vit_gflops(b.kwargs.get("embed_dim", width), b.kwargs.get("depth", layers), b.image_size,
-                      b.kwargs.get("patch_size", int(m.group(2)) if m else 16))
+    width, layers = (
+        {"tiny": (192, 12), "small": (384, 12), "base": (768, 12), "large": (1024, 24), "huge": (1280, 32)}[m.group(1)]
+        if m
+        else (768, 12)
+    )
+    return vit_gflops(
+        b.kwargs.get("embed_dim", width),
+        b.kwargs.get("depth", layers),
+        b.image_size,
+        b.kwargs.get("patch_size", int(m.group(2)) if m else 16),
+    )
 
 
 def _weights_line(suite: Suite) -> str:
@@ -109,8 +116,9 @@ def split_sizes(suite: Suite) -> dict[str, tuple[int, int]]:
     return out
 
 
-def project(suite: Suite, jobs: list[Job], measured: dict | None = None, sizes: dict | None = None,
-            tflops: float = GPU_TFLOPS) -> dict:
+def project(
+    suite: Suite, jobs: list[Job], measured: dict | None = None, sizes: dict | None = None, tflops: float = GPU_TFLOPS
+) -> dict:
     """The cost of ``jobs``: seconds of evaluation and training at ``tflops`` effective
     (default: the assumed GPU), counted in images at ``sizes`` (default: the real split
     sizes); and merge seconds from ``measured``, a rehearsal's report (seconds per merge step,
@@ -124,8 +132,15 @@ def project(suite: Suite, jobs: list[Job], measured: dict | None = None, sizes: 
     cap = suite.evaluation.max_test_per_task
     test = {n: min(te, cap) if cap else te for n, (_, te) in sizes.items()}
     T = len(suite.tasks)
-    out = {"gflops": gf, "eval_images": 0.0, "train_images": 0.0, "merge_steps": 0, "merge_s": 0.0,
-           "unmeasured_merge_steps": 0, "jobs": len(jobs)}
+    out = {
+        "gflops": gf,
+        "eval_images": 0.0,
+        "train_images": 0.0,
+        "merge_steps": 0,
+        "merge_s": 0.0,
+        "unmeasured_merge_steps": 0,
+        "jobs": len(jobs),
+    }
     methods = (measured or {}).get("methods", {})
     scale = {"none": 1.0, "data": 1.0}
     mb = (measured or {}).get("backbone")
@@ -174,12 +189,16 @@ def load_measurement(suite: Suite, path: str | Path | None = None) -> dict | Non
 
 
 def cost_line(suite: Suite, c: dict) -> str:
-    merge = (f"merge steps {c['merge_steps']} ({c['merge_s'] / 3600:.2f} h measured by a rehearsal"
-             + (f"; {c['unmeasured_merge_steps']} not measured: rehearse the suite" if c["unmeasured_merge_steps"]
-                else "") + ")")
-    return (f"estimate ({c['gflops']:.1f} GFLOPs/image forward, {GPU_TFLOPS:.0f} TFLOP/s effective fp32): "
-            f"evaluation {c['eval_gpu_s'] / 3600:.2f} GPU-h ({c['eval_images']:,.0f} images), training "
-            f"{c['train_gpu_s'] / 3600:.2f} GPU-h ({c['train_images']:,.0f} images), {merge}")
+    merge = (
+        f"merge steps {c['merge_steps']} ({c['merge_s'] / 3600:.2f} h measured by a rehearsal"
+        + (f"; {c['unmeasured_merge_steps']} not measured: rehearse the suite" if c["unmeasured_merge_steps"] else "")
+        + ")"
+    )
+    return (
+        f"estimate ({c['gflops']:.1f} GFLOPs/image forward, {GPU_TFLOPS:.0f} TFLOP/s effective fp32): "
+        f"evaluation {c['eval_gpu_s'] / 3600:.2f} GPU-h ({c['eval_images']:,.0f} images), training "
+        f"{c['train_gpu_s'] / 3600:.2f} GPU-h ({c['train_images']:,.0f} images), {merge}"
+    )
 
 
 def describe(suite: Suite, todo: list[Job], store: Store, measured: dict | None = None) -> list[str]:
@@ -191,7 +210,9 @@ def describe(suite: Suite, todo: list[Job], store: Store, measured: dict | None 
     gf = backbone_gflops(suite)
     ft_images = 0
     if suite.setting == "merge_stream":
-        missing = [(s, t) for s in seeds for t in suite.task_names() if not store.has("experts", expert_key(suite, s, t))]
+        missing = [
+            (s, t) for s in seeds for t in suite.task_names() if not store.has("experts", expert_key(suite, s, t))
+        ]
         if suite.experts.source == "checkpoints":
             from .models.checkpoint import resolve
 
@@ -200,8 +221,10 @@ def describe(suite: Suite, todo: list[Job], store: Store, measured: dict | None 
                     where = "present" if resolve(spec.path, t).exists() else "MISSING"
                 except Exception:  # noqa: BLE001 - not in the HF cache
                     where = "TO DOWNLOAD (--allow-download)"
-                lines.append(f"  expert {t}: {spec.format} {spec.path}: {where}"
-                             + ("" if spec.sha256 else " (not pinned: add sha256)"))
+                lines.append(
+                    f"  expert {t}: {spec.format} {spec.path}: {where}"
+                    + ("" if spec.sha256 else " (not pinned: add sha256)")
+                )
         else:
             r = suite.experts.finetune
             lines.append(f"  experts to fine-tune: {len(missing)} (`cmbench finetune {suite.name}`)")
@@ -210,9 +233,15 @@ def describe(suite: Suite, todo: list[Job], store: Store, measured: dict | None 
         lines.append("  θ0 and heads: to build (first job)")
     c = project(suite, todo, measured or load_measurement(suite))
     by = Counter(j.label for j in todo)
-    lines.append(cost_line(suite, c) + (f"; fine-tuning experts {3 * gf * ft_images / (GPU_TFLOPS * 1e3) / 3600:.2f} "
-                                        f"GPU-h ({ft_images:,} images)" if ft_images else "")
-                 + f"; {len(todo)} jobs: {dict(by)}")
+    lines.append(
+        cost_line(suite, c)
+        + (
+            f"; fine-tuning experts {3 * gf * ft_images / (GPU_TFLOPS * 1e3) / 3600:.2f} GPU-h ({ft_images:,} images)"
+            if ft_images
+            else ""
+        )
+        + f"; {len(todo)} jobs: {dict(by)}"
+    )
     return lines
 
 
@@ -227,13 +256,24 @@ def projection_lines(suite: Suite, measured: dict) -> list[str]:
     peak_gpu = max((m.get("peak_gpu_bytes") or 0 for m in methods.values()), default=0)
     sizes = split_sizes(suite)
     side = suite.backbone.image_size
-    decoded = sum(te + (tr if measured.get("phases", {}).get("data preparation", {}).get("train_images") else 0)
-                  for tr, te in sizes.values()) * 3 * side * side
-    return ["", f"## projection: the real {suite.name} ({len(jobs)} jobs = methods × seeds × orders)", "",
-            cost_line(suite, c),
-            f"total: {(c['eval_gpu_s'] + c['train_gpu_s']) / 3600:.1f} GPU-h of model passes + "
-            f"{c['merge_s'] / 3600:.1f} h of merge steps on the job's CPU "
-            f"(measured with {measured['host']['threads_per_job']} threads on the rehearsal host)",
-            f"peak private host memory per job (measured at full model size): {peak_host / 2**30:.1f} GB; "
-            f"peak GPU memory: {peak_gpu / 2**30:.1f} GB" + (" (not measured: no GPU)" if not peak_gpu else ""),
-            f"decoded data cache at real sizes: {decoded / 2**30:.1f} GB"]
+    decoded = (
+        sum(
+            te + (tr if measured.get("phases", {}).get("data preparation", {}).get("train_images") else 0)
+            for tr, te in sizes.values()
+        )
+        * 3
+        * side
+        * side
+    )
+    return [
+        "",
+        f"## projection: the real {suite.name} ({len(jobs)} jobs = methods × seeds × orders)",
+        "",
+        cost_line(suite, c),
+        f"total: {(c['eval_gpu_s'] + c['train_gpu_s']) / 3600:.1f} GPU-h of model passes + "
+        f"{c['merge_s'] / 3600:.1f} h of merge steps on the job's CPU "
+        f"(measured with {measured['host']['threads_per_job']} threads on the rehearsal host)",
+        f"peak private host memory per job (measured at full model size): {peak_host / 2**30:.1f} GB; "
+        f"peak GPU memory: {peak_gpu / 2**30:.1f} GB" + (" (not measured: no GPU)" if not peak_gpu else ""),
+        f"decoded data cache at real sizes: {decoded / 2**30:.1f} GB",
+    ]

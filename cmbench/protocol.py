@@ -34,10 +34,8 @@ import torch
 
 from . import CmbenchError, __version__, jobstate, metrics, published
 from . import methods as methods_mod
-from .artefacts import (SuiteArtefacts, artefact_key, data_versions, expert_key, heads_key, load_tasks,
-                        theta0_key)
-from .models import (accuracy, create_backbone, device_for, feature_dim, layout_of, models_version, numerics,
-                     to_device)
+from .artefacts import SuiteArtefacts, artefact_key, data_versions, expert_key, heads_key, load_tasks, theta0_key
+from .models import accuracy, create_backbone, device_for, feature_dim, layout_of, models_version, numerics, to_device
 from .store import Store
 from .suite import Job, LoRA, Suite, Training
 from .tensors import StateDict, first_nonfinite, nbytes
@@ -58,8 +56,12 @@ DATA_ACCESS_VERSION = 1  # DataAccess: which samples a method is handed
 def job_components(suite: Suite) -> dict:
     """The versions of every harness component that produces a job's numbers (artefacts
     carry their own in their keys)."""
-    out = {"evaluation": EVALUATION_VERSION, "data_access": DATA_ACCESS_VERSION, "models": models_version(suite.backbone),
-           "data": data_versions(suite.tasks)}
+    out = {
+        "evaluation": EVALUATION_VERSION,
+        "data_access": DATA_ACCESS_VERSION,
+        "models": models_version(suite.backbone),
+        "data": data_versions(suite.tasks),
+    }
     if suite.setting == "merge_stream":
         out["merge_stream"] = MERGE_STREAM_VERSION
     else:
@@ -79,14 +81,23 @@ def artefact_keys(suite: Suite, job: Job) -> dict:
 def job_inputs(suite: Suite, job: Job) -> dict:
     """Everything that determines a job's numbers except its artefacts' content hashes
     (``with_content`` adds them). Metrics are not here: they are derived from R."""
-    return {"suite_hash": job.suite_hash, "method": job.method, "label": job.label, "hparams": dict(job.hparams),
-            "lora": json.loads(job.lora) if job.lora else None, "method_code": job.method_hash,
-            "seed": job.seed, "order": list(job.order), "artefacts": artefact_keys(suite, job),
-            # the precision is keyed as part of the numerics (fp32 keys are as before the field)
-            "evaluation": suite.evaluation.model_dump(mode="json", exclude={"precision"}), **numerics(suite),
-            "components": job_components(suite),
-            # a method's own training recipe (keys of jobs without one are as before the field)
-            **({"training": suite.training_of(job).keyed()} if job.training else {})}
+    return {
+        "suite_hash": job.suite_hash,
+        "method": job.method,
+        "label": job.label,
+        "hparams": dict(job.hparams),
+        "lora": json.loads(job.lora) if job.lora else None,
+        "method_code": job.method_hash,
+        "seed": job.seed,
+        "order": list(job.order),
+        "artefacts": artefact_keys(suite, job),
+        # the precision is keyed as part of the numerics (fp32 keys are as before the field)
+        "evaluation": suite.evaluation.model_dump(mode="json", exclude={"precision"}),
+        **numerics(suite),
+        "components": job_components(suite),
+        # a method's own training recipe (keys of jobs without one are as before the field)
+        **({"training": suite.training_of(job).keyed()} if job.training else {}),
+    }
 
 
 def with_content(inputs: dict, content_of) -> dict | None:
@@ -130,8 +141,10 @@ class Evaluator:
     def accuracies(self, state: StateDict, names: list[str]) -> dict[str, float]:
         t0 = time.perf_counter()
         self.model.load_state_dict(state)
-        out = {n: accuracy(self.model, self.heads[n], self.tasks[n].test.x, self.tasks[n].test.y, self.bs,
-                           self.precision) for n in names}
+        out = {
+            n: accuracy(self.model, self.heads[n], self.tasks[n].test.x, self.tasks[n].test.y, self.bs, self.precision)
+            for n in names
+        }
         self.seconds += time.perf_counter() - t0  # evaluation's cost, reported beside the merge's
         self.images += sum(len(self.tasks[n].test) for n in names)
         return out
@@ -147,21 +160,42 @@ class Evaluator:
         if self.precision == "fp32":
             return meta["test_accuracy"]
         suite = art.suite
-        key = artefact_key("eval-expert", {"evaluation": EVALUATION_VERSION}, numerics(suite),
-                           expert_key(suite, art.seed, task), suite.evaluation.batch_size)
-        t, _ = art.store.get_or_make("evals", key, lambda: (
-            {"acc": torch.tensor([self.accuracies(state, [task])[task]], dtype=torch.float64)}, {"task": task}))
+        key = artefact_key(
+            "eval-expert",
+            {"evaluation": EVALUATION_VERSION},
+            numerics(suite),
+            expert_key(suite, art.seed, task),
+            suite.evaluation.batch_size,
+        )
+        t, _ = art.store.get_or_make(
+            "evals",
+            key,
+            lambda: (
+                {"acc": torch.tensor([self.accuracies(state, [task])[task]], dtype=torch.float64)},
+                {"task": task},
+            ),
+        )
         return float(t["acc"][0])
 
     def theta0_row(self, art: SuiteArtefacts) -> list[float]:
         """θ0's test accuracies depend on θ0, the heads, the test splits and evaluation."""
         names = sorted(self.order)
         suite = art.suite
-        key = artefact_key("eval-theta0", {"evaluation": EVALUATION_VERSION, "models": models_version(suite.backbone),
-                                           "data": data_versions(suite.tasks)}, numerics(suite),
-                           heads_key(suite, art.seed), [t.model_dump() for t in suite.tasks],
-                           suite.evaluation.max_test_per_task, suite.evaluation.batch_size,
-                           *([suite.rehearsal.model_dump(exclude={"caps"})] if suite.rehearsal else []))
+        key = artefact_key(
+            "eval-theta0",
+            {
+                "evaluation": EVALUATION_VERSION,
+                "models": models_version(suite.backbone),
+                "data": data_versions(suite.tasks),
+            },
+            numerics(suite),
+            heads_key(suite, art.seed),
+            [t.model_dump() for t in suite.tasks],
+            suite.evaluation.max_test_per_task,
+            suite.evaluation.batch_size,
+            *([suite.rehearsal.model_dump(exclude={"caps"})] if suite.rehearsal else []),
+        )
+
         def make():
             acc = self.accuracies(art.theta0(), names)  # once: not once per task (TALL20 evaluated θ0 20 times)
             if not suite.rehearsal:  # against the published zero-shot accuracies, as soon as known
@@ -189,8 +223,11 @@ def _published(suite: Suite, job: Job, cls) -> dict[str, Any]:
     if suite.rehearsal:
         return {}
     full = methods_mod.validate_hparams(cls, dict(job.hparams))
-    found = {"ACC": published.method_acc(suite, job.method, full, json.loads(job.lora) if job.lora else None),
-             "theta0": published.reference_acc(suite, "theta0"), "experts": published.reference_acc(suite, "experts")}
+    found = {
+        "ACC": published.method_acc(suite, job.method, full, json.loads(job.lora) if job.lora else None),
+        "theta0": published.reference_acc(suite, "theta0"),
+        "experts": published.reference_acc(suite, "experts"),
+    }
     found = {k: dataclasses.asdict(v) for k, v in found.items() if v is not None}
     return {"published": found} if found else {}
 
@@ -200,8 +237,9 @@ def _setup_check(suite: Suite, order: list[str], R0: list[float], E: list[float]
     warnings are printed where they are first computed: the θ0 row and the expert artefacts)."""
     if suite.rehearsal:
         return {}
-    checks = (published.setup_check(suite, "theta0", dict(zip(order, R0)), n_test)
-              + published.setup_check(suite, "expert", dict(zip(order, E)), n_test))
+    checks = published.setup_check(suite, "theta0", dict(zip(order, R0)), n_test) + published.setup_check(
+        suite, "expert", dict(zip(order, E)), n_test
+    )
     return {"setup_check": checks} if checks else {}
 
 
@@ -211,27 +249,46 @@ def _record_common(suite: Suite, job: Job, method, store: Store) -> dict[str, An
     cls = type(method)
     inputs = with_content(job_inputs(suite, job), store.content_hash)
     return {
-        "status": "ok", "suite": job.suite, "suite_hash": job.suite_hash, "setting": suite.setting,
-        "inputs": inputs, "key": key_of(inputs), "method": job.method, "label": job.label, "hparams": dict(job.hparams),
-        "method_source_hash": job.method_hash, "lora": json.loads(job.lora) if job.lora else None,
-        "paper": cls.paper, "data_access": cls.data_access,
-        "reconstruction": cls.reconstruction, "seed": job.seed, "order_index": job.order_index,
+        "status": "ok",
+        "suite": job.suite,
+        "suite_hash": job.suite_hash,
+        "setting": suite.setting,
+        "inputs": inputs,
+        "key": key_of(inputs),
+        "method": job.method,
+        "label": job.label,
+        "hparams": dict(job.hparams),
+        "method_source_hash": job.method_hash,
+        "lora": json.loads(job.lora) if job.lora else None,
+        "paper": cls.paper,
+        "data_access": cls.data_access,
+        "reconstruction": cls.reconstruction,
+        "seed": job.seed,
+        "order_index": job.order_index,
         # a rehearsal's results (random weights, generated data) carry its section: the report refuses them
         **({"rehearsal": suite.rehearsal.model_dump(mode="json")} if suite.rehearsal else {}),
         **_published(suite, job, cls),
         "device": _device_record(device_for(suite)),
-        "versions": {"cmbench": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                     # CPU kernels differ in rounding by instruction set: `cmbench verify` expects a
-                     # bitwise rerun only on the same one
-                     "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        "versions": {
+            "cmbench": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            # CPU kernels differ in rounding by instruction set: `cmbench verify` expects a
+            # bitwise rerun only on the same one
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        },
     }
 
 
 def _device_record(device: torch.device) -> dict[str, Any]:
     """The device a job computed on (its type is also in the key)."""
     if device.type == "cuda":
-        return {"type": "cuda", "name": torch.cuda.get_device_name(device), "cuda": torch.version.cuda,
-                "deterministic": torch.are_deterministic_algorithms_enabled()}
+        return {
+            "type": "cuda",
+            "name": torch.cuda.get_device_name(device),
+            "cuda": torch.version.cuda,
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+        }
     return {"type": device.type, "name": torch.backends.cpu.get_cpu_capability()}
 
 
@@ -246,8 +303,15 @@ def _setup(suite: Suite, job: Job, store: Store, threads: int, tasks: dict):
     theta0 = to_device(art.theta0(), device)
     method = methods_mod.create(job.method, dict(job.hparams))
     data = DataAccess(job.method, type(method).data_access, tasks, job.seed, device)
-    ctx = methods_mod.Context(theta0=theta0, num_tasks=len(job.order), seed=job.seed, device=device,
-                              setting=suite.setting, generator=torch.Generator().manual_seed(job.seed), data=data)
+    ctx = methods_mod.Context(
+        theta0=theta0,
+        num_tasks=len(job.order),
+        seed=job.seed,
+        device=device,
+        setting=suite.setting,
+        generator=torch.Generator().manual_seed(job.seed),
+        data=data,
+    )
     data.ctx = ctx
     return art, theta0, method, ctx, data
 
@@ -281,8 +345,9 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
         E, expert_hashes, step_times, storage = [], [], [], []
         merged, done, earlier_s = theta0, 0, 0.0
     else:
-        R, E, expert_hashes, step_times, storage = (saved[k] for k in ("R", "E", "expert_hashes", "step_times",
-                                                                           "storage"))
+        R, E, expert_hashes, step_times, storage = (
+            saved[k] for k in ("R", "E", "expert_hashes", "step_times", "storage")
+        )
         merged, done, earlier_s = saved["merged"], saved["step"], saved["job_s"]
         for name, value in saved["method"].items():
             setattr(method, name, value)
@@ -304,10 +369,22 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
         storage.append(measure_storage(method, theta0))
         del incoming
         # after every step, the last too (a job killed in `finish`, ODE-M's refinement, resumes there)
-        checkpoint.save({"step": t, "merged": merged, "method": method.kept, "R": R, "E": E,
-                         "expert_hashes": expert_hashes, "step_times": step_times, "storage": storage,
-                         "rng": jobstate.rng_state(ctx.generator), "samples_handed": data.samples_handed,
-                         "eval": [ev.seconds, ev.images], "job_s": earlier_s + time.perf_counter() - t_start})
+        checkpoint.save(
+            {
+                "step": t,
+                "merged": merged,
+                "method": method.kept,
+                "R": R,
+                "E": E,
+                "expert_hashes": expert_hashes,
+                "step_times": step_times,
+                "storage": storage,
+                "rng": jobstate.rng_state(ctx.generator),
+                "samples_handed": data.samples_handed,
+                "eval": [ev.seconds, ev.images],
+                "job_s": earlier_s + time.perf_counter() - t_start,
+            }
+        )
 
     ctx.step, ctx.task, ctx.seen_tasks = len(order), order[-1], list(order)  # also when resumed after the last
     finished = method.finish(ctx, merged)
@@ -319,18 +396,28 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
 
     record = {
         **_record_common(suite, job, method, store),
-        "tasks": order, "R": R, "E": E, "R_final_before_finish": row_before_finish,
+        "tasks": order,
+        "R": R,
+        "E": E,
+        "R_final_before_finish": row_before_finish,
         "expert_content_hashes": expert_hashes,
-        "evaluation": {"seen_only": suite.evaluation.seen_only,
-                       "max_test_per_task": suite.evaluation.max_test_per_task,
-                       "test_samples": {n: len(ev.tasks[n].test) for n in order}},
+        "evaluation": {
+            "seen_only": suite.evaluation.seen_only,
+            "max_test_per_task": suite.evaluation.max_test_per_task,
+            "test_samples": {n: len(ev.tasks[n].test) for n in order},
+        },
         **_setup_check(suite, order, R[0], E, {n: len(ev.tasks[n].test) for n in order}),
         "metrics": metrics.all_metrics(R, E),
         "data_samples_handed": data.samples_handed,
         "storage_bytes": _storage_record(storage),
-        "timings": {"merge_steps_s": step_times, "merge_total_s": sum(step_times),
-                    "eval_s": ev.seconds, "eval_images": ev.images,
-                    "job_s": earlier_s + time.perf_counter() - t_start, "resumed_after_step": done or None},
+        "timings": {
+            "merge_steps_s": step_times,
+            "merge_total_s": sum(step_times),
+            "eval_s": ev.seconds,
+            "eval_images": ev.images,
+            "job_s": earlier_s + time.perf_counter() - t_start,
+            "resumed_after_step": done or None,
+        },
         "threads": threads,
     }
     checkpoint.clear()
@@ -356,13 +443,19 @@ def measure_storage(method, model_keys) -> dict[str, int]:
     for name, value in method.kept.items():
         if name in declared:
             kind = declared[name]
-        elif isinstance(value, Split) or (isinstance(value, (list, tuple, dict)) and value and all(
-                isinstance(v, Split) for v in (value.values() if isinstance(value, dict) else value))):
+        elif isinstance(value, Split) or (
+            isinstance(value, (list, tuple, dict))
+            and value
+            and all(isinstance(v, Split) for v in (value.values() if isinstance(value, dict) else value))
+        ):
             kind = "samples"
         elif isinstance(value, dict) and value and set(value) <= set(model_keys):
             kind = "vectors"
-        elif isinstance(value, (list, tuple)) and value and all(
-                isinstance(v, dict) and set(v) <= set(model_keys) for v in value):
+        elif (
+            isinstance(value, (list, tuple))
+            and value
+            and all(isinstance(v, dict) and set(v) <= set(model_keys) for v in value)
+        ):
             kind = "vectors"
         else:
             kind = "other"
@@ -375,15 +468,20 @@ def measure_storage(method, model_keys) -> dict[str, int]:
 def _storage_record(per_step: list[dict[str, int]]) -> dict[str, Any]:
     totals = [sum(d.values()) for d in per_step]
     kinds = sorted({k for d in per_step for k in d})
-    return {"peak": max(totals, default=0), "per_step": totals,
-            "peak_by_kind": {k: max(d.get(k, 0) for d in per_step) for k in kinds}}
+    return {
+        "peak": max(totals, default=0),
+        "per_step": totals,
+        "peak_by_kind": {k: max(d.get(k, 0) for d in per_step) for k in kinds},
+    }
 
 
 def _check_finite(state: StateDict, job: Job, step: int, what: str = "merged") -> None:
     bad = first_nonfinite(state)
     if bad is not None:
-        raise CmbenchError(f"{job.label} (seed {job.seed}, order {job.order_index}): "
-                           f"{what} model has NaN/Inf in {bad!r} after step {step}")
+        raise CmbenchError(
+            f"{job.label} (seed {job.seed}, order {job.order_index}): "
+            f"{what} model has NaN/Inf in {bad!r} after step {step}"
+        )
 
 
 def nan_to_none(x):
@@ -436,8 +534,9 @@ class DataAccess:
     * ``all_seen``: every seen task's train/val splits (reference rows only).
     """
 
-    def __init__(self, method_name: str, declared: str, tasks: dict, seed: int,
-                 device: torch.device = torch.device("cpu")):
+    def __init__(
+        self, method_name: str, declared: str, tasks: dict, seed: int, device: torch.device = torch.device("cpu")
+    ):
         self.method, self.declared, self.tasks, self.seed = method_name, declared, tasks, seed
         self.device = device  # splits are handed on the job's device (OnDevice: batch by batch)
         self.ctx: methods_mod.Context | None = None
@@ -445,8 +544,10 @@ class DataAccess:
         self._on_device: dict[tuple[str, str], Any] = {}
 
     def _deny(self, what: str):
-        raise CmbenchError(f"method {self.method} declared data_access={self.declared!r} but asked for "
-                           f"{what}; declare the access it needs in its class")
+        raise CmbenchError(
+            f"method {self.method} declared data_access={self.declared!r} but asked for "
+            f"{what}; declare the access it needs in its class"
+        )
 
     def _split(self, task: str, split: str):
         if split == "test":
@@ -533,8 +634,9 @@ class Learner:
         self.model.load_state_dict(state)
         return features(self.model, x, self.bs, self.precision)
 
-    def evaluate(self, state: StateDict, head: dict, order: list[str], learned: list[str],
-                 incremental: str) -> tuple[list[float], float]:
+    def evaluate(
+        self, state: StateDict, head: dict, order: list[str], learned: list[str], incremental: str
+    ) -> tuple[list[float], float]:
         """R row (NaN for unlearned tasks) and the sample-weighted accuracy over learned tasks."""
         t0 = time.perf_counter()
         row, correct, total = [], 0, 0
@@ -593,9 +695,19 @@ class Learner:
 
         loss_fn = method.wrap_loss(ctx, loss_fn, model)
         groups = [{"params": body}, {"params": list(lin.parameters()), "lr": recipe.head_lr or recipe.lr}]
-        fit(groups, loss_fn, xs, ys, recipe, seed, on_step=lambda s, l: method.on_train_step(ctx, s, l),
-            what=f"training on {'+'.join(names)}", after_backward=lambda: method.after_backward(ctx),
-            aspect=aspect, out_size=suite.backbone.image_size)
+        fit(
+            groups,
+            loss_fn,
+            xs,
+            ys,
+            recipe,
+            seed,
+            on_step=lambda s, loss: method.on_train_step(ctx, s, loss),
+            what=f"training on {'+'.join(names)}",
+            after_backward=lambda: method.after_backward(ctx),
+            aspect=aspect,
+            out_size=suite.backbone.image_size,
+        )
         self.train_optimizer_steps.append(ctx.train_total_steps)
         merge_lora(model)
         trained_head = {k: v.detach().clone() for k, v in head.items()}
@@ -609,11 +721,15 @@ class Learner:
         (``TaskData.train_view``) that random resized crops are taken from."""
         aug = self.recipe.augment
         whole = aug is not None and any(self.tasks[n].train_view is not None for n in names)
-        splits = [self.tasks[n].train_view(aug.view_size) if whole and self.tasks[n].train_view else self.tasks[n].train
-                  for n in names]
+        splits = [
+            self.tasks[n].train_view(aug.view_size) if whole and self.tasks[n].train_view else self.tasks[n].train
+            for n in names
+        ]
         if whole and (len({s.x.shape[-1] for s in splits}) > 1 or any(s.aspect is None for s in splits)):
-            raise CmbenchError(f"training on {'+'.join(names)}: some tasks have whole-image views and some "
-                               "do not; random resized crops need the same kind for every task")
+            raise CmbenchError(
+                f"training on {'+'.join(names)}: some tasks have whole-image views and some "
+                "do not; random resized crops need the same kind for every task"
+            )
         ys = torch.cat([self.space.targets(self.tasks[n], s.y) for n, s in zip(names, splits)])
         return torch.cat([s.x for s in splits]), ys, (torch.cat([s.aspect for s in splits]) if whole else None)
 
@@ -626,8 +742,9 @@ class Learner:
         td = self.tasks[name]
         x = td.train.x[:n].to(self.device).float().div(127.5).sub(1.0)
         logits = model(x) @ head["weight"].to(self.device).T + head["bias"].to(self.device)
-        loss = torch.nn.functional.cross_entropy(_masked(logits, self.space.rows_of[name]),
-                                                 self.space.targets(td, td.train.y[:n]).to(self.device))
+        loss = torch.nn.functional.cross_entropy(
+            _masked(logits, self.space.rows_of[name]), self.space.targets(td, td.train.y[:n]).to(self.device)
+        )
         grads = torch.autograd.grad(loss, [p for p in model.parameters()])
         return float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
 
@@ -639,8 +756,10 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
     space = ClassSpace(tasks, order)
     learner = Learner(suite, tasks, space, suite.training_of(job))
     gen = torch.Generator().manual_seed(job.seed)
-    head = {"weight": torch.randn(space.n, feature_dim(suite.backbone), generator=gen) * 0.02,
-            "bias": torch.zeros(space.n)}
+    head = {
+        "weight": torch.randn(space.n, feature_dim(suite.backbone), generator=gen) * 0.02,
+        "bias": torch.zeros(space.n),
+    }
     incremental = suite.heads.kind
     ctx.job_lora = job.lora
     ctx.layout = layout_of(learner.model)
@@ -668,7 +787,8 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
         merge_times, train_times, storage, grad_norms, own = [], [], [], [], []
     else:
         R, acc_all, merge_times, train_times, storage, grad_norms, own = (
-            saved[k] for k in ("R", "acc_all", "merge_times", "train_times", "storage", "grad_norms", "own"))
+            saved[k] for k in ("R", "acc_all", "merge_times", "train_times", "storage", "grad_norms", "own")
+        )
         deployed, head, done, earlier_s = saved["deployed"], saved["head"], saved["step"], saved["job_s"]
         for name, value in saved["method"].items():
             setattr(method, name, value)
@@ -700,12 +820,25 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
         R.append(row)
         acc_all.append(a)
         storage.append(measure_storage(method, theta0))
-        checkpoint.save({"step": t, "deployed": deployed, "head": head, "method": method.kept, "R": R,
-                         "acc_all": acc_all, "merge_times": merge_times, "train_times": train_times,
-                         "storage": storage, "grad_norms": grad_norms, "own": own,
-                         "rng": jobstate.rng_state(ctx.generator), "samples_handed": data.samples_handed,
-                         "learner": [learner.train_optimizer_steps, learner.eval_seconds, learner.eval_images],
-                         "job_s": earlier_s + time.perf_counter() - t_start})
+        checkpoint.save(
+            {
+                "step": t,
+                "deployed": deployed,
+                "head": head,
+                "method": method.kept,
+                "R": R,
+                "acc_all": acc_all,
+                "merge_times": merge_times,
+                "train_times": train_times,
+                "storage": storage,
+                "grad_norms": grad_norms,
+                "own": own,
+                "rng": jobstate.rng_state(ctx.generator),
+                "samples_handed": data.samples_handed,
+                "learner": [learner.train_optimizer_steps, learner.eval_seconds, learner.eval_images],
+                "job_s": earlier_s + time.perf_counter() - t_start,
+            }
+        )
 
     ctx.step, ctx.task, ctx.seen_tasks = len(order), order[-1], list(order)  # also when resumed after the last
     finished = method.finish(ctx, deployed)
@@ -717,17 +850,29 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
 
     record = {
         **_record_common(suite, job, method, store),
-        "tasks": order, "R": R, "E": None, "R_final_before_finish": row_before_finish,
-        "heads": incremental, "ACC_all_steps": acc_all, "trained_own_task_acc": own,
+        "tasks": order,
+        "R": R,
+        "E": None,
+        "R_final_before_finish": row_before_finish,
+        "heads": incremental,
+        "ACC_all_steps": acc_all,
+        "trained_own_task_acc": own,
         "start_grad_norm": grad_norms,
         "metrics": metrics.all_metrics(R, acc_all=acc_all if incremental == "class_incremental" else None),
         "data_samples_handed": data.samples_handed,
         "storage_bytes": _storage_record(storage),
-        "timings": {"train_steps_s": train_times, "train_total_s": sum(train_times),
-                    "train_optimizer_steps": learner.train_optimizer_steps, "train_batch_size": learner.recipe.batch_size,
-                    "merge_steps_s": merge_times, "merge_total_s": sum(merge_times),
-                    "eval_s": learner.eval_seconds, "eval_images": learner.eval_images,
-                    "job_s": earlier_s + time.perf_counter() - t_start, "resumed_after_step": done or None},
+        "timings": {
+            "train_steps_s": train_times,
+            "train_total_s": sum(train_times),
+            "train_optimizer_steps": learner.train_optimizer_steps,
+            "train_batch_size": learner.recipe.batch_size,
+            "merge_steps_s": merge_times,
+            "merge_total_s": sum(merge_times),
+            "eval_s": learner.eval_seconds,
+            "eval_images": learner.eval_images,
+            "job_s": earlier_s + time.perf_counter() - t_start,
+            "resumed_after_step": done or None,
+        },
         "threads": threads,
     }
     checkpoint.clear()

@@ -76,7 +76,9 @@ def _matches(spec: dict, method: str, hparams: dict, lora: dict | None) -> bool:
     want = spec.get("lora")
     if (want is None) != (lora is None):
         return False
-    return want is None or (lora.get("rank") == want["rank"] and sorted(lora.get("targets", [])) == sorted(want["targets"]))
+    return want is None or (
+        lora.get("rank") == want["rank"] and sorted(lora.get("targets", [])) == sorted(want["targets"])
+    )
 
 
 def method_acc(suite, method: str, hparams: dict, lora: dict | None = None) -> Published | None:
@@ -173,14 +175,27 @@ def setup_check(suite, what: str, accuracies: dict[str, float], n_test: dict[str
             continue
         ours = 100.0 * accuracies[task]
         tol = tolerance(pub[what], n_test.get(task, 0), SPLIT_SIZES.get(dataset[task], (None, None))[1])
-        out.append({"what": what, "task": task, "ours": round(ours, 2), "published": pub[what],
-                    "tolerance": round(tol, 2), "n_test": n_test.get(task, 0), "ok": abs(ours - pub[what]) <= tol})
+        out.append(
+            {
+                "what": what,
+                "task": task,
+                "ours": round(ours, 2),
+                "published": pub[what],
+                "tolerance": round(tol, 2),
+                "n_test": n_test.get(task, 0),
+                "ok": abs(ours - pub[what]) <= tol,
+            }
+        )
     return out
 
 
 def warnings(checks: list[dict]) -> list[str]:
     """One line per failed check, naming the task, both values and the usual causes."""
     who = {"theta0": "θ0 zero-shot", "expert": "expert"}
-    return [f"warning: setup check: {who[c['what']]} accuracy on {c['task']} is {c['ours']:.1f}%, published "
-            f"{c['published']:.1f}% (tolerance ±{c['tolerance']:.1f}): check the preprocessing, class names and "
-            f"templates, or the checkpoint" for c in checks if not c["ok"]]
+    return [
+        f"warning: setup check: {who[c['what']]} accuracy on {c['task']} is {c['ours']:.1f}%, published "
+        f"{c['published']:.1f}% (tolerance ±{c['tolerance']:.1f}): check the preprocessing, class names and "
+        f"templates, or the checkpoint"
+        for c in checks
+        if not c["ok"]
+    ]

@@ -47,9 +47,15 @@ COMMIT = "0" * 40
 def stand_in_env(root: Path) -> dict[str, str]:
     """Where a rehearsal's stand-ins live and the loaders look: its own HF cache and data
     root, downloads off. Set before anything imports huggingface_hub (it reads them once)."""
-    return {"HF_HOME": str(root / "hf"), "HF_HUB_CACHE": str(root / "hf" / "hub"),
-            "HF_DATASETS_CACHE": str(root / "hf" / "datasets"), "CMBENCH_DATA_ROOT": str(root / "data"),
-            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "CMBENCH_ALLOW_DOWNLOAD": "0"}
+    return {
+        "HF_HOME": str(root / "hf"),
+        "HF_HUB_CACHE": str(root / "hf" / "hub"),
+        "HF_DATASETS_CACHE": str(root / "hf" / "datasets"),
+        "CMBENCH_DATA_ROOT": str(root / "data"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "CMBENCH_ALLOW_DOWNLOAD": "0",
+    }
 
 
 def default_out(suite_path: Path) -> Path:
@@ -76,12 +82,20 @@ def use_stand_ins(root: Path) -> None:
         if Path(datasets.config.HF_DATASETS_CACHE) != Path(env["HF_DATASETS_CACHE"]):
             stale.append("datasets")
     if stale:
-        raise CmbenchError(f"rehearsal: {', '.join(stale)} was imported before the stand-in caches were set; "
-                           "rehearse from a fresh process (`cmbench run SUITE --rehearse`)")
+        raise CmbenchError(
+            f"rehearsal: {', '.join(stale)} was imported before the stand-in caches were set; "
+            "rehearse from a fresh process (`cmbench run SUITE --rehearse`)"
+        )
 
 
-def capped_suite(suite: Suite, rehearsal: Rehearsal, eval_cap: int | None = None, train_steps: int | None = None,
-                 train_batch: int | None = None, hparams: dict[str, dict[str, Any]] | None = None) -> Suite:
+def capped_suite(
+    suite: Suite,
+    rehearsal: Rehearsal,
+    eval_cap: int | None = None,
+    train_steps: int | None = None,
+    train_batch: int | None = None,
+    hparams: dict[str, dict[str, Any]] | None = None,
+) -> Suite:
     """The suite as rehearsed: its ``rehearsal`` section set, and what a CPU cannot afford
     lowered through the suite's own fields (recorded in ``rehearsal.caps``): evaluation's
     ``max_test_per_task``, ``training.steps`` / ``batch_size``, method hyperparameters
@@ -95,8 +109,9 @@ def capped_suite(suite: Suite, rehearsal: Rehearsal, eval_cap: int | None = None
         t = {k: v for k, v in (("steps", train_steps), ("batch_size", train_batch)) if v}
         update["training"] = suite.training.model_copy(update=t)
         # methods with their own recipe are capped too (their fields override the suite's)
-        update["methods"] = [m.model_copy(update={"training": {**m.training, **t}}) if m.training else m
-                             for m in suite.methods]
+        update["methods"] = [
+            m.model_copy(update={"training": {**m.training, **t}}) if m.training else m for m in suite.methods
+        ]
         caps["training"] = t
     if hparams:
         methods = []
@@ -262,8 +277,9 @@ def _write_hub_copy(source: str, r: Rehearsal) -> int:
     for (repo, config), splits in by_repo.items():
         parts = repo.split("/")
         name = camelcase_to_snakecase(parts[-1])
-        d = Path(os.environ["HF_DATASETS_CACHE"]).joinpath("___".join(parts[:-1] + [name]), config or "default",
-                                                             "0.0.0", COMMIT)
+        d = Path(os.environ["HF_DATASETS_CACHE"]).joinpath(
+            "___".join(parts[:-1] + [name]), config or "default", "0.0.0", COMMIT
+        )
         if (d / "dataset_info.json").exists():
             continue
         cols = meta["hub"]["test"].get("columns", {})
@@ -277,15 +293,15 @@ def _write_hub_copy(source: str, r: Rehearsal) -> int:
             w = ArrowWriter(features=features, path=str(d / f"{name}-{theirs}.arrow"))
             for i in range(n):
                 label = i % len(names)
-                w.write({img_col: {"bytes": _image(rng, label, len(names), side, mode), "path": None},
-                         lab_col: label})
+                w.write({img_col: {"bytes": _image(rng, label, len(names), side, mode), "path": None}, lab_col: label})
             count, nbytes = w.finalize()
             w.close()
             infos.add(datasets.SplitInfo(name=theirs, num_examples=count, num_bytes=nbytes, dataset_name=name))
             written += n
         # written last: its presence marks a complete copy (for us and for `datasets`)
-        datasets.DatasetInfo(features=features, splits=infos, config_name=config or "default", dataset_name=name,
-                             version="0.0.0").write_to_directory(str(d))
+        datasets.DatasetInfo(
+            features=features, splits=infos, config_name=config or "default", dataset_name=name, version="0.0.0"
+        ).write_to_directory(str(d))
     return written
 
 
@@ -383,7 +399,7 @@ def write_experts(suite: Suite, r: Rehearsal, root: Path) -> None:
 def expert_path(path: str, root: Path) -> Path:
     """Where a rehearsal writes the expert the suite names ``path``."""
     if path.startswith("hf://"):
-        parts = path[len("hf://"):].split("/")
+        parts = path[len("hf://") :].split("/")
         return hub_file("/".join(parts[:2]), "/".join(parts[2:]) or "model.safetensors")
     return root / "experts" / Path(path).name
 
@@ -392,9 +408,15 @@ def local_experts(suite: Suite, root: Path) -> Suite:
     """Local expert paths pointed at the rehearsal's copies (hub paths resolve by themselves)."""
     if suite.experts.source != "checkpoints":
         return suite
-    ck = {t: s.model_copy(update={"sha256": None,  # stand-ins have their own bytes
-                                  "path": s.path if s.path.startswith("hf://") else str(expert_path(s.path, root))})
-          for t, s in suite.experts.checkpoints.items()}
+    ck = {
+        t: s.model_copy(
+            update={
+                "sha256": None,  # stand-ins have their own bytes
+                "path": s.path if s.path.startswith("hf://") else str(expert_path(s.path, root)),
+            }
+        )
+        for t, s in suite.experts.checkpoints.items()
+    }
     return suite.model_copy(update={"experts": suite.experts.model_copy(update={"checkpoints": ck})})
 
 
@@ -402,20 +424,36 @@ def _hf_vision_config(suite: Suite) -> dict:
     from .models import feature_dim
 
     v = suite.backbone.open_clip_config()["vision_cfg"]
-    return {"architectures": ["CLIPVisionModel"], "model_type": "clip_vision_model", "hidden_size": v["width"],
-            "intermediate_size": int(v["width"] * v.get("mlp_ratio", 4.0)), "num_hidden_layers": v["layers"],
-            "num_attention_heads": v["width"] // v.get("head_width", 64), "image_size": suite.backbone.image_size,
-            "patch_size": v["patch_size"], "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
-            "projection_dim": feature_dim(suite.backbone)}
+    return {
+        "architectures": ["CLIPVisionModel"],
+        "model_type": "clip_vision_model",
+        "hidden_size": v["width"],
+        "intermediate_size": int(v["width"] * v.get("mlp_ratio", 4.0)),
+        "num_hidden_layers": v["layers"],
+        "num_attention_heads": v["width"] // v.get("head_width", 64),
+        "image_size": suite.backbone.image_size,
+        "patch_size": v["patch_size"],
+        "hidden_act": "quick_gelu",
+        "layer_norm_eps": 1e-5,
+        "projection_dim": feature_dim(suite.backbone),
+    }
 
 
 # -- the rehearsal run and what it measured ----------------------------------------------------
 
 
-def rehearse(suite_path: Path, *, out: Path | None = None, rehearsal: Rehearsal, eval_cap: int | None = None,
-             train_steps: int | None = None, train_batch: int | None = None,
-             hparams: dict[str, dict[str, Any]] | None = None, log: Callable[[str], None] = print,
-             **run_kwargs) -> dict[str, Any]:
+def rehearse(
+    suite_path: Path,
+    *,
+    out: Path | None = None,
+    rehearsal: Rehearsal,
+    eval_cap: int | None = None,
+    train_steps: int | None = None,
+    train_batch: int | None = None,
+    hparams: dict[str, dict[str, Any]] | None = None,
+    log: Callable[[str], None] = print,
+    **run_kwargs,
+) -> dict[str, Any]:
     """Prepare the stand-ins, run the suite on them (``run_kwargs`` go to ``run_suite``),
     and write ``OUT/rehearsal.md`` / ``.json``: what each phase cost and the projection."""
     import yaml
@@ -429,8 +467,10 @@ def rehearse(suite_path: Path, *, out: Path | None = None, rehearsal: Rehearsal,
     rehearsed = local_experts(capped_suite(suite, rehearsal, eval_cap, train_steps, train_batch, hparams), root)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{suite.name}.rehearsal.yaml"
-    path.write_text(f"# {suite.name} as rehearsed (cmbench run {suite_path} --rehearse): stand-ins under "
-                    f"{root}\n" + yaml.safe_dump(rehearsed.model_dump(mode="json"), sort_keys=False))
+    path.write_text(
+        f"# {suite.name} as rehearsed (cmbench run {suite_path} --rehearse): stand-ins under "
+        f"{root}\n" + yaml.safe_dump(rehearsed.model_dump(mode="json"), sort_keys=False)
+    )
     phases: dict[str, Any] = {}
     from .measure import measured
 
@@ -440,16 +480,19 @@ def rehearse(suite_path: Path, *, out: Path | None = None, rehearsal: Rehearsal,
     from .runner import run_suite
     from .suite import expand
 
-    jobs = expand(rehearsed, run_kwargs.get("methods"), run_kwargs.get("seeds"), run_kwargs.get("orders"),
-                  run_kwargs.get("skip"))
+    jobs = expand(
+        rehearsed, run_kwargs.get("methods"), run_kwargs.get("seeds"), run_kwargs.get("orders"), run_kwargs.get("skip")
+    )
     if not run_kwargs.get("dry_run"):
         with measured(phases, "data preparation"):
             counts = decode_all(rehearsed, {j.method for j in jobs})
         phases["data preparation"].update(counts)
         # kept now: a rehearsal stopped during its jobs still has its preparation's figures
         (out / "rehearsal-phases.json").write_text(json.dumps(phases, indent=1))
-        log(f"rehearsal: data prepared in {phases['data preparation']['s']:.0f} s "
-            f"({json.dumps({k: v for k, v in counts.items()})})")
+        log(
+            f"rehearsal: data prepared in {phases['data preparation']['s']:.0f} s "
+            f"({json.dumps({k: v for k, v in counts.items()})})"
+        )
     summary = run_suite(path, out=out, log=log, **run_kwargs)
     if run_kwargs.get("dry_run"):
         return summary
@@ -497,11 +540,18 @@ def measurements(suite: Suite, out: Path, phases: dict, root: Path, labels: set[
     from .runner import Paths
 
     paths = Paths(out)
-    recs = [r for r in load_results(paths.results / suite.name, include_rehearsal=True)
-            if r.get("status") == "ok" and r["label"] in labels and r.get("key")]
+    recs = [
+        r
+        for r in load_results(paths.results / suite.name, include_rehearsal=True)
+        if r.get("status") == "ok" and r["label"] in labels and r.get("key")
+    ]
     art: dict[str, list] = {}
-    used = {(kind, k) for r in recs for kind, key in r["inputs"]["artefacts"].items()
-            for k in (key.values() if isinstance(key, dict) else [key])}
+    used = {
+        (kind, k)
+        for r in recs
+        for kind, key in r["inputs"]["artefacts"].items()
+        for k in (key.values() if isinstance(key, dict) else [key])
+    }
     for kind in ("theta0", "heads", "experts", "evals"):
         for side in sorted((paths.cache / kind).glob("*.json")):
             if kind != "evals" and (kind, side.stem) not in used:
@@ -530,13 +580,21 @@ def measurements(suite: Suite, out: Path, phases: dict, root: Path, labels: set[
     return {
         "backbone": {"params": backbone_params(suite), "gflops": backbone_gflops(suite)},
         "check": model_check(suite, recs),
-        "suite": suite.name, "rehearsal": suite.rehearsal.model_dump(mode="json"), "phases": phases,
-        "artefacts": {k: {"count": len(v), "s": sum(b["s"] for b in v),
-                          "peak_rss_bytes": max(b["peak_rss_bytes"] for b in v)} for k, v in art.items()},
+        "suite": suite.name,
+        "rehearsal": suite.rehearsal.model_dump(mode="json"),
+        "phases": phases,
+        "artefacts": {
+            k: {"count": len(v), "s": sum(b["s"] for b in v), "peak_rss_bytes": max(b["peak_rss_bytes"] for b in v)}
+            for k, v in art.items()
+        },
         "methods": methods,
         "eval_images_per_s": (sum(i for _, i in evals) / sum(s for s, _ in evals)) if evals else None,
-        "disk_bytes": {"stand-ins": disk_bytes(root), "decoded data": disk_bytes(root / "data" / ".decoded"),
-                       "artefact store": disk_bytes(paths.cache), "results": disk_bytes(paths.results)},
+        "disk_bytes": {
+            "stand-ins": disk_bytes(root),
+            "decoded data": disk_bytes(root / "data" / ".decoded"),
+            "artefact store": disk_bytes(paths.cache),
+            "results": disk_bytes(paths.results),
+        },
         "host": {"cpus": os.cpu_count(), "threads_per_job": suite.resources.cpus_per_job},
     }
 
@@ -547,39 +605,63 @@ def _gb(b: float | None) -> str:
 
 def report_lines(suite: Suite, rep: dict) -> list[str]:
     r = suite.rehearsal
-    lines = [f"# rehearsal of {suite.name} (random weights, generated data)", "",
-             f"sizes: scale {r.scale}, at most {r.max_per_split or '-'} images per split; caps: "
-             f"{json.dumps(r.caps) if r.caps else 'none'}", "",
-             "| phase | wall s | peak host GB (private) | notes |", "|---|---|---|---|"]
+    lines = [
+        f"# rehearsal of {suite.name} (random weights, generated data)",
+        "",
+        f"sizes: scale {r.scale}, at most {r.max_per_split or '-'} images per split; caps: "
+        f"{json.dumps(r.caps) if r.caps else 'none'}",
+        "",
+        "| phase | wall s | peak host GB (private) | notes |",
+        "|---|---|---|---|",
+    ]
     for name, p in rep["phases"].items():
-        notes = ", ".join(f"{k} {v:.0f}" if isinstance(v, float) else f"{k} {v}" for k, v in p.items()
-                          if k not in ("s", "peak_rss_bytes", "peak_private_bytes", "parts_s", "decoded_bytes"))
+        notes = ", ".join(
+            f"{k} {v:.0f}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in p.items()
+            if k not in ("s", "peak_rss_bytes", "peak_private_bytes", "parts_s", "decoded_bytes")
+        )
         if "parts_s" in p:
             notes = ", ".join(f"{k} {v:.1f} s" for k, v in p["parts_s"].items())
         if "decoded_bytes" in p:
             notes += f", decoded cache {_gb(p['decoded_bytes'])} GB"
-        lines.append(f"| {name} | {p['s']:.1f} | {_gb(p['peak_rss_bytes'])} ({_gb(p.get('peak_private_bytes'))}) | "
-                     f"{notes} |")
+        lines.append(
+            f"| {name} | {p['s']:.1f} | {_gb(p['peak_rss_bytes'])} ({_gb(p.get('peak_private_bytes'))}) | {notes} |"
+        )
     for kind, a in rep["artefacts"].items():
         lines.append(f"| {kind} ({a['count']} built) | {a['s']:.1f} | {_gb(a['peak_rss_bytes'])} | |")
-    lines += ["", "| method | jobs | merge s/step | train s/opt. step (batch) | eval s (images/s) | job s | "
-              "peak host GB (private) | peak GPU GB | storage GB |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| method | jobs | merge s/step | train s/opt. step (batch) | eval s (images/s) | job s | "
+        "peak host GB (private) | peak GPU GB | storage GB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for label, m in rep["methods"].items():
-        train = (f"{m['train_s'] / max(1, m['train_optimizer_steps']):.1f} ({m['train_batch_size']})"
-                 if m.get("train_optimizer_steps") else "-")
+        train = (
+            f"{m['train_s'] / max(1, m['train_optimizer_steps']):.1f} ({m['train_batch_size']})"
+            if m.get("train_optimizer_steps")
+            else "-"
+        )
         ev = f"{m['eval_s']:.0f} ({m['eval_images'] / m['eval_s']:.1f})" if m.get("eval_s") else "-"
-        lines.append(f"| {label} | {m['jobs']} | {m['merge_step_s']:.2f} | {train} | {ev} | {m['job_s']:.0f} | "
-                     f"{_gb(m.get('peak_rss_bytes'))} ({_gb(m.get('peak_private_bytes'))}) | {_gb(m.get('peak_gpu_bytes'))} | "
-                     f"{_gb(m['storage_peak_bytes'])} |")
-    lines += ["", "disk: " + ", ".join(f"{k} {_gb(v)} GB" for k, v in rep["disk_bytes"].items()),
-              f"evaluation: {rep['eval_images_per_s'] or 0:.1f} images/s on {rep['host']['threads_per_job']} threads "
-              f"({rep['host']['cpus']} CPUs)"]
+        lines.append(
+            f"| {label} | {m['jobs']} | {m['merge_step_s']:.2f} | {train} | {ev} | {m['job_s']:.0f} | "
+            f"{_gb(m.get('peak_rss_bytes'))} ({_gb(m.get('peak_private_bytes'))}) | {_gb(m.get('peak_gpu_bytes'))} | "
+            f"{_gb(m['storage_peak_bytes'])} |"
+        )
+    lines += [
+        "",
+        "disk: " + ", ".join(f"{k} {_gb(v)} GB" for k, v in rep["disk_bytes"].items()),
+        f"evaluation: {rep['eval_images_per_s'] or 0:.1f} images/s on {rep['host']['threads_per_job']} threads "
+        f"({rep['host']['cpus']} CPUs)",
+    ]
     c = rep.get("check")
     if c:
-        lines += ["", f"cost model checked on these jobs (sizes as generated, the host's {c['host_gflops']:.0f} "
-                      f"GFLOP/s from evaluation): evaluation images predicted {c['eval_images_predicted']:,.0f}, "
-                      f"counted {c['eval_images_counted']:,.0f}; training seconds predicted "
-                      f"{c['train_s_predicted']:.0f} (backward = 2 × forward), measured {c['train_s_measured']:.0f}"]
+        lines += [
+            "",
+            f"cost model checked on these jobs (sizes as generated, the host's {c['host_gflops']:.0f} "
+            f"GFLOP/s from evaluation): evaluation images predicted {c['eval_images_predicted']:,.0f}, "
+            f"counted {c['eval_images_counted']:,.0f}; training seconds predicted "
+            f"{c['train_s_predicted']:.0f} (backward = 2 × forward), measured {c['train_s_measured']:.0f}",
+        ]
     return lines
 
 
@@ -600,21 +682,39 @@ def model_check(suite: Suite, recs: list[dict]) -> dict | None:
         src = t.params.get("source") if t.dataset == "class_split" else t.dataset
         k = t.params.get("n_tasks", 1) if t.dataset == "class_split" else 1
         sizes[t.name] = tuple(split_size(src, sp, r) // k for sp in ("train", "test"))
-    jobs = [Job(suite=suite.name, suite_hash="", method=x["method"], label=x["label"], hparams=(), lora=None,
-                method_hash="", seed=x["seed"], order_index=x["order_index"], order=tuple(x["tasks"])) for x in recs]
+    jobs = [
+        Job(
+            suite=suite.name,
+            suite_hash="",
+            method=x["method"],
+            label=x["label"],
+            hparams=(),
+            lora=None,
+            method_hash="",
+            seed=x["seed"],
+            order_index=x["order_index"],
+            order=tuple(x["tasks"]),
+        )
+        for x in recs
+    ]
     c = project(suite, jobs, sizes=sizes, tflops=host / 1e3)
     # θ0's row (once per seed) is counted by the job that built its cached artefact
     counted = sum(x["timings"].get("eval_images", 0) for x in recs)
-    return {"host_gflops": host, "eval_images_predicted": c["eval_images"], "eval_images_counted": counted,
-            "train_s_predicted": c["train_gpu_s"],
-            "train_s_measured": sum(sum(x["timings"].get("train_steps_s") or []) for x in recs)}
+    return {
+        "host_gflops": host,
+        "eval_images_predicted": c["eval_images"],
+        "eval_images_counted": counted,
+        "train_s_predicted": c["train_gpu_s"],
+        "train_s_measured": sum(sum(x["timings"].get("train_steps_s") or []) for x in recs),
+    }
 
 
 def train_step_probe(suite: Suite, batches: tuple[int, ...], threads: int) -> dict[str, Any]:
     """One optimiser step of the suite's backbone (+ a linear head) at each of ``batches``,
     full-parameter and with the suite's LoRA (if a method uses one): seconds and the rise of
-    private memory (activations, gradients, optimiser state), each fitted as a + b·batch and extrapolated to the suite's batch size. For a host
-    that cannot hold the real batch (ViT-B/16 at 256 needs tens of GB of activations)."""
+    private memory (activations, gradients, optimiser state), each fitted as a + b·batch and
+    extrapolated to the suite's batch size. For a host that cannot hold the real batch (ViT-B/16
+    at 256 needs tens of GB of activations)."""
     import torch
 
     from .measure import measured, memory
@@ -633,16 +733,18 @@ def train_step_probe(suite: Suite, batches: tuple[int, ...], threads: int) -> di
         if lora:
             for p in model.parameters():
                 p.requires_grad_(False)
-            params = [p for a in add_lora(model, lora["rank"], lora.get("alpha"), lora["targets"], 0)
-                      for p in a.parameters()]
+            params = [
+                p for a in add_lora(model, lora["rank"], lora.get("alpha"), lora["targets"], 0) for p in a.parameters()
+            ]
         else:
             params = list(model.parameters())
         opt = torch.optim.AdamW([*params, *head.parameters()], lr=1e-4)
         chans = getattr(suite.backbone, "in_chans", 3)
 
         def step(b: int) -> None:
-            loss = torch.nn.functional.cross_entropy(head(model(torch.rand(b, chans, side, side) * 2 - 1)),
-                                                     torch.randint(0, 20, (b,)))
+            loss = torch.nn.functional.cross_entropy(
+                head(model(torch.rand(b, chans, side, side) * 2 - 1)), torch.randint(0, 20, (b,))
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -656,20 +758,31 @@ def train_step_probe(suite: Suite, batches: tuple[int, ...], threads: int) -> di
                 step(b)
             rows.append((b, cost["step"]["s"], cost["step"]["peak_private_bytes"] - base))
         bs = np.array([r[0] for r in rows], dtype=float)
-        fit = {name: np.polyfit(bs, np.array([r[i] for r in rows], dtype=float), 1) for name, i in (("s", 1), ("mem", 2))}
-        out[kind] = {"measured": [{"batch": b, "s": s, "peak_private_bytes": m} for b, s, m in rows],
-                     "extrapolated_s": float(np.polyval(fit["s"], target)),
-                     "extrapolated_peak_private_bytes": float(np.polyval(fit["mem"], target))}
+        fit = {
+            name: np.polyfit(bs, np.array([r[i] for r in rows], dtype=float), 1) for name, i in (("s", 1), ("mem", 2))
+        }
+        out[kind] = {
+            "measured": [{"batch": b, "s": s, "peak_private_bytes": m} for b, s, m in rows],
+            "extrapolated_s": float(np.polyval(fit["s"], target)),
+            "extrapolated_peak_private_bytes": float(np.polyval(fit["mem"], target)),
+        }
     return out
 
 
 def probe_lines(p: dict) -> list[str]:
-    lines = ["", f"training step at the suite's batch {p['target_batch']} (this host cannot hold it: measured at "
-                 f"batches {p['batches']} on {p['threads']} threads, fitted a + b·batch, extrapolated):", "",
-             "| training | " + " | ".join(f"batch {b}: s (GB)" for b in p["batches"]) + f" | batch {p['target_batch']} "
-             "extrapolated: s (GB) |", "|---|" + "---|" * (len(p["batches"]) + 1)]
+    lines = [
+        "",
+        f"training step at the suite's batch {p['target_batch']} (this host cannot hold it: measured at "
+        f"batches {p['batches']} on {p['threads']} threads, fitted a + b·batch, extrapolated):",
+        "",
+        "| training | " + " | ".join(f"batch {b}: s (GB)" for b in p["batches"]) + f" | batch {p['target_batch']} "
+        "extrapolated: s (GB) |",
+        "|---|" + "---|" * (len(p["batches"]) + 1),
+    ]
     for kind, v in p.items():
         if isinstance(v, dict):
             cells = " | ".join(f"{m['s']:.2f} ({_gb(m['peak_private_bytes'])})" for m in v["measured"])
-            lines.append(f"| {kind} | {cells} | {v['extrapolated_s']:.1f} ({_gb(v['extrapolated_peak_private_bytes'])}) |")
+            lines.append(
+                f"| {kind} | {cells} | {v['extrapolated_s']:.1f} ({_gb(v['extrapolated_peak_private_bytes'])}) |"
+            )
     return lines

@@ -23,8 +23,10 @@ def load_results(results_dir: str | Path, include_rehearsal: bool = False) -> li
             if rec["status"] == "ok":
                 rec["metrics"] = derived_metrics(rec)
             if rec.get("rehearsal") and not include_rehearsal:
-                raise CmbenchError(f"{p}: a rehearsal's result (random weights, generated data), not a benchmark "
-                                   "number; report it with --include-rehearsal (tables are then labelled)")
+                raise CmbenchError(
+                    f"{p}: a rehearsal's result (random weights, generated data), not a benchmark "
+                    "number; report it with --include-rehearsal (tables are then labelled)"
+                )
             out.append(rec)
     return out
 

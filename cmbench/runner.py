@@ -78,7 +78,9 @@ def current_inputs(suite: Suite, job: Job, store: Store, rec: dict | None = None
     same artefact key (None when neither knows one). ``cmbench verify`` proves such recorded
     hashes by rebuilding."""
     known = recorded_content((rec or {}).get("inputs") or {})
-    return with_content(job_inputs(suite, job), lambda kind, key: store.content_hash(kind, key) or known.get((kind, key)))
+    return with_content(
+        job_inputs(suite, job), lambda kind, key: store.content_hash(kind, key) or known.get((kind, key))
+    )
 
 
 def flatten(value: Any, prefix: tuple = ()) -> list[tuple]:
@@ -109,8 +111,9 @@ def stale_reason(path: Path, suite: Suite, job: Job, store: Store) -> str | None
     if now is not None and rec.get("key") == key_of(now):
         return None
     diff = differing_inputs(now or job_inputs(suite, job), rec.get("inputs") or {})
-    return "inputs differ: " + (", ".join(diff[:3]) + (f" and {len(diff) - 3} more" if len(diff) > 3 else "")
-                                if diff else "none recorded")
+    return "inputs differ: " + (
+        ", ".join(diff[:3]) + (f" and {len(diff) - 3} more" if len(diff) > 3 else "") if diff else "none recorded"
+    )
 
 
 def write_result(path: Path, record: dict) -> None:
@@ -123,8 +126,9 @@ def write_result(path: Path, record: dict) -> None:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -137,8 +141,15 @@ def worker_env() -> dict[str, str]:
     """What a worker needs from the driver's environment: the project's baselines, the data
     root and whether downloads are allowed (so a cluster node sees the driver's settings)."""
     env = {"CMBENCH_BASELINES": os.pathsep.join(str(d) for d in baseline_dirs())}
-    for k in ("CMBENCH_DATA_ROOT", "CMBENCH_ALLOW_DOWNLOAD", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE",
-              "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+    for k in (
+        "CMBENCH_DATA_ROOT",
+        "CMBENCH_ALLOW_DOWNLOAD",
+        "HF_HOME",
+        "HF_HUB_CACHE",
+        "HF_DATASETS_CACHE",
+        "HF_HUB_OFFLINE",
+        "HF_DATASETS_OFFLINE",
+    ):
         if k in os.environ:
             env[k] = os.environ[k]
     return env
@@ -187,13 +198,19 @@ def check_gpu_share(gpus_per_job: float, need_gb: float | None, gpu_gb: list[flo
     share = min(gpus_per_job, 1.0) * min(gpu_gb)
     if share < need_gb:
         fit = max(1, int(min(gpu_gb) // need_gb))
-        raise CmbenchError(f"resources.gpu_memory_gb is {need_gb:g} but gpus_per_job {gpus_per_job:g} of a "
-                           f"{min(gpu_gb):.0f} GB GPU is {share:.1f} GB; set gpus_per_job to {1 / fit:g} or more")
+        raise CmbenchError(
+            f"resources.gpu_memory_gb is {need_gb:g} but gpus_per_job {gpus_per_job:g} of a "
+            f"{min(gpu_gb):.0f} GB GPU is {share:.1f} GB; set gpus_per_job to {1 / fit:g} or more"
+        )
 
 
-def wait_for_gpu_memory(need_gb: float | None, timeout_s: float = 600.0, poll_s: float = 5.0,
-                        mem_get_info: Callable[[], tuple[int, int]] | None = None,
-                        sleep: Callable[[float], None] = time.sleep) -> float:
+def wait_for_gpu_memory(
+    need_gb: float | None,
+    timeout_s: float = 600.0,
+    poll_s: float = 5.0,
+    mem_get_info: Callable[[], tuple[int, int]] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> float:
     """Block until ``need_gb`` is free on this worker's GPU; seconds waited. One clear error
     after ``timeout_s``."""
     if not need_gb:
@@ -208,8 +225,10 @@ def wait_for_gpu_memory(need_gb: float | None, timeout_s: float = 600.0, poll_s:
         if free >= need_gb:
             return waited
         if waited >= timeout_s:
-            raise CmbenchError(f"resources.gpu_memory_gb: {need_gb:g} GB never came free on this job's GPU within "
-                               f"{timeout_s:.0f} s ({free:.1f} GB free); lower gpus_per_job's sharing or free the GPU")
+            raise CmbenchError(
+                f"resources.gpu_memory_gb: {need_gb:g} GB never came free on this job's GPU within "
+                f"{timeout_s:.0f} s ({free:.1f} GB free); lower gpus_per_job's sharing or free the GPU"
+            )
         sleep(poll_s)
         waited += poll_s
 
@@ -241,7 +260,9 @@ def _dashboard_available() -> None:
         import aiohttp  # noqa: F401 - what `ray[default]` adds for the dashboard
         import ray.dashboard  # noqa: F401
     except ImportError:
-        raise CmbenchError("--dashboard needs Ray's dashboard: pip install 'cmbench[dashboard]' (ray[default])") from None
+        raise CmbenchError(
+            "--dashboard needs Ray's dashboard: pip install 'cmbench[dashboard]' (ray[default])"
+        ) from None
 
 
 def connect_ray(address: str, **kwargs) -> None:
@@ -259,14 +280,17 @@ def connect_ray(address: str, **kwargs) -> None:
         try:
             socket.create_connection((host, int(port)), timeout=3).close()
         except OSError as e:
-            raise CmbenchError(f"--ray-address {address}: nothing answers there ({e.strerror or e}); start the head "
-                               "with `ray start --head` and pass the address it prints") from None
+            raise CmbenchError(
+                f"--ray-address {address}: nothing answers there ({e.strerror or e}); start the head "
+                "with `ray start --head` and pass the address it prints"
+            ) from None
     # Ray enables token authentication only when it finds the cluster itself (address "auto");
     # against an explicit address a token cluster answers InvalidAuthToken until told to use
     # one: do what ray.init does for "auto" (Ray's own helper, tested with the pinned range)
     try:
         from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available as enable_token)
+            maybe_enable_token_auth_if_token_available as enable_token,
+        )
 
         enable_token(warn_if_disabled=False)
     except ImportError:
@@ -276,14 +300,25 @@ def connect_ray(address: str, **kwargs) -> None:
     except (ConnectionError, RuntimeError) as e:
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "version" in str(e).lower():
-            raise CmbenchError(f"--ray-address {address}: {text} (install the cluster's Ray version here, or "
-                               f"start the cluster with this Ray, {ray.__version__})") from None
-        how = ("with the token from " + ("RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else
-                                         os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token")
-               if os.environ.get("RAY_AUTH_MODE") == "token" else "without an authentication token")
-        raise CmbenchError(f"--ray-address {address}: the cluster refused this driver ({how}); if it requires "
-                           "authentication, set RAY_AUTH_TOKEN to the output of `ray get-auth-token` on its head "
-                           f"node; Ray here is {ray.__version__}, and the cluster's must match") from None
+            raise CmbenchError(
+                f"--ray-address {address}: {text} (install the cluster's Ray version here, or "
+                f"start the cluster with this Ray, {ray.__version__})"
+            ) from None
+        how = (
+            "with the token from "
+            + (
+                "RAY_AUTH_TOKEN"
+                if os.environ.get("RAY_AUTH_TOKEN")
+                else os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token"
+            )
+            if os.environ.get("RAY_AUTH_MODE") == "token"
+            else "without an authentication token"
+        )
+        raise CmbenchError(
+            f"--ray-address {address}: the cluster refused this driver ({how}); if it requires "
+            "authentication, set RAY_AUTH_TOKEN to the output of `ray get-auth-token` on its head "
+            f"node; Ray here is {ray.__version__}, and the cluster's must match"
+        ) from None
 
 
 class RayExecutor:
@@ -292,8 +327,16 @@ class RayExecutor:
     raises itself is not retried: it is recorded as failed with its reason). ``num_gpus``
     overrides the GPUs a local instance detects (tests simulate GPUs with it)."""
 
-    def __init__(self, workers: int, threads: int, gpus: float, address: str | None, retries: int = 2,
-                 num_gpus: int | None = None, dashboard: bool = False):
+    def __init__(
+        self,
+        workers: int,
+        threads: int,
+        gpus: float,
+        address: str | None,
+        retries: int = 2,
+        num_gpus: int | None = None,
+        dashboard: bool = False,
+    ):
         import ray
 
         self.ray = ray
@@ -307,13 +350,19 @@ class RayExecutor:
         else:
             if dashboard:
                 _dashboard_available()
-            ray.init(num_cpus=workers * threads, include_dashboard=dashboard,
-                     **({"num_gpus": num_gpus} if num_gpus is not None else {}), **kwargs)
+            ray.init(
+                num_cpus=workers * threads,
+                include_dashboard=dashboard,
+                **({"num_gpus": num_gpus} if num_gpus is not None else {}),
+                **kwargs,
+            )
         have = ray.cluster_resources().get("GPU", 0)
         if gpus and have < min(gpus, 1.0):  # Ray would wait for a GPU forever
             ray.shutdown()
-            raise CmbenchError(f"resources.gpus_per_job is {gpus:g} but the Ray cluster has {have:g} GPUs; "
-                               "run where GPUs are, or set gpus_per_job: 0")
+            raise CmbenchError(
+                f"resources.gpus_per_job is {gpus:g} but the Ray cluster has {have:g} GPUs; "
+                "run where GPUs are, or set gpus_per_job: 0"
+            )
         self.remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=retries)(_call)
         self.threads, self.env = threads, env
 
@@ -344,14 +393,23 @@ class RayExecutor:
         marker.write_text("")
         try:
             probe = self.ray.remote(num_cpus=0)(os.path.exists)
-            seen = self.ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                                 .remote(str(marker)) for n in nodes], timeout=120)
+            seen = self.ray.get(
+                [
+                    probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+                        str(marker)
+                    )
+                    for n in nodes
+                ],
+                timeout=120,
+            )
         finally:
             marker.unlink(missing_ok=True)
         blind = [n["NodeManagerAddress"] for n, ok in zip(nodes, seen) if not ok]
         if blind:
-            raise CmbenchError(f"artefact store {store} is a directory of this machine that nodes {', '.join(blind)} "
-                               "do not see; pass --store a directory every node mounts, or an fsspec URL (s3://…)")
+            raise CmbenchError(
+                f"artefact store {store} is a directory of this machine that nodes {', '.join(blind)} "
+                "do not see; pass --store a directory every node mounts, or an fsspec URL (s3://…)"
+            )
 
     def close(self):
         self.ray.shutdown()
@@ -378,8 +436,10 @@ def time_limit(seconds: float | None):
         return
 
     def expired(signum, frame):
-        raise CmbenchError(f"job exceeded resources.job_time_limit_s ({seconds:g} s); its last completed step "
-                           "is saved: a rerun resumes there")
+        raise CmbenchError(
+            f"job exceeded resources.job_time_limit_s ({seconds:g} s); its last completed step "
+            "is saved: a rerun resumes there"
+        )
 
     previous = signal.signal(signal.SIGALRM, expired)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -443,14 +503,29 @@ def _error_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, skip: list[str] | None = None,
-              seeds: int | None = None,
-              orders: int | None = None, workers: int | None = None, ray_address: str | None = None,
-              out: str | Path = ".", force: bool = False, dry_run: bool = False,
-              tracking_uri: str | None = None, executor: str = "ray", use_tuned: bool = False,
-              retries: int = 2, prepare_only: bool = False, store: str | None = None,
-              log: Callable[[str], None] = print, dashboard: bool = False,
-              job_time_limit: float | None = None, add: list[dict] | None = None) -> dict[str, Any]:
+def run_suite(
+    suite_path: str | Path,
+    *,
+    methods: list[str] | None = None,
+    skip: list[str] | None = None,
+    seeds: int | None = None,
+    orders: int | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    out: str | Path = ".",
+    force: bool = False,
+    dry_run: bool = False,
+    tracking_uri: str | None = None,
+    executor: str = "ray",
+    use_tuned: bool = False,
+    retries: int = 2,
+    prepare_only: bool = False,
+    store: str | None = None,
+    log: Callable[[str], None] = print,
+    dashboard: bool = False,
+    job_time_limit: float | None = None,
+    add: list[dict] | None = None,
+) -> dict[str, Any]:
     """Run a suite's jobs. ``use_tuned``: also run ``<label>-tuned`` rows with the values
     ``cmbench tune`` chose; ``retries``: times a job is retried after its worker dies;
     ``prepare_only``: build the artefacts (θ0, heads, experts) the jobs need and stop;
@@ -464,16 +539,19 @@ def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, skip:
     if job_time_limit is not None:
         if not job_time_limit > 0:
             raise CmbenchError(f"--job-time-limit {job_time_limit}: give a positive number of seconds")
-        suite = suite.model_copy(update={"resources": suite.resources.model_copy(
-            update={"job_time_limit_s": job_time_limit})})
+        suite = suite.model_copy(
+            update={"resources": suite.resources.model_copy(update={"job_time_limit_s": job_time_limit})}
+        )
     sources: dict[str, dict] = {}
     if use_tuned:
         from .tuned import tuned_specs
 
         extra = tuned_specs(suite, out)
         if not extra:
-            raise CmbenchError(f"--use-tuned: no tuned values for suite {suite.name} under {Path(out) / 'tuned'}; "
-                               f"run `cmbench tune {suite.name} --method M` first")
+            raise CmbenchError(
+                f"--use-tuned: no tuned values for suite {suite.name} under {Path(out) / 'tuned'}; "
+                f"run `cmbench tune {suite.name} --method M` first"
+            )
         suite = suite.model_copy(update={"methods": [*suite.methods, *(s for s, _ in extra)]})
         sources = {s.display: src for s, src in extra}
         if methods:
@@ -491,14 +569,17 @@ def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, skip:
         else:
             todo.append(job)
     counts = Counter(why[j].split(":")[0] for j in todo)
-    log(f"suite {suite.name} (hash {suite.hash()}): {len(jobs)} jobs, {skipped} up to date, {len(todo)} to run"
-        + (f" ({', '.join(f'{n} {r}' for r, n in counts.most_common())})" if todo else ""))
+    log(
+        f"suite {suite.name} (hash {suite.hash()}): {len(jobs)} jobs, {skipped} up to date, {len(todo)} to run"
+        + (f" ({', '.join(f'{n} {r}' for r, n in counts.most_common())})" if todo else "")
+    )
     if dry_run:
         from .plan import describe
 
         for job in todo:
-            log(f"  would run {job.label} seed={job.seed} order={job.order_index}: {' > '.join(job.order)} "
-                f"[{why[job]}]")
+            log(
+                f"  would run {job.label} seed={job.seed} order={job.order_index}: {' > '.join(job.order)} [{why[job]}]"
+            )
         for line in describe(suite, todo, store):
             log(line)
         return {"jobs": len(jobs), "skipped": skipped, "ran": 0, "failed": 0}
@@ -518,26 +599,53 @@ def run_suite(suite_path: str | Path, *, methods: list[str] | None = None, skip:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise CmbenchError(f"another `cmbench run` is running suite {suite.name} in {paths.out}; "
-                           f"wait for it to finish or use another --out") from None
+        raise CmbenchError(
+            f"another `cmbench run` is running suite {suite.name} in {paths.out}; "
+            f"wait for it to finish or use another --out"
+        ) from None
     try:
-        return _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, executor, tracking_uri, log,
-                    sources, retries, prepare_only, dashboard)
+        return _run(
+            suite,
+            todo,
+            jobs,
+            skipped,
+            paths,
+            workers,
+            threads,
+            ray_address,
+            executor,
+            tracking_uri,
+            log,
+            sources,
+            retries,
+            prepare_only,
+            dashboard,
+        )
     finally:
         lock.release()
 
 
-def finetune_experts(suite_path: str | Path, *, seeds: int | None = None, workers: int | None = None,
-                     ray_address: str | None = None, out: str | Path = ".", executor: str = "ray",
-                     store: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+def finetune_experts(
+    suite_path: str | Path,
+    *,
+    seeds: int | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    out: str | Path = ".",
+    executor: str = "ray",
+    store: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """``cmbench finetune``: build θ0, heads and every expert the suite needs (Ray jobs,
     cached); ``cmbench run`` then finds them."""
     suite = load_suite(suite_path)
     if suite.setting != "merge_stream":
         raise CmbenchError(f"{suite_path}: setting {suite.setting} trains inside each job; nothing to fine-tune")
     if suite.experts.source != "finetune":
-        raise CmbenchError(f"{suite_path}: experts.source is {suite.experts.source}; set it to finetune "
-                           "to fine-tune experts with the suite's recipe")
+        raise CmbenchError(
+            f"{suite_path}: experts.source is {suite.experts.source}; set it to finetune "
+            "to fine-tune experts with the suite's recipe"
+        )
     paths = Paths(Path(out), store)
     paths.cache.mkdir(parents=True, exist_ok=True)
     cache = paths.store
@@ -556,8 +664,16 @@ def finetune_experts(suite_path: str | Path, *, seeds: int | None = None, worker
     return {"experts": len(seed_list) * len(suite.tasks), "trained": trained}
 
 
-def _executor(suite: Suite, workers: int | None, threads: int, ray_address: str | None, executor: str,
-              retries: int = 2, store: str | None = None, dashboard: bool = False):
+def _executor(
+    suite: Suite,
+    workers: int | None,
+    threads: int,
+    ray_address: str | None,
+    executor: str,
+    retries: int = 2,
+    store: str | None = None,
+    dashboard: bool = False,
+):
     """The executor a run uses; on a cluster, ``store`` (the artefact store) must be one every
     node sees."""
     workers = workers or max(1, (os.cpu_count() or 1) // threads)
@@ -575,8 +691,9 @@ def _executor(suite: Suite, workers: int | None, threads: int, ray_address: str 
     return LocalExecutor(threads)
 
 
-def _prepare_artefacts(suite: Suite, seeds: list[int], store, cache: str, ex, log=None,
-                       lock: tuple[Path, dict] | None = None) -> int:
+def _prepare_artefacts(
+    suite: Suite, seeds: list[int], store, cache: str, ex, log=None, lock: tuple[Path, dict] | None = None
+) -> int:
     """θ0 and heads for ``seeds`` and, in the merge stream, every task's expert: built once
     as jobs on ``ex``, cached by content key and shared by every job. Returns how many
     experts were built; ``log`` (if given) hears how many were cached; ``lock``: the output
@@ -584,8 +701,12 @@ def _prepare_artefacts(suite: Suite, seeds: list[int], store, cache: str, ex, lo
     known = lock[1] if lock else None
     t0 = [(suite, s, cache, known) for s in seeds if not store.has("theta0", theta0_key(suite, s))]
     found = _drain(ex.map(_prepare_theta0, t0), f"θ0 and heads ({len(t0)} seeds)", len(t0))
-    todo = [(suite, s, t, cache, known) for s in seeds for t in suite.task_names()
-            if suite.setting == "merge_stream" and not store.has("experts", expert_key(suite, s, t))]
+    todo = [
+        (suite, s, t, cache, known)
+        for s in seeds
+        for t in suite.task_names()
+        if suite.setting == "merge_stream" and not store.has("experts", expert_key(suite, s, t))
+    ]
     if log is not None:
         log(f"suite {suite.name}: {len(seeds) * len(suite.tasks) - len(todo)} experts cached, {len(todo)} to fine-tune")
     verb = "loading experts" if suite.experts.source == "checkpoints" else "fine-tuning experts"
@@ -595,8 +716,23 @@ def _prepare_artefacts(suite: Suite, seeds: list[int], store, cache: str, ex, lo
     return len(todo)
 
 
-def _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, executor, tracking_uri, log,
-         sources=None, retries=2, prepare_only=False, dashboard=False):
+def _run(
+    suite,
+    todo,
+    jobs,
+    skipped,
+    paths,
+    workers,
+    threads,
+    ray_address,
+    executor,
+    tracking_uri,
+    log,
+    sources=None,
+    retries=2,
+    prepare_only=False,
+    dashboard=False,
+):
     cache = paths.store
     store = open_store(cache)
     ex = _executor(suite, workers, threads, ray_address, executor, retries, store=cache, dashboard=dashboard)
@@ -621,18 +757,29 @@ def _run(suite, todo, jobs, skipped, paths, workers, threads, ray_address, execu
             path = paths.results / job.relpath
             if err is not None:
                 failed += 1
-                record = {"status": "failed", "error": _error_line(err), "suite": job.suite,
-                          "suite_hash": job.suite_hash, "method": job.method, "label": job.label,
-                          "hparams": dict(job.hparams), "seed": job.seed, "order_index": job.order_index,
-                          "tasks": list(job.order), "setting": suite.setting, "key": None,
-                          "inputs": job_inputs(suite, job),
-                          "traceback": "".join(traceback.format_exception(err))[-4000:]}
+                record = {
+                    "status": "failed",
+                    "error": _error_line(err),
+                    "suite": job.suite,
+                    "suite_hash": job.suite_hash,
+                    "method": job.method,
+                    "label": job.label,
+                    "hparams": dict(job.hparams),
+                    "seed": job.seed,
+                    "order_index": job.order_index,
+                    "tasks": list(job.order),
+                    "setting": suite.setting,
+                    "key": None,
+                    "inputs": job_inputs(suite, job),
+                    "traceback": "".join(traceback.format_exception(err))[-4000:],
+                }
                 log(f"job failed: {job.label} seed={job.seed} order={job.order_index}: {_error_line(err)}")
             if lock and record.get("downloads"):
                 pins.merge(lock[0], lock[1], record.pop("downloads"))
             record.update(hparam_source=(sources or {}).get(job.label, {"kind": "suite"}))
-            record.update(git_commit=commit,
-                          finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+            record.update(
+                git_commit=commit, finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            )
             write_result(path, record)
             tracker.log_job(record)
             finished.append(record)
@@ -683,8 +830,14 @@ def run_summary(records: list[dict], paths: Paths) -> list[str]:
     for label, ms in sorted(by.items(), key=lambda kv: -mean(kv[1], "ACC")):
         lines.append(f"{label:<{width}}  {len(ms):>2}  {100 * mean(ms, 'ACC'):6.1f}  {100 * mean(ms, 'BWT'):6.1f}")
     default = is_default_results(paths.results)
-    lines += ["", "next: cmbench report" + ("" if default else f" --results {paths.results}")
-              + "   (leaderboard.md and plots/" + ("" if default else f" next to {paths.results}") + ")"]
+    lines += [
+        "",
+        "next: cmbench report"
+        + ("" if default else f" --results {paths.results}")
+        + "   (leaderboard.md and plots/"
+        + ("" if default else f" next to {paths.results}")
+        + ")",
+    ]
     return lines
 
 

@@ -1,5 +1,6 @@
-"""Where artefacts live: a local directory (``Store``, file-locked) or any fsspec URL (shared filesystem, ``s3://``, ``gs://``, …) so the workers of a cluster share θ0,
-heads and experts.
+"""Where artefacts live: a local directory (``Store``, file-locked) or any fsspec URL
+(shared filesystem, ``s3://``, ``gs://``, …) so the workers of a cluster share θ0, heads and
+experts. Atomic writes live here too: every file cmbench writes goes through them.
 
 Keys are content-addressed (a hash of everything that produces the artefact), so two
 workers that build the same artefact concurrently write the same bytes: each writes to a
@@ -50,8 +51,10 @@ def reloaded(meta: dict, reload, where: str) -> StateDict | None:
         return None
     tensors = reload()
     if content_hash(tensors) != meta["content_hash"]:
-        raise CmbenchError(f"{where}: its source now gives other tensors than when it was recorded (the file "
-                           "changed); delete the sidecar to re-measure, or restore the file")
+        raise CmbenchError(
+            f"{where}: its source now gives other tensors than when it was recorded (the file "
+            "changed); delete the sidecar to re-measure, or restore the file"
+        )
     return tensors
 
 
@@ -77,8 +80,13 @@ class Store:
         d = self.root / kind
         return d / f"{key}.safetensors", d / f"{key}.json"
 
-    def get_or_make(self, kind: str, key: str, make: Callable[[], tuple[StateDict, dict]],
-                    reload: Callable[[], StateDict] | None = None) -> tuple[StateDict, dict]:
+    def get_or_make(
+        self,
+        kind: str,
+        key: str,
+        make: Callable[[], tuple[StateDict, dict]],
+        reload: Callable[[], StateDict] | None = None,
+    ) -> tuple[StateDict, dict]:
         """The artefact, built by ``make`` on first use. With ``reload`` (an artefact that is a
         conversion of a file the user keeps, e.g. an expert checkpoint) only the sidecar is
         stored and the tensors are re-read with ``reload`` and checked against its content
@@ -156,8 +164,6 @@ class Store:
         return tensors, meta
 
 
-
-
 def open_store(where: str) -> Store:
     """``where``: a directory, ``file://DIR``, or an fsspec URL."""
     if "://" not in where:
@@ -218,8 +224,13 @@ class FsspecStore(Store):
             f.write(payload)
         self.fs.mv(tmp, path)
 
-    def get_or_make(self, kind: str, key: str, make: Callable[[], tuple[StateDict, dict]],
-                    reload: Callable[[], StateDict] | None = None) -> tuple[StateDict, dict]:
+    def get_or_make(
+        self,
+        kind: str,
+        key: str,
+        make: Callable[[], tuple[StateDict, dict]],
+        reload: Callable[[], StateDict] | None = None,
+    ) -> tuple[StateDict, dict]:
         from safetensors.torch import load, save
 
         tensors_path, meta_path = self._fs_paths(kind, key)

@@ -78,7 +78,9 @@ class OpenCLIP(Strict):
     kind: Literal["open_clip"]
     model: str = Field(min_length=1)
     pretrained: Optional[str] = "openai"
-    config: Optional[dict[str, Any]] = Field(None, description="open_clip model config (embed_dim, vision_cfg, text_cfg)")
+    config: Optional[dict[str, Any]] = Field(
+        None, description="open_clip model config (embed_dim, vision_cfg, text_cfg)"
+    )
     linearized: bool = False
 
     @model_validator(mode="after")
@@ -87,8 +89,9 @@ class OpenCLIP(Strict):
             import open_clip
 
             if self.model not in open_clip.list_models():
-                raise ValueError(f"unknown open_clip model {self.model!r}; e.g. ViT-B-32, ViT-B-16, ViT-L-14 "
-                                 "(or give `config`)")
+                raise ValueError(
+                    f"unknown open_clip model {self.model!r}; e.g. ViT-B-32, ViT-B-16, ViT-L-14 (or give `config`)"
+                )
         elif not {"embed_dim", "vision_cfg", "text_cfg"} <= set(self.config):
             raise ValueError("config needs embed_dim, vision_cfg and text_cfg (an open_clip model config)")
         return self
@@ -134,8 +137,11 @@ class Augment(Strict):
     aspect ratio kept on record) where the dataset can provide it, else from the stored image."""
 
     random_resized_crop: bool = True
-    scale: tuple[float, float] = Field((0.08, 1.0), description="area fraction of the whole image (torchvision's "
-                                                                "default; InfLoRA uses 0.05 for ImageNet-A and CUB)")
+    scale: tuple[float, float] = Field(
+        (0.08, 1.0),
+        description="area fraction of the whole image (torchvision's "
+        "default; InfLoRA uses 0.05 for ImageNet-A and CUB)",
+    )
     ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="aspect ratio range of the crop")
     hflip: bool = True
     view_size: int = Field(256, gt=0, description="side of the decoded whole image the crops are taken from")
@@ -163,16 +169,20 @@ class TrainRecipe(Strict):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     steps: Optional[int] = Field(None, gt=0, description="optimiser steps (overrides epochs; FusionBench-style)")
     trainable: str = Field(".*", description="regex over parameter names: the trainable subset")
-    optimizer: Literal["adamw", "adam", "sgd"] = Field("adamw", description="adam: L2 weight decay in the gradient "
-                                                       "(torch.optim.Adam, as InfLoRA); adamw: decoupled")
+    optimizer: Literal["adamw", "adam", "sgd"] = Field(
+        "adamw", description="adam: L2 weight decay in the gradient (torch.optim.Adam, as InfLoRA); adamw: decoupled"
+    )
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
-    warmup_steps: Optional[int] = Field(None, ge=0, description="linear warm-up length in steps (overrides "
-                                                                "warmup_frac; MagMax: 500)")
-    grad_clip: Optional[float] = Field(None, gt=0, description="clip the gradients' global norm to this "
-                                                               "(MagMax's fine-tuning: 1.0)")
+    warmup_steps: Optional[int] = Field(
+        None, ge=0, description="linear warm-up length in steps (overrides warmup_frac; MagMax: 500)"
+    )
+    grad_clip: Optional[float] = Field(
+        None, gt=0, description="clip the gradients' global norm to this (MagMax's fine-tuning: 1.0)"
+    )
     augment: Optional[Augment] = None
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: forward and loss under autocast "
-                                                                   "(weights and optimiser state stay fp32)")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: forward and loss under autocast (weights and optimiser state stay fp32)"
+    )
 
     def keyed(self) -> dict:
         """The recipe as hashes and keys see it (later fields dropped at their defaults)."""
@@ -198,8 +208,9 @@ class LoRA(Strict):
 
     rank: int = Field(10, gt=0)
     alpha: Optional[float] = Field(None, gt=0, description="scaling numerator; default = rank")
-    targets: list[Literal["q", "k", "v", "proj", "fc1", "fc2"]] = Field(default_factory=lambda: ["k", "v"],
-                                                                         min_length=1)
+    targets: list[Literal["q", "k", "v", "proj", "fc1", "fc2"]] = Field(
+        default_factory=lambda: ["k", "v"], min_length=1
+    )
 
 
 class Training(TrainRecipe):
@@ -215,9 +226,11 @@ class Pretrain(TrainRecipe):
     recipe: Literal["family_rotation", "multitask"] = "family_rotation"
     coarse: int = Field(1, ge=1, description="multitask: pretrain on labels y // coarse (coarser classes)")
     tasks: Optional[list["Task"]] = Field(
-        None, description="pretrain on these tasks (other image data) instead of the suite's tasks")
+        None, description="pretrain on these tasks (other image data) instead of the suite's tasks"
+    )
     label_tasks: Optional[list[str]] = Field(
-        None, description="multitask: the tasks whose (train) labels θ0 is pretrained on; default all")
+        None, description="multitask: the tasks whose (train) labels θ0 is pretrained on; default all"
+    )
 
 
 # every name that becomes part of a path (suite, task, method label): no separators, no
@@ -244,8 +257,10 @@ class Task(Strict):
         allowed = DATASET_PARAMS[self.dataset]
         unknown = sorted(set(self.params) - set(allowed))
         if unknown:
-            raise ValueError(f"params: unknown parameter {unknown[0]!r} of dataset {self.dataset}; "
-                             f"allowed: {', '.join(allowed) or '(none)'}")
+            raise ValueError(
+                f"params: unknown parameter {unknown[0]!r} of dataset {self.dataset}; "
+                f"allowed: {', '.join(allowed) or '(none)'}"
+            )
         return self
 
 
@@ -261,8 +276,9 @@ class Heads(Strict):
     ``linear_probe``: logistic regression on the train split.
     """
 
-    kind: Literal["zero_shot", "template", "prototype", "linear_probe", "class_incremental",
-                  "task_incremental"] = "prototype"
+    kind: Literal["zero_shot", "template", "prototype", "linear_probe", "class_incremental", "task_incremental"] = (
+        "prototype"
+    )
     shots: int = Field(5, gt=0)
     scale: float = Field(20.0, gt=0)
 
@@ -304,13 +320,19 @@ class MethodSpec(Strict):
     name: str
     label: Optional[str] = Field(None, pattern=NAME)
     hparams: dict[str, Any] = Field(default_factory=dict)
-    lora: Optional[LoRA] = Field(None, description="train-then-merge: train this method with LoRA "
-                                                   "(overrides training.lora)")
-    search: dict[str, list[Any]] = Field(default_factory=dict, description="`cmbench tune`: a grid of "
-                                         "values per hyperparameter, scored on validation splits")
-    training: dict[str, Any] = Field(default_factory=dict, description="train-then-merge: this method's own "
-                                     "recipe, fields that override the suite's `training` (its paper's lr, "
-                                     "epochs, optimizer, augmentation)")
+    lora: Optional[LoRA] = Field(
+        None, description="train-then-merge: train this method with LoRA (overrides training.lora)"
+    )
+    search: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="`cmbench tune`: a grid of values per hyperparameter, scored on validation splits",
+    )
+    training: dict[str, Any] = Field(
+        default_factory=dict,
+        description="train-then-merge: this method's own "
+        "recipe, fields that override the suite's `training` (its paper's lr, "
+        "epochs, optimizer, augmentation)",
+    )
 
     @property
     def display(self) -> str:
@@ -319,15 +341,19 @@ class MethodSpec(Strict):
 
 class Evaluation(Strict):
     batch_size: int = Field(1024, gt=0)
-    seen_only: bool = Field(False, description="evaluate M_t on seen tasks only (unseen cells NaN; "
-                                                "FWT undefined); saves T²/2 evaluations")
-    max_test_per_task: Optional[int] = Field(None, gt=0, description="cap each task's test split at "
-                                             "its first N samples of a fixed permutation (data seed)")
+    seen_only: bool = Field(
+        False, description="evaluate M_t on seen tasks only (unseen cells NaN; FWT undefined); saves T²/2 evaluations"
+    )
+    max_test_per_task: Optional[int] = Field(
+        None, gt=0, description="cap each task's test split at its first N samples of a fixed permutation (data seed)"
+    )
     # keyed with the device type as the job's numerics (models.numerics), not as an
     # evaluation setting: fp32 keys stay as they were before the field existed
     precision: Literal["fp32", "tf32", "bf16"] = Field(
-        "fp32", description="evaluation arithmetic: fp32; tf32 (CUDA matmuls and convolutions in "
-                            "TensorFloat-32); bf16 (autocast to bfloat16)")
+        "fp32",
+        description="evaluation arithmetic: fp32; tf32 (CUDA matmuls and convolutions in "
+        "TensorFloat-32); bf16 (autocast to bfloat16)",
+    )
 
 
 class Resources(Strict):
@@ -335,14 +361,20 @@ class Resources(Strict):
     # a fraction shares a GPU: Ray packs 1/f jobs onto each GPU
     gpus_per_job: float = Field(0, ge=0)
     gpu_memory_gb: Optional[float] = Field(
-        None, gt=0, allow_inf_nan=False,
+        None,
+        gt=0,
+        allow_inf_nan=False,
         description="a job's peak GPU memory (measure it with `cmbench run SUITE --rehearse` on a GPU): the "
-                    "driver refuses a gpus_per_job fraction whose share of a GPU is smaller, and each job "
-                    "waits until that much is free on its GPU before it starts")
+        "driver refuses a gpus_per_job fraction whose share of a GPU is smaller, and each job "
+        "waits until that much is free on its GPU before it starts",
+    )
     job_time_limit_s: Optional[float] = Field(
-        None, gt=0, allow_inf_nan=False,
+        None,
+        gt=0,
+        allow_inf_nan=False,
         description="stop a job that runs longer (it is recorded as failed; its last completed step is "
-                    "saved, so a rerun resumes there); `cmbench run --job-time-limit` overrides it")
+        "saved, so a rerun resumes there); `cmbench run --job-time-limit` overrides it",
+    )
 
 
 class Rehearsal(Strict):
@@ -416,23 +448,34 @@ class Suite(Strict):
         if self.resources.gpu_memory_gb is not None and self.resources.gpus_per_job == 0:
             raise _FieldError("resources.gpu_memory_gb", "applies to GPU jobs only; set resources.gpus_per_job")
         if self.evaluation.precision == "tf32" and self.resources.gpus_per_job == 0:
-            raise _FieldError("evaluation.precision", "tf32 changes CUDA arithmetic only and this suite runs on "
-                                                      "the CPU (resources.gpus_per_job: 0); use fp32 or bf16")
+            raise _FieldError(
+                "evaluation.precision",
+                "tf32 changes CUDA arithmetic only and this suite runs on "
+                "the CPU (resources.gpus_per_job: 0); use fp32 or bf16",
+            )
         stream_heads = ("zero_shot", "template", "prototype", "linear_probe")
         cl_heads = ("class_incremental", "task_incremental")
         allowed = stream_heads if self.setting == "merge_stream" else cl_heads
         if self.heads.kind not in allowed:
-            raise _FieldError("heads.kind", f"{self.heads.kind!r} does not fit setting {self.setting}; use one of {allowed}")
+            raise _FieldError(
+                "heads.kind", f"{self.heads.kind!r} does not fit setting {self.setting}; use one of {allowed}"
+            )
         if (self.heads.kind == "zero_shot") != (self.backbone.kind == "open_clip" and self.setting == "merge_stream"):
-            raise _FieldError("heads.kind", "zero_shot heads go with an open_clip backbone in the merge stream "
-                                            f"(backbone is {self.backbone.kind}, heads {self.heads.kind})")
+            raise _FieldError(
+                "heads.kind",
+                "zero_shot heads go with an open_clip backbone in the merge stream "
+                f"(backbone is {self.backbone.kind}, heads {self.heads.kind})",
+            )
         if self.experts.source == "checkpoints":
             unknown = sorted(set(self.experts.checkpoints) - set(names))
             missing = [n for n in names if n not in self.experts.checkpoints]
             if unknown or missing:
-                raise _FieldError("experts.checkpoints", "one checkpoint per task"
-                                  + (f"; unknown tasks: {unknown}" if unknown else "")
-                                  + (f"; missing: {missing}" if missing else ""))
+                raise _FieldError(
+                    "experts.checkpoints",
+                    "one checkpoint per task"
+                    + (f"; unknown tasks: {unknown}" if unknown else "")
+                    + (f"; missing: {missing}" if missing else ""),
+                )
         labels = [m.display for m in self.methods]
         dup = sorted({n for n in labels if labels.count(n) > 1})
         if dup:
@@ -451,8 +494,10 @@ class Suite(Strict):
                 raise _FieldError(f"methods.{i}.hparams.{field}", msg)
             if m.training:
                 if self.setting != "train_then_merge":
-                    raise _FieldError(f"methods.{i}.training", "a method's own training recipe applies to "
-                                                               "train_then_merge suites only")
+                    raise _FieldError(
+                        f"methods.{i}.training",
+                        "a method's own training recipe applies to train_then_merge suites only",
+                    )
                 if "lora" in m.training:
                     raise _FieldError(f"methods.{i}.training.lora", "give a method's LoRA as methods.{i}.lora")
                 try:
@@ -577,8 +622,7 @@ class _SafeLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice",
-                                                        key_node.start_mark)
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -602,10 +646,15 @@ def load_suite(path: str | Path) -> Suite:
         import difflib
 
         names = sorted({f.stem for d in suite_dirs() for f in d.glob("*.yaml")})
-        close = difflib.get_close_matches(Path(path).stem, names, n=3, cutoff=0.4) or [
-            n for n in names if Path(path).stem in n][:3]
-        hint = f"; did you mean {' or '.join(f'suites/{c}.yaml' for c in close)}?" if close else \
-            "; `cmbench list suites` lists them"
+        close = (
+            difflib.get_close_matches(Path(path).stem, names, n=3, cutoff=0.4)
+            or [n for n in names if Path(path).stem in n][:3]
+        )
+        hint = (
+            f"; did you mean {' or '.join(f'suites/{c}.yaml' for c in close)}?"
+            if close
+            else "; `cmbench list suites` lists them"
+        )
         raise CmbenchError(f"{path}: suite file not found{hint}") from None
     except UnicodeDecodeError as e:
         raise CmbenchError(f"{path}: not UTF-8 text (byte {e.start}); save the suite as UTF-8") from None
@@ -653,8 +702,13 @@ class Job:
         return f"{self.suite}/{self.label}/seed{self.seed}-order{self.order_index}.json"
 
 
-def expand(suite: Suite, methods: list[str] | None = None, n_seeds: int | None = None,
-           n_orders: int | None = None, skip: list[str] | None = None) -> list[Job]:
+def expand(
+    suite: Suite,
+    methods: list[str] | None = None,
+    n_seeds: int | None = None,
+    n_orders: int | None = None,
+    skip: list[str] | None = None,
+) -> list[Job]:
     specs = suite.methods
     known = {m.display for m in specs} | {m.name for m in specs}
     for flag, names in (("--methods", methods), ("--skip", skip)):
@@ -676,9 +730,21 @@ def expand(suite: Suite, methods: list[str] | None = None, n_seeds: int | None =
         orders = suite.orders_for(seed)
         for oi, order in enumerate(orders[:n_orders] if n_orders else orders):
             lora = spec.lora or suite.training.lora if suite.setting == "train_then_merge" else None
-            jobs.append(Job(suite.name, suite_hash, spec.name, spec.display, tuple(sorted(spec.hparams.items())),
-                            lora.model_dump_json() if lora else None, method_fingerprint(cls), seed, oi, tuple(order),
-                            json.dumps(spec.training, sort_keys=True) if spec.training else None))
+            jobs.append(
+                Job(
+                    suite.name,
+                    suite_hash,
+                    spec.name,
+                    spec.display,
+                    tuple(sorted(spec.hparams.items())),
+                    lora.model_dump_json() if lora else None,
+                    method_fingerprint(cls),
+                    seed,
+                    oi,
+                    tuple(order),
+                    json.dumps(spec.training, sort_keys=True) if spec.training else None,
+                )
+            )
     return jobs
 
 

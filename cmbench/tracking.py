@@ -45,8 +45,10 @@ class Tracker:
 
     def _disable(self, e: Exception, uri: str = "") -> None:
         self.enabled = False
-        self.log(f"warning: MLflow tracking disabled ({type(e).__name__}: {str(e).splitlines()[0][:200]}) "
-                 f"{uri}; result files are still written")
+        self.log(
+            f"warning: MLflow tracking disabled ({type(e).__name__}: {str(e).splitlines()[0][:200]}) "
+            f"{uri}; result files are still written"
+        )
 
     def log_job(self, rec: dict) -> None:
         self.logged.append(rec)
@@ -55,15 +57,27 @@ class Tracker:
         mlflow = self.mlflow
         try:
             name = f"{rec['label']}/seed{rec['seed']}/order{rec['order_index']}"
-            with mlflow.start_run(run_name=name, nested=True,
-                                  tags={"status": rec["status"], "key": rec.get("key", ""),
-                                        "suite_hash": rec.get("suite_hash", ""),
-                                        "method_source_hash": rec.get("method_source_hash", ""),
-                                        "git_commit": rec.get("git_commit") or "",
-                                        "hparams_from": (rec.get("hparam_source") or {}).get("kind", "suite")}):
-                mlflow.log_params({"method": rec["method"], "seed": rec["seed"],
-                                   "order_index": rec["order_index"], "order": ">".join(rec["tasks"]),
-                                   **{f"hp.{k}": v for k, v in rec["hparams"].items()}})
+            with mlflow.start_run(
+                run_name=name,
+                nested=True,
+                tags={
+                    "status": rec["status"],
+                    "key": rec.get("key", ""),
+                    "suite_hash": rec.get("suite_hash", ""),
+                    "method_source_hash": rec.get("method_source_hash", ""),
+                    "git_commit": rec.get("git_commit") or "",
+                    "hparams_from": (rec.get("hparam_source") or {}).get("kind", "suite"),
+                },
+            ):
+                mlflow.log_params(
+                    {
+                        "method": rec["method"],
+                        "seed": rec["seed"],
+                        "order_index": rec["order_index"],
+                        "order": ">".join(rec["tasks"]),
+                        **{f"hp.{k}": v for k, v in rec["hparams"].items()},
+                    }
+                )
                 if rec["status"] != "ok":
                     mlflow.set_tag("error", rec.get("error", "")[:500])
                     return

@@ -34,8 +34,7 @@ def _optimizer(groups: list[dict], recipe: TrainRecipe) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
-def random_resized_crops(x: Tensor, aspect: Tensor | None, aug: Augment, gen: torch.Generator,
-                         out_size: int) -> Tensor:
+def random_resized_crops(x: Tensor, aspect: Tensor | None, aug: Augment, gen: torch.Generator, out_size: int) -> Tensor:
     """torchvision's ``RandomResizedCrop`` (+ ``RandomHorizontalFlip``) on a uint8 batch, as
     floats in [-1, 1] of side ``out_size``. ``x`` holds each whole image squashed to a square
     and ``aspect`` its original width/height (None: the images are what they show): the crop
@@ -52,7 +51,11 @@ def random_resized_crops(x: Tensor, aspect: Tensor | None, aug: Augment, gen: to
         box = None
         if aug.random_resized_crop:
             for _ in range(10):
-                area = w_img * h_img * (aug.scale[0] + (aug.scale[1] - aug.scale[0]) * torch.rand((), generator=gen).item())
+                area = (
+                    w_img
+                    * h_img
+                    * (aug.scale[0] + (aug.scale[1] - aug.scale[0]) * torch.rand((), generator=gen).item())
+                )
                 r = math.exp(lo + (hi - lo) * torch.rand((), generator=gen).item())
                 w, h = math.sqrt(area * r), math.sqrt(area / r)
                 if w <= w_img and h <= h_img:
@@ -62,8 +65,11 @@ def random_resized_crops(x: Tensor, aspect: Tensor | None, aug: Augment, gen: to
                     break
             if box is None:  # torchvision's fallback: the whole image at the nearest allowed ratio
                 r = w_img / h_img
-                w, h = (h_img * aug.ratio[0], h_img) if r < aug.ratio[0] else (
-                    (w_img, w_img / aug.ratio[1]) if r > aug.ratio[1] else (w_img, h_img))
+                w, h = (
+                    (h_img * aug.ratio[0], h_img)
+                    if r < aug.ratio[0]
+                    else ((w_img, w_img / aug.ratio[1]) if r > aug.ratio[1] else (w_img, h_img))
+                )
                 box = ((w_img - w) / 2, (h_img - h) / 2, w, h)
         else:
             box = (0.0, 0.0, w_img, h_img)
@@ -73,18 +79,28 @@ def random_resized_crops(x: Tensor, aspect: Tensor | None, aug: Augment, gen: to
         i0, j0 = int(math.floor(y0)), int(math.floor(x0))
         i1, j1 = min(side, max(i0 + 1, int(math.ceil(y1)))), min(side, max(j0 + 1, int(math.ceil(x1))))
         crop = x[k : k + 1, :, i0:i1, j0:j1].float()
-        img = torch.nn.functional.interpolate(crop, size=(out_size, out_size), mode="bilinear", align_corners=False,
-                                              antialias=True)[0]
+        img = torch.nn.functional.interpolate(
+            crop, size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=True
+        )[0]
         if aug.hflip and torch.rand((), generator=gen).item() < 0.5:
             img = img.flip(-1)
         out[k] = img
     return out.clamp_(0, 255).div_(127.5).sub_(1.0)
 
 
-def fit(params: Iterable[torch.nn.Parameter] | list[dict], loss_fn: LossFn, x: Tensor, y: Tensor,
-        recipe: TrainRecipe, seed: int, on_step: Callable[[int, float], None] | None = None,
-        what: str = "training", after_backward: Callable[[], None] | None = None,
-        aspect: Tensor | None = None, out_size: int | None = None) -> list[float]:
+def fit(
+    params: Iterable[torch.nn.Parameter] | list[dict],
+    loss_fn: LossFn,
+    x: Tensor,
+    y: Tensor,
+    recipe: TrainRecipe,
+    seed: int,
+    on_step: Callable[[int, float], None] | None = None,
+    what: str = "training",
+    after_backward: Callable[[], None] | None = None,
+    aspect: Tensor | None = None,
+    out_size: int | None = None,
+) -> list[float]:
     """Train ``params`` on (x uint8, y) for ``recipe.epochs`` (or ``recipe.steps`` optimiser
     steps, cycling through epochs); returns per-epoch mean losses. Batches go to the
     device of the first parameter (the loop is the same on CPU and GPU). With
@@ -119,8 +135,13 @@ def fit(params: Iterable[torch.nn.Parameter] | list[dict], loss_fn: LossFn, x: T
         for i in range(min(steps_per_epoch, total - step)):
             idx = perm[i * recipe.batch_size : (i + 1) * recipe.batch_size]
             if recipe.augment is not None:
-                xb = random_resized_crops(x[idx].to(device, non_blocking=True), None if aspect is None else aspect[idx],
-                                          recipe.augment, aug_gen, out_size or x.shape[-1])
+                xb = random_resized_crops(
+                    x[idx].to(device, non_blocking=True),
+                    None if aspect is None else aspect[idx],
+                    recipe.augment,
+                    aug_gen,
+                    out_size or x.shape[-1],
+                )
             else:
                 xb = x[idx].to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
             with autocast:

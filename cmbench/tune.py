@@ -71,8 +71,9 @@ def _trial_job(suite: Suite, job: Job, cache: str, threads: int) -> dict:
     from . import protocol
 
     original = protocol.load_tasks
-    protocol.load_tasks = lambda s, pretraining=False: (original(s, pretraining) if pretraining
-                                                        else _val_as_test(original(s)))
+    protocol.load_tasks = lambda s, pretraining=False: (
+        original(s, pretraining) if pretraining else _val_as_test(original(s))
+    )
     try:
         return protocol.run(suite, job, _FreshEvalStore(open_store(cache)), threads)
     finally:
@@ -84,52 +85,96 @@ def _grid(spec: MethodSpec) -> list[dict[str, Any]]:
     return [dict(zip(names, values)) for values in itertools.product(*(spec.search[n] for n in names))]
 
 
-def _trial(suite: Suite, spec: MethodSpec, config: dict, seeds: int, orders: int | None, cache: str,
-           threads: int) -> dict:
+def _trial(
+    suite: Suite, spec: MethodSpec, config: dict, seeds: int, orders: int | None, cache: str, threads: int
+) -> dict:
     trial_spec = spec.model_copy(update={"hparams": {**spec.hparams, **config}})
     jobs = expand(suite.model_copy(update={"methods": [trial_spec]}), None, seeds, orders)
     from .runner import where_ran
 
     recs = [_trial_job(suite, j, cache, threads) for j in jobs]
     accs = [r["metrics"]["ACC"] for r in recs]
-    return {"hparams": config, "val_acc": metrics.mean_defined(accs), "val_acc_per_job": accs,
-            "jobs": [{"seed": j.seed, "order_index": j.order_index} for j in jobs], "ran_on": where_ran()}
+    return {
+        "hparams": config,
+        "val_acc": metrics.mean_defined(accs),
+        "val_acc_per_job": accs,
+        "jobs": [{"seed": j.seed, "order_index": j.order_index} for j in jobs],
+        "ran_on": where_ran(),
+    }
 
 
-def tune_method(suite_path: str | Path, method: str, *, out: str | Path = ".", seeds: int = 1,
-                orders: int | None = None, workers: int | None = None, executor: str = "ray",
-                tracking_uri: str | None = None, store: str | None = None, ray_address: str | None = None,
-                log: Callable[[str], None] = print) -> dict:
+def tune_method(
+    suite_path: str | Path,
+    method: str,
+    *,
+    out: str | Path = ".",
+    seeds: int = 1,
+    orders: int | None = None,
+    workers: int | None = None,
+    executor: str = "ray",
+    tracking_uri: str | None = None,
+    store: str | None = None,
+    ray_address: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     from .runner import Paths, run_suite
 
     suite = load_suite(suite_path)
     specs = [m for m in suite.methods if method in (m.display, m.name)]
     if len(specs) != 1:
-        raise CmbenchError(f"--method {method}: expected one method of suite {suite.name} with that name or label, "
-                           f"found {len(specs)}; labels: {[m.display for m in suite.methods]}")
+        raise CmbenchError(
+            f"--method {method}: expected one method of suite {suite.name} with that name or label, "
+            f"found {len(specs)}; labels: {[m.display for m in suite.methods]}"
+        )
     spec = specs[0]
     if not spec.search:
-        raise CmbenchError(f"{suite_path}: methods.{suite.methods.index(spec)}.search: {spec.display} declares no "
-                           "search space; add e.g. `search: {lam: [0.1, 0.2, 0.3]}`")
+        raise CmbenchError(
+            f"{suite_path}: methods.{suite.methods.index(spec)}.search: {spec.display} declares no "
+            "search space; add e.g. `search: {lam: [0.1, 0.2, 0.3]}`"
+        )
     paths = Paths(Path(out), store)
     # artefacts exactly as `cmbench run` builds them (θ0, heads, experts), before any trial
-    run_suite(suite_path, methods=[spec.display], seeds=seeds, orders=orders, out=out, workers=workers,
-              executor=executor, dry_run=False, prepare_only=True, store=store, log=lambda s: None,
-              ray_address=ray_address)
+    run_suite(
+        suite_path,
+        methods=[spec.display],
+        seeds=seeds,
+        orders=orders,
+        out=out,
+        workers=workers,
+        executor=executor,
+        dry_run=False,
+        prepare_only=True,
+        store=store,
+        log=lambda s: None,
+        ray_address=ray_address,
+    )
     cache = paths.store
     threads = suite.resources.cpus_per_job
     grid = _grid(spec)
-    log(f"tuning {spec.display} on {suite.name}: {len(grid)} trials × {seeds} seed(s) × "
-        f"{orders or len(suite.orders_for(suite.seeds[0]))} order(s), scored on validation splits")
+    log(
+        f"tuning {spec.display} on {suite.name}: {len(grid)} trials × {seeds} seed(s) × "
+        f"{orders or len(suite.orders_for(suite.seeds[0]))} order(s), scored on validation splits"
+    )
     if executor == "ray":
         trials = _ray_tune(suite, spec, grid, seeds, orders, cache, threads, workers, paths, ray_address)
     else:
         trials = [_trial(suite, spec, c, seeds, orders, cache, threads) for c in grid]
     best = max(trials, key=lambda t: t["val_acc"])
-    result = {"suite": suite.name, "suite_hash": suite.hash(), "method": spec.name, "label": spec.display,
-              "defaults": spec.hparams, "search": spec.search, "seeds": suite.seeds[:seeds],
-              "orders": orders, "scored_on": "validation splits of every task of the stream",
-              "oracle": True, "trials": trials, "best": best["hparams"], "best_val_acc": best["val_acc"]}
+    result = {
+        "suite": suite.name,
+        "suite_hash": suite.hash(),
+        "method": spec.name,
+        "label": spec.display,
+        "defaults": spec.hparams,
+        "search": spec.search,
+        "seeds": suite.seeds[:seeds],
+        "orders": orders,
+        "scored_on": "validation splits of every task of the stream",
+        "oracle": True,
+        "trials": trials,
+        "best": best["hparams"],
+        "best_val_acc": best["val_acc"],
+    }
     path = tuned_path(out, suite.name, spec.display)
     atomic_write_bytes(path, json.dumps(result, indent=1, sort_keys=True).encode() + b"\n")
     _log_trials(tracking_uri or paths.tracking_uri, suite, spec, trials, log)
@@ -153,12 +198,16 @@ def _ray_tune(suite, spec, grid, seeds, orders, cache, threads, workers, paths, 
     if ray_address:  # on a cluster the method files travel with the trials, as with `cmbench run`
         staging = tempfile.TemporaryDirectory(prefix="cmbench-methods-")
         env["CMBENCH_BASELINES"] = ship_baselines(Path(staging.name))
-        connect_ray(ray_address, logging_level="ERROR",
-                    runtime_env={"working_dir": staging.name, "env_vars": env})
+        connect_ray(ray_address, logging_level="ERROR", runtime_env={"working_dir": staging.name, "env_vars": env})
     else:
-        ray.init(num_cpus=(workers or max(1, (os.cpu_count() or 1) // threads)) * threads, include_dashboard=False,
-                 logging_level="ERROR", runtime_env={"env_vars": env})
+        ray.init(
+            num_cpus=(workers or max(1, (os.cpu_count() or 1) // threads)) * threads,
+            include_dashboard=False,
+            logging_level="ERROR",
+            runtime_env={"env_vars": env},
+        )
     try:
+
         def trainable(config):
             return _trial(suite, spec, config["hparams"], seeds, orders, cache, threads)
 
@@ -166,8 +215,11 @@ def _ray_tune(suite, spec, grid, seeds, orders, cache, threads, workers, paths, 
             tune.with_resources(trainable, {"cpu": threads, "gpu": suite.resources.gpus_per_job}),
             param_space={"hparams": tune.grid_search(grid)},
             tune_config=tune.TuneConfig(metric="val_acc", mode="max"),
-            run_config=tune.RunConfig(storage_path=str((paths.cache.parent / "tune").resolve()),
-                                      name=f"{suite.name}-{spec.display}", verbose=0),
+            run_config=tune.RunConfig(
+                storage_path=str((paths.cache.parent / "tune").resolve()),
+                name=f"{suite.name}-{spec.display}",
+                verbose=0,
+            ),
         )
         results = tuner.fit()
         out = []

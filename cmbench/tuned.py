@@ -24,7 +24,12 @@ def tuned_specs(suite: Suite, out: str | Path) -> list[tuple[MethodSpec, dict]]:
             continue
         t = json.loads(path.read_text())
         hp = methods_mod.validate_hparams(methods_mod.get(spec.name), {**spec.hparams, **t["best"]})
-        source = {"kind": "tuned", "oracle": bool(t.get("oracle")), "scored_on": t["scored_on"],
-                  "file": str(path), "search": t["search"]}
+        source = {
+            "kind": "tuned",
+            "oracle": bool(t.get("oracle")),
+            "scored_on": t["scored_on"],
+            "file": str(path),
+            "search": t["search"],
+        }
         extra.append((spec.model_copy(update={"label": f"{spec.display}-tuned", "hparams": hp, "search": {}}), source))
     return extra

@@ -40,8 +40,7 @@ from .fingerprint import method_fingerprint
 from .models import device_type
 from .protocol import nan_to_none
 from .results import load_results
-from .runner import (_executor, _prepare_artefacts, _run_job, flatten, recorded_content,
-                     stale_reason)
+from .runner import _executor, _prepare_artefacts, _run_job, flatten, recorded_content, stale_reason
 from .store import open_store
 from .suite import Job, LoRA, Suite, load_suite, resolve_suite
 
@@ -119,9 +118,18 @@ def inexact_because(rec: dict, suite: Suite) -> str | None:
 def job_from_record(suite: Suite, rec: dict) -> Job:
     """The job a result file describes, with the method's code as it is now."""
     lora = LoRA.model_validate(rec["lora"]).model_dump_json() if rec.get("lora") else None
-    return Job(suite.name, rec["suite_hash"], rec["method"], rec["label"], tuple(sorted(rec["hparams"].items())),
-               lora, method_fingerprint(methods_mod.get(rec["method"])), rec["seed"], rec["order_index"],
-               tuple(rec["tasks"]))
+    return Job(
+        suite.name,
+        rec["suite_hash"],
+        rec["method"],
+        rec["label"],
+        tuple(sorted(rec["hparams"].items())),
+        lora,
+        method_fingerprint(methods_mod.get(rec["method"])),
+        rec["seed"],
+        rec["order_index"],
+        tuple(rec["tasks"]),
+    )
 
 
 def cell_differences(committed: dict, fresh: dict, n_test: dict[str, int]) -> list[tuple[str, float, float, float]]:
@@ -131,12 +139,18 @@ def cell_differences(committed: dict, fresh: dict, n_test: dict[str, int]) -> li
     if len(fresh["R"]) != len(committed["R"]):
         return [(f"R ({len(committed['R'])} rows committed, {len(fresh['R'])} recomputed)", 0.0, 0.0, -1.0)]
     tasks = committed["tasks"]
-    cells = [(f"R[{t}, {task}]", row_c[j], row_f[j], task)
-             for t, (row_c, row_f) in enumerate(zip(committed["R"], fresh["R"])) for j, task in enumerate(tasks)]
+    cells = [
+        (f"R[{t}, {task}]", row_c[j], row_f[j], task)
+        for t, (row_c, row_f) in enumerate(zip(committed["R"], fresh["R"]))
+        for j, task in enumerate(tasks)
+    ]
     if committed.get("E") is not None:
         cells += [(f"E[{task}]", c, f, task) for task, c, f in zip(tasks, committed["E"], fresh.get("E") or [])]
-    return [(name, c, f, -1.0 if c is None or f is None else abs(c - f) * n_test[task])
-            for name, c, f, task in cells if c != f]
+    return [
+        (name, c, f, -1.0 if c is None or f is None else abs(c - f) * n_test[task])
+        for name, c, f, task in cells
+        if c != f
+    ]
 
 
 def _whole(images: float) -> bool:
@@ -144,8 +158,9 @@ def _whole(images: float) -> bool:
     return abs(images - round(images)) < WHOLE_IMAGE_SLACK
 
 
-def first_difference(diffs: list[tuple[str, float, float, float]], n_test_of: Callable[[str], int],
-                     tolerance: int | None) -> str | None:
+def first_difference(
+    diffs: list[tuple[str, float, float, float]], n_test_of: Callable[[str], int], tolerance: int | None
+) -> str | None:
     """The first cell the rule rejects, in one line (None: all accepted). ``tolerance`` None:
     any difference; else a difference must be a whole number of flipped test images, at
     most ``tolerance`` (a cell moved by a fraction of an image was measured on another
@@ -154,16 +169,26 @@ def first_difference(diffs: list[tuple[str, float, float, float]], n_test_of: Ca
         if images < 0:
             return f"{name}: committed {c}, recomputed {f}"
         if tolerance is None or not _whole(images) or round(images) > tolerance:
-            amount = (f"{round(images)} of {n_test_of(name)} test images" if _whole(images) else
-                      f"{images:.2f} of {n_test_of(name)} test images, not a whole number")
+            amount = (
+                f"{round(images)} of {n_test_of(name)} test images"
+                if _whole(images)
+                else f"{images:.2f} of {n_test_of(name)} test images, not a whole number"
+            )
             rule = "compared exactly" if tolerance is None else f"tolerance {tolerance} whole images"
             return f"{name}: committed {c:.4f}, recomputed {f:.4f} ({amount}; {rule})"
     return None
 
 
-def verify(results_dir: str | Path = "results", *, suites: list[str] | None = None,
-           methods: list[str] | None = None, sample: int | None = None, workers: int | None = None,
-           executor: str = "ray", log: Callable[[str], None] = print) -> dict:
+def verify(
+    results_dir: str | Path = "results",
+    *,
+    suites: list[str] | None = None,
+    methods: list[str] | None = None,
+    sample: int | None = None,
+    workers: int | None = None,
+    executor: str = "ray",
+    log: Callable[[str], None] = print,
+) -> dict:
     """Recompute the selected committed jobs cold and compare them (see the module doc)."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
@@ -175,14 +200,19 @@ def verify(results_dir: str | Path = "results", *, suites: list[str] | None = No
         recs = [r for r in recs if r["label"] in methods or r["method"] in methods]
     if not recs:
         wanted = " and ".join(f"{flag} {','.join(v)}" for flag, v in (("--suite", suites), ("--methods", methods)) if v)
-        raise CmbenchError(f"{results_dir}: no finished results" + (f" match {wanted}" if wanted else "")
-                           + " (its folders are <suite>/<label>/)")
+        raise CmbenchError(
+            f"{results_dir}: no finished results"
+            + (f" match {wanted}" if wanted else "")
+            + " (its folders are <suite>/<label>/)"
+        )
     total = len(recs)
     if sample is not None:
         recs = choose_sample(recs, sample)
     t0 = time.perf_counter()
-    log(f"verify: {len(recs)} of {total} committed jobs, recomputed cold (θ0, heads, experts rebuilt); "
-        f"here torch {torch.__version__}")
+    log(
+        f"verify: {len(recs)} of {total} committed jobs, recomputed cold (θ0, heads, experts rebuilt); "
+        f"here torch {torch.__version__}"
+    )
     by_suite: dict[str, list[dict]] = defaultdict(list)
     for r in recs:
         by_suite[r["suite"]].append(r)
@@ -191,8 +221,10 @@ def verify(results_dir: str | Path = "results", *, suites: list[str] | None = No
         for name, rs in sorted(by_suite.items()):
             _verify_suite(name, rs, Path(tmp) / name, workers, executor, log, outcome)
     failed = outcome["mismatched"] | outcome["stale"]
-    log(f"verify: {len(recs) - len(failed)} ok, {len(outcome['mismatched'])} mismatched, "
-        f"{len(outcome['stale'])} stale, in {time.perf_counter() - t0:.0f} s")
+    log(
+        f"verify: {len(recs) - len(failed)} ok, {len(outcome['mismatched'])} mismatched, "
+        f"{len(outcome['stale'])} stale, in {time.perf_counter() - t0:.0f} s"
+    )
     return {"checked": len(recs), **{k: sorted(v) for k, v in outcome.items()}}
 
 
@@ -250,8 +282,12 @@ def _verify_suite(name: str, recs: list[dict], tmp: Path, workers, executor, log
             elif not diffs:
                 report(r, None, f"identical ({fresh['timings']['job_s']:.0f} s)")
             else:
-                report(r, None, f"{len(diffs)} cells differ, by at most {max(d[3] for d in diffs):.0f} test images "
-                                f"(tolerance {tolerance}: {because}) ({fresh['timings']['job_s']:.0f} s)")
+                report(
+                    r,
+                    None,
+                    f"{len(diffs)} cells differ, by at most {max(d[3] for d in diffs):.0f} test images "
+                    f"(tolerance {tolerance}: {because}) ({fresh['timings']['job_s']:.0f} s)",
+                )
     finally:
         ex.close()
 
@@ -269,8 +305,10 @@ def _compare_artefacts(suite: Suite, recs: list[dict], store, log) -> None:
         parts = []
         if known:
             kinds = ", ".join(sorted({kind for kind, _ in known}))
-            parts.append(f"{same} of {len(known)} rebuilt artefacts ({kinds}) have the recorded content hash"
-                         + ("" if same == len(known) else " (bytes differ; the jobs' numbers are compared below)"))
+            parts.append(
+                f"{same} of {len(known)} rebuilt artefacts ({kinds}) have the recorded content hash"
+                + ("" if same == len(known) else " (bytes differ; the jobs' numbers are compared below)")
+            )
         if unrecorded:
             parts.append(f"{', '.join(unrecorded)}: no content hash recorded (results predate content keys)")
         log(f"  {suite.name} seed {seed}: " + "; ".join(parts))

@@ -13,14 +13,40 @@ from cmbench.suite import load_suite
 from .conftest import NANO
 
 BASE = yaml.safe_load(NANO.read_text())
-PATHS = [("name",), ("setting",), ("seeds",), ("data_seed",), ("backbone", "embed_dim"), ("backbone", "kind"),
-         ("pretrain", "epochs"), ("pretrain", "recipe"), ("tasks",), ("tasks", 0, "dataset"), ("tasks", 0, "name"),
-         ("tasks", 1, "params"), ("heads", "kind"), ("heads", "shots"), ("experts", "finetune", "lr"),
-         ("experts", "finetune", "batch_size"), ("orders", "explicit"), ("orders", "random"), ("methods",),
-         ("methods", 0, "name"), ("methods", 1, "hparams", "lam"), ("methods", 2, "hparams", "k"),
-         ("evaluation", "batch_size")]
-junk = st.one_of(st.none(), st.booleans(), st.integers(-10**6, -1), st.floats(allow_nan=True),
-                 st.text(max_size=12), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+PATHS = [
+    ("name",),
+    ("setting",),
+    ("seeds",),
+    ("data_seed",),
+    ("backbone", "embed_dim"),
+    ("backbone", "kind"),
+    ("pretrain", "epochs"),
+    ("pretrain", "recipe"),
+    ("tasks",),
+    ("tasks", 0, "dataset"),
+    ("tasks", 0, "name"),
+    ("tasks", 1, "params"),
+    ("heads", "kind"),
+    ("heads", "shots"),
+    ("experts", "finetune", "lr"),
+    ("experts", "finetune", "batch_size"),
+    ("orders", "explicit"),
+    ("orders", "random"),
+    ("methods",),
+    ("methods", 0, "name"),
+    ("methods", 1, "hparams", "lam"),
+    ("methods", 2, "hparams", "k"),
+    ("evaluation", "batch_size"),
+]
+junk = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), -1),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
 
 
 def _set(d, path, value):
@@ -37,12 +63,27 @@ def _del(d, path):
 
 mutation = st.one_of(
     st.tuples(st.just("set"), st.sampled_from(PATHS), junk),
-    st.tuples(st.just("del"), st.sampled_from([p for p in PATHS if p[-1] not in (0, 1, 2)] + [("tasks",), ("methods",)]), st.none()),
-    st.tuples(st.just("unknown_key"), st.sampled_from([(), ("backbone",), ("heads",), ("methods", 0)]), st.text(min_size=1, max_size=8)),
-    st.tuples(st.just("order"), st.lists(st.sampled_from(["bars", "quadrant", "dots", "cars", ""]), max_size=5), st.none()),
+    st.tuples(
+        st.just("del"),
+        st.sampled_from([p for p in PATHS if p[-1] not in (0, 1, 2)] + [("tasks",), ("methods",)]),
+        st.none(),
+    ),
+    st.tuples(
+        st.just("unknown_key"),
+        st.sampled_from([(), ("backbone",), ("heads",), ("methods", 0)]),
+        st.text(min_size=1, max_size=8),
+    ),
+    st.tuples(
+        st.just("order"), st.lists(st.sampled_from(["bars", "quadrant", "dots", "cars", ""]), max_size=5), st.none()
+    ),
 )
-raw_text = st.one_of(st.binary(max_size=200).map(lambda b: b"\xff\xfe" + b), st.text(max_size=200),
-                     st.just("x" * 2_000_000), st.just("a: [1, 2\n"), st.just("- just\n- a list\n"))
+raw_text = st.one_of(
+    st.binary(max_size=200).map(lambda b: b"\xff\xfe" + b),
+    st.text(max_size=200),
+    st.just("x" * 2_000_000),
+    st.just("a: [1, 2\n"),
+    st.just("- just\n- a list\n"),
+)
 
 
 def _mutated(m) -> str | None:
@@ -112,12 +153,16 @@ HOSTILE = {
     # a label that is a path would write outside --out
     "label": "name: x\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties, label: ../../x/ESCAPED}]\n",
     "task name": "name: x\ntasks: [{name: ../bars, dataset: bars}]\nmethods: [{name: ties}]\n",
-    "duplicate key": "name: x\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\nmethods: [{name: sequential}]\n",
+    "duplicate key": (
+        "name: x\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\nmethods: [{name: sequential}]\n"
+    ),
     "bool seed": "name: x\nseeds: [true]\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\n",
     "huge seed": "name: x\nseeds: [1000000000000]\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\n",
     "deep": "name: x\nz: " + "[" * 5000 + "]" * 5000 + "\n",
-    "alias bomb": "\n".join(["a: &a [x,x,x,x,x,x,x,x,x]"] + [
-        f"l{i}: &l{i} [" + ",".join(["*" + ("a" if i == 1 else f"l{i - 1}")] * 9) + "]" for i in range(1, 9)])
+    "alias bomb": "\n".join(
+        ["a: &a [x,x,x,x,x,x,x,x,x]"]
+        + [f"l{i}: &l{i} [" + ",".join(["*" + ("a" if i == 1 else f"l{i - 1}")] * 9) + "]" for i in range(1, 9)]
+    )
     + "\nname: x\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\n",
 }
 
@@ -140,8 +185,10 @@ def test_hostile_suites_fail_with_one_line_and_fast(tmp_path):
 
 def test_more_random_orders_than_exist_does_not_hang(tmp_path):
     f = tmp_path / "s.yaml"
-    f.write_text("name: x\ntasks: [{name: bars, dataset: bars}, {name: dots, dataset: dots}]\n"
-                 "orders: {explicit: [[bars, dots]], random: 5}\nmethods: [{name: ties}]\n")
+    f.write_text(
+        "name: x\ntasks: [{name: bars, dataset: bars}, {name: dots, dataset: dots}]\n"
+        "orders: {explicit: [[bars, dots]], random: 5}\nmethods: [{name: ties}]\n"
+    )
     assert len(load_suite(f).orders_for(0)) == 2  # T! = 2, however many were asked for
 
 
@@ -150,6 +197,9 @@ def test_unknown_task_param_is_named(tmp_path):
 
     f = tmp_path / "s.yaml"
     f.write_text("name: x\ntasks: [{name: bars, dataset: bars, params: {n_trian: 10}}]\nmethods: [{name: ties}]\n")
-    with pytest.raises(CmbenchError, match=r"tasks\.0: params: unknown parameter 'n_trian' of dataset bars; "
-                                           r"allowed: n_train, n_val, n_test, noise"):
+    with pytest.raises(
+        CmbenchError,
+        match=r"tasks\.0: params: unknown parameter 'n_trian' of dataset bars; "
+        r"allowed: n_train, n_val, n_test, noise",
+    ):
         load_suite(f)

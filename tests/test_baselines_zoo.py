@@ -37,10 +37,17 @@ LAYOUT = describe(Net())
 def models(n, seed=0):
     """θ0 and n experts of :class:`Net` (random values)."""
     g = torch.Generator().manual_seed(seed)
-    theta0 = {k: torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone()
-              for k, v in Net().state_dict().items()}
-    experts = [{k: v + 0.3 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone()
-                for k, v in theta0.items()} for _ in range(n)]
+    theta0 = {
+        k: torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone()
+        for k, v in Net().state_dict().items()
+    }
+    experts = [
+        {
+            k: v + 0.3 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone()
+            for k, v in theta0.items()
+        }
+        for _ in range(n)
+    ]
     return theta0, experts
 
 
@@ -78,8 +85,9 @@ def test_magmax_matches_reference():
     theta0, experts = models(4)
     steps = run_stream("magmax", {"lam": 0.5}, theta0, experts)
     for t in range(1, 5):
-        taus = torch.stack([torch.cat([tv(e, theta0)[k].flatten() for k in sorted(tv(e, theta0))])
-                            for e in experts[:t]])
+        taus = torch.stack(
+            [torch.cat([tv(e, theta0)[k].flatten() for k in sorted(tv(e, theta0))]) for e in experts[:t]]
+        )
         # reference aggregate("magnitude"); ties cannot occur with random floats
         idx = taus.abs().argmax(0)
         tau_max = taus[idx, torch.arange(taus.shape[1])]
@@ -127,8 +135,9 @@ def ref_opcm(theta0, experts, alpha):
             new[k] = theta0[k] + prev_lambda * prev_tv + task_tv
         tv_norm = vec_norm(tv(new, theta0))
         lam = tv_norm / avg
-        merged = {k: theta0[k] + (w - theta0[k]) * (avg / tv_norm) if w.is_floating_point() else w
-                  for k, w in new.items()}
+        merged = {
+            k: theta0[k] + (w - theta0[k]) * (avg / tv_norm) if w.is_floating_point() else w for k, w in new.items()
+        }
         prev_lambda = lam
         out.append(dict(merged))
     return out
@@ -149,8 +158,10 @@ def ref_dop(theta0, experts, steps, alpha=0.8, beta=0.999, eps=0.99999, lr=1e-4)
     out = [dict(merged)]
 
     def loss_i(delta, u, s, v):
-        return (torch.linalg.matrix_norm(torch.diag(s) @ u.T @ delta) ** 2
-                + torch.linalg.matrix_norm(delta @ v @ torch.diag(s)) ** 2)
+        return (
+            torch.linalg.matrix_norm(torch.diag(s) @ u.T @ delta) ** 2
+            + torch.linalg.matrix_norm(delta @ v @ torch.diag(s)) ** 2
+        )
 
     for e in experts[1:]:
         new = {}
@@ -172,7 +183,7 @@ def ref_dop(theta0, experts, steps, alpha=0.8, beta=0.999, eps=0.99999, lr=1e-4)
                 opt = torch.optim.Adam([W], lr=lr)
                 ema = [alpha, 1 - alpha]
                 for _ in range(steps):
-                    grads, losses = [], []
+                    grads = []
                     for ft, sub in zip(fts, subs):
                         li = loss_i(W - ft, *sub)
                         opt.zero_grad()
@@ -212,8 +223,9 @@ def test_consensus_ta_reference_and_reductions():
         taus = {key: torch.stack([e[key] - theta0[key] for e in experts[:t]]) for key in keys}
         for key in keys:
             mtl = taus[key].sum(0)
-            masks = (theta0[key] - torch.stack([e[key] for e in experts[:t]])).abs() > \
-                tl * ((theta0[key] + mtl) - torch.stack([e[key] for e in experts[:t]])).abs()
+            masks = (theta0[key] - torch.stack([e[key] for e in experts[:t]])).abs() > tl * (
+                (theta0[key] + mtl) - torch.stack([e[key] for e in experts[:t]])
+            ).abs()
             cons = masks.sum(0) >= k
             assert torch.allclose(steps[t - 1][key], theta0[key] + lam * cons * mtl, atol=1e-6)
     # all tasks agree (identical experts): every entry kept, consensus TA = TA
@@ -261,7 +273,9 @@ def test_fisher_average_with_equal_fishers_is_plain_averaging(monkeypatch):
 
     theta0, experts = models(3, seed=6)
     keys = [k for k in theta0 if theta0[k].is_floating_point()]
-    monkeypatch.setattr(fa, "diagonal_fisher", lambda ctx, state, n, **kw: {k: torch.full_like(state[k], 0.7) for k in keys})
+    monkeypatch.setattr(
+        fa, "diagonal_fisher", lambda ctx, state, n, **kw: {k: torch.full_like(state[k], 0.7) for k in keys}
+    )
     out = run_stream("fisher_average", {}, theta0, experts)
     for t in range(1, 4):
         for k in keys:

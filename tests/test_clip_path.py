@@ -9,9 +9,11 @@ import pytest
 import torch
 import yaml
 
-TINY_CLIP = {"embed_dim": 16,
-             "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
 
 
 def write_folder(root: Path, name: str, n_classes: int, per_class: int, seed: int) -> None:
@@ -31,24 +33,29 @@ def write_folder(root: Path, name: str, n_classes: int, per_class: int, seed: in
 
 def hf_from_open_clip(visual: dict, layers: int) -> dict:
     """The inverse naming, written independently of cmbench's converter."""
-    out = {"vision_model.embeddings.class_embedding": visual["visual.class_embedding"],
-           "vision_model.embeddings.patch_embedding.weight": visual["visual.conv1.weight"],
-           "vision_model.embeddings.position_embedding.weight": visual["visual.positional_embedding"],
-           "vision_model.pre_layrnorm.weight": visual["visual.ln_pre.weight"],
-           "vision_model.pre_layrnorm.bias": visual["visual.ln_pre.bias"],
-           "vision_model.post_layernorm.weight": visual["visual.ln_post.weight"],
-           "vision_model.post_layernorm.bias": visual["visual.ln_post.bias"]}
+    out = {
+        "vision_model.embeddings.class_embedding": visual["visual.class_embedding"],
+        "vision_model.embeddings.patch_embedding.weight": visual["visual.conv1.weight"],
+        "vision_model.embeddings.position_embedding.weight": visual["visual.positional_embedding"],
+        "vision_model.pre_layrnorm.weight": visual["visual.ln_pre.weight"],
+        "vision_model.pre_layrnorm.bias": visual["visual.ln_pre.bias"],
+        "vision_model.post_layernorm.weight": visual["visual.ln_post.weight"],
+        "vision_model.post_layernorm.bias": visual["visual.ln_post.bias"],
+    }
     for i in range(layers):
         o, h = f"visual.transformer.resblocks.{i}.", f"vision_model.encoder.layers.{i}."
         for kind in ("weight", "bias"):
             q, k, v = visual[o + f"attn.in_proj_{kind}"].chunk(3)
-            out |= {h + f"self_attn.q_proj.{kind}": q, h + f"self_attn.k_proj.{kind}": k,
-                    h + f"self_attn.v_proj.{kind}": v,
-                    h + f"self_attn.out_proj.{kind}": visual[o + f"attn.out_proj.{kind}"],
-                    h + f"layer_norm1.{kind}": visual[o + f"ln_1.{kind}"],
-                    h + f"layer_norm2.{kind}": visual[o + f"ln_2.{kind}"],
-                    h + f"mlp.fc1.{kind}": visual[o + f"mlp.c_fc.{kind}"],
-                    h + f"mlp.fc2.{kind}": visual[o + f"mlp.c_proj.{kind}"]}
+            out |= {
+                h + f"self_attn.q_proj.{kind}": q,
+                h + f"self_attn.k_proj.{kind}": k,
+                h + f"self_attn.v_proj.{kind}": v,
+                h + f"self_attn.out_proj.{kind}": visual[o + f"attn.out_proj.{kind}"],
+                h + f"layer_norm1.{kind}": visual[o + f"ln_1.{kind}"],
+                h + f"layer_norm2.{kind}": visual[o + f"ln_2.{kind}"],
+                h + f"mlp.fc1.{kind}": visual[o + f"mlp.c_fc.{kind}"],
+                h + f"mlp.fc2.{kind}": visual[o + f"mlp.c_proj.{kind}"],
+            }
     return {k: v.contiguous().clone() for k, v in out.items()}
 
 
@@ -60,9 +67,16 @@ def test_hf_clip_vision_mapping_matches_transformers():
     from open_clip.model import CLIP
 
     torch.manual_seed(0)
-    cfg = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=128, num_hidden_layers=2,
-                                        num_attention_heads=2, image_size=32, patch_size=8,
-                                        hidden_act="gelu", layer_norm_eps=1e-5)
+    cfg = transformers.CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+    )
     hf = transformers.CLIPVisionModel(cfg).eval()
     for p in hf.parameters():  # non-trivial LayerNorms and biases
         torch.nn.init.normal_(p, std=0.2)
@@ -96,12 +110,15 @@ def test_clip_suite_end_to_end_offline(tmp_path, monkeypatch):
     write_folder(data, "eurosat", 10, 6, 0)
     write_folder(data, "pcam", 2, 12, 1)
     monkeypatch.setenv("CMBENCH_DATA_ROOT", str(data))
-    base = {"name": "tiny-clip", "setting": "merge_stream",
-            "backbone": {"kind": "open_clip", "model": "tiny", "pretrained": None, "config": TINY_CLIP},
-            "tasks": [{"name": "eurosat", "dataset": "eurosat"}, {"name": "pcam", "dataset": "pcam"}],
-            "heads": {"kind": "zero_shot"},
-            "methods": [{"name": "task_arithmetic", "hparams": {"lam": 0.3}}, {"name": "weight_average"}],
-            "evaluation": {"batch_size": 64, "max_test_per_task": 8}}
+    base = {
+        "name": "tiny-clip",
+        "setting": "merge_stream",
+        "backbone": {"kind": "open_clip", "model": "tiny", "pretrained": None, "config": TINY_CLIP},
+        "tasks": [{"name": "eurosat", "dataset": "eurosat"}, {"name": "pcam", "dataset": "pcam"}],
+        "heads": {"kind": "zero_shot"},
+        "methods": [{"name": "task_arithmetic", "hparams": {"lam": 0.3}}, {"name": "weight_average"}],
+        "evaluation": {"batch_size": 64, "max_test_per_task": 8},
+    }
     # experts: θ0 + noise, one saved under transformers' names, one under open_clip's
     suite0 = tmp_path / "s0.yaml"
     suite0.write_text(yaml.safe_dump(base))
@@ -118,9 +135,20 @@ def test_clip_suite_end_to_end_offline(tmp_path, monkeypatch):
     from cmbench.models.checkpoint import file_sha256
 
     pin = file_sha256(tmp_path / "eurosat_hf.safetensors")
-    suite = dict(base, experts={"source": "checkpoints", "checkpoints": {
-        "eurosat": {"format": "hf_clip_vision", "path": str(tmp_path / "eurosat_hf.safetensors"), "sha256": pin},
-        "pcam": {"format": "open_clip", "path": str(tmp_path / "pcam.safetensors")}}})
+    suite = dict(
+        base,
+        experts={
+            "source": "checkpoints",
+            "checkpoints": {
+                "eurosat": {
+                    "format": "hf_clip_vision",
+                    "path": str(tmp_path / "eurosat_hf.safetensors"),
+                    "sha256": pin,
+                },
+                "pcam": {"format": "open_clip", "path": str(tmp_path / "pcam.safetensors")},
+            },
+        },
+    )
     path = tmp_path / "tiny-clip.yaml"
     path.write_text(yaml.safe_dump(suite))
     out = tmp_path / "out"
@@ -138,20 +166,30 @@ def test_clip_suite_end_to_end_offline(tmp_path, monkeypatch):
     from cmbench.models.checkpoint import load_expert
     from cmbench.suite import ExpertCheckpoint
 
-    got, meta = load_expert(ExpertCheckpoint(format="hf_clip_vision", path=str(tmp_path / "eurosat_hf.safetensors")),
-                            "eurosat", theta0, "experts.checkpoints")
+    got, meta = load_expert(
+        ExpertCheckpoint(format="hf_clip_vision", path=str(tmp_path / "eurosat_hf.safetensors")),
+        "eurosat",
+        theta0,
+        "experts.checkpoints",
+    )
     assert meta["sha256"] == pin
     for k in theta0:
         expect = theta0[k] if k == "visual.proj" else e1[k]
         assert torch.equal(got[k], expect), k
     # a wrong pin and a checkpoint of another backbone are refused, naming the task
     with pytest.raises(CmbenchError, match=r"experts.checkpoints.eurosat: .* pins"):
-        load_expert(ExpertCheckpoint(format="hf_clip_vision", path=str(tmp_path / "eurosat_hf.safetensors"),
-                                     sha256="0" * 64), "eurosat", theta0, "experts.checkpoints")
+        load_expert(
+            ExpertCheckpoint(format="hf_clip_vision", path=str(tmp_path / "eurosat_hf.safetensors"), sha256="0" * 64),
+            "eurosat",
+            theta0,
+            "experts.checkpoints",
+        )
     bad = {k: v for k, v in e2.items() if "resblocks.1" not in k}
     bad["visual.conv1.weight"] = torch.zeros(8, 3, 8, 8)
     save_file(bad, str(tmp_path / "bad.safetensors"))
-    with pytest.raises(CmbenchError, match=r"pcam .*does not match the backbone: missing .*resblocks.1.*shape mismatch"):
+    with pytest.raises(
+        CmbenchError, match=r"pcam .*does not match the backbone: missing .*resblocks.1.*shape mismatch"
+    ):
         load_expert(ExpertCheckpoint(path=str(tmp_path / "bad.safetensors")), "pcam", theta0, "experts.checkpoints")
 
 
@@ -187,8 +225,12 @@ def test_image_folder_dataset_splits_and_cache(tmp_path, monkeypatch):
     td = build("eurosat", "eurosat", 0, 24, {})
     assert td.train.x.dtype == torch.uint8 and td.train.x.shape[1:] == (3, 24, 24)
     assert len(td.train) == 90 and len(td.val) == 10 and len(td.test) == 50
-    assert td.classes[0] == json.loads((Path(__file__).parents[1] / "cmbench/data/clip_tasks.json")
-                                       .read_text())["tasks"]["eurosat"]["classnames"][0]
+    assert (
+        td.classes[0]
+        == json.loads((Path(__file__).parents[1] / "cmbench/data/clip_tasks.json").read_text())["tasks"]["eurosat"][
+            "classnames"
+        ][0]
+    )
     perm = torch.randperm(100, generator=torch.Generator().manual_seed(0))
     assert sorted(perm[90:].tolist()) != sorted(perm[:10].tolist())
     cached = [p for p in (data_root() / ".decoded").glob("eurosat-train-24-*") if p.is_dir()]
@@ -235,12 +277,15 @@ def test_finetune_then_dry_run_then_run(tmp_path, monkeypatch, capsys):
     data = tmp_path / "data"
     write_folder(data, "eurosat", 10, 6, 0)
     write_folder(data, "pcam", 2, 12, 1)
-    suite = {"name": "tiny-clip-ft", "setting": "merge_stream",
-             "backbone": {"kind": "open_clip", "model": "tiny", "pretrained": None, "config": TINY_CLIP},
-             "tasks": [{"name": "eurosat", "dataset": "eurosat"}, {"name": "pcam", "dataset": "pcam"}],
-             "heads": {"kind": "zero_shot"},
-             "experts": {"finetune": {"lr": 1e-3, "weight_decay": 0.1, "batch_size": 16, "steps": 6}},
-             "methods": [{"name": "weight_average"}]}
+    suite = {
+        "name": "tiny-clip-ft",
+        "setting": "merge_stream",
+        "backbone": {"kind": "open_clip", "model": "tiny", "pretrained": None, "config": TINY_CLIP},
+        "tasks": [{"name": "eurosat", "dataset": "eurosat"}, {"name": "pcam", "dataset": "pcam"}],
+        "heads": {"kind": "zero_shot"},
+        "experts": {"finetune": {"lr": 1e-3, "weight_decay": 0.1, "batch_size": 16, "steps": 6}},
+        "methods": [{"name": "weight_average"}],
+    }
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(suite))
     out = tmp_path / "out"
@@ -297,16 +342,34 @@ def test_split_vit_suite_runs_offline_on_a_tiny_timm_vit(tmp_path, monkeypatch):
                 Image.fromarray(img).save(d / f"{i}.png")
     monkeypatch.setenv("CMBENCH_DATA_ROOT", str(tmp_path / "data"))
     lora = {"rank": 2, "targets": ["k", "v"]}
-    suite = {"name": "tiny-split", "setting": "train_then_merge",
-             "backbone": {"kind": "timm", "model": "vit_tiny_patch16_224", "pretrained": False,
-                          "kwargs": {"img_size": 16, "patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2}},
-             "tasks": [{"name": f"t{i}", "dataset": "class_split",
-                        "params": {"source": "cifar100", "n_tasks": 10, "index": i}} for i in range(2)],
-             "heads": {"kind": "class_incremental"},
-             "training": {"epochs": 1, "lr": 1e-3, "head_lr": 1e-2, "batch_size": 16, "augment": {"view_size": 20}},
-             "methods": [{"name": "pm", "label": "pm-lora", "lora": lora},
-                         {"name": "trm", "training": {"lr": 1e-5, "warmup_steps": 2, "grad_clip": 1.0,
-                                                      "augment": {"scale": [0.9, 1.0], "hflip": False, "view_size": 20}}}]}
+    suite = {
+        "name": "tiny-split",
+        "setting": "train_then_merge",
+        "backbone": {
+            "kind": "timm",
+            "model": "vit_tiny_patch16_224",
+            "pretrained": False,
+            "kwargs": {"img_size": 16, "patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2},
+        },
+        "tasks": [
+            {"name": f"t{i}", "dataset": "class_split", "params": {"source": "cifar100", "n_tasks": 10, "index": i}}
+            for i in range(2)
+        ],
+        "heads": {"kind": "class_incremental"},
+        "training": {"epochs": 1, "lr": 1e-3, "head_lr": 1e-2, "batch_size": 16, "augment": {"view_size": 20}},
+        "methods": [
+            {"name": "pm", "label": "pm-lora", "lora": lora},
+            {
+                "name": "trm",
+                "training": {
+                    "lr": 1e-5,
+                    "warmup_steps": 2,
+                    "grad_clip": 1.0,
+                    "augment": {"scale": [0.9, 1.0], "hflip": False, "view_size": 20},
+                },
+            },
+        ],
+    }
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(suite))
     summary = run_suite(path, out=tmp_path / "out", executor="local", log=lambda s: None)
@@ -334,8 +397,10 @@ def test_data_export_writes_the_folder_layout_the_loader_reads(tmp_path, monkeyp
     def load_dataset(path, config=None, split=None):
         assert path == "tanganke/eurosat"
         n = 20 if split == "train" else 10
-        return [{"image": Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)), "label": i % 10}
-                for i in range(n)]
+        return [
+            {"image": Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)), "label": i % 10}
+            for i in range(n)
+        ]
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     monkeypatch.setenv("CMBENCH_DATA_ROOT", str(tmp_path))
@@ -361,10 +426,15 @@ def test_full_size_hf_clip_vision_checkpoint_gives_transformers_features(suite_f
     block = visual.transformer.resblocks[0]
     act = type(block.mlp.gelu).__name__
     cfg = transformers.CLIPVisionConfig(
-        hidden_size=visual.transformer.width, num_hidden_layers=visual.transformer.layers,
-        num_attention_heads=block.attn.num_heads, intermediate_size=block.mlp.c_fc.out_features,
-        image_size=visual.image_size[0], patch_size=visual.conv1.kernel_size[0],
-        hidden_act={"QuickGELU": "quick_gelu", "GELU": "gelu"}[act], layer_norm_eps=block.ln_1.eps)
+        hidden_size=visual.transformer.width,
+        num_hidden_layers=visual.transformer.layers,
+        num_attention_heads=block.attn.num_heads,
+        intermediate_size=block.mlp.c_fc.out_features,
+        image_size=visual.image_size[0],
+        patch_size=visual.conv1.kernel_size[0],
+        hidden_act={"QuickGELU": "quick_gelu", "GELU": "gelu"}[act],
+        layer_norm_eps=block.ln_1.eps,
+    )
     torch.manual_seed(0)
     hf = transformers.CLIPVisionModel(cfg).eval()
     hf.save_pretrained(tmp_path / "expert", safe_serialization=True)
@@ -378,6 +448,8 @@ def test_full_size_hf_clip_vision_checkpoint_gives_transformers_features(suite_f
         ref = hf(pixel_values=x).pooler_output
         got = visual(x)
     diff = (got - ref).abs().max().item()
-    print(f"{backbone.model}: {sum(p.numel() for p in hf.parameters()) / 1e6:.0f}M parameters, "
-          f"max |open_clip - transformers| = {diff:.2e} (features up to {ref.abs().max().item():.2f})")
+    print(
+        f"{backbone.model}: {sum(p.numel() for p in hf.parameters()) / 1e6:.0f}M parameters, "
+        f"max |open_clip - transformers| = {diff:.2e} (features up to {ref.abs().max().item():.2f})"
+    )
     assert diff < 1e-4 * max(1.0, ref.abs().max().item())

@@ -25,7 +25,7 @@ pytest.importorskip("ray")
 
 BIN = Path(sys.executable).parent
 
-PROBE_METHOD = '''
+PROBE_METHOD = """
 from cmbench.methods import merge_function
 
 
@@ -35,7 +35,7 @@ def probe_average(ctx, merged, incoming):
         f.write(__file__ + "\\n")
     return {{k: (m * (ctx.step - 1) + incoming[k]) / ctx.step if m.is_floating_point() else m
             for k, m in merged.items()}}
-'''
+"""
 
 
 def _free_port() -> int:
@@ -58,13 +58,41 @@ class Cluster:
     def start(self):
         ray = str(BIN / "ray")
         common = ["--disable-usage-stats", "--include-dashboard=false"]
-        subprocess.run([ray, "start", "--head", f"--port={self.port}", "--num-cpus=1", "--node-ip-address=127.0.0.1",
-                        "--resources", json.dumps({"head": 1}), f"--temp-dir={self.dirs['head']}", *common],
-                       env=self.env, check=True, capture_output=True, timeout=120)
-        subprocess.run([ray, "start", f"--address={self.address}", "--num-cpus=1", "--node-ip-address=127.0.0.1",
-                        "--resources", json.dumps({"node2": 1}), f"--temp-dir={self.dirs['node2']}"],
-                       # a joining node, like a driver, must be told the head uses token authentication
-                       env={**self.env, "RAY_AUTH_MODE": "token"}, check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                ray,
+                "start",
+                "--head",
+                f"--port={self.port}",
+                "--num-cpus=1",
+                "--node-ip-address=127.0.0.1",
+                "--resources",
+                json.dumps({"head": 1}),
+                f"--temp-dir={self.dirs['head']}",
+                *common,
+            ],
+            env=self.env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        subprocess.run(
+            [
+                ray,
+                "start",
+                f"--address={self.address}",
+                "--num-cpus=1",
+                "--node-ip-address=127.0.0.1",
+                "--resources",
+                json.dumps({"node2": 1}),
+                f"--temp-dir={self.dirs['node2']}",
+            ],
+            # a joining node, like a driver, must be told the head uses token authentication
+            env={**self.env, "RAY_AUTH_MODE": "token"},
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
     def pids(self, node: str, name: str = "") -> list[int]:
         """Processes whose command line names the node's temp dir (and ``name``)."""
@@ -118,8 +146,14 @@ def test_suite_on_a_two_node_cluster(cluster, tmp_path):
     env = {**cluster.env, "CMBENCH_BASELINES": str(methods_dir), "PYTHONUNBUFFERED": "1"}
 
     out = tmp_path / "cluster-out"
-    run = subprocess.Popen([str(BIN / "cmbench"), "run", str(suite), "--ray-address", cluster.address, "--out", str(out)],
-                           env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = subprocess.Popen(
+        [str(BIN / "cmbench"), "run", str(suite), "--ray-address", cluster.address, "--out", str(out)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     # kill the second node's raylet (and its workers) once a few jobs are done: Ray retries the
     # jobs it held on the head, and nothing computed is lost
     killed = False
@@ -136,8 +170,13 @@ def test_suite_on_a_two_node_cluster(cluster, tmp_path):
     assert imported and all("runtime_resources" in f and "working_dir_files" in f for f in imported), imported
 
     local = tmp_path / "local-out"
-    subprocess.run([str(BIN / "cmbench"), "run", str(suite), "--no-ray", "--out", str(local)], env=env, cwd=tmp_path,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [str(BIN / "cmbench"), "run", str(suite), "--no-ray", "--out", str(local)],
+        env=env,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
     on_cluster, here = _results(out), _results(local)
     assert sorted(on_cluster) == sorted(here) and len(here) == 16  # 4 methods × 2 seeds × 2 orders
     for name, rec in on_cluster.items():
@@ -150,8 +189,12 @@ def test_suite_on_a_two_node_cluster(cluster, tmp_path):
 
 def test_wrong_address_fails_fast_with_one_line(tmp_path):
     t0 = time.time()
-    r = subprocess.run([str(BIN / "cmbench"), "run", str(NANO), "--ray-address", f"127.0.0.1:{_free_port()}",
-                        "--out", str(tmp_path)], capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run(
+        [str(BIN / "cmbench"), "run", str(NANO), "--ray-address", f"127.0.0.1:{_free_port()}", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert r.returncode != 0 and time.time() - t0 < 10
     assert "nothing answers there" in r.stderr and "Traceback" not in r.stderr + r.stdout
     assert len([line for line in r.stderr.splitlines() if line.startswith("cmbench: error")]) == 1
@@ -182,12 +225,31 @@ def test_a_directory_store_the_nodes_do_not_see_is_refused(cluster, tmp_path, mo
 def test_tune_places_trials_on_both_nodes(cluster, tmp_path):
     """`cmbench tune --ray-address` runs its trials on the cluster, on every node."""
     suite = tmp_path / "nano.yaml"
-    suite.write_text(NANO.read_text().replace("{name: task_arithmetic, hparams: {lam: 0.3}}",
-                                              "{name: task_arithmetic, search: {lam: [0.1, 0.2, 0.3, 0.4]}}"))
+    suite.write_text(
+        NANO.read_text().replace(
+            "{name: task_arithmetic, hparams: {lam: 0.3}}",
+            "{name: task_arithmetic, search: {lam: [0.1, 0.2, 0.3, 0.4]}}",
+        )
+    )
     env = {**cluster.env, "PYTHONUNBUFFERED": "1"}
-    r = subprocess.run([str(BIN / "cmbench"), "tune", str(suite), "--method", "task_arithmetic", "--ray-address",
-                        cluster.address, "--out", str(tmp_path / "out")], env=env, cwd=tmp_path, capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run(
+        [
+            str(BIN / "cmbench"),
+            "tune",
+            str(suite),
+            "--method",
+            "task_arithmetic",
+            "--ray-address",
+            cluster.address,
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     tuned = json.loads(next((tmp_path / "out").glob("tuned/**/*.json")).read_text())
     assert len(tuned["trials"]) == 4

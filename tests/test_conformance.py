@@ -15,25 +15,34 @@ def test_method_conforms(name):
 
 
 BROKEN = {
-    "mutates": ("def f(ctx, merged, incoming):\n"
-                "    for v in incoming.values():\n"
-                "        if v.is_floating_point(): v.mul_(0.5)\n"
-                "    return dict(incoming)\n", "modified in place"),
-    "dtype": ("def f(ctx, merged, incoming):\n"
-              "    return {k: v.double() for k, v in incoming.items()}\n", "expected"),
-    "drops_key": ("def f(ctx, merged, incoming):\n"
-                  "    return {k: v for k, v in list(incoming.items())[1:]}\n", "keys changed"),
-    "random": ("import torch\n"
-               "def f(ctx, merged, incoming):\n"
-               "    g = torch.Generator(); g.seed()  # unseeded: differs run to run\n"
-               "    return {k: v + torch.rand((), generator=g) if v.is_floating_point() else v\n"
-               "            for k, v in incoming.items()}\n",
-               "not deterministic"),
-    "int_arith": ("def f(ctx, merged, incoming):\n"
-                  "    return {k: v + 1 for k, v in incoming.items()}\n", "integer tensor"),
-    "peeks_data": ("def f(ctx, merged, incoming):\n"
-                   "    ctx.data.current('train')\n"
-                   "    return dict(incoming)\n", "declared data_access='none'"),
+    "mutates": (
+        "def f(ctx, merged, incoming):\n"
+        "    for v in incoming.values():\n"
+        "        if v.is_floating_point(): v.mul_(0.5)\n"
+        "    return dict(incoming)\n",
+        "modified in place",
+    ),
+    "dtype": ("def f(ctx, merged, incoming):\n    return {k: v.double() for k, v in incoming.items()}\n", "expected"),
+    "drops_key": (
+        "def f(ctx, merged, incoming):\n    return {k: v for k, v in list(incoming.items())[1:]}\n",
+        "keys changed",
+    ),
+    "random": (
+        "import torch\n"
+        "def f(ctx, merged, incoming):\n"
+        "    g = torch.Generator(); g.seed()  # unseeded: differs run to run\n"
+        "    return {k: v + torch.rand((), generator=g) if v.is_floating_point() else v\n"
+        "            for k, v in incoming.items()}\n",
+        "not deterministic",
+    ),
+    "int_arith": (
+        "def f(ctx, merged, incoming):\n    return {k: v + 1 for k, v in incoming.items()}\n",
+        "integer tensor",
+    ),
+    "peeks_data": (
+        "def f(ctx, merged, incoming):\n    ctx.data.current('train')\n    return dict(incoming)\n",
+        "declared data_access='none'",
+    ),
 }
 
 
@@ -41,8 +50,11 @@ BROKEN = {
 def test_kit_catches_a_broken_method(kind, tmp_path):
     body, expected = BROKEN[kind]
     name = f"broken_{kind}"
-    src = ("from cmbench.methods import merge_function\n" + body.replace("def f", "def _f") +
-           f"\nmerge_function({name!r}, paper='test')(_f)\n")
+    src = (
+        "from cmbench.methods import merge_function\n"
+        + body.replace("def f", "def _f")
+        + f"\nmerge_function({name!r}, paper='test')(_f)\n"
+    )
     (tmp_path / f"{name}.py").write_text(src)
     M.discover([tmp_path])
     problems = conformance.check(name)
@@ -58,7 +70,8 @@ def test_test_split_is_never_handed_over(tmp_path):
         "    data_access = 'current_task'\n"
         "    def merge(self, ctx, merged, incoming, task):\n"
         "        ctx.data.current('test')\n"
-        "        return dict(incoming)\n")
+        "        return dict(incoming)\n"
+    )
     M.discover([tmp_path])
     problems = conformance.check("peek_test")
     assert any("never see test data" in p for p in problems), problems

@@ -18,8 +18,14 @@ DATA_FREE = ["weight_average", "task_arithmetic", "ties", "magmax", "opcm", "con
 def _stream(name, theta0, experts, device):
     to = lambda sd: {k: v.to(device) for k, v in sd.items()}  # noqa: E731
     method = M.create(name, {})
-    ctx = M.Context(theta0=to(theta0), num_tasks=len(experts), seed=0, device=torch.device(device),
-                    generator=torch.Generator().manual_seed(0), layout=LAYOUT)
+    ctx = M.Context(
+        theta0=to(theta0),
+        num_tasks=len(experts),
+        seed=0,
+        device=torch.device(device),
+        generator=torch.Generator().manual_seed(0),
+        layout=LAYOUT,
+    )
     method.start(ctx)
     merged = ctx.theta0
     for t, e in enumerate(experts, start=1):
@@ -43,8 +49,9 @@ def test_linearised_tiny_vit_on_gpu_equals_cpu():
     from cmbench.models import create_backbone, features
     from cmbench.suite import TinyViT
 
-    cfg = TinyViT(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0,
-                  linearized=True)
+    cfg = TinyViT(
+        img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, linearized=True
+    )
     torch.manual_seed(0)
     theta0 = create_backbone(cfg.model_copy(update={"linearized": False})).state_dict()
     theta = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v for k, v in theta0.items()}
@@ -66,15 +73,22 @@ def test_linearised_tiny_vit_on_gpu_equals_cpu():
 # and TRM's Adam, P&M's Fisher, training in train-then-merge) can amplify rounding through
 # their accept/reject decisions: 0.08 per cell, 0.04 on the final ACC.
 
-STREAM = [{"name": n} for n in ("weight_average", "task_arithmetic", "ties", "magmax", "opcm", "consensus_ta",
-                                "sequential")] + [
+STREAM = [
+    {"name": n} for n in ("weight_average", "task_arithmetic", "ties", "magmax", "opcm", "consensus_ta", "sequential")
+] + [
     {"name": "dop", "hparams": {"num_steps": 20}},
     {"name": "fisher_average", "hparams": {"n_samples": 32}},
     {"name": "ode_m", "hparams": {"num_samples": 64, "post_refine_steps": 4}},
 ]
-TTM = [{"name": "sequential"}, {"name": "multitask"}, {"name": "pm", "lora": {"rank": 2, "targets": ["q", "v"]}},
-       {"name": "trm", "hparams": {"steps": 5, "batch_size": 16}}, {"name": "magmax"},
-       {"name": "fisher_average", "hparams": {"n_samples": 16}}, {"name": "weight_average"}]
+TTM = [
+    {"name": "sequential"},
+    {"name": "multitask"},
+    {"name": "pm", "lora": {"rank": 2, "targets": ["q", "v"]}},
+    {"name": "trm", "hparams": {"steps": 5, "batch_size": 16}},
+    {"name": "magmax"},
+    {"name": "fisher_average", "hparams": {"n_samples": 16}},
+    {"name": "weight_average"},
+]
 ITERATIVE = {"dop", "fisher_average", "ode_m", "pm", "trm", "multitask", "sequential", "magmax", "weight_average"}
 
 

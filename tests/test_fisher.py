@@ -39,12 +39,15 @@ def closed_forms(state, task, H, batch=32):
     Y = task.train.y[perm]
     W = state["1.weight"]
     P = torch.softmax(X @ W.T @ H.T, -1)
-    grads = torch.stack([torch.stack([torch.outer(H.T @ (torch.eye(C)[c] - p), x) for c in range(C)])
-                         for x, p in zip(X, P)])  # (n, C, 5, D)
-    model = (P[:, :, None, None] * grads ** 2).sum(1).mean(0)
+    grads = torch.stack(
+        [torch.stack([torch.outer(H.T @ (torch.eye(C)[c] - p), x) for c in range(C)]) for x, p in zip(X, P)]
+    )  # (n, C, 5, D)
+    model = (P[:, :, None, None] * grads**2).sum(1).mean(0)
     empirical = (grads[torch.arange(len(Y)), Y] ** 2).mean(0)
-    batched = sum(((P[i:i + batch].sqrt()[:, :, None, None] * grads[i:i + batch]).sum((0, 1))) ** 2
-                  for i in range(0, len(Y), batch)) / len(Y)
+    batched = sum(
+        ((P[i : i + batch].sqrt()[:, :, None, None] * grads[i : i + batch]).sum((0, 1))) ** 2
+        for i in range(0, len(Y), batch)
+    ) / len(Y)
     return {"model": model, "empirical": empirical, "model_batch": batched}
 
 

@@ -142,8 +142,13 @@ def _gpu_job(tag):
 
     start = time.time()
     time.sleep(1.5)
-    return {"tag": tag, "gpus": [str(g) for g in ray.get_gpu_ids()],
-            "visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": time.time()}
+    return {
+        "tag": tag,
+        "gpus": [str(g) for g in ray.get_gpu_ids()],
+        "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "start": start,
+        "end": time.time(),
+    }
 
 
 def test_ray_packs_fractional_gpu_jobs_on_simulated_gpus():
@@ -195,8 +200,9 @@ def test_other_precision_reuses_the_experts_and_measures_its_own_E(nano_copy, mo
     f.write_text(yaml.safe_dump(data))
     path = nano_copy / "results" / "nano-merge" / "weight_average" / "seed0-order0.json"
     before = json.loads(path.read_text())
-    summary = run_suite(f, out=nano_copy, executor="local", methods=["weight_average"], seeds=1, orders=1,
-                        log=lambda s: None)
+    summary = run_suite(
+        f, out=nano_copy, executor="local", methods=["weight_average"], seeds=1, orders=1, log=lambda s: None
+    )
     assert summary["failed"] == 0
     after = json.loads(path.read_text())
     assert before["inputs"]["precision"] == "fp32" and after["inputs"]["precision"] == "bf16"

@@ -15,15 +15,17 @@ from .conftest import NANO
 
 QUIET = dict(log=lambda s: None)
 
-CODE = '''
+CODE = """
 def merge(a, b, w=0.5):
     return (1 - w) * a + w * b
-'''
+"""
 
 
 def test_normalised_source_ignores_comments_docstrings_and_formatting():
-    edited = ('"""Module doc."""\n# a comment\n\ndef merge(a,\n          b, w = 0.5):  # why\n'
-              '    """Doc."""\n    return ((1 - w) * a\n            + w * b)\n')
+    edited = (
+        '"""Module doc."""\n# a comment\n\ndef merge(a,\n          b, w = 0.5):  # why\n'
+        '    """Doc."""\n    return ((1 - w) * a\n            + w * b)\n'
+    )
     assert normalised_source(edited) == normalised_source(CODE)
     assert normalised_source(CODE.replace("0.5", "0.25")) != normalised_source(CODE)
     assert normalised_source(CODE.replace("(1 - w) * a", "a * (1 - w)")) != normalised_source(CODE)
@@ -118,13 +120,19 @@ def test_cli_verify_exits_non_zero_with_one_line(nano_copy, tmp_path):
     import sys
 
     results = tmp_path / "results"
-    shutil.copytree(Paths(nano_copy).results / "nano-merge" / "weight_average", results / "nano-merge" / "weight_average")
+    shutil.copytree(
+        Paths(nano_copy).results / "nano-merge" / "weight_average", results / "nano-merge" / "weight_average"
+    )
     path = results / "nano-merge" / "weight_average" / "seed1-order0.json"
     rec = json.loads(path.read_text())
     rec["E"][0] = 1.0 - rec["E"][0]
     path.write_text(json.dumps(rec))
-    p = subprocess.run([sys.executable, "-m", "cmbench", "verify", "--results", str(results), "--no-ray"],
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-m", "cmbench", "verify", "--results", str(results), "--no-ray"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 1, p.stdout + p.stderr
     (line,) = [ln for ln in p.stdout.splitlines() if "MISMATCH" in ln]
     assert "seed1-order0.json" in line and f"E[{rec['tasks'][0]}]" in line
@@ -132,14 +140,23 @@ def test_cli_verify_exits_non_zero_with_one_line(nano_copy, tmp_path):
 
 def test_sample_covers_every_suite_setting_and_component_version_cheapest_first():
     def rec(suite, setting, comp, seed, s, name):
-        return {"suite": suite, "setting": setting, "seed": seed, "timings": {"job_s": s}, "_path": name,
-                "label": name[0], "inputs": {"components": comp}}
+        return {
+            "suite": suite,
+            "setting": setting,
+            "seed": seed,
+            "timings": {"job_s": s},
+            "_path": name,
+            "label": name[0],
+            "inputs": {"components": comp},
+        }
 
-    recs = [rec("a", "merge_stream", {"evaluation": 1, "merge_stream": 1}, 0, 5.0, "a1"),
-            rec("a", "merge_stream", {"evaluation": 1, "merge_stream": 1}, 0, 1.0, "a2"),
-            rec("a", "merge_stream", {"evaluation": 2, "merge_stream": 1}, 1, 9.0, "a3"),
-            rec("b", "train_then_merge", {"evaluation": 1, "train": 1}, 0, 3.0, "b1"),
-            rec("b", "train_then_merge", {"evaluation": 1, "train": 1}, 0, 2.0, "b2")]
+    recs = [
+        rec("a", "merge_stream", {"evaluation": 1, "merge_stream": 1}, 0, 5.0, "a1"),
+        rec("a", "merge_stream", {"evaluation": 1, "merge_stream": 1}, 0, 1.0, "a2"),
+        rec("a", "merge_stream", {"evaluation": 2, "merge_stream": 1}, 1, 9.0, "a3"),
+        rec("b", "train_then_merge", {"evaluation": 1, "train": 1}, 0, 3.0, "b1"),
+        rec("b", "train_then_merge", {"evaluation": 1, "train": 1}, 0, 2.0, "b2"),
+    ]
     got = [r["_path"] for r in choose_sample(recs, 1)]
     assert sorted(got) == ["a2", "a3", "b2"]
     assert len(choose_sample(recs, 4)) == 4

@@ -15,15 +15,34 @@ ROOT = Path(__file__).resolve().parents[1]
 # from the bottom
 LAYERS = [
     # base: the package (CmbenchError, version), tensor and metric maths, small I/O helpers
-    ["cmbench", "cmbench.tensors", "cmbench.metrics", "cmbench.layout", "cmbench.kernels", "cmbench.fingerprint",
-     "cmbench.pins", "cmbench.measure", "cmbench.catalog", "cmbench.store", "cmbench.results"],
+    [
+        "cmbench",
+        "cmbench.tensors",
+        "cmbench.metrics",
+        "cmbench.layout",
+        "cmbench.kernels",
+        "cmbench.fingerprint",
+        "cmbench.pins",
+        "cmbench.measure",
+        "cmbench.catalog",
+        "cmbench.store",
+        "cmbench.results",
+    ],
     ["cmbench.methods", "cmbench.estimates", "cmbench.lora"],  # the method API and what methods use
     ["cmbench.suite"],  # the schema and job expansion
     ["cmbench.data", "cmbench.models", "cmbench.train", "cmbench.published"],
     ["cmbench.artefacts", "cmbench.jobstate", "cmbench.plan", "cmbench.tuned"],
     ["cmbench.protocol"],
-    ["cmbench.runner", "cmbench.tune", "cmbench.report", "cmbench.bench", "cmbench.tracking", "cmbench.verify",
-     "cmbench.rehearse", "cmbench.conformance"],
+    [
+        "cmbench.runner",
+        "cmbench.tune",
+        "cmbench.report",
+        "cmbench.bench",
+        "cmbench.tracking",
+        "cmbench.verify",
+        "cmbench.rehearse",
+        "cmbench.conformance",
+    ],
     ["cmbench.cli", "cmbench.__main__"],
 ]
 
@@ -74,8 +93,9 @@ def violations(mods: dict[str, Path]) -> list[str]:
     for name, path in mods.items():
         for target, line in imports_of(name, path, known):
             if layer_of(target) > layer_of(name):
-                bad.append(f"{path.name}:{line}: {name} (layer {layer_of(name)}) imports {target} "
-                           f"(layer {layer_of(target)})")
+                bad.append(
+                    f"{path.name}:{line}: {name} (layer {layer_of(name)}) imports {target} (layer {layer_of(target)})"
+                )
     return bad
 
 
@@ -91,7 +111,7 @@ def cycles(mods: dict[str, Path]) -> list[list[str]]:
         stack.append(n)
         for t in graph[n]:
             if state.get(t) == 1:
-                found.append(stack[stack.index(t):] + [t])
+                found.append(stack[stack.index(t) :] + [t])
             elif t not in state:
                 visit(t, stack)
         stack.pop()
@@ -114,11 +134,14 @@ def test_no_import_circles():
 def test_cmbench_never_imports_baselines():
     for name, path in modules().items():
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("baselines",
-                                                                                         "cmbench_baselines"):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in (
+                "baselines",
+                "cmbench_baselines",
+            ):
                 pytest.fail(f"{path}: imports {node.module}")
-            if isinstance(node, ast.Import) and any(a.name.split(".")[0] in ("baselines", "cmbench_baselines")
-                                                    for a in node.names):
+            if isinstance(node, ast.Import) and any(
+                a.name.split(".")[0] in ("baselines", "cmbench_baselines") for a in node.names
+            ):
                 pytest.fail(f"{path}: imports baselines")
 
 
@@ -127,9 +150,11 @@ def test_the_check_catches_an_upward_import(tmp_path):
     TYPE_CHECKING (a copy of the package with one such line)."""
     import shutil
 
-    for snippet in ("from .runner import run_suite\n",
-                    "def f():\n    from . import cli\n",
-                    "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .protocol import Learner\n"):
+    for snippet in (
+        "from .runner import run_suite\n",
+        "def f():\n    from . import cli\n",
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .protocol import Learner\n",
+    ):
         copy = tmp_path / "cmbench"
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(ROOT / "cmbench", copy, ignore=shutil.ignore_patterns("__pycache__"))

@@ -18,8 +18,13 @@ def kinds(layout):
 
 
 def test_timm_vit_layout():
-    lay = kinds(layout_of(create_backbone(Backbone(img_size=8, patch_size=4, in_chans=1, embed_dim=16, depth=1,
-                                                   num_heads=2, mlp_ratio=2))))
+    lay = kinds(
+        layout_of(
+            create_backbone(
+                Backbone(img_size=8, patch_size=4, in_chans=1, embed_dim=16, depth=1, num_heads=2, mlp_ratio=2)
+            )
+        )
+    )
     assert lay["blocks.0.attn.qkv.weight"] == ("linear", True, 3)  # fused q/k/v
     assert lay["blocks.0.attn.qkv.bias"] == ("bias", True, 1)
     assert lay["blocks.0.attn.proj.weight"] == ("linear", True, 1)
@@ -117,15 +122,20 @@ def test_ode_m_leaves_clip_output_projection_at_theta0():
     enc = tiny_clip()
     g = torch.Generator().manual_seed(0)
     theta0 = {k: v.clone() for k, v in enc.state_dict().items()}
-    experts = [{k: v + (0 if k == "visual.proj" else 0.05) * torch.randn(v.shape, generator=g)
-                for k, v in theta0.items()} for _ in range(2)]  # hub experts carry θ0's projection
+    experts = [
+        {k: v + (0 if k == "visual.proj" else 0.05) * torch.randn(v.shape, generator=g) for k, v in theta0.items()}
+        for _ in range(2)
+    ]  # hub experts carry θ0's projection
     from cmbench.data import Split, TaskData
     from cmbench.protocol import DataAccess
 
     def task(name):
         def split(m):
-            return Split(x=torch.randint(0, 256, (m, 3, 32, 32), generator=g, dtype=torch.uint8),
-                         y=torch.randint(0, 3, (m,), generator=g))
+            return Split(
+                x=torch.randint(0, 256, (m, 3, 32, 32), generator=g, dtype=torch.uint8),
+                y=torch.randint(0, 3, (m,), generator=g),
+            )
+
         return TaskData(name, ["a", "b", "c"], split(32), split(16), split(16))
 
     names = ["t0", "t1"]

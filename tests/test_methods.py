@@ -16,8 +16,10 @@ def rand_models(n, seed=0):
     theta0["steps"] = torch.tensor([7])  # integer buffer: never merged
     experts = []
     for _ in range(n):
-        e = {k: v + 0.1 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone()
-             for k, v in theta0.items()}
+        e = {
+            k: v + 0.1 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone()
+            for k, v in theta0.items()
+        }
         experts.append(e)
     return theta0, experts
 
@@ -37,6 +39,7 @@ def run_stream(name, hparams, theta0, experts, layout=None):
 
 
 # -- references (FusionBench's continual forms, written out plainly) ------------------------
+
 
 def ref_flat(sd):
     return torch.cat([sd[k].reshape(-1) for k in sorted(sd) if sd[k].is_floating_point()])
@@ -182,8 +185,9 @@ def test_topk_threshold_is_exact():
 
     torch.manual_seed(1)
     for trial in range(40):
-        vs = [torch.randn(int(torch.randint(1, 40000, (1,)))) * 10.0 ** int(torch.randint(-3, 3, (1,)))
-              for _ in range(6)]
+        vs = [
+            torch.randn(int(torch.randint(1, 40000, (1,)))) * 10.0 ** int(torch.randint(-3, 3, (1,))) for _ in range(6)
+        ]
         if trial % 3 == 0:
             vs[0][:500] = vs[1][0]  # many equal magnitudes at the threshold
         flat = torch.cat([v.abs() for v in vs]).sort(descending=True).values
@@ -211,8 +215,9 @@ def test_kernel_kth_largest_is_exact(kernels_everywhere, monkeypatch):
     torch.manual_seed(2)
     n_selects = 0
     for trial in range(40):
-        vs = [torch.randn(int(torch.randint(1, 5000, (1,)))) * 10.0 ** int(torch.randint(-40, 3, (1,)))
-              for _ in range(4)]
+        vs = [
+            torch.randn(int(torch.randint(1, 5000, (1,)))) * 10.0 ** int(torch.randint(-40, 3, (1,))) for _ in range(4)
+        ]
         if trial % 3 == 0:
             vs[0][:300] = vs[1][0]
             vs[2][:50] = -0.0

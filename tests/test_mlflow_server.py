@@ -20,10 +20,25 @@ def _free_port() -> int:
 def mlflow_server(tmp_path):
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'srv.db'}",
-         "--artifacts-destination", str(tmp_path / "srv-artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'srv.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "srv-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
@@ -49,8 +64,16 @@ def test_runs_are_tracked_on_a_remote_server(nano_copy, mlflow_server):
     from cmbench.runner import run_suite
     from tests.conftest import NANO
 
-    run_suite(NANO, methods=["weight_average"], seeds=1, out=nano_copy, force=True, executor="local",
-              tracking_uri=mlflow_server, log=lambda s: None)
+    run_suite(
+        NANO,
+        methods=["weight_average"],
+        seeds=1,
+        out=nano_copy,
+        force=True,
+        executor="local",
+        tracking_uri=mlflow_server,
+        log=lambda s: None,
+    )
     client = MlflowClient(tracking_uri=mlflow_server)
     exp = client.get_experiment_by_name("nano-merge")
     runs = client.search_runs([exp.experiment_id])

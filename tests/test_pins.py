@@ -39,12 +39,19 @@ def test_lock_records_then_refuses_another_copy(tmp_path, monkeypatch):
     data = tmp_path / "data"
     write_folder(data, "eurosat", 10, 6, 0)
     monkeypatch.setenv("CMBENCH_DATA_ROOT", str(data))
-    suite = {"name": "tiny-clip", "setting": "merge_stream",
-             "backbone": {"kind": "open_clip", "model": "tiny", "pretrained": None, "config": TINY_CLIP},
-             "tasks": [{"name": "eurosat", "dataset": "eurosat"}], "heads": {"kind": "zero_shot"},
-             "experts": {"source": "checkpoints", "checkpoints": {
-                 "eurosat": {"format": "hf_clip_vision", "path": "hf://tester/clip-eurosat"}}},
-             "methods": [{"name": "weight_average"}], "evaluation": {"batch_size": 64, "max_test_per_task": 8}}
+    suite = {
+        "name": "tiny-clip",
+        "setting": "merge_stream",
+        "backbone": {"kind": "open_clip", "model": "tiny", "pretrained": None, "config": TINY_CLIP},
+        "tasks": [{"name": "eurosat", "dataset": "eurosat"}],
+        "heads": {"kind": "zero_shot"},
+        "experts": {
+            "source": "checkpoints",
+            "checkpoints": {"eurosat": {"format": "hf_clip_vision", "path": "hf://tester/clip-eurosat"}},
+        },
+        "methods": [{"name": "weight_average"}],
+        "evaluation": {"batch_size": 64, "max_test_per_task": 8},
+    }
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(suite))
     theta0 = SuiteArtefacts(load_suite(path), 0, Store(tmp_path / "c0")).theta0()
@@ -59,8 +66,9 @@ def test_lock_records_then_refuses_another_copy(tmp_path, monkeypatch):
     lock = json.loads((out / pins.LOCK_FILE).read_text())["pins"]
     entry = lock["hf://tester/clip-eurosat"]
     assert entry["revision"] == "a" * 40 and entry["kind"] == "expert checkpoint"
-    assert entry["sha256"] == pins.digest([hub / "models--tester--clip-eurosat" / "snapshots" / ("a" * 40) /
-                                           "model.safetensors"])
+    assert entry["sha256"] == pins.digest(
+        [hub / "models--tester--clip-eurosat" / "snapshots" / ("a" * 40) / "model.safetensors"]
+    )
 
     # the hub repository moved on: the cache now holds another snapshot of the expert
     put_in_hub_cache(hub, "tester/clip-eurosat", "b" * 40, expert())

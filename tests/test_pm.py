@@ -108,7 +108,7 @@ def test_perturbed_loss_expectation_on_a_quadratic():
     gv = torch.randn(d, generator=g)
     theta0 = torch.randn(d, generator=g)
     w = torch.nn.Parameter(theta0 + torch.randn(d, generator=g))
-    delta = (w.detach() - theta0)
+    delta = w.detach() - theta0
     method = pm(eps=eps)
     ctx = _Ctx({"w": w}, {"w": theta0})
 

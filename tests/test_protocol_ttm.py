@@ -13,15 +13,28 @@ from cmbench.lora import add_lora, merge_lora
 
 
 NANO_SPLIT = {
-    "name": "nano-split", "setting": "train_then_merge", "seeds": [0],
+    "name": "nano-split",
+    "setting": "train_then_merge",
+    "seeds": [0],
     "backbone": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2},
-    "pretrain": {"recipe": "multitask", "epochs": 1, "batch_size": 64,
-                 "tasks": [{"name": "bars", "dataset": "bars", "params": {"n_train": 200, "n_val": 20, "n_test": 20}}]},
-    "tasks": [{"name": f"d{a}{b}", "dataset": "digits", "params": {"classes": [a, b]}} for a, b in ((0, 1), (2, 3), (4, 5))],
+    "pretrain": {
+        "recipe": "multitask",
+        "epochs": 1,
+        "batch_size": 64,
+        "tasks": [{"name": "bars", "dataset": "bars", "params": {"n_train": 200, "n_val": 20, "n_test": 20}}],
+    },
+    "tasks": [
+        {"name": f"d{a}{b}", "dataset": "digits", "params": {"classes": [a, b]}} for a, b in ((0, 1), (2, 3), (4, 5))
+    ],
     "heads": {"kind": "class_incremental"},
     "training": {"epochs": 1, "lr": 1e-3, "batch_size": 32},
-    "methods": [{"name": "sequential"}, {"name": "magmax"}, {"name": "fisher_average", "hparams": {"n_samples": 16}},
-                {"name": "multitask"}, {"name": "weight_average"}],
+    "methods": [
+        {"name": "sequential"},
+        {"name": "magmax"},
+        {"name": "fisher_average", "hparams": {"n_samples": 16}},
+        {"name": "multitask"},
+        {"name": "weight_average"},
+    ],
 }
 
 
@@ -137,10 +150,13 @@ def test_undeclared_data_access_is_refused():
     s = Split(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.zeros(4, dtype=torch.long))
     tasks = {"a": TaskData("a", ["0"], s, s, s), "b": TaskData("b", ["0"], s, s, s)}
     ctx = M.Context(theta0={}, num_tasks=2, seed=0, task="a", seen_tasks=["a"])
-    for declared, call in (("none", lambda d: d.current()), ("current_task", lambda d: d.seen("a")),
-                           ("current_task", lambda d: d.calibration("a", 2)),
-                           ("calibration", lambda d: d.calibration("b", 2)),
-                           ("all_seen", lambda d: d.current("test"))):
+    for declared, call in (
+        ("none", lambda d: d.current()),
+        ("current_task", lambda d: d.seen("a")),
+        ("current_task", lambda d: d.calibration("a", 2)),
+        ("calibration", lambda d: d.calibration("b", 2)),
+        ("all_seen", lambda d: d.current("test")),
+    ):
         d = DataAccess("m", declared, tasks, 0)
         d.ctx = ctx
         with pytest.raises(CmbenchError):
@@ -179,8 +195,12 @@ def test_current_weights_fold_lora_without_changing_the_model():
 def test_trm_trains_with_the_suites_lora(tmp_path):
     """TRM with a LoRA spec runs (it crashed: its checkpoints had the parametrised names) and
     merges only what LoRA trained: the targeted k and v rows."""
-    spec = dict(NANO_SPLIT, methods=[{"name": "trm", "hparams": {"steps": 3, "checkpoints": 2},
-                                      "lora": {"rank": 2, "targets": ["k", "v"]}}])
+    spec = dict(
+        NANO_SPLIT,
+        methods=[
+            {"name": "trm", "hparams": {"steps": 3, "checkpoints": 2}, "lora": {"rank": 2, "targets": ["k", "v"]}}
+        ],
+    )
     suite = Suite.model_validate(spec)
     job = expand(suite)[0]
     M.discover()

@@ -66,8 +66,9 @@ def test_setup_check_fires_beyond_the_tolerance_and_is_silent_within(capsys):
     from cmbench.data.vision import SPLIT_SIZES
 
     full = {t.name: SPLIT_SIZES[t.dataset][1] for t in suite.tasks}
-    experts_off = sum(abs(99.0 - v["expert"]) > P.tolerance(v["expert"], 2000, full[t])
-                      for t, v in P.per_task(suite).items())
+    experts_off = sum(
+        abs(99.0 - v["expert"]) > P.tolerance(v["expert"], 2000, full[t]) for t, v in P.per_task(suite).items()
+    )
     assert 0 < experts_off < 8
     assert len(rec) == 16 and sum(not c["ok"] for c in rec) == 1 + experts_off  # θ0 on sun397, experts at 99%
 
@@ -89,8 +90,12 @@ def test_report_shows_the_published_column(nano_run, tmp_path):
         job = jobs[rec["method"]]
         order = suite.task_names()
         n = len(rec["tasks"])
-        rec.update(suite=suite.name, tasks=order[:n], **_published(suite, job, M.get(job.method)),
-                   **_setup_check(suite, order[:n], rec["R"][0], rec["E"], {t: 500 for t in order}))
+        rec.update(
+            suite=suite.name,
+            tasks=order[:n],
+            **_published(suite, job, M.get(job.method)),
+            **_setup_check(suite, order[:n], rec["R"][0], rec["E"], {t: 500 for t in order}),
+        )
         (out / rec["label"]).mkdir(parents=True, exist_ok=True)
         (out / rec["label"] / f.name).write_text(json.dumps(rec))
         written += 1

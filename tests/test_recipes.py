@@ -62,8 +62,9 @@ def test_random_resized_crops_are_drawn_in_the_original_geometry():
     # the same generator state gives the same crops; flips mirror
     again = random_resized_crops(x, torch.full((64,), w / h), aug, torch.Generator().manual_seed(0), out)
     assert torch.equal(crops, again)
-    flipped = random_resized_crops(x[:1], None, Augment(random_resized_crop=False, hflip=True),
-                                   torch.Generator().manual_seed(3), side)
+    flipped = random_resized_crops(
+        x[:1], None, Augment(random_resized_crop=False, hflip=True), torch.Generator().manual_seed(3), side
+    )
     plain = x[:1].float().div(127.5).sub(1)
     assert torch.allclose(flipped, plain, atol=1e-4) or torch.allclose(flipped, plain.flip(-1), atol=1e-4)
 
@@ -93,14 +94,21 @@ def test_class_split_test_crop_and_whole_train_view(tmp_path, monkeypatch):
         build("class_split", "t0", 0, 8, {**params, "crop_pct": 1.5})
 
 
-SPLIT = {"name": "recipes", "setting": "train_then_merge", "seeds": [0],
-         "backbone": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2},
-         "pretrain": {"epochs": 1, "batch_size": 64,
-                      "tasks": [{"name": "bars", "dataset": "bars", "params": {"n_train": 100, "n_val": 20, "n_test": 20}}]},
-         "tasks": [{"name": f"d{a}{b}", "dataset": "digits", "params": {"classes": [a, b]}} for a, b in ((0, 1), (2, 3))],
-         "heads": {"kind": "class_incremental"},
-         "training": {"epochs": 1, "lr": 1e-3, "batch_size": 32},
-         "methods": [{"name": "sequential"}]}
+SPLIT = {
+    "name": "recipes",
+    "setting": "train_then_merge",
+    "seeds": [0],
+    "backbone": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2},
+    "pretrain": {
+        "epochs": 1,
+        "batch_size": 64,
+        "tasks": [{"name": "bars", "dataset": "bars", "params": {"n_train": 100, "n_val": 20, "n_test": 20}}],
+    },
+    "tasks": [{"name": f"d{a}{b}", "dataset": "digits", "params": {"classes": [a, b]}} for a, b in ((0, 1), (2, 3))],
+    "heads": {"kind": "class_incremental"},
+    "training": {"epochs": 1, "lr": 1e-3, "batch_size": 32},
+    "methods": [{"name": "sequential"}],
+}
 
 
 def test_a_methods_own_recipe_is_keyed_validated_and_trained_with(tmp_path):
@@ -111,8 +119,9 @@ def test_a_methods_own_recipe_is_keyed_validated_and_trained_with(tmp_path):
     env = plain.environment()
     assert not set(env["training"]) & {"optimizer", "augment", "warmup_steps", "precision", "momentum", "grad_clip"}
     own = {"lr": 1e-2, "optimizer": "adam", "warmup_steps": 0, "augment": {"scale": [0.5, 1.0]}}
-    both = Suite.model_validate({**SPLIT, "methods": [{"name": "sequential"},
-                                                      {"name": "sequential", "label": "seq-own", "training": own}]})
+    both = Suite.model_validate(
+        {**SPLIT, "methods": [{"name": "sequential"}, {"name": "sequential", "label": "seq-own", "training": own}]}
+    )
     assert both.hash() == plain.hash()  # a method's recipe keys its own jobs only
     j_plain, j_both, j_own = expand(plain)[0], *expand(both)
     assert key_of(job_inputs(plain, j_plain)) == key_of(job_inputs(both, j_both))
@@ -125,9 +134,12 @@ def test_a_methods_own_recipe_is_keyed_validated_and_trained_with(tmp_path):
     c = run(bf16, expand(bf16)[0], store, threads=1)
     assert c["R"] != a["R"] and all(0 <= v <= 1 for v in c["R"][-1])  # trains under bf16 autocast
 
-    for bad, field in (({"lr": -1}, "methods.1.training.lr"), ({"optimizer": "rmsprop"}, "methods.1.training.optimizer"),
-                       ({"augment": {"scale": [0.9, 0.1]}}, "methods.1.training.augment"),
-                       ({"lora": {"rank": 2}}, "methods.1.training.lora")):
+    for bad, field in (
+        ({"lr": -1}, "methods.1.training.lr"),
+        ({"optimizer": "rmsprop"}, "methods.1.training.optimizer"),
+        ({"augment": {"scale": [0.9, 0.1]}}, "methods.1.training.augment"),
+        ({"lora": {"rank": 2}}, "methods.1.training.lora"),
+    ):
         data = {**SPLIT, "methods": [{"name": "sequential"}, {"name": "sequential", "label": "x", "training": bad}]}
         f = tmp_path / "bad.yaml"
         f.write_text(yaml.safe_dump(data))

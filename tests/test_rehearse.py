@@ -23,8 +23,9 @@ def _cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 900
     """The CLI in a fresh process, as a user runs it (the HF libraries read their caches at import)."""
     e = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "CMBENCH_"))}
     e.update(HOME=str(cwd / "home"), **(env or {}))
-    return subprocess.run([sys.executable, "-m", "cmbench", *args], cwd=cwd, env=e, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cmbench", *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_open_clip_to_hf_clip_vision_inverts_the_loader_mapping():
@@ -34,8 +35,12 @@ def test_open_clip_to_hf_clip_vision_inverts_the_loader_mapping():
     from tests.test_clip_path import hf_from_open_clip
 
     torch.manual_seed(0)
-    visual = {"visual." + k: v for k, v in CLIP(embed_dim=16, vision_cfg=TINY_CLIP["vision_cfg"],
-                                                text_cfg=TINY_CLIP["text_cfg"]).visual.state_dict().items()}
+    visual = {
+        "visual." + k: v
+        for k, v in CLIP(embed_dim=16, vision_cfg=TINY_CLIP["vision_cfg"], text_cfg=TINY_CLIP["text_cfg"])
+        .visual.state_dict()
+        .items()
+    }
     hf = open_clip_to_hf_clip_vision(visual)
     ref = hf_from_open_clip(visual, 2)  # the test file's independent inverse
     assert set(hf) == set(ref) and all(torch.equal(hf[k], ref[k]) for k in ref)
@@ -63,15 +68,23 @@ def test_perturbation_is_low_rank_plus_sparse_and_seeded():
 def test_rehearsal_reads_stand_ins_through_the_real_loaders(tmp_path):
     """Hub datasets cache + HF CLIPVisionModel experts, read offline by the unchanged loaders;
     everything written under --out; results watermarked; report refuses them unless asked."""
-    suite = {"name": "tiny-rehearse", "setting": "merge_stream", "seeds": [0],
-             "backbone": {"kind": "open_clip", "model": "tiny", "pretrained": None, "config": TINY_CLIP},
-             "tasks": [{"name": "eurosat", "dataset": "eurosat"}, {"name": "pcam", "dataset": "pcam"}],
-             "heads": {"kind": "zero_shot"},
-             "experts": {"source": "checkpoints", "checkpoints": {
-                 t: {"format": "hf_clip_vision", "path": f"hf://someone/tiny_{t}"} for t in ("eurosat", "pcam")}},
-             "evaluation": {"batch_size": 8},
-             "resources": {"cpus_per_job": 1},
-             "methods": [{"name": "ties"}, {"name": "fisher_average", "hparams": {"n_samples": 4}}]}
+    suite = {
+        "name": "tiny-rehearse",
+        "setting": "merge_stream",
+        "seeds": [0],
+        "backbone": {"kind": "open_clip", "model": "tiny", "pretrained": None, "config": TINY_CLIP},
+        "tasks": [{"name": "eurosat", "dataset": "eurosat"}, {"name": "pcam", "dataset": "pcam"}],
+        "heads": {"kind": "zero_shot"},
+        "experts": {
+            "source": "checkpoints",
+            "checkpoints": {
+                t: {"format": "hf_clip_vision", "path": f"hf://someone/tiny_{t}"} for t in ("eurosat", "pcam")
+            },
+        },
+        "evaluation": {"batch_size": 8},
+        "resources": {"cpus_per_job": 1},
+        "methods": [{"name": "ties"}, {"name": "fisher_average", "hparams": {"n_samples": 4}}],
+    }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(suite))
     out = tmp_path / "out"
     p = _cli(["run", "s.yaml", "--rehearse", "--max-per-split", "12", "--no-ray", "--out", "out"], tmp_path)
@@ -104,9 +117,30 @@ def test_rehearsal_reads_stand_ins_through_the_real_loaders(tmp_path):
 def test_rehearsal_of_clip_vit_b32_ta8_at_full_model_size(tmp_path):
     """ViT-B/32 at full size, capped data: TIES, OPCM and a data-using method (Fisher) on every
     step of one order, through the stand-in openai weights, hub datasets and HF experts."""
-    p = _cli(["run", str(ROOT / "suites" / "clip-vit-b32-ta8.yaml"), "--rehearse", "--max-per-split", "16",
-              "--eval-cap", "8", "--methods", "ties,opcm,fisher_average", "--hparam", "fisher_average.n_samples=8",
-              "--seeds", "1", "--orders", "1", "--no-ray", "--out", "out"], tmp_path, timeout=3600)
+    p = _cli(
+        [
+            "run",
+            str(ROOT / "suites" / "clip-vit-b32-ta8.yaml"),
+            "--rehearse",
+            "--max-per-split",
+            "16",
+            "--eval-cap",
+            "8",
+            "--methods",
+            "ties,opcm,fisher_average",
+            "--hparam",
+            "fisher_average.n_samples=8",
+            "--seeds",
+            "1",
+            "--orders",
+            "1",
+            "--no-ray",
+            "--out",
+            "out",
+        ],
+        tmp_path,
+        timeout=3600,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     recs = [json.loads(f.read_text()) for f in (tmp_path / "out" / "results").rglob("*.json")]
     assert sorted(r["label"] for r in recs) == ["fisher_average", "opcm", "ties"]

@@ -15,8 +15,11 @@ from cmbench.suite import Suite, expand
 
 from .conftest import NANO
 
-METHODS = [{"name": "opcm"}, {"name": "ties", "hparams": {"k": 0.2}},
-           {"name": "ode_m", "hparams": {"num_samples": 48, "post_refine_steps": 2, "step_size": 0.25}}]
+METHODS = [
+    {"name": "opcm"},
+    {"name": "ties", "hparams": {"k": 0.2}},
+    {"name": "ode_m", "hparams": {"num_samples": 48, "post_refine_steps": 2, "step_size": 0.25}},
+]
 
 
 @pytest.mark.parametrize("spec", METHODS, ids=[m["name"] for m in METHODS])
@@ -50,8 +53,11 @@ def test_interrupted_job_resumes_with_identical_results(spec, nano_run, tmp_path
 def test_pack_round_trip_and_refusal():
     from cmbench.data import Split
 
-    state = {"a": [1, 2.5, None, "x"], "t": (torch.arange(3), {"w": torch.ones(2, 2)}),
-             "s": Split(x=torch.zeros(2, 1, 4, 4, dtype=torch.uint8), y=torch.tensor([0, 1]))}
+    state = {
+        "a": [1, 2.5, None, "x"],
+        "t": (torch.arange(3), {"w": torch.ones(2, 2)}),
+        "s": Split(x=torch.zeros(2, 1, 4, 4, dtype=torch.uint8), y=torch.tensor([0, 1])),
+    }
     tensors: dict = {}
     out = unpack(pack(state, tensors), tensors)
     assert out["a"] == state["a"] and isinstance(out["t"], tuple) and torch.equal(out["t"][1]["w"], torch.ones(2, 2))
@@ -100,10 +106,12 @@ def test_pack_copies_tensors_that_share_memory():
     assert torch.equal(out["k"], w[2:4]) and torch.equal(out["same"][1], w)
 
 
-TTM_METHODS = [{"name": "sequential", "lora": {"rank": 4, "targets": ["k", "v"]}},
-               {"name": "pm", "lora": {"rank": 4, "targets": ["k", "v"]}},
-               {"name": "trm", "hparams": {"checkpoints": 2, "steps": 5}},
-               {"name": "multitask"}]
+TTM_METHODS = [
+    {"name": "sequential", "lora": {"rank": 4, "targets": ["k", "v"]}},
+    {"name": "pm", "lora": {"rank": 4, "targets": ["k", "v"]}},
+    {"name": "trm", "hparams": {"checkpoints": 2, "steps": 5}},
+    {"name": "multitask"},
+]
 
 
 @pytest.mark.parametrize("spec", TTM_METHODS, ids=[m["name"] for m in TTM_METHODS])

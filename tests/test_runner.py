@@ -74,18 +74,24 @@ def nano_with_plugin(tmp_path, monkeypatch, name: str, src: str):
 
 
 def test_editing_a_method_recomputes_only_that_method(nano_copy, tmp_path, monkeypatch):
-    src = ("from cmbench.methods import merge_function\n"
-           "from cmbench.tensors import combine\n"
-           "@merge_function('e2e_halfway', paper='test')\n"
-           "def halfway(ctx, merged, incoming, *, w: float = 0.5):\n"
-           "    return combine([merged, incoming], lambda m, x: (1 - w) * m + w * x, like=incoming)\n")
+    src = (
+        "from cmbench.methods import merge_function\n"
+        "from cmbench.tensors import combine\n"
+        "@merge_function('e2e_halfway', paper='test')\n"
+        "def halfway(ctx, merged, incoming, *, w: float = 0.5):\n"
+        "    return combine([merged, incoming], lambda m, x: (1 - w) * m + w * x, like=incoming)\n"
+    )
     plugin, suite_path = nano_with_plugin(tmp_path, monkeypatch, "e2e_halfway", src)
     first = run_suite(suite_path, out=nano_copy, executor="local", **QUIET)
     assert first["ran"] == 4 and first["skipped"] == 12  # adding a method keeps the others
     # a comment, a docstring and a reformatting change no number: nothing is recomputed
-    plugin.write_text('"""A halfway merge."""\n' + src.replace("(ctx, merged, incoming, *, w: float = 0.5)",
-                                                               "(ctx,  merged, incoming,\n             *, w: float=0.5)")
-                      + "# why: nothing\n")
+    plugin.write_text(
+        '"""A halfway merge."""\n'
+        + src.replace(
+            "(ctx, merged, incoming, *, w: float = 0.5)", "(ctx,  merged, incoming,\n             *, w: float=0.5)"
+        )
+        + "# why: nothing\n"
+    )
     assert run_suite(suite_path, out=nano_copy, executor="local", **QUIET)["ran"] == 0
     plugin.write_text(src.replace("(1 - w) * m + w * x", "(1 - w) * m + w * x + 0.0"))  # code: recomputed
     second = run_suite(suite_path, out=nano_copy, executor="local", **QUIET)
@@ -102,8 +108,9 @@ def test_sigkill_at_random_points_then_resume_gives_identical_results(nano_run, 
     cmd = [sys.executable, "-m", "cmbench.cli", "run", str(NANO), "--no-ray", "--out", str(out)]
     rng = random.Random(0)
     for delay in sorted(rng.uniform(2.0, 9.0) for _ in range(3)):
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, start_new_session=True
+        )
         time.sleep(delay)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -138,8 +145,7 @@ def test_mlflow_unreachable_still_writes_results(nano_copy, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     shutil.rmtree(Paths(nano_copy).results / "nano-merge" / "weight_average")
     said = []
-    summary = run_suite(NANO, out=nano_copy, executor="local", tracking_uri="http://127.0.0.1:9",
-                        log=said.append)
+    summary = run_suite(NANO, out=nano_copy, executor="local", tracking_uri="http://127.0.0.1:9", log=said.append)
     assert summary["ran"] == 4 and summary["failed"] == 0
     assert any("MLflow tracking disabled" in s for s in said)
     assert len(list((Paths(nano_copy).results / "nano-merge" / "weight_average").glob("*.json"))) == 4
@@ -149,17 +155,23 @@ def test_ray_executor_matches_in_process_and_retries_a_killed_worker(nano_run, n
     """On Ray the results equal the in-process run; a job whose worker process is killed
     (SIGKILL, mid-merge) is retried and finishes with the result it would have had."""
     marker = tmp_path / "killed-once"
-    _, suite_path = nano_with_plugin(tmp_path, monkeypatch, "e2e_killer", (
-        "import os, signal\n"
-        "from pathlib import Path\n"
-        "from cmbench.methods import merge_function\n"
-        "from cmbench.tensors import combine\n"
-        "@merge_function('e2e_killer', paper='test')\n"
-        "def killer(ctx, merged, incoming, *, marker: str = ''):\n"
-        "    if ctx.step == 2 and marker and not Path(marker).exists():\n"
-        "        Path(marker).write_text(str(os.getpid()))\n"
-        "        os.kill(os.getpid(), signal.SIGKILL)  # the worker dies mid-job\n"
-        "    return combine([merged, incoming], lambda m, x: m.lerp(x, 1.0 / ctx.step), like=incoming)\n"))
+    _, suite_path = nano_with_plugin(
+        tmp_path,
+        monkeypatch,
+        "e2e_killer",
+        (
+            "import os, signal\n"
+            "from pathlib import Path\n"
+            "from cmbench.methods import merge_function\n"
+            "from cmbench.tensors import combine\n"
+            "@merge_function('e2e_killer', paper='test')\n"
+            "def killer(ctx, merged, incoming, *, marker: str = ''):\n"
+            "    if ctx.step == 2 and marker and not Path(marker).exists():\n"
+            "        Path(marker).write_text(str(os.getpid()))\n"
+            "        os.kill(os.getpid(), signal.SIGKILL)  # the worker dies mid-job\n"
+            "    return combine([merged, incoming], lambda m, x: m.lerp(x, 1.0 / ctx.step), like=incoming)\n"
+        ),
+    )
     d = yaml.safe_load(suite_path.read_text())
     d["methods"][-1]["hparams"] = {"marker": str(marker)}
     suite_path.write_text(yaml.safe_dump(d))
@@ -176,14 +188,20 @@ def test_ray_executor_matches_in_process_and_retries_a_killed_worker(nano_run, n
 
 
 def test_nan_merge_fails_that_job_only(nano_copy, tmp_path, monkeypatch):
-    _, suite_path = nano_with_plugin(tmp_path, monkeypatch, "e2e_nan", (
-        "import torch\n"
-        "from cmbench.methods import merge_function\n"
-        "@merge_function('e2e_nan', paper='test')\n"
-        "def nan(ctx, merged, incoming):\n"
-        "    out = {k: v.clone() for k, v in incoming.items()}\n"
-        "    out['blocks.0.attn.qkv.weight'][0, 0] = float('nan')\n"
-        "    return out\n"))
+    _, suite_path = nano_with_plugin(
+        tmp_path,
+        monkeypatch,
+        "e2e_nan",
+        (
+            "import torch\n"
+            "from cmbench.methods import merge_function\n"
+            "@merge_function('e2e_nan', paper='test')\n"
+            "def nan(ctx, merged, incoming):\n"
+            "    out = {k: v.clone() for k, v in incoming.items()}\n"
+            "    out['blocks.0.attn.qkv.weight'][0, 0] = float('nan')\n"
+            "    return out\n"
+        ),
+    )
     summary = run_suite(suite_path, out=nano_copy, executor="local", **QUIET)
     assert summary["failed"] == 4 and summary["skipped"] == 12
     failed = [r for r in load_results(Paths(nano_copy).results) if r["status"] == "failed"]
@@ -271,8 +289,9 @@ def test_fsspec_store_shares_artefacts_and_gives_identical_results(nano_run, tmp
     want = matrices(Paths(nano_run).results)
     assert got and all(got[k] == want[k] for k in got)
     assert not (out / ".cmbench" / "cache" / "experts").exists()  # nothing went to the local cache
-    again = run_suite(NANO, methods=["task_arithmetic"], seeds=1, out=tmp_path / "o2", executor="local",
-                      store=url, **QUIET)
+    again = run_suite(
+        NANO, methods=["task_arithmetic"], seeds=1, out=tmp_path / "o2", executor="local", store=url, **QUIET
+    )
     assert again["ran"] == 2 and matrices(Paths(tmp_path / "o2").results) == got
 
 
@@ -316,12 +335,20 @@ def test_bench_table_reports_failed_methods_and_fidelity():
     precision rows' fidelity beside their throughput."""
     from cmbench.bench import format_bench
 
-    r = {"threads": 2, "device": "cuda", "torch": "x",
-         "floor": {"params": 87.8e6, "axpy_s": 0.00036, "gbps": 2900.0},
-         "methods": [{"method": "ties", "step_s": 0.0657, "peak_mb": 2042.0},
-                     {"method": "opcm", "error": "bench: _measure_method('opcm', 2, 5, 'cuda') died (exit code 1)"}],
-         "eval": [{"model": "ViT-B/32 224²", "img_s": 4450.0},
-                  {"model": "ViT-B/32 224², TF32 matmuls", "img_s": 13951.0, "min_cos_vs_fp32": 0.999996}]}
+    r = {
+        "threads": 2,
+        "device": "cuda",
+        "torch": "x",
+        "floor": {"params": 87.8e6, "axpy_s": 0.00036, "gbps": 2900.0},
+        "methods": [
+            {"method": "ties", "step_s": 0.0657, "peak_mb": 2042.0},
+            {"method": "opcm", "error": "bench: _measure_method('opcm', 2, 5, 'cuda') died (exit code 1)"},
+        ],
+        "eval": [
+            {"model": "ViT-B/32 224²", "img_s": 4450.0},
+            {"model": "ViT-B/32 224², TF32 matmuls", "img_s": 13951.0, "min_cos_vs_fp32": 0.999996},
+        ],
+    }
     out = format_bench(r)
     assert "0.36 ms" in out and "| ties | 0.0657 | 182.5 | 2042 |" in out
     assert "| opcm | failed: bench: _measure_method('opcm'" in out

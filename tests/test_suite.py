@@ -38,19 +38,26 @@ def test_nano_loads_and_expands():
     assert expand(s, ["ties"], 1, 1)[0].method == "ties"
 
 
-@pytest.mark.parametrize("mutate, field, text", [
-    (lambda d: d["methods"].append({"name": "magic"}), "methods.3.name", "unknown method 'magic'"),
-    (lambda d: d["methods"][1]["hparams"].update(lam="big"), "methods.1.hparams.lam", "valid number"),
-    (lambda d: d["methods"][1]["hparams"].update(lamda=0.3), "methods.1.hparams.lamda", "unknown hyperparameter"),
-    (lambda d: d.pop("tasks"), "tasks", "required field is missing"),
-    (lambda d: d["tasks"][0].update(dataset="imagenet-9k"), "tasks.0.dataset", "unknown dataset"),
-    (lambda d: d.update(colour="blue"), "colour", "unknown key"),
-    (lambda d: d["orders"]["explicit"].append(["bars", "bars", "dots"]), "orders.explicit.1", "repeated"),
-    (lambda d: d["orders"]["explicit"].append(["bars", "quadrant", "cars"]), "orders.explicit.1", "unknown: ['cars']"),
-    (lambda d: d["experts"]["finetune"].update(epochs=-1), "experts.finetune.epochs", "greater than or equal"),
-    (lambda d: d["backbone"].update(embed_dim=33), "backbone", "multiple of num_heads"),
-    (lambda d: d.update(seeds="zero"), "seeds", "valid list"),
-])
+@pytest.mark.parametrize(
+    "mutate, field, text",
+    [
+        (lambda d: d["methods"].append({"name": "magic"}), "methods.3.name", "unknown method 'magic'"),
+        (lambda d: d["methods"][1]["hparams"].update(lam="big"), "methods.1.hparams.lam", "valid number"),
+        (lambda d: d["methods"][1]["hparams"].update(lamda=0.3), "methods.1.hparams.lamda", "unknown hyperparameter"),
+        (lambda d: d.pop("tasks"), "tasks", "required field is missing"),
+        (lambda d: d["tasks"][0].update(dataset="imagenet-9k"), "tasks.0.dataset", "unknown dataset"),
+        (lambda d: d.update(colour="blue"), "colour", "unknown key"),
+        (lambda d: d["orders"]["explicit"].append(["bars", "bars", "dots"]), "orders.explicit.1", "repeated"),
+        (
+            lambda d: d["orders"]["explicit"].append(["bars", "quadrant", "cars"]),
+            "orders.explicit.1",
+            "unknown: ['cars']",
+        ),
+        (lambda d: d["experts"]["finetune"].update(epochs=-1), "experts.finetune.epochs", "greater than or equal"),
+        (lambda d: d["backbone"].update(embed_dim=33), "backbone", "multiple of num_heads"),
+        (lambda d: d.update(seeds="zero"), "seeds", "valid list"),
+    ],
+)
 def test_malformed_suite_names_file_and_field(tmp_path, mutate, field, text):
     d = nano_dict()
     mutate(d)
@@ -77,8 +84,9 @@ def test_cli_error_is_one_line_without_traceback(tmp_path):
     d = nano_dict()
     d["methods"][0]["name"] = "magic"
     p = write(tmp_path, d)
-    r = subprocess.run([sys.executable, "-m", "cmbench.cli", "run", str(p), "--dry-run"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "cmbench.cli", "run", str(p), "--dry-run"], capture_output=True, text=True
+    )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]

@@ -45,9 +45,14 @@ def test_alignment_decreases_toward_the_trained_endpoint():
     dirs = [{k: end[k] - prev[k] for k in keys}]
     groups = {k: 0 for k in keys}
     previous = {k: prev[k] for k in keys}
-    align = [float(trm.terms(model, buffers, ht, hs, previous,
-                             trm.combine(prev, dirs, groups, torch.tensor([[c]])), x, y)["align"])
-             for c in (0.0, 0.5, 1.0)]
+    align = [
+        float(
+            trm.terms(model, buffers, ht, hs, previous, trm.combine(prev, dirs, groups, torch.tensor([[c]])), x, y)[
+                "align"
+            ]
+        )
+        for c in (0.0, 0.5, 1.0)
+    ]
     assert align[0] > align[1] > align[2], align
     cons_end = trm.terms(model, buffers, ht, hs, previous, trm.combine(prev, dirs, groups, torch.tensor([[1.0]])), x, y)
     assert float(cons_end["cons"]) > 0
@@ -57,8 +62,16 @@ def _merge(w_resp, seed=0):
     trm_cls, model, buffers, ht, hs, prev, end, x, y, task = setup(seed)
     method = trm_cls(**M.validate_hparams(trm_cls, {"w_resp": w_resp, "w_cons": 0.0, "steps": 80, "lr": 0.1}))
     data = DataAccess("trm", "current_task", {"new": task}, 0)
-    ctx = M.Context(theta0=prev, num_tasks=2, seed=0, setting="train_then_merge", step=2, task="new",
-                    seen_tasks=["old", "new"], data=data)
+    ctx = M.Context(
+        theta0=prev,
+        num_tasks=2,
+        seed=0,
+        setting="train_then_merge",
+        step=2,
+        task="new",
+        seen_tasks=["old", "new"],
+        data=data,
+    )
     data.ctx = ctx
 
     def network(state, classes="task"):
@@ -74,7 +87,7 @@ def _merge(w_resp, seed=0):
     nxt = _tiny_task("next", 99, n=64)
     loss = torch.nn.functional.cross_entropy(model(nxt.train.x.float().div(127.5).sub(1.0)) @ w_next.T, nxt.train.y)
     grads = torch.autograd.grad(loss, list(model.parameters()))
-    return None, float(torch.sqrt(sum((gr ** 2).sum() for gr in grads)))
+    return None, float(torch.sqrt(sum((gr**2).sum() for gr in grads)))
 
 
 def test_responsiveness_raises_the_next_tasks_start_gradient():

@@ -40,8 +40,9 @@ def test_tune_picks_on_validation_never_reads_test_and_use_tuned_runs(nano_copy,
 
     monkeypatch.setattr(protocol, "load_tasks", poisoned)
     monkeypatch.setattr(artefacts, "load_tasks", poisoned)
-    result = tune_method(path, "task_arithmetic", out=nano_copy, seeds=1, orders=1, executor="local",
-                         log=lambda s: None)
+    result = tune_method(
+        path, "task_arithmetic", out=nano_copy, seeds=1, orders=1, executor="local", log=lambda s: None
+    )
     monkeypatch.undo()
 
     assert [t["hparams"]["lam"] for t in result["trials"]] == [0.1, 0.5, 1.0]
@@ -52,8 +53,16 @@ def test_tune_picks_on_validation_never_reads_test_and_use_tuned_runs(nano_copy,
     assert saved["best"] == result["best"]
 
     # --use-tuned adds a task_arithmetic-tuned row with the chosen λ, labelled in results and leaderboard
-    run_suite(path, methods=["task_arithmetic"], seeds=1, orders=1, out=nano_copy, executor="local",
-              use_tuned=True, log=lambda s: None)
+    run_suite(
+        path,
+        methods=["task_arithmetic"],
+        seeds=1,
+        orders=1,
+        out=nano_copy,
+        executor="local",
+        use_tuned=True,
+        log=lambda s: None,
+    )
     tuned = [r for r in load_results(nano_copy / "results") if r["label"] == "task_arithmetic-tuned"]
     assert len(tuned) == 1 and tuned[0]["hparams"]["lam"] == result["best"]["lam"]
     assert tuned[0]["hparam_source"]["kind"] == "tuned" and tuned[0]["hparam_source"]["oracle"] is True

@@ -52,8 +52,11 @@ def hub(cfg_dir: Path, split_dir: str, name: str) -> dict:
 
 def hub_node(node: dict) -> dict:
     if node["_target_"].endswith("load_fer2013"):
-        return {"path": "clip-benchmark/wds_fer2013", "split": node["split"],
-                "columns": {"image": "jpg", "label": "cls"}}
+        return {
+            "path": "clip-benchmark/wds_fer2013",
+            "split": node["split"],
+            "columns": {"image": "jpg", "label": "cls"},
+        }
     args = node.get("_args_") or [node["path"]]
     out = {"path": args[0], "split": node["split"]}
     if len(args) > 1:
@@ -69,22 +72,33 @@ def main(root: str) -> None:
     for name, (module, cfg, var) in TASKS.items():
         ns: dict = {}
         exec(compile((mod_dir / f"{module}.py").read_text(), module, "exec"), ns)  # noqa: S102 - maintainer-run
-        templates = [t(SENTINEL).replace("{", "{{").replace("}", "}}").replace(SENTINEL, "{c}")
-                     for t in ns["templates"]]
+        templates = [
+            t(SENTINEL).replace("{", "{{").replace("}", "}}").replace(SENTINEL, "{c}") for t in ns["templates"]
+        ]
         train = hub(cfg_dir, "train", cfg)
         test = hub(cfg_dir, "test", cfg)
         val = hub(cfg_dir, "val", cfg) if (cfg_dir / "val" / f"{cfg}.yaml").exists() else None
         out[name] = {
             "fusionbench": cfg,
-            "hub": {"train": train, "test": test,
-                    "val": {"from": "train", "fraction": (val or {}).get("val_fraction", 0.1),
-                            "seed": (val or {}).get("val_seed", 0)}},
+            "hub": {
+                "train": train,
+                "test": test,
+                "val": {
+                    "from": "train",
+                    "fraction": (val or {}).get("val_fraction", 0.1),
+                    "seed": (val or {}).get("val_seed", 0),
+                },
+            },
             "classnames": list(ns[var]),
             "templates": templates,
         }
     dst = Path(__file__).resolve().parents[1] / "cmbench" / "data" / "clip_tasks.json"
-    dst.write_text(json.dumps({"source": "fusion-bench 0.2.33 (tanganke/fusion_bench)", "tasks": out},
-                              indent=1, ensure_ascii=False) + "\n")
+    dst.write_text(
+        json.dumps(
+            {"source": "fusion-bench 0.2.33 (tanganke/fusion_bench)", "tasks": out}, indent=1, ensure_ascii=False
+        )
+        + "\n"
+    )
     print(f"wrote {dst}: {len(out)} tasks, {sum(len(t['classnames']) for t in out.values())} classes")
 
 

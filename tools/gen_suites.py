@@ -52,17 +52,19 @@ def clip_suites() -> None:
     for bb, (model, hub) in BACKBONES.items():
         for stream, tasks in STREAMS.items():
             name = f"clip-{bb}-{stream}"
-            header = (f"# {name}: continual merging of {len(tasks)} CLIP {model} experts (FusionBench's hub\n"
-                      "# checkpoints, fine-tuned on each task's full train split, so they have seen the val split),\n"
-                      "# zero-shot heads from FusionBench's class names and templates, 1 seed x 10 random orders.\n"
-                      "# Needs: `cmbench run " + name + " --dry-run` lists downloads (weights, experts, datasets).\n"
-                      "# Pin each expert after the first download: add `sha256:` (the result files record it).\n"
-                      "# As published (OPCM's table, cmbench/data/published.json): one set of hub experts, 10 task\n"
-                      "# orders. A seed does not change downloaded experts or θ0: it draws the task orders and any\n"
-                      "# sampling a method does (ODE-M's calibration subsets), so one seed with 10 orders is the\n"
-                      "# published protocol. The published orders were drawn unseeded (FusionBench's\n"
-                      "# `method.seed=null`) and not released, so they cannot be reproduced one to one: ours are\n"
-                      "# seeded and recorded in every result file.\n")
+            header = (
+                f"# {name}: continual merging of {len(tasks)} CLIP {model} experts (FusionBench's hub\n"
+                "# checkpoints, fine-tuned on each task's full train split, so they have seen the val split),\n"
+                "# zero-shot heads from FusionBench's class names and templates, 1 seed x 10 random orders.\n"
+                "# Needs: `cmbench run " + name + " --dry-run` lists downloads (weights, experts, datasets).\n"
+                "# Pin each expert after the first download: add `sha256:` (the result files record it).\n"
+                "# As published (OPCM's table, cmbench/data/published.json): one set of hub experts, 10 task\n"
+                "# orders. A seed does not change downloaded experts or θ0: it draws the task orders and any\n"
+                "# sampling a method does (ODE-M's calibration subsets), so one seed with 10 orders is the\n"
+                "# published protocol. The published orders were drawn unseeded (FusionBench's\n"
+                "# `method.seed=null`) and not released, so they cannot be reproduced one to one: ours are\n"
+                "# seeded and recorded in every result file.\n"
+            )
             doc = {
                 "name": name,
                 "description": f"{len(tasks)} CLIP {model} experts merged one at a time (TA8 ⊂ TALL14 ⊂ TALL20)",
@@ -71,12 +73,21 @@ def clip_suites() -> None:
                 "backbone": {"kind": "open_clip", "model": model, "pretrained": "openai"},
                 "tasks": [{"name": t, "dataset": t} for t in tasks],
                 "heads": {"kind": "zero_shot"},
-                "experts": {"source": "checkpoints", "checkpoints": {
-                    t: {"format": "hf_clip_vision", "path": f"hf://tanganke/{hub}_{TASKS[t]['fusionbench']}"}
-                    for t in tasks},
+                "experts": {
+                    "source": "checkpoints",
+                    "checkpoints": {
+                        t: {"format": "hf_clip_vision", "path": f"hf://tanganke/{hub}_{TASKS[t]['fusionbench']}"}
+                        for t in tasks
+                    },
                     # `cmbench finetune` recipe when source is switched to finetune (task vectors / FusionBench)
-                    "finetune": {"lr": 1.0e-5, "weight_decay": 0.1, "batch_size": 128, "steps": 4000,
-                                 "warmup_frac": 0.125}},
+                    "finetune": {
+                        "lr": 1.0e-5,
+                        "weight_decay": 0.1,
+                        "batch_size": 128,
+                        "steps": 4000,
+                        "warmup_frac": 0.125,
+                    },
+                },
                 "orders": {"random": 10},
                 "evaluation": {"batch_size": 512},
                 "resources": {"cpus_per_job": 4, "gpus_per_job": 1},
@@ -102,8 +113,15 @@ LORA = {"rank": 10, "targets": ["k", "v"]}
 # AdamW lr 1e-5, weight decay 0.1, batch 128, 10 epochs, 500 warm-up steps then cosine, gradient
 # norm clipped at 1, open_clip's train transform (RandomResizedCrop scale 0.9-1, no flip); the
 # class-incremental head keeps the suite's head lr (MagMax's head is CLIP's frozen zero-shot head)
-FULL = {"lr": 1.0e-5, "weight_decay": 0.1, "batch_size": 128, "epochs": 10, "warmup_steps": 500, "grad_clip": 1.0,
-        "augment": {"scale": [0.9, 1.0], "hflip": False}}
+FULL = {
+    "lr": 1.0e-5,
+    "weight_decay": 0.1,
+    "batch_size": 128,
+    "epochs": 10,
+    "warmup_steps": 500,
+    "grad_clip": 1.0,
+    "augment": {"scale": [0.9, 1.0], "hflip": False},
+}
 SPLIT_METHODS = [
     "# lower bounds: sequential fine-tuning, full (MagMax's recipe) and LoRA (the suite's)",
     {"name": "sequential", "training": FULL},
@@ -130,24 +148,43 @@ SPLIT_METHODS = [
 def split_suites() -> None:
     for name, (source, n, epochs, scale, crop_pct) in SPLITS.items():
         test = "Resize(224)" if crop_pct == 1.0 else "Resize(256) + CenterCrop(224)"
-        header = (f"# {name}: class-incremental {source} in {n} tasks (classes in the PyCIL/InfLoRA seed-1993\n"
-                  "# order), ViT-B/16 ImageNet-21k pretrained + ImageNet-1k fine-tuned (timm). LoRA rows: P&M's\n"
-                  f"# recipe, AdamW, lr 1e-3, head lr 1e-2, batch 256, {epochs} epochs; InfLoRA's transforms (train\n"
-                  f"# RandomResizedCrop(224, scale {scale[0]}-1) + flip, test {test}). Full-parameter rows:\n"
-                  "# MagMax's fine-tuning recipe (methods' `training`; see tools/gen_suites.py for the sources).\n"
-                  f"# Data: $CMBENCH_DATA_ROOT/{source}/{{train,test}}/<class>/<image>.\n")
+        header = (
+            f"# {name}: class-incremental {source} in {n} tasks (classes in the PyCIL/InfLoRA seed-1993\n"
+            "# order), ViT-B/16 ImageNet-21k pretrained + ImageNet-1k fine-tuned (timm). LoRA rows: P&M's\n"
+            f"# recipe, AdamW, lr 1e-3, head lr 1e-2, batch 256, {epochs} epochs; InfLoRA's transforms (train\n"
+            f"# RandomResizedCrop(224, scale {scale[0]}-1) + flip, test {test}). Full-parameter rows:\n"
+            "# MagMax's fine-tuning recipe (methods' `training`; see tools/gen_suites.py for the sources).\n"
+            f"# Data: $CMBENCH_DATA_ROOT/{source}/{{train,test}}/<class>/<image>.\n"
+        )
         doc = {
             "name": name,
             "description": f"class-incremental {source}, {n} tasks, ViT-B/16 (P&M / InfLoRA protocol)",
             "setting": "train_then_merge",
             "seeds": [0, 1, 2],
             "backbone": {"kind": "timm", "model": "vit_base_patch16_224.augreg_in21k_ft_in1k", "pretrained": True},
-            "tasks": [{"name": f"task{i}", "dataset": "class_split",
-                       "params": {"source": source, "n_tasks": n, "index": i,
-                                  **({"crop_pct": crop_pct} if crop_pct != 1.0 else {})}} for i in range(n)],
+            "tasks": [
+                {
+                    "name": f"task{i}",
+                    "dataset": "class_split",
+                    "params": {
+                        "source": source,
+                        "n_tasks": n,
+                        "index": i,
+                        **({"crop_pct": crop_pct} if crop_pct != 1.0 else {}),
+                    },
+                }
+                for i in range(n)
+            ],
             "heads": {"kind": "class_incremental"},
-            "training": {"epochs": epochs, "lr": 1.0e-3, "head_lr": 1.0e-2, "weight_decay": 0.0, "batch_size": 256,
-                         "warmup_frac": 0.0, "augment": {"scale": scale, "hflip": True}},
+            "training": {
+                "epochs": epochs,
+                "lr": 1.0e-3,
+                "head_lr": 1.0e-2,
+                "weight_decay": 0.0,
+                "batch_size": 256,
+                "warmup_frac": 0.0,
+                "augment": {"scale": scale, "hflip": True},
+            },
             "evaluation": {"batch_size": 512},
             "resources": {"cpus_per_job": 4, "gpus_per_job": 1},
         }

@@ -51,8 +51,12 @@ def main(suite_file: str, results_dir: str, labels: str, evidence: str) -> int:
                 print(f"{path}: inputs other than method_code differ ({', '.join(diff[:4])}); refused")
                 refused += 1
                 continue
-            rec["rekeyed"] = {"from_key": rec["key"], "from_method_code": rec["inputs"]["method_code"],
-                              "commit": git_commit(), "evidence": evidence}
+            rec["rekeyed"] = {
+                "from_key": rec["key"],
+                "from_method_code": rec["inputs"]["method_code"],
+                "commit": git_commit(),
+                "evidence": evidence,
+            }
             rec["inputs"], rec["key"], rec["method_source_hash"] = now, key_of(now), now["method_code"]
             write_result(path, rec)
             done += 1

@@ -100,8 +100,10 @@ def dataset(name: str, version: int | str):
 
         params = {n for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
         if name not in DATASET_PARAMS or params != set(DATASET_PARAMS[name]):
-            raise RuntimeError(f"dataset {name}: builder parameters {sorted(params)} differ from cmbench/catalog.py "
-                               f"({sorted(DATASET_PARAMS.get(name, ()))}); list them there")
+            raise RuntimeError(
+                f"dataset {name}: builder parameters {sorted(params)} differ from cmbench/catalog.py "
+                f"({sorted(DATASET_PARAMS.get(name, ()))}); list them there"
+            )
         DATASETS[name] = fn
         DATASET_VERSIONS[name] = version
         return fn

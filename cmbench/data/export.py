@@ -50,11 +50,15 @@ def status() -> list[str]:
             if cached is not None:
                 lines.append(f"  {name}: present, hub copy {repo} in the HF cache ({_size(cached)[1] / 2**20:.0f} MB)")
             else:
-                lines.append(f"  {name}: absent; hub copy {repo}: run with --allow-download once (or "
-                             f"`cmbench data export {name} --allow-download` for an image folder)")
+                lines.append(
+                    f"  {name}: absent; hub copy {repo}: run with --allow-download once (or "
+                    f"`cmbench data export {name} --allow-download` for an image folder)"
+                )
         else:
-            lines.append(f"  {name}: absent; no hub copy: put the images at {folder}/{{train,test}}/<class>/<image> "
-                         "(the splits of the InfLoRA / P&M code, see the suite's header)")
+            lines.append(
+                f"  {name}: absent; no hub copy: put the images at {folder}/{{train,test}}/<class>/<image> "
+                "(the splits of the InfLoRA / P&M code, see the suite's header)"
+            )
     return lines
 
 
@@ -73,8 +77,10 @@ def export(task: str, splits=("train", "test"), log=print) -> Path:
         try:
             ds = datasets.load_dataset(spec["path"], spec.get("config"), split=spec["split"])
         except Exception as e:  # noqa: BLE001
-            raise CmbenchError(f"data export {task}: cannot load {spec['path']} split {spec['split']} "
-                               f"({type(e).__name__}); use --allow-download or fill the HF cache") from None
+            raise CmbenchError(
+                f"data export {task}: cannot load {spec['path']} split {spec['split']} "
+                f"({type(e).__name__}); use --allow-download or fill the HF cache"
+            ) from None
         cols = spec.get("columns", {})
         img_col, lab_col = cols.get("image", "image"), cols.get("label", "label")
         d = out / split

@@ -38,8 +38,16 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
 
 
 @dataset("digits", MICRO_DATA_VERSION)
-def digits(task: str, data_seed: int, img_size: int, *, val_frac: float = 0.1, test_frac: float = 0.3,
-           noise: float = 0.0, classes: list[int] | None = None) -> TaskData:
+def digits(
+    task: str,
+    data_seed: int,
+    img_size: int,
+    *,
+    val_frac: float = 0.1,
+    test_frac: float = 0.3,
+    noise: float = 0.0,
+    classes: list[int] | None = None,
+) -> TaskData:
     """scikit-learn's 8×8 digits (1797 images), upscaled; stratified fixed split (the same
     partition for every digits task). ``classes`` keeps a subset (a class-incremental split);
     its labels become local 0..C−1 with the digit as the global class id."""
@@ -80,8 +88,18 @@ def _grid(size: int):
     return np.mgrid[0:size, 0:size].astype(np.float32) + 0.5  # (yy, xx)
 
 
-def _generated(task: str, data_seed: int, size: int, classes: list[str], sample: Sampler,
-               n_train: int, n_val: int, n_test: int, noise: float, params: dict) -> TaskData:
+def _generated(
+    task: str,
+    data_seed: int,
+    size: int,
+    classes: list[str],
+    sample: Sampler,
+    n_train: int,
+    n_val: int,
+    n_test: int,
+    noise: float,
+    params: dict,
+) -> TaskData:
     splits = {}
     for s, n in zip(SPLITS, (n_train, n_val, n_test)):
         rng = _rng(data_seed, task, s)
@@ -97,8 +115,17 @@ def _task(name: str, classes: list[str] | Callable[..., list[str]]):
     ``classes`` may be a function of those params."""
 
     def deco(sample: Sampler) -> Sampler:
-        def build(task: str, data_seed: int, img_size: int, *, n_train: int = 1200, n_val: int = 200,
-                  n_test: int = 500, noise: float = 0.05, **params) -> TaskData:
+        def build(
+            task: str,
+            data_seed: int,
+            img_size: int,
+            *,
+            n_train: int = 1200,
+            n_val: int = 200,
+            n_test: int = 500,
+            noise: float = 0.05,
+            **params,
+        ) -> TaskData:
             names = classes(**params) if callable(classes) else classes
             return _generated(task, data_seed, img_size, names, sample, n_train, n_val, n_test, noise, params)
 
@@ -208,7 +235,7 @@ def _texture(rng, c, size):
 # photos and ImageNet-R's renditions of the same classes.
 
 GLYPH_DOMAINS = ("clean", "inverted", "outline", "texture", "blur")
-GLYPH_RENDITIONS = ("inverted", "outline", "texture", "blur")  # "rendition": one of these per image
+GLYPH_RENDITIONS = ("inverted", "outline", "blur")  # "rendition": one of these per image
 
 
 def _glyph_strokes(c: int) -> np.ndarray:
@@ -228,14 +255,14 @@ def _segments_distance(xx, yy, seg: np.ndarray) -> np.ndarray:
 def _glyph(rng, c: int, size: int, domain: str) -> np.ndarray:
     yy, xx = _grid(size)
     seg = _glyph_strokes(c) * size
-    a, s = np.deg2rad(rng.uniform(-12, 12)), rng.uniform(0.85, 1.1)  # a random similarity, then jitter
+    a, s = np.deg2rad(rng.uniform(-8, 8)), rng.uniform(0.9, 1.1)  # a random similarity, then jitter
     ctr = size / 2
     rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) * s
     pts = seg.reshape(-1, 2) - ctr
-    pts = pts @ rot.T + ctr + rng.uniform(-1.5, 1.5, 2) + rng.uniform(-0.5, 0.5, pts.shape)
+    pts = pts @ rot.T + ctr + rng.uniform(-1.0, 1.0, 2) + rng.uniform(-0.3, 0.3, pts.shape)
     d = _segments_distance(xx, yy, pts.reshape(-1, 4))
-    w = rng.uniform(0.6, 1.1)
-    stroke = np.clip(1.0 - (d - w) / 0.7, 0, 1)
+    w = rng.uniform(0.3, 0.6)
+    stroke = np.clip(1.0 - (d - w) / 0.6, 0, 1)
     if domain == "rendition":
         domain = GLYPH_RENDITIONS[rng.integers(len(GLYPH_RENDITIONS))]
     if domain == "clean":
@@ -249,18 +276,28 @@ def _glyph(rng, c: int, size: int, domain: str) -> np.ndarray:
         fill = 0.6 + 0.4 * np.sin(f * (xx + yy) + ph)
         return np.maximum(stroke * fill, (rng.random((size, size)) < 0.15) * 0.4)
     if domain == "blur":
-        k = np.exp(-0.5 * (np.arange(-3, 4) / rng.uniform(0.9, 1.3)) ** 2)
+        k = np.exp(-0.5 * (np.arange(-3, 4) / rng.uniform(0.6, 0.9)) ** 2)
         k /= k.sum()
         img = np.apply_along_axis(lambda r: np.convolve(r, k, "same"), 0, stroke)
         img = np.apply_along_axis(lambda r: np.convolve(r, k, "same"), 1, img)
-        return 0.2 + img * rng.uniform(0.5, 0.7)
+        return 0.15 + img * rng.uniform(0.7, 0.9)
     raise CmbenchError(f"glyphs: unknown domain {domain!r}; known: {GLYPH_DOMAINS + ('rendition',)}")
 
 
 @dataset("glyphs", MICRO_DATA_VERSION)
-def glyphs(task: str, data_seed: int, img_size: int, *, n_classes: int = 100, classes: list[int] | None = None,
-           domain: str = "clean", n_train: int = 60, n_val: int = 10, n_test: int = 30,
-           noise: float = 0.05) -> TaskData:
+def glyphs(
+    task: str,
+    data_seed: int,
+    img_size: int,
+    *,
+    n_classes: int = 100,
+    classes: list[int] | None = None,
+    domain: str = "clean",
+    n_train: int = 60,
+    n_val: int = 10,
+    n_test: int = 30,
+    noise: float = 0.05,
+) -> TaskData:
     """``n_classes`` glyphs (class c: three fixed strokes) under a random similarity
     transform and stroke jitter, drawn in ``domain``: ``clean`` (bright strokes), one
     rendition (``inverted``, ``outline``, ``texture``, ``blur``) or ``rendition`` (one of

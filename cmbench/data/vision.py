@@ -55,22 +55,57 @@ CIL_SOURCES = {"cifar100": 100, "imagenet_r": 200, "imagenet_a": 200, "domainnet
 # (ImageNet-R/A approximately: 80/20 of the images). Used by the dry-run cost estimate and by
 # rehearsals, which generate splits of these sizes.
 SPLIT_SIZES = {
-    "sun397": (19850, 19850), "stanford_cars": (8144, 8041), "resisc45": (18900, 6300), "eurosat": (21600, 2700),
-    "svhn": (73257, 26032), "gtsrb": (26640, 12630), "mnist": (60000, 10000), "dtd": (3760, 1880),
-    "flowers102": (1020, 6149), "pcam": (262144, 32768), "fer2013": (28709, 7178), "oxford_pet": (3680, 3669),
-    "stl10": (5000, 8000), "cifar100": (50000, 10000), "cifar10": (50000, 10000), "food101": (75750, 25250),
-    "fashion_mnist": (60000, 10000), "emnist_letters": (124800, 20800), "kmnist": (60000, 10000),
+    "sun397": (19850, 19850),
+    "stanford_cars": (8144, 8041),
+    "resisc45": (18900, 6300),
+    "eurosat": (21600, 2700),
+    "svhn": (73257, 26032),
+    "gtsrb": (26640, 12630),
+    "mnist": (60000, 10000),
+    "dtd": (3760, 1880),
+    "flowers102": (1020, 6149),
+    "pcam": (262144, 32768),
+    "fer2013": (28709, 7178),
+    "oxford_pet": (3680, 3669),
+    "stl10": (5000, 8000),
+    "cifar100": (50000, 10000),
+    "cifar10": (50000, 10000),
+    "food101": (75750, 25250),
+    "fashion_mnist": (60000, 10000),
+    "emnist_letters": (124800, 20800),
+    "kmnist": (60000, 10000),
     "rendered_sst2": (6920, 1821),
-    "imagenet_r": (24000, 6000), "imagenet_a": (6000, 1500), "domainnet": (409832, 176743), "cub200": (5994, 5794),
+    "imagenet_r": (24000, 6000),
+    "imagenet_a": (6000, 1500),
+    "domainnet": (409832, 176743),
+    "cub200": (5994, 5794),
 }
 # a typical image of each source (side in pixels, PIL mode): what decoding costs per image
 NATIVE_IMAGE = {
-    "sun397": (300, "RGB"), "stanford_cars": (360, "RGB"), "resisc45": (256, "RGB"), "eurosat": (64, "RGB"),
-    "svhn": (32, "RGB"), "gtsrb": (50, "RGB"), "mnist": (28, "L"), "dtd": (450, "RGB"), "flowers102": (500, "RGB"),
-    "pcam": (96, "RGB"), "fer2013": (48, "L"), "oxford_pet": (400, "RGB"), "stl10": (96, "RGB"),
-    "cifar100": (32, "RGB"), "cifar10": (32, "RGB"), "food101": (512, "RGB"), "fashion_mnist": (28, "L"),
-    "emnist_letters": (28, "L"), "kmnist": (28, "L"), "rendered_sst2": (500, "RGB"),
-    "imagenet_r": (400, "RGB"), "imagenet_a": (400, "RGB"), "domainnet": (300, "RGB"), "cub200": (400, "RGB"),
+    "sun397": (300, "RGB"),
+    "stanford_cars": (360, "RGB"),
+    "resisc45": (256, "RGB"),
+    "eurosat": (64, "RGB"),
+    "svhn": (32, "RGB"),
+    "gtsrb": (50, "RGB"),
+    "mnist": (28, "L"),
+    "dtd": (450, "RGB"),
+    "flowers102": (500, "RGB"),
+    "pcam": (96, "RGB"),
+    "fer2013": (48, "L"),
+    "oxford_pet": (400, "RGB"),
+    "stl10": (96, "RGB"),
+    "cifar100": (32, "RGB"),
+    "cifar10": (32, "RGB"),
+    "food101": (512, "RGB"),
+    "fashion_mnist": (28, "L"),
+    "emnist_letters": (28, "L"),
+    "kmnist": (28, "L"),
+    "rendered_sst2": (500, "RGB"),
+    "imagenet_r": (400, "RGB"),
+    "imagenet_a": (400, "RGB"),
+    "domainnet": (300, "RGB"),
+    "cub200": (400, "RGB"),
 }
 
 
@@ -120,8 +155,10 @@ def _folder_files(d: Path, classnames: list[str] | None, where: str) -> tuple[li
         elif f.name in by_name:
             label = by_name[f.name]
         else:
-            raise CmbenchError(f"{f}: folder is neither a class index < {len(classnames)} nor a class name "
-                               f"of {where} (e.g. {classnames[0]!r})")
+            raise CmbenchError(
+                f"{f}: folder is neither a class index < {len(classnames)} nor a class name "
+                f"of {where} (e.g. {classnames[0]!r})"
+            )
         for p in sorted(f.iterdir()):
             if p.suffix.lower() in IMAGE_EXT:
                 files.append(p)
@@ -187,9 +224,15 @@ def _val_order(n: int, fraction: float, seed: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def load_source(source: str, split: str, size: int, classnames: list[str] | None = None,
-                val: tuple[float, int] | None = None, crop_pct: float = 1.0,
-                whole: bool = False) -> tuple[Split, list[str]]:
+def load_source(
+    source: str,
+    split: str,
+    size: int,
+    classnames: list[str] | None = None,
+    val: tuple[float, int] | None = None,
+    crop_pct: float = 1.0,
+    whole: bool = False,
+) -> tuple[Split, list[str]]:
     """All images of one split of a dataset (``train`` or ``test``), decoded and cached
     (see :func:`_decode` for ``crop_pct`` and ``whole``; image folders only).
 
@@ -215,8 +258,10 @@ def load_source(source: str, split: str, size: int, classnames: list[str] | None
         if crop_pct != 1.0 or whole:
             raise CmbenchError(f"dataset {source}: the hub copy is decoded one way only (crop_pct 1, not whole)")
         return _load_hub(source, split, size, val), list(classnames or clip_tasks()[source]["classnames"])
-    raise CmbenchError(f"dataset {source}: no image folder {folder}; put the data there "
-                       f"({source}/{split}/<class>/<image>) or set CMBENCH_DATA_ROOT")
+    raise CmbenchError(
+        f"dataset {source}: no image folder {folder}; put the data there "
+        f"({source}/{split}/<class>/<image>) or set CMBENCH_DATA_ROOT"
+    )
 
 
 def _load_hub(source: str, split: str, size: int, val: tuple[float, int] | None) -> Split:
@@ -228,16 +273,20 @@ def _load_hub(source: str, split: str, size: int, val: tuple[float, int] | None)
         try:
             import datasets
         except ImportError:
-            raise CmbenchError(f"dataset {source}: no image folder under {data_root()} and the `datasets` library "
-                               f"is not installed to read the hub copy {where}: pip install 'cmbench[real]'") from None
+            raise CmbenchError(
+                f"dataset {source}: no image folder under {data_root()} and the `datasets` library "
+                f"is not installed to read the hub copy {where}: pip install 'cmbench[real]'"
+            ) from None
         if os.environ.get("CMBENCH_ALLOW_DOWNLOAD", "") in ("", "0", "false"):
             os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         datasets.logging.set_verbosity_error()  # its offline notices, twice per split, drown the progress bars
         try:
             ds = datasets.load_dataset(spec["path"], spec.get("config"), split=spec["split"])
         except Exception as e:  # noqa: BLE001
-            raise CmbenchError(f"dataset {source}: cannot load the hub copy {where} ({type(e).__name__}); "
-                               "set CMBENCH_ALLOW_DOWNLOAD=1 or provide an image folder") from None
+            raise CmbenchError(
+                f"dataset {source}: cannot load the hub copy {where} ({type(e).__name__}); "
+                "set CMBENCH_ALLOW_DOWNLOAD=1 or provide an image folder"
+            ) from None
         arrows = [Path(f["filename"]) for f in ds.cache_files]
         pins.check("dataset", f"hf-dataset://{where}", arrows, arrows[0].parent.name if arrows else None)
         cols = spec.get("columns", {})
@@ -255,8 +304,10 @@ def split_val(train: Split, fraction: float = 0.1, seed: int = 0) -> tuple[Split
     """Train and validation of a train split loaded with ``val=(fraction, seed)``: views."""
     k = len(train) - int(len(train) * fraction)
     a = train.aspect
-    return (Split(x=train.x[:k], y=train.y[:k], aspect=None if a is None else a[:k]),
-            Split(x=train.x[k:], y=train.y[k:], aspect=None if a is None else a[k:]))
+    return (
+        Split(x=train.x[:k], y=train.y[:k], aspect=None if a is None else a[:k]),
+        Split(x=train.x[k:], y=train.y[k:], aspect=None if a is None else a[k:]),
+    )
 
 
 def _clip_builder(name: str):
@@ -286,8 +337,18 @@ def class_order(n_classes: int, seed: int = 1993) -> list[int]:
 
 
 @dataset("class_split", VISION_DATA_VERSION)
-def class_split(task: str, data_seed: int, img_size: int, *, source: str, n_tasks: int, index: int,
-                order_seed: int = 1993, first: int | None = None, crop_pct: float = 1.0) -> TaskData:
+def class_split(
+    task: str,
+    data_seed: int,
+    img_size: int,
+    *,
+    source: str,
+    n_tasks: int,
+    index: int,
+    order_seed: int = 1993,
+    first: int | None = None,
+    crop_pct: float = 1.0,
+) -> TaskData:
     """Task ``index`` of ``n_tasks`` of a class-incremental split of ``source``: classes in
     the seeded order (``first`` classes in task 0 if given, the rest equally). Labels are
     local; ``class_ids`` the source's class indices. ``crop_pct``: images are resized to
@@ -307,8 +368,10 @@ def class_split(task: str, data_seed: int, img_size: int, *, source: str, n_task
     keep = order[start : start + sizes[index]]
     folder = data_root() / source / "train"
     if not folder.is_dir():
-        raise CmbenchError(f"dataset {source}: no image folder {folder}; put the data there "
-                           f"({source}/{{train,test}}/<class>/<image>) or set CMBENCH_DATA_ROOT")
+        raise CmbenchError(
+            f"dataset {source}: no image folder {folder}; put the data there "
+            f"({source}/{{train,test}}/<class>/<image>) or set CMBENCH_DATA_ROOT"
+        )
     names = sorted(p.name for p in folder.iterdir() if p.is_dir())  # as load_source names them
     if len(names) != n:
         raise CmbenchError(f"class_split: {folder} has {len(names)} classes, {source} has {n}")
@@ -326,6 +389,12 @@ def class_split(task: str, data_seed: int, img_size: int, *, source: str, n_task
     def train_view(size: int) -> Split:  # the same images in the same order as `train`
         return sub(split_val(load_source(source, "train", size, names, val=(0.1, 0), whole=True)[0])[0])
 
-    return TaskData(task, [names[c] for c in keep], train=LazySplit(lambda: sub(split_val(full_train)[0])),
-                    val=LazySplit(lambda: sub(split_val(full_train)[1])), test=LazySplit(lambda: sub(test)),
-                    class_ids=keep, train_view=train_view)
+    return TaskData(
+        task,
+        [names[c] for c in keep],
+        train=LazySplit(lambda: sub(split_val(full_train)[0])),
+        val=LazySplit(lambda: sub(split_val(full_train)[1])),
+        test=LazySplit(lambda: sub(test)),
+        class_ids=keep,
+        train_view=train_view,
+    )

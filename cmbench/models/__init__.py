@@ -68,9 +68,16 @@ def create_backbone(cfg: AnyBackbone, theta0: dict[str, Tensor] | None = None) -
         from timm.models.vision_transformer import VisionTransformer
 
         model = VisionTransformer(
-            img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, num_classes=0,
-            embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
-            global_pool="token", class_token=True,
+            img_size=cfg.img_size,
+            patch_size=cfg.patch_size,
+            in_chans=cfg.in_chans,
+            num_classes=0,
+            embed_dim=cfg.embed_dim,
+            depth=cfg.depth,
+            num_heads=cfg.num_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            global_pool="token",
+            class_token=True,
         )
     elif cfg.kind == "open_clip":
         from .clip import CLIPImageEncoder
@@ -155,8 +162,10 @@ def device_for(suite) -> torch.device:
     silently: its results are keyed as GPU results."""
     if device_type(suite) == "cuda":
         if not torch.cuda.is_available():
-            raise CmbenchError(f"suite {suite.name}: resources.gpus_per_job is {suite.resources.gpus_per_job} but "
-                               "this worker sees no GPU; run it where one is visible, or set gpus_per_job: 0")
+            raise CmbenchError(
+                f"suite {suite.name}: resources.gpus_per_job is {suite.resources.gpus_per_job} but "
+                "this worker sees no GPU; run it where one is visible, or set gpus_per_job: 0"
+            )
         _deterministic_cuda()
         return torch.device("cuda")
     return torch.device("cpu")
@@ -220,7 +229,8 @@ def features(model: nn.Module, x_uint8: Tensor, batch_size: int, precision: str 
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, head: Head, x_uint8: Tensor, y: Tensor, batch_size: int,
-             precision: str = "fp32") -> float:
+def accuracy(
+    model: nn.Module, head: Head, x_uint8: Tensor, y: Tensor, batch_size: int, precision: str = "fp32"
+) -> float:
     logits = head(features(model, x_uint8, batch_size, precision))
     return float((logits.argmax(-1) == y).float().mean())

@@ -39,7 +39,8 @@ def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> StateDict:
             raise CmbenchError(
                 f"{path}: refused: the file needs full unpickling, which can run arbitrary code "
                 f"({str(e).splitlines()[0][:160]}); convert it to safetensors, or set "
-                f"`trust_pickle: true` for this source in the suite if you trust it") from None
+                f"`trust_pickle: true` for this source in the suite if you trust it"
+            ) from None
         obj = torch.load(path, map_location="cpu", weights_only=False)  # noqa: S614 - explicitly trusted
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
@@ -54,8 +55,11 @@ def check_matches(state: StateDict, reference: StateDict, what: str) -> None:
     """Raise naming the missing/unexpected keys and shape mismatches against the backbone."""
     missing = sorted(set(reference) - set(state))
     extra = sorted(set(state) - set(reference))
-    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(reference[k].shape)}"
-              for k in sorted(set(state) & set(reference)) if state[k].shape != reference[k].shape]
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(reference[k].shape)}"
+        for k in sorted(set(state) & set(reference))
+        if state[k].shape != reference[k].shape
+    ]
     if missing or extra or shapes:
         parts = []
         if missing:
@@ -77,7 +81,7 @@ def resolve(path: str, what: str) -> Path:
         return Path(path).expanduser()
     from .clip import allow_download
 
-    parts = path[len("hf://"):].split("/")
+    parts = path[len("hf://") :].split("/")
     if len(parts) < 2:
         raise CmbenchError(f"{what}: {path!r} is not hf://OWNER/REPO[/FILE]")
     repo, filename = "/".join(parts[:2]), "/".join(parts[2:]) or "model.safetensors"
@@ -86,8 +90,10 @@ def resolve(path: str, what: str) -> Path:
 
         local = Path(hf_hub_download(repo, filename, local_files_only=not allow_download()))
     except Exception as e:  # noqa: BLE001 - not cached, offline, no such repo
-        raise CmbenchError(f"{what}: {path} is not in the local Hugging Face cache ({type(e).__name__}); "
-                           "download it (CMBENCH_ALLOW_DOWNLOAD=1) or give a local path") from None
+        raise CmbenchError(
+            f"{what}: {path} is not in the local Hugging Face cache ({type(e).__name__}); "
+            "download it (CMBENCH_ALLOW_DOWNLOAD=1) or give a local path"
+        ) from None
     pins.check("expert checkpoint", path, [local], pins.hub_revision(local))
     return local
 
@@ -112,13 +118,22 @@ def hf_clip_vision_to_open_clip(state: StateDict, theta0: StateDict) -> StateDic
     s = {k.removeprefix("model."): v for k, v in state.items()}
     s = {(pre + k if k.startswith(bare) else k): v for k, v in s.items()}
     out: StateDict = {}
-    simple = {"embeddings.class_embedding": "class_embedding",
-              "embeddings.patch_embedding.weight": "conv1.weight",
-              "embeddings.position_embedding.weight": "positional_embedding",
-              "pre_layrnorm.weight": "ln_pre.weight", "pre_layrnorm.bias": "ln_pre.bias",
-              "post_layernorm.weight": "ln_post.weight", "post_layernorm.bias": "ln_post.bias"}
-    layer = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1", "layer_norm2": "ln_2",
-             "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+    simple = {
+        "embeddings.class_embedding": "class_embedding",
+        "embeddings.patch_embedding.weight": "conv1.weight",
+        "embeddings.position_embedding.weight": "positional_embedding",
+        "pre_layrnorm.weight": "ln_pre.weight",
+        "pre_layrnorm.bias": "ln_pre.bias",
+        "post_layernorm.weight": "ln_post.weight",
+        "post_layernorm.bias": "ln_post.bias",
+    }
+    layer = {
+        "self_attn.out_proj": "attn.out_proj",
+        "layer_norm1": "ln_1",
+        "layer_norm2": "ln_2",
+        "mlp.fc1": "mlp.c_fc",
+        "mlp.fc2": "mlp.c_proj",
+    }
     used = set()
     for src, dst in simple.items():
         if pre + src in s:
@@ -153,19 +168,29 @@ def open_clip_to_hf_clip_vision(state: StateDict) -> StateDict:
     """The inverse of :func:`hf_clip_vision_to_open_clip` for a ``CLIPVisionModel`` (no
     projection): how a rehearsal writes its stand-in experts in FusionBench's format."""
     pre = "vision_model."
-    simple = {"class_embedding": "embeddings.class_embedding", "conv1.weight": "embeddings.patch_embedding.weight",
-              "positional_embedding": "embeddings.position_embedding.weight",
-              "ln_pre.weight": "pre_layrnorm.weight", "ln_pre.bias": "pre_layrnorm.bias",
-              "ln_post.weight": "post_layernorm.weight", "ln_post.bias": "post_layernorm.bias"}
-    layer = {"attn.out_proj": "self_attn.out_proj", "ln_1": "layer_norm1", "ln_2": "layer_norm2",
-             "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+    simple = {
+        "class_embedding": "embeddings.class_embedding",
+        "conv1.weight": "embeddings.patch_embedding.weight",
+        "positional_embedding": "embeddings.position_embedding.weight",
+        "ln_pre.weight": "pre_layrnorm.weight",
+        "ln_pre.bias": "pre_layrnorm.bias",
+        "ln_post.weight": "post_layernorm.weight",
+        "ln_post.bias": "post_layernorm.bias",
+    }
+    layer = {
+        "attn.out_proj": "self_attn.out_proj",
+        "ln_1": "layer_norm1",
+        "ln_2": "layer_norm2",
+        "mlp.c_fc": "mlp.fc1",
+        "mlp.c_proj": "mlp.fc2",
+    }
     out: StateDict = {}
     for k, v in state.items():
         k = k.removeprefix("visual.")
         if k in simple:
             out[pre + simple[k]] = v
         elif k.startswith("transformer.resblocks."):
-            i, rest = k[len("transformer.resblocks."):].split(".", 1)
+            i, rest = k[len("transformer.resblocks.") :].split(".", 1)
             lp = f"{pre}encoder.layers.{i}."
             if rest.startswith("attn.in_proj_"):
                 kind = rest.rsplit("_", 1)[1]
@@ -192,8 +217,10 @@ def load_expert(spec, task: str, theta0: StateDict, where: str) -> tuple[StateDi
         raise CmbenchError(f"{what}: checkpoint {path} not found")
     digest = file_sha256(path)
     if spec.sha256 and digest != spec.sha256:
-        raise CmbenchError(f"{what}: {path} has sha256 {digest}, the suite pins {spec.sha256}: "
-                           "a different checkpoint than the suite names")
+        raise CmbenchError(
+            f"{what}: {path} has sha256 {digest}, the suite pins {spec.sha256}: "
+            "a different checkpoint than the suite names"
+        )
     state = load_checkpoint(path, trust_pickle=spec.trust_pickle)
     if spec.format == "hf_clip_vision":
         state = hf_clip_vision_to_open_clip(state, theta0)

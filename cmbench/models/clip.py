@@ -52,8 +52,12 @@ def _build_open_clip(cfg, pretrained: bool) -> nn.Module:
         from open_clip.model import CLIP
 
         c = cfg.config
-        return CLIP(embed_dim=c["embed_dim"], vision_cfg=c["vision_cfg"], text_cfg=c["text_cfg"],
-                    quick_gelu=c.get("quick_gelu", False))
+        return CLIP(
+            embed_dim=c["embed_dim"],
+            vision_cfg=c["vision_cfg"],
+            text_cfg=c["text_cfg"],
+            quick_gelu=c.get("quick_gelu", False),
+        )
     # the architecture the tag's weights need: OpenAI's CLIPs use QuickGELU, which open_clip's
     # `ViT-B-32` config does not say (it only warns when the tag's weights are loaded into GELU)
     tag_cfg = (open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained) or {}) if cfg.pretrained else {}
@@ -69,18 +73,23 @@ def _build_open_clip(cfg, pretrained: bool) -> nn.Module:
     if not allow_download():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        model = open_clip.create_model(cfg.model, pretrained=cfg.pretrained, require_pretrained=True,
-                                       force_quick_gelu=quick)
+        model = open_clip.create_model(
+            cfg.model, pretrained=cfg.pretrained, require_pretrained=True, force_quick_gelu=quick
+        )
         hub = tag_cfg.get("hf_hub", "").strip("/")
-        _pin_hub_weights(f"open_clip {cfg.model}/{cfg.pretrained}", hub,
-                         ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"))
+        _pin_hub_weights(
+            f"open_clip {cfg.model}/{cfg.pretrained}",
+            hub,
+            ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
+        )
         return model
     except CmbenchError:
         raise
     except Exception as e:  # noqa: BLE001 - missing cache, no network, bad tag
         raise CmbenchError(
             f"backbone: cannot load open_clip {cfg.model} / {cfg.pretrained} ({str(e).splitlines()[0][:200]}); "
-            "put the weights in the HF / open_clip cache or set CMBENCH_ALLOW_DOWNLOAD=1") from None
+            "put the weights in the HF / open_clip cache or set CMBENCH_ALLOW_DOWNLOAD=1"
+        ) from None
 
 
 def _pin_hub_weights(source: str, repo: str, filenames: tuple[str, ...]) -> None:
@@ -152,14 +161,19 @@ class TimmEncoder(nn.Module):
         try:
             model = timm.create_model(cfg.model, pretrained=pretrained, num_classes=0, **cfg.kwargs)
             if pretrained:
-                _pin_hub_weights(f"timm {cfg.model}", (model.pretrained_cfg or {}).get("hf_hub_id") or "",
-                                 ("model.safetensors", "pytorch_model.bin"))
+                _pin_hub_weights(
+                    f"timm {cfg.model}",
+                    (model.pretrained_cfg or {}).get("hf_hub_id") or "",
+                    ("model.safetensors", "pytorch_model.bin"),
+                )
         except CmbenchError:
             raise
         except Exception as e:  # noqa: BLE001
-            raise CmbenchError(f"backbone: cannot create timm {cfg.model} (pretrained={pretrained}): "
-                               f"{str(e).splitlines()[0][:200]}; put the weights in the HF cache or set "
-                               "CMBENCH_ALLOW_DOWNLOAD=1") from None
+            raise CmbenchError(
+                f"backbone: cannot create timm {cfg.model} (pretrained={pretrained}): "
+                f"{str(e).splitlines()[0][:200]}; put the weights in the HF cache or set "
+                "CMBENCH_ALLOW_DOWNLOAD=1"
+            ) from None
         return cls(model)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -177,8 +191,15 @@ def pretrained_state(cfg, seed: int) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
-def zero_shot_weights(cfg, classnames: list[str], templates: list[str], seed: int,
-                      device: str = "cpu", model: nn.Module | None = None, batch_size: int = 256) -> Tensor:
+def zero_shot_weights(
+    cfg,
+    classnames: list[str],
+    templates: list[str],
+    seed: int,
+    device: str = "cpu",
+    model: nn.Module | None = None,
+    batch_size: int = 256,
+) -> Tensor:
     """CLIP zero-shot head: for each class, encode every template filled with its name,
     L2-normalise, average over templates, L2-normalise again; times exp(logit_scale).
 
@@ -190,7 +211,11 @@ def zero_shot_weights(cfg, classnames: list[str], templates: list[str], seed: in
         model = build_open_clip(cfg, pretrained=True, seed=seed).to(device).eval()
     tokenizer = open_clip.get_tokenizer(cfg.model) if cfg.config is None else open_clip.tokenize
     prompts = [t.format(c=c) for c in classnames for t in templates]
-    emb = torch.cat([model.encode_text(tokenizer(prompts[i : i + batch_size]).to(device)).float()
-                     for i in range(0, len(prompts), batch_size)])
+    emb = torch.cat(
+        [
+            model.encode_text(tokenizer(prompts[i : i + batch_size]).to(device)).float()
+            for i in range(0, len(prompts), batch_size)
+        ]
+    )
     emb = nn.functional.normalize(emb, dim=-1).view(len(classnames), len(templates), -1).mean(1)
     return nn.functional.normalize(emb, dim=-1).cpu() * model.logit_scale.exp().float().cpu()

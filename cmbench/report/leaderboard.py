@@ -18,10 +18,13 @@ from . import plots
 
 STREAM_COLS = ("ACC", "AIA", "BWT", "FGT", "FWT", "NACC")
 TTM_COLS = ["ACC", "AIA", "BWT", "FGT"]  # FWT undefined: unlearned classes have no cells
-DATA_LABEL = {"none": "data-free", "current_task": "current task", "calibration": "calibration samples",
-              "all_seen": "all seen tasks"}
+DATA_LABEL = {
+    "none": "data-free",
+    "current_task": "current task",
+    "calibration": "calibration samples",
+    "all_seen": "all seen tasks",
+}
 LONG_HPARAMS = 8  # beyond this many, a row lists what differs from its method's first row
-
 
 
 def _devices(recs: list[dict]) -> list[str]:
@@ -34,11 +37,16 @@ def _devices(recs: list[dict]) -> list[str]:
         out[f"{inp.get('device', '?')} {inp.get('precision', '?')}" + (f" ({name})" if name else "")] = None
     return list(out)
 
+
 def _stat(values) -> tuple[float, float, int]:
     v = np.array([x for x in values if x is not None and x == x], dtype=float)
     if v.size == 0:
         return float("nan"), float("nan"), 0
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0, int(v.size)
+
+
+def _final_mean(row: list) -> float:
+    return float(np.nanmean([np.nan if v is None else v for v in row]))
 
 
 def _pct(values, signed: bool = False) -> str:
@@ -93,23 +101,40 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
     last = max((r.get("finished_at") or "" for r in recs), default="")
     lines = [f"## {suite}", ""]
     if any(r.get("rehearsal") for r in recs):
-        lines += ["**rehearsal: random weights** (generated data and experts; these numbers measure the "
-                  "harness, not the methods)", ""]
+        lines += [
+            "**rehearsal: random weights** (generated data and experts; these numbers measure the "
+            "harness, not the methods)",
+            "",
+        ]
     setting = recs[0].get("setting", "merge_stream")
-    lines.append(f"Setting: `{setting}` · suite hash {', '.join(f'`{h}`' for h in hashes)} · "
-                 f"{', '.join(_devices(recs))} · "
-                 f"commit {', '.join(f'`{c[:10]}`' for c in commits)} · last job {last}")
+    lines.append(
+        f"Setting: `{setting}` · suite hash {', '.join(f'`{h}`' for h in hashes)} · "
+        f"{', '.join(_devices(recs))} · "
+        f"commit {', '.join(f'`{c[:10]}`' for c in commits)} · last job {last}"
+    )
     lines.append("")
 
     stream = setting == "merge_stream"
-    cols = STREAM_COLS if stream else ([*TTM_COLS, "ACC_all", "AAA"]
-                                       if any("ACC_all" in r["metrics"] for r in ok) else TTM_COLS)
+    cols = (
+        STREAM_COLS
+        if stream
+        else ([*TTM_COLS, "ACC_all", "AAA"] if any("ACC_all" in r["metrics"] for r in ok) else TTM_COLS)
+    )
     # the published ACC of a row, where a source covers the suite and the method (cmbench.published)
     pub = {r["label"]: r["published"]["ACC"] for r in ok if (r.get("published") or {}).get("ACC")}
     pub_refs = next((r["published"] for r in ok if r.get("published")), {})
     pub_cols = ["Published ACC"] if pub or pub_refs.get("theta0") else []
-    header = ["Method", "n", *cols, *pub_cols, "Storage (peak)", "Data",
-              *([] if stream else ["Train time (s)", "Start ‖∇‖"]), "Merge time (s)", "Hyperparameters"]
+    header = [
+        "Method",
+        "n",
+        *cols,
+        *pub_cols,
+        "Storage (peak)",
+        "Data",
+        *([] if stream else ["Train time (s)", "Start ‖∇‖"]),
+        "Merge time (s)",
+        "Hyperparameters",
+    ]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = []
     first_of = {}  # method -> its first row's label and hyperparameters (the base for long lists)
@@ -126,12 +151,17 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
             hp = f"{diff or 'same values'}; others as {base_label}"
         lora = rs[0].get("lora")
         if lora:
-            hp = (f"LoRA rank {lora['rank']} on {'/'.join(lora['targets'])}" + (f"; {hp}" if hp else ""))
+            hp = f"LoRA rank {lora['rank']} on {'/'.join(lora['targets'])}" + (f"; {hp}" if hp else "")
         hp = hp or "–"
         src = rs[0].get("hparam_source") or {"kind": "suite"}
-        hp += " (suite defaults)" if src["kind"] == "suite" else (
-            " (tuned on validation data" + (", oracle: all tasks" if src.get("oracle") else "") + ")")
-        name = label + (" †" if rs[0].get("reconstruction") else "") + (" ‡" if rs[0].get("R_final_before_finish") else "")
+        hp += (
+            " (suite defaults)"
+            if src["kind"] == "suite"
+            else (" (tuned on validation data" + (", oracle: all tasks" if src.get("oracle") else "") + ")")
+        )
+        name = (
+            label + (" †" if rs[0].get("reconstruction") else "") + (" ‡" if rs[0].get("R_final_before_finish") else "")
+        )
         reference = rs[0].get("data_access") == "all_seen"
         cells = [f"*{name}* (reference)" if reference else name, str(len(rs))]
         for col in cols:
@@ -157,30 +187,48 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
         pad = " | ".join(["–"] * (len(header) - len(cols) - len(pub_cols) - 2))
         blank = ["–"] * (len(cols) - 1)
         ref_pub = {k: [_published_cell(pub_refs.get(k))] if pub_cols else [] for k in ("theta0", "experts")}
-        lines.append(f"| *pretrained θ0* | {len(theta0)} seeds | {_pct(theta0.values())} | "
-                     + " | ".join(blank + ref_pub["theta0"]) + f" | {pad} |")
-        lines.append(f"| *individual experts* | {len(indiv)} seeds | {_pct(indiv.values())} | "
-                     + " | ".join(blank[:-1] + ["100.0 ± 0.0"] + ref_pub["experts"]) + f" | {pad} |")
+        lines.append(
+            f"| *pretrained θ0* | {len(theta0)} seeds | {_pct(theta0.values())} | "
+            + " | ".join(blank + ref_pub["theta0"])
+            + f" | {pad} |"
+        )
+        lines.append(
+            f"| *individual experts* | {len(indiv)} seeds | {_pct(indiv.values())} | "
+            + " | ".join(blank[:-1] + ["100.0 ± 0.0"] + ref_pub["experts"])
+            + f" | {pad} |"
+        )
     if pub_cols:
         sources = sorted({p["source"] for p in [*pub.values(), *pub_refs.values()]})
-        lines += ["", "Published ACC (the source's row, mean over its task orders ± std where given): "
-                  + "; ".join(sources)]
+        lines += [
+            "",
+            "Published ACC (the source's row, mean over its task orders ± std where given): " + "; ".join(sources),
+        ]
     off: dict[tuple, list[dict]] = defaultdict(list)  # (θ0 or expert, task) -> its failed checks
     for r in ok:
         for c in r.get("setup_check") or []:
             if not c["ok"]:
                 off[(c["what"], c["task"])].append(c)
     if off:
-        lines += ["", f"**Setup check: {len(off)} per-task accuracies differ from the published ones** "
-                  "(preprocessing, class names and templates, or the checkpoint?): " + "; ".join(
-                      f"{'θ0' if w == 'theta0' else 'expert'} on {t} {np.mean([c['ours'] for c in cs]):.1f}% vs "
-                      f"{cs[0]['published']:.1f}% (±{max(c['tolerance'] for c in cs):.1f})"
-                      for (w, t), cs in sorted(off.items()))]
+        lines += [
+            "",
+            f"**Setup check: {len(off)} per-task accuracies differ from the published ones** "
+            "(preprocessing, class names and templates, or the checkpoint?): "
+            + "; ".join(
+                f"{'θ0' if w == 'theta0' else 'expert'} on {t} {np.mean([c['ours'] for c in cs]):.1f}% vs "
+                f"{cs[0]['published']:.1f}% (±{max(c['tolerance'] for c in cs):.1f})"
+                for (w, t), cs in sorted(off.items())
+            ),
+        ]
     finished = {lb: rs for lb, rs in by_label.items() if rs[0].get("R_final_before_finish")}
     if finished:  # what the final row was before the end-of-stream step (e.g. ODE-M without refinement)
-        lines += ["", "‡ final ACC before the end-of-stream step (the same jobs): " + "; ".join(
-            f"{lb} {_pct([float(np.nanmean([np.nan if v is None else v for v in r['R_final_before_finish']])) for r in rs])}"
-            f" (n = {len(rs)})" for lb, rs in sorted(finished.items()))]
+        lines += [
+            "",
+            "‡ final ACC before the end-of-stream step (the same jobs): "
+            + "; ".join(
+                f"{lb} {_pct([_final_mean(r['R_final_before_finish']) for r in rs])} (n = {len(rs)})"
+                for lb, rs in sorted(finished.items())
+            ),
+        ]
     if failed:
         lines += ["", f"**{len(failed)} failed job(s)** (counted, not dropped):"]
         for r in sorted(failed, key=lambda r: (r["label"], r["seed"], r["order_index"])):
@@ -222,17 +270,27 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
         published_task = {(c["what"], c["task"]): c["published"] for r in ok for c in r.get("setup_check") or []}
         for what, name in (("theta0", "θ0, published"), ("expert", "expert, published")):
             if any(w == what for w, _ in published_task):
-                lines.append(f"| {name} | " + " | ".join(
-                    f"{published_task[(what, t)]:.1f}" if (what, t) in published_task else "–" for t in task_order) + " |")
+                lines.append(
+                    f"| {name} | "
+                    + " | ".join(
+                        f"{published_task[(what, t)]:.1f}" if (what, t) in published_task else "–" for t in task_order
+                    )
+                    + " |"
+                )
         lines.append("")
 
     if ok:
-        figs = [("average accuracy over steps", plots.plot_accuracy_over_steps),
-                ("accuracy matrices", plots.plot_heatmaps),
-                ("forgetting", plots.plot_forgetting),
-                ("accuracy vs cost", plots.plot_pareto)]
-        figs += ([("final accuracy vs the expert", plots.plot_final_vs_expert)] if stream
-                 else [("start-of-task gradient norm", plots.plot_grad_norm)])
+        figs = [
+            ("average accuracy over steps", plots.plot_accuracy_over_steps),
+            ("accuracy matrices", plots.plot_heatmaps),
+            ("forgetting", plots.plot_forgetting),
+            ("accuracy vs cost", plots.plot_pareto),
+        ]
+        figs += (
+            [("final accuracy vs the expert", plots.plot_final_vs_expert)]
+            if stream
+            else [("start-of-task gradient norm", plots.plot_grad_norm)]
+        )
         links = []
         for i, (title, fn) in enumerate(figs):
             png = Path(fn(suite, by_label, plots_dir))
@@ -248,22 +306,33 @@ def paired_section(by_label: dict[str, list[dict]], ref: str) -> list[str]:
     """ACC differences to ``ref`` on the same (seed, order): removes the seed-to-seed spread
     that unpaired mean ± std mixes in."""
     base = {(r["seed"], r["order_index"]): r["metrics"]["ACC"] for r in by_label[ref]}
-    lines = [f"Paired ACC difference to {ref} (same seed and order; mean ± std, wins/n):", "",
-             "| Method | Δ ACC | wins |", "|---|---|---|"]
+    lines = [
+        f"Paired ACC difference to {ref} (same seed and order; mean ± std, wins/n):",
+        "",
+        "| Method | Δ ACC | wins |",
+        "|---|---|---|",
+    ]
     rows = []
     for label, rs in by_label.items():
         if label == ref:
             continue
-        d = [r["metrics"]["ACC"] - base[(r["seed"], r["order_index"])] for r in rs
-             if (r["seed"], r["order_index"]) in base]
+        d = [
+            r["metrics"]["ACC"] - base[(r["seed"], r["order_index"])]
+            for r in rs
+            if (r["seed"], r["order_index"]) in base
+        ]
         if d:
             m, sd, n = _stat(d)
             rows.append((-m, label, f"| {label} | {100 * m:+.1f} ± {100 * sd:.1f} | {sum(x > 0 for x in d)}/{n} |"))
     return lines + [row for *_, row in sorted(rows)] + [""]
 
 
-def render_leaderboard(results_dir: str | Path = "results", output: str | Path = "leaderboard.md",
-                       plots_dir: str | Path | None = None, include_rehearsal: bool = False) -> Path:
+def render_leaderboard(
+    results_dir: str | Path = "results",
+    output: str | Path = "leaderboard.md",
+    plots_dir: str | Path | None = None,
+    include_rehearsal: bool = False,
+) -> Path:
     results_dir, output = Path(results_dir), Path(output)
     plots_dir = Path(plots_dir) if plots_dir else output.parent / "plots"
     recs = load_results(results_dir, include_rehearsal)

@@ -18,8 +18,15 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"svg.hashsalt": "cmbench", "figure.facecolor": "white", "axes.facecolor": "white",
-                         "savefig.facecolor": "white", "font.size": 9})
+    plt.rcParams.update(
+        {
+            "svg.hashsalt": "cmbench",
+            "figure.facecolor": "white",
+            "axes.facecolor": "white",
+            "savefig.facecolor": "white",
+            "font.size": 9,
+        }
+    )
     return plt
 
 
@@ -70,8 +77,14 @@ def plot_accuracy_over_steps(suite: str, by_label: dict[str, list[dict]], plots_
     handles, names = ax.get_legend_handles_labels()
     final = {lb: np.nanmean([metrics.step_average(r["R"])[-1] for r in rs]) for lb, rs in by_label.items()}
     rank = sorted(range(len(names)), key=lambda i: -final.get(names[i].rsplit(" (n=", 1)[0], -1.0))
-    ax.legend([handles[i] for i in rank], [names[i] for i in rank], fontsize=7, frameon=False,
-              loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(
+        [handles[i] for i in rank],
+        [names[i] for i in rank],
+        fontsize=7,
+        frameon=False,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+    )
     return _save(fig, plots_dir, f"{suite}-accuracy-over-steps")
 
 
@@ -89,13 +102,16 @@ def plot_heatmaps(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) 
     labels = sorted(by_label)
     cols = min(4, len(labels))
     rows = -(-len(labels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols + 0.8, 3.1 * rows), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols + 0.8, 3.1 * rows), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, label in zip(axes.flat, labels):
-        Rs = np.array([[[np.nan if v is None else v for v in row] for row in r["R"]] for r in by_label[label]],
-                      dtype=float) * 100
+        Rs = (
+            np.array(
+                [[[np.nan if v is None else v for v in row] for row in r["R"]] for r in by_label[label]], dtype=float
+            )
+            * 100
+        )
         with warnings.catch_warnings():  # a cell no job measured (θ0 in train then merge) stays NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             R = np.nanmean(Rs, axis=0)
@@ -110,8 +126,15 @@ def plot_heatmaps(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) 
             for i in range(len(R)):
                 for j in range(T):
                     if np.isfinite(R[i, j]):
-                        ax.text(j, i, f"{R[i, j]:.0f}", ha="center", va="center", fontsize=5,
-                                color="black" if R[i, j] > 60 else "white")
+                        ax.text(
+                            j,
+                            i,
+                            f"{R[i, j]:.0f}",
+                            ha="center",
+                            va="center",
+                            fontsize=5,
+                            color="black" if R[i, j] > 60 else "white",
+                        )
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="accuracy (%)")
     return _save(fig, plots_dir, f"{suite}-accuracy-matrices")
 
@@ -135,8 +158,15 @@ def plot_final_vs_expert(suite: str, by_label: dict[str, list[dict]], plots_dir:
     im = ax.imshow(M, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
     for i in range(len(labels)):
         for j in range(len(tasks)):
-            ax.text(j, i, f"{M[i, j]:+.0f}", ha="center", va="center", fontsize=6,
-                    color="white" if abs(M[i, j]) > 0.6 * lim else "black")
+            ax.text(
+                j,
+                i,
+                f"{M[i, j]:+.0f}",
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="white" if abs(M[i, j]) > 0.6 * lim else "black",
+            )
     ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
     ax.set_yticks(range(len(labels)), [f"{lb}  ({np.mean(D[lb]):+.1f})" for lb in labels], fontsize=7)
     ax.set_title(f"{suite}: final accuracy minus the expert's (points, mean over jobs)", fontsize=10)
@@ -151,10 +181,20 @@ def plot_forgetting(suite: str, by_label: dict[str, list[dict]], plots_dir: Path
     fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(labels) + 1.5))
     y = np.arange(len(labels))
     for off, key, color in ((-0.2, "BWT", "tab:red"), (0.2, "FGT", "tab:blue")):
-        vals = [[100 * (r["metrics"][key] if r["metrics"][key] is not None else np.nan) for r in by_label[lb]]
-                for lb in labels]
-        ax.barh(y + off, [np.nanmean(v) for v in vals], 0.38, xerr=[np.nanstd(v) for v in vals],
-                color=color, alpha=0.8, label=key, error_kw={"lw": 0.8})
+        vals = [
+            [100 * (r["metrics"][key] if r["metrics"][key] is not None else np.nan) for r in by_label[lb]]
+            for lb in labels
+        ]
+        ax.barh(
+            y + off,
+            [np.nanmean(v) for v in vals],
+            0.38,
+            xerr=[np.nanstd(v) for v in vals],
+            color=color,
+            alpha=0.8,
+            label=key,
+            error_kw={"lw": 0.8},
+        )
     ax.set_yticks(y, labels)
     ax.axvline(0, color="0.3", lw=0.8)
     ax.set_xlabel("points (BWT < 0 and FGT > 0 mean forgetting)")

@@ -84,8 +84,13 @@ def _render(title: str, header: list[str], rows: list[str], cols: list[list], fm
     body = [[r] + [_cell(cols[j][i], marks[j][i], fmt) for j in range(len(cols))] for i, r in enumerate(rows)]
     if fmt == "latex":
         esc = lambda t: t.replace("_", "\\_").replace("%", "\\%")  # noqa: E731
-        out = [f"% {esc(title)}", "\\begin{tabular}{l" + "c" * (len(header) - 1) + "}", "\\toprule",
-               " & ".join(esc(h) for h in header) + " \\\\", "\\midrule"]
+        out = [
+            f"% {esc(title)}",
+            "\\begin{tabular}{l" + "c" * (len(header) - 1) + "}",
+            "\\toprule",
+            " & ".join(esc(h) for h in header) + " \\\\",
+            "\\midrule",
+        ]
         out += [" & ".join([esc(line[0])] + line[1:]) + " \\\\" for line in body]
         out += ["\\bottomrule", "\\end{tabular}", ""]
         return "\n".join(out)
@@ -122,10 +127,20 @@ def _headline(r):
     return (m.get("ACC_all", m["ACC"]), m.get("AAA", m["AIA"]))
 
 
-def benchmarks_table(recs: list[dict], fmt: str, methods: list[str] | None = None,
-                     title: str = "final accuracy / AAA per benchmark (%)") -> str:
-    ok = [r for r in recs if r["status"] == "ok" and (not methods or r["label"] in methods or r["method"] in methods
-                                                        or any(r["label"].startswith(m) for m in methods))]
+def benchmarks_table(
+    recs: list[dict], fmt: str, methods: list[str] | None = None, title: str = "final accuracy / AAA per benchmark (%)"
+) -> str:
+    ok = [
+        r
+        for r in recs
+        if r["status"] == "ok"
+        and (
+            not methods
+            or r["label"] in methods
+            or r["method"] in methods
+            or any(r["label"].startswith(m) for m in methods)
+        )
+    ]
     suites = sorted({r["suite"] for r in ok})
     labels = sorted({r["label"] for r in ok})
     cols, header = [], ["Method"]
@@ -145,7 +160,9 @@ def ablation_table(recs: list[dict], fmt: str, method: str) -> str:
     return benchmarks_table(variants, fmt, None, title=f"ablation of {method}: final accuracy / AAA (%)")
 
 
-def render_table(recs: list[dict], kind: str, fmt: str, methods: list[str] | None = None, suite: str | None = None) -> str:
+def render_table(
+    recs: list[dict], kind: str, fmt: str, methods: list[str] | None = None, suite: str | None = None
+) -> str:
     if suite:
         recs = [r for r in recs if r["suite"] == suite]
     if any(r.get("rehearsal") for r in recs):
