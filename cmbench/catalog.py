@@ -23,7 +23,7 @@ DATASET_PARAMS: dict[str, tuple[str, ...]] = {
     "quadrant": _GENERATED,
     "sizes": _GENERATED,
     "texture": _GENERATED,
-    "glyphs": ("n_classes", "classes", "domain", "n_train", "n_val", "n_test", "noise"),
+    "glyphs": ("n_classes", "classes", "domain", "renditions", "n_train", "n_val", "n_test", "noise"),
     # image folders and hub copies (cmbench/data/vision.py): class-incremental splits, the CLIP tasks
     "class_split": ("source", "n_tasks", "index", "order_seed", "first", "crop_pct"),
     **{name: () for name in json.loads((Path(__file__).parent / "data" / "clip_tasks.json").read_text())["tasks"]},

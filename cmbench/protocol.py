@@ -636,25 +636,30 @@ class Learner:
 
     def evaluate(
         self, state: StateDict, head: dict, order: list[str], learned: list[str], incremental: str
-    ) -> tuple[list[float], float]:
-        """R row (NaN for unlearned tasks) and the sample-weighted accuracy over learned tasks."""
+    ) -> tuple[list[float], float, list[float]]:
+        """R row (NaN for unlearned tasks), the sample-weighted accuracy over learned tasks,
+        and the within-task row (each task over its own classes only, from the same logits:
+        with class-incremental heads, the gap to R is what head calibration costs)."""
         t0 = time.perf_counter()
-        row, correct, total = [], 0, 0
+        row, within, correct, total = [], [], 0, 0
         seen_rows = self.space.rows(learned)
         for name in order:
             if name not in learned:
                 row.append(float("nan"))
+                within.append(float("nan"))
                 continue
             td = self.tasks[name]
             logits = self.features(state, td.test.x) @ head["weight"].T + head["bias"]
+            target = self.space.targets(td, td.test.y)
+            own = (_masked(logits, self.space.rows_of[name]).argmax(-1) == target).sum().item()
             rows = seen_rows if incremental == "class_incremental" else self.space.rows_of[name]
-            pred = _masked(logits, rows).argmax(-1)
-            hit = (pred == self.space.targets(td, td.test.y)).sum().item()
+            hit = (_masked(logits, rows).argmax(-1) == target).sum().item()
             row.append(hit / len(td.test.y))
+            within.append(own / len(td.test.y))
             correct, total = correct + hit, total + len(td.test.y)
         self.eval_seconds += time.perf_counter() - t0
         self.eval_images += total
-        return row, (correct / total if total else float("nan"))
+        return row, (correct / total if total else float("nan")), within
 
     def train(self, ctx, method, start: StateDict, head: dict, names: list[str], seed: int):
         """Train ``start`` (and the rows of ``names``' classes) on those tasks' train data."""
@@ -781,13 +786,13 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
     checkpoint = jobstate.Checkpoint(store, key_of(job_inputs(suite, job)))
     saved = checkpoint.load()
     if saved is None:
-        row0, all0 = learner.evaluate(theta0, head, order, [], incremental)
-        R, acc_all = [row0], [all0]
+        row0, all0, within0 = learner.evaluate(theta0, head, order, [], incremental)
+        R, acc_all, R_within = [row0], [all0], [within0]
         deployed, done, earlier_s = theta0, 0, 0.0
         merge_times, train_times, storage, grad_norms, own = [], [], [], [], []
     else:
-        R, acc_all, merge_times, train_times, storage, grad_norms, own = (
-            saved[k] for k in ("R", "acc_all", "merge_times", "train_times", "storage", "grad_norms", "own")
+        R, acc_all, R_within, merge_times, train_times, storage, grad_norms, own = (
+            saved[k] for k in ("R", "acc_all", "R_within", "merge_times", "train_times", "storage", "grad_norms", "own")
         )
         deployed, head, done, earlier_s = saved["deployed"], saved["head"], saved["step"], saved["job_s"]
         for name, value in saved["method"].items():
@@ -816,9 +821,10 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
         merge_times.append(time.perf_counter() - t0)
         _check_finite(deployed, job, t)
         head = trained_head  # rows of this step's classes come from training; others unchanged
-        row, a = learner.evaluate(deployed, head, order, order[:t], incremental)
+        row, a, within = learner.evaluate(deployed, head, order, order[:t], incremental)
         R.append(row)
         acc_all.append(a)
+        R_within.append(within)
         storage.append(measure_storage(method, theta0))
         checkpoint.save(
             {
@@ -828,6 +834,7 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
                 "method": method.kept,
                 "R": R,
                 "acc_all": acc_all,
+                "R_within": R_within,
                 "merge_times": merge_times,
                 "train_times": train_times,
                 "storage": storage,
@@ -846,7 +853,7 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
     if finished is not deployed:
         _check_finite(finished, job, len(order) + 1)
         row_before_finish = R[-1]
-        R[-1], acc_all[-1] = learner.evaluate(finished, head, order, order, incremental)
+        R[-1], acc_all[-1], R_within[-1] = learner.evaluate(finished, head, order, order, incremental)
 
     record = {
         **_record_common(suite, job, method, store),
@@ -856,6 +863,7 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
         "R_final_before_finish": row_before_finish,
         "heads": incremental,
         "ACC_all_steps": acc_all,
+        "R_within": R_within,
         "trained_own_task_acc": own,
         "start_grad_norm": grad_norms,
         "metrics": metrics.all_metrics(R, acc_all=acc_all if incremental == "class_incremental" else None),

@@ -54,6 +54,10 @@ def test_class_incremental_matrix(ttm_results):
             assert all(not math.isnan(v) for v in R[t][:t]), (name, t)
             assert all(math.isnan(v) for v in R[t][t:]), (name, t)
         assert "ACC_all" in r["metrics"] and "AAA" in r["metrics"]
+        # within-task accuracy (own classes only) from the same logits: never below all-class
+        W = r["R_within"]
+        assert [[math.isnan(v) for v in row] for row in W] == [[math.isnan(v) for v in row] for row in R]
+        assert all(w >= a for rw, ra in zip(W, R) for w, a in zip(rw, ra) if not math.isnan(a)), name
         assert math.isnan(r["metrics"]["FWT"])
         assert len(r["start_grad_norm"]) == 3 and all(g > 0 for g in r["start_grad_norm"])
     # sample-weighted ACC_all equals the per-task mean when test sets are equal-sized only

@@ -252,7 +252,7 @@ def _segments_distance(xx, yy, seg: np.ndarray) -> np.ndarray:
     return d
 
 
-def _glyph(rng, c: int, size: int, domain: str) -> np.ndarray:
+def _glyph(rng, c: int, size: int, domain: str, renditions: tuple[str, ...] = GLYPH_RENDITIONS) -> np.ndarray:
     yy, xx = _grid(size)
     seg = _glyph_strokes(c) * size
     a, s = np.deg2rad(rng.uniform(-8, 8)), rng.uniform(0.9, 1.1)  # a random similarity, then jitter
@@ -264,7 +264,7 @@ def _glyph(rng, c: int, size: int, domain: str) -> np.ndarray:
     w = rng.uniform(0.3, 0.6)
     stroke = np.clip(1.0 - (d - w) / 0.6, 0, 1)
     if domain == "rendition":
-        domain = GLYPH_RENDITIONS[rng.integers(len(GLYPH_RENDITIONS))]
+        domain = renditions[rng.integers(len(renditions))]
     if domain == "clean":
         return stroke * rng.uniform(0.7, 1.0)
     if domain == "inverted":
@@ -293,6 +293,7 @@ def glyphs(
     n_classes: int = 100,
     classes: list[int] | None = None,
     domain: str = "clean",
+    renditions: list[str] | None = None,
     n_train: int = 60,
     n_val: int = 10,
     n_test: int = 30,
@@ -301,10 +302,13 @@ def glyphs(
     """``n_classes`` glyphs (class c: three fixed strokes) under a random similarity
     transform and stroke jitter, drawn in ``domain``: ``clean`` (bright strokes), one
     rendition (``inverted``, ``outline``, ``texture``, ``blur``) or ``rendition`` (one of
-    those at random per image). ``classes`` keeps a subset (a class-incremental split; labels
+    ``renditions`` at random per image; default inverted, outline, blur). ``classes`` keeps a subset (a class-incremental split; labels
     local, class ids global); ``n_train``/``n_val``/``n_test`` are per class."""
     if domain not in GLYPH_DOMAINS + ("rendition",):
         raise CmbenchError(f"glyphs: unknown domain {domain!r}; known: {GLYPH_DOMAINS + ('rendition',)}")
+    picks = tuple(renditions or GLYPH_RENDITIONS)
+    if any(r not in GLYPH_DOMAINS for r in picks):
+        raise CmbenchError(f"glyphs: renditions must be among {GLYPH_DOMAINS}, got {renditions}")
     keep = list(range(n_classes)) if classes is None else [int(c) for c in classes]
     if not keep or len(set(keep)) != len(keep) or any(not 0 <= c < n_classes for c in keep):
         raise CmbenchError(f"glyphs: classes must be distinct ids 0..{n_classes - 1}, got {classes}")
@@ -312,6 +316,6 @@ def glyphs(
     for s, per in zip(SPLITS, (n_train, n_val, n_test)):
         rng = _rng(data_seed, task, s)
         labels = rng.permutation(np.arange(per * len(keep)) % len(keep))
-        imgs = np.stack([_glyph(rng, keep[int(c)], img_size, domain) for c in labels])
+        imgs = np.stack([_glyph(rng, keep[int(c)], img_size, domain, picks) for c in labels])
         splits[s] = _to_split(imgs + rng.normal(0.0, noise, imgs.shape), labels)
     return TaskData(task, [f"glyph{c}" for c in keep], **splits, class_ids=keep)
