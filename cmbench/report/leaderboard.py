@@ -252,7 +252,13 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
         lines.append("")
 
     if ok and len(by_label) > 1:
-        lines += paired_section(by_label, "weight_average" if "weight_average" in by_label else sorted(by_label)[0])
+        # train then merge with LoRA: P&M's comparisons, to averaging and to sequential LoRA
+        refs = [r for r in ("weight_average-lora", "sequential-lora") if r in by_label and not stream]
+        for ref in refs or ["weight_average" if "weight_average" in by_label else sorted(by_label)[0]]:
+            lines += paired_section(by_label, ref)
+
+    if ok and not stream and any(r.get("R_within") for r in ok):
+        lines += calibration_section(by_label)
 
     if ok and stream:
         # each expert and θ0 on each task (mean over seeds)
@@ -300,6 +306,37 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
             links.append(f"[{title}]({rel}) ([SVG]({rel[:-4]}.svg))")
         lines += ["Plots: " + " · ".join(links), ""]
     return lines
+
+
+def calibration_section(by_label: dict[str, list[dict]]) -> list[str]:
+    """Class-incremental heads: how much of the accuracy is lost to confusing one task's
+    classes with another's (all seen classes vs each task's own classes, from the same
+    logits) — if the gap were large and alike for every method, head calibration, not the
+    methods, would rank them."""
+    lines = [
+        "Head calibration (mean ± std over jobs): final accuracy over all seen classes vs within each task's "
+        "own classes, and the newest task after its step: its all-class accuracy in the deployed model over its "
+        "within-task accuracy in the model just trained (for sequential training the same model):",
+        "",
+        "| Method | final, all classes | final, within task | newest task, all / within |",
+        "|---|---|---|---|",
+    ]
+    rows = []
+    for label, rs in by_label.items():
+        rs = [r for r in rs if r.get("R_within")]
+        if not rs:
+            continue
+        final_all = [_final_mean(r["R"][-1]) for r in rs]
+        final_within = [_final_mean(r["R_within"][-1]) for r in rs]
+        ratio = [
+            float(np.mean([r["R"][t][t - 1] / r["trained_own_task_acc"][t - 1] for t in range(1, len(r["R"]))]))
+            for r in rs
+        ]
+        m, sd, _ = _stat(ratio)
+        rows.append(
+            (-np.mean(final_all), f"| {label} | {_pct(final_all)} | {_pct(final_within)} | {m:.2f} ± {sd:.2f} |")
+        )
+    return lines + [row for _, row in sorted(rows)] + [""]
 
 
 def paired_section(by_label: dict[str, list[dict]], ref: str) -> list[str]:
