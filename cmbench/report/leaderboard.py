@@ -140,25 +140,7 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
     first_of = {}  # method -> its first row's label and hyperparameters (the base for long lists)
     for label, rs in by_label.items():
         acc_mean = _stat([r["metrics"]["ACC"] for r in rs])[0]
-        hparams = rs[0]["hparams"]
-        base_label, base = first_of.setdefault(rs[0]["method"], (label, hparams))
-        if len(hparams) <= LONG_HPARAMS:
-            hp = ", ".join(f"{k}={v}" for k, v in sorted(hparams.items()))
-        elif base_label == label:  # e.g. ODE-M's 35 public-config values: in the result files
-            hp = f"{len(hparams)} values, listed in the result files"
-        else:
-            diff = ", ".join(f"{k}={v}" for k, v in sorted(hparams.items()) if base.get(k) != v)
-            hp = f"{diff or 'same values'}; others as {base_label}"
-        lora = rs[0].get("lora")
-        if lora:
-            hp = f"LoRA rank {lora['rank']} on {'/'.join(lora['targets'])}" + (f"; {hp}" if hp else "")
-        hp = hp or "–"
-        src = rs[0].get("hparam_source") or {"kind": "suite"}
-        hp += (
-            " (suite defaults)"
-            if src["kind"] == "suite"
-            else (" (tuned on validation data" + (", oracle: all tasks" if src.get("oracle") else "") + ")")
-        )
+        hp = hparam_text(label, rs, first_of)
         name = (
             label + (" †" if rs[0].get("reconstruction") else "") + (" ‡" if rs[0].get("R_final_before_finish") else "")
         )
@@ -306,6 +288,31 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
             links.append(f"[{title}]({rel}) ([SVG]({rel[:-4]}.svg))")
         lines += ["Plots: " + " · ".join(links), ""]
     return lines
+
+
+def hparam_text(label: str, rs: list[dict], first_of: dict) -> str:
+    """A row's hyperparameters (and LoRA spec, and where the values come from); long lists
+    say what differs from the first row of the same method (``first_of``: method -> that
+    row's label and values, filled as rows are seen)."""
+    hparams = rs[0]["hparams"]
+    base_label, base = first_of.setdefault(rs[0]["method"], (label, hparams))
+    if len(hparams) <= LONG_HPARAMS:
+        hp = ", ".join(f"{k}={v}" for k, v in sorted(hparams.items()))
+    elif base_label == label:  # e.g. ODE-M's 35 public-config values: in the result files
+        hp = f"{len(hparams)} values, listed in the result files"
+    else:
+        diff = ", ".join(f"{k}={v}" for k, v in sorted(hparams.items()) if base.get(k) != v)
+        hp = f"{diff or 'same values'}; others as {base_label}"
+    lora = rs[0].get("lora")
+    if lora:
+        hp = f"LoRA rank {lora['rank']} on {'/'.join(lora['targets'])}" + (f"; {hp}" if hp else "")
+    hp = hp or "–"
+    src = rs[0].get("hparam_source") or {"kind": "suite"}
+    return hp + (
+        " (suite defaults)"
+        if src["kind"] == "suite"
+        else (" (tuned on validation data" + (", oracle: all tasks" if src.get("oracle") else "") + ")")
+    )
 
 
 def calibration_section(by_label: dict[str, list[dict]]) -> list[str]:
