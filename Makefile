@@ -23,7 +23,8 @@ demo: $(STAMP)
 	$(BIN)/cmbench run suites/quick-merge.yaml --out .demo
 	$(BIN)/cmbench report --results .demo/results
 	$(BIN)/cmbench report
-	@echo "demo: .demo/leaderboard.md and .demo/plots/ (this run); leaderboard.md and plots/ (committed results);"
+	$(BIN)/cmbench report --site site
+	@echo "demo: .demo/leaderboard.md and .demo/plots/ (this run); leaderboard.md, plots/ and site/index.html (committed results);"
 	@echo "      MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///.demo/.cmbench/mlflow.db"
 
 # CI budget (README, "Tests and the CI budget"): `test` under 10 min on a fresh clone of a

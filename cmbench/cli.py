@@ -272,6 +272,16 @@ def cmd_report(args) -> int:
     from .results import load_results
 
     methods = [m for m in args.methods.split(",") if m] if args.methods else None
+    if args.site:
+        results = Path(args.results)
+        if not results.is_dir():
+            raise CmbenchError(f"--results {results}: no such directory; run `cmbench run SUITE` first")
+        _selected(load_results(results, args.include_rehearsal), results, None, None)
+        from .report.site import render_site
+
+        index = render_site(results, args.site, args.include_rehearsal)
+        print(f"wrote the site {index} (open it in a browser; it needs no server and no network)")
+        return 0
     results, output, plots = _report_paths(args)
     recs = _selected(load_results(results, args.include_rehearsal), results, args.suite, methods)
     if args.format:
@@ -509,6 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["stream", "benchmarks", "ablation"],
         help="stream: methods × tasks + Avg + BWT; benchmarks: methods × suites (final, AAA); "
         "ablation: variants of one method (--methods NAME) × suites",
+    )
+    rp.add_argument(
+        "--site",
+        metavar="DIR",
+        help="write the leaderboard as a static web site in DIR (replaced): sortable tables, plots with values "
+        "on hover; self-contained, opens from the file system",
     )
     rp.add_argument("--suite", help="only this suite's results")
     rp.add_argument("--methods", help="comma-separated method names or labels")

@@ -302,8 +302,9 @@ def glyphs(
     """``n_classes`` glyphs (class c: three fixed strokes) under a random similarity
     transform and stroke jitter, drawn in ``domain``: ``clean`` (bright strokes), one
     rendition (``inverted``, ``outline``, ``texture``, ``blur``) or ``rendition`` (one of
-    ``renditions`` at random per image; default inverted, outline, blur). ``classes`` keeps a subset (a class-incremental split; labels
-    local, class ids global); ``n_train``/``n_val``/``n_test`` are per class."""
+    ``renditions`` at random per image; default inverted, outline, blur). ``classes`` keeps a
+    subset (a class-incremental split; labels local, class ids global);
+    ``n_train``/``n_val``/``n_test`` are per class."""
     if domain not in GLYPH_DOMAINS + ("rendition",):
         raise CmbenchError(f"glyphs: unknown domain {domain!r}; known: {GLYPH_DOMAINS + ('rendition',)}")
     picks = tuple(renditions or GLYPH_RENDITIONS)

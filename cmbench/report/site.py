@@ -1,0 +1,355 @@
+"""``cmbench report --site DIR``: the leaderboard as a static web site, from the result files alone.
+
+One page per suite (its table sortable by any column and filterable, rows linking to each
+method's paper, the published number beside ours, every row's provenance; accuracy over
+steps and the mean accuracy matrices drawn in the page with values on hover; each job's
+matrix on demand; the static plots) and an index of suites. Everything the pages need is
+in the files written here: the script and styles are inline, no CDN, no server, nothing
+fetched; the pages open from the file system. The same result files give the same bytes
+(no timestamps; sorted keys; plots written without dates).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from .. import metrics
+from ..results import load_results
+from . import plots
+from .leaderboard import DATA_LABEL, STREAM_COLS, TTM_COLS, _devices, _published_cell, _stat, hparam_text
+
+
+def _paper_link(paper: str | None) -> str | None:
+    """A URL for a method's paper or public code, read from its ``paper`` line."""
+    if not paper:
+        return None
+    m = re.search(r"arXiv:(\d{4}\.\d{4,5})", paper)
+    if m:
+        return f"https://arxiv.org/abs/{m.group(1)}"
+    m = re.search(r"public code ([\w.-]+/[\w.-]+)", paper)
+    return f"https://github.com/{m.group(1)}" if m else None
+
+
+def _cell(values, signed: bool = False) -> dict:
+    """A table cell: text (mean ± std in %) and the mean it sorts by (None: no value)."""
+    m, sd, n = _stat([v for v in values if v is not None])
+    if not n or not np.isfinite(m):
+        return {"text": "–", "v": None}
+    text = f"{100 * m:+.1f}" if signed else f"{100 * m:.1f}"
+    return {"text": text + (f" ± {100 * sd:.1f}" if n > 1 else ""), "v": round(100 * m, 4)}
+
+
+def _mean_matrix(rs: list[dict]) -> list[list[float | None]]:
+    Rs = np.array([[[np.nan if v is None else v for v in row] for row in r["R"]] for r in rs], dtype=float) * 100
+    with np.errstate(invalid="ignore"):
+        counts = np.sum(~np.isnan(Rs), axis=0)
+        mean = np.where(counts > 0, np.nansum(Rs, axis=0) / np.maximum(counts, 1), np.nan)
+    return [[None if np.isnan(v) else round(float(v), 2) for v in row] for row in mean]
+
+
+def _job_matrix(r: dict) -> dict:
+    return {
+        "job": f"seed {r['seed']}, order {r['order_index']}",
+        "tasks": r["tasks"],
+        "R": [[None if v is None or v != v else round(100 * v, 2) for v in row] for row in r["R"]],
+        "key": r.get("key", ""),
+    }
+
+
+def suite_data(suite: str, recs: list[dict]) -> dict:
+    """Everything a suite page shows, as JSON-able data."""
+    ok = [r for r in recs if r["status"] == "ok"]
+    setting = recs[0].get("setting", "merge_stream")
+    stream = setting == "merge_stream"
+    by_label: dict[str, list[dict]] = defaultdict(list)
+    for r in ok:
+        by_label[r["label"]].append(r)
+    cols = (
+        list(STREAM_COLS)
+        if stream
+        else [*TTM_COLS, *(["ACC_all"] if any("ACC_all" in r["metrics"] for r in ok) else [])]
+    )
+    rows, first_of = [], {}
+    for label, rs in sorted(by_label.items()):
+        pub = (rs[0].get("published") or {}).get("ACC")
+        rows.append(
+            {
+                "label": label,
+                "reconstruction": bool(rs[0].get("reconstruction")),
+                "reference": rs[0].get("data_access") == "all_seen",
+                "paper": rs[0].get("paper") or "",
+                "url": _paper_link(rs[0].get("paper")),
+                "n": len(rs),
+                "metrics": {c: _cell([r["metrics"].get(c) for r in rs], signed=c in ("BWT", "FWT")) for c in cols},
+                "published": {"text": _published_cell(pub), "v": pub["acc"]} if pub else {"text": "–", "v": None},
+                "data": DATA_LABEL.get(rs[0].get("data_access", "none"), rs[0].get("data_access", "?")),
+                "merge_s": round(float(np.mean([r["timings"]["merge_total_s"] for r in rs])), 4),
+                "hparams": hparam_text(label, rs, first_of),
+                "commits": sorted({(r.get("git_commit") or "?")[:10] for r in rs}),
+                "curve": [
+                    round(float(v), 2)
+                    for v in np.nanmean([np.array(metrics.step_average(r["R"]), dtype=float) * 100 for r in rs], axis=0)
+                ],
+                "matrix": _mean_matrix(rs),
+                "jobs": [_job_matrix(r) for r in sorted(rs, key=lambda r: (r["seed"], r["order_index"]))],
+            }
+        )
+    # as in leaderboard.md: best ACC first, reference rows (e.g. multitask) last
+    rows.sort(key=lambda r: (r["reference"], -(r["metrics"]["ACC"]["v"] or -1e9), r["label"]))
+    return {
+        "suite": suite,
+        "setting": setting,
+        "hashes": sorted({r["suite_hash"] for r in recs}),
+        "commits": sorted({(r.get("git_commit") or "?")[:10] for r in recs}),
+        "devices": _devices(recs),
+        "last_job": max((r.get("finished_at") or "" for r in recs), default=""),
+        "failed": len(recs) - len(ok),
+        "rehearsal": any(r.get("rehearsal") for r in recs),
+        "cols": cols,
+        "rows": rows,
+    }
+
+
+STYLE = """
+body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#1d2330;max-width:1400px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
+.meta{color:#5b6475;font-size:12.5px;margin-bottom:14px}
+table{border-collapse:collapse;font-variant-numeric:tabular-nums}
+th,td{padding:4px 8px;border-bottom:1px solid #e3e6ec;text-align:right;white-space:nowrap}
+th{cursor:pointer;background:#f4f6f9;position:sticky;top:0;z-index:2;user-select:none}
+th.asc:after{content:" ▲"}th.desc:after{content:" ▼"}
+td.l,th.l{text-align:left}td.hp,td.pv{white-space:normal;font-size:12px;color:#3c4456}
+td.hp{min-width:220px;max-width:300px}td.pv{min-width:120px;max-width:160px}
+tr.ref td{font-style:italic;color:#5b6475}
+.controls{margin:10px 0;display:flex;gap:12px;align-items:center}
+.controls input,.controls select{font:inherit;padding:3px 6px}
+#tip{position:fixed;pointer-events:none;background:#1d2330;color:#fff;padding:4px 8px;border-radius:4px;
+font-size:12px;display:none;z-index:10}
+.mats{display:flex;flex-wrap:wrap;gap:18px}.mat{font-size:11px}.mat table td{padding:2px 4px;text-align:center;
+border:1px solid #fff;min-width:30px;color:#fff}.mat caption{font-weight:600;margin-bottom:3px}
+svg text{font-size:11px;fill:#3c4456}.legend span{display:inline-block;margin-right:14px;font-size:12px}
+.legend i{display:inline-block;width:12px;height:3px;margin-right:4px;vertical-align:middle}
+img{max-width:100%;border:1px solid #e3e6ec}details{margin:6px 0}
+"""
+
+SCRIPT = r"""
+const D = JSON.parse(document.getElementById('data').textContent);
+const tip = document.getElementById('tip');
+function showTip(e, text){tip.textContent=text;tip.style.display='block';
+  tip.style.left=(e.clientX+12)+'px';tip.style.top=(e.clientY+12)+'px';}
+document.addEventListener('mouseover', e => {const t=e.target.closest('[data-tip]'); if(t) showTip(e, t.dataset.tip);});
+document.addEventListener('mousemove', e => {const t=e.target.closest('[data-tip]');
+  if(t) showTip(e, t.dataset.tip); else tip.style.display='none';});
+// sorting: by the number a cell holds (its mean), missing values last in either direction
+const table = document.getElementById('board');
+if (table) {
+  const body = table.tBodies[0];
+  table.querySelectorAll('th').forEach((th, i) => th.addEventListener('click', () => {
+    const asc = !th.classList.contains('desc') && th.classList.contains('asc') ? false :
+                th.classList.contains('desc') ? true : th.dataset.type !== 'num';
+    table.querySelectorAll('th').forEach(h => h.classList.remove('asc', 'desc'));
+    th.classList.add(asc ? 'asc' : 'desc');
+    const rows = Array.from(body.rows);
+    const key = r => r.cells[i].dataset.v;
+    rows.sort((a, b) => {
+      const x = key(a), y = key(b);
+      if (x === '' && y === '') return 0; if (x === '') return 1; if (y === '') return -1;
+      const c = th.dataset.type === 'num' ? parseFloat(x) - parseFloat(y) : x.localeCompare(y);
+      return asc ? c : -c;
+    });
+    rows.forEach(r => body.appendChild(r));
+  }));
+  const q = document.getElementById('q'), sel = document.getElementById('access');
+  const filter = () => Array.from(body.rows).forEach(r => {
+    const okText = r.dataset.label.toLowerCase().includes(q.value.toLowerCase());
+    const okSel = !sel.value || r.dataset.access === sel.value;
+    r.style.display = okText && okSel ? '' : 'none';
+  });
+  q.addEventListener('input', filter); sel.addEventListener('change', filter);
+}
+const PALETTE = ['#1f77b4','#ff7f0e','#2ca02c','#d62728','#9467bd','#8c564b','#e377c2','#7f7f7f','#bcbd22',
+                 '#17becf','#393b79','#637939','#8c6d31','#843c39','#7b4173','#3182bd'];
+function color(i){return PALETTE[i % PALETTE.length];}
+function heat(v){ if (v === null) return '#d9dce3';  // viridis-like ramp, 0..100
+  const s=[[68,1,84],[59,82,139],[33,145,140],[94,201,98],[253,231,37]]; const x=Math.max(0,Math.min(1,v/100))*4;
+  const i=Math.min(3,Math.floor(x)), f=x-i; const c=s[i].map((a,k)=>Math.round(a+(s[i+1][k]-a)*f));
+  return 'rgb('+c.join(',')+')';}
+function matrixTable(title, R, tasks){
+  const t=document.createElement('table'); const cap=t.createCaption(); cap.textContent=title;
+  R.forEach((row, s) => { const tr=t.insertRow(); row.forEach((v, j) => { const td=tr.insertCell();
+    td.style.background=heat(v); td.textContent = v === null ? '' : Math.round(v);
+    td.dataset.tip = (s === 0 ? 'before any step' : 'after step ' + s) + ', ' +
+      (tasks ? 'task ' + tasks[j] : 'task arriving ' + (j + 1) + '.') + ': ' +
+      (v === null ? 'not measured' : v.toFixed(1) + '%');
+  });});
+  const d=document.createElement('div'); d.className='mat'; d.appendChild(t); return d;}
+// accuracy over steps
+const svg = document.getElementById('curves');
+if (svg) {
+  const W=720,H=300,L=46,B=30,T=10,Rr=10; const rows=D.rows; const n=Math.max(...rows.map(r=>r.curve.length));
+  const vals=rows.flatMap(r=>r.curve).filter(v=>v!==null); const lo=Math.max(0,Math.floor(Math.min(...vals)/10)*10);
+  const x=s=>L+(W-L-Rr)*(n===1?0.5:(s-1)/(n-1)), y=v=>T+(H-T-B)*(1-(v-lo)/(100-lo));
+  let g='';
+  for(let v=lo; v<=100; v+=10) g+=`<line x1="${L}" x2="${W-Rr}" y1="${y(v)}" y2="${y(v)}" stroke="#e3e6ec"/>`+
+    `<text x="${L-6}" y="${y(v)+4}" text-anchor="end">${v}</text>`;
+  for(let s=1; s<=n; s++) g+=`<text x="${x(s)}" y="${H-B+16}" text-anchor="middle">${s}</text>`;
+  g+=`<text x="${(W+L)/2}" y="${H-2}" text-anchor="middle">step t</text>`;
+  rows.forEach((r,i)=>{ const pts=r.curve.map((v,s)=>v===null?null:[x(s+1),y(v)]).filter(p=>p);
+    g+=`<polyline fill="none" stroke="${color(i)}" stroke-width="1.8" points="${pts.map(p=>p.join(',')).join(' ')}"/>`;
+    r.curve.forEach((v,s)=>{ if(v!==null) g+=`<circle cx="${x(s+1)}" cy="${y(v)}" r="4" fill="${color(i)}" `+
+      `data-tip="${r.label}, step ${s+1}: ${v.toFixed(1)}% (mean over ${r.n} jobs)"/>`; });});
+  svg.setAttribute('viewBox', `0 0 ${W} ${H}`); svg.innerHTML=g;
+  document.getElementById('legend').innerHTML =
+    rows.map((r,i)=>`<span><i style="background:${color(i)}"></i>${r.label}</span>`).join('');
+}
+const mats=document.getElementById('mats');
+if (mats) D.rows.forEach(r => mats.appendChild(matrixTable(r.label + ' (mean of ' + r.n + ' jobs)', r.matrix, null)));
+document.querySelectorAll('details[data-label]').forEach(d => d.addEventListener('toggle', () => {
+  if (!d.open || d.dataset.done) return; d.dataset.done='1';
+  const r=D.rows.find(x=>x.label===d.dataset.label); const box=document.createElement('div'); box.className='mats';
+  r.jobs.forEach(j => box.appendChild(matrixTable(j.job + ' · key ' + j.key, j.R, j.tasks))); d.appendChild(box);
+}));
+"""
+
+
+REHEARSAL = "<p><b>rehearsal: random weights</b> (these numbers measure the harness, not the methods)</p>"
+
+
+def _page(title: str, body: str, data: dict) -> str:
+    blob = json.dumps(data, sort_keys=True, ensure_ascii=False).replace("</", "<\\/")
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>\n{body}\n"
+        f'<div id="tip"></div><script id="data" type="application/json">{blob}</script>'
+        f"<script>{SCRIPT}</script></body></html>\n"
+    )
+
+
+def _suite_page(d: dict, figures: list[tuple[str, str]]) -> str:
+    e = html.escape
+    published = any(r["published"]["v"] is not None for r in d["rows"])  # a column only where a source has one
+    pub_head = ["Published ACC"] if published else []
+    head = ["Method", "n", *d["cols"], *pub_head, "Data", "Merge time (s)", "Hyperparameters", "Provenance"]
+    types = ["text", "num", *["num"] * (len(d["cols"]) + len(pub_head)), "text", "num", "text", "text"]
+    ths = "".join(f'<th data-type="{t}" class="{"l" if t == "text" else ""}">{e(h)}</th>' for h, t in zip(head, types))
+    trs = []
+    for r in d["rows"]:
+        name = e(r["label"]) + (" †" if r["reconstruction"] else "")
+        link = (
+            f'<a href="{e(r["url"])}" title="{e(r["paper"])}">{name}</a>'
+            if r["url"]
+            else f'<span title="{e(r["paper"])}">{name}</span>'
+        )
+        cells = [
+            f'<td class="l" data-v="{e(r["label"])}">{link}{" (reference)" if r["reference"] else ""}</td>',
+            f'<td data-v="{r["n"]}">{r["n"]}</td>',
+        ]
+        for c in [*(r["metrics"][c] for c in d["cols"]), *([r["published"]] if published else [])]:
+            cells.append(f'<td data-v="{"" if c["v"] is None else c["v"]}">{e(c["text"])}</td>')
+        cells.append(f'<td class="l" data-v="{e(r["data"])}">{e(r["data"])}</td>')
+        cells.append(f'<td data-v="{r["merge_s"]}">{r["merge_s"]:.3f}</td>')
+        cells.append(f'<td class="l hp" data-v="{e(r["hparams"])}">{e(r["hparams"])}</td>')
+        prov = f"n = {r['n']} · commit {', '.join(r['commits'])}"
+        cells.append(f'<td class="l pv" data-v="{e(prov)}">{e(prov)}</td>')
+        cls = ' class="ref"' if r["reference"] else ""
+        trs.append(f'<tr{cls} data-label="{e(r["label"])}" data-access="{e(r["data"])}">{"".join(cells)}</tr>')
+    access = sorted({r["data"] for r in d["rows"]})
+    options = "".join(f'<option value="{e(a)}">{e(a)}</option>' for a in access)
+    meta = (
+        f"Setting <b>{e(d['setting'])}</b> · suite hash {', '.join(d['hashes'])} · {e(', '.join(d['devices']))} · "
+        f"commit {', '.join(d['commits'])} · last job {e(d['last_job'])}"
+        + (f" · <b>{d['failed']} failed job(s)</b>" if d["failed"] else "")
+    )
+    details = "".join(
+        f'<details data-label="{e(r["label"])}"><summary>{e(r["label"])}: {r["n"]} jobs</summary></details>'
+        for r in d["rows"]
+    )
+    figs = "".join(f'<h3>{e(t)}</h3><img src="{e(src)}" alt="{e(t)}">' for t, src in figures)
+    body = f"""<p><a href="../index.html">← all suites</a></p>
+<h1>{e(d["suite"])}</h1>
+{REHEARSAL if d["rehearsal"] else ""}
+<div class="meta">{meta}</div>
+<div class="controls"><input id="q" placeholder="filter methods"> <label>data access
+<select id="access"><option value="">all</option>{options}</select></label>
+<span class="meta">click a column to sort (mean ± std over seeds × orders; missing values last)</span></div>
+<table id="board"><thead><tr>{ths}</tr></thead><tbody>{"".join(trs)}</tbody></table>
+<p class="meta">† reconstruction (no public code). Published ACC: the source's number where one covers this suite
+and method.</p>
+<h2>Accuracy over steps</h2><div class="legend" id="legend"></div><svg id="curves" width="720" height="300"></svg>
+<h2>Mean accuracy matrices</h2><p class="meta">rows: the model before any step and after each; columns: tasks by
+arrival position; hover a cell for its value</p><div class="mats" id="mats"></div>
+<h2>Each job's matrix</h2>{details}
+<h2>Plots</h2>{figs}"""
+    return _page(f"{d['suite']} · cmbench", body, d)
+
+
+def _index_page(suites: list[dict]) -> str:
+    e = html.escape
+    rows = []
+    for d in suites:
+        best = max(
+            (r for r in d["rows"] if not r["reference"] and r["metrics"]["ACC"]["v"] is not None),
+            key=lambda r: r["metrics"]["ACC"]["v"],
+            default=None,
+        )
+        best_text = f"{e(best['label'])} ({best['metrics']['ACC']['text']})" if best else "–"
+        jobs = sum(r["n"] for r in d["rows"])
+        rows.append(
+            f'<tr data-label="{e(d["suite"])}" data-access="{e(d["setting"])}"><td class="l" data-v="{e(d["suite"])}">'
+            f'<a href="{e(d["suite"])}/index.html">{e(d["suite"])}</a></td><td class="l" data-v="{e(d["setting"])}">'
+            f'{e(d["setting"])}</td><td data-v="{len(d["rows"])}">{len(d["rows"])}</td><td data-v="{jobs}">{jobs}</td>'
+            f'<td class="l" data-v="{best_text}">{best_text}</td></tr>'
+        )
+    settings = "".join(f'<option value="{s}">{s}</option>' for s in sorted({d["setting"] for d in suites}))
+    body = f"""<h1>cmbench leaderboard</h1>
+<div class="meta">continual model merging: every number from the result files in this repository</div>
+<div class="controls"><input id="q" placeholder="filter suites"> <label>setting
+<select id="access"><option value="">all</option>{settings}</select></label></div>
+<table id="board"><thead><tr><th class="l" data-type="text">Suite</th><th class="l" data-type="text">Setting</th>
+<th data-type="num">Methods</th><th data-type="num">Jobs</th><th class="l" data-type="text">Best ACC</th></tr></thead>
+<tbody>{"".join(rows)}</tbody></table>"""
+    return _page("cmbench leaderboard", body, {"rows": []})
+
+
+def render_site(results_dir: str | Path, site_dir: str | Path, include_rehearsal: bool = False) -> Path:
+    """Write the site for every suite under ``results_dir`` into ``site_dir`` (replaced)."""
+    site = Path(site_dir)
+    recs = load_results(results_dir, include_rehearsal)
+    by_suite: dict[str, list[dict]] = defaultdict(list)
+    for r in recs:
+        by_suite[r["suite"]].append(r)
+    if site.exists():
+        shutil.rmtree(site)
+    site.mkdir(parents=True)
+    suites = []
+    for suite in sorted(by_suite):
+        d = suite_data(suite, by_suite[suite])
+        page_dir = site / suite
+        ok = [r for r in by_suite[suite] if r["status"] == "ok"]
+        by_label: dict[str, list[dict]] = defaultdict(list)
+        for r in ok:
+            by_label[r["label"]].append(r)
+        figures = []
+        if ok:
+            fns = [("forgetting", plots.plot_forgetting), ("accuracy vs cost", plots.plot_pareto)]
+            fns += (
+                [("final accuracy vs the expert", plots.plot_final_vs_expert)]
+                if d["setting"] == "merge_stream"
+                else [("start-of-task gradient norm", plots.plot_grad_norm)]
+            )
+            for title, fn in fns:
+                png = Path(fn(suite, by_label, page_dir / "plots"))
+                png.with_suffix(".svg").unlink(missing_ok=True)  # the PNG is shown; one file per figure
+                figures.append((title, png.relative_to(page_dir).as_posix()))
+        page_dir.mkdir(parents=True, exist_ok=True)
+        (page_dir / "index.html").write_text(_suite_page(d, figures), encoding="utf-8")
+        suites.append(d)
+    (site / "index.html").write_text(_index_page(suites), encoding="utf-8")
+    return site / "index.html"
