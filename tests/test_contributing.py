@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import REPO
 
 HALFWAY = '''"""Half-way merge (test):  M_t = M_{t-1} + lam * (theta_t - M_{t-1})."""
@@ -25,6 +27,7 @@ def _cmbench(*args, cwd):
     return r.stdout + r.stderr
 
 
+@pytest.mark.slow  # about 100 s: a clone, a nano run and the full report of the committed results
 def test_contribution_flow(tmp_path):
     clone = tmp_path / "cmbench"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
