@@ -142,10 +142,14 @@ def cmd_run(args) -> int:
             "--scale, --max-per-split, --max-train-per-split, --eval-cap, --train-steps, --train-batch and --hparam "
             "shape a rehearsal: add --rehearse (a real run takes them from the suite)"
         )
+    path = resolve_suite(args.suite)
+    from .suite import load_suite
+
+    load_suite(path)  # a malformed suite is refused here, before the runner imports torch, Ray and MLflow
     from .runner import run_suite
 
     _data_env(args)
-    summary = run_suite(resolve_suite(args.suite), out=args.out or ".", **kwargs)
+    summary = run_suite(path, out=args.out or ".", **kwargs)
     return 1 if summary["failed"] else 0
 
 

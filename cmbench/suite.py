@@ -21,7 +21,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from . import CmbenchError
-from . import methods as methods_mod
 from .catalog import DATASET_PARAMS
 from .fingerprint import method_fingerprint
 
@@ -480,6 +479,10 @@ class Suite(Strict):
         dup = sorted({n for n in labels if labels.count(n) > 1})
         if dup:
             raise _FieldError("methods", f"method labels must be unique (set `label`); repeated: {dup}")
+        # the method registry imports torch and every baseline: a suite whose other fields are
+        # wrong has been refused above without paying for it
+        from . import methods as methods_mod
+
         for i, m in enumerate(self.methods):
             try:
                 cls = methods_mod.get(m.name)
@@ -724,6 +727,8 @@ def expand(
             raise CmbenchError(f"{flag} {n}: suite {suite.name} has {have}; give 1 to {have} (the first N are used)")
     seeds = suite.seeds[:n_seeds] if n_seeds else suite.seeds
     suite_hash = suite.hash()
+    from . import methods as methods_mod
+
     jobs = []
     for spec, seed in itertools.product(specs, seeds):
         cls = methods_mod.get(spec.name)
