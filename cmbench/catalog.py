@@ -13,6 +13,22 @@ from pathlib import Path
 
 _GENERATED = ("n_train", "n_val", "n_test", "noise")  # every generated micro task's split sizes and noise
 
+# what a value of a parameter may be, by name (the same meaning in every dataset that takes it)
+PARAM_RULES: dict[str, tuple[str, float, float]] = {  # name -> (kind, low, high), both inclusive
+    "n_train": ("int", 1, 10**7),
+    "n_val": ("int", 1, 10**7),
+    "n_test": ("int", 1, 10**7),
+    "n_classes": ("int", 1, 10**5),
+    "n_tasks": ("int", 1, 10**4),
+    "index": ("int", 0, 10**4),
+    "first": ("int", 1, 10**5),
+    "order_seed": ("int", 0, 2**31 - 1),
+    "noise": ("float", 0.0, 1.0),
+    "val_frac": ("float", 0.0, 0.9),
+    "test_frac": ("float", 0.05, 0.9),
+    "crop_pct": ("float", 0.05, 1.0),
+}
+
 DATASET_PARAMS: dict[str, tuple[str, ...]] = {
     # micro (cmbench/data/micro.py)
     "digits": ("val_frac", "test_frac", "noise", "classes"),

@@ -35,7 +35,17 @@ import torch
 from . import CmbenchError, __version__, jobstate, metrics, published
 from . import methods as methods_mod
 from .artefacts import SuiteArtefacts, artefact_key, data_versions, expert_key, heads_key, load_tasks, theta0_key
-from .models import accuracy, create_backbone, device_for, feature_dim, layout_of, models_version, numerics, to_device
+from .models import (
+    accuracy,
+    check_logits,
+    create_backbone,
+    device_for,
+    feature_dim,
+    layout_of,
+    models_version,
+    numerics,
+    to_device,
+)
 from .store import Store
 from .suite import Job, LoRA, Suite, Training
 from .tensors import StateDict, first_nonfinite, nbytes
@@ -650,6 +660,7 @@ class Learner:
                 continue
             td = self.tasks[name]
             logits = self.features(state, td.test.x) @ head["weight"].T + head["bias"]
+            check_logits(logits)
             target = self.space.targets(td, td.test.y)
             own = (_masked(logits, self.space.rows_of[name]).argmax(-1) == target).sum().item()
             rows = seen_rows if incremental == "class_incremental" else self.space.rows_of[name]

@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from . import CmbenchError
-from .catalog import DATASET_PARAMS
+from .catalog import DATASET_PARAMS, PARAM_RULES
 from .fingerprint import method_fingerprint
 
 Setting = Literal["merge_stream", "train_then_merge"]
@@ -35,13 +35,14 @@ class TinyViT(Strict):
     """The tiny timm VisionTransformer used by the micro suites (θ0 pretrained by the harness)."""
 
     kind: Literal["tiny_vit"] = "tiny_vit"
-    img_size: int = Field(16, gt=0)
-    patch_size: int = Field(4, gt=0)
-    in_chans: int = Field(1, gt=0)
-    embed_dim: int = Field(64, gt=0)
-    depth: int = Field(4, gt=0)
-    num_heads: int = Field(4, gt=0)
-    mlp_ratio: float = Field(2.0, gt=0)
+    img_size: int = Field(16, gt=0, le=512)
+    patch_size: int = Field(4, gt=0, le=64)
+    # bounded: a micro backbone, never a size that exhausts the machine before a line is said
+    in_chans: int = Field(1, gt=0, le=16)
+    embed_dim: int = Field(64, gt=0, le=4096)
+    depth: int = Field(4, gt=0, le=64)
+    num_heads: int = Field(4, gt=0, le=64)
+    mlp_ratio: float = Field(2.0, gt=0, le=16, allow_inf_nan=False)
     linearized: bool = Field(False, description="fine-tune and merge the model linearised at θ0 (tangent space)")
 
     @model_validator(mode="after")
@@ -260,6 +261,16 @@ class Task(Strict):
                 f"params: unknown parameter {unknown[0]!r} of dataset {self.dataset}; "
                 f"allowed: {', '.join(allowed) or '(none)'}"
             )
+        for name, value in self.params.items():  # sizes, rates and indices: type and range
+            if name not in PARAM_RULES:
+                continue
+            kind, low, high = PARAM_RULES[name]
+            ok_type = isinstance(value, int) if kind == "int" else isinstance(value, (int, float))
+            if isinstance(value, bool) or not ok_type or not (low <= value <= high):  # NaN fails the range too
+                raise ValueError(
+                    f"params.{name}: {value!r} is not {'an integer' if kind == 'int' else 'a number'} "
+                    f"in [{low}, {high}]"
+                )
         return self
 
 
@@ -279,7 +290,7 @@ class Heads(Strict):
         "prototype"
     )
     shots: int = Field(5, gt=0)
-    scale: float = Field(20.0, gt=0)
+    scale: float = Field(20.0, gt=0, le=1000, allow_inf_nan=False)
 
 
 class ExpertCheckpoint(Strict):

@@ -159,6 +159,17 @@ HOSTILE = {
     "bool seed": "name: x\nseeds: [true]\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\n",
     "huge seed": "name: x\nseeds: [1000000000000]\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\n",
     "deep": "name: x\nz: " + "[" * 5000 + "]" * 5000 + "\n",
+    # sizes, rates and model dimensions: type, range and finiteness
+    "n_test 0": "name: x\ntasks: [{name: bars, dataset: bars, params: {n_test: 0}}]\nmethods: [{name: ties}]\n",
+    "noise nan": "name: x\ntasks: [{name: bars, dataset: bars, params: {noise: .nan}}]\nmethods: [{name: ties}]\n",
+    "n_train float": "name: x\ntasks: [{name: bars, dataset: bars, params: {n_train: 1.5}}]\nmethods: [{name: ties}]\n",
+    "mlp_ratio inf": (
+        "name: x\nbackbone: {mlp_ratio: .inf}\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\n"
+    ),
+    "embed_dim 2^40": (
+        "name: x\nbackbone: {embed_dim: 1099511627776}\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\n"
+    ),
+    "heads scale inf": "name: x\nheads: {scale: .inf}\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\n",
     "alias bomb": "\n".join(
         ["a: &a [x,x,x,x,x,x,x,x,x]"]
         + [f"l{i}: &l{i} [" + ",".join(["*" + ("a" if i == 1 else f"l{i - 1}")] * 9) + "]" for i in range(1, 9)]

@@ -353,3 +353,21 @@ def test_bench_table_reports_failed_methods_and_fidelity():
     assert "0.36 ms" in out and "| ties | 0.0657 | 182.5 | 2042 |" in out
     assert "| opcm | failed: bench: _measure_method('opcm'" in out
     assert "| ViT-B/32 224², TF32 matmuls | 13951 | (features' min cosine to fp32: 1.00000)" in out
+
+
+def test_non_finite_logits_fail_the_job_with_one_line(nano_copy, tmp_path, monkeypatch):
+    """Finite weights, overflowing logits (every weight × 1e30): argmax would pick class 0 and
+    record a plausible accuracy; the job fails instead, and says why."""
+    src = (
+        "from cmbench.methods import merge_function\n"
+        "@merge_function('e2e_overflow', paper='test')\n"
+        "def overflow(ctx, merged, incoming):\n"
+        "    return {k: v * 1e30 if v.is_floating_point() else v for k, v in incoming.items()}\n"
+    )
+    _, suite_path = nano_with_plugin(tmp_path, monkeypatch, "e2e_overflow", src)
+    summary = run_suite(
+        suite_path, out=nano_copy, executor="local", methods=["e2e_overflow"], seeds=1, orders=1, **QUIET
+    )
+    assert summary["failed"] == 1
+    rec = json.loads(next((Paths(nano_copy).results / "nano-merge" / "e2e_overflow").glob("*.json")).read_text())
+    assert rec["status"] == "failed" and "logits are not finite" in rec["error"] and "\n" not in rec["error"]

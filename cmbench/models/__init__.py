@@ -233,4 +233,16 @@ def accuracy(
     model: nn.Module, head: Head, x_uint8: Tensor, y: Tensor, batch_size: int, precision: str = "fp32"
 ) -> float:
     logits = head(features(model, x_uint8, batch_size, precision))
+    check_logits(logits)
     return float((logits.argmax(-1) == y).float().mean())
+
+
+def check_logits(logits: Tensor) -> None:
+    """A model with finite weights can still give non-finite logits (weights × 3e38): then
+    argmax would pick class 0 for NaN and the accuracy would look plausible; fail instead."""
+    if not bool(torch.isfinite(logits).all()):
+        bad = int((~torch.isfinite(logits)).any(-1).sum())
+        raise CmbenchError(
+            f"evaluation: the model's logits are not finite for {bad} of {len(logits)} test images "
+            "(the merged weights overflow); the job fails rather than record a meaningless accuracy"
+        )
