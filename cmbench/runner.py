@@ -33,6 +33,7 @@ from .artefacts import SuiteArtefacts, expert_key, theta0_key
 from .measure import measured
 from .methods import baseline_dirs
 from .protocol import job_inputs, key_of, nan_to_none, run, with_content
+from .results import r_checksum, r_tampered
 from .store import Store, atomic_write_bytes, open_store
 from .suite import Job, Suite, expand, load_suite
 
@@ -107,6 +108,8 @@ def stale_reason(path: Path, suite: Suite, job: Job, store: Store) -> str | None
         return "unreadable result"  # never trusted: recompute
     if not isinstance(rec, dict) or rec.get("status") != "ok":
         return "failed before"
+    if r_tampered(rec):
+        return "R does not match its checksum"
     now = current_inputs(suite, job, store, rec)
     if now is not None and rec.get("key") == key_of(now):
         return None
@@ -117,7 +120,10 @@ def stale_reason(path: Path, suite: Suite, job: Job, store: Store) -> str | None
 
 
 def write_result(path: Path, record: dict) -> None:
-    payload = json.dumps(nan_to_none(record), indent=1, sort_keys=True).encode() + b"\n"
+    record = nan_to_none(record)
+    if record.get("status") == "ok":
+        record["R_checksum"] = r_checksum(record["R"])
+    payload = json.dumps(record, indent=1, sort_keys=True).encode() + b"\n"
     try:
         atomic_write_bytes(path, payload)
     except OSError as e:

@@ -193,7 +193,8 @@ def verify(
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise CmbenchError(f"{results_dir}: no results directory; pass --results DIR")
-    recs = [r for r in load_results(results_dir) if r["status"] == "ok"]
+    # an R that differs from its checksum is what verify exists to catch: compared, not refused
+    recs = [r for r in load_results(results_dir, check_r=False) if r["status"] == "ok"]
     if suites:
         recs = [r for r in recs if r["suite"] in suites]
     if methods:
