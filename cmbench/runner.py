@@ -509,6 +509,31 @@ def _error_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def claim_suite_name(paths: Paths, suite: Suite, suite_file: Path) -> None:
+    """What a suite is in an output directory: its name, read from one file. A suite edited in
+    place is the same suite (its changed jobs are recomputed); another file with the same name
+    is another suite, whose results would overwrite the first's, unless it describes the same
+    environment (the same suite hash: e.g. a copy with more methods, whose result files sit
+    beside the first's). The first run records the file and hash; another existing file with
+    another hash is refused (a recorded file that no longer exists, e.g. a moved checkout,
+    hands the name over)."""
+    record = paths.cache.parent / "suites" / f"{suite.name}.json"
+    here, now = str(suite_file.resolve()), suite.hash()
+    try:
+        owner = json.loads(record.read_text())
+        owner_file, owner_hash = owner["file"], owner["hash"]
+    except (OSError, ValueError, KeyError, TypeError):
+        owner_file = owner_hash = None
+    if owner_file and owner_file != here and owner_hash != now and Path(owner_file).exists():
+        raise CmbenchError(
+            f"{suite_file}: suite name {suite.name!r} is already used in {paths.out} by {owner_file}, another suite "
+            f"(hash {owner_hash}, this one {now}); its results would be overwritten: rename this suite or use "
+            "another --out"
+        )
+    if owner_file in (None, here) or not Path(owner_file).exists():
+        atomic_write_bytes(record, json.dumps({"file": here, "hash": now}).encode() + b"\n")
+
+
 def run_suite(
     suite_path: str | Path,
     *,
@@ -609,6 +634,11 @@ def run_suite(
             f"another `cmbench run` is running suite {suite.name} in {paths.out}; "
             f"wait for it to finish or use another --out"
         ) from None
+    try:
+        claim_suite_name(paths, suite, Path(suite_path))
+    except BaseException:
+        lock.release()
+        raise
     try:
         return _run(
             suite,

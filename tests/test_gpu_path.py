@@ -196,6 +196,7 @@ def test_other_precision_reuses_the_experts_and_measures_its_own_E(nano_copy, mo
     monkeypatch.setattr(artefacts, "make_theta0", never)
     data = yaml.safe_load(NANO.read_text())
     data["evaluation"]["precision"] = "bf16"
+    data["name"] = "nano-bf16"  # another suite in the same output directory: its own name
     f = nano_copy / "nano-bf16.yaml"
     f.write_text(yaml.safe_dump(data))
     path = nano_copy / "results" / "nano-merge" / "weight_average" / "seed0-order0.json"
@@ -204,7 +205,7 @@ def test_other_precision_reuses_the_experts_and_measures_its_own_E(nano_copy, mo
         f, out=nano_copy, executor="local", methods=["weight_average"], seeds=1, orders=1, log=lambda s: None
     )
     assert summary["failed"] == 0
-    after = json.loads(path.read_text())
+    after = json.loads((nano_copy / "results" / "nano-bf16" / "weight_average" / "seed0-order0.json").read_text())
     assert before["inputs"]["precision"] == "fp32" and after["inputs"]["precision"] == "bf16"
     assert after["key"] != before["key"]
     assert all(abs(a - b) <= 0.03 for a, b in zip(after["E"], before["E"]))

@@ -77,16 +77,21 @@ def test_time_limit_stops_a_job_and_a_rerun_resumes(nano_copy):
         with time_limit(0.2):
             time.sleep(2)
     data = yaml.safe_load(NANO.read_text())
-    data.update(methods=[{"name": "ode_m", "hparams": {"num_samples": 48, "post_refine_steps": 200}}], seeds=[0])
+    # another suite (one seed): its own name, or the output directory would refuse it
+    data.update(
+        name="nano-odem",
+        methods=[{"name": "ode_m", "hparams": {"num_samples": 48, "post_refine_steps": 200}}],
+        seeds=[0],
+    )
     f = nano_copy / "nano-odem.yaml"
     f.write_text(yaml.safe_dump(data))
     first = run_suite(f, out=nano_copy, executor="local", orders=1, job_time_limit=1.5, log=lambda s: None)
     assert first["failed"] == 1
-    rec = json.loads(next((nano_copy / "results" / "nano-merge" / "ode_m").glob("*.json")).read_text())
+    rec = json.loads(next((nano_copy / "results" / "nano-odem" / "ode_m").glob("*.json")).read_text())
     assert rec["status"] == "failed" and "job_time_limit_s" in rec["error"]
     second = run_suite(f, out=nano_copy, executor="local", orders=1, log=lambda s: None)
     assert second["failed"] == 0
-    rec = json.loads(next((nano_copy / "results" / "nano-merge" / "ode_m").glob("*.json")).read_text())
+    rec = json.loads(next((nano_copy / "results" / "nano-odem" / "ode_m").glob("*.json")).read_text())
     assert rec["status"] == "ok" and rec["timings"]["resumed_after_step"] >= 1
 
 

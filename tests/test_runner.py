@@ -371,3 +371,26 @@ def test_non_finite_logits_fail_the_job_with_one_line(nano_copy, tmp_path, monke
     assert summary["failed"] == 1
     rec = json.loads(next((Paths(nano_copy).results / "nano-merge" / "e2e_overflow").glob("*.json")).read_text())
     assert rec["status"] == "failed" and "logits are not finite" in rec["error"] and "\n" not in rec["error"]
+
+
+def test_two_suites_with_one_name_do_not_share_an_output_directory(tmp_path):
+    """Another file with the same suite name and another environment is refused (its results
+    would overwrite the first's); the same file edited in place, or a copy describing the
+    same environment (more methods), is the same suite."""
+    import pytest
+
+    from cmbench import CmbenchError
+    from cmbench.runner import claim_suite_name
+    from cmbench.suite import load_suite
+
+    paths = Paths(tmp_path / "out")
+    first, copy, other = tmp_path / "a.yaml", tmp_path / "b.yaml", tmp_path / "c.yaml"
+    first.write_text(NANO.read_text())
+    copy.write_text(NANO.read_text().replace("methods:\n", "methods:\n  - {name: opcm}\n", 1))
+    other.write_text(NANO.read_text().replace("seeds: [0, 1]", "seeds: [0]"))
+    claim_suite_name(paths, load_suite(first), first)
+    claim_suite_name(paths, load_suite(copy), copy)  # same hash: fine
+    with pytest.raises(CmbenchError, match=r"suite name 'nano-merge' is already used .* by .*a\.yaml"):
+        claim_suite_name(paths, load_suite(other), other)
+    first.write_text(NANO.read_text().replace("seeds: [0, 1]", "seeds: [0]"))  # edited in place
+    claim_suite_name(paths, load_suite(first), first)
