@@ -123,6 +123,10 @@ class Tracker:
                     with tempfile.TemporaryDirectory() as d:
                         render_leaderboard(results_dir, Path(d) / "leaderboard.md", Path(d) / "plots")
                         self.mlflow.log_artifacts(d)
-                self.mlflow.end_run()
             except Exception as e:  # noqa: BLE001
                 self._disable(e)
+            finally:  # whatever failed above, the parent run ends: an active run would block the next one
+                try:
+                    self.mlflow.end_run()
+                except Exception:  # noqa: BLE001, S110 - tracking never fails a run
+                    pass

@@ -394,3 +394,24 @@ def test_two_suites_with_one_name_do_not_share_an_output_directory(tmp_path):
         claim_suite_name(paths, load_suite(other), other)
     first.write_text(NANO.read_text().replace("seeds: [0, 1]", "seeds: [0]"))  # edited in place
     claim_suite_name(paths, load_suite(first), first)
+
+
+def test_tracker_ends_its_parent_run_even_when_the_leaderboard_fails(tmp_path, monkeypatch):
+    """A failure while closing (here: rendering the leaderboard artefact) must not leave the
+    parent run active: the next run in the process would find it and lose its tracking."""
+    import mlflow
+
+    from cmbench import report
+    from cmbench.suite import load_suite
+    from cmbench.tracking import Tracker
+
+    def broken(*a, **k):
+        raise ZeroDivisionError("in the report")
+
+    monkeypatch.setattr(report, "render_leaderboard", broken)
+    lines: list[str] = []
+    t = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", load_suite(NANO), log=lines.append)
+    t.logged = [{"status": "ok", "label": "x", "metrics": {"ACC": 0.5}}]
+    t.close(results_dir=tmp_path)
+    assert mlflow.active_run() is None
+    assert any("ZeroDivisionError" in line for line in lines)

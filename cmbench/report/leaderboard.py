@@ -335,8 +335,15 @@ def calibration_section(by_label: dict[str, list[dict]]) -> list[str]:
             continue
         final_all = [_final_mean(r["R"][-1]) for r in rs]
         final_within = [_final_mean(r["R_within"][-1]) for r in rs]
-        ratio = [
-            float(np.mean([r["R"][t][t - 1] / r["trained_own_task_acc"][t - 1] for t in range(1, len(r["R"]))]))
+        ratio = [  # steps whose trained model scored 0 within its task have no ratio
+            float(
+                np.nanmean(
+                    [
+                        r["R"][t][t - 1] / own if (own := r["trained_own_task_acc"][t - 1]) else np.nan
+                        for t in range(1, len(r["R"]))
+                    ]
+                )
+            )
             for r in rs
         ]
         m, sd, _ = _stat(ratio)
