@@ -13,6 +13,8 @@ from cmbench import CmbenchError
 from cmbench.suite import Augment, Suite, expand, load_suite
 from cmbench.train import random_resized_crops
 
+from .test_protocol_ttm import NANO_SPLIT
+
 REPO = Path(__file__).resolve().parents[1]
 SPLIT_SUITES = sorted(REPO.glob("suites/split-vit-*.yaml"))
 
@@ -94,21 +96,7 @@ def test_class_split_test_crop_and_whole_train_view(tmp_path, monkeypatch):
         build("class_split", "t0", 0, 8, {**params, "crop_pct": 1.5})
 
 
-SPLIT = {
-    "name": "recipes",
-    "setting": "train_then_merge",
-    "seeds": [0],
-    "backbone": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2},
-    "pretrain": {
-        "epochs": 1,
-        "batch_size": 64,
-        "tasks": [{"name": "bars", "dataset": "bars", "params": {"n_train": 100, "n_val": 20, "n_test": 20}}],
-    },
-    "tasks": [{"name": f"d{a}{b}", "dataset": "digits", "params": {"classes": [a, b]}} for a, b in ((0, 1), (2, 3))],
-    "heads": {"kind": "class_incremental"},
-    "training": {"epochs": 1, "lr": 1e-3, "batch_size": 32},
-    "methods": [{"name": "sequential"}],
-}
+SPLIT = {**NANO_SPLIT, "methods": [{"name": "sequential"}]}
 
 
 def test_a_methods_own_recipe_is_keyed_validated_and_trained_with(tmp_path):

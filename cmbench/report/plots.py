@@ -94,6 +94,15 @@ def _integer_ticks(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def mean_matrix(rs: list[dict]) -> np.ndarray:
+    """The accuracy matrix (%) averaged cell by cell over jobs; a cell no job measured (θ0's
+    row in train then merge) stays NaN."""
+    Rs = np.array([[[np.nan if v is None else v for v in row] for row in r["R"]] for r in rs], dtype=float) * 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(Rs, axis=0)
+
+
 def plot_heatmaps(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) -> Path:
     """The mean accuracy matrix of each method over its jobs, values in the cells. Jobs see
     the tasks in different orders, so columns are arrival positions (the j-th task to
@@ -106,19 +115,11 @@ def plot_heatmaps(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) 
     for ax in axes.flat:
         ax.axis("off")
     for ax, label in zip(axes.flat, labels):
-        Rs = (
-            np.array(
-                [[[np.nan if v is None else v for v in row] for row in r["R"]] for r in by_label[label]], dtype=float
-            )
-            * 100
-        )
-        with warnings.catch_warnings():  # a cell no job measured (θ0 in train then merge) stays NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
-            R = np.nanmean(Rs, axis=0)
+        R = mean_matrix(by_label[label])
         T = R.shape[1]
         ax.axis("on")
         im = ax.imshow(R, vmin=0, vmax=100, cmap="viridis", aspect="auto")
-        ax.set_title(f"{label} (mean of {len(Rs)} jobs)", fontsize=8)
+        ax.set_title(f"{label} (mean of {len(by_label[label])} jobs)", fontsize=8)
         ax.set_xticks(range(T), [str(j + 1) for j in range(T)], fontsize=6)
         ax.set_yticks(range(len(R)), ["θ0"] + [f"M{t}" for t in range(1, len(R))], fontsize=6)
         ax.set_xlabel("task, by arrival", fontsize=6)

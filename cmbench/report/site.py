@@ -23,7 +23,7 @@ import numpy as np
 from .. import metrics
 from ..results import load_results
 from . import plots
-from .leaderboard import DATA_LABEL, STREAM_COLS, TTM_COLS, _devices, _published_cell, _stat, hparam_text
+from .leaderboard import DATA_LABEL, STREAM_COLS, TTM_COLS, _devices, _pct, _published_cell, _stat, hparam_text
 
 
 def _paper_link(paper: str | None) -> str | None:
@@ -39,19 +39,14 @@ def _paper_link(paper: str | None) -> str | None:
 
 def _cell(values, signed: bool = False) -> dict:
     """A table cell: text (mean ± std in %) and the mean it sorts by (None: no value)."""
-    m, sd, n = _stat([v for v in values if v is not None])
+    m, _, n = _stat(values)
     if not n or not np.isfinite(m):
         return {"text": "–", "v": None}
-    text = f"{100 * m:+.1f}" if signed else f"{100 * m:.1f}"
-    return {"text": text + (f" ± {100 * sd:.1f}" if n > 1 else ""), "v": round(100 * m, 4)}
+    return {"text": _pct(values, signed), "v": round(100 * m, 4)}
 
 
 def _mean_matrix(rs: list[dict]) -> list[list[float | None]]:
-    Rs = np.array([[[np.nan if v is None else v for v in row] for row in r["R"]] for r in rs], dtype=float) * 100
-    with np.errstate(invalid="ignore"):
-        counts = np.sum(~np.isnan(Rs), axis=0)
-        mean = np.where(counts > 0, np.nansum(Rs, axis=0) / np.maximum(counts, 1), np.nan)
-    return [[None if np.isnan(v) else round(float(v), 2) for v in row] for row in mean]
+    return [[None if np.isnan(v) else round(float(v), 2) for v in row] for row in plots.mean_matrix(rs)]
 
 
 def _job_matrix(r: dict) -> dict:
