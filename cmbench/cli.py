@@ -314,6 +314,19 @@ def cmd_verify(args) -> int:
     return 1 if r["mismatched"] or r["stale"] else 0
 
 
+def cmd_log(args) -> int:
+    from .runner import Paths
+    from .tracking import log_results
+
+    results = Path(args.results)
+    if not results.is_dir():
+        raise CmbenchError(f"{results}: no such results directory (give OUT/results of a run)")
+    uri = args.tracking_uri or Paths(results.resolve().parent).tracking_uri
+    counts = log_results(results, uri)
+    print(f"logged {counts['logged']} jobs to {uri}; {counts['already']} were there already")
+    return 0
+
+
 def cmd_list(args) -> int:
     if args.what == "methods":
         from .methods import discover
@@ -608,6 +621,18 @@ def build_parser() -> argparse.ArgumentParser:
     vf.add_argument("--workers", type=_positive_int, help="parallel jobs (default: cores / cpus_per_job)")
     vf.add_argument("--no-ray", action="store_true", help="recompute in this process, one job after another")
     vf.set_defaults(fn=cmd_verify)
+
+    lg = sub.add_parser(
+        "log",
+        help="log result files to MLflow (what a run whose tracking was down could not log)",
+        description="Logs every job under RESULTS that the tracking store does not hold yet (by label, "
+        "seed, order and key), one parent run per suite named 'SUITE (cmbench log)'.",
+    )
+    lg.add_argument("results", help="a results directory (OUT/results of a run)")
+    lg.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: the run's, sqlite under RESULTS/../.cmbench)"
+    )
+    lg.set_defaults(fn=cmd_log)
 
     ls = sub.add_parser("list", help="list methods or suites")
     ls.add_argument("what", choices=["methods", "suites"])

@@ -774,7 +774,7 @@ def _run(
     ex = _executor(suite, workers, threads, ray_address, executor, retries, store=cache, dashboard=dashboard)
     from .tracking import Tracker
 
-    tracker = Tracker(tracking_uri or paths.tracking_uri, suite, log=log)
+    tracker = Tracker(tracking_uri or paths.tracking_uri, suite.name, tags={"suite_hash": suite.hash()}, log=log)
     failed, finished = 0, []
     try:
         # 1. artefacts, built once per seed and shared by every job (cached by content key);

@@ -236,15 +236,22 @@ def _ray_tune(suite, spec, grid, seeds, orders, cache, threads, workers, paths, 
 
 
 def _log_trials(uri: str, suite: Suite, spec: MethodSpec, trials: list[dict], log) -> None:
-    try:
-        import mlflow
+    from .tracking import Tracker
 
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(f"{suite.name}-tune")
-        with mlflow.start_run(run_name=f"tune {spec.display}", tags={"suite_hash": suite.hash(), "oracle": "true"}):
-            for t in trials:
-                with mlflow.start_run(run_name=json.dumps(t["hparams"], sort_keys=True), nested=True):
-                    mlflow.log_params({f"hp.{k}": v for k, v in t["hparams"].items()})
-                    mlflow.log_metric("val_acc", t["val_acc"])
-    except Exception as e:  # noqa: BLE001 - tracking must not lose a finished sweep
-        log(f"warning: MLflow logging of the sweep failed ({type(e).__name__}: {e}); the sweep is saved")
+    tracker = Tracker(
+        uri,
+        f"{suite.name}-tune",
+        run_name=f"tune {spec.display}",
+        tags={"suite_hash": suite.hash(), "oracle": "true"},
+        log=log,
+        missed="the sweep is saved in tuned/",
+    )
+
+    def trial_runs(mlflow) -> None:
+        for t in trials:
+            with mlflow.start_run(run_name=json.dumps(t["hparams"], sort_keys=True), nested=True):
+                mlflow.log_params({f"hp.{k}": v for k, v in t["hparams"].items()})
+                mlflow.log_metric("val_acc", t["val_acc"])
+
+    tracker.call(trial_runs)
+    tracker.close()

@@ -399,10 +399,9 @@ def test_two_suites_with_one_name_do_not_share_an_output_directory(tmp_path):
 def test_tracker_ends_its_parent_run_even_when_the_leaderboard_fails(tmp_path, monkeypatch):
     """A failure while closing (here: rendering the leaderboard artefact) must not leave the
     parent run active: the next run in the process would find it and lose its tracking."""
-    import mlflow
+    from mlflow.tracking import MlflowClient
 
     from cmbench import report
-    from cmbench.suite import load_suite
     from cmbench.tracking import Tracker
 
     def broken(*a, **k):
@@ -410,8 +409,9 @@ def test_tracker_ends_its_parent_run_even_when_the_leaderboard_fails(tmp_path, m
 
     monkeypatch.setattr(report, "render_leaderboard", broken)
     lines: list[str] = []
-    t = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", load_suite(NANO), log=lines.append)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    t = Tracker(uri, "nano-merge", log=lines.append)
     t.logged = [{"status": "ok", "label": "x", "metrics": {"ACC": 0.5}}]
     t.close(results_dir=tmp_path)
-    assert mlflow.active_run() is None
+    assert MlflowClient(tracking_uri=uri).get_run(t.parent_id).info.status == "FINISHED"
     assert any("ZeroDivisionError" in line for line in lines)

@@ -28,6 +28,25 @@ def test_pickle_payload_is_refused_and_never_runs(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("content", ["empty", "text", "random", "truncated"])
+def test_damaged_checkpoints_are_named_not_blamed_on_pickle(tmp_path, content):
+    """An empty, text, random-bytes or truncated .pt is one line naming the file, never an
+    EOFError/KeyError traceback nor a request to trust pickles."""
+    ckpt = tmp_path / "expert.pt"
+    torch.save({"w": torch.zeros(64)}, tmp_path / "whole.pt")
+    whole = (tmp_path / "whole.pt").read_bytes()
+    ckpt.write_bytes(
+        {"empty": b"", "text": b"hello world\n", "random": os.urandom(2000), "truncated": whole[: len(whole) // 2]}[
+            content
+        ]
+    )
+    for trust in (False, True):
+        with pytest.raises(CmbenchError) as e:
+            load_checkpoint(ckpt, trust_pickle=trust)
+        msg = str(e.value)
+        assert msg.startswith(str(ckpt)) and "\n" not in msg and "trust_pickle" not in msg, msg
+
+
 def test_safe_formats_load(tmp_path):
     sd = {"a.weight": torch.randn(3, 2), "a.bias": torch.randn(3)}
     save_file(sd, str(tmp_path / "m.safetensors"))

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -19,6 +19,9 @@ from ..tensors import StateDict
 # Bump when a change alters the state dict a checkpoint is turned into (reading, name
 # mapping, conversion); every expert loaded from a checkpoint is then rebuilt.
 CHECKPOINT_VERSION = 1
+# how torch.load(weights_only=True) says a file holds more than tensors (a class or function
+# to import), as opposed to a file it cannot parse at all
+_REFUSED = re.compile(r"unsupported global", re.IGNORECASE)
 
 
 def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> StateDict:
@@ -32,16 +35,23 @@ def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> StateDict:
             return load_file(str(path))
         except Exception as e:  # noqa: BLE001
             raise CmbenchError(f"{path}: not a readable safetensors file ({e})") from None
+    if path.stat().st_size == 0:
+        raise CmbenchError(f"{path}: an empty file, not a checkpoint; download or export it again")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
+    except Exception as e:  # noqa: BLE001 - every way a file can fail to load is named below
+        if not _REFUSED.search(str(e)):  # not weights_only's refusal: the file is damaged or not a checkpoint
+            raise CmbenchError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
         if not trust_pickle:
             raise CmbenchError(
                 f"{path}: refused: the file needs full unpickling, which can run arbitrary code "
-                f"({str(e).splitlines()[0][:160]}); convert it to safetensors, or set "
+                f"({_first_line(e)}); convert it to safetensors, or set "
                 f"`trust_pickle: true` for this source in the suite if you trust it"
             ) from None
-        obj = torch.load(path, map_location="cpu", weights_only=False)  # noqa: S614 - explicitly trusted
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)  # noqa: S614 - explicitly trusted
+        except Exception as e2:  # noqa: BLE001
+            raise CmbenchError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e2)})") from None
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -49,6 +59,15 @@ def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> StateDict:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CmbenchError(f"{path}: expected a state dict of tensors, got {type(obj).__name__}")
     return obj
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e)
+    refused = _REFUSED.search(text)
+    if refused:  # torch's refusal: the useful line is deep in its text
+        text = text[refused.start() :]
+    lines = [x for x in text.splitlines() if x.strip()]
+    return f"{type(e).__name__}: {lines[0][:160] if lines else 'no message'}"
 
 
 def check_matches(state: StateDict, reference: StateDict, what: str) -> None:
