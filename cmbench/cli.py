@@ -629,9 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
         "seed, order and key), one parent run per suite named 'SUITE (cmbench log)'.",
     )
     lg.add_argument("results", help="a results directory (OUT/results of a run)")
-    lg.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default: the run's, sqlite under RESULTS/../.cmbench)"
-    )
+    lg.add_argument("--tracking-uri", help="MLflow tracking URI (default: the run's, sqlite under RESULTS/../.cmbench)")
     lg.set_defaults(fn=cmd_log)
 
     ls = sub.add_parser("list", help="list methods or suites")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -93,11 +94,19 @@ class Store:
         hash: an L/14 TALL20 stream would otherwise keep its 24 GB of experts twice."""
         tensors_path, meta_path = self._paths(kind, key)
         if meta_path.exists():  # the sidecar is written last: its presence marks completion
-            return self._load(tensors_path, meta_path, reload)
+            try:
+                return self._load(tensors_path, meta_path, reload)
+            except CorruptArtefact:
+                pass  # rebuilt below, under the lock
         tensors_path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(tensors_path) + ".lock"):
             if meta_path.exists():
-                return self._load(tensors_path, meta_path, reload)
+                try:  # another worker may have built (or rebuilt) it while we waited
+                    return self._load(tensors_path, meta_path, reload)
+                except CorruptArtefact as e:
+                    _warn_rebuild(e)
+                    for path in (tensors_path, meta_path):
+                        path.unlink(missing_ok=True)
             # under the lock no one else writes this artefact: a temporary file of it is what a
             # killed writer left (at real scale, gigabytes), never read
             for path in (tensors_path, meta_path):
@@ -151,17 +160,37 @@ class Store:
 
     @staticmethod
     def _load(tensors_path: Path, meta_path: Path, reload=None) -> tuple[StateDict, dict]:
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text())
+            meta["content_hash"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CorruptArtefact(meta_path, f"unreadable sidecar ({type(e).__name__}: {e})") from None
         tensors = reloaded(meta, reload, str(meta_path))
         if tensors is not None:
             return tensors, meta
-        try:
-            tensors = load_file(str(tensors_path))
-        except Exception as e:
-            raise CmbenchError(f"{tensors_path}: unreadable cached artefact ({e}); delete it to rebuild") from None
-        if content_hash(tensors) != meta["content_hash"]:
-            raise CmbenchError(f"{tensors_path}: content hash does not match {meta_path.name}; delete both to rebuild")
-        return tensors, meta
+        return _checked(meta, lambda: load_file(str(tensors_path)), str(tensors_path)), meta
+
+
+class CorruptArtefact(CmbenchError):
+    """A cached artefact that cannot be read or does not hash to its sidecar: rebuilt."""
+
+    def __init__(self, where, why: str):
+        super().__init__(f"{where}: {why}")
+
+
+def _checked(meta: dict, read: Callable[[], StateDict], where: str) -> StateDict:
+    try:
+        tensors = read()
+    except Exception as e:  # noqa: BLE001 - any damage to the file reads as corrupt
+        raise CorruptArtefact(where, f"unreadable cached artefact ({type(e).__name__}: {e})") from None
+    if content_hash(tensors) != meta["content_hash"]:
+        raise CorruptArtefact(where, "content hash does not match its sidecar")
+    return tensors
+
+
+def _warn_rebuild(e: CorruptArtefact) -> None:
+    # stderr: a Ray worker's stderr reaches the driver's terminal
+    print(f"warning: {e}; rebuilding it", file=sys.stderr, flush=True)
 
 
 def open_store(where: str) -> Store:
@@ -235,17 +264,23 @@ class FsspecStore(Store):
 
         tensors_path, meta_path = self._fs_paths(kind, key)
         if self.fs.exists(meta_path):
-            meta = json.loads(self.fs.cat_file(meta_path))
-            tensors = reloaded(meta, reload, f"{self.url}/{kind}/{key}")
-            if tensors is not None:
-                return tensors, meta
+            # no lock on an object store: a corrupt entry is rebuilt by whoever finds it, and
+            # concurrent rebuilders write the same bytes (the key is content-addressed)
             try:
-                tensors = load(self.fs.cat_file(tensors_path))
-            except Exception as e:  # noqa: BLE001
-                raise CmbenchError(f"{self.url}/{kind}/{key}: unreadable cached artefact ({e}); delete it") from None
-            if content_hash(tensors) != meta["content_hash"]:
-                raise CmbenchError(f"{self.url}/{kind}/{key}: content hash does not match its sidecar; delete both")
-            return tensors, meta
+                meta = json.loads(self.fs.cat_file(meta_path))
+                meta["content_hash"]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                _warn_rebuild(CorruptArtefact(f"{self.url}/{kind}/{key}", f"unreadable sidecar ({e})"))
+            else:
+                tensors = reloaded(meta, reload, f"{self.url}/{kind}/{key}")
+                if tensors is not None:
+                    return tensors, meta
+                try:
+                    return _checked(
+                        meta, lambda: load(self.fs.cat_file(tensors_path)), f"{self.url}/{kind}/{key}"
+                    ), meta
+                except CorruptArtefact as e:
+                    _warn_rebuild(e)
         self.fs.makedirs(tensors_path.rsplit("/", 1)[0], exist_ok=True)
         tensors, meta = make()
         tensors = {k: v.detach().contiguous() for k, v in tensors.items()}

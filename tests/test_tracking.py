@@ -33,9 +33,7 @@ def _child_runs(uri, experiment):
 def _rerun_weight_average(out, uri, said):
     shutil.rmtree(Paths(out).results / "nano-merge" / "weight_average")
     t0 = time.perf_counter()
-    summary = run_suite(
-        NANO, methods=["weight_average"], out=out, executor="local", tracking_uri=uri, log=said.append
-    )
+    summary = run_suite(NANO, methods=["weight_average"], out=out, executor="local", tracking_uri=uri, log=said.append)
     return summary, time.perf_counter() - t0
 
 
@@ -131,4 +129,3 @@ def test_a_killed_runs_mlflow_runs_are_marked_killed_by_the_next(tmp_path):
     Tracker(uri, "race", log=print).close()
     children, parents = _child_runs(uri, "race")
     assert sorted(r.info.status for r in parents) == ["FINISHED", "KILLED"]
-
