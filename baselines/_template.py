@@ -11,14 +11,16 @@ and say where the code departs from the paper, and why.
 
 import torch  # noqa: F401 - most methods compute with it
 
-from cmbench.methods import Method, merge_function, register
+from cmbench.methods import Method, NonNegative, merge_function, register
 from cmbench.tensors import apply, task_vector
 
 
 # 1. A stateless method: one typed function. Keyword-only parameters are the
-#    hyperparameters (validated from their annotations when a suite names them).
+#    hyperparameters (validated from their annotations when a suite names them); a range is
+#    declared in the annotation (NonNegative, Positive, Fraction, Probability, PositiveInt, ...
+#    from cmbench.methods), and a suite value outside it is refused with its field named.
 @merge_function("my_merge", paper="<Authors> <year>, arXiv:XXXX.XXXXX")
-def my_merge(ctx, merged, incoming, *, lam: float = 0.3):
+def my_merge(ctx, merged, incoming, *, lam: NonNegative = 0.3):
     # ctx.theta0, ctx.step (1-based), ctx.num_tasks, ctx.task; never modify inputs in place
     return apply(merged, task_vector(incoming, ctx.theta0), lam)
 
@@ -32,7 +34,7 @@ class MyStatefulMerge(Method):
     settings = ("merge_stream",)  # and/or "train_then_merge"
     data_access = "none"
 
-    def __init__(self, *, lam: float = 0.5):
+    def __init__(self, *, lam: NonNegative = 0.5):
         self.lam = lam
         self.running_sum = None  # kept between steps: counted as storage
 

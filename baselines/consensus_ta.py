@@ -18,7 +18,7 @@ the paper's validation grid (no validation data is used here).
 
 import torch
 
-from cmbench.methods import Method, register
+from cmbench.methods import Method, NonNegative, PositiveInt, register
 from cmbench.tensors import apply, task_vector
 
 
@@ -27,7 +27,7 @@ class ConsensusTA(Method):
     name = "consensus_ta"
     paper = "Wang et al. 2024, arXiv:2405.07813"
 
-    def __init__(self, *, lam: float = 0.3, k: int = 2, tall_lambda: float = 0.6):
+    def __init__(self, *, lam: NonNegative = 0.3, k: PositiveInt = 2, tall_lambda: NonNegative = 0.6):
         self.lam, self.k, self.tall_lambda = lam, k, tall_lambda
         self.task_vectors = []
 

@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-from cmbench.methods import merge_function
+from cmbench.methods import Fraction, NonNegativeInt, Positive, Probability, merge_function
 
 
 def _subspace(tv: torch.Tensor, eps: float):
@@ -80,13 +80,13 @@ def dop(
     merged,
     incoming,
     *,
-    lr: float = 1e-4,
-    num_steps: int = 200,
+    lr: Positive = 1e-4,
+    num_steps: NonNegativeInt = 200,
     mgda: bool = True,
     ema: bool = True,
-    ema_beta: float = 0.999,
-    alpha: float = 0.8,
-    svd_epsilon: float = 0.99999,
+    ema_beta: Probability = 0.999,
+    alpha: Probability = 0.8,
+    svd_epsilon: Fraction = 0.99999,
     svd_proj_space: Literal["uv", "u", "v"] = "uv",
     non_leaf: Literal["theta0", "average"] = "theta0",
 ):

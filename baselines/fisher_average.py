@@ -20,7 +20,7 @@ every expert seen so far. Defaults follow FusionBench's ``fisher_merging`` for C
 """
 
 from cmbench.estimates import FisherKind, diagonal_fisher
-from cmbench.methods import Method, register
+from cmbench.methods import Method, NonNegative, PositiveInt, register
 from cmbench.tensors import norm
 
 
@@ -34,11 +34,11 @@ class FisherAverage(Method):
     def __init__(
         self,
         *,
-        n_samples: int = 256,
-        eps: float = 1e-6,
+        n_samples: PositiveInt = 256,
+        eps: NonNegative = 1e-6,
         fisher: FisherKind = "model",
         normalize: bool = True,
-        batch_size: int = 32,
+        batch_size: PositiveInt = 32,
     ):
         self.n_samples, self.eps, self.fisher, self.normalize, self.batch_size = (
             n_samples,

@@ -17,7 +17,7 @@ entry where its magnitude is ``>=`` the kept one.
 import torch
 
 from cmbench import kernels
-from cmbench.methods import Method, register
+from cmbench.methods import Method, NonNegative, register
 from cmbench.tensors import apply, task_vector
 
 
@@ -28,7 +28,7 @@ class MagMax(Method):
     settings = ("merge_stream", "train_then_merge")
     storage_kinds = {"chain": "models", "tau_max": "vectors"}
 
-    def __init__(self, *, lam: float = 0.5):
+    def __init__(self, *, lam: NonNegative = 0.5):
         self.lam = lam
         self.tau_max = None
         self.chain = None  # train then merge: the sequentially fine-tuned model θ_{t−1}

@@ -23,7 +23,7 @@ from typing import Literal
 
 import torch
 
-from cmbench.methods import Method, register
+from cmbench.methods import Method, Probability, register
 from cmbench.tensors import apply, clone, norm, task_vector
 
 
@@ -92,7 +92,7 @@ class OPCM(Method):
     name = "opcm"
     paper = "Tang et al. 2025, arXiv:2501.09522"
 
-    def __init__(self, *, alpha: float = 0.5, non_leaf: Literal["rescale", "sum"] = "rescale"):
+    def __init__(self, *, alpha: Probability = 0.5, non_leaf: Literal["rescale", "sum"] = "rescale"):
         self.alpha, self.non_leaf = alpha, non_leaf
         self.S = None  # S_t; entries that are only rescaled hold their merged task vector
         self.norms = []

@@ -35,7 +35,7 @@ from typing import Literal
 import torch
 
 from cmbench.estimates import diagonal_fisher
-from cmbench.methods import Method, register
+from cmbench.methods import Method, NonNegative, PositiveInt, Probability, register
 
 
 @register
@@ -48,15 +48,15 @@ class PerturbAndMerge(Method):
     def __init__(
         self,
         *,
-        eps: float = 0.5,
-        p0: float = 1 / 3,
-        p_plus: float = 1 / 3,
-        p_minus: float = 1 / 3,
+        eps: NonNegative = 0.5,
+        p0: Probability = 1 / 3,
+        p_plus: Probability = 1 / 3,
+        p_minus: Probability = 1 / 3,
         perturbation: Literal["task_vector", "gaussian", "none"] = "task_vector",
         alpha: Literal["global", "per_module"] = "global",
         clamp: bool = True,
         fisher_on: Literal["trainable", "all"] = "trainable",
-        fisher_samples: int = 256,
+        fisher_samples: PositiveInt = 256,
     ):
         total = p0 + p_plus + p_minus
         self.probs = torch.tensor([p0, p_plus, p_minus]) / total

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 
 from cmbench import kernels
-from cmbench.methods import merge_function
+from cmbench.methods import Fraction, NonNegative, merge_function
 from cmbench.tensors import apply, task_vector, topk_threshold
 
 
@@ -105,8 +105,8 @@ def ties_merging(
     merged,
     incoming,
     *,
-    k: float = 0.2,
-    lam: float = 0.5,
+    k: Fraction = 0.2,
+    lam: NonNegative = 0.5,
     merge_func: Literal["sum", "mean"] = "sum",
     anchor: Literal["merged", "theta0"] = "merged",
 ):

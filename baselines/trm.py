@@ -45,7 +45,7 @@ import torch
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from cmbench.methods import Method, register
+from cmbench.methods import Method, NonNegative, NonNegativeInt, Positive, PositiveInt, register
 from cmbench.lora import current_weights
 
 
@@ -60,15 +60,15 @@ class TRM(Method):
     def __init__(
         self,
         *,
-        checkpoints: int = 4,
+        checkpoints: PositiveInt = 4,
         coefficients: Literal["global", "per_layer"] = "global",
-        w_align: float = 1.0,
-        w_cons: float = 1.0,
-        w_resp: float = 0.1,
+        w_align: NonNegative = 1.0,
+        w_cons: NonNegative = 1.0,
+        w_resp: NonNegative = 0.1,
         responsiveness: Literal["jacobian", "entropy"] = "jacobian",
-        steps: int = 60,
-        lr: float = 0.05,
-        batch_size: int = 64,
+        steps: NonNegativeInt = 60,
+        lr: Positive = 0.05,
+        batch_size: PositiveInt = 64,
     ):
         self.k, self.granularity = checkpoints, coefficients
         self.w = {"align": w_align, "cons": w_cons, "resp": w_resp}

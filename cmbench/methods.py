@@ -12,6 +12,10 @@ Two ways to write one:
       def task_arithmetic(ctx, merged, incoming, *, lam: float = 0.3):
           return apply(merged, task_vector(incoming, ctx.theta0), lam)
 
+  A hyperparameter with a meaningful range declares it in its annotation with one of the
+  aliases below (``Positive``, ``Fraction``, ``PositiveInt``, ...) or any
+  ``Annotated[float, pydantic.Field(ge=..., le=...)]``.
+
 * a method that carries state across steps subclasses :class:`Method`, decorated with
   :func:`register`; its hyperparameters are the keyword-only arguments of ``__init__``.
   Whatever it keeps in attributes between steps is measured as storage.
@@ -27,14 +31,24 @@ import types
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Annotated, Any, Callable, ClassVar
 
 import torch
-from pydantic import ConfigDict, ValidationError, create_model
+from pydantic import ConfigDict, Field, ValidationError, create_model
 
 from . import CmbenchError
 from .layout import Layout
 from .tensors import StateDict
+
+# Declared ranges for hyperparameters, used as their annotations (``k: Fraction = 0.2``): a
+# suite giving a value outside is refused with the field named. They only refuse values; every
+# number is also checked finite and a boolean is never read as a number (cmbench.suite).
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(gt=0, le=1)]  # a share of entries, of energy, a shrink factor
+Probability = Annotated[float, Field(ge=0, le=1)]  # a probability or a convex weight
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
 
 SETTINGS = ("merge_stream", "train_then_merge")
 # "all_seen" is for reference rows only (multitask joint training sees every seen task's data)

@@ -130,6 +130,21 @@ def write_result(path: Path, record: dict) -> None:
         raise CmbenchError(f"{path}: cannot write result: {e.strerror}") from None
 
 
+def keep_previous_result(path: Path) -> Path | None:
+    """Before a failed job's record replaces a result that was computed (for other inputs: a
+    changed suite or code), move that result aside as ``NAME.json.previous``: a failure never
+    loses a computed result, and the report, which reads ``*.json``, does not show it as current."""
+    try:
+        ok = json.loads(path.read_text()).get("status") == "ok"
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not ok:
+        return None
+    kept = path.with_name(path.name + ".previous")
+    os.replace(path, kept)
+    return kept
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(
@@ -809,7 +824,11 @@ def _run(
                     "inputs": job_inputs(suite, job),
                     "traceback": "".join(traceback.format_exception(err))[-4000:],
                 }
-                log(f"job failed: {job.label} seed={job.seed} order={job.order_index}: {_error_line(err)}")
+                kept = keep_previous_result(path)
+                log(
+                    f"job failed: {job.label} seed={job.seed} order={job.order_index}: {_error_line(err)}"
+                    + (f" (its earlier result is kept as {kept})" if kept else "")
+                )
             if lock and record.get("downloads"):
                 pins.merge(lock[0], lock[1], record.pop("downloads"))
             record.update(hparam_source=(sources or {}).get(job.label, {"kind": "suite"}))

@@ -502,7 +502,7 @@ class Suite(Strict):
             if self.setting not in cls.settings:
                 raise _FieldError(f"methods.{i}.name", f"{m.name} supports {cls.settings}, not {self.setting}")
             try:
-                m.hparams = methods_mod.validate_hparams(cls, m.hparams)
+                m.hparams = _plain_hparams(cls, m.hparams)
             except methods_mod.HparamError as e:
                 field, msg = e.errors[0]
                 raise _FieldError(f"methods.{i}.hparams.{field}", msg)
@@ -525,7 +525,7 @@ class Suite(Strict):
                     raise _FieldError(f"methods.{i}.search.{hp}", "give at least one value")
                 for v in values:
                     try:
-                        methods_mod.validate_hparams(cls, {**m.hparams, hp: v})
+                        _plain_hparams(cls, {**m.hparams, hp: v})
                     except methods_mod.HparamError as e:
                         raise _FieldError(f"methods.{i}.search.{hp}", e.errors[0][1])
         return self
@@ -574,6 +574,21 @@ class Suite(Strict):
             if perm not in out:
                 out.append(perm)
         return out or [names]
+
+
+def _plain_hparams(cls, given: dict) -> dict:
+    """The method's hyperparameters validated against its signature and the ranges it declares
+    (``Annotated[float, Field(gt=0, le=1)]``), plus two rules for every method: a number is
+    finite, and a boolean is not taken for a number (pydantic's lax mode reads ``true`` as 1)."""
+    from .methods import HparamError, validate_hparams
+
+    full = validate_hparams(cls, given)
+    for k, v in given.items():
+        if isinstance(v, bool) and not isinstance(full.get(k), bool):
+            raise HparamError([(k, f"a number is meant, not a boolean (got {v!r})")])
+        if isinstance(full.get(k), float) and not math.isfinite(full[k]):
+            raise HparamError([(k, f"must be a finite number (got {full[k]!r})")])
+    return full
 
 
 class _FieldError(ValueError):

@@ -170,6 +170,16 @@ HOSTILE = {
         "name: x\nbackbone: {embed_dim: 1099511627776}\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\n"
     ),
     "heads scale inf": "name: x\nheads: {scale: .inf}\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\n",
+    # method hyperparameters: the ranges the method declares, finiteness, no boolean for a number
+    "ties k nan": "name: x\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties, hparams: {k: .nan}}]\n",
+    "ties k negative": "name: x\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties, hparams: {k: -0.5}}]\n",
+    "ties k 1e300": "name: x\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties, hparams: {k: 1.0e300}}]\n",
+    "lam inf": "name: x\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: magmax, hparams: {lam: .inf}}]\n",
+    "lam bool": "name: x\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: magmax, hparams: {lam: true}}]\n",
+    "dop steps -1": "name: x\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: dop, hparams: {num_steps: -1}}]\n",
+    "search nan": (
+        "name: x\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties, search: {k: [0.1, .nan]}}]\n"
+    ),
     "alias bomb": "\n".join(
         ["a: &a [x,x,x,x,x,x,x,x,x]"]
         + [f"l{i}: &l{i} [" + ",".join(["*" + ("a" if i == 1 else f"l{i - 1}")] * 9) + "]" for i in range(1, 9)]

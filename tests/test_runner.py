@@ -415,3 +415,28 @@ def test_tracker_ends_its_parent_run_even_when_the_leaderboard_fails(tmp_path, m
     t.close(results_dir=tmp_path)
     assert MlflowClient(tracking_uri=uri).get_run(t.parent_id).info.status == "FINISHED"
     assert any("ZeroDivisionError" in line for line in lines)
+
+
+def test_a_failed_rerun_keeps_the_result_it_would_replace(nano_copy):
+    """A job recomputed (--force, or after its inputs changed) that fails does not lose the
+    result it was to replace: that one is kept as NAME.json.previous, out of the report."""
+    path = Paths(nano_copy).results / "nano-merge" / "weight_average" / "seed0-order0.json"
+    before = json.loads(path.read_text())
+    said: list[str] = []
+    summary = run_suite(
+        NANO,
+        methods=["weight_average"],
+        seeds=1,
+        orders=1,
+        out=nano_copy,
+        executor="local",
+        force=True,
+        job_time_limit=0.001,
+        log=said.append,
+    )
+    assert summary["failed"] == 1
+    assert json.loads(path.read_text())["status"] == "failed"
+    kept = path.with_name(path.name + ".previous")
+    assert json.loads(kept.read_text())["R"] == before["R"]
+    assert any("kept as" in s for s in said)
+    assert not [r for r in load_results(Paths(nano_copy).results) if r["_path"].endswith(".previous")]
