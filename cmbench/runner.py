@@ -634,13 +634,15 @@ def run_suite(
     if not todo:
         return {"jobs": len(jobs), "skipped": skipped, "ran": 0, "failed": 0}
 
-    try:  # fail before computing anything if results cannot be written
-        paths.results.mkdir(parents=True, exist_ok=True)
-        paths.cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=paths.results):
-            pass
-    except OSError as e:
-        raise CmbenchError(f"{paths.results}: not writable ({e.strerror}); use --out DIR") from None
+    for where in (paths.results, paths.cache):  # fail before computing anything if either cannot be written
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=where):
+                pass
+        except OSError as e:
+            blocked = next((p for p in (where, *where.parents) if p.exists() and not p.is_dir()), None)
+            why = f"{blocked} is a file, not a directory" if blocked else e.strerror
+            raise CmbenchError(f"{where}: not writable ({why}); use another --out DIR") from None
     lock = FileLock(str(paths.cache.parent / f"{suite.name}.run.lock"))
     try:
         lock.acquire(timeout=0)

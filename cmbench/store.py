@@ -27,10 +27,29 @@ from .measure import measured
 from .tensors import StateDict, content_hash
 
 
+def _umask() -> int:
+    """The process's umask (read without changing it where Linux says it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner only; a written file gets the mode any new
+# file of the user gets (a store shared by a group or a cluster is readable by it)
+FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
@@ -66,6 +85,7 @@ def write_tensors(path: Path, tensors: StateDict) -> None:
     os.close(fd)
     try:
         save_file(tensors, tmp)
+        os.chmod(tmp, FILE_MODE)  # after: safetensors writes the file anew
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

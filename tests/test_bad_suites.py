@@ -1,48 +1,55 @@
 """Property-based: every malformed suite gets a one-line CmbenchError naming the file (and a
-field), never another exception."""
+field), never another exception, never a hang, and nothing written outside --out.
 
+Mutations of every shipped suite (types, ranges, non-finite values, names with path
+separators and control characters, duplicate keys, aliases, impossible orders), each checked
+in-process through the CLI's entry point (``cmbench run FILE --dry-run``); the hostile cases
+below also as real ``cmbench`` subprocesses."""
+
+import contextlib
 import copy
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cmbench import CmbenchError
+from cmbench.cli import main
 from cmbench.suite import load_suite
 
-from .conftest import NANO
+from .conftest import REPO
 
-BASE = yaml.safe_load(NANO.read_text())
-PATHS = [
-    ("name",),
-    ("setting",),
-    ("seeds",),
-    ("data_seed",),
-    ("backbone", "embed_dim"),
-    ("backbone", "kind"),
-    ("pretrain", "epochs"),
-    ("pretrain", "recipe"),
-    ("tasks",),
-    ("tasks", 0, "dataset"),
-    ("tasks", 0, "name"),
-    ("tasks", 1, "params"),
-    ("heads", "kind"),
-    ("heads", "shots"),
-    ("experts", "finetune", "lr"),
-    ("experts", "finetune", "batch_size"),
-    ("orders", "explicit"),
-    ("orders", "random"),
-    ("methods",),
-    ("methods", 0, "name"),
-    ("methods", 1, "hparams", "lam"),
-    ("methods", 2, "hparams", "k"),
-    ("evaluation", "batch_size"),
-]
+BASES = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((REPO / "suites").glob("*.yaml"))}
+
+
+def _leaf_paths(node, prefix=()):
+    """Every path into a suite (dict keys and list indices), containers included."""
+    out = [prefix] if prefix else []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out += _leaf_paths(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node[:3]):  # the first few entries of long lists
+            out += _leaf_paths(v, prefix + (i,))
+    return out
+
+
+PATHS = {name: _leaf_paths(d) for name, d in BASES.items()}
+NAME_FIELDS = {name: [p for p in PATHS[name] if p[-1] in ("name", "label")] for name in BASES}
+BAD_NAMES = ["../x", "a/b", "..", "x\x00y", "tab\there", "\x1b[31mred", "line\nbreak", "a" * 300, " ", ".hidden", ""]
 junk = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(-(10**6), -1),
+    st.integers(2**31, 2**70),
     st.floats(allow_nan=True),
+    st.sampled_from([float("nan"), float("inf"), -float("inf"), 1e308, 0, 0.0, -0.0]),
     st.text(max_size=12),
     st.lists(st.integers(), max_size=3),
     st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
@@ -61,68 +68,102 @@ def _del(d, path):
     del d[path[-1]]
 
 
+base = st.sampled_from(sorted(BASES))
 mutation = st.one_of(
-    st.tuples(st.just("set"), st.sampled_from(PATHS), junk),
+    base.flatmap(lambda b: st.tuples(st.just("set"), st.just(b), st.sampled_from(PATHS[b]), junk)),
+    base.flatmap(lambda b: st.tuples(st.just("del"), st.just(b), st.sampled_from(PATHS[b]), st.none())),
+    base.flatmap(
+        lambda b: st.tuples(
+            st.just("name"), st.just(b), st.sampled_from(NAME_FIELDS[b] or [("name",)]), st.sampled_from(BAD_NAMES)
+        )
+    ),
+    base.flatmap(
+        lambda b: st.tuples(
+            st.just("unknown_key"),
+            st.just(b),
+            st.sampled_from([(), ("backbone",), ("methods", 0), ("tasks", 0)]),
+            st.text(min_size=1, max_size=8),
+        )
+    ),
+    st.tuples(st.just("duplicate_key"), base, st.sampled_from(["name", "tasks", "methods", "seeds"]), st.none()),
+    st.tuples(st.just("alias"), base, st.integers(6, 12), st.none()),
     st.tuples(
-        st.just("del"),
-        st.sampled_from([p for p in PATHS if p[-1] not in (0, 1, 2)] + [("tasks",), ("methods",)]),
+        st.just("order"),
+        base,
+        st.one_of(
+            st.lists(st.sampled_from(["bars", "nope", "", "g0", "sun397"]), max_size=5),
+            st.integers(10**5, 10**9),
+        ),
         st.none(),
     ),
-    st.tuples(
-        st.just("unknown_key"),
-        st.sampled_from([(), ("backbone",), ("heads",), ("methods", 0)]),
-        st.text(min_size=1, max_size=8),
-    ),
-    st.tuples(
-        st.just("order"), st.lists(st.sampled_from(["bars", "quadrant", "dots", "cars", ""]), max_size=5), st.none()
-    ),
-)
-raw_text = st.one_of(
-    st.binary(max_size=200).map(lambda b: b"\xff\xfe" + b),
-    st.text(max_size=200),
-    st.just("x" * 2_000_000),
-    st.just("a: [1, 2\n"),
-    st.just("- just\n- a list\n"),
 )
 
 
 def _mutated(m) -> str | None:
-    d = copy.deepcopy(BASE)
-    kind, path, value = m
-    if kind == "set":
+    kind, name, path, value = m
+    d = copy.deepcopy(BASES[name])
+    if kind in ("set", "name"):
         _set(d, path, value)
     elif kind == "del":
         _del(d, path)
     elif kind == "unknown_key":
         target = d
-        for p in path:
-            target = target[p]
-        if value in target:
+        try:
+            for p in path:
+                target = target[p]
+        except (KeyError, IndexError, TypeError):
+            return None
+        if not isinstance(target, dict) or value in target:
             return None
         target[value] = 1
-    else:
-        d["orders"]["explicit"] = [path]
-        if sorted(path) == sorted(["bars", "quadrant", "dots"]):
-            return None
+    elif kind == "duplicate_key":
+        return yaml.safe_dump(d) + yaml.safe_dump({path: d.get(path, [1])})
+    elif kind == "alias":  # a billion-laughs bomb inside the first task's params
+        lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+        lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, path)]
+        d["tasks"][0]["params"] = "@BOMB@"
+        return "\n".join(lines) + "\n" + yaml.safe_dump(d).replace("'@BOMB@'", f"*a{path - 1}")
+    else:  # impossible orders: unknown or repeated names, or more random orders than exist
+        d["orders"] = {"explicit": [path]} if isinstance(path, list) else {"random": path, "explicit": []}
     return yaml.safe_dump(d)
 
 
 TRIED = {"n": 0}
 
 
-@settings(max_examples=520, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+def _cli_refuses(path: Path, out: Path) -> str:
+    """``cmbench run PATH --dry-run --out OUT`` in-process: its exit status and stderr."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = main(["run", str(path), "--dry-run", "--out", str(out)])
+    return rc, err.getvalue()
+
+
+@settings(max_examples=560, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(mutation)
 def test_mutated_suites_fail_cleanly(tmp_path_factory, m):
     text = _mutated(m)
     if text is None:
         return
-    path = tmp_path_factory.mktemp("s") / "suite.yaml"
+    where = tmp_path_factory.mktemp("s")
+    path = where / "suite.yaml"
     path.write_text(text)
+    t0 = time.perf_counter()
     try:
         load_suite(path)
     except CmbenchError as e:
         msg = str(e)
-        assert msg.startswith(f"{path}: ") and "\n" not in msg and len(msg.split(": ")) >= 3
+        assert msg.startswith(f"{path}: ") and "\n" not in msg and len(msg.split(": ")) >= 3, msg
+        assert time.perf_counter() - t0 < 5, (m, msg)
+        # the same refusal through the CLI: exit 2, that one line, nothing written
+        cwd = os.getcwd()
+        os.chdir(where)
+        try:
+            rc, err = _cli_refuses(path, where / "out")
+        finally:
+            os.chdir(cwd)
+        assert rc == 2 and err == f"cmbench: error: {msg}\n", (rc, err)
+        assert sorted(p.name for p in where.iterdir()) == ["suite.yaml"]
         TRIED["n"] += 1
         return
     # a mutation that happens to be valid (e.g. a junk value that is allowed) must load fully
@@ -132,7 +173,15 @@ def test_mutated_suites_fail_cleanly(tmp_path_factory, m):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-@given(raw_text)
+@given(
+    st.one_of(
+        st.binary(max_size=200).map(lambda b: b"\xff\xfe" + b),
+        st.text(max_size=200),
+        st.just("x" * 2_000_000),
+        st.just("a: [1, 2\n"),
+        st.just("- just\n- a list\n"),
+    )
+)
 def test_raw_garbage_fails_cleanly(tmp_path_factory, blob):
     path = tmp_path_factory.mktemp("s") / "suite.yaml"
     path.write_bytes(blob if isinstance(blob, bytes) else blob.encode())
@@ -224,3 +273,32 @@ def test_unknown_task_param_is_named(tmp_path):
         r"allowed: n_train, n_val, n_test, noise",
     ):
         load_suite(f)
+
+
+def test_hostile_suites_as_real_cmbench_subprocesses(tmp_path):
+    """Each hostile suite through the installed `cmbench` command, from an empty directory:
+    exit 2, one line naming the file, no traceback, within a few seconds, nothing written."""
+    exe = Path(sys.executable).with_name("cmbench")
+    slowest = 0.0
+    for i, (what, text) in enumerate(HOSTILE.items()):
+        where = tmp_path / f"case{i}"
+        where.mkdir()
+        (where / "s.yaml").write_text(text)
+        t0 = time.perf_counter()
+        p = subprocess.run(
+            [str(exe), "run", "s.yaml", "--dry-run", "--out", "out"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        slowest = max(slowest, time.perf_counter() - t0)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("cmbench: error: s.yaml: "), (
+            what,
+            p.stderr,
+        )
+        assert "Traceback" not in p.stderr + p.stdout, what
+        assert sorted(x.name for x in where.iterdir()) == ["s.yaml"], what
+        assert time.perf_counter() - t0 < 10, what
+    print(f"\n{len(HOSTILE)} hostile suites refused by the cmbench command; slowest {slowest:.1f} s")

@@ -11,12 +11,12 @@ import pytest
 from .conftest import REPO
 
 HALFWAY = '''"""Half-way merge (test):  M_t = M_{t-1} + lam * (theta_t - M_{t-1})."""
-from cmbench.methods import merge_function
+from cmbench.methods import Probability, merge_function
 from cmbench.tensors import shift
 
 
 @merge_function("halfway", paper="test")
-def halfway(ctx, merged, incoming, *, lam: float = 0.5):
+def halfway(ctx, merged, incoming, *, lam: Probability = 0.5):
     return shift(merged, incoming, merged, lam)
 '''
 

@@ -251,8 +251,13 @@ def test_second_run_on_the_same_output_is_refused_and_unwritable_dir_is_named(na
     ro = tmp_path / "ro"
     ro.mkdir()
     (ro / "results").write_text("a file where the results folder should be")
-    with __import__("pytest").raises(CmbenchError, match="not writable"):
+    with __import__("pytest").raises(CmbenchError, match="results is a file, not a directory"):
         run_suite(NANO, out=ro, executor="local", **QUIET)
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / ".cmbench").write_text("a file where the cache folder should be")
+    with __import__("pytest").raises(CmbenchError, match=r"\.cmbench is a file, not a directory"):
+        run_suite(NANO, out=blocked, executor="local", **QUIET)
 
 
 def test_mlflow_parent_and_nested_runs(nano_run):

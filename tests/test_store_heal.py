@@ -95,3 +95,20 @@ def test_a_run_whose_theta0_was_damaged_rebuilds_it_and_finishes(nano_copy, caps
     summary = run_suite(NANO, methods=["weight_average"], out=nano_copy, executor="local", log=lambda s: None)
     assert summary["ran"] == 4 and summary["failed"] == 0
     assert "rebuilding it" in capsys.readouterr().err
+
+
+def test_written_files_get_the_users_default_mode(tmp_path):
+    """Cache and result files are not owner-only (mkstemp's 0600): a store shared by a group
+    or a cluster must be readable by it. The mode is what umask gives any new file."""
+    import os
+
+    from cmbench.store import FILE_MODE, atomic_write_bytes, write_tensors
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert FILE_MODE == 0o666 & ~mask
+    atomic_write_bytes(tmp_path / "r.json", b"{}")
+    write_tensors(tmp_path / "t.safetensors", {"w": torch.ones(2)})
+    Store(tmp_path / "cache").get_or_make("theta0", "k", _make(tmp_path / "builds"))
+    for f in [tmp_path / "r.json", tmp_path / "t.safetensors", *(tmp_path / "cache" / "theta0").glob("k.*")]:
+        assert f.stat().st_mode & 0o777 == FILE_MODE, f

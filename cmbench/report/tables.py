@@ -18,12 +18,18 @@ from collections import defaultdict
 import numpy as np
 
 
-def _ms(values):
-    """(mean, sample std or None for one value, n) in %, or None without values."""
-    v = np.array([x for x in values if x is not None and x == x], dtype=float) * 100
-    if v.size == 0:
+def _ms(pairs):
+    """(mean, sample std or None for one value, n, {job: value}) in %, or None without values;
+    ``pairs`` are (job, value) with job = (seed, order index)."""
+    by_job = {job: float(x) * 100 for job, x in pairs if x is not None and x == x}
+    if not by_job:
         return None
-    return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else None), int(v.size)
+    v = np.array(list(by_job.values()))
+    return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else None), int(v.size), by_job
+
+
+def _job(r: dict) -> tuple:
+    return (r["seed"], r["order_index"])
 
 
 def _published(rs: list[dict]) -> str | None:
@@ -33,14 +39,23 @@ def _published(rs: list[dict]) -> str | None:
 
 
 def _rank_marks(column: list[tuple | str | None]) -> list[str]:
-    means = sorted({c[0] for c in column if isinstance(c, tuple)}, reverse=True)
+    """Best and second per column, compared on the jobs every ranked row has: a row with fewer
+    jobs is compared with the others on its own jobs only (means over other jobs differ by
+    the jobs, not by the methods)."""
+    cells = [c for c in column if isinstance(c, tuple)]
+    shared = set.intersection(*(set(c[3]) for c in cells)) if cells else set()
+
+    def score(c):
+        return float(np.mean([c[3][j] for j in sorted(shared)])) if shared else c[0]
+
+    means = sorted({score(c) for c in cells}, reverse=True)
     out = []
     for c in column:
         if not isinstance(c, tuple):
             out.append("")
-        elif means and c[0] == means[0]:
+        elif means and score(c) == means[0]:
             out.append("best")
-        elif len(means) > 1 and c[0] == means[1]:
+        elif len(means) > 1 and score(c) == means[1]:
             out.append("second")
         else:
             out.append("")
@@ -77,7 +92,8 @@ def _render(title: str, header: list[str], rows: list[str], cols: list[list], fm
                     cells += [c.split(" ± ")[0] if isinstance(c, str) else "", "", ""]
             w.writerow([title, r, *cells])
         return buf.getvalue()
-    # a row with fewer jobs than the suite's fullest row is marked with its n
+    # a row with fewer jobs than the suite's fullest row is marked with its n (and ranked on the
+    # jobs it shares with the others: _rank_marks)
     n_of = [max((c[2] for c in (col[i] for col in cols) if isinstance(c, tuple)), default=0) for i in range(len(rows))]
     full = max(n_of, default=0)
     rows = [f"{r} (n = {n} of {full})" if 0 < n < full else r for r, n in zip(rows, n_of)]
@@ -111,12 +127,14 @@ def stream_table(recs: list[dict], fmt: str, methods: list[str] | None = None) -
         labels = sorted({r["label"] for r in rs if not methods or r["label"] in methods or r["method"] in methods})
         cols = []
         for t in tasks:
-            cols.append([_ms([r["R"][-1][r["tasks"].index(t)] for r in rs if r["label"] == lb]) for lb in labels])
-        cols.append([_ms([r["metrics"]["ACC"] for r in rs if r["label"] == lb]) for lb in labels])
+            cols.append(
+                [_ms([(_job(r), r["R"][-1][r["tasks"].index(t)]) for r in rs if r["label"] == lb]) for lb in labels]
+            )
+        cols.append([_ms([(_job(r), r["metrics"]["ACC"]) for r in rs if r["label"] == lb]) for lb in labels])
         pub = [_published([r for r in rs if r["label"] == lb]) for lb in labels]
         if any(pub):  # the published final ACC of the same row (cmbench.published), unranked
             cols.append(pub)
-        cols.append([_ms([r["metrics"]["BWT"] for r in rs if r["label"] == lb]) for lb in labels])
+        cols.append([_ms([(_job(r), r["metrics"]["BWT"]) for r in rs if r["label"] == lb]) for lb in labels])
         header = ["Method", *tasks, "Avg", *(["Avg (published)"] if any(pub) else []), "BWT"]
         out.append(_render(f"{suite}: final accuracy per task (%)", header, labels, cols, fmt))
     return "\n".join(out)
@@ -147,7 +165,9 @@ def benchmarks_table(
     for s in suites:
         for k, name in ((0, "Final"), (1, "AAA")):
             header.append(f"{s} {name}")
-            cols.append([_ms([_headline(r)[k] for r in ok if r["suite"] == s and r["label"] == lb]) for lb in labels])
+            cols.append(
+                [_ms([(_job(r), _headline(r)[k]) for r in ok if r["suite"] == s and r["label"] == lb]) for lb in labels]
+            )
             pub = [_published([r for r in ok if r["suite"] == s and r["label"] == lb]) for lb in labels]
             if k == 0 and any(pub):  # the published final accuracy beside ours, unranked
                 header.append(f"{s} Final (published)")
