@@ -270,6 +270,9 @@ def _record_common(suite: Suite, job: Job, method, store: Store) -> dict[str, An
         "hparams": dict(job.hparams),
         "method_source_hash": job.method_hash,
         "lora": json.loads(job.lora) if job.lora else None,
+        # the method's own training fields over the suite's (shown by the report); the recipe
+        # they give is keyed under inputs.training
+        **({"training": json.loads(job.training)} if job.training else {}),
         "paper": cls.paper,
         "data_access": cls.data_access,
         "reconstruction": cls.reconstruction,

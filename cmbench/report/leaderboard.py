@@ -306,6 +306,9 @@ def hparam_text(label: str, rs: list[dict], first_of: dict) -> str:
     lora = rs[0].get("lora")
     if lora:
         hp = f"LoRA rank {lora['rank']} on {'/'.join(lora['targets'])}" + (f"; {hp}" if hp else "")
+    own = rs[0].get("training")
+    if own:  # the method's own training recipe fields (e.g. a full-parameter lr)
+        hp = "training " + ", ".join(f"{k}={v}" for k, v in sorted(own.items())) + (f"; {hp}" if hp else "")
     hp = hp or "–"
     src = rs[0].get("hparam_source") or {"kind": "suite"}
     return hp + (
