@@ -28,14 +28,17 @@ from cmbench.methods import Fraction, NonNegativeInt, Positive, Probability, mer
 
 
 def _subspace(tv: torch.Tensor, eps: float):
+    """Σ Uᵀ, V and Σ of τ = U Σ Vᵀ truncated to the energy fraction ε (the factors of the loss,
+    computed once per matrix: the products are the reference's, in its order)."""
     u, s, vh = torch.linalg.svd(tv, full_matrices=True)
     r = int(torch.searchsorted(s.cumsum(0) / s.sum(), torch.tensor(min(eps, 1.0), dtype=s.dtype, device=s.device)))
-    return u[:, :r], s[:r], vh.T[:, :r]
+    u, s, v = u[:, :r], s[:r], vh.T[:, :r]
+    return torch.diag(s) @ u.T, v, torch.diag(s)
 
 
-def _loss(delta, u, s, v, space):
-    lu = torch.linalg.matrix_norm(torch.diag(s) @ u.T @ delta) ** 2
-    lv = torch.linalg.matrix_norm(delta @ v @ torch.diag(s)) ** 2
+def _loss(delta, su, v, sdiag, space):
+    lu = torch.linalg.matrix_norm(su @ delta) ** 2
+    lv = torch.linalg.matrix_norm(delta @ v @ sdiag) ** 2
     return {"uv": lu + lv, "u": lu, "v": lv}[space]
 
 
@@ -56,18 +59,18 @@ def optimise(w0, w_merged, w_new, *, lr, num_steps, mgda, ema, ema_beta, alpha, 
     opt = torch.optim.Adam([W], lr=lr)
     weights = [alpha, 1 - alpha]
     for _ in range(num_steps):
+        losses = [_loss(W - t, *sub, space) for t, sub in zip(targets, subspaces)]
         if mgda:
             grads = []  # each normalised by its loss value ("loss" gradient normaliser)
-            for target, (u, s, v) in zip(targets, subspaces):
-                loss_i = _loss(W - target, u, s, v, space)
-                (g,) = torch.autograd.grad(loss_i, W)
+            for loss_i in losses:
+                (g,) = torch.autograd.grad(loss_i, W, retain_graph=True)
                 # (the reference divides by a zero loss when W already equals W_i: NaN; a
                 # zero loss has a zero gradient, which we keep instead)
                 grads.append(g.flatten() / max(float(loss_i.detach()), 1e-30))
             gamma = min_norm_2(grads[0], grads[1])
             sol = [gamma, 1 - gamma]
             weights = [ema_beta * w + (1 - ema_beta) * s_ for w, s_ in zip(weights, sol)] if ema else sol
-        total = sum(w * _loss(W - t, *sub, space) for w, t, sub in zip(weights, targets, subspaces))
+        total = sum(w * loss_i for w, loss_i in zip(weights, losses))  # the same graph: one forward
         opt.zero_grad()
         total.backward()
         opt.step()
