@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 demo: $(STAMP)
-	# computes: the quick suite from scratch in .demo/ (every data-free merge, ~5 min on 2 cores),
+	# computes: the quick suite from scratch in .demo/ (every data-free merge, ~100 s on 2 cores),
 	# its leaderboard next to it, then the committed leaderboard.md and plots/ re-rendered
 	rm -rf .demo
 	$(BIN)/cmbench run suites/quick-merge.yaml --out .demo
