@@ -21,11 +21,15 @@ from hypothesis import strategies as st
 
 from cmbench import CmbenchError
 from cmbench.cli import main
+from cmbench.methods import discover
 from cmbench.suite import load_suite
 
 from .conftest import REPO
 
 BASES = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((REPO / "suites").glob("*.yaml"))}
+# the method registry (torch and every baseline) is imported once, here: the per-suite bound
+# below is for the checks; the cold cost is what the subprocess test measures
+discover()
 
 
 def _leaf_paths(node, prefix=()):
