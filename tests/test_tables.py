@@ -32,3 +32,11 @@ def test_a_partial_row_is_marked_and_ranked_on_shared_jobs():
     assert not avg["steady"].startswith(("**", "<u>"))
     csv = render_table(recs, "stream", "csv")
     assert "partial" in csv and ",80.0000,,1," in csv
+
+
+def test_the_leaderboard_compares_a_partial_row_on_its_own_jobs():
+    from cmbench.report.leaderboard import shared_job_comparisons
+
+    recs = [_rec("steady", s, 0.6) for s in range(3)] + [_rec("lucky", s, a) for s, a in enumerate((0.5, 0.5, 0.9))]
+    by_label = {"steady": recs[:3], "lucky": recs[3:], "partial": [_rec("partial", 2, 0.8)]}
+    assert shared_job_comparisons(by_label, 3) == ["partial 80.0 vs lucky 90.0 (best full row there)"]

@@ -138,12 +138,18 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = []
     first_of = {}  # method -> its first row's label and hyperparameters (the base for long lists)
+    # rows with fewer jobs than the fullest row are marked, ranked after the full rows, and
+    # compared with them on their own jobs only (a note under the table)
+    full = max((len(rs) for rs in by_label.values()), default=0)
     for label, rs in by_label.items():
         acc_mean = _stat([r["metrics"]["ACC"] for r in rs])[0]
         hp = hparam_text(label, rs, first_of)
         name = (
             label + (" †" if rs[0].get("reconstruction") else "") + (" ‡" if rs[0].get("R_final_before_finish") else "")
         )
+        partial = len(rs) < full
+        if partial:
+            name += f" (n = {len(rs)} of {full})"
         reference = rs[0].get("data_access") == "all_seen"
         cells = [f"*{name}* (reference)" if reference else name, str(len(rs))]
         for col in cols:
@@ -157,8 +163,8 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
             cells.append(f"{_stat([np.mean(r['start_grad_norm']) for r in rs])[0]:.3g}")
         cells.append(f"{_stat([r['timings']['merge_total_s'] for r in rs])[0]:.3f}")
         cells.append(hp)
-        rows.append((reference, -acc_mean, label, cells))
-    for _, _, _, cells in sorted(rows):
+        rows.append((reference, partial, -acc_mean, label, cells))
+    for *_, cells in sorted(rows):
         lines.append("| " + " | ".join(cells) + " |")
 
     # reference rows of the merge stream, set apart: θ0 (row 0 of R) and the experts (E)
@@ -179,6 +185,9 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
             + " | ".join(blank[:-1] + ["100.0 ± 0.0"] + ref_pub["experts"])
             + f" | {pad} |"
         )
+    shared = shared_job_comparisons(by_label, full)
+    if shared:  # under the table, after its reference rows
+        lines += ["", "Rows with fewer jobs, compared on their own jobs: " + "; ".join(shared) + "."]
     if pub_cols:
         sources = sorted({p["source"] for p in [*pub.values(), *pub_refs.values()]})
         lines += [
@@ -288,6 +297,27 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
             links.append(f"[{title}]({rel}) ([SVG]({rel[:-4]}.svg))")
         lines += ["Plots: " + " · ".join(links), ""]
     return lines
+
+
+def shared_job_comparisons(by_label: dict[str, list[dict]], full: int) -> list[str]:
+    """For each row with fewer jobs than ``full``: its mean ACC and the best full row's on the
+    same (seed, order) jobs, the only comparison its mean supports."""
+    job = lambda r: (r["seed"], r["order_index"])  # noqa: E731
+    full_rows = {
+        lb: {job(r): r["metrics"]["ACC"] for r in rs}
+        for lb, rs in by_label.items()
+        if len(rs) == full and rs[0].get("data_access") != "all_seen"
+    }
+    out = []
+    for label, rs in sorted(by_label.items()):
+        if len(rs) >= full or not full_rows:
+            continue
+        jobs = sorted({job(r) for r in rs})
+        on_jobs = {lb: np.mean([v[j] for j in jobs if j in v]) for lb, v in full_rows.items()}
+        best = max(on_jobs, key=lambda lb: on_jobs[lb])
+        own = np.mean([r["metrics"]["ACC"] for r in rs])
+        out.append(f"{label} {100 * own:.1f} vs {best} {100 * on_jobs[best]:.1f} (best full row there)")
+    return out
 
 
 def hparam_text(label: str, rs: list[dict], first_of: dict) -> str:
