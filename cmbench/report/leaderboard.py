@@ -407,7 +407,8 @@ def paired_section(by_label: dict[str, list[dict]], ref: str) -> list[str]:
         ]
         if d:
             m, sd, n = _stat(d)
-            rows.append((-m, label, f"| {label} | {100 * m:+.1f} ± {100 * sd:.1f} | {sum(x > 0 for x in d)}/{n} |"))
+            spread = f" ± {100 * sd:.1f}" if n > 1 else ""  # one pair has no spread to show
+            rows.append((-m, label, f"| {label} | {100 * m:+.1f}{spread} | {sum(x > 0 for x in d)}/{n} |"))
     return lines + [row for *_, row in sorted(rows)] + [""]
 
 
