@@ -80,7 +80,11 @@ class Tracker:
     # -- the thread and its bound ---------------------------------------------------------------
     def _work(self) -> None:
         while True:
-            fn, fut = self._queue.get()
+            item = self._queue.get()
+            if item is None:  # closed: the thread ends
+                self._queue.task_done()
+                return
+            fn, fut = item
             try:
                 if self.enabled:
                     import mlflow  # on this thread: the run does not wait for the import
@@ -216,6 +220,7 @@ class Tracker:
         done = self.wait()
         if board is not None and done:
             board.cleanup()
+        self._queue.put(None)  # a thread stuck in a call never takes it: it stays, as a daemon
         return done
 
 

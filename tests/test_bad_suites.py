@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -279,6 +280,7 @@ def test_unknown_task_param_is_named(tmp_path):
         load_suite(f)
 
 
+@pytest.mark.slow  # 20 cold interpreters, ~26 s: the in-process checks above are the fast part
 def test_hostile_suites_as_real_cmbench_subprocesses(tmp_path):
     """Each hostile suite through the installed `cmbench` command, from an empty directory:
     exit 2, one line naming the file, no traceback, within a few seconds, nothing written."""

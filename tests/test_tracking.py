@@ -54,7 +54,7 @@ def _refused_port() -> str:
     return f"http://127.0.0.1:{port}"  # closed again: connections are refused
 
 
-@pytest.mark.parametrize("server", ["refused", "silent"])
+@pytest.mark.parametrize("server", ["refused", pytest.param("silent", marks=pytest.mark.slow)])  # each ~20 s
 def test_a_down_or_hung_tracker_costs_the_run_at_most_its_bound(nano_copy, tmp_path, server, request):
     """The same jobs with a working SQLite store, then with MLflow down (refused port) or hung
     (accepts, never answers): results complete, one warning, wall time within 15 s of the
