@@ -27,8 +27,8 @@ demo: $(STAMP)
 	@echo "demo: .demo/leaderboard.md and .demo/plots/ (this run); leaderboard.md, plots/ and site/index.html (committed results);"
 	@echo "      MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///.demo/.cmbench/mlflow.db"
 
-# CI budget (README, "Tests and the CI budget"): `test` under 10 min on a fresh clone of a
-# 2-core machine, install included; `.ci/run` (test, then test-slow) under 45 min.
+# CI budget (README, "Tests and the CI budget"): `test` under 12 min on a fresh clone of a
+# 2-core machine, install included; `.ci/run` (test, then test-slow) well under CI's 90 min.
 test: lint typecheck
 	$(BIN)/python -m pytest -q
 
