@@ -49,6 +49,11 @@ def load_results(results_dir: str | Path, include_rehearsal: bool = False, check
     return out
 
 
+def job_of(rec: dict) -> tuple[int, int]:
+    """Which job of its row a result is: (seed, order index). Rows are compared job by job."""
+    return (rec["seed"], rec["order_index"])
+
+
 def derived_metrics(rec: dict) -> dict[str, float]:
     acc_all = rec.get("ACC_all_steps") if rec.get("heads") == "class_incremental" else None
     return metrics.all_metrics(rec["R"], rec.get("E"), acc_all)

@@ -180,11 +180,7 @@ class Store:
 
     @staticmethod
     def _load(tensors_path: Path, meta_path: Path, reload=None) -> tuple[StateDict, dict]:
-        try:
-            meta = json.loads(meta_path.read_text())
-            meta["content_hash"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CorruptArtefact(meta_path, f"unreadable sidecar ({type(e).__name__}: {e})") from None
+        meta = _sidecar(meta_path.read_bytes, meta_path)
         tensors = reloaded(meta, reload, str(meta_path))
         if tensors is not None:
             return tensors, meta
@@ -196,6 +192,16 @@ class CorruptArtefact(CmbenchError):
 
     def __init__(self, where, why: str):
         super().__init__(f"{where}: {why}")
+
+
+def _sidecar(read: Callable[[], bytes], where) -> dict:
+    """An artefact's sidecar, read and checked to name a content hash."""
+    try:
+        meta = json.loads(read())
+        meta["content_hash"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CorruptArtefact(where, f"unreadable sidecar ({type(e).__name__}: {e})") from None
+    return meta
 
 
 def _checked(meta: dict, read: Callable[[], StateDict], where: str) -> StateDict:
@@ -286,21 +292,15 @@ class FsspecStore(Store):
         if self.fs.exists(meta_path):
             # no lock on an object store: a corrupt entry is rebuilt by whoever finds it, and
             # concurrent rebuilders write the same bytes (the key is content-addressed)
+            where = f"{self.url}/{kind}/{key}"
             try:
-                meta = json.loads(self.fs.cat_file(meta_path))
-                meta["content_hash"]
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                _warn_rebuild(CorruptArtefact(f"{self.url}/{kind}/{key}", f"unreadable sidecar ({e})"))
-            else:
-                tensors = reloaded(meta, reload, f"{self.url}/{kind}/{key}")
+                meta = _sidecar(lambda: self.fs.cat_file(meta_path), where)
+                tensors = reloaded(meta, reload, where)
                 if tensors is not None:
                     return tensors, meta
-                try:
-                    return _checked(
-                        meta, lambda: load(self.fs.cat_file(tensors_path)), f"{self.url}/{kind}/{key}"
-                    ), meta
-                except CorruptArtefact as e:
-                    _warn_rebuild(e)
+                return _checked(meta, lambda: load(self.fs.cat_file(tensors_path)), where), meta
+            except CorruptArtefact as e:
+                _warn_rebuild(e)
         self.fs.makedirs(tensors_path.rsplit("/", 1)[0], exist_ok=True)
         tensors, meta = make()
         tensors = {k: v.detach().contiguous() for k, v in tensors.items()}

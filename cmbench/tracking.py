@@ -75,7 +75,7 @@ class Tracker:
             os.environ.setdefault(k, v)
         # a daemon thread: one stuck in a call that never returns does not keep the process alive
         threading.Thread(target=self._work, name="cmbench-tracking", daemon=True).start()
-        self._submit(lambda mlflow: self._open(mlflow, experiment, run_name or experiment, tags or {}))
+        self.call(lambda mlflow: self._open(mlflow, experiment, run_name or experiment, tags or {}))
 
     # -- the thread and its bound ---------------------------------------------------------------
     def _work(self) -> None:
@@ -101,7 +101,9 @@ class Tracker:
                 self._busy_since = None
                 self._queue.task_done()
 
-    def _submit(self, fn: Callable[[Any], Any]) -> Future:
+    def call(self, fn: Callable[[Any], Any]) -> Future:
+        """Run ``fn(mlflow)`` on the tracker's thread, inside the parent run (queued; cancelled
+        once tracking is disabled)."""
         fut: Future = Future()
         self._check_hung()
         if self.enabled:
@@ -160,13 +162,9 @@ class Tracker:
         run = mlflow.start_run(run_name=run_name, tags={**tags, **_owner_tags()})
         self.parent_id, self.experiment_id = run.info.run_id, exp_id
 
-    def call(self, fn: Callable[[Any], Any]) -> Future:
-        """Run ``fn(mlflow)`` on the tracker's thread, inside the parent run."""
-        return self._submit(fn)
-
     def log_job(self, rec: dict) -> None:
         self.logged.append(rec)
-        self._submit(lambda mlflow: _log_job(mlflow, rec))
+        self.call(lambda mlflow: _log_job(mlflow, rec))
 
     def logged_jobs(self) -> set[tuple] | None:
         """(label, seed, order index, key) of every job run in the experiment; None when the
@@ -176,7 +174,7 @@ class Tracker:
             runs = mlflow.search_runs(experiment_ids=[self.experiment_id], output_format="list")
             return {_job_id(r.data.params, r.data.tags) for r in runs if "mlflow.parentRunId" in r.data.tags}
 
-        fut = self._submit(read)
+        fut = self.call(read)
         self.wait()
         return fut.result() if fut.done() and not fut.cancelled() else None
 
@@ -216,7 +214,7 @@ class Tracker:
             finally:  # whatever failed above, the parent run ends: an active run would block the next one
                 mlflow.end_run()
 
-        self._submit(finish)
+        self.call(finish)
         done = self.wait()
         if board is not None and done:
             board.cleanup()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..results import load_results
+from ..results import job_of, load_results
 from . import plots
 
 STREAM_COLS = ("ACC", "AIA", "BWT", "FGT", "FWT", "NACC")
@@ -302,9 +302,8 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
 def shared_job_comparisons(by_label: dict[str, list[dict]], full: int) -> list[str]:
     """For each row with fewer jobs than ``full``: its mean ACC and the best full row's on the
     same (seed, order) jobs, the only comparison its mean supports."""
-    job = lambda r: (r["seed"], r["order_index"])  # noqa: E731
     full_rows = {
-        lb: {job(r): r["metrics"]["ACC"] for r in rs}
+        lb: {job_of(r): r["metrics"]["ACC"] for r in rs}
         for lb, rs in by_label.items()
         if len(rs) == full and rs[0].get("data_access") != "all_seen"
     }
@@ -312,7 +311,7 @@ def shared_job_comparisons(by_label: dict[str, list[dict]], full: int) -> list[s
     for label, rs in sorted(by_label.items()):
         if len(rs) >= full or not full_rows:
             continue
-        jobs = sorted({job(r) for r in rs})
+        jobs = sorted({job_of(r) for r in rs})
         on_jobs = {lb: np.mean([v[j] for j in jobs if j in v]) for lb, v in full_rows.items()}
         best = max(on_jobs, key=lambda lb: on_jobs[lb])
         own = np.mean([r["metrics"]["ACC"] for r in rs])
@@ -389,7 +388,7 @@ def calibration_section(by_label: dict[str, list[dict]]) -> list[str]:
 def paired_section(by_label: dict[str, list[dict]], ref: str) -> list[str]:
     """ACC differences to ``ref`` on the same (seed, order): removes the seed-to-seed spread
     that unpaired mean ± std mixes in."""
-    base = {(r["seed"], r["order_index"]): r["metrics"]["ACC"] for r in by_label[ref]}
+    base = {job_of(r): r["metrics"]["ACC"] for r in by_label[ref]}
     lines = [
         f"Paired ACC difference to {ref} (same seed and order; mean ± std, wins/n):",
         "",
@@ -400,11 +399,7 @@ def paired_section(by_label: dict[str, list[dict]], ref: str) -> list[str]:
     for label, rs in by_label.items():
         if label == ref:
             continue
-        d = [
-            r["metrics"]["ACC"] - base[(r["seed"], r["order_index"])]
-            for r in rs
-            if (r["seed"], r["order_index"]) in base
-        ]
+        d = [r["metrics"]["ACC"] - base[job_of(r)] for r in rs if job_of(r) in base]
         if d:
             m, sd, n = _stat(d)
             spread = f" ± {100 * sd:.1f}" if n > 1 else ""  # one pair has no spread to show

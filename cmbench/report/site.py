@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import metrics
-from ..results import load_results
+from ..results import job_of, load_results
 from . import plots
 from .leaderboard import DATA_LABEL, STREAM_COLS, TTM_COLS, _devices, _pct, _published_cell, _stat, hparam_text
 
@@ -93,7 +93,7 @@ def suite_data(suite: str, recs: list[dict]) -> dict:
                     for v in np.nanmean([np.array(metrics.step_average(r["R"]), dtype=float) * 100 for r in rs], axis=0)
                 ],
                 "matrix": _mean_matrix(rs),
-                "jobs": [_job_matrix(r) for r in sorted(rs, key=lambda r: (r["seed"], r["order_index"]))],
+                "jobs": [_job_matrix(r) for r in sorted(rs, key=job_of)],
             }
         )
     # as in leaderboard.md: best ACC first, reference rows (e.g. multitask) last

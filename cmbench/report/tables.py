@@ -17,6 +17,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from ..results import job_of
+
 
 def _ms(pairs):
     """(mean, sample std or None for one value, n, {job: value}) in %, or None without values;
@@ -26,10 +28,6 @@ def _ms(pairs):
         return None
     v = np.array(list(by_job.values()))
     return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else None), int(v.size), by_job
-
-
-def _job(r: dict) -> tuple:
-    return (r["seed"], r["order_index"])
 
 
 def _published(rs: list[dict]) -> str | None:
@@ -128,13 +126,13 @@ def stream_table(recs: list[dict], fmt: str, methods: list[str] | None = None) -
         cols = []
         for t in tasks:
             cols.append(
-                [_ms([(_job(r), r["R"][-1][r["tasks"].index(t)]) for r in rs if r["label"] == lb]) for lb in labels]
+                [_ms([(job_of(r), r["R"][-1][r["tasks"].index(t)]) for r in rs if r["label"] == lb]) for lb in labels]
             )
-        cols.append([_ms([(_job(r), r["metrics"]["ACC"]) for r in rs if r["label"] == lb]) for lb in labels])
+        cols.append([_ms([(job_of(r), r["metrics"]["ACC"]) for r in rs if r["label"] == lb]) for lb in labels])
         pub = [_published([r for r in rs if r["label"] == lb]) for lb in labels]
         if any(pub):  # the published final ACC of the same row (cmbench.published), unranked
             cols.append(pub)
-        cols.append([_ms([(_job(r), r["metrics"]["BWT"]) for r in rs if r["label"] == lb]) for lb in labels])
+        cols.append([_ms([(job_of(r), r["metrics"]["BWT"]) for r in rs if r["label"] == lb]) for lb in labels])
         header = ["Method", *tasks, "Avg", *(["Avg (published)"] if any(pub) else []), "BWT"]
         out.append(_render(f"{suite}: final accuracy per task (%)", header, labels, cols, fmt))
     return "\n".join(out)
@@ -166,7 +164,10 @@ def benchmarks_table(
         for k, name in ((0, "Final"), (1, "AAA")):
             header.append(f"{s} {name}")
             cols.append(
-                [_ms([(_job(r), _headline(r)[k]) for r in ok if r["suite"] == s and r["label"] == lb]) for lb in labels]
+                [
+                    _ms([(job_of(r), _headline(r)[k]) for r in ok if r["suite"] == s and r["label"] == lb])
+                    for lb in labels
+                ]
             )
             pub = [_published([r for r in ok if r["suite"] == s and r["label"] == lb]) for lb in labels]
             if k == 0 and any(pub):  # the published final accuracy beside ours, unranked
