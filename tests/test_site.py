@@ -114,7 +114,11 @@ def test_site_in_a_headless_browser(tmp_path):
         # a job's matrix on demand
         details = driver.find_element(By.CSS_SELECTOR, "details[data-label]")
         details.find_element(By.TAG_NAME, "summary").click()
-        assert details.find_elements(By.CSS_SELECTOR, ".mat table")
+        # the page renders it in the details' toggle handler, which the browser fires as a
+        # separate task after the click (HTML spec), so wait for it rather than race it
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(driver, 10).until(lambda _: details.find_elements(By.CSS_SELECTOR, ".mat table"))
 
         driver.execute_script("window.scrollTo(0, 0)")
         driver.refresh()  # the page as a reader first sees it
