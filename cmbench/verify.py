@@ -25,6 +25,7 @@ Exit status: 0 when every checked job matches and is current, else 1.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from collections import defaultdict
@@ -129,6 +130,8 @@ def job_from_record(suite: Suite, rec: dict) -> Job:
         rec["seed"],
         rec["order_index"],
         tuple(rec["tasks"]),
+        # the method's own training fields (a full-parameter row's lr), as the result recorded them
+        json.dumps(rec["training"], sort_keys=True) if rec.get("training") else None,
     )
 
 

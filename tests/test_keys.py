@@ -203,3 +203,30 @@ def test_a_result_whose_R_was_edited_is_stale_and_refused_by_the_report(nano_cop
     summary = run_suite(NANO, out=nano_copy, executor="local", methods=["ties"], log=lambda s: None)
     assert summary["ran"] == 1
     assert json.loads(path.read_text())["R"][-1][0] != 0.99
+
+
+def test_every_committed_result_rebuilds_to_its_suites_job():
+    """What `cmbench verify` recomputes is the job the suite runs: the job rebuilt from each
+    committed result (hparams, LoRA, a method's own training fields, seed, order) equals the
+    suite's, field for field (a full-parameter row's own lr was once dropped, so verify
+    recomputed it with the suite's lr and called the result stale)."""
+    from pathlib import Path
+
+    from cmbench.suite import expand, resolve_suite
+    from cmbench.verify import job_from_record
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    by_suite: dict[str, list[dict]] = {}
+    for r in load_results(results):
+        by_suite.setdefault(r["suite"], []).append(r)
+    checked = 0
+    for name, recs in sorted(by_suite.items()):
+        suite = load_suite(resolve_suite(name))
+        jobs = {(j.label, j.seed, j.order_index): j for j in expand(suite)}
+        for r in recs:
+            job = jobs.get((r["label"], r["seed"], r["order_index"]))
+            if r["status"] != "ok" or job is None or r["suite_hash"] != suite.hash():
+                continue  # a label the suite no longer has, or a result of an older suite
+            assert job_from_record(suite, r) == job, r["_path"]
+            checked += 1
+    assert checked > 200 and any(r.get("training") for rs in by_suite.values() for r in rs)

@@ -26,19 +26,24 @@ from pathlib import Path
 from cmbench.protocol import key_of
 from cmbench.runner import current_inputs, differing_inputs, git_commit, write_result
 from cmbench.store import open_store
-from cmbench.suite import load_suite
-from cmbench.verify import job_from_record
+from cmbench.suite import expand, load_suite
 
 
 def main(suite_file: str, results_dir: str, labels: str, evidence: str) -> int:
     suite = load_suite(suite_file)
     # an empty store: artefact content hashes come from the results, as on a fresh clone
     store = open_store(tempfile.mkdtemp(prefix="cmbench-rekey-"))
+    # the jobs of the suite as it is now: a result is re-keyed to one of them or refused
+    jobs = {(j.label, j.seed, j.order_index): j for j in expand(suite)}
     done = refused = 0
     for label in labels.split(","):
         for path in sorted((Path(results_dir) / suite.name / label).glob("*.json")):
             rec = json.loads(path.read_text())
-            job = job_from_record(suite, rec)
+            job = jobs.get((rec.get("label"), rec.get("seed"), rec.get("order_index")))
+            if job is None:
+                print(f"{path}: not a job of {suite.name} as it is now; refused")
+                refused += 1
+                continue
             now = current_inputs(suite, job, store, rec)
             if now is None:
                 print(f"{path}: an artefact's content hash is unknown; refused")
