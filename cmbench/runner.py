@@ -445,11 +445,22 @@ class RayExecutor:
 # lock) and returns those it read for the first time; the driver writes the lock (cmbench.pins).
 
 
+class _Expired(BaseException):
+    """The job's time is up. A BaseException, so that no ``except Exception`` in the job's
+    code or its libraries swallows it; ``time_limit`` turns it into the job's error."""
+
+
 @contextlib.contextmanager
 def time_limit(seconds: float | None):
     """Stop the job after ``seconds`` (a SIGALRM in the worker's main thread, where Ray runs a
-    task and `--no-ray` runs jobs; elsewhere no limit is enforced)."""
+    task and `--no-ray` runs jobs; elsewhere no limit is enforced).
+
+    The alarm raises wherever the job is, and Python drops an exception raised while it runs
+    a finaliser or a weakref callback (garbage collection inside a library: "Exception
+    ignored in ..."); the job would then run on without a limit. Such a dropped expiry
+    re-arms the alarm, so the next bytecode outside the finaliser stops the job."""
     import signal
+    import sys
     import threading
 
     if not seconds or threading.current_thread() is not threading.main_thread():
@@ -457,18 +468,28 @@ def time_limit(seconds: float | None):
         return
 
     def expired(signum, frame):
-        raise CmbenchError(
-            f"job exceeded resources.job_time_limit_s ({seconds:g} s); its last completed step "
-            "is saved: a rerun resumes there"
-        )
+        raise _Expired
 
-    previous = signal.signal(signal.SIGALRM, expired)
+    def dropped(unraisable):
+        if isinstance(unraisable.exc_value, _Expired):
+            signal.setitimer(signal.ITIMER_REAL, 0.01)
+        else:
+            hook(unraisable)
+
+    previous, hook = signal.signal(signal.SIGALRM, expired), sys.unraisablehook
+    sys.unraisablehook = dropped
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
+    except _Expired:
+        raise CmbenchError(
+            f"job exceeded resources.job_time_limit_s ({seconds:g} s); its last completed step "
+            "is saved: a rerun resumes there"
+        ) from None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        sys.unraisablehook = hook
 
 
 def _gpu_ready(suite: Suite) -> None:

