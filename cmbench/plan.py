@@ -139,6 +139,7 @@ def project(
         "merge_steps": 0,
         "merge_s": 0.0,
         "unmeasured_merge_steps": 0,
+        "other_hparams_merge_steps": 0,  # of the unmeasured: rehearsed with other hyperparameters
         "jobs": len(jobs),
     }
     methods = (measured or {}).get("methods", {})
@@ -160,6 +161,11 @@ def project(
                 out["train_images"] += r.steps * r.batch_size if r.steps else r.epochs * imgs  # 10 % is val
         out["merge_steps"] += T
         m = methods.get(job.label)
+        # a label rehearsed with other hyperparameters (--hparam fisher_average.n_samples=2 for
+        # 256) measured another cost; reports written before the field are taken as they are
+        if m and m.get("hparams", dict(job.hparams)) != dict(job.hparams):
+            out["other_hparams_merge_steps"] += T
+            m = None
         if m:
             out["merge_s"] += m["merge_step_s"] * T * scale["none" if m.get("data_access") == "none" else "data"]
         else:
@@ -192,6 +198,11 @@ def cost_line(suite: Suite, c: dict) -> str:
     merge = (
         f"merge steps {c['merge_steps']} ({c['merge_s'] / 3600:.2f} h measured by a rehearsal"
         + (f"; {c['unmeasured_merge_steps']} not measured: rehearse the suite" if c["unmeasured_merge_steps"] else "")
+        + (
+            f", {c['other_hparams_merge_steps']} of them rehearsed with other hyperparameters"
+            if c["other_hparams_merge_steps"]
+            else ""
+        )
         + ")"
     )
     return (

@@ -565,6 +565,7 @@ def measurements(suite: Suite, out: Path, phases: dict, root: Path, labels: set[
         m = methods.setdefault(r["label"], {"jobs": 0})
         m["jobs"] += 1
         m["merge_step_s"] = t["merge_total_s"] / max(1, len(t["merge_steps_s"]))
+        m["hparams"] = r["hparams"]  # as rehearsed (--hparam): a projection uses only matching ones
         m["merge_steps_s"] = t["merge_steps_s"]
         m["storage_peak_bytes"] = r["storage_bytes"]["peak"]
         m["eval_s"], m["eval_images"] = t.get("eval_s"), t.get("eval_images")

@@ -146,3 +146,34 @@ def test_rehearsal_of_clip_vit_b32_ta8_at_full_model_size(tmp_path):
     assert sorted(r["label"] for r in recs) == ["fisher_average", "opcm", "ties"]
     assert all(r["status"] == "ok" and len(r["R"]) == 9 and r["rehearsal"] for r in recs)
     assert "| opcm |" in (tmp_path / "out" / "rehearsal.md").read_text()
+
+
+def test_projection_ignores_a_merge_time_rehearsed_with_other_hyperparameters():
+    """A rehearsal may lower a method's hyperparameters (`--hparam fisher_average.n_samples=2`,
+    the suite's 256); its merge time then measures another cost and is not projected onto
+    the suite's jobs: they count as not measured, and the estimate line says why."""
+    from cmbench.plan import cost_line, project
+    from cmbench.suite import expand, load_suite
+
+    suite = load_suite(ROOT / "suites" / "clip-vit-b32-ta8.yaml")
+    jobs = expand(suite, methods=["ties", "fisher_average"], n_seeds=1, n_orders=1)
+    T = len(suite.tasks)
+    own = {j.label: dict(j.hparams) for j in jobs}  # every hyperparameter, defaults included
+    step = {"merge_step_s": 10.0, "data_access": "none"}
+    measured = {
+        "methods": {
+            "ties": {**step, "hparams": own["ties"]},
+            "fisher_average": {
+                **step,
+                "data_access": "current_task",
+                "hparams": {**own["fisher_average"], "n_samples": 2},
+            },
+        }
+    }
+    c = project(suite, jobs, measured)
+    assert c["merge_s"] == 10.0 * T and c["unmeasured_merge_steps"] == T == c["other_hparams_merge_steps"]
+    assert f"{T} not measured: rehearse the suite, {T} of them rehearsed with other hyperparameters" in cost_line(
+        suite, c
+    )
+    measured["methods"]["fisher_average"]["hparams"] = own["fisher_average"]  # as the suite runs it
+    assert project(suite, jobs, measured)["merge_s"] == 20.0 * T
