@@ -751,6 +751,11 @@ class Job:
         return f"{self.suite}/{self.label}/seed{self.seed}-order{self.order_index}.json"
 
 
+def training_field(own: dict | None) -> str | None:
+    """``Job.training``: a method's own training fields as JSON (None without any)."""
+    return json.dumps(own, sort_keys=True) if own else None
+
+
 def expand(
     suite: Suite,
     methods: list[str] | None = None,
@@ -793,7 +798,7 @@ def expand(
                     seed,
                     oi,
                     tuple(order),
-                    json.dumps(spec.training, sort_keys=True) if spec.training else None,
+                    training_field(spec.training),
                 )
             )
     return jobs

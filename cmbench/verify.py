@@ -25,7 +25,6 @@ Exit status: 0 when every checked job matches and is current, else 1.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections import defaultdict
@@ -43,7 +42,7 @@ from .protocol import nan_to_none
 from .results import load_results
 from .runner import _executor, _prepare_artefacts, _run_job, flatten, recorded_content, stale_reason
 from .store import open_store
-from .suite import Job, LoRA, Suite, load_suite, resolve_suite
+from .suite import Job, LoRA, Suite, load_suite, resolve_suite, training_field
 
 # Largest per-cell difference, in whole test images, accepted when a result is recomputed
 # in another environment (another machine's CPU kernels, another torch version) or on a
@@ -131,7 +130,7 @@ def job_from_record(suite: Suite, rec: dict) -> Job:
         rec["order_index"],
         tuple(rec["tasks"]),
         # the method's own training fields (a full-parameter row's lr), as the result recorded them
-        json.dumps(rec["training"], sort_keys=True) if rec.get("training") else None,
+        training_field(rec.get("training")),
     )
 
 

@@ -222,9 +222,9 @@ def test_every_committed_result_rebuilds_to_its_suites_job():
     checked = 0
     for name, recs in sorted(by_suite.items()):
         suite = load_suite(resolve_suite(name))
-        jobs = {(j.label, j.seed, j.order_index): j for j in expand(suite)}
+        jobs = {j.relpath: j for j in expand(suite)}  # by the result file each job writes
         for r in recs:
-            job = jobs.get((r["label"], r["seed"], r["order_index"]))
+            job = jobs.get(Path(r["_path"]).relative_to(results).as_posix())
             if r["status"] != "ok" or job is None or r["suite_hash"] != suite.hash():
                 continue  # a label the suite no longer has, or a result of an older suite
             assert job_from_record(suite, r) == job, r["_path"]

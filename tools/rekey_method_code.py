@@ -33,13 +33,14 @@ def main(suite_file: str, results_dir: str, labels: str, evidence: str) -> int:
     suite = load_suite(suite_file)
     # an empty store: artefact content hashes come from the results, as on a fresh clone
     store = open_store(tempfile.mkdtemp(prefix="cmbench-rekey-"))
-    # the jobs of the suite as it is now: a result is re-keyed to one of them or refused
-    jobs = {(j.label, j.seed, j.order_index): j for j in expand(suite)}
+    # the jobs of the suite as it is now, by the result file each writes: a result is
+    # re-keyed to one of them or refused
+    jobs = {j.relpath: j for j in expand(suite)}
     done = refused = 0
     for label in labels.split(","):
         for path in sorted((Path(results_dir) / suite.name / label).glob("*.json")):
             rec = json.loads(path.read_text())
-            job = jobs.get((rec.get("label"), rec.get("seed"), rec.get("order_index")))
+            job = jobs.get(path.relative_to(results_dir).as_posix())
             if job is None:
                 print(f"{path}: not a job of {suite.name} as it is now; refused")
                 refused += 1
