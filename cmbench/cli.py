@@ -231,27 +231,6 @@ def _did_you_mean(name: str, known) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _report_paths(args) -> tuple[Path, Path, Path | None]:
-    """The committed leaderboard is rendered only from the default results/; any other
-    results directory renders next to itself (X/../leaderboard.md, X/../plots/)."""
-    results = Path(args.results)
-    if not results.is_dir():
-        raise CmbenchError(
-            f"--results {results}: no such directory; run `cmbench run SUITE` first, "
-            "or point --results at a run's results/"
-        )
-    from .runner import is_default_results
-
-    default = is_default_results(results)
-    output = (
-        Path(args.output)
-        if args.output
-        else (Path("leaderboard.md") if default else results.resolve().parent / "leaderboard.md")
-    )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    return results, output, Path(args.plots) if args.plots else None
-
-
 def _selected(recs: list[dict], results: Path, suite: str | None, methods: list[str] | None) -> list[dict]:
     """The records of ``suite`` and ``methods``; an empty or unknown selection is an error
     that says what exists."""
@@ -273,30 +252,44 @@ def _selected(recs: list[dict], results: Path, suite: str | None, methods: list[
 
 
 def cmd_report(args) -> int:
+    from .record import printable
+    from .report import outputs
     from .results import load_results
 
     methods = [m for m in args.methods.split(",") if m] if args.methods else None
+    results, folder = outputs.results_and_folder(args.results)
+    skipped: list[str] = []
+
+    def bad(path: Path, why: str) -> None:  # one stranger's file never stops the report
+        skipped.append(str(path))
+        print(f"cmbench: warning: skipped {printable(str(path))}: {why}", file=sys.stderr)
+
+    recs = load_results(results, args.include_rehearsal, on_bad=bad)
+    done = ""
     if args.site:
-        results = Path(args.results)
-        if not results.is_dir():
-            raise CmbenchError(f"--results {results}: no such directory; run `cmbench run SUITE` first")
-        _selected(load_results(results, args.include_rehearsal), results, None, None)
+        _selected(recs, results, None, None)
         from .report.site import render_site
 
-        index = render_site(results, args.site, args.include_rehearsal)
-        print(f"wrote the site {index} (open it in a browser; it needs no server and no network)")
-        return 0
-    results, output, plots = _report_paths(args)
-    recs = _selected(load_results(results, args.include_rehearsal), results, args.suite, methods)
-    if args.format:
+        index = render_site(results, args.site, args.include_rehearsal, recs=recs)
+        done = f"wrote the site {index} (open it in a browser; it needs no server and no network)"
+    elif args.format:
         from .report.tables import render_table
 
+        recs = _selected(recs, results, args.suite, methods)
         print(render_table(recs, args.table, args.format, methods, args.suite), end="")
-        return 0
-    from .report import render_leaderboard
+    else:
+        _selected(recs, results, args.suite, methods)
+        from .report import render_leaderboard
 
-    out = render_leaderboard(results, output, plots, args.include_rehearsal)
-    print(f"wrote {out} and its plots in {plots or out.parent / 'plots'}")
+        output = Path(args.output) if args.output else outputs.default_output(results, folder)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        plots = Path(args.plots) if args.plots else output.parent / "plots"
+        out = render_leaderboard(results, output, plots, args.include_rehearsal, recs=recs)
+        done = f"wrote {out} and its plots in {plots}"
+    if done:
+        print(done)
+    if skipped:
+        print(f"cmbench: {len(skipped)} file(s) skipped (see the warnings above)", file=sys.stderr)
     return 0
 
 
@@ -323,8 +316,11 @@ def cmd_log(args) -> int:
         raise CmbenchError(f"{results}: no such results directory (give OUT/results of a run)")
     uri = args.tracking_uri or Paths(results.resolve().parent).tracking_uri
     counts = log_results(results, uri)
-    print(f"logged {counts['logged']} jobs to {uri}; {counts['already']} were there already")
-    return 0
+    print(
+        f"logged {counts['logged']} jobs to {uri}; {counts['already']} were there already"
+        + (f"; {counts['skipped']} file(s) skipped (see the warnings)" if counts["skipped"] else "")
+    )
+    return 1 if counts["skipped"] else 0
 
 
 def cmd_list(args) -> int:
@@ -520,11 +516,15 @@ def build_parser() -> argparse.ArgumentParser:
     ft.set_defaults(fn=cmd_finetune)
 
     rp = sub.add_parser("report", help="render leaderboard.md and plots from result files")
-    rp.add_argument("--results", default="results", help="results directory (default: results)")
+    rp.add_argument(
+        "--results",
+        default="results",
+        help="a run's output folder (--out of `cmbench run`) or its results/ (default: results)",
+    )
     rp.add_argument(
         "--output",
-        help="markdown file to write (default: leaderboard.md for results/, else next to "
-        "the results directory: X/../leaderboard.md)",
+        help="markdown file to write (default: leaderboard.md for the repository's results/, else "
+        "leaderboard.md in the run's folder)",
     )
     rp.add_argument("--plots", help="directory for plots (default: plots/ next to the output)")
     rp.add_argument(
@@ -540,7 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument(
         "--site",
         metavar="DIR",
-        help="write the leaderboard as a static web site in DIR (replaced): sortable tables, plots with values "
+        help="write the leaderboard as a static web site in DIR (the files of its last render are replaced; a "
+        "folder cmbench did not write is refused): sortable tables, plots with values "
         "on hover; self-contained, opens from the file system",
     )
     rp.add_argument("--suite", help="only this suite's results")

@@ -155,3 +155,16 @@ def method_fingerprint(cls: type) -> str:
         return code_fingerprint(import_closure(Path(inspect.getsourcefile(cls) or "")))
     except (OSError, TypeError, SyntaxError):  # defined interactively: no file to hash
         return hashlib.sha256(cls.__qualname__.encode()).hexdigest()[:16]
+
+
+def git_commit() -> str | None:
+    """The commit of the cmbench checkout this code runs from (None outside git)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,52 +1,114 @@
-"""Reading result files: the one place the report, verify and the CLI get them from."""
+"""Reading result files: the one place the report, verify, tracking and the CLI get them from.
+
+Every file is validated through :mod:`cmbench.record`. What the caller does with a bad one
+is its choice (``on_bad``): the report skips it with a warning and renders the rest;
+``verify`` and ``log`` refuse it (the default: :class:`CmbenchError` naming the file).
+Beyond each file on its own, a directory is checked as a whole: a file sits where the runner
+writes that job (``SUITE/LABEL/seedS-orderO.json``), no job is held by two files, and a
+suite's files agree on its setting and its set of tasks.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
+from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Callable
 
 from . import CmbenchError, metrics
+from .record import BadResult, expected_place, integrity, printable, read_record, result_files
+from .verified import file_hash, verified_files
 
 
-def r_checksum(R: list) -> str:
-    """A checksum of an accuracy matrix as written (undefined cells null): a result whose R
-    was edited by hand no longer matches the one recorded when it was computed."""
-    cells = [[None if v is None or v != v else v for v in row] for row in R]
-    return hashlib.sha256(json.dumps(cells).encode()).hexdigest()[:16]
+def _raise(path: Path, why: str) -> None:
+    raise CmbenchError(f"{printable(str(path))}: {why}")
 
 
-def r_tampered(rec: dict) -> bool:
-    """Whether a result's R differs from its recorded checksum (older files have none)."""
-    return "R_checksum" in rec and r_checksum(rec.get("R") or []) != rec["R_checksum"]
-
-
-def load_results(results_dir: str | Path, include_rehearsal: bool = False, check_r: bool = True) -> list[dict]:
-    """Every result file under ``results_dir``; metrics are derived afresh from R (they are
-    not part of a key, so a fix to ``metrics.py`` reaches every committed result). A
-    rehearsal's results (random weights) are refused unless ``include_rehearsal``."""
-    out = []
-    for p in sorted(Path(results_dir).rglob("*.json")):
+def load_results(
+    results_dir: str | Path,
+    include_rehearsal: bool = False,
+    check_r: bool = True,
+    on_bad: Callable[[Path, str], None] = _raise,
+) -> list[dict]:
+    """Every valid result file under ``results_dir`` as a dict (with ``_path`` and its
+    ``integrity``); metrics are derived afresh from R (they are not part of a key, so a fix to
+    ``metrics.py`` reaches every committed result). ``check_r``: a file whose checksum does not
+    match is bad (``cmbench verify`` reads them to compare). A rehearsal's results (random
+    weights) are bad unless ``include_rehearsal``."""
+    root = Path(results_dir)
+    checked = verified_files(root, warn=lambda line: on_bad(root, line))
+    good: list[dict] = []
+    for p in result_files(root):
         try:
-            rec = json.loads(p.read_text())
-        except ValueError:
-            raise CmbenchError(f"{p}: not valid JSON; delete it and rerun its suite") from None
-        if isinstance(rec, dict) and "suite" in rec and "status" in rec:
-            if check_r and rec["status"] == "ok" and r_tampered(rec):
-                raise CmbenchError(
-                    f"{p}: its R does not match the checksum recorded when it was computed (edited by "
-                    "hand?); rerun its suite to recompute it, or restore the file"
+            rec = read_record(p)
+        except BadResult as e:
+            on_bad(p, str(e))
+            continue
+        if tuple(p.parts[-3:]) != expected_place(rec):
+            want = "/".join(expected_place(rec))
+            on_bad(p, f"holds the result of {want}, so it belongs at …/{want}; move it there or delete it")
+            continue
+        rec["integrity"] = integrity(rec)
+        if check_r and rec["integrity"] == "edited":
+            on_bad(
+                p,
+                "its content does not match the checksum recorded when it was computed (edited by hand?); "
+                "rerun its suite to recompute it, or restore the file",
+            )
+            continue
+        if rec.get("rehearsal") and not include_rehearsal:
+            on_bad(
+                p,
+                "a rehearsal's result (random weights, generated data), not a benchmark number; "
+                "report it with --include-rehearsal (tables are then labelled)",
+            )
+            continue
+        rec["_path"] = str(p)
+        # recomputed by `cmbench verify` and found to agree, with the bytes it has now
+        rec["verified"] = checked.get("/".join(p.parts[-3:])) == file_hash(p) if checked else False
+        if rec["status"] == "ok":
+            rec["metrics"] = derived_metrics(rec)
+        good.append(rec)
+    return _consistent(good, on_bad)
+
+
+def _consistent(recs: list[dict], on_bad: Callable[[Path, str], None]) -> list[dict]:
+    """Drop what cannot be right together: two files for one job (both: neither is trusted
+    over the other), and a file whose setting or task set differs from most of its suite's."""
+    holders: dict[tuple, list[dict]] = defaultdict(list)
+    for r in recs:
+        holders[(r["suite"], r["label"], r["seed"], r["order_index"])].append(r)
+    dup = {id(r) for rs in holders.values() if len(rs) > 1 for r in rs}
+    for (suite, label, seed, order), rs in holders.items():
+        if len(rs) > 1:
+            others = ", ".join(printable(r["_path"]) for r in rs[1:])
+            on_bad(
+                Path(rs[0]["_path"]),
+                f"the same job ({suite} {label} seed {seed} order {order}) as {others}; both skipped: keep one",
+            )
+    recs = [r for r in recs if id(r) not in dup]
+    by_suite: dict[str, list[dict]] = defaultdict(list)
+    for r in recs:
+        by_suite[r["suite"]].append(r)
+    out = []
+    for suite, rs in by_suite.items():
+        shape = Counter((r["setting"], frozenset(r["tasks"])) for r in rs)
+        # the most common shape; ties go to the one of the first file in path order
+        best = max(shape, key=lambda s: (shape[s], -min(i for i, r in enumerate(rs) if _shape(r) == s)))
+        for r in rs:
+            if _shape(r) == best:
+                out.append(r)
+            else:
+                on_bad(
+                    Path(r["_path"]),
+                    f"its setting and tasks ({r['setting']}: {', '.join(sorted(r['tasks']))}) differ from "
+                    f"{shape[best]} other result(s) of suite {suite} "
+                    f"({best[0]}: {', '.join(sorted(best[1]))}); skipped",
                 )
-            rec["_path"] = str(p)
-            if rec["status"] == "ok":
-                rec["metrics"] = derived_metrics(rec)
-            if rec.get("rehearsal") and not include_rehearsal:
-                raise CmbenchError(
-                    f"{p}: a rehearsal's result (random weights, generated data), not a benchmark "
-                    "number; report it with --include-rehearsal (tables are then labelled)"
-                )
-            out.append(rec)
-    return out
+    return sorted(out, key=lambda r: Path(r["_path"]))  # the order of result_files
+
+
+def _shape(r: dict) -> tuple:
+    return (r["setting"], frozenset(r["tasks"]))
 
 
 def job_of(rec: dict) -> tuple[int, int]:

@@ -15,7 +15,6 @@ import contextlib
 import datetime as _dt
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,10 +29,11 @@ from tqdm import tqdm
 
 from . import CmbenchError, pins
 from .artefacts import SuiteArtefacts, expert_key, theta0_key
+from .fingerprint import git_commit
 from .measure import measured
 from .methods import baseline_dirs
 from .protocol import job_inputs, key_of, nan_to_none, run, with_content
-from .results import r_checksum, r_tampered
+from .record import BadResult, checksum, integrity, read_record
 from .store import Store, atomic_write_bytes, open_store
 from .suite import Job, Suite, expand, load_suite
 
@@ -100,16 +100,16 @@ def differing_inputs(now: dict, then: dict) -> list[str]:
 def stale_reason(path: Path, suite: Suite, job: Job, store: Store) -> str | None:
     """None when ``path`` holds a finished result of ``job`` as it would be computed now;
     otherwise why it must be (re)computed, in a few words."""
-    try:
-        rec = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.exists() and not path.is_symlink():
         return "no result"
-    except (OSError, ValueError):
+    try:
+        rec = read_record(path)
+    except BadResult:
         return "unreadable result"  # never trusted: recompute
-    if not isinstance(rec, dict) or rec.get("status") != "ok":
+    if rec["status"] != "ok":
         return "failed before"
-    if r_tampered(rec):
-        return "R does not match its checksum"
+    if integrity(rec) == "edited":
+        return "content does not match its checksum"
     now = current_inputs(suite, job, store, rec)
     if now is not None and rec.get("key") == key_of(now):
         return None
@@ -120,9 +120,10 @@ def stale_reason(path: Path, suite: Suite, job: Job, store: Store) -> str | None
 
 
 def write_result(path: Path, record: dict) -> None:
-    record = nan_to_none(record)
-    if record.get("status") == "ok":
-        record["R_checksum"] = r_checksum(record["R"])
+    # through JSON once, so the checksum is of what a reader parses (tuples as lists, ...)
+    record = json.loads(json.dumps(nan_to_none(record)))
+    record.pop("R_checksum", None)
+    record["checksum"] = checksum(record)
     payload = json.dumps(record, indent=1, sort_keys=True).encode() + b"\n"
     try:
         atomic_write_bytes(path, payload)
@@ -143,16 +144,6 @@ def keep_previous_result(path: Path) -> Path | None:
     kept = path.with_name(path.name + ".previous")
     os.replace(path, kept)
     return kept
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 # -- executors ----------------------------------------------------------------------------
@@ -887,12 +878,6 @@ def with_methods(suite: Suite, add: list[dict], where) -> Suite:
         raise CmbenchError(f"--add: {msg.removeprefix('Value error, ')} (suite {where})") from None
 
 
-def is_default_results(results: Path) -> bool:
-    """Whether ``results`` is ./results, whose report is the committed leaderboard.md and
-    plots/ (any other results directory renders next to itself)."""
-    return results.resolve() == (Path.cwd() / "results").resolve()
-
-
 def run_summary(records: list[dict], paths: Paths) -> list[str]:
     """This run's jobs per label (mean ACC and BWT over its seeds and orders), best first,
     and the command that renders the full report."""
@@ -907,13 +892,15 @@ def run_summary(records: list[dict], paths: Paths) -> list[str]:
     lines = ["", f"{'method':<{width}}  {'n':>2}  {'ACC':>6}  {'BWT':>6}   (this run, %)"]
     for label, ms in sorted(by.items(), key=lambda kv: -mean(kv[1], "ACC")):
         lines.append(f"{label:<{width}}  {len(ms):>2}  {100 * mean(ms, 'ACC'):6.1f}  {100 * mean(ms, 'BWT'):6.1f}")
+    from .report.outputs import is_default_results
+
     default = is_default_results(paths.results)
     lines += [
         "",
         "next: cmbench report"
-        + ("" if default else f" --results {paths.results}")
+        + ("" if default else f" --results {paths.out}")
         + "   (leaderboard.md and plots/"
-        + ("" if default else f" next to {paths.results}")
+        + ("" if default else f" in {paths.out}")
         + ")",
     ]
     return lines

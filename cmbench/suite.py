@@ -661,6 +661,27 @@ def resolve_suite(arg: str) -> Path:
     return p
 
 
+def suite_named(name: str, files: list[Path] | None = None) -> tuple[Path, "Suite"]:
+    """The suite called ``name``: among ``files`` (suite files the user named), else
+    ``suites/NAME.yaml`` in the suite folders. Never a path taken from elsewhere (a result
+    file's ``suite`` field names a suite; it is not a path to load)."""
+    for f in files or []:
+        s = load_suite(f)
+        if s.name == name:
+            return Path(f), s
+    if re.fullmatch(NAME, name):
+        for d in suite_dirs():
+            if (d / f"{name}.yaml").is_file():
+                s = load_suite(d / f"{name}.yaml")
+                if s.name == name:
+                    return d / f"{name}.yaml", s
+    raise CmbenchError(
+        f"no suite named {name!r} in "
+        + (", ".join(str(f) for f in files) + " or " if files else "")
+        + "suites/; name its file with --suite FILE"
+    )
+
+
 class _SafeLoader(yaml.SafeLoader):
     """SafeLoader: no tag constructs a Python object; a key given twice in one mapping is an
     error (YAML would keep the last silently); aliases are limited (an alias bomb would expand

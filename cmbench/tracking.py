@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import metrics
+from .record import printable
 
 # a remote server that has not answered a call in this time is taken as hung; a local store
 # (SQLite, files) is not on the network, and its first use (importing MLflow, creating the
@@ -164,7 +165,19 @@ class Tracker:
 
     def log_job(self, rec: dict) -> None:
         self.logged.append(rec)
-        self.call(lambda mlflow: _log_job(mlflow, rec))
+
+        def job(mlflow):
+            try:
+                _log_job(mlflow, rec)
+            except mlflow.exceptions.MlflowException as e:
+                if getattr(e, "error_code", "") != "INVALID_PARAMETER_VALUE":
+                    raise  # the store, not this job: tracking is disabled
+                self.log(
+                    f"warning: MLflow refused job {rec['label']} seed {rec['seed']} order {rec['order_index']} "
+                    f"({printable(str(e).splitlines()[0] if str(e) else '', 160)}); the other jobs are logged"
+                )
+
+        self.call(job)
 
     def logged_jobs(self) -> set[tuple] | None:
         """(label, seed, order index, key) of every job run in the experiment; None when the
@@ -260,6 +273,13 @@ def job_id(rec: dict) -> tuple:
     return (rec["label"], str(rec["seed"]), str(rec["order_index"]), rec.get("key") or "")
 
 
+def _param(value) -> str:
+    """A parameter value as MLflow stores it: text, within its length limit (500 characters
+    in older stores)."""
+    text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+    return text if len(text) <= 500 else text[:499] + "…"
+
+
 def _log_job(mlflow, rec: dict) -> None:
     name = f"{rec['label']}/seed{rec['seed']}/order{rec['order_index']}"
     with mlflow.start_run(
@@ -281,8 +301,8 @@ def _log_job(mlflow, rec: dict) -> None:
                 "label": rec["label"],
                 "seed": rec["seed"],
                 "order_index": rec["order_index"],
-                "order": ">".join(rec["tasks"]),
-                **{f"hp.{k}": v for k, v in rec["hparams"].items()},
+                "order": _param(">".join(rec["tasks"])),
+                **{f"hp.{k}": _param(v) for k, v in rec["hparams"].items()},
             }
         )
         if rec["status"] != "ok":
@@ -312,13 +332,20 @@ def _log_job(mlflow, rec: dict) -> None:
 def log_results(results_dir: Path, uri: str, log: Callable[[str], None] = print) -> dict[str, int]:
     """Log the result files under ``results_dir`` that the tracking store does not hold yet
     (one parent run per suite, named "SUITE (cmbench log)"); what a run whose tracking was
-    down could not log. Returns counts."""
+    down could not log. A file that is not a valid result is skipped with a warning naming it
+    (``skipped`` counts them); the rest are logged. Returns counts."""
     from .results import load_results
 
+    skipped: list[str] = []
+
+    def bad(path: Path, why: str) -> None:
+        skipped.append(str(path))
+        log(f"warning: not logged: {printable(str(path))}: {why}")
+
     by_suite: dict[str, list[dict]] = {}
-    for rec in load_results(results_dir, include_rehearsal=True):
+    for rec in load_results(results_dir, include_rehearsal=True, on_bad=bad):
         by_suite.setdefault(rec["suite"], []).append(rec)
-    counts = {"logged": 0, "already": 0}
+    counts = {"logged": 0, "already": 0, "skipped": len(skipped)}
     for name, recs in sorted(by_suite.items()):
         tracker = Tracker(
             uri, name, tags={"suite_hash": recs[0].get("suite_hash", "")}, run_name=f"{name} (cmbench log)", log=log

@@ -42,7 +42,8 @@ from .protocol import nan_to_none
 from .results import load_results
 from .runner import _executor, _prepare_artefacts, _run_job, flatten, recorded_content, stale_reason
 from .store import open_store
-from .suite import Job, LoRA, Suite, load_suite, resolve_suite, training_field
+from .suite import Job, LoRA, Suite, load_suite, suite_named, training_field
+from .verified import VerifyLog
 
 # Largest per-cell difference, in whole test images, accepted when a result is recomputed
 # in another environment (another machine's CPU kernels, another torch version) or on a
@@ -195,10 +196,14 @@ def verify(
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise CmbenchError(f"{results_dir}: no results directory; pass --results DIR")
-    # an R that differs from its checksum is what verify exists to catch: compared, not refused
+    # --suite: names, or suite files (the only places a suite is loaded from besides suites/)
+    files = [Path(x) for x in suites or [] if x.endswith((".yaml", ".yml")) or Path(x).is_file()]
+    names = {x for x in suites or [] if Path(x) not in files} | {load_suite(f).name for f in files}
+    # a file that is not a valid result is refused; one whose content differs from its checksum
+    # is what verify exists to catch: compared, not refused
     recs = [r for r in load_results(results_dir, check_r=False) if r["status"] == "ok"]
     if suites:
-        recs = [r for r in recs if r["suite"] in suites]
+        recs = [r for r in recs if r["suite"] in names]
     if methods:
         recs = [r for r in recs if r["label"] in methods or r["method"] in methods]
     if not recs:
@@ -219,27 +224,33 @@ def verify(
     by_suite: dict[str, list[dict]] = defaultdict(list)
     for r in recs:
         by_suite[r["suite"]].append(r)
-    outcome: dict[str, set[str]] = {"mismatched": set(), "stale": set()}
+    # each job's outcome, counted once: stale (its key no longer matches the code) before a
+    # mismatch of its recomputed numbers
+    outcome: dict[str, str] = {}
+    record = VerifyLog(results_dir)
     with tempfile.TemporaryDirectory(prefix="cmbench-verify-") as tmp:
         for name, rs in sorted(by_suite.items()):
-            _verify_suite(name, rs, Path(tmp) / name, workers, executor, log, outcome)
-    failed = outcome["mismatched"] | outcome["stale"]
+            _verify_suite(name, rs, files, Path(tmp) / name, workers, executor, log, outcome, record)
+    counts = {k: sorted(f for f, v in outcome.items() if v == k) for k in ("mismatched", "stale")}
     log(
-        f"verify: {len(recs) - len(failed)} ok, {len(outcome['mismatched'])} mismatched, "
-        f"{len(outcome['stale'])} stale, in {time.perf_counter() - t0:.0f} s"
+        f"verify: {len(recs) - len(outcome)} ok, {len(counts['mismatched'])} mismatched, "
+        f"{len(counts['stale'])} stale, in {time.perf_counter() - t0:.0f} s; recorded in {record.path}"
     )
-    return {"checked": len(recs), **{k: sorted(v) for k, v in outcome.items()}}
+    return {"checked": len(recs), **counts}
 
 
-def _verify_suite(name: str, recs: list[dict], tmp: Path, workers, executor, log, outcome) -> None:
-    path = resolve_suite(name)
-    suite = load_suite(path)
+def _verify_suite(
+    name: str, recs: list[dict], files: list[Path], tmp: Path, workers, executor, log, outcome, record
+) -> None:
+    path, suite = suite_named(name, files)
     rel = {r["_path"]: str(Path(r["_path"]).relative_to(Path(r["_path"]).parents[2])) for r in recs}
 
     def report(r: dict, kind: str | None, line: str) -> None:
+        f = rel[r["_path"]]
         if kind:
-            outcome[kind].add(rel[r["_path"]])
-        log(f"  {_LABEL[kind]:<10}{rel[r['_path']]}: {line}")
+            outcome.setdefault(f, kind)
+        log(f"  {_LABEL[kind]:<10}{f}: {line}")
+        record.add(Path(r["_path"]), f, kind is None and f not in outcome, line)
 
     if any(r["suite_hash"] != suite.hash() for r in recs):
         for r in recs:
@@ -250,6 +261,15 @@ def _verify_suite(name: str, recs: list[dict], tmp: Path, workers, executor, log
     for r in recs:
         if not r.get("inputs"):
             report(r, "stale", "no inputs recorded (written before results were keyed by them)")
+            continue
+        orders = suite.orders_for(r["seed"]) if r["seed"] in suite.seeds else []
+        if r["order_index"] >= len(orders) or list(orders[r["order_index"]]) != r["tasks"]:
+            why = (
+                f"seed {r['seed']} is not a seed of suite {suite.name} ({suite.seeds})"
+                if not orders
+                else f"order {r['order_index']} of seed {r['seed']} is not {' > '.join(r['tasks'])} in {path}"
+            )
+            report(r, "mismatched", f"not a job of the suite: {why}")
             continue
         job = job_from_record(suite, r)
         reason = stale_reason(Path(r["_path"]), suite, job, store)

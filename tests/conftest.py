@@ -24,3 +24,16 @@ def nano_copy(nano_run, tmp_path):
     dst = tmp_path / "out"
     shutil.copytree(nano_run, dst)
     return dst
+
+
+def write_record(path: Path, rec: dict) -> Path:
+    """Write a result record built by a test as the runner writes one (its checksum included)."""
+    import json
+
+    from cmbench.record import checksum
+
+    rec = {k: v for k, v in rec.items() if k not in ("checksum", "R_checksum")}
+    rec["checksum"] = checksum(rec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec))
+    return path

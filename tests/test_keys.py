@@ -8,7 +8,8 @@ import pytest
 
 from cmbench import artefacts, protocol
 from cmbench.fingerprint import code_fingerprint, normalised_source
-from cmbench.results import load_results, r_checksum
+from cmbench.record import checksum
+from cmbench.results import load_results
 from cmbench.runner import Paths, run_suite
 from cmbench.suite import load_suite
 from cmbench.verify import choose_sample, verify
@@ -101,7 +102,7 @@ def test_verify_recomputes_cold_and_names_the_first_differing_cell(nano_copy, ca
     rec = json.loads(path.read_text())
     committed = rec["R"][2][1]
     rec["R"][2][1] = committed + 0.01  # a consistent file (checksum too) whose numbers differ: another machine
-    rec["R_checksum"] = r_checksum(rec["R"])
+    rec["checksum"] = checksum(rec)
     path.write_text(json.dumps(rec))
     lines.clear()
     bad = verify(results, methods=["ties"], executor="local", log=lines.append)
@@ -188,14 +189,14 @@ def test_tolerance_accepts_only_whole_flipped_images():
 
 
 def test_a_result_whose_R_was_edited_is_stale_and_refused_by_the_report(nano_copy):
-    """Results record a checksum of R: a hand-edited R (still valid JSON) is recomputed by the
-    next run and refused by the report with one line naming the file."""
+    """Results record a checksum of their content: a hand-edited R (still valid JSON) is
+    recomputed by the next run and refused by the report with one line naming the file."""
     from cmbench import CmbenchError
     from cmbench.runner import run_suite
 
     path = next((Paths(nano_copy).results / "nano-merge" / "ties").glob("*.json"))
     rec = json.loads(path.read_text())
-    assert "R_checksum" in rec  # every result written now records it
+    assert "checksum" in rec  # every result written now records it
     rec["R"][-1][0] = 0.99
     path.write_text(json.dumps(rec))
     with pytest.raises(CmbenchError, match="does not match the checksum"):

@@ -26,10 +26,11 @@ LAYERS = [
         "cmbench.measure",
         "cmbench.catalog",
         "cmbench.store",
-        "cmbench.results",
     ],
     ["cmbench.methods", "cmbench.estimates", "cmbench.lora"],  # the method API and what methods use
-    ["cmbench.suite"],  # the schema and job expansion
+    # the suite schema and job expansion; the result record (it reads names and LoRA from the
+    # schema) and the reading of result files
+    ["cmbench.suite", "cmbench.record", "cmbench.results", "cmbench.verified"],
     ["cmbench.data", "cmbench.models", "cmbench.train", "cmbench.published"],
     ["cmbench.artefacts", "cmbench.jobstate", "cmbench.plan", "cmbench.tuned"],
     ["cmbench.protocol"],

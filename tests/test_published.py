@@ -9,7 +9,7 @@ from cmbench.protocol import _published, _setup_check
 from cmbench.runner import Paths
 from cmbench.suite import expand, load_suite
 
-from .conftest import REPO
+from .conftest import REPO, write_record
 
 TA8 = REPO / "suites" / "clip-vit-b32-ta8.yaml"
 
@@ -96,8 +96,7 @@ def test_report_shows_the_published_column(nano_run, tmp_path):
             **_published(suite, job, M.get(job.method)),
             **_setup_check(suite, order[:n], rec["R"][0], rec["E"], {t: 500 for t in order}),
         )
-        (out / rec["label"]).mkdir(parents=True, exist_ok=True)
-        (out / rec["label"] / f.name).write_text(json.dumps(rec))
+        write_record(out / rec["label"] / f.name, rec)
         written += 1
     assert written
     md = tmp_path / "lb.md"

@@ -18,7 +18,7 @@ from cmbench.results import load_results
 from cmbench.runner import Paths, run_suite
 from cmbench.suite import expand, load_suite
 
-from .conftest import NANO, REPO
+from .conftest import NANO, REPO, write_record
 
 QUIET = dict(log=lambda s: None)
 
@@ -216,7 +216,7 @@ def test_report_is_deterministic_and_complete(nano_copy, tmp_path):
 
     a = render_leaderboard(Paths(nano_copy).results, tmp_path / "a" / "lb.md").read_bytes()
     b = render_leaderboard(Paths(nano_copy).results, tmp_path / "b" / "lb.md").read_bytes()
-    files_a = sorted(p.name for p in (tmp_path / "a" / "plots").iterdir())
+    files_a = sorted(p.name for p in (tmp_path / "a" / "plots").iterdir() if p.name != ".cmbench-plots")
     assert a == b
     for name in files_a:  # every plot, PNG and SVG, byte-identical
         assert (tmp_path / "a" / "plots" / name).read_bytes() == (tmp_path / "b" / "plots" / name).read_bytes(), name
@@ -327,8 +327,7 @@ def test_leaderboard_shortens_long_hyperparameter_lists(nano_copy, tmp_path):
         r = dict(rec, label=label, method="many", hparams={f"h{i}": i for i in range(n)})
         if label == "many-variant":
             r["hparams"] = dict(r["hparams"], h3=99)
-        (results / rec["suite"] / label).mkdir(parents=True, exist_ok=True)
-        (results / rec["suite"] / label / src.name).write_text(json.dumps(r))
+        write_record(results / rec["suite"] / label / src.name, r)
     md = render_leaderboard(results, tmp_path / "lb.md").read_text()
     assert "10 values, listed in the result files" in md
     assert "h3=99; others as many" in md

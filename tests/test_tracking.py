@@ -75,7 +75,7 @@ def test_a_down_or_hung_tracker_costs_the_run_at_most_its_bound(nano_copy, tmp_p
 
     later = f"sqlite:///{tmp_path / 'later.db'}"
     counts = log_results(Paths(nano_copy).results, later, log=said.append)
-    assert counts == {"logged": 12, "already": 0}
+    assert counts == {"logged": 12, "already": 0, "skipped": 0}
     children, parents = _child_runs(later, "nano-merge")
     assert len(children) == 12 and len(parents) == 1
     assert {r.data.params["label"] for r in children} >= {"weight_average", "task_arithmetic"}

@@ -15,6 +15,8 @@ import numpy as np
 
 from ..results import job_of, load_results
 from . import plots
+from .escape import md
+from .outputs import MARK, check_markdown, claim_plots
 
 STREAM_COLS = ("ACC", "AIA", "BWT", "FGT", "FWT", "NACC")
 TTM_COLS = ["ACC", "AIA", "BWT", "FGT"]  # FWT undefined: unlearned classes have no cells
@@ -34,7 +36,7 @@ def _devices(recs: list[dict]) -> list[str]:
     for r in recs:
         inp = r.get("inputs") or {}
         name = (r.get("device") or {}).get("name") or (r.get("versions") or {}).get("cpu_capability")
-        out[f"{inp.get('device', '?')} {inp.get('precision', '?')}" + (f" ({name})" if name else "")] = None
+        out[md(f"{inp.get('device', '?')} {inp.get('precision', '?')}" + (f" ({name})" if name else ""))] = None
     return list(out)
 
 
@@ -70,7 +72,7 @@ def _bytes(n: float) -> str:
 def _published_cell(p: dict | None) -> str:
     if not p:
         return "–"
-    return f"{p['acc']:.1f}" + (f" ± {p['std']:.1f}" if p.get("std") is not None else "")
+    return f"{p['acc']:.1f}" + (f" ± {p['std']:.1f}" if p.get("std") is not None else "")  # numbers only
 
 
 def _storage_cell(rs: list[dict]) -> str:
@@ -99,7 +101,7 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
     hashes = sorted({r["suite_hash"] for r in recs})
     commits = sorted({r.get("git_commit") or "?" for r in recs})
     last = max((r.get("finished_at") or "" for r in recs), default="")
-    lines = [f"## {suite}", ""]
+    lines = [f"## {md(suite)}", ""]
     if any(r.get("rehearsal") for r in recs):
         lines += [
             "**rehearsal: random weights** (generated data and experts; these numbers measure the "
@@ -108,9 +110,9 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
         ]
     setting = recs[0].get("setting", "merge_stream")
     lines.append(
-        f"Setting: `{setting}` · suite hash {', '.join(f'`{h}`' for h in hashes)} · "
+        f"Setting: `{md(setting)}` · suite hash {', '.join(f'`{md(h)}`' for h in hashes)} · "
         f"{', '.join(_devices(recs))} · "
-        f"commit {', '.join(f'`{c[:10]}`' for c in commits)} · last job {last}"
+        f"commit {', '.join(f'`{md(c[:10])}`' for c in commits)} · last job {md(last)}"
     )
     lines.append("")
 
@@ -127,6 +129,7 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
     header = [
         "Method",
         "n",
+        "Verified",
         *cols,
         *pub_cols,
         "Storage (peak)",
@@ -145,24 +148,26 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
         acc_mean = _stat([r["metrics"]["ACC"] for r in rs])[0]
         hp = hparam_text(label, rs, first_of)
         name = (
-            label + (" †" if rs[0].get("reconstruction") else "") + (" ‡" if rs[0].get("R_final_before_finish") else "")
+            md(label)
+            + (" †" if rs[0].get("reconstruction") else "")
+            + (" ‡" if rs[0].get("R_final_before_finish") else "")
         )
         partial = len(rs) < full
         if partial:
             name += f" (n = {len(rs)} of {full})"
         reference = rs[0].get("data_access") == "all_seen"
-        cells = [f"*{name}* (reference)" if reference else name, str(len(rs))]
+        cells = [f"*{name}* (reference)" if reference else name, str(len(rs)), f"{sum(r['verified'] for r in rs)}"]
         for col in cols:
             cells.append(_pct([r["metrics"].get(col) for r in rs], signed=col in ("BWT", "FWT")))
         if pub_cols:
             cells.append(_published_cell(pub.get(label)))
-        cells.append(_storage_cell(rs))
-        cells.append(DATA_LABEL.get(rs[0].get("data_access", "none"), rs[0].get("data_access", "?")))
+        cells.append(md(_storage_cell(rs)))
+        cells.append(md(DATA_LABEL.get(rs[0].get("data_access", "none"), rs[0].get("data_access", "?"))))
         if not stream:
             cells.append(f"{_stat([r['timings']['train_total_s'] for r in rs])[0]:.1f}")
             cells.append(f"{_stat([np.mean(r['start_grad_norm']) for r in rs])[0]:.3g}")
         cells.append(f"{_stat([r['timings']['merge_total_s'] for r in rs])[0]:.3f}")
-        cells.append(hp)
+        cells.append(md(hp))
         rows.append((reference, partial, -acc_mean, label, cells))
     for *_, cells in sorted(rows):
         lines.append("| " + " | ".join(cells) + " |")
@@ -172,16 +177,16 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
     if ok and stream:
         theta0 = _per_seed(ok, lambda r: float(np.mean(r["R"][0])))
         indiv = _per_seed(ok, lambda r: float(np.mean(r["E"])))
-        pad = " | ".join(["–"] * (len(header) - len(cols) - len(pub_cols) - 2))
+        pad = " | ".join(["–"] * (len(header) - len(cols) - len(pub_cols) - 3))
         blank = ["–"] * (len(cols) - 1)
         ref_pub = {k: [_published_cell(pub_refs.get(k))] if pub_cols else [] for k in ("theta0", "experts")}
         lines.append(
-            f"| *pretrained θ0* | {len(theta0)} seeds | {_pct(theta0.values())} | "
+            f"| *pretrained θ0* | {len(theta0)} seeds | – | {_pct(theta0.values())} | "
             + " | ".join(blank + ref_pub["theta0"])
             + f" | {pad} |"
         )
         lines.append(
-            f"| *individual experts* | {len(indiv)} seeds | {_pct(indiv.values())} | "
+            f"| *individual experts* | {len(indiv)} seeds | – | {_pct(indiv.values())} | "
             + " | ".join(blank[:-1] + ["100.0 ± 0.0"] + ref_pub["experts"])
             + f" | {pad} |"
         )
@@ -192,7 +197,8 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
         sources = sorted({p["source"] for p in [*pub.values(), *pub_refs.values()]})
         lines += [
             "",
-            "Published ACC (the source's row, mean over its task orders ± std where given): " + "; ".join(sources),
+            "Published ACC (the source's row, mean over its task orders ± std where given): "
+            + "; ".join(md(s) for s in sources),
         ]
     off: dict[tuple, list[dict]] = defaultdict(list)  # (θ0 or expert, task) -> its failed checks
     for r in ok:
@@ -205,7 +211,7 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
             f"**Setup check: {len(off)} per-task accuracies differ from the published ones** "
             "(preprocessing, class names and templates, or the checkpoint?): "
             + "; ".join(
-                f"{'θ0' if w == 'theta0' else 'expert'} on {t} {np.mean([c['ours'] for c in cs]):.1f}% vs "
+                f"{'θ0' if w == 'theta0' else 'expert'} on {md(t)} {np.mean([c['ours'] for c in cs]):.1f}% vs "
                 f"{cs[0]['published']:.1f}% (±{max(c['tolerance'] for c in cs):.1f})"
                 for (w, t), cs in sorted(off.items())
             ),
@@ -216,14 +222,14 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
             "",
             "‡ final ACC before the end-of-stream step (the same jobs): "
             + "; ".join(
-                f"{lb} {_pct([_final_mean(r['R_final_before_finish']) for r in rs])} (n = {len(rs)})"
+                f"{md(lb)} {_pct([_final_mean(r['R_final_before_finish']) for r in rs])} (n = {len(rs)})"
                 for lb, rs in sorted(finished.items())
             ),
         ]
     if failed:
         lines += ["", f"**{len(failed)} failed job(s)** (counted, not dropped):"]
         for r in sorted(failed, key=lambda r: (r["label"], r["seed"], r["order_index"])):
-            lines.append(f"- {r['label']} seed {r['seed']} order {r['order_index']}: {r.get('error', '?')}")
+            lines.append(f"- {md(r['label'])} seed {r['seed']} order {r['order_index']}: {md(r.get('error') or '?')}")
     lines.append("")
 
     if ok:
@@ -236,7 +242,7 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
             for s in seeds:
                 m, _, n = _stat([r["metrics"]["ACC"] for r in by_label[label] if r["seed"] == s])
                 cells.append(f"{100 * m:.1f}" if n else "–")
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            lines.append(f"| {md(label)} | " + " | ".join(cells) + " |")
         if stream:
             lines.append("| *pretrained θ0* | " + " | ".join(f"{100 * theta0[s]:.1f}" for s in seeds) + " |")
             lines.append("| *individual experts* | " + " | ".join(f"{100 * indiv[s]:.1f}" for s in seeds) + " |")
@@ -261,7 +267,7 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
                 per_task_e[t][r["seed"]] = r["E"][j]
                 per_task_0[t][r["seed"]] = r["R"][0][j]
         lines += ["Per task (mean ± std over seeds): θ0 with the frozen head, and the expert on its own task:", ""]
-        lines += ["| | " + " | ".join(task_order) + " |", "|---|" + "---|" * len(task_order)]
+        lines += ["| | " + " | ".join(md(t) for t in task_order) + " |", "|---|" + "---|" * len(task_order)]
         lines.append("| θ0 | " + " | ".join(_pct(per_task_0[t].values()) for t in task_order) + " |")
         lines.append("| expert | " + " | ".join(_pct(per_task_e[t].values()) for t in task_order) + " |")
         published_task = {(c["what"], c["task"]): c["published"] for r in ok for c in r.get("setup_check") or []}
@@ -315,7 +321,7 @@ def shared_job_comparisons(by_label: dict[str, list[dict]], full: int) -> list[s
         on_jobs = {lb: np.mean([v[j] for j in jobs if j in v]) for lb, v in full_rows.items()}
         best = max(on_jobs, key=lambda lb: on_jobs[lb])
         own = np.mean([r["metrics"]["ACC"] for r in rs])
-        out.append(f"{label} {100 * own:.1f} vs {best} {100 * on_jobs[best]:.1f} (best full row there)")
+        out.append(f"{md(label)} {100 * own:.1f} vs {md(best)} {100 * on_jobs[best]:.1f} (best full row there)")
     return out
 
 
@@ -380,7 +386,7 @@ def calibration_section(by_label: dict[str, list[dict]]) -> list[str]:
         ]
         m, sd, _ = _stat(ratio)
         rows.append(
-            (-np.mean(final_all), f"| {label} | {_pct(final_all)} | {_pct(final_within)} | {m:.2f} ± {sd:.2f} |")
+            (-np.mean(final_all), f"| {md(label)} | {_pct(final_all)} | {_pct(final_within)} | {m:.2f} ± {sd:.2f} |")
         )
     return lines + [row for _, row in sorted(rows)] + [""]
 
@@ -390,7 +396,7 @@ def paired_section(by_label: dict[str, list[dict]], ref: str) -> list[str]:
     that unpaired mean ± std mixes in."""
     base = {job_of(r): r["metrics"]["ACC"] for r in by_label[ref]}
     lines = [
-        f"Paired ACC difference to {ref} (same seed and order; mean ± std, wins/n):",
+        f"Paired ACC difference to {md(ref)} (same seed and order; mean ± std, wins/n):",
         "",
         "| Method | Δ ACC | wins |",
         "|---|---|---|",
@@ -403,7 +409,7 @@ def paired_section(by_label: dict[str, list[dict]], ref: str) -> list[str]:
         if d:
             m, sd, n = _stat(d)
             spread = f" ± {100 * sd:.1f}" if n > 1 else ""  # one pair has no spread to show
-            rows.append((-m, label, f"| {label} | {100 * m:+.1f}{spread} | {sum(x > 0 for x in d)}/{n} |"))
+            rows.append((-m, label, f"| {md(label)} | {100 * m:+.1f}{spread} | {sum(x > 0 for x in d)}/{n} |"))
     return lines + [row for *_, row in sorted(rows)] + [""]
 
 
@@ -412,14 +418,23 @@ def render_leaderboard(
     output: str | Path = "leaderboard.md",
     plots_dir: str | Path | None = None,
     include_rehearsal: bool = False,
+    recs: list[dict] | None = None,
 ) -> Path:
+    """Write ``output`` and its plots from the results under ``results_dir`` (or ``recs``,
+    read from there already). Refuses to overwrite a file or fill a folder it did not write
+    (``cmbench.report.outputs``)."""
     results_dir, output = Path(results_dir), Path(output)
     plots_dir = Path(plots_dir) if plots_dir else output.parent / "plots"
-    recs = load_results(results_dir, include_rehearsal)
+    check_markdown(output)
+    claim_plots(plots_dir)
+    if recs is None:
+        recs = load_results(results_dir, include_rehearsal)
     by_suite: dict[str, list[dict]] = defaultdict(list)
     for r in recs:
         by_suite[r["suite"]].append(r)
     lines = [
+        MARK,
+        "",
         "# cmbench leaderboard",
         "",
         "Rendered by `cmbench report` from the result files under `results/` alone. Accuracies in %, "
@@ -431,6 +446,9 @@ def render_leaderboard(
         "ACC/AIA/BWT/FGT there are per-task means. Start ‖∇‖: gradient norm at the start of each task's "
         "training, mean over steps. "
         "Storage: bytes a method keeps between steps beyond the merged model. "
+        "Verified: jobs that `cmbench verify` recomputed from scratch and found equal, with the file's "
+        "bytes unchanged since (`results/verified.jsonl`; checksums in the files catch accidental edits, "
+        "not forgery: only recomputing proves a number). "
         "† reconstruction of a method without public code; ‡ end-of-stream refinement (lifts only the final row). "
         "Hyperparameters: the values each row lists: suite defaults (paper or public-code values) or tuned "
         "by `cmbench tune` on validation splits (rows `<label>-tuned`; scored on every task's validation "

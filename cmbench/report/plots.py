@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import metrics
+from .escape import plot as _t  # `$` in a name would start a formula
 
 
 def _plt():
@@ -59,7 +60,7 @@ def plot_accuracy_over_steps(suite: str, by_label: dict[str, list[dict]], plots_
         steps = np.arange(1, curves.shape[1] + 1)
         mean = np.nanmean(curves, axis=0)
         std = np.nanstd(curves, axis=0, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
-        ax.plot(steps, mean, marker="o", ms=3, color=colors[label], label=f"{label} (n={len(curves)})")
+        ax.plot(steps, mean, marker="o", ms=3, color=colors[label], label=f"{_t(label)} (n={len(curves)})")
         ax.fill_between(steps, mean - std, mean + std, color=colors[label], alpha=0.07, linewidth=0)
     any_recs = [r for rs in by_label.values() for r in rs]
     if any_recs and any_recs[0].get("E"):  # merge stream reference levels
@@ -70,12 +71,12 @@ def plot_accuracy_over_steps(suite: str, by_label: dict[str, list[dict]], plots_
         ax.axhline(experts, color="0.45", ls="--", lw=1.2, label="individual experts")
     ax.set_xlabel("step t (tasks merged)")
     ax.set_ylabel("mean accuracy on seen tasks (%)")
-    ax.set_title(f"{suite}\nmean ± std over seeds × orders", fontsize=10)
+    ax.set_title(f"{_t(suite)}\nmean ± std over seeds × orders", fontsize=10)
     ax.grid(alpha=0.3)
     _integer_ticks(ax)
     # beside the axes, best final value first: the legend never covers the curves
     handles, names = ax.get_legend_handles_labels()
-    final = {lb: np.nanmean([metrics.step_average(r["R"])[-1] for r in rs]) for lb, rs in by_label.items()}
+    final = {_t(lb): np.nanmean([metrics.step_average(r["R"])[-1] for r in rs]) for lb, rs in by_label.items()}
     rank = sorted(range(len(names)), key=lambda i: -final.get(names[i].rsplit(" (n=", 1)[0], -1.0))
     ax.legend(
         [handles[i] for i in rank],
@@ -119,7 +120,7 @@ def plot_heatmaps(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) 
         T = R.shape[1]
         ax.axis("on")
         im = ax.imshow(R, vmin=0, vmax=100, cmap="viridis", aspect="auto")
-        ax.set_title(f"{label} (mean of {len(by_label[label])} jobs)", fontsize=8)
+        ax.set_title(f"{_t(label)} (mean of {len(by_label[label])} jobs)", fontsize=8)
         ax.set_xticks(range(T), [str(j + 1) for j in range(T)], fontsize=6)
         ax.set_yticks(range(len(R)), ["θ0"] + [f"M{t}" for t in range(1, len(R))], fontsize=6)
         ax.set_xlabel("task, by arrival", fontsize=6)
@@ -168,9 +169,9 @@ def plot_final_vs_expert(suite: str, by_label: dict[str, list[dict]], plots_dir:
                 fontsize=6,
                 color="white" if abs(M[i, j]) > 0.6 * lim else "black",
             )
-    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
-    ax.set_yticks(range(len(labels)), [f"{lb}  ({np.mean(D[lb]):+.1f})" for lb in labels], fontsize=7)
-    ax.set_title(f"{suite}: final accuracy minus the expert's (points, mean over jobs)", fontsize=10)
+    ax.set_xticks(range(len(tasks)), [_t(t) for t in tasks], rotation=30, ha="right")
+    ax.set_yticks(range(len(labels)), [f"{_t(lb)}  ({np.mean(D[lb]):+.1f})" for lb in labels], fontsize=7)
+    ax.set_title(f"{_t(suite)}: final accuracy minus the expert's (points, mean over jobs)", fontsize=10)
     fig.colorbar(im, ax=ax, shrink=0.8, label="final − expert (points)")
     return _save(fig, plots_dir, f"{suite}-final-vs-expert")
 
@@ -196,10 +197,10 @@ def plot_forgetting(suite: str, by_label: dict[str, list[dict]], plots_dir: Path
             label=key,
             error_kw={"lw": 0.8},
         )
-    ax.set_yticks(y, labels)
+    ax.set_yticks(y, [_t(lb) for lb in labels])
     ax.axvline(0, color="0.3", lw=0.8)
     ax.set_xlabel("points (BWT < 0 and FGT > 0 mean forgetting)")
-    ax.set_title(f"{suite}: backward transfer and forgetting", fontsize=10)
+    ax.set_title(f"{_t(suite)}: backward transfer and forgetting", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, plots_dir, f"{suite}-forgetting")
@@ -219,7 +220,8 @@ def plot_pareto(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) ->
         rows.append((acc, label, storage, t))
     for i, (acc, label, storage, t) in enumerate(sorted(rows, reverse=True), start=1):
         for ax, xv in ((a1, storage), (a2, t)):
-            ax.scatter([xv], [acc], color=colors[label], s=60, label=f"{i}  {label} ({acc:.1f})" if ax is a1 else None)
+            key = f"{i}  {_t(label)} ({acc:.1f})" if ax is a1 else None
+            ax.scatter([xv], [acc], color=colors[label], s=60, label=key)
             ax.annotate(str(i), (xv, acc), fontsize=6, ha="center", va="center")
     a1.set_xlabel("storage kept between steps (MiB)")
     a2.set_xlabel("merge + train time per job (s)")
@@ -228,7 +230,7 @@ def plot_pareto(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) ->
         ax.set_ylabel("ACC (%)")
         ax.grid(alpha=0.3)
     fig.legend(loc="outside right upper", fontsize=7, frameon=False)
-    fig.suptitle(f"{suite}: accuracy vs cost", fontsize=10)
+    fig.suptitle(f"{_t(suite)}: accuracy vs cost", fontsize=10)
     return _save(fig, plots_dir, f"{suite}-pareto")
 
 
@@ -240,12 +242,12 @@ def plot_grad_norm(suite: str, by_label: dict[str, list[dict]], plots_dir: Path)
     for label, rs in sorted(by_label.items()):
         g = np.array([r["start_grad_norm"] for r in rs], dtype=float)
         steps = np.arange(1, g.shape[1] + 1)
-        ax.plot(steps, g.mean(0), marker="o", ms=3, color=colors[label], label=label)
+        ax.plot(steps, g.mean(0), marker="o", ms=3, color=colors[label], label=_t(label))
     ax.set_xlabel("task t")
     _integer_ticks(ax)
     ax.set_ylabel("‖∇θ L‖ at the start of task t's training")
     ax.set_yscale("log")
-    ax.set_title(f"{suite}: start-of-task gradient norm (mean over jobs)", fontsize=10)
+    ax.set_title(f"{_t(suite)}: start-of-task gradient norm (mean over jobs)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, plots_dir, f"{suite}-start-grad-norm")

@@ -11,10 +11,7 @@ fetched; the pages open from the file system. The same result files give the sam
 
 from __future__ import annotations
 
-import html
-import json
 import re
-import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -23,6 +20,9 @@ import numpy as np
 from .. import metrics
 from ..results import job_of, load_results
 from . import plots
+from .escape import html as _esc
+from .escape import json_in_html
+from .outputs import clear_site, write_manifest
 from .leaderboard import DATA_LABEL, STREAM_COLS, TTM_COLS, _devices, _pct, _published_cell, _stat, hparam_text
 
 
@@ -185,24 +185,32 @@ function matrixTable(title, R, tasks){
       (v === null ? 'not measured' : v.toFixed(1) + '%');
   });});
   const d=document.createElement('div'); d.className='mat'; d.appendChild(t); return d;}
-// accuracy over steps
+// accuracy over steps; every element is built through the DOM: text from the result files is
+// set as text or attribute values, never parsed as markup
 const svg = document.getElementById('curves');
+function el(tag, attrs, text){ const x=document.createElementNS('http://www.w3.org/2000/svg', tag);
+  for (const k in attrs) x.setAttribute(k, attrs[k]); if (text !== undefined) x.textContent=text; return x;}
 if (svg) {
   const W=720,H=300,L=46,B=30,T=10,Rr=10; const rows=D.rows; const n=Math.max(...rows.map(r=>r.curve.length));
   const vals=rows.flatMap(r=>r.curve).filter(v=>v!==null); const lo=Math.max(0,Math.floor(Math.min(...vals)/10)*10);
   const x=s=>L+(W-L-Rr)*(n===1?0.5:(s-1)/(n-1)), y=v=>T+(H-T-B)*(1-(v-lo)/(100-lo));
-  let g='';
-  for(let v=lo; v<=100; v+=10) g+=`<line x1="${L}" x2="${W-Rr}" y1="${y(v)}" y2="${y(v)}" stroke="#e3e6ec"/>`+
-    `<text x="${L-6}" y="${y(v)+4}" text-anchor="end">${v}</text>`;
-  for(let s=1; s<=n; s++) g+=`<text x="${x(s)}" y="${H-B+16}" text-anchor="middle">${s}</text>`;
-  g+=`<text x="${(W+L)/2}" y="${H-2}" text-anchor="middle">step t</text>`;
+  for(let v=lo; v<=100; v+=10) {
+    svg.appendChild(el('line', {x1:L, x2:W-Rr, y1:y(v), y2:y(v), stroke:'#e3e6ec'}));
+    svg.appendChild(el('text', {x:L-6, y:y(v)+4, 'text-anchor':'end'}, String(v)));
+  }
+  for(let s=1; s<=n; s++) svg.appendChild(el('text', {x:x(s), y:H-B+16, 'text-anchor':'middle'}, String(s)));
+  svg.appendChild(el('text', {x:(W+L)/2, y:H-2, 'text-anchor':'middle'}, 'step t'));
+  const legend=document.getElementById('legend');
   rows.forEach((r,i)=>{ const pts=r.curve.map((v,s)=>v===null?null:[x(s+1),y(v)]).filter(p=>p);
-    g+=`<polyline fill="none" stroke="${color(i)}" stroke-width="1.8" points="${pts.map(p=>p.join(',')).join(' ')}"/>`;
-    r.curve.forEach((v,s)=>{ if(v!==null) g+=`<circle cx="${x(s+1)}" cy="${y(v)}" r="4" fill="${color(i)}" `+
-      `data-tip="${r.label}, step ${s+1}: ${v.toFixed(1)}% (mean over ${r.n} jobs)"/>`; });});
-  svg.setAttribute('viewBox', `0 0 ${W} ${H}`); svg.innerHTML=g;
-  document.getElementById('legend').innerHTML =
-    rows.map((r,i)=>`<span><i style="background:${color(i)}"></i>${r.label}</span>`).join('');
+    svg.appendChild(el('polyline', {fill:'none', stroke:color(i), 'stroke-width':1.8,
+                                    points:pts.map(p=>p.join(',')).join(' ')}));
+    r.curve.forEach((v,s)=>{ if(v===null) return;
+      const c=el('circle', {cx:x(s+1), cy:y(v), r:4, fill:color(i)});
+      c.dataset.tip=r.label+', step '+(s+1)+': '+v.toFixed(1)+'% (mean over '+r.n+' jobs)'; svg.appendChild(c); });
+    const span=document.createElement('span'), sw=document.createElement('i'); sw.style.background=color(i);
+    span.appendChild(sw); span.appendChild(document.createTextNode(r.label)); legend.appendChild(span);
+  });
+  svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
 }
 const mats=document.getElementById('mats');
 if (mats) D.rows.forEach(r => mats.appendChild(matrixTable(r.label + ' (mean of ' + r.n + ' jobs)', r.matrix, null)));
@@ -218,17 +226,17 @@ REHEARSAL = "<p><b>rehearsal: random weights</b> (these numbers measure the harn
 
 
 def _page(title: str, body: str, data: dict) -> str:
-    blob = json.dumps(data, sort_keys=True, ensure_ascii=False).replace("</", "<\\/")
+    blob = json_in_html(data)
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>\n{body}\n"
+        f"<title>{_esc(title)}</title><style>{STYLE}</style></head><body>\n{body}\n"
         f'<div id="tip"></div><script id="data" type="application/json">{blob}</script>'
         f"<script>{SCRIPT}</script></body></html>\n"
     )
 
 
 def _suite_page(d: dict, figures: list[tuple[str, str]]) -> str:
-    e = html.escape
+    e = _esc
     published = any(r["published"]["v"] is not None for r in d["rows"])  # a column only where a source has one
     pub_head = ["Published ACC"] if published else []
     head = ["Method", "n", *d["cols"], *pub_head, "Data", "Merge time (s)", "Hyperparameters", "Provenance"]
@@ -258,8 +266,8 @@ def _suite_page(d: dict, figures: list[tuple[str, str]]) -> str:
     access = sorted({r["data"] for r in d["rows"]})
     options = "".join(f'<option value="{e(a)}">{e(a)}</option>' for a in access)
     meta = (
-        f"Setting <b>{e(d['setting'])}</b> · suite hash {', '.join(d['hashes'])} · {e(', '.join(d['devices']))} · "
-        f"commit {', '.join(d['commits'])} · last job {e(d['last_job'])}"
+        f"Setting <b>{e(d['setting'])}</b> · suite hash {e(', '.join(d['hashes']))} · {e(', '.join(d['devices']))} · "
+        f"commit {e(', '.join(d['commits']))} · last job {e(d['last_job'])}"
         + (f" · <b>{d['failed']} failed job(s)</b>" if d["failed"] else "")
     )
     details = "".join(
@@ -286,7 +294,7 @@ arrival position; hover a cell for its value</p><div class="mats" id="mats"></di
 
 
 def _index_page(suites: list[dict]) -> str:
-    e = html.escape
+    e = _esc
     rows = []
     for d in suites:
         best = max(
@@ -294,7 +302,7 @@ def _index_page(suites: list[dict]) -> str:
             key=lambda r: r["metrics"]["ACC"]["v"],
             default=None,
         )
-        best_text = f"{e(best['label'])} ({best['metrics']['ACC']['text']})" if best else "–"
+        best_text = e(f"{best['label']} ({best['metrics']['ACC']['text']})") if best else "–"
         jobs = sum(r["n"] for r in d["rows"])
         rows.append(
             f'<tr data-label="{e(d["suite"])}" data-access="{e(d["setting"])}"><td class="l" data-v="{e(d["suite"])}">'
@@ -302,7 +310,7 @@ def _index_page(suites: list[dict]) -> str:
             f'{e(d["setting"])}</td><td data-v="{len(d["rows"])}">{len(d["rows"])}</td><td data-v="{jobs}">{jobs}</td>'
             f'<td class="l" data-v="{best_text}">{best_text}</td></tr>'
         )
-    settings = "".join(f'<option value="{s}">{s}</option>' for s in sorted({d["setting"] for d in suites}))
+    settings = "".join(f'<option value="{e(s)}">{e(s)}</option>' for s in sorted({d["setting"] for d in suites}))
     body = f"""<h1>cmbench leaderboard</h1>
 <div class="meta">continual model merging: every number from the result files in this repository</div>
 <div class="controls"><input id="q" placeholder="filter suites"> <label>setting
@@ -313,16 +321,20 @@ def _index_page(suites: list[dict]) -> str:
     return _page("cmbench leaderboard", body, {"rows": []})
 
 
-def render_site(results_dir: str | Path, site_dir: str | Path, include_rehearsal: bool = False) -> Path:
-    """Write the site for every suite under ``results_dir`` into ``site_dir`` (replaced)."""
+def render_site(
+    results_dir: str | Path, site_dir: str | Path, include_rehearsal: bool = False, recs: list[dict] | None = None
+) -> Path:
+    """Write the site for every suite under ``results_dir`` (or ``recs``, read from there
+    already) into ``site_dir``: the files of its last render are replaced, nothing else is
+    touched, and a folder the site did not write is refused (``cmbench.report.outputs``)."""
     site = Path(site_dir)
-    recs = load_results(results_dir, include_rehearsal)
+    clear_site(site)
+    if recs is None:
+        recs = load_results(results_dir, include_rehearsal)
     by_suite: dict[str, list[dict]] = defaultdict(list)
     for r in recs:
         by_suite[r["suite"]].append(r)
-    if site.exists():
-        shutil.rmtree(site)
-    site.mkdir(parents=True)
+    written: list[Path] = []
     suites = []
     for suite in sorted(by_suite):
         d = suite_data(suite, by_suite[suite])
@@ -343,8 +355,11 @@ def render_site(results_dir: str | Path, site_dir: str | Path, include_rehearsal
                 png = Path(fn(suite, by_label, page_dir / "plots"))
                 png.with_suffix(".svg").unlink(missing_ok=True)  # the PNG is shown; one file per figure
                 figures.append((title, png.relative_to(page_dir).as_posix()))
+                written.append(png)
         page_dir.mkdir(parents=True, exist_ok=True)
         (page_dir / "index.html").write_text(_suite_page(d, figures), encoding="utf-8")
+        written.append(page_dir / "index.html")
         suites.append(d)
     (site / "index.html").write_text(_index_page(suites), encoding="utf-8")
+    write_manifest(site, [*written, site / "index.html"])
     return site / "index.html"

@@ -18,6 +18,7 @@ from collections import defaultdict
 import numpy as np
 
 from ..results import job_of
+from . import escape
 
 
 def _ms(pairs):
@@ -79,7 +80,9 @@ def _render(title: str, header: list[str], rows: list[str], cols: list[list], fm
     if fmt == "csv":  # numbers in their own columns: mean, std, n (a published value: mean only)
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["table", header[0], *(f"{h} {part}" for h in header[1:] for part in ("mean", "std", "n"))])
+        w.writerow(
+            ["table", header[0], *(escape.csv_text(f"{h} {part}") for h in header[1:] for part in ("mean", "std", "n"))]
+        )
         for i, r in enumerate(rows):
             cells = []
             for col in cols:
@@ -88,7 +91,7 @@ def _render(title: str, header: list[str], rows: list[str], cols: list[list], fm
                     cells += [f"{c[0]:.4f}", "" if c[1] is None else f"{c[1]:.4f}", c[2]]
                 else:
                     cells += [c.split(" ± ")[0] if isinstance(c, str) else "", "", ""]
-            w.writerow([title, r, *cells])
+            w.writerow([escape.csv_text(title), escape.csv_text(r), *cells])
         return buf.getvalue()
     # a row with fewer jobs than the suite's fullest row is marked with its n (and ranked on the
     # jobs it shares with the others: _rank_marks)
@@ -97,19 +100,19 @@ def _render(title: str, header: list[str], rows: list[str], cols: list[list], fm
     rows = [f"{r} (n = {n} of {full})" if 0 < n < full else r for r, n in zip(rows, n_of)]
     body = [[r] + [_cell(cols[j][i], marks[j][i], fmt) for j in range(len(cols))] for i, r in enumerate(rows)]
     if fmt == "latex":
-        esc = lambda t: t.replace("_", "\\_").replace("%", "\\%")  # noqa: E731
         out = [
-            f"% {esc(title)}",
+            f"% {escape.latex(title)}",
             "\\begin{tabular}{l" + "c" * (len(header) - 1) + "}",
             "\\toprule",
-            " & ".join(esc(h) for h in header) + " \\\\",
+            " & ".join(escape.latex(h) for h in header) + " \\\\",
             "\\midrule",
         ]
-        out += [" & ".join([esc(line[0])] + line[1:]) + " \\\\" for line in body]
+        out += [" & ".join([escape.latex(line[0])] + line[1:]) + " \\\\" for line in body]
         out += ["\\bottomrule", "\\end{tabular}", ""]
         return "\n".join(out)
-    out = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(line) + " |" for line in body] + [""]
+    out = [f"**{escape.md(title)}**", "", "| " + " | ".join(escape.md(h) for h in header) + " |"]
+    out += ["|" + "---|" * len(header)]
+    out += ["| " + " | ".join([escape.md(line[0]), *line[1:]]) + " |" for line in body] + [""]
     return "\n".join(out)
 
 
