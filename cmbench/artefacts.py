@@ -85,7 +85,29 @@ def _cap_test(td: data_mod.TaskData, cap: int, data_seed: int) -> data_mod.TaskD
     return dataclasses.replace(td, test=data_mod.Split(x=td.test.x[keep], y=td.test.y[keep]))
 
 
+_MEMO: dict[int, tuple[Suite, dict]] = {}
+
+
+def _memo(suite: Suite) -> dict:
+    """Parts of one suite object's artefact keys that cost O(T) to form (they hash the task
+    list), formed once: a job's inputs name T experts, whose keys would otherwise cost O(T²)
+    (5,000 tasks took minutes to plan). Keyed by the object, which the memo holds."""
+    hit = _MEMO.get(id(suite))
+    if hit is None or hit[0] is not suite:
+        if len(_MEMO) >= 16:
+            _MEMO.clear()
+        hit = _MEMO[id(suite)] = (suite, {})
+    return hit[1]
+
+
 def theta0_key(suite: Suite, seed: int) -> str:
+    memo = _memo(suite)
+    if ("theta0", seed, THETA0_VERSION) not in memo:
+        memo["theta0", seed, THETA0_VERSION] = _theta0_key(suite, seed)
+    return memo["theta0", seed, THETA0_VERSION]
+
+
+def _theta0_key(suite: Suite, seed: int) -> str:
     components = {"theta0": THETA0_VERSION, "models": models_version(suite.backbone)}
     if suite.backbone.kind == "tiny_vit":  # pretrained by the harness, on these tasks
         components.update(train=TRAIN_VERSION, data=data_versions([*suite.tasks, *(suite.pretrain.tasks or [])]))
@@ -118,11 +140,17 @@ def heads_key(suite: Suite, seed: int) -> str:
 
 
 def expert_key(suite: Suite, seed: int, task: str) -> str:
-    experts = {**suite.experts.model_dump(), "finetune": suite.experts.finetune.keyed()}
+    memo = _memo(suite)
+    if ("experts", EXPERTS_VERSION) not in memo:
+        memo["experts", EXPERTS_VERSION] = (
+            {**suite.experts.model_dump(), "finetune": suite.experts.finetune.keyed()},
+            {t.name: t for t in suite.tasks},
+        )
+    experts, by_name = memo["experts", EXPERTS_VERSION]
     components = {
         "experts": EXPERTS_VERSION,
         "models": models_version(suite.backbone),
-        "data": data_versions([t for t in suite.tasks if t.name == task]),
+        "data": data_versions([by_name[task]]),
     }
     if suite.experts.source == "checkpoints":  # only this task's checkpoint names this expert
         from .models.checkpoint import CHECKPOINT_VERSION

@@ -99,6 +99,7 @@ def cmd_run(args) -> int:
         dashboard=args.dashboard,
         job_time_limit=args.job_time_limit,
         add=_added_methods(args.add, args.set),
+        accept_cost=args.accept_cost,
     )
     if args.rehearse:
         if args.data_root or args.allow_download:
@@ -411,6 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory for results/ and .cmbench/ (cache, MLflow) (default: ., and rehearsals/SUITE with --rehearse)",
     )
     r.add_argument("--force", action="store_true", help="recompute jobs even if their result exists")
+    r.add_argument(
+        "--accept-cost",
+        action="store_true",
+        help="run a suite estimated above the cost limit (the dry run's estimate; see cmbench/plan.py)",
+    )
     r.add_argument(
         "--add",
         action="append",

@@ -24,6 +24,15 @@ from .suite import Job, Suite
 # in float32 today (evaluation.precision does not exist yet): 25 TFLOP/s is ~50 % of the
 # fp32 peak; bf16 autocast would be ~140 (~35 % of the dense bf16 peak).
 GPU_TFLOPS = 25.0
+# Effective throughput per thread assumed for a CPU suite's model passes: the micro suites'
+# tiny ViTs evaluate at 16 (linearised, forward plus a JVP) to 48 (plain) GFLOP/s per thread
+# on a 2-core x86 host (their result files' eval timings); a linearised model counts 3 passes.
+CPU_GFLOPS = 20.0
+# A run whose estimate exceeds this many device-hours (GPU-h; thread-hours for a CPU suite)
+# asks for --accept-cost first: 15-20 times the largest shipped suite of each kind
+# (`cmbench run SUITE --dry-run`: clip-vit-l14-tall20 1,006 GPU-h, micro-digits-merge 6.8
+# thread-h before its merges).
+COST_LIMIT_H = {"gpu": 20_000.0, "cpu": 100.0}
 
 
 def vit_gflops(width: int, layers: int, image: int, patch: int) -> float:
@@ -101,13 +110,19 @@ def _data_lines(suite: Suite) -> list[str]:
     return out
 
 
-def split_sizes(suite: Suite) -> dict[str, tuple[int, int]]:
-    """(train, test) images per task at the real sizes (a class split: its share)."""
+def split_sizes(suite: Suite, tasks: list | None = None) -> dict[str, tuple[int, int]]:
+    """(train, test) images per task (of ``tasks``, default the suite's): what a generated
+    dataset's builder makes from the task's params, else the real sizes (a class split: its
+    share)."""
+    from .data import DATASET_SIZES
     from .data.vision import SPLIT_SIZES
 
     out = {}
-    for t in suite.tasks:
-        if t.dataset == "class_split":
+    for t in suite.tasks if tasks is None else tasks:
+        if t.dataset in DATASET_SIZES:
+            tr, _, te = DATASET_SIZES[t.dataset](t.params)
+            out[t.name] = (tr, te)
+        elif t.dataset == "class_split":
             tr, te = SPLIT_SIZES.get(t.params.get("source"), (0, 0))
             k = t.params.get("n_tasks", 1)
             out[t.name] = (tr // k, te // k)
@@ -194,6 +209,123 @@ def load_measurement(suite: Suite, path: str | Path | None = None) -> dict | Non
     return rep if rep.get("suite") == suite.name else None
 
 
+def on_gpu(suite: Suite) -> bool:
+    return suite.resources.gpus_per_job > 0
+
+
+def throughput_tflops(suite: Suite) -> float:
+    """The effective TFLOP/s one job's model passes run at, as assumed (see the constants)."""
+    if on_gpu(suite):
+        return GPU_TFLOPS
+    passes = 3 if getattr(suite.backbone, "linearized", False) else 1
+    return CPU_GFLOPS * suite.resources.cpus_per_job / passes / 1e3
+
+
+def artefact_images(suite: Suite, seeds: list[int], store: Store) -> dict[str, float]:
+    """Images the artefacts still to build pass through training: θ0's pretraining (a micro
+    backbone, per seed not cached) and each expert's fine-tuning (per seed and task not
+    cached)."""
+    out = {"pretrain_images": 0.0, "finetune_images": 0.0}
+    if suite.backbone.kind == "tiny_vit":
+        pre = split_sizes(suite, suite.pretrain.tasks or suite.tasks)
+        r = suite.pretrain
+        per_seed = r.steps * r.batch_size if r.steps else r.epochs * sum(tr for tr, _ in pre.values())
+        out["pretrain_images"] = per_seed * sum(not store.has("theta0", theta0_key(suite, s)) for s in seeds)
+    if suite.setting == "merge_stream" and suite.experts.source == "finetune":
+        r, sizes = suite.experts.finetune, split_sizes(suite)
+        for s in seeds:
+            for t in suite.task_names():
+                if not store.has("experts", expert_key(suite, s, t)):
+                    out["finetune_images"] += r.steps * r.batch_size if r.steps else r.epochs * sizes[t][0]
+    return out
+
+
+def total_cost(suite: Suite, todo: list[Job], store: Store, measured: dict | None = None) -> dict:
+    """What running ``todo`` costs on the suite's device: ``project``'s model passes and merge
+    steps, plus the artefacts still to build; ``hours`` of device time (GPU-h, or thread-hours
+    on the CPU: jobs' model passes and merges, which run with cpus_per_job threads)."""
+    tf = throughput_tflops(suite)
+    c = project(suite, todo, measured, tflops=tf)
+    c.update(artefact_images(suite, sorted({j.seed for j in todo}), store))
+    c["artefact_s"] = 3 * c["gflops"] * (c["pretrain_images"] + c["finetune_images"]) / (tf * 1e3)
+    per = 1 if on_gpu(suite) else suite.resources.cpus_per_job
+    c["hours"] = (c["eval_gpu_s"] + c["train_gpu_s"] + c["artefact_s"]) * per / 3600 + c["merge_s"] / 3600
+    c["unit"] = "GPU-h" if on_gpu(suite) else "CPU thread-h"
+    return c
+
+
+def check_cost(suite: Suite, c: dict, accept: bool) -> None:
+    """Refuse, in one line, a run estimated above ``COST_LIMIT_H`` unless ``accept``."""
+    limit = COST_LIMIT_H["gpu" if on_gpu(suite) else "cpu"]
+    if c["hours"] > limit and not accept:
+        from . import CmbenchError
+
+        raise CmbenchError(
+            f"suite {suite.name}: estimated {c['hours']:,.0f} {c['unit']} ({c['jobs']} jobs, "
+            f"{c['gflops']:.3g} GFLOPs per image; `cmbench run {suite.name} --dry-run` itemises it), above "
+            f"{limit:,.0f}: check the suite's sizes, or pass --accept-cost to run it"
+        )
+
+
+def memory_estimate(suite: Suite) -> dict[str, float] | None:
+    """Bytes a job of a micro suite holds at its peak, before anything is built: every task's
+    images (uint8, in memory, and float64 while one split is generated), the model trained
+    with Adam (weights, gradients, two moments) and its activations at the largest batch,
+    or merged (θ0, the merged model, an expert and a few methods' vectors); plus the
+    libraries. None for real-scale backbones, whose data stream from disk (a rehearsal
+    measures those)."""
+    b = suite.backbone
+    if b.kind != "tiny_vit":
+        return None
+    import torch
+
+    from .models import create_backbone
+
+    with torch.device("meta"):  # counts the parameters without allocating them
+        params = sum(p.numel() for p in create_backbone(b).parameters())
+    pixels = b.in_chans * b.img_size**2
+    tasks = [*suite.tasks, *(suite.pretrain.tasks or [])]
+    from .data import DATASET_SIZES
+
+    splits = [DATASET_SIZES[t.dataset](t.params) for t in tasks if t.dataset in DATASET_SIZES]
+    data = sum(sum(n) for n in splits) * pixels + 3 * 8 * max((max(n) for n in splits), default=0) * pixels
+    tokens = (b.img_size // b.patch_size) ** 2 + 1
+    per_image = b.depth * tokens * (b.embed_dim * (10 + 2 * b.mlp_ratio) + 2 * b.num_heads * tokens) * 4
+    batch = max(suite.pretrain.batch_size, suite.training.batch_size, suite.experts.finetune.batch_size)
+    train = 16 * params + batch * per_image * (2 if b.linearized else 1)
+    merge = 8 * 4 * params
+    evaluation = suite.evaluation.batch_size * per_image / 4
+    return {
+        "data": float(data),
+        "model": float(max(train, merge, evaluation)),
+        "params": float(params),
+        "total": float(data + max(train, merge, evaluation) + 1.5 * 2**30),
+    }
+
+
+def machine_memory() -> int | None:
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(suite: Suite, m: dict | None) -> None:
+    """Refuse, in one line, a micro suite whose job cannot fit this machine's memory."""
+    have = machine_memory()
+    if m and have and m["total"] > have:
+        from . import CmbenchError
+
+        raise CmbenchError(
+            f"suite {suite.name}: a job would hold about {m['total'] / 2**30:,.1f} GiB (data "
+            f"{m['data'] / 2**30:,.1f} GiB, model {m['params'] / 1e6:,.1f} M parameters: "
+            f"{m['model'] / 2**30:,.1f} GiB training), more than this machine's {have / 2**30:.0f} GiB; shrink the "
+            "suite (backbone dims, split sizes, batch sizes)"
+        )
+
+
 def cost_line(suite: Suite, c: dict) -> str:
     merge = (
         f"merge steps {c['merge_steps']} ({c['merge_s'] / 3600:.2f} h measured by a rehearsal"
@@ -205,10 +337,17 @@ def cost_line(suite: Suite, c: dict) -> str:
         )
         + ")"
     )
+    unit = c.get("unit", "GPU-h")
+    speed = (
+        f"{GPU_TFLOPS:.0f} TFLOP/s effective fp32"
+        if unit == "GPU-h"
+        else f"{CPU_GFLOPS:.0f} GFLOP/s per thread effective" + (", ×3 linearised" if suite.backbone.linearized else "")
+    )
+    per = 1 if unit == "GPU-h" else suite.resources.cpus_per_job
     return (
-        f"estimate ({c['gflops']:.1f} GFLOPs/image forward, {GPU_TFLOPS:.0f} TFLOP/s effective fp32): "
-        f"evaluation {c['eval_gpu_s'] / 3600:.2f} GPU-h ({c['eval_images']:,.0f} images), training "
-        f"{c['train_gpu_s'] / 3600:.2f} GPU-h ({c['train_images']:,.0f} images), {merge}"
+        f"estimate ({c['gflops']:.3g} GFLOPs/image forward, {speed}): "
+        f"evaluation {per * c['eval_gpu_s'] / 3600:.2f} {unit} ({c['eval_images']:,.0f} images), training "
+        f"{per * c['train_gpu_s'] / 3600:.2f} {unit} ({c['train_images']:,.0f} images), {merge}"
     )
 
 
@@ -219,7 +358,6 @@ def describe(suite: Suite, todo: list[Job], store: Store, measured: dict | None 
         lines += ["  datasets (root $CMBENCH_DATA_ROOT):"] + ["  " + d for d in data]
     seeds = sorted({j.seed for j in todo})
     gf = backbone_gflops(suite)
-    ft_images = 0
     if suite.setting == "merge_stream":
         missing = [
             (s, t) for s in seeds for t in suite.task_names() if not store.has("experts", expert_key(suite, s, t))
@@ -237,22 +375,26 @@ def describe(suite: Suite, todo: list[Job], store: Store, measured: dict | None 
                     + ("" if spec.sha256 else " (not pinned: add sha256)")
                 )
         else:
-            r = suite.experts.finetune
             lines.append(f"  experts to fine-tune: {len(missing)} (`cmbench finetune {suite.name}`)")
-            ft_images = len(missing) * (r.steps or 0) * r.batch_size
     if not store.has("theta0", theta0_key(suite, seeds[0] if seeds else suite.seeds[0])):
         lines.append("  θ0 and heads: to build (first job)")
-    c = project(suite, todo, measured or load_measurement(suite))
+    c = total_cost(suite, todo, store, measured or load_measurement(suite))
     by = Counter(j.label for j in todo)
-    lines.append(
-        cost_line(suite, c)
-        + (
-            f"; fine-tuning experts {3 * gf * ft_images / (GPU_TFLOPS * 1e3) / 3600:.2f} GPU-h ({ft_images:,} images)"
-            if ft_images
-            else ""
+    per = 1 if on_gpu(suite) else suite.resources.cpus_per_job
+    arts = [
+        f"{what} {per * 3 * gf * c[k] / (throughput_tflops(suite) * 1e3) / 3600:.2f} {c['unit']} ({c[k]:,.0f} images)"
+        for what, k in (("pretraining θ0", "pretrain_images"), ("fine-tuning experts", "finetune_images"))
+        if c[k]
+    ]
+    lines.append(cost_line(suite, c) + "".join(f"; {a}" for a in arts) + f"; {len(todo)} jobs: {dict(by)}")
+    lines.append(f"total: about {c['hours']:,.2f} {c['unit']}")
+    m = memory_estimate(suite)
+    if m:
+        have = machine_memory()
+        lines.append(
+            f"memory: a job holds about {m['total'] / 2**30:.1f} GiB at its peak (data {m['data'] / 2**30:.2f} GiB, "
+            f"{m['params'] / 1e6:.2f} M parameters)" + (f"; this machine has {have / 2**30:.0f} GiB" if have else "")
         )
-        + f"; {len(todo)} jobs: {dict(by)}"
-    )
     return lines
 
 

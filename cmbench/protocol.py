@@ -258,6 +258,11 @@ def _record_common(suite: Suite, job: Job, method, store: Store) -> dict[str, An
     consumed are in the store now, so their content hashes are known."""
     cls = type(method)
     inputs = with_content(job_inputs(suite, job), store.content_hash)
+    if inputs is None:  # the cache was deleted or pruned under the running job
+        raise CmbenchError(
+            f"the artefacts this job computed from (θ0, heads, experts) are no longer in the store "
+            f"{store.root}; its numbers cannot be keyed: rerun the suite (it rebuilds them)"
+        )
     return {
         "status": "ok",
         "suite": job.suite,

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import os
@@ -27,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
-from . import CmbenchError, pins
+from . import CmbenchError, limits, pins
 from .artefacts import SuiteArtefacts, expert_key, theta0_key
 from .fingerprint import git_commit
 from .measure import measured
@@ -368,6 +367,13 @@ class RayExecutor:
                 **({"num_gpus": num_gpus} if num_gpus is not None else {}),
                 **kwargs,
             )
+        most = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+        if threads > most:  # Ray would wait for such a node forever
+            ray.shutdown()
+            raise CmbenchError(
+                f"resources.cpus_per_job is {threads} but the largest node of the Ray cluster has {most:g} CPUs; "
+                "lower it, or add a node that large"
+            )
         have = ray.cluster_resources().get("GPU", 0)
         if gpus and have < min(gpus, 1.0):  # Ray would wait for a GPU forever
             ray.shutdown()
@@ -436,51 +442,13 @@ class RayExecutor:
 # lock) and returns those it read for the first time; the driver writes the lock (cmbench.pins).
 
 
-class _Expired(BaseException):
-    """The job's time is up. A BaseException, so that no ``except Exception`` in the job's
-    code or its libraries swallows it; ``time_limit`` turns it into the job's error."""
-
-
-@contextlib.contextmanager
 def time_limit(seconds: float | None):
-    """Stop the job after ``seconds`` (a SIGALRM in the worker's main thread, where Ray runs a
-    task and `--no-ray` runs jobs; elsewhere no limit is enforced).
-
-    The alarm raises wherever the job is, and Python drops an exception raised while it runs
-    a finaliser or a weakref callback (garbage collection inside a library: "Exception
-    ignored in ..."); the job would then run on without a limit. Such a dropped expiry
-    re-arms the alarm, so the next bytecode outside the finaliser stops the job."""
-    import signal
-    import sys
-    import threading
-
-    if not seconds or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def expired(signum, frame):
-        raise _Expired
-
-    def dropped(unraisable):
-        if isinstance(unraisable.exc_value, _Expired):
-            signal.setitimer(signal.ITIMER_REAL, 0.01)
-        else:
-            hook(unraisable)
-
-    previous, hook = signal.signal(signal.SIGALRM, expired), sys.unraisablehook
-    sys.unraisablehook = dropped
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    except _Expired:
-        raise CmbenchError(
-            f"job exceeded resources.job_time_limit_s ({seconds:g} s); its last completed step "
-            "is saved: a rerun resumes there"
-        ) from None
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        sys.unraisablehook = hook
+    """The job's time limit (``cmbench.limits.time_limit`` with the job's message)."""
+    return limits.time_limit(
+        seconds,
+        f"job exceeded resources.job_time_limit_s ({seconds or 0:g} s); its last completed step is saved: a rerun "
+        "resumes there",
+    )
 
 
 def _gpu_ready(suite: Suite) -> None:
@@ -488,9 +456,17 @@ def _gpu_ready(suite: Suite) -> None:
         wait_for_gpu_memory(suite.resources.gpu_memory_gb)
 
 
+def _artefact_limit(suite: Suite, what: str):
+    """resources.job_time_limit_s bounds building an artefact too (θ0 of a runaway recipe)."""
+    seconds = suite.resources.job_time_limit_s
+    return limits.time_limit(
+        seconds, f"building {what} exceeded resources.job_time_limit_s ({seconds or 0:g} s); check the suite's recipe"
+    )
+
+
 def _prepare_theta0(suite: Suite, seed: int, cache: str, known: dict | None = None) -> dict:
     _gpu_ready(suite)
-    with pins.session(known) as found:
+    with pins.session(known) as found, _artefact_limit(suite, f"θ0 and heads of seed {seed}"):
         art = SuiteArtefacts(suite, seed, open_store(cache))
         art.theta0()
         if suite.setting == "merge_stream":
@@ -500,7 +476,7 @@ def _prepare_theta0(suite: Suite, seed: int, cache: str, known: dict | None = No
 
 def _prepare_expert(suite: Suite, seed: int, task: str, cache: str, known: dict | None = None) -> dict:
     _gpu_ready(suite)
-    with pins.session(known) as found:
+    with pins.session(known) as found, _artefact_limit(suite, f"the expert of {task} (seed {seed})"):
         SuiteArtefacts(suite, seed, open_store(cache)).expert(task)
     return found
 
@@ -583,6 +559,7 @@ def run_suite(
     dashboard: bool = False,
     job_time_limit: float | None = None,
     add: list[dict] | None = None,
+    accept_cost: bool = False,
 ) -> dict[str, Any]:
     """Run a suite's jobs. ``use_tuned``: also run ``<label>-tuned`` rows with the values
     ``cmbench tune`` chose; ``retries``: times a job is retried after its worker dies;
@@ -645,6 +622,14 @@ def run_suite(
         todo = list(jobs)  # the artefacts of every job, whether or not its result exists
     if not todo:
         return {"jobs": len(jobs), "skipped": skipped, "ran": 0, "failed": 0}
+    from . import plan
+
+    # what the run would cost and hold, refused before anything is built when it cannot be
+    # meant (a cluster's nodes are not this machine: the memory check is for local runs)
+    if suite.rehearsal is None:  # a rehearsal measures at capped sizes: its cost is its point
+        plan.check_cost(suite, plan.total_cost(suite, todo, store), accept_cost)
+    if not ray_address:
+        plan.check_memory(suite, plan.memory_estimate(suite))
 
     for where in (paths.results, paths.cache):  # fail before computing anything if either cannot be written
         try:
@@ -744,6 +729,11 @@ def _executor(
     workers = workers or max(1, (os.cpu_count() or 1) // threads)
     if not ray_address:  # a cluster's GPUs are not visible from here; each job still waits for its peak
         check_gpu_share(suite.resources.gpus_per_job, suite.resources.gpu_memory_gb, local_gpu_gb())
+        if threads > (os.cpu_count() or 1):
+            raise CmbenchError(
+                f"resources.cpus_per_job is {threads} but this machine has {os.cpu_count()} cores; lower it, or "
+                "run on a cluster whose nodes have that many (--ray-address)"
+            )
     if executor == "ray":
         ex = RayExecutor(workers, threads, suite.resources.gpus_per_job, ray_address, retries, dashboard=dashboard)
         if store is not None:

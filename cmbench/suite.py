@@ -7,6 +7,7 @@ hyperparameters, and reports the first problem as ``FILE: FIELD.PATH: what is al
 
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 import hashlib
@@ -30,7 +31,8 @@ Setting = Literal["merge_stream", "train_then_merge"]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # every number in a suite is finite (`lr: .inf` was taken and trained to NaN)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TinyViT(Strict):
@@ -343,7 +345,9 @@ class Orders(Strict):
     permutations per seed. With neither, the listed task order is used."""
 
     explicit: list[list[str]] = Field(default_factory=list)
-    random: int = Field(0, ge=0)
+    # distinct permutations are drawn one by one: far more than any benchmark reports (10) and
+    # few enough to draw at once (random: 10^9 over 10 tasks drew for hours)
+    random: int = Field(0, ge=0, le=1000)
 
 
 class MethodSpec(Strict):
@@ -387,7 +391,7 @@ class Evaluation(Strict):
 
 
 class Resources(Strict):
-    cpus_per_job: int = Field(1, gt=0)
+    cpus_per_job: int = Field(1, gt=0, le=1024)
     # a fraction shares a GPU: Ray packs 1/f jobs onto each GPU
     gpus_per_job: float = Field(0, ge=0)
     gpu_memory_gb: Optional[float] = Field(
@@ -432,7 +436,9 @@ class Suite(Strict):
     name: str = Field(pattern=NAME)
     description: str = ""
     setting: Setting = "merge_stream"
-    seeds: list[Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]] = Field(
+        default_factory=lambda: [0], min_length=1, max_length=1000
+    )
     data_seed: int = 0
     backbone: AnyBackbone = Field(default_factory=TinyViT)
     pretrain: Pretrain = Field(default_factory=Pretrain)
@@ -454,7 +460,7 @@ class Suite(Strict):
     @model_validator(mode="after")
     def _cross_checks(self):
         names = [t.name for t in self.tasks]
-        dup = sorted({n for n in names if names.count(n) > 1})
+        dup = sorted(n for n, k in collections.Counter(names).items() if k > 1)
         if dup:
             raise _FieldError("tasks", f"task names must be unique; repeated: {dup}")
         if len(set(self.seeds)) != len(self.seeds):
@@ -580,7 +586,9 @@ class Suite(Strict):
         return [t.name for t in self.tasks]
 
     def orders_per_seed(self) -> int:
-        return len(self.orders.explicit) + min(self.orders.random, math.factorial(len(self.tasks)))
+        """How many orders ``orders_for`` gives each seed."""
+        explicit = len(self.orders.explicit)
+        return max(1, explicit + min(self.orders.random, max(0, math.factorial(len(self.tasks)) - explicit)))
 
     def orders_for(self, seed: int) -> list[list[str]]:
         names = self.task_names()
@@ -588,10 +596,12 @@ class Suite(Strict):
         # distinct permutations (and distinct from the explicit ones), up to all T! of them
         rng = random.Random(f"order-{seed}")
         # distinct from each other and from the explicit ones: never more than T! in all
-        target = min(len(out) + self.orders.random, math.factorial(len(names)))
+        target = len(out) + min(self.orders.random, math.factorial(len(names)) - len(out))
+        seen = {tuple(o) for o in out}
         while len(out) < target:
             perm = rng.sample(names, len(names))
-            if perm not in out:
+            if tuple(perm) not in seen:
+                seen.add(tuple(perm))
                 out.append(perm)
         return out or [names]
 

@@ -22,6 +22,7 @@ LAYERS = [
         "cmbench.layout",
         "cmbench.kernels",
         "cmbench.fingerprint",
+        "cmbench.limits",
         "cmbench.pins",
         "cmbench.measure",
         "cmbench.catalog",

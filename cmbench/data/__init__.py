@@ -88,12 +88,15 @@ DATASETS: dict[str, Builder] = {}
 # dataset -> the version of the code (and data files) that builds it; part of the key of
 # every artefact and job that reads the dataset (see each family's *_VERSION constant)
 DATASET_VERSIONS: dict[str, int | str] = {}
+# dataset -> (train, val, test) images its builder makes from the task's params, for builders
+# that generate their data in memory (what a run costs and holds, before it builds anything)
+DATASET_SIZES: dict[str, Callable[[dict], tuple[int, int, int]]] = {}
 
 
-def dataset(name: str, version: int | str):
+def dataset(name: str, version: int | str, sizes: Callable[[dict], tuple[int, int, int]] | None = None):
     """Register a builder ``fn(task_name, data_seed, img_size, **params) -> TaskData``
     built by code at ``version`` (its family's version constant, plus a fingerprint of any
-    data file it reads)."""
+    data file it reads); ``sizes(params)``: the images per split it makes."""
 
     def deco(fn: Builder) -> Builder:
         import inspect
@@ -106,9 +109,24 @@ def dataset(name: str, version: int | str):
             )
         DATASETS[name] = fn
         DATASET_VERSIONS[name] = version
+        if sizes is not None:
+            DATASET_SIZES[name] = sizes
         return fn
 
     return deco
+
+
+def param_value(fn: Callable, params: dict, name: str):
+    """A builder's parameter ``name`` as it is called with ``params`` (its signature's
+    default where the task does not give it)."""
+    import inspect
+
+    return params.get(name, inspect.signature(fn).parameters[name].default)
+
+
+def split_defaults(fn: Callable, params: dict) -> tuple[int, int, int]:
+    """``n_train``, ``n_val``, ``n_test`` as a builder is called with ``params``."""
+    return param_value(fn, params, "n_train"), param_value(fn, params, "n_val"), param_value(fn, params, "n_test")
 
 
 def build(name: str, task: str, data_seed: int, img_size: int, params: dict) -> TaskData:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .. import CmbenchError
-from . import SPLITS, Split, TaskData, dataset
+from . import SPLITS, Split, TaskData, dataset, param_value, split_defaults
 
 # Bump when a change alters any image, label or split these builders produce (digits and
 # the generated tasks); every artefact and job on a micro dataset is then recomputed.
@@ -37,7 +37,14 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
     return t[:, 0].numpy()
 
 
-@dataset("digits", MICRO_DATA_VERSION)
+def _digits_sizes(params: dict) -> tuple[int, int, int]:
+    """scikit-learn's digits: 1797 images (about 180 per class), split by fractions."""
+    total = 1797 * len(params.get("classes") or range(10)) // 10
+    test, val = round(total * params.get("test_frac", 0.3)), round(total * params.get("val_frac", 0.1))
+    return total - test - val, val, test
+
+
+@dataset("digits", MICRO_DATA_VERSION, _digits_sizes)
 def digits(
     task: str,
     data_seed: int,
@@ -135,7 +142,7 @@ def _task(name: str, classes: list[str] | Callable[..., list[str]]):
         own = list(inspect.signature(build).parameters.values())[:-1]
         extra = list(inspect.signature(sample).parameters.values())[3:]
         build.__signature__ = inspect.Signature(own + [p.replace(kind=p.KEYWORD_ONLY) for p in extra])
-        dataset(name, MICRO_DATA_VERSION)(build)
+        dataset(name, MICRO_DATA_VERSION, lambda params: split_defaults(build, params))(build)
         return sample
 
     return deco
@@ -284,7 +291,14 @@ def _glyph(rng, c: int, size: int, domain: str, renditions: tuple[str, ...] = GL
     raise CmbenchError(f"glyphs: unknown domain {domain!r}; known: {GLYPH_DOMAINS + ('rendition',)}")
 
 
-@dataset("glyphs", MICRO_DATA_VERSION)
+def _glyph_sizes(params: dict) -> tuple[int, int, int]:
+    """n_train, n_val, n_test are per class."""
+    per = split_defaults(glyphs, params)
+    k = len(params.get("classes") or range(param_value(glyphs, params, "n_classes")))
+    return per[0] * k, per[1] * k, per[2] * k
+
+
+@dataset("glyphs", MICRO_DATA_VERSION, _glyph_sizes)
 def glyphs(
     task: str,
     data_seed: int,
