@@ -52,7 +52,9 @@ def min_norm_2(g1: torch.Tensor, g2: torch.Tensor) -> float:
     return -(v12 - v22) / (v11 + v22 - 2 * v12)
 
 
-def optimise(w0, w_merged, w_new, *, lr, num_steps, mgda, ema, ema_beta, alpha, eps, space):
+def optimise(w0, w_merged, w_new, *, lr, num_steps, mgda, ema, ema_beta, alpha, eps, space, trace=None):
+    """W minimising the weighted subspace losses to both models; ``trace`` (if given)
+    receives the last step's two losses and the weight on the merged model's."""
     targets = [w_merged, w_new]
     subspaces = [_subspace(w - w0, eps) for w in targets]
     W = torch.nn.Parameter((w_merged + w_new) / 2)
@@ -74,6 +76,8 @@ def optimise(w0, w_merged, w_new, *, lr, num_steps, mgda, ema, ema_beta, alpha, 
         opt.zero_grad()
         total.backward()
         opt.step()
+    if trace is not None and num_steps:
+        trace.append((float(losses[0].detach()), float(losses[1].detach()), float(weights[0])))
     return W.detach()
 
 
@@ -105,7 +109,8 @@ def dop(
         eps=svd_epsilon,
         space=svd_proj_space,
     )
-    layout, out = ctx.layout, {}
+    layout, out, trace = ctx.layout, {}, []
+    hp["trace"] = trace
     with torch.enable_grad():
         for k, w in merged.items():
             if not w.is_floating_point():
@@ -116,4 +121,9 @@ def dop(
                 out[k] = layout.map_matrices(k, lambda a, b, c: optimise(a, b, c, **hp), ctx.theta0[k], w, incoming[k])
             else:
                 out[k] = (w + incoming[k]) / 2
+    if trace:  # the final losses to the merged and to the new model, and the weight on the first
+        for i, name in enumerate(("loss_merged", "loss_new", "weight_merged")):
+            values = [t[i] for t in trace]
+            ctx.record(f"{name}_mean", sum(values) / len(values))
+            ctx.record(f"{name}_max", max(values))
     return out

@@ -52,7 +52,9 @@ class FisherAverage(Method):
 
     def merge(self, ctx, merged, incoming, task):
         F = diagonal_fisher(ctx, incoming, self.n_samples, kind=self.fisher, batch_size=self.batch_size)
-        c = 1.0 / (norm(F) + self.eps) if self.normalize else 1.0
+        f_norm = norm(F)
+        c = 1.0 / (f_norm + self.eps) if self.normalize else 1.0
+        self._record(ctx, F, f_norm, c)
         F = {k: c * (f + self.eps) for k, f in F.items()}
         if self.fisher_sum is None:
             self.fisher_sum = F
@@ -64,3 +66,18 @@ class FisherAverage(Method):
             k: self.weighted_sum[k] / self.fisher_sum[k] if k in self.fisher_sum else v.clone()
             for k, v in incoming.items()
         }
+
+    def _record(self, ctx, F, f_norm, c):
+        """‖F_t‖, and on how many entries the ε floor decides: F_t < ε there, and the floor's
+        weight c·ε outweighs every earlier expert's weight together (the ε floor of a
+        confident expert, times a huge 1/‖F_t‖, taking over the average)."""
+        n = floor = takes_over = 0
+        for k, f in F.items():
+            low = f < self.eps
+            n += f.numel()
+            floor += int(low.sum())
+            if self.fisher_sum is not None and k in self.fisher_sum:
+                takes_over += int((low & (c * (f + self.eps) > self.fisher_sum[k])).sum())
+        ctx.record("fisher_norm", f_norm)
+        ctx.record("floor_fraction", floor / max(1, n))
+        ctx.record("floor_takes_over_fraction", takes_over / max(1, n))

@@ -226,6 +226,7 @@ class ODEM(Method):
             moved()
             memo_loss.update(L0)
 
+        log_from, barrier_active = len(self.step_log), 0
         for s, h in steps:
             rem = max(1.0 - s, 1e-8)
             with torch.no_grad():
@@ -280,6 +281,7 @@ class ODEM(Method):
                     [min((ceiling_next[tk] - L_cur[tk]) / max(h, eps), inc) for tk in constraint], dtype=torch.float64
                 )
                 lam, _ = solve_qp(K, c, b, hp["qp_reg"], hp["qp_tol"])
+                barrier_active += any(float(x) != 0.0 for x in lam)
                 for i, g in enumerate(gs):
                     if float(lam[i]) != 0.0:
                         for n in v:
@@ -313,6 +315,13 @@ class ODEM(Method):
                     else float("-inf")
                 )
                 self.step_log.append((scale, worst))
+        # the integration as it went: Euler steps, steps whose line search shrank the step
+        # (backtracked) or gave up (rejected: no move), steps the QP's barrier changed
+        scales = [sc for sc, _ in self.step_log[log_from:]]
+        ctx.record("euler_steps", len(scales))
+        ctx.record("backtracked", sum(0.0 < sc < 1.0 for sc in scales))
+        ctx.record("rejected", sum(sc == 0.0 for sc in scales))
+        ctx.record("barrier_active", barrier_active)
         out = {k: v.clone() for k, v in merged.items()}
         out.update({n: p.detach().clone() for n, p in params.items()})
         return out
@@ -366,6 +375,8 @@ class ODEM(Method):
                 avg = sum(cur.values()) / len(tasks)
                 if all(cur[tk] <= base[tk] + hp["post_refine_task_tol"] for tk in tasks) and avg < best_loss:
                     best_loss, best = avg, {n: p.detach().clone() for n, p in params.items()}
+        ctx.record("refine_loss_start", sum(base.values()) / len(tasks))
+        ctx.record("refine_loss", best_loss)  # the best accepted mean probe loss
         out = {k: v.clone() for k, v in state.items()}
         out.update(best)
         return out

@@ -27,25 +27,30 @@ from cmbench.methods import Method, Probability, register
 from cmbench.tensors import apply, clone, norm, task_vector
 
 
-def project(S: torch.Tensor, tau: torch.Tensor, alpha: float) -> torch.Tensor:
-    """τ with the diagonal and the top-left r×r block of Uᵀ τ V removed (U, V from S)."""
+def project(S: torch.Tensor, tau: torch.Tensor, alpha: float, ranks: list | None = None) -> torch.Tensor:
+    """τ with the diagonal and the top-left r×r block of Uᵀ τ V removed (U, V from S);
+    ``ranks`` (if given) receives r."""
     if S.shape[0] < S.shape[1]:  # LAPACK is ~2× faster on tall matrices: svd(Sᵀ) = V Σ Uᵀ
         V, s, Uh = torch.linalg.svd(S.double().T, full_matrices=False)
         U, Vh = Uh.T, V.T
     else:
         U, s, Vh = torch.linalg.svd(S.double(), full_matrices=False)
     r = int((s.cumsum(0) / s.sum() > alpha).float().argmax())
+    if ranks is not None:
+        ranks.append(r)
     P = U.T @ tau.double() @ Vh.T
     Z = torch.eye(P.shape[0], dtype=torch.bool, device=P.device)
     Z[:r, :r] = True
     return (tau.double() - U @ (P * Z) @ Vh).to(tau.dtype)
 
 
-def project_batched(S: torch.Tensor, tau: torch.Tensor, alpha: float) -> torch.Tensor:
+def project_batched(S: torch.Tensor, tau: torch.Tensor, alpha: float, ranks: list | None = None) -> torch.Tensor:
     """:func:`project` of a stack of same-shaped tall matrices (B, m, n), m ≥ n, in one
     batched SVD: a GPU runs them together instead of one after another."""
     U, s, Vh = torch.linalg.svd(S.double(), full_matrices=False)
     r = (s.cumsum(-1) / s.sum(-1, keepdim=True) > alpha).float().argmax(-1)[:, None, None]
+    if ranks is not None:
+        ranks.extend(r.flatten().tolist())
     P = U.mT @ tau.double() @ Vh.mT
     i = torch.arange(P.shape[-1], device=P.device)
     Z = (i[:, None] == i[None, :]) | ((i[:, None] < r) & (i[None, :] < r))
@@ -53,7 +58,14 @@ def project_batched(S: torch.Tensor, tau: torch.Tensor, alpha: float) -> torch.T
 
 
 def project_all(
-    layout, S: dict, tau: dict, keys: list[str], alpha: float, chunk: int = 32, batched: bool | None = None
+    layout,
+    S: dict,
+    tau: dict,
+    keys: list[str],
+    alpha: float,
+    chunk: int = 32,
+    batched: bool | None = None,
+    ranks: list | None = None,
 ) -> dict:
     """The projected τ of every linear weight in ``keys`` (q, k, v separately when fused).
     On the CPU matrix by matrix (:func:`project`); on a GPU the matrices are grouped by shape
@@ -62,7 +74,7 @@ def project_all(
     if batched is None:
         batched = bool(keys) and S[keys[0]].device.type != "cpu"
     if not batched:
-        return {k: layout.map_matrices(k, lambda a, b: project(a, b, alpha), S[k], tau[k]) for k in keys}
+        return {k: layout.map_matrices(k, lambda a, b: project(a, b, alpha, ranks), S[k], tau[k]) for k in keys}
     blocks = [
         (k, i, a.shape[0] < a.shape[1], a, b)
         for k in keys
@@ -81,6 +93,7 @@ def project_all(
                 torch.stack([orient(a, w) for _, _, w, a, _ in part]),
                 torch.stack([orient(b, w) for _, _, w, _, b in part]),
                 alpha,
+                ranks,
             )
             for (k, i, w, _, _), o in zip(part, out):
                 done[k, i] = orient(o, w)
@@ -103,13 +116,14 @@ class OPCM(Method):
         if self.S is None:
             self.S = tau
             return clone(incoming)
-        layout, S = ctx.layout, {}
+        layout, S, ranks = ctx.layout, {}, []
         projected = project_all(
             layout,
             self.S,
             tau,
             [k for k in self.S if layout[k].kind == "linear" and (layout[k].leaf or self.non_leaf == "sum")],
             self.alpha,
+            ranks=ranks,
         )
         for k, s in self.S.items():
             role = layout[k]
@@ -120,6 +134,11 @@ class OPCM(Method):
             else:
                 S[k] = s + tau[k]
         scale = (sum(self.norms) / len(self.norms)) / norm(S)
+        ctx.record("lambda", float(scale))  # λ_t: mean task-vector norm over ‖S_t‖
+        if ranks:  # r per projected matrix: the protected top singular directions
+            ctx.record("rank_mean", sum(ranks) / len(ranks))
+            ctx.record("rank_min", min(ranks))
+            ctx.record("rank_max", max(ranks))
         out = apply(ctx.theta0, S, scale)
         for k, s in S.items():
             role = layout[k]

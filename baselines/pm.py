@@ -151,6 +151,15 @@ class PerturbAndMerge(Method):
         else:
             alphas = {k: alpha_of([k]) for k in delta}
         self.alphas.append(sum(alphas.values()) / max(1, len(alphas)))
+        ctx.record("alpha", self.alphas[-1])  # averaging would be 1/t
+        ctx.record("one_over_t", 1.0 / ctx.step)
+        if self.alpha_mode == "per_module":
+            ctx.record("alpha_min", min(alphas.values(), default=0.0))
+            ctx.record("alpha_max", max(alphas.values(), default=0.0))
+        # the task vector the perturbation scaled (θ±εΔ): its norm and ε times it
+        step_norm = sum(float((incoming[k] - merged[k]).double().pow(2).sum()) for k in delta) ** 0.5
+        ctx.record("task_vector_norm", step_norm)
+        ctx.record("perturbation_norm", self.eps * step_norm if self.perturbation != "none" else 0.0)
         return {
             k: (v + alphas[k] * (incoming[k] - v)) if k in alphas else incoming[k].clone() for k, v in merged.items()
         }

@@ -145,6 +145,7 @@ class TRM(Method):
         previous = {k: merged[k] for k in keys}
         opt = torch.optim.Adam([c], lr=self.lr)
         gen = torch.Generator().manual_seed(ctx.seed * 7919 + ctx.step)
+        terms = {}
         for _ in range(self.steps):
             idx = torch.randint(0, len(split), (min(self.batch_size, len(split)),), generator=gen)
             x = split.x[idx].float().div(127.5).sub(1.0)
@@ -168,6 +169,13 @@ class TRM(Method):
             opt.step()
         c = c.detach()
         self.history.append(c[:, 0].tolist())
+        # the coefficients found (checkpoint by checkpoint; per layer: first group) and each
+        # objective term at the last optimisation step
+        ctx.record("coefficients", c[:, 0])
+        if c.shape[1] > 1:
+            ctx.record("coefficients_mean_over_layers", c.mean(1))
+        for name, value in terms.items():
+            ctx.record(f"loss_{name}", float(value.detach()))
         out = {k: v.clone() for k, v in merged.items()}
         out.update(self.combine(merged, dirs, groups, c))
         return out

@@ -116,13 +116,14 @@ def _network(device: str):
 def _measure_method(name: str, threads: int, repeats: int, device: str, hparams: dict, q) -> None:
     torch.set_num_threads(threads)
     from . import methods as methods_mod
+    from . import registry
 
     theta0, layout = vit_b32(0)
     theta0 = {k: v.to(device) for k, v in theta0.items()}
     experts = [{k: v.to(device) for k, v in _perturbed(theta0, i + 1).items()} for i in range(2 + repeats)]
     hparams = dict(hparams)
     n_images = hparams.pop("bench_samples", 256)
-    method = methods_mod.create(name, hparams)
+    method = registry.create(name, hparams)
     ctx = methods_mod.Context(
         theta0=theta0,
         num_tasks=2 + repeats,
@@ -176,9 +177,10 @@ def _stream_memory(name: str, T: int, threads: int, q) -> None:
     dropped after its step) plus whatever the method keeps."""
     torch.set_num_threads(threads)
     from . import methods as methods_mod
+    from . import registry
 
     theta0, layout = vit_b32(0)
-    method = methods_mod.create(name, {})
+    method = registry.create(name, {})
     ctx = methods_mod.Context(
         theta0=theta0, num_tasks=T, seed=0, generator=torch.Generator().manual_seed(0), layout=layout
     )

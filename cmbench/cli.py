@@ -326,7 +326,7 @@ def cmd_log(args) -> int:
 
 def cmd_list(args) -> int:
     if args.what == "methods":
-        from .methods import discover
+        from .registry import discover
 
         for name, cls in sorted(discover().items()):
             hp = ", ".join(f"{k}={v!r}" for k, v in cls.defaults().items()) or "-"
@@ -356,7 +356,7 @@ def cmd_list(args) -> int:
 
 def cmd_check(args) -> int:
     from .conformance import check
-    from .methods import discover
+    from .registry import discover
 
     names = args.methods or sorted(discover())
     bad = 0

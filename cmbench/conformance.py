@@ -22,6 +22,7 @@ import torch
 
 from . import CmbenchError
 from . import methods as methods_mod
+from . import registry
 from .data import Split, TaskData
 from .models import Head, create_backbone, layout_of
 from .suite import Backbone
@@ -62,7 +63,7 @@ def _stream(name: str, setting: str, seed: int = 0):
     """Run the method's steps as the harness would; return merged models and kept bytes."""
     from .protocol import DataAccess
 
-    cls = methods_mod.get(name)
+    cls = registry.get(name)
     method = cls(**methods_mod.validate_hparams(cls, {}))
     theta0, experts = _models(seed)
     names = [f"t{i}" for i in range(N_TASKS)]
@@ -115,7 +116,7 @@ def _stream(name: str, setting: str, seed: int = 0):
 
 def check(name: str, settings: tuple[str, ...] | None = None) -> list[str]:
     """Problems found in method ``name`` (empty: it conforms)."""
-    cls = methods_mod.get(name)
+    cls = registry.get(name)
     problems: list[str] = []
     for setting in settings or cls.settings:
         where = f"[{setting}] "

@@ -23,14 +23,10 @@ Two ways to write one:
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-import os
+import math
 import sys
-import types
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
-from pathlib import Path
 from typing import Annotated, Any, Callable, ClassVar
 
 import torch
@@ -83,6 +79,39 @@ class Context:
     # network(state, classes="task", task=None) -> (backbone loaded with state, head(features) -> logits
     # of ``task``, default the current one; classes="seen": over every seen task's classes)
     network: Callable[[StateDict], tuple[torch.nn.Module, Callable]] | None = None
+    # what the method recorded for the reader, by step ("1", "2", ..., "finish"): see `record`
+    diagnostics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    finishing: bool = False  # set by the harness around `Method.finish`
+
+    def record(self, name: str, value: Any) -> None:
+        """Record a diagnostic of this step for the reader (P&M's α_t, TRM's coefficients,
+        ODE-M's backtracks): a number, or a short vector (a list or tensor of at most
+        ``MAX_DIAGNOSTIC_VALUES`` numbers). Stored in the result file under ``diagnostics``
+        and shown by ``cmbench report --diagnostics METHOD``; never read back, so it changes
+        no number. Recording a name twice in a step keeps the last value."""
+        if not (isinstance(name, str) and name.isidentifier() and len(name) <= 40):
+            raise CmbenchError(f"diagnostic name {name!r}: use an identifier of at most 40 characters")
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().double().flatten().tolist() if value.numel() != 1 else value.item()
+        if isinstance(value, (list, tuple)):
+            if len(value) > MAX_DIAGNOSTIC_VALUES:
+                raise CmbenchError(
+                    f"diagnostic {name}: {len(value)} values; record at most {MAX_DIAGNOSTIC_VALUES} "
+                    "(a summary: mean, max, quantiles)"
+                )
+            value = [_finite_or_none(v) for v in value]
+        else:
+            value = _finite_or_none(value)
+        self.diagnostics.setdefault("finish" if self.finishing else str(self.step), {})[name] = value
+
+
+MAX_DIAGNOSTIC_VALUES = 64
+
+
+def _finite_or_none(v: Any) -> float | None:
+    """A diagnostic value as the result file holds it: a finite number or None."""
+    v = float(v)
+    return v if math.isfinite(v) else None
 
 
 class Method:
@@ -157,7 +186,8 @@ class Method:
         return {k: v for k, v in vars(self).items() if k != "hparams"}
 
 
-_REGISTRY: dict[str, type[Method]] = {}
+# name -> method class, filled by `register` (cmbench.registry finds and imports method files)
+REGISTRY: dict[str, type[Method]] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -169,10 +199,10 @@ def register(cls: type[Method]) -> type[Method]:
         raise CmbenchError(f"method {cls.name}: unknown settings {sorted(bad)}; allowed: {SETTINGS}")
     if cls.data_access not in DATA_ACCESS:
         raise CmbenchError(f"method {cls.name}: data_access must be one of {DATA_ACCESS}")
-    old = _REGISTRY.get(cls.name)
+    old = REGISTRY.get(cls.name)
     if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
         raise CmbenchError(f"method name {cls.name!r} is registered twice: {old.__module__} and {cls.__module__}")
-    _REGISTRY[cls.name] = cls
+    REGISTRY[cls.name] = cls
     return cls
 
 
@@ -207,105 +237,6 @@ def merge_function(
     return deco
 
 
-# -- discovery ---------------------------------------------------------------------------
-
-
-def baseline_dirs() -> list[Path]:
-    """Where method files are discovered: $CMBENCH_BASELINES, ./baselines, the repo's own."""
-    dirs = [Path(p) for p in os.environ.get("CMBENCH_BASELINES", "").split(os.pathsep) if p]
-    dirs += [Path.cwd() / "baselines", Path(__file__).resolve().parents[1] / "baselines"]
-    out: list[Path] = []
-    for d in dirs:
-        d = d.resolve()
-        if d.is_dir() and d not in out:
-            out.append(d)
-    return out
-
-
-_LOADED: set[Path] = set()
-# method files that failed to import: path -> why (reported once; suites that do not use
-# them run; a method they would have defined is "unknown", with them named)
-BROKEN: dict[Path, str] = {}
-# a method file's import is bounded (a `time.sleep` or a download at import would hang
-# every command, `cmbench list methods` included)
-IMPORT_LIMIT_S = 60.0
-
-
-def _load(path: Path, mod_name: str) -> None:
-    """Import one method file; a failure of any kind (an exception, ``sys.exit``, a hang past
-    ``IMPORT_LIMIT_S``) is recorded in ``BROKEN`` with one line naming the file."""
-    from .limits import time_limit
-
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]  # a .py path always has a spec
-    sys.modules[mod_name] = module
-    setattr(sys.modules["cmbench_baselines"], path.stem, module)
-    try:
-        with time_limit(IMPORT_LIMIT_S, f"still importing after {IMPORT_LIMIT_S:g} s"):
-            spec.loader.exec_module(module)  # type: ignore[union-attr]  # (the same)
-    except KeyboardInterrupt:
-        raise
-    except SyntaxError as e:
-        why = f"SyntaxError: {e.msg} (line {e.lineno})"
-    except SystemExit as e:
-        why = f"it calls sys.exit({e.code!r}) when imported"
-    except CmbenchError as e:
-        why = str(e)
-    except BaseException as e:  # noqa: BLE001 - a broken plugin names itself and blocks nothing else
-        why = f"{type(e).__name__}: {e}"
-    else:
-        return
-    sys.modules.pop(mod_name, None)
-    why = " ".join(why.split())[:300]
-    if path not in BROKEN:
-        BROKEN[path] = why
-        print(f"cmbench: warning: method file {path} not loaded: {why}", file=sys.stderr)
-
-
-def discover(dirs: list[Path] | None = None) -> dict[str, type[Method]]:
-    """Import every ``*.py`` in the baseline folders and the ``cmbench.methods`` entry points.
-
-    Only these two sources are ever executed: plugins are code, so they come from the
-    project's own folder or an installed package, never from a suite or a result file. A file
-    that fails to import is reported once (``BROKEN``) and skipped: the methods of the other
-    files stay usable.
-    """
-    if "cmbench_baselines" not in sys.modules:  # a namespace so `import cmbench_baselines.x` works
-        pkg = types.ModuleType("cmbench_baselines")
-        pkg.__path__ = []
-        sys.modules["cmbench_baselines"] = pkg
-    for d in baseline_dirs() if dirs is None else dirs:
-        for path in sorted(Path(d).glob("*.py")):
-            path = path.resolve()
-            if path.name.startswith("_") or path in _LOADED or path in BROKEN:
-                continue
-            _load(path, f"cmbench_baselines.{path.stem}")
-            if path not in BROKEN:
-                _LOADED.add(path)
-    for ep in entry_points(group="cmbench.methods"):
-        try:
-            ep.load()
-        except Exception as e:  # noqa: BLE001 - an installed plugin's failure names it
-            where = Path(f"entry point {ep.name} ({ep.value})")
-            if where not in BROKEN:
-                BROKEN[where] = f"{type(e).__name__}: {e}"
-                print(f"cmbench: warning: method {where} not loaded: {BROKEN[where]}", file=sys.stderr)
-    return dict(_REGISTRY)
-
-
-def get(name: str) -> type[Method]:
-    if name not in _REGISTRY:
-        discover()
-    if name not in _REGISTRY:
-        known = ", ".join(sorted(_REGISTRY)) or "(none found)"
-        broken = "; ".join(f"{p}: {why}" for p, why in sorted(BROKEN.items()))
-        raise CmbenchError(
-            f"unknown method {name!r}; known methods: {known}"
-            + (f" (not loaded, and may define it: {broken})" if broken else "")
-        )
-    return _REGISTRY[name]
-
-
 def validate_hparams(cls: type[Method], given: dict[str, Any]) -> dict[str, Any]:
     """Check names and types against the method's signature; return defaults filled in.
 
@@ -338,8 +269,3 @@ class HparamError(ValueError):
     def __init__(self, errors: list[tuple[str, str]]):
         super().__init__("; ".join(f"{f}: {m}" for f, m in errors))
         self.errors = errors
-
-
-def create(name: str, hparams: dict[str, Any]) -> Method:
-    cls = get(name)
-    return cls(**validate_hparams(cls, hparams))

@@ -140,7 +140,8 @@ def project(
     at full model size, on the host's CPU, which is where merges run today). A report of
     another backbone is scaled: data-free steps by parameter count (they stream the weights),
     data-using steps by forward FLOPs."""
-    from .methods import Method, discover
+    from .methods import Method
+    from .registry import discover
 
     gf = backbone_gflops(suite)
     sizes = sizes or split_sizes(suite)

@@ -34,6 +34,7 @@ import torch
 
 from . import CmbenchError, __version__, jobstate, metrics, published
 from . import methods as methods_mod
+from . import registry
 from .artefacts import SuiteArtefacts, artefact_key, data_versions, expert_key, heads_key, load_tasks, theta0_key
 from .models import (
     accuracy,
@@ -319,7 +320,7 @@ def _setup(suite: Suite, job: Job, store: Store, threads: int, tasks: dict):
     art = SuiteArtefacts(suite, job.seed, store)
     device = device_for(suite)
     theta0 = to_device(art.theta0(), device)
-    method = methods_mod.create(job.method, dict(job.hparams))
+    method = registry.create(job.method, dict(job.hparams))
     data = DataAccess(job.method, type(method).data_access, tasks, job.seed, device)
     ctx = methods_mod.Context(
         theta0=theta0,
@@ -371,6 +372,7 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
             setattr(method, name, value)
         jobstate.set_rng_state(saved["rng"], ctx.generator)
         data.samples_handed, ev.seconds, ev.images = saved["samples_handed"], *saved["eval"]
+        ctx.diagnostics = saved.get("diagnostics", {})
     for t, task in enumerate(order, start=1):
         if t <= done:
             continue
@@ -400,12 +402,15 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
                 "rng": jobstate.rng_state(ctx.generator),
                 "samples_handed": data.samples_handed,
                 "eval": [ev.seconds, ev.images],
+                "diagnostics": ctx.diagnostics,
                 "job_s": earlier_s + time.perf_counter() - t_start,
             }
         )
 
     ctx.step, ctx.task, ctx.seen_tasks = len(order), order[-1], list(order)  # also when resumed after the last
+    ctx.finishing = True
     finished = method.finish(ctx, merged)
+    ctx.finishing = False
     row_before_finish = None
     if finished is not merged:
         _check_finite(finished, job, len(order) + 1)
@@ -437,9 +442,15 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
             "resumed_after_step": done or None,
         },
         "threads": threads,
+        **_diagnostics(ctx),
     }
     checkpoint.clear()
     return record
+
+
+def _diagnostics(ctx) -> dict[str, Any]:
+    """What the method recorded for the reader (``Context.record``), if anything."""
+    return {"diagnostics": ctx.diagnostics} if ctx.diagnostics else {}
 
 
 def _resumable(saved: dict | None, art: SuiteArtefacts, order: list[str]) -> dict | None:
@@ -819,6 +830,7 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
         jobstate.set_rng_state(saved["rng"], ctx.generator)
         data.samples_handed = saved["samples_handed"]
         learner.train_optimizer_steps, learner.eval_seconds, learner.eval_images = saved["learner"]
+        ctx.diagnostics = saved.get("diagnostics", {})
     ctx_head = head  # the methods' network's head: this step's trained rows, once trained
     for t, task in enumerate(order, start=1):
         if t <= done:
@@ -862,12 +874,15 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
                 "rng": jobstate.rng_state(ctx.generator),
                 "samples_handed": data.samples_handed,
                 "learner": [learner.train_optimizer_steps, learner.eval_seconds, learner.eval_images],
+                "diagnostics": ctx.diagnostics,
                 "job_s": earlier_s + time.perf_counter() - t_start,
             }
         )
 
     ctx.step, ctx.task, ctx.seen_tasks = len(order), order[-1], list(order)  # also when resumed after the last
+    ctx.finishing = True
     finished = method.finish(ctx, deployed)
+    ctx.finishing = False
     row_before_finish = None
     if finished is not deployed:
         _check_finite(finished, job, len(order) + 1)
@@ -901,6 +916,7 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
             "resumed_after_step": done or None,
         },
         "threads": threads,
+        **_diagnostics(ctx),
     }
     checkpoint.clear()
     return record

@@ -21,7 +21,7 @@ import math
 import os
 import stat
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 
@@ -128,6 +128,16 @@ class ResultRecord(BaseModel):
     data_samples_handed: Optional[Count] = None
     device: Optional[dict[str, Any]] = None
     versions: Optional[dict[str, Any]] = None
+    # what the method recorded per step for the reader (cmbench.methods.Context.record)
+    diagnostics: Optional[
+        dict[
+            Annotated[str, Field(pattern=r"^([0-9]{1,6}|finish)$")],
+            dict[
+                Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")],
+                Union[Optional[Finite], Annotated[list[Optional[Finite]], Field(max_length=64)]],
+            ],
+        ]
+    ] = None
     checksum: Optional[Hex] = None
     R_checksum: Optional[Hex] = None
 

@@ -516,7 +516,7 @@ def decode_all(suite: Suite, methods: set[str]) -> dict[str, Any]:
     """Decode (or map) what the jobs will read, once, before they fan out: every test split,
     and the train splits when one of ``methods`` reads training data."""
     from .artefacts import load_tasks
-    from .methods import discover
+    from .registry import discover
 
     cls = discover()
     reads_train = suite.setting == "train_then_merge" or any(cls[m].data_access != "none" for m in methods)

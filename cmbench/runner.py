@@ -30,7 +30,7 @@ from . import CmbenchError, limits, pins
 from .artefacts import SuiteArtefacts, expert_key, theta0_key
 from .fingerprint import git_commit
 from .measure import measured
-from .methods import baseline_dirs
+from .registry import baseline_dirs
 from .protocol import job_inputs, key_of, nan_to_none, run, with_content
 from .record import BadResult, checksum, integrity, read_record
 from .store import Store, atomic_write_bytes, open_store
@@ -254,7 +254,7 @@ def local_gpu_gb() -> list[float]:
 
 
 def ship_baselines(staging: Path) -> str:
-    """Copy every folder methods are discovered in (``methods.baseline_dirs``) into
+    """Copy every folder methods are discovered in (``registry.baseline_dirs``) into
     ``staging`` (Ray uploads it as the jobs' working directory); the worker-side
     CMBENCH_BASELINES, relative to that directory."""
     import shutil

@@ -519,10 +519,11 @@ class Suite(Strict):
         # the method registry imports torch and every baseline: a suite whose other fields are
         # wrong has been refused above without paying for it
         from . import methods as methods_mod
+        from . import registry
 
         for i, m in enumerate(self.methods):
             try:
-                cls = methods_mod.get(m.name)
+                cls = registry.get(m.name)
             except CmbenchError as e:
                 raise _FieldError(f"methods.{i}.name", str(e))
             if self.setting not in cls.settings:
@@ -809,11 +810,11 @@ def expand(
             raise CmbenchError(f"{flag} {n}: suite {suite.name} has {have}; give 1 to {have} (the first N are used)")
     seeds = suite.seeds[:n_seeds] if n_seeds else suite.seeds
     suite_hash = suite.hash()
-    from . import methods as methods_mod
+    from . import registry
 
     jobs = []
     for spec, seed in itertools.product(specs, seeds):
-        cls = methods_mod.get(spec.name)
+        cls = registry.get(spec.name)
         orders = suite.orders_for(seed)
         for oi, order in enumerate(orders[:n_orders] if n_orders else orders):
             lora = spec.lora or suite.training.lora if suite.setting == "train_then_merge" else None

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from . import methods as methods_mod
+from . import registry
 from .suite import MethodSpec, Suite
 
 
@@ -23,7 +24,7 @@ def tuned_specs(suite: Suite, out: str | Path) -> list[tuple[MethodSpec, dict]]:
         if not path.exists():
             continue
         t = json.loads(path.read_text())
-        hp = methods_mod.validate_hparams(methods_mod.get(spec.name), {**spec.hparams, **t["best"]})
+        hp = methods_mod.validate_hparams(registry.get(spec.name), {**spec.hparams, **t["best"]})
         source = {
             "kind": "tuned",
             "oracle": bool(t.get("oracle")),

@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 
 from . import CmbenchError
-from . import methods as methods_mod
+from . import registry
 from .artefacts import load_tasks
 from .fingerprint import method_fingerprint
 from .models import device_type
@@ -126,7 +126,7 @@ def job_from_record(suite: Suite, rec: dict) -> Job:
         rec["label"],
         tuple(sorted(rec["hparams"].items())),
         lora,
-        method_fingerprint(methods_mod.get(rec["method"])),
+        method_fingerprint(registry.get(rec["method"])),
         rec["seed"],
         rec["order_index"],
         tuple(rec["tasks"]),

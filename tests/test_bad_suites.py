@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from cmbench import CmbenchError
 from cmbench.cli import main
-from cmbench.methods import discover
+from cmbench.registry import discover
 from cmbench.suite import load_suite
 
 from .conftest import REPO

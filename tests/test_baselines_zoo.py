@@ -266,9 +266,9 @@ def test_dop_identical_models_stay_put():
 
 
 def test_fisher_average_with_equal_fishers_is_plain_averaging(monkeypatch):
-    from cmbench import methods as M
+    from cmbench import registry as R
 
-    M.discover()
+    R.discover()
     import cmbench_baselines.fisher_average as fa
 
     theta0, experts = models(3, seed=6)

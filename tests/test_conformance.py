@@ -3,9 +3,9 @@
 import pytest
 
 from cmbench import conformance
-from cmbench import methods as M
+from cmbench import registry as R
 
-ALL = sorted(M.discover())
+ALL = sorted(R.discover())
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -56,7 +56,7 @@ def test_kit_catches_a_broken_method(kind, tmp_path):
         + f"\nmerge_function({name!r}, paper='test')(_f)\n"
     )
     (tmp_path / f"{name}.py").write_text(src)
-    M.discover([tmp_path])
+    R.discover([tmp_path])
     problems = conformance.check(name)
     assert problems and any(expected in p for p in problems), problems
 
@@ -72,6 +72,6 @@ def test_test_split_is_never_handed_over(tmp_path):
         "        ctx.data.current('test')\n"
         "        return dict(incoming)\n"
     )
-    M.discover([tmp_path])
+    R.discover([tmp_path])
     problems = conformance.check("peek_test")
     assert any("never see test data" in p for p in problems), problems

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cmbench import methods as M
+from cmbench import registry as R
 
 from .test_baselines_zoo import LAYOUT, models
 
@@ -17,7 +18,7 @@ DATA_FREE = ["weight_average", "task_arithmetic", "ties", "magmax", "opcm", "con
 
 def _stream(name, theta0, experts, device):
     to = lambda sd: {k: v.to(device) for k, v in sd.items()}  # noqa: E731
-    method = M.create(name, {})
+    method = R.create(name, {})
     ctx = M.Context(
         theta0=to(theta0),
         num_tasks=len(experts),
@@ -98,7 +99,7 @@ def _on_gpu_watch(monkeypatch):
     from cmbench import protocol
 
     seen: dict[str, set] = {}
-    create = M.create
+    create = R.create
 
     def watched(name, hparams):
         method = create(name, hparams)
@@ -164,7 +165,7 @@ def test_every_method_on_the_gpu_as_on_the_cpu(setting, tmp_path, monkeypatch):
     from .conftest import NANO
     from .test_protocol_ttm import NANO_SPLIT
 
-    M.discover()
+    R.discover()
     spec = yaml.safe_load(NANO.read_text()) if setting == "merge_stream" else copy.deepcopy(NANO_SPLIT)
     spec.update(seeds=[0], methods=STREAM if setting == "merge_stream" else TTM)
     spec["orders"] = {"explicit": [[t["name"] for t in spec["tasks"]]], "random": 0}

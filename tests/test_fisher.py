@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from cmbench import methods as M
+from cmbench import registry as R
 from cmbench.data import Split, TaskData
 from cmbench.estimates import diagonal_fisher
 from cmbench.protocol import DataAccess
@@ -63,17 +64,17 @@ def test_fisher_forms_match_closed_forms(kind):
 def test_fisher_average_defaults_are_the_papers_fisher_normalised_per_model(monkeypatch):
     """The default is the model's own predictive Fisher (not the true-label one), and each
     model's Fisher is divided by its norm: scaling one expert's Fisher by 100 changes nothing."""
-    M.discover()
+    R.discover()
     import cmbench_baselines.fisher_average as fa
 
-    cls = M.get("fisher_average")
+    cls = R.get("fisher_average")
     assert cls.defaults()["fisher"] == "model" and cls.defaults()["normalize"] is True
     ctx, _, _ = setup()
     state = {"1.weight": torch.randn(5, D, generator=torch.Generator().manual_seed(1))}
     seen = []
     real = fa.diagonal_fisher
     monkeypatch.setattr(fa, "diagonal_fisher", lambda *a, **kw: seen.append(kw["kind"]) or real(*a, **kw))
-    M.create("fisher_average", {}).merge(ctx, state, state, "t")
+    R.create("fisher_average", {}).merge(ctx, state, state, "t")
     assert seen == ["model"]
 
     g = torch.Generator().manual_seed(2)
@@ -81,7 +82,7 @@ def test_fisher_average_defaults_are_the_papers_fisher_normalised_per_model(monk
     e1, e2 = torch.randn(5, D, generator=g), torch.randn(5, D, generator=g)
     fishers = iter([{"1.weight": F1}, {"1.weight": 100 * F2}])
     monkeypatch.setattr(fa, "diagonal_fisher", lambda *a, **kw: next(fishers))
-    m = M.create("fisher_average", {"eps": 0.0})
+    m = R.create("fisher_average", {"eps": 0.0})
     m.merge(ctx, {}, {"1.weight": e1}, "a")
     out = m.merge(ctx, {}, {"1.weight": e2}, "b")["1.weight"]
     n1, n2 = F1.norm(), F2.norm()

@@ -72,7 +72,7 @@ def test_opcm_batched_projection_equals_matrix_by_matrix():
     """The GPU's batched path (grouped by shape, wide matrices transposed, fused q/k/v split)
     gives the CPU's per-matrix projection."""
     from cmbench.layout import describe
-    from cmbench.methods import discover
+    from cmbench.registry import discover
 
     discover()
     from cmbench_baselines.opcm import project_all

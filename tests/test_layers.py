@@ -28,7 +28,8 @@ LAYERS = [
         "cmbench.catalog",
         "cmbench.store",
     ],
-    ["cmbench.methods", "cmbench.estimates", "cmbench.lora"],  # the method API and what methods use
+    # the method API and what methods use; the registry that finds method files
+    ["cmbench.methods", "cmbench.estimates", "cmbench.lora", "cmbench.registry"],
     # the suite schema and job expansion; the result record (it reads names and LoRA from the
     # schema) and the reading of result files
     ["cmbench.suite", "cmbench.record", "cmbench.results", "cmbench.verified"],

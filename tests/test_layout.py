@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from cmbench import methods as M
+from cmbench import registry as R
 from cmbench.layout import describe
 from cmbench.models import Head, create_backbone, layout_of
 from cmbench.suite import Backbone, OpenCLIP
@@ -118,7 +119,7 @@ def test_opcm_adds_embedding_tables_and_projects_linears():
 def test_ode_m_leaves_clip_output_projection_at_theta0():
     """Deviation 1: the reference merges a CLIPVisionModel, which has no projection; ODE-M's
     gradients, step size, QP and refinement never move ``visual.proj``."""
-    M.discover()
+    R.discover()
     enc = tiny_clip()
     g = torch.Generator().manual_seed(0)
     theta0 = {k: v.clone() for k, v in enc.state_dict().items()}
@@ -141,7 +142,7 @@ def test_ode_m_leaves_clip_output_projection_at_theta0():
     names = ["t0", "t1"]
     tasks = {n: task(n) for n in names}
     heads = {n: Head(nn.functional.normalize(torch.randn(3, 16, generator=g), dim=-1) * 10) for n in names}
-    method = M.create("ode_m", {"num_samples": 32, "batch_size": 16, "step_size": 0.1, "post_refine_steps": 3})
+    method = R.create("ode_m", {"num_samples": 32, "batch_size": 16, "step_size": 0.1, "post_refine_steps": 3})
     data = DataAccess("ode_m", "calibration", tasks, 0)
     ctx = M.Context(theta0=theta0, num_tasks=2, seed=0, data=data, layout=layout_of(enc))
     data.ctx = ctx

@@ -6,6 +6,7 @@ import torch
 
 from cmbench import CmbenchError
 from cmbench import methods as M
+from cmbench import registry as R
 from cmbench.tensors import task_vector
 
 
@@ -25,7 +26,7 @@ def rand_models(n, seed=0):
 
 
 def run_stream(name, hparams, theta0, experts, layout=None):
-    method = M.create(name, hparams)
+    method = R.create(name, hparams)
     ctx = M.Context(theta0=theta0, num_tasks=len(experts), seed=0, layout=layout)
     method.start(ctx)
     merged, out = theta0, []
@@ -128,17 +129,17 @@ def test_ties_k1_and_anchor_variant():
 
 
 def test_registry_and_hparam_validation():
-    methods = M.discover()
+    methods = R.discover()
     assert {"weight_average", "task_arithmetic", "ties"} <= set(methods)
     with pytest.raises(M.HparamError, match="lam"):
-        M.validate_hparams(M.get("task_arithmetic"), {"lam": "big"})
+        M.validate_hparams(R.get("task_arithmetic"), {"lam": "big"})
     with pytest.raises(M.HparamError, match="unknown hyperparameter"):
-        M.validate_hparams(M.get("task_arithmetic"), {"lambda": 0.3})
+        M.validate_hparams(R.get("task_arithmetic"), {"lambda": 0.3})
     with pytest.raises(M.HparamError, match="merge_func"):
-        M.validate_hparams(M.get("ties"), {"merge_func": "max"})
-    assert M.validate_hparams(M.get("ties"), {}) == {"k": 0.2, "lam": 0.5, "merge_func": "sum", "anchor": "merged"}
+        M.validate_hparams(R.get("ties"), {"merge_func": "max"})
+    assert M.validate_hparams(R.get("ties"), {}) == {"k": 0.2, "lam": 0.5, "merge_func": "sum", "anchor": "merged"}
     with pytest.raises(CmbenchError, match="unknown method 'nope'"):
-        M.get("nope")
+        R.get("nope")
 
 
 def test_user_method_file_is_discovered(tmp_path):
@@ -149,7 +150,7 @@ def test_user_method_file_is_discovered(tmp_path):
         "def halfway(ctx, merged, incoming, *, w: float = 0.5):\n"
         "    return combine([merged, incoming], lambda m, x: (1 - w) * m + w * x, like=merged)\n"
     )
-    methods = M.discover([tmp_path])
+    methods = R.discover([tmp_path])
     assert "halfway_test" in methods
     theta0, experts = rand_models(1)
     out = run_stream("halfway_test", {"w": 0.25}, theta0, experts)[0]
@@ -234,7 +235,7 @@ def test_kernel_kth_largest_is_exact(kernels_everywhere, monkeypatch):
 def test_ties_and_magmax_kernels_equal_the_torch_forms(kernels_everywhere):
     """Large-model kernels give bitwise the torch forms' outputs (TIES: exact ties, a = −b
     cancellations, zero majorities, tiny entries; MagMax: a whole stream)."""
-    M.discover()
+    R.discover()
     from cmbench_baselines.ties import ties, ties_state
 
     torch.manual_seed(0)

@@ -4,14 +4,15 @@ import pytest
 import torch
 
 from cmbench import methods as M
+from cmbench import registry as R
 from cmbench.conformance import TINY, _models, _tiny_task
 from cmbench.models import Head, create_backbone
 from cmbench.protocol import DataAccess
 
 
 def stream(hp, n_tasks=3, n=48, seed=0):
-    M.discover()
-    cls = M.get("ode_m")
+    R.discover()
+    cls = R.get("ode_m")
     method = cls(**M.validate_hparams(cls, hp))
     theta0, _ = _models(seed)
     theta0.pop("conformance_counter")

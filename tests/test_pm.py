@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from cmbench import methods as M
+from cmbench import registry as R
 from cmbench.suite import TrainRecipe
 from cmbench.train import fit
 
@@ -11,8 +12,8 @@ PM = None
 
 
 def pm(**hp):
-    M.discover()
-    return M.create("pm", hp)
+    R.discover()
+    return R.create("pm", hp)
 
 
 def _merge_with_fishers(method, merged, incoming, fisher, step):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cmbench import methods as M
+from cmbench import registry as R
 from cmbench.store import Store
 from cmbench.protocol import run
 from cmbench.suite import Suite, expand
@@ -87,7 +88,7 @@ def test_storage_constant_vs_linear():
 
     def kept_after(name, T):
         theta0, experts = models(T)
-        method = M.create(name, {})
+        method = R.create(name, {})
         ctx = M.Context(theta0=theta0, num_tasks=T, seed=0, layout=LAYOUT)
         merged = theta0
         sizes = []
@@ -142,7 +143,7 @@ def test_template_methods_conform(tmp_path):
 
     src = Path(__file__).resolve().parents[1] / "baselines" / "_template.py"
     (tmp_path / "my_template_copy.py").write_text(src.read_text())
-    M.discover([tmp_path])
+    R.discover([tmp_path])
     assert conformance.check("my_merge") == [] and conformance.check("my_stateful_merge") == []
 
 
@@ -207,7 +208,7 @@ def test_trm_trains_with_the_suites_lora(tmp_path):
     )
     suite = Suite.model_validate(spec)
     job = expand(suite)[0]
-    M.discover()
+    R.discover()
     import cmbench_baselines.trm as trm
 
     seen = []

@@ -3,7 +3,7 @@ the report's column, and the setup check on θ0's and the experts' per-task accu
 
 import json
 
-from cmbench import methods as M
+from cmbench import registry as R
 from cmbench import published as P
 from cmbench.protocol import _published, _setup_check
 from cmbench.runner import Paths
@@ -16,7 +16,7 @@ TA8 = REPO / "suites" / "clip-vit-b32-ta8.yaml"
 
 def test_published_rows_apply_by_backbone_tasks_and_hyperparameters():
     suite = load_suite(TA8)
-    rows = {j.label: _published(suite, j, M.get(j.method)) for j in expand(suite)}
+    rows = {j.label: _published(suite, j, R.get(j.method)) for j in expand(suite)}
     assert rows["opcm"]["published"]["ACC"]["acc"] == 75.5 and rows["opcm"]["published"]["ACC"]["std"] == 0.5
     assert rows["task_arithmetic"]["published"]["ACC"]["acc"] == 67.5
     assert rows["weight_average"]["published"]["theta0"]["acc"] == 48.1
@@ -93,7 +93,7 @@ def test_report_shows_the_published_column(nano_run, tmp_path):
         rec.update(
             suite=suite.name,
             tasks=order[:n],
-            **_published(suite, job, M.get(job.method)),
+            **_published(suite, job, R.get(job.method)),
             **_setup_check(suite, order[:n], rec["R"][0], rec["E"], {t: 500 for t in order}),
         )
         write_record(out / rec["label"] / f.name, rec)

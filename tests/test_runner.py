@@ -305,13 +305,13 @@ def test_job_key_covers_the_helper_modules_a_method_imports():
     editing cmbench/kernels.py re-keys TIES and MagMax, not weight averaging."""
     import inspect
 
-    from cmbench import methods as M
+    from cmbench import registry as R
     from cmbench.fingerprint import import_closure
 
-    M.discover()
+    R.discover()
 
     def closure(name):
-        return {p.name for p in import_closure(Path(inspect.getsourcefile(M.get(name))))}
+        return {p.name for p in import_closure(Path(inspect.getsourcefile(R.get(name))))}
 
     assert "kernels.py" in closure("ties") and "kernels.py" in closure("magmax")
     assert "kernels.py" not in closure("weight_average") and "tensors.py" in closure("weight_average")

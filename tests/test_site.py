@@ -37,26 +37,12 @@ def test_site_is_deterministic_and_self_contained(tmp_path):
 
 @needs_browser
 def test_site_in_a_headless_browser(tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
     t0 = time.time()
     index = render_site(REPO / "results", tmp_path / "site")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--window-size=1400,1000",
-        "--proxy-server=http://127.0.0.1:9",
-        "--proxy-bypass-list=<-loopback>",  # the network is blocked
-        "--host-resolver-rules=MAP * ~NOTFOUND",
-    ):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver = _browser()
     try:
         driver.get(index.as_uri())
         suites = [a.text for a in driver.find_elements(By.CSS_SELECTOR, "#board tbody a")]
@@ -130,3 +116,63 @@ def test_site_in_a_headless_browser(tmp_path):
         print(f"browser test: {time.time() - t0:.1f} s; screenshot {shot}")
     finally:
         driver.quit()
+
+
+@needs_browser
+def test_hostile_results_run_no_script_in_the_site(tmp_path):
+    """The hostile corpus (tests/hostile.py) rendered as a site and opened in Chromium: every
+    page, hover tip and on-demand matrix built, and no injected handler ran (checked in the
+    DOM: a screenshot cannot show it)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from . import hostile
+
+    results = hostile.build(tmp_path / "run")
+    index = render_site(results, tmp_path / "site", recs=_valid(results))
+    driver = _browser()
+    try:
+        for page in (index, index.parent / hostile.SUITE / "index.html"):
+            driver.get(page.as_uri())
+            for point in driver.find_elements(By.CSS_SELECTOR, "#curves circle")[:20]:
+                ActionChains(driver).move_to_element(point).perform()
+            for details in driver.find_elements(By.CSS_SELECTOR, "details[data-label]"):
+                driver.execute_script("arguments[0].open = true", details)
+            time.sleep(0.5)  # the toggle handlers run as tasks after the clicks
+            labels = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#legend span")]
+            if page != index:
+                assert any(lb.startswith("hostile-") for lb in labels)  # the hostile rows are shown, as text
+                assert len(driver.find_elements(By.CSS_SELECTOR, "#board tbody tr")) >= 12
+            assert driver.execute_script("return window.__pwned === undefined") is True
+            injected = driver.execute_script(
+                "return document.querySelectorAll('img[src=\"x\"], svg[onload], [onerror], [onload]').length"
+            )
+            assert injected == 0
+            assert len(driver.find_elements(By.TAG_NAME, "script")) == 2  # the page's data and its own script
+    finally:
+        driver.quit()
+
+
+def _valid(results):
+    from cmbench.results import load_results
+
+    return load_results(results, on_bad=lambda path, why: None)
+
+
+def _browser():
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--window-size=1400,1000",
+        "--proxy-server=http://127.0.0.1:9",
+        "--proxy-bypass-list=<-loopback>",  # the network is blocked
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+    ):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)

@@ -3,14 +3,15 @@
 import torch
 
 from cmbench import methods as M
+from cmbench import registry as R
 from cmbench.conformance import TINY, _tiny_task
 from cmbench.models import create_backbone
 from cmbench.protocol import DataAccess
 
 
 def setup(seed=0):
-    M.discover()
-    trm_cls = M.get("trm")
+    R.discover()
+    trm_cls = R.get("trm")
     torch.manual_seed(seed)
     model = create_backbone(TINY)
     prev = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -17,6 +17,8 @@ import torch
 import yaml
 
 from cmbench import methods as M
+
+from cmbench import registry as R
 from cmbench.artefacts import SuiteArtefacts
 from cmbench.protocol import Evaluator
 from cmbench.store import Store
@@ -63,7 +65,7 @@ out = {"theta0": mean(r0), "experts": mean(E)}
 
 
 def run(name, hp):
-    m = M.create(name, hp)
+    m = R.create(name, hp)
     ctx = M.Context(theta0=th, num_tasks=len(order), seed=0)
     merged = th
     for i, e in enumerate(ex, 1):

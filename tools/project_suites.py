@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from cmbench.methods import discover
+from cmbench.registry import discover
 from cmbench.plan import GPU_TFLOPS, backbone_params, project, split_sizes
 from cmbench.suite import expand, load_suite
 
