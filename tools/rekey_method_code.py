@@ -27,14 +27,18 @@ from cmbench.protocol import key_of
 from cmbench.runner import current_inputs, differing_inputs, git_commit, write_result
 from cmbench.store import open_store
 from cmbench.suite import expand, load_suite
+from cmbench.tuned import tuned_specs
 
 
 def main(suite_file: str, results_dir: str, labels: str, evidence: str) -> int:
     suite = load_suite(suite_file)
     # an empty store: artefact content hashes come from the results, as on a fresh clone
     store = open_store(tempfile.mkdtemp(prefix="cmbench-rekey-"))
-    # the jobs of the suite as it is now, by the result file each writes: a result is
-    # re-keyed to one of them or refused
+    # the jobs of the suite as it is now (with the `<label>-tuned` rows `cmbench tune` chose,
+    # under tuned/ beside the results, as `run --use-tuned` adds them), by the result file
+    # each writes: a result is re-keyed to one of them or refused
+    tuned = tuned_specs(suite, Path(results_dir).resolve().parent)
+    suite = suite.model_copy(update={"methods": [*suite.methods, *(s for s, _ in tuned)]})
     jobs = {j.relpath: j for j in expand(suite)}
     done = refused = 0
     for label in labels.split(","):
