@@ -59,19 +59,19 @@ def task_data(dataset: str, task: str, data_seed: int, img_size: int, params_jso
     return data_mod.build(dataset, task, data_seed, img_size, json.loads(params_json))
 
 
-def load_tasks(suite: Suite, pretraining: bool = False) -> dict[str, data_mod.TaskData]:
-    """The suite's tasks (or, with ``pretraining``, the data θ0 is pretrained on); test
-    splits capped at ``evaluation.max_test_per_task`` (a fixed, data-seeded subset)."""
+def load_tasks(suite: Suite, seed: int, pretraining: bool = False) -> dict[str, data_mod.TaskData]:
+    """The tasks of ``seed``'s jobs (their data seed: ``Suite.data_seed_for``), or with
+    ``pretraining`` the data θ0 is pretrained on; test splits capped at
+    ``evaluation.max_test_per_task`` (a fixed, data-seeded subset)."""
     specs = (suite.pretrain.tasks or suite.tasks) if pretraining else suite.tasks
+    data_seed = suite.data_seed_for(seed)
     out = {
-        t.name: task_data(
-            t.dataset, t.name, suite.data_seed, suite.backbone.image_size, json.dumps(t.params, sort_keys=True)
-        )
+        t.name: task_data(t.dataset, t.name, data_seed, suite.backbone.image_size, json.dumps(t.params, sort_keys=True))
         for t in specs
     }
     cap = suite.evaluation.max_test_per_task
     if cap and not pretraining:
-        out = {n: _cap_test(td, cap, suite.data_seed) for n, td in out.items()}
+        out = {n: _cap_test(td, cap, data_seed) for n, td in out.items()}
     return out
 
 
@@ -121,7 +121,7 @@ def _theta0_key(suite: Suite, seed: int) -> str:
         suite.backbone.model_dump(),
         suite.pretrain.keyed(),
         tasks,
-        suite.data_seed,
+        suite.data_seed_for(seed),
         seed,
         *stand_in,
     )
@@ -203,7 +203,7 @@ def pretrain_theta0(suite: Suite, seed: int) -> tuple[StateDict, dict]:
     from θ0's features and never see these.
     """
     torch.manual_seed(seed)
-    tasks = load_tasks(suite, pretraining=True)
+    tasks = load_tasks(suite, seed, pretraining=True)
     device = device_for(suite)
     backbone = create_backbone(suite.backbone)  # initialised on the CPU (same θ on any device), then moved
     d = suite.backbone.embed_dim
@@ -265,7 +265,7 @@ def make_heads(suite: Suite, seed: int, theta0: StateDict) -> tuple[StateDict, d
                 suite.backbone, meta["classnames"], meta["templates"], seed, device=str(device), model=clip
             )
         return out, {"kind": "zero_shot"}
-    for name, td in load_tasks(suite).items():
+    for name, td in load_tasks(suite, seed).items():
         feats = torch.nn.functional.normalize(features(backbone, td.train.x, suite.evaluation.batch_size), dim=-1)
         y = td.train.y
         n_cls = len(td.classes)
@@ -316,7 +316,7 @@ def make_expert(suite: Suite, seed: int, task: str, theta0: StateDict, head: Hea
     device = device_for(suite)
     backbone.to(device).train()
     train_head = copy.deepcopy(head).to(device)
-    td = load_tasks(suite)[task]
+    td = load_tasks(suite, seed)[task]
     recipe = suite.experts.finetune
     ce = torch.nn.functional.cross_entropy
 
@@ -358,7 +358,7 @@ class SuiteArtefacts:
             from .models.checkpoint import load_expert
 
             def make():
-                return load_expert_checkpoint(self.suite, task, self.theta0(), self.heads()[task])
+                return load_expert_checkpoint(self.suite, self.seed, task, self.theta0(), self.heads()[task])
 
             def reload():
                 return load_expert(self.suite.experts.checkpoints[task], task, self.theta0(), "experts.checkpoints")[0]
@@ -368,7 +368,7 @@ class SuiteArtefacts:
         return self.store.get_or_make("experts", key, make)
 
 
-def load_expert_checkpoint(suite: Suite, task: str, theta0: StateDict, head: Head) -> tuple[StateDict, dict]:
+def load_expert_checkpoint(suite: Suite, seed: int, task: str, theta0: StateDict, head: Head) -> tuple[StateDict, dict]:
     """A pinned checkpoint, converted to the backbone's names and checked against θ0; its own
     test accuracy measured once here (cached with it)."""
     from .models import accuracy
@@ -377,7 +377,7 @@ def load_expert_checkpoint(suite: Suite, task: str, theta0: StateDict, head: Hea
     state, meta = load_expert(suite.experts.checkpoints[task], task, theta0, "experts.checkpoints")
     backbone = create_backbone(suite.backbone, theta0).to(device_for(suite))
     backbone.load_state_dict(state)
-    td = load_tasks(suite)[task]
+    td = load_tasks(suite, seed)[task]
     meta["test_accuracy"] = accuracy(backbone, head, td.test.x, td.test.y, suite.evaluation.batch_size)
     if not suite.rehearsal:  # against the published accuracy of this hub expert, as soon as known
         checks = published.setup_check(suite, "expert", {task: meta["test_accuracy"]}, {task: len(td.test.y)})

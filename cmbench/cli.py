@@ -267,7 +267,23 @@ def cmd_report(args) -> int:
 
     recs = load_results(results, args.include_rehearsal, on_bad=bad)
     done = ""
-    if args.site:
+    if args.diagnostics:
+        from .report.diagnostics import render
+
+        recs = _selected(recs, results, args.suite, [args.diagnostics])
+        recs = [r for r in recs if args.diagnostics in (r["label"], r["method"])]
+        if args.job:
+            seed, _, order = args.job.partition(",")
+            if not (seed.isdigit() and order.isdigit()):
+                raise CmbenchError(f"--job {args.job!r}: write SEED,ORDER (e.g. 0,0)")
+            recs = [r for r in recs if (r["seed"], r["order_index"]) == (int(seed), int(order))]
+        if not any(r.get("diagnostics") for r in recs):
+            raise CmbenchError(
+                f"--diagnostics {args.diagnostics}: its results record no diagnostics (results written before "
+                "methods recorded them, or a method that records none); rerun its jobs to record them"
+            )
+        print(render(recs, f"diagnostics of {args.diagnostics}"), end="")
+    elif args.site:
         _selected(recs, results, None, None)
         from .report.site import render_site
 
@@ -551,6 +567,12 @@ def build_parser() -> argparse.ArgumentParser:
         "on hover; self-contained, opens from the file system",
     )
     rp.add_argument("--suite", help="only this suite's results")
+    rp.add_argument(
+        "--diagnostics",
+        metavar="METHOD",
+        help="print what METHOD (a method or label) recorded at each step (P&M's α_t, TRM's coefficients, ...)",
+    )
+    rp.add_argument("--job", metavar="SEED,ORDER", help="with --diagnostics: one job only")
     rp.add_argument("--methods", help="comma-separated method names or labels")
     rp.add_argument(
         "--include-rehearsal",

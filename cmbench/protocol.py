@@ -141,9 +141,9 @@ class Evaluator:
     merged model is evaluated on the tasks seen so far only (other cells NaN).
     """
 
-    def __init__(self, suite: Suite, heads, order: list[str], theta0: StateDict):
+    def __init__(self, suite: Suite, heads, order: list[str], theta0: StateDict, seed: int):
         self.model = create_backbone(suite.backbone, theta0).to(device_for(suite))
-        self.tasks = load_tasks(suite)
+        self.tasks = load_tasks(suite, seed)
         self.heads, self.order, self.bs = heads, order, suite.evaluation.batch_size
         self.precision = suite.evaluation.precision
         self.seen_only = suite.evaluation.seen_only
@@ -284,6 +284,9 @@ def _record_common(suite: Suite, job: Job, method, store: Store) -> dict[str, An
         "reconstruction": cls.reconstruction,
         "seed": job.seed,
         "order_index": job.order_index,
+        # the datasets' seed (the suite's data_seed for this seed): the same in every job of a
+        # suite unless it varies with the seed, which decides how the report counts test error
+        "data_seed": suite.data_seed_for(job.seed),
         # a rehearsal's results (random weights, generated data) carry its section: the report refuses them
         **({"rehearsal": suite.rehearsal.model_dump(mode="json")} if suite.rehearsal else {}),
         **_published(suite, job, cls),
@@ -337,9 +340,9 @@ def _setup(suite: Suite, job: Job, store: Store, threads: int, tasks: dict):
 
 def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict[str, Any]:
     order = list(job.order)
-    art, theta0, method, ctx, data = _setup(suite, job, store, threads, load_tasks(suite))
+    art, theta0, method, ctx, data = _setup(suite, job, store, threads, load_tasks(suite, job.seed))
     heads = art.heads()  # on the CPU, where evaluation's features arrive
-    ev = Evaluator(suite, heads, order, theta0)
+    ev = Evaluator(suite, heads, order, theta0, job.seed)
     ctx.layout = layout_of(ev.model)
     # the methods' network is the evaluation model, on the job's device, with device heads
     net_heads = heads if ctx.device.type == "cpu" else {n: copy.deepcopy(h).to(ctx.device) for n, h in heads.items()}
@@ -424,11 +427,7 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
         "E": E,
         "R_final_before_finish": row_before_finish,
         "expert_content_hashes": expert_hashes,
-        "evaluation": {
-            "seen_only": suite.evaluation.seen_only,
-            "max_test_per_task": suite.evaluation.max_test_per_task,
-            "test_samples": {n: len(ev.tasks[n].test) for n in order},
-        },
+        "evaluation": _evaluation_record(suite, ev.tasks, order),
         **_setup_check(suite, order, R[0], E, {n: len(ev.tasks[n].test) for n in order}),
         "metrics": metrics.all_metrics(R, E),
         "data_samples_handed": data.samples_handed,
@@ -446,6 +445,20 @@ def run_merge_stream(suite: Suite, job: Job, store: Store, threads: int) -> dict
     }
     checkpoint.clear()
     return record
+
+
+def _evaluation_record(suite: Suite, tasks: dict, order: list[str]) -> dict[str, Any]:
+    """How R's cells were measured: the test images per task (and, for a fixed dataset, how
+    many its test split was drawn from): what the report's test-set error is computed from."""
+    out: dict[str, Any] = {
+        "seen_only": suite.evaluation.seen_only,
+        "max_test_per_task": suite.evaluation.max_test_per_task,
+        "test_samples": {n: len(tasks[n].test) for n in order},
+    }
+    population = {n: tasks[n].test_population for n in order if tasks[n].test_population is not None}
+    if population:
+        out["test_population"] = population
+    return out
 
 
 def _diagnostics(ctx) -> dict[str, Any]:
@@ -786,7 +799,7 @@ class Learner:
 
 def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> dict[str, Any]:
     order = list(job.order)
-    tasks = load_tasks(suite)
+    tasks = load_tasks(suite, job.seed)
     art, theta0, method, ctx, data = _setup(suite, job, store, threads, tasks)
     space = ClassSpace(tasks, order)
     learner = Learner(suite, tasks, space, suite.training_of(job))
@@ -896,6 +909,7 @@ def run_train_then_merge(suite: Suite, job: Job, store: Store, threads: int) -> 
         "E": None,
         "R_final_before_finish": row_before_finish,
         "heads": incremental,
+        "evaluation": _evaluation_record(suite, learner.tasks, order),
         "ACC_all_steps": acc_all,
         "R_within": R_within,
         "trained_own_task_acc": own,

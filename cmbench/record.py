@@ -85,6 +85,13 @@ class HparamSource(_Open):
     oracle: Optional[StrictBool] = None
 
 
+class Evaluation(_Open):
+    seen_only: StrictBool = False
+    max_test_per_task: Optional[Annotated[StrictInt, Field(ge=1)]] = None
+    test_samples: dict[Name, Annotated[StrictInt, Field(ge=1)]] = Field(default_factory=dict)
+    test_population: dict[Name, Annotated[StrictInt, Field(ge=1)]] = Field(default_factory=dict)
+
+
 class ResultRecord(BaseModel):
     """A result file (``runner.write_result`` writes it; see the module doc for how it is read)."""
 
@@ -98,6 +105,7 @@ class ResultRecord(BaseModel):
     label: Name
     seed: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]
     order_index: Annotated[StrictInt, Field(ge=0, le=10**6)]
+    data_seed: Optional[Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]] = None
     tasks: list[Name] = Field(min_length=1, max_length=10_000)
     hparams: dict[Annotated[str, Field(pattern=HPARAM_NAME)], Any] = Field(default_factory=dict)
     key: Optional[Hex] = None
@@ -126,6 +134,7 @@ class ResultRecord(BaseModel):
     timings: Optional[Timings] = None
     storage_bytes: Optional[Storage] = None
     data_samples_handed: Optional[Count] = None
+    evaluation: Optional[Evaluation] = None
     device: Optional[dict[str, Any]] = None
     versions: Optional[dict[str, Any]] = None
     # what the method recorded per step for the reader (cmbench.methods.Context.record)
@@ -146,6 +155,13 @@ class ResultRecord(BaseModel):
         T = len(self.tasks)
         if len(set(self.tasks)) != T:
             raise ValueError("tasks: task names must be unique")
+        ev = self.evaluation
+        for field in ("test_samples", "test_population"):
+            named = set(getattr(ev, field)) if ev is not None else set()
+            if named and named != set(self.tasks):
+                raise ValueError(
+                    f"evaluation.{field}: names {sorted(named)}, not the result's tasks {sorted(self.tasks)}"
+                )
         if self.status == "failed":
             if self.error is None:
                 raise ValueError("error: a failed job records why it failed")

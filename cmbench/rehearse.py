@@ -520,7 +520,7 @@ def decode_all(suite: Suite, methods: set[str]) -> dict[str, Any]:
 
     cls = discover()
     reads_train = suite.setting == "train_then_merge" or any(cls[m].data_access != "none" for m in methods)
-    tasks = load_tasks(suite)
+    tasks = load_tasks(suite, suite.seeds[0])
     n = {"test_images": sum(len(td.test) for td in tasks.values())}
     if reads_train:
         n["train_images"] = sum(len(td.train) + len(td.val) for td in tasks.values())

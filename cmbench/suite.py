@@ -439,7 +439,10 @@ class Suite(Strict):
     seeds: list[Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]] = Field(
         default_factory=lambda: [0], min_length=1, max_length=1000
     )
-    data_seed: int = 0
+    # the seed of the datasets' splits and generated images: one for every seed (the same test
+    # images everywhere: the report adds their sampling error to the intervals), ``per_seed``
+    # (seed s uses data seed s: test sampling enters the seeds' spread), or one per seed
+    data_seed: Union[Annotated[StrictInt, Field(ge=0, le=2**31 - 1)], Literal["per_seed"], list[StrictInt]] = 0
     backbone: AnyBackbone = Field(default_factory=TinyViT)
     pretrain: Pretrain = Field(default_factory=Pretrain)
     tasks: list[Task] = Field(min_length=1)
@@ -460,6 +463,10 @@ class Suite(Strict):
     @model_validator(mode="after")
     def _cross_checks(self):
         names = [t.name for t in self.tasks]
+        if isinstance(self.data_seed, list) and len(self.data_seed) != len(self.seeds):
+            raise _FieldError(
+                "data_seed", f"give one data seed per seed ({len(self.seeds)}), or per_seed, or one number"
+            )
         dup = sorted(n for n, k in collections.Counter(names).items() if k > 1)
         if dup:
             raise _FieldError("tasks", f"task names must be unique; repeated: {dup}")
@@ -582,6 +589,14 @@ class Suite(Strict):
     def hash(self) -> str:
         blob = json.dumps(self.environment(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def data_seed_for(self, seed: int) -> int:
+        """The data seed of ``seed``'s jobs and artefacts."""
+        if self.data_seed == "per_seed":
+            return seed
+        if isinstance(self.data_seed, list):
+            return self.data_seed[self.seeds.index(seed)]
+        return self.data_seed
 
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]

@@ -286,7 +286,7 @@ def _verify_suite(
         _prepare_artefacts(suite, seeds, store, str(store.root), ex)
         log(f"  {name}: artefacts of seed(s) {seeds} rebuilt in {time.perf_counter() - t0:.0f} s")
         _compare_artefacts(suite, list(jobs.values()), store, log)
-        n_test = {n: len(td.test) for n, td in load_tasks(suite).items()}
+        n_test = {n: len(td.test) for n, td in load_tasks(suite, seeds[0]).items()}  # sizes: any seed's
 
         def n_test_of(cell: str) -> int:
             return n_test[cell.split("[")[1].rstrip("]").split(", ")[-1]]

@@ -69,6 +69,10 @@ class TaskData:
     val: Split
     test: Split
     class_ids: list[int] | None = None
+    # how many images the test split is drawn from, where that is finite (a fixed dataset: the
+    # report's binomial standard error of a cell gets the finite-population correction);
+    # None: a generator, unbounded
+    test_population: int | None = None
     # the train images whole (full field of view) squashed to size², with `aspect`: what
     # random resized crops are taken from; None: the stored train images are whole already
     train_view: Callable[[int], Split] | None = None

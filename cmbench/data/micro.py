@@ -83,7 +83,8 @@ def digits(
         if noise:
             x = x + _rng(data_seed, task, s + "-noise").normal(0, noise, x.shape)
         splits[s] = _to_split(x, np.array([local[c] for c in labels[idx]]))
-    return TaskData(task, [str(c) for c in keep], **splits, class_ids=keep)
+    population = int(np.isin(labels, keep).sum())  # the test split is a subset of these images
+    return TaskData(task, [str(c) for c in keep], **splits, class_ids=keep, test_population=population)
 
 
 # -- generated tasks ----------------------------------------------------------------------

@@ -1,9 +1,9 @@
-"""``leaderboard.md`` from ``results/``: one table per suite, reference rows set apart.
+"""``leaderboard.md`` from ``results/``: one section per suite, rendered from its
+:class:`~cmbench.report.summary.SuiteSummary` (rows, order, ranks, intervals: decided there
+once for every output).
 
-Aggregation: every (seed, order) job is one observation; a cell is mean ± sample std
-(ddof=1) over them, with n. Reference rows come from the same files: ``pretrained`` is
-row 0 of R (θ0), ``individual`` is E (each expert on its own task); both depend on the
-seed only, so they are aggregated over seeds.
+Every figure is a mean over seeds (each seed's orders averaged first) with its 95 % interval
+(``report/stats.py``); the Runs column says how many independent runs are behind it.
 """
 
 from __future__ import annotations
@@ -13,192 +13,150 @@ from pathlib import Path
 
 import numpy as np
 
-from ..results import job_of, load_results
-from . import plots
+from ..results import load_results
+from . import plots, stats
+from .cells import data_text, devices, final_mean, hparam_text, published_text, storage_text
 from .escape import md
 from .outputs import MARK, check_markdown, claim_plots
+from .summary import SIGNED, SuiteSummary, pct, reference_levels, summarise
 
-STREAM_COLS = ("ACC", "AIA", "BWT", "FGT", "FWT", "NACC")
-TTM_COLS = ["ACC", "AIA", "BWT", "FGT"]  # FWT undefined: unlearned classes have no cells
-DATA_LABEL = {
-    "none": "data-free",
-    "current_task": "current task",
-    "calibration": "calibration samples",
-    "all_seen": "all seen tasks",
-}
-LONG_HPARAMS = 8  # beyond this many, a row lists what differs from its method's first row
-
-
-def _devices(recs: list[dict]) -> list[str]:
-    """Where the jobs computed, as their keys say (device type, evaluation precision), with
-    the device's name where the result records it."""
-    out: dict[str, None] = {}
-    for r in recs:
-        inp = r.get("inputs") or {}
-        name = (r.get("device") or {}).get("name") or (r.get("versions") or {}).get("cpu_capability")
-        out[md(f"{inp.get('device', '?')} {inp.get('precision', '?')}" + (f" ({name})" if name else ""))] = None
-    return list(out)
-
-
-def _stat(values) -> tuple[float, float, int]:
-    v = np.array([x for x in values if x is not None and x == x], dtype=float)
-    if v.size == 0:
-        return float("nan"), float("nan"), 0
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0, int(v.size)
-
-
-def _final_mean(row: list) -> float:
-    return float(np.nanmean([np.nan if v is None else v for v in row]))
-
-
-def _pct(values, signed: bool = False) -> str:
-    m, s, n = _stat(values)
-    if n == 0:
-        return "–"
-    fmt = "{:+.1f}" if signed else "{:.1f}"
-    return fmt.format(100 * m) if n == 1 else f"{fmt.format(100 * m)} ± {100 * s:.1f}"  # one job: no spread
+INTRO = (
+    "Rendered by `cmbench report` from the result files under `results/` alone. Accuracies in %: the mean over "
+    "seeds (each seed's task orders averaged first) and its 95 % interval in brackets, from a hierarchical "
+    "bootstrap (seeds, then orders within a seed; B = 10,000, seeded: the same files give the same bytes), "
+    "with the test split's binomial error added to ACC, NACC and ACC_all when every seed is tested on the same "
+    "images. Runs: independent runs behind a row (seeds × orders per seed; a row whose figures are the same in "
+    "every order of a seed has as many independent values as seeds: order-invariant). Rank: rows whose paired "
+    "difference to the best row (same seed and order, 95 % interval with both rows' test-set error) contains 0 "
+    "share its rank; the best of the rest starts the next rank. Rows with fewer jobs than the suite's grid "
+    "(n = k of N) are not ranked and are compared with the full rows on their own jobs under the table; "
+    "reference rows (all seen tasks' data, θ0, the experts) are never ranked. With three seeds an interval is "
+    "optimistic: read it with its runs. "
+    "ACC final average accuracy, AIA average incremental accuracy, BWT backward transfer (negative = "
+    "forgetting), FGT forgetting, FWT forward transfer, NACC accuracy normalised by each expert's own. "
+    "Class-incremental suites also report ACC_all (accuracy over the union of all seen tasks' test samples, "
+    "sample-weighted: the number P&M, InfLoRA and MagMax report; the rank figure there) and AAA (its mean over "
+    "steps); ACC/AIA/BWT/FGT there are per-task means. Start ‖∇‖: gradient norm at the start of each task's "
+    "training, mean over steps. Storage: bytes a method keeps between steps beyond the merged model (binary "
+    "units). Verified: jobs that `cmbench verify` recomputed from scratch and found equal, with the file's "
+    "bytes unchanged since (`results/verified.jsonl`; checksums in the files catch accidental edits, not "
+    "forgery: only recomputing proves a number). † reconstruction of a method without public code; "
+    "‡ end-of-stream refinement (lifts only the final row). Hyperparameters: suite defaults (paper or "
+    "public-code values) or tuned by `cmbench tune` on validation splits (rows `<label>-tuned`; scored on "
+    "every task's validation data, which is an oracle: the values have seen tasks that arrive later). "
+    "What a method did at each step (P&M's α_t, TRM's coefficients, ...): `cmbench report --diagnostics METHOD`."
+)
+DEMO = (
+    "**Demonstration** (one job per method): a first look at the harness, not a benchmark. No rank and no "
+    "interval are claimed; run a benchmark suite (three seeds × three orders) for those."
+)
 
 
-def _bytes(n: float) -> str:
-    if n != n:
-        return "–"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
+def row_name(s: SuiteSummary, label: str) -> str:
+    name = md(s.title(label))
+    return f"*{name}* (reference)" if s.row(label).reference else name
 
 
-def _published_cell(p: dict | None) -> str:
-    if not p:
-        return "–"
-    return f"{p['acc']:.1f}" + (f" ± {p['std']:.1f}" if p.get("std") is not None else "")  # numbers only
+def rank_text(s: SuiteSummary, label: str) -> str:
+    row = s.row(label)
+    return "ref" if row.reference else str(row.rank) if row.rank else "–"
 
 
-def _storage_cell(rs: list[dict]) -> str:
-    peak = _bytes(_stat([r["storage_bytes"]["peak"] for r in rs])[0])
-    kinds = sorted({k for r in rs for k in r["storage_bytes"].get("peak_by_kind", {})})
-    if len(kinds) < 2:
-        return peak + (f" ({kinds[0]})" if kinds else "")
-    parts = [f"{k} {_bytes(_stat([r['storage_bytes']['peak_by_kind'].get(k, 0) for r in rs])[0])}" for k in kinds]
-    return f"{peak} ({', '.join(parts)})"
-
-
-def _per_seed(recs: list[dict], fn) -> dict[int, float]:
-    """One value per seed (these quantities do not depend on the order)."""
-    out = {}
-    for r in recs:
-        out.setdefault(r["seed"], fn(r))
-    return out
-
-
-def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -> list[str]:
-    ok = [r for r in recs if r["status"] == "ok"]
+def suite_section(s: SuiteSummary, plots_dir: Path, md_dir: Path) -> list[str]:
+    recs, ok = s.records, s.ok
     failed = [r for r in recs if r["status"] != "ok"]
-    by_label: dict[str, list[dict]] = defaultdict(list)
-    for r in ok:
-        by_label[r["label"]].append(r)
     hashes = sorted({r["suite_hash"] for r in recs})
     commits = sorted({r.get("git_commit") or "?" for r in recs})
     last = max((r.get("finished_at") or "" for r in recs), default="")
-    lines = [f"## {md(suite)}", ""]
+    lines = [f"## {md(s.suite)}", ""]
     if any(r.get("rehearsal") for r in recs):
         lines += [
             "**rehearsal: random weights** (generated data and experts; these numbers measure the "
             "harness, not the methods)",
             "",
         ]
-    setting = recs[0].get("setting", "merge_stream")
-    lines.append(
-        f"Setting: `{md(setting)}` · suite hash {', '.join(f'`{md(h)}`' for h in hashes)} · "
-        f"{', '.join(_devices(recs))} · "
-        f"commit {', '.join(f'`{md(c[:10])}`' for c in commits)} · last job {md(last)}"
-    )
-    lines.append("")
-
-    stream = setting == "merge_stream"
-    cols = (
-        STREAM_COLS
-        if stream
-        else ([*TTM_COLS, "ACC_all", "AAA"] if any("ACC_all" in r["metrics"] for r in ok) else TTM_COLS)
-    )
-    # the published ACC of a row, where a source covers the suite and the method (cmbench.published)
-    pub = {r["label"]: r["published"]["ACC"] for r in ok if (r.get("published") or {}).get("ACC")}
+    if s.demonstration:
+        lines += [DEMO, ""]
+    lines += [
+        f"Setting: `{md(s.setting)}` · suite hash {', '.join(f'`{md(h)}`' for h in hashes)} · "
+        f"{', '.join(md(d) for d in devices(recs))} · "
+        f"commit {', '.join(f'`{md(c[:10])}`' for c in commits)} · last job {md(last)}",
+        "",
+    ]
+    ranked = not s.demonstration
+    pub = {r.label: (r.first.get("published") or {}).get("ACC") for r in s.rows}
     pub_refs = next((r["published"] for r in ok if r.get("published")), {})
-    pub_cols = ["Published ACC"] if pub or pub_refs.get("theta0") else []
+    pub_cols = ["Published ACC"] if any(pub.values()) or pub_refs.get("theta0") else []
     header = [
+        *(["Rank"] if ranked else []),
         "Method",
-        "n",
+        "Runs",
         "Verified",
-        *cols,
+        *s.cols,
         *pub_cols,
         "Storage (peak)",
         "Data",
-        *([] if stream else ["Train time (s)", "Start ‖∇‖"]),
+        *([] if s.stream else ["Train time (s)", "Start ‖∇‖"]),
         "Merge time (s)",
         "Hyperparameters",
     ]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    rows = []
-    first_of = {}  # method -> its first row's label and hyperparameters (the base for long lists)
-    # rows with fewer jobs than the fullest row are marked, ranked after the full rows, and
-    # compared with them on their own jobs only (a note under the table)
-    full = max((len(rs) for rs in by_label.values()), default=0)
-    for label, rs in by_label.items():
-        acc_mean = _stat([r["metrics"]["ACC"] for r in rs])[0]
-        hp = hparam_text(label, rs, first_of)
-        name = (
-            md(label)
-            + (" †" if rs[0].get("reconstruction") else "")
-            + (" ‡" if rs[0].get("R_final_before_finish") else "")
-        )
-        partial = len(rs) < full
-        if partial:
-            name += f" (n = {len(rs)} of {full})"
-        reference = rs[0].get("data_access") == "all_seen"
-        cells = [f"*{name}* (reference)" if reference else name, str(len(rs)), f"{sum(r['verified'] for r in rs)}"]
-        for col in cols:
-            cells.append(_pct([r["metrics"].get(col) for r in rs], signed=col in ("BWT", "FWT")))
-        if pub_cols:
-            cells.append(_published_cell(pub.get(label)))
-        cells.append(md(_storage_cell(rs)))
-        cells.append(md(DATA_LABEL.get(rs[0].get("data_access", "none"), rs[0].get("data_access", "?"))))
-        if not stream:
-            cells.append(f"{_stat([r['timings']['train_total_s'] for r in rs])[0]:.1f}")
-            cells.append(f"{_stat([np.mean(r['start_grad_norm']) for r in rs])[0]:.3g}")
-        cells.append(f"{_stat([r['timings']['merge_total_s'] for r in rs])[0]:.3f}")
-        cells.append(md(hp))
-        rows.append((reference, partial, -acc_mean, label, cells))
-    for *_, cells in sorted(rows):
+    first_of: dict = {}
+    for row in s.rows:
+        rs = row.records
+        cells = [
+            *([rank_text(s, row.label)] if ranked else []),
+            row_name(s, row.label),
+            md(s.runs(row.label)),
+            f"{sum(r['verified'] for r in rs)} of {len(rs)}",
+            *(pct(s.est(row.label, c), c in SIGNED, interval=ranked) for c in s.cols),
+            *([published_text(pub.get(row.label))] if pub_cols else []),
+            md(storage_text(rs)),
+            md(data_text(row.first)),
+        ]
+        if not s.stream:
+            cells.append(f"{np.mean([r['timings']['train_total_s'] for r in rs]):.1f}")
+            cells.append(f"{np.mean([np.mean(r['start_grad_norm']) for r in rs]):.3g}")
+        cells.append(f"{np.mean([r['timings']['merge_total_s'] for r in rs]):.3f}")
+        cells.append(md(hparam_text(row.label, rs, first_of)))
         lines.append("| " + " | ".join(cells) + " |")
-
     # reference rows of the merge stream, set apart: θ0 (row 0 of R) and the experts (E)
-    theta0 = indiv = None
-    if ok and stream:
-        theta0 = _per_seed(ok, lambda r: float(np.mean(r["R"][0])))
-        indiv = _per_seed(ok, lambda r: float(np.mean(r["E"])))
-        pad = " | ".join(["–"] * (len(header) - len(cols) - len(pub_cols) - 3))
-        blank = ["–"] * (len(cols) - 1)
-        ref_pub = {k: [_published_cell(pub_refs.get(k))] if pub_cols else [] for k in ("theta0", "experts")}
-        lines.append(
-            f"| *pretrained θ0* | {len(theta0)} seeds | – | {_pct(theta0.values())} | "
-            + " | ".join(blank + ref_pub["theta0"])
-            + f" | {pad} |"
-        )
-        lines.append(
-            f"| *individual experts* | {len(indiv)} seeds | – | {_pct(indiv.values())} | "
-            + " | ".join(blank[:-1] + ["100.0 ± 0.0"] + ref_pub["experts"])
-            + f" | {pad} |"
-        )
-    shared = shared_job_comparisons(by_label, full)
-    if shared:  # under the table, after its reference rows
-        lines += ["", "Rows with fewer jobs, compared on their own jobs: " + "; ".join(shared) + "."]
+    levels = reference_levels(s)
+    if levels:
+        pad = ["–"] * (len(header) - len(s.cols) - len(pub_cols) - (4 if ranked else 3))
+        blank = ["–"] * (len(s.cols) - 1)
+        nacc_expert = ["100.0"] if "NACC" in s.cols else []
+        for name, key, extra in (("pretrained θ0", "theta0", blank), ("individual experts", "experts", None)):
+            e = levels[key]
+            figures = extra if extra is not None else blank[: len(blank) - len(nacc_expert)] + nacc_expert
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        *(["ref"] if ranked else []),
+                        f"*{name}*",
+                        (f"{e.seeds} seed" + ("s" if e.seeds != 1 else "")) if e else "–",
+                        "–",
+                        pct(e, interval=ranked),
+                        *figures,
+                        *([published_text(pub_refs.get(key))] if pub_cols else []),
+                        *pad,
+                    ]
+                )
+                + " |"
+            )
+    lines.append("")
+    if ranked:
+        lines += rank_lines(s) + [""]
+    shared = shared_job_comparisons(s)
+    if shared:
+        lines += ["Rows with fewer jobs, compared on their own jobs: " + "; ".join(shared) + ".", ""]
     if pub_cols:
-        sources = sorted({p["source"] for p in [*pub.values(), *pub_refs.values()]})
+        sources = sorted({p["source"] for p in [*(p for p in pub.values() if p), *pub_refs.values()]})
         lines += [
-            "",
             "Published ACC (the source's row, mean over its task orders ± std where given): "
-            + "; ".join(md(s) for s in sources),
+            + "; ".join(md(x) for x in sources),
+            "",
         ]
     off: dict[tuple, list[dict]] = defaultdict(list)  # (θ0 or expert, task) -> its failed checks
     for r in ok:
@@ -207,7 +165,6 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
                 off[(c["what"], c["task"])].append(c)
     if off:
         lines += [
-            "",
             f"**Setup check: {len(off)} per-task accuracies differ from the published ones** "
             "(preprocessing, class names and templates, or the checkpoint?): "
             + "; ".join(
@@ -215,202 +172,219 @@ def suite_section(suite: str, recs: list[dict], plots_dir: Path, md_dir: Path) -
                 f"{cs[0]['published']:.1f}% (±{max(c['tolerance'] for c in cs):.1f})"
                 for (w, t), cs in sorted(off.items())
             ),
+            "",
         ]
-    finished = {lb: rs for lb, rs in by_label.items() if rs[0].get("R_final_before_finish")}
+    finished = [row for row in s.rows if row.first.get("R_final_before_finish")]
     if finished:  # what the final row was before the end-of-stream step (e.g. ODE-M without refinement)
         lines += [
-            "",
             "‡ final ACC before the end-of-stream step (the same jobs): "
             + "; ".join(
-                f"{md(lb)} {_pct([_final_mean(r['R_final_before_finish']) for r in rs])} (n = {len(rs)})"
-                for lb, rs in sorted(finished.items())
+                f"{md(row.label)} "
+                + pct(
+                    stats.estimate(
+                        {(r["seed"], r["order_index"]): final_mean(r["R_final_before_finish"]) for r in row.records},
+                        s.suite,
+                        row.label,
+                        "before-finish",
+                    ),
+                    interval=ranked,
+                )
+                for row in finished
             ),
+            "",
         ]
     if failed:
-        lines += ["", f"**{len(failed)} failed job(s)** (counted, not dropped):"]
+        lines += [f"**{len(failed)} failed job(s)** (counted, not dropped):"]
         for r in sorted(failed, key=lambda r: (r["label"], r["seed"], r["order_index"])):
             lines.append(f"- {md(r['label'])} seed {r['seed']} order {r['order_index']}: {md(r.get('error') or '?')}")
-    lines.append("")
-
-    if ok:
-        # ACC per seed, mean over orders: shows seed-to-seed spread next to the method gaps
-        seeds = sorted({r["seed"] for r in ok})
-        lines += ["ACC per seed (mean over orders):", ""]
-        lines += ["| Method | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
-        for label in sorted(by_label, key=lambda lb: -_stat([r["metrics"]["ACC"] for r in by_label[lb]])[0]):
-            cells = []
-            for s in seeds:
-                m, _, n = _stat([r["metrics"]["ACC"] for r in by_label[label] if r["seed"] == s])
-                cells.append(f"{100 * m:.1f}" if n else "–")
-            lines.append(f"| {md(label)} | " + " | ".join(cells) + " |")
-        if stream:
-            lines.append("| *pretrained θ0* | " + " | ".join(f"{100 * theta0[s]:.1f}" for s in seeds) + " |")
-            lines.append("| *individual experts* | " + " | ".join(f"{100 * indiv[s]:.1f}" for s in seeds) + " |")
         lines.append("")
 
-    if ok and len(by_label) > 1:
+    if ok:
+        lines += seed_table(s)
+    if ok and len(s.rows) > 1 and ranked:
         # train then merge with LoRA: P&M's comparisons, to averaging and to sequential LoRA
-        refs = [r for r in ("weight_average-lora", "sequential-lora") if r in by_label and not stream]
-        for ref in refs or ["weight_average" if "weight_average" in by_label else sorted(by_label)[0]]:
-            lines += paired_section(by_label, ref)
-
-    if ok and not stream and any(r.get("R_within") for r in ok):
-        lines += calibration_section(by_label)
-
-    if ok and stream:
-        # each expert and θ0 on each task (mean over seeds)
-        tasks = ok[0]["tasks"]
-        task_order = sorted(tasks, key=tasks.index)
-        per_task_e, per_task_0 = defaultdict(dict), defaultdict(dict)
-        for r in ok:
-            for j, t in enumerate(r["tasks"]):
-                per_task_e[t][r["seed"]] = r["E"][j]
-                per_task_0[t][r["seed"]] = r["R"][0][j]
-        lines += ["Per task (mean ± std over seeds): θ0 with the frozen head, and the expert on its own task:", ""]
-        lines += ["| | " + " | ".join(md(t) for t in task_order) + " |", "|---|" + "---|" * len(task_order)]
-        lines.append("| θ0 | " + " | ".join(_pct(per_task_0[t].values()) for t in task_order) + " |")
-        lines.append("| expert | " + " | ".join(_pct(per_task_e[t].values()) for t in task_order) + " |")
-        published_task = {(c["what"], c["task"]): c["published"] for r in ok for c in r.get("setup_check") or []}
-        for what, name in (("theta0", "θ0, published"), ("expert", "expert, published")):
-            if any(w == what for w, _ in published_task):
-                lines.append(
-                    f"| {name} | "
-                    + " | ".join(
-                        f"{published_task[(what, t)]:.1f}" if (what, t) in published_task else "–" for t in task_order
-                    )
-                    + " |"
-                )
-        lines.append("")
-
+        labels = [row.label for row in s.rows]
+        refs = [r for r in ("weight_average-lora", "sequential-lora") if r in labels and not s.stream]
+        for ref in refs or ["weight_average" if "weight_average" in labels else sorted(labels)[0]]:
+            lines += paired_section(s, ref)
+    if ok and not s.stream and any(r.get("R_within") for r in ok):
+        lines += calibration_section(s)
+    if ok and s.stream:
+        lines += per_task_section(s)
     if ok:
-        figs = [
-            ("average accuracy over steps", plots.plot_accuracy_over_steps),
-            ("accuracy matrices", plots.plot_heatmaps),
-            ("forgetting", plots.plot_forgetting),
-            ("accuracy vs cost", plots.plot_pareto),
-        ]
-        figs += (
-            [("final accuracy vs the expert", plots.plot_final_vs_expert)]
-            if stream
-            else [("start-of-task gradient norm", plots.plot_grad_norm)]
-        )
-        links = []
-        for i, (title, fn) in enumerate(figs):
-            png = Path(fn(suite, by_label, plots_dir))
-            rel = png.resolve().relative_to(md_dir.resolve()).as_posix()
-            if i == 0:
-                lines += [f"![{title}]({rel})", ""]
-            links.append(f"[{title}]({rel}) ([SVG]({rel[:-4]}.svg))")
-        lines += ["Plots: " + " · ".join(links), ""]
+        lines += figure_lines(s, plots_dir, md_dir)
     return lines
 
 
-def shared_job_comparisons(by_label: dict[str, list[dict]], full: int) -> list[str]:
-    """For each row with fewer jobs than ``full``: its mean ACC and the best full row's on the
-    same (seed, order) jobs, the only comparison its mean supports."""
-    full_rows = {
-        lb: {job_of(r): r["metrics"]["ACC"] for r in rs}
-        for lb, rs in by_label.items()
-        if len(rs) == full and rs[0].get("data_access") != "all_seen"
-    }
+def rank_lines(s: SuiteSummary) -> list[str]:
+    groups: dict[int, list[str]] = defaultdict(list)
+    for row in s.rows:
+        if row.rank:
+            groups[row.rank].append(md(row.label))
+    unranked = [md(row.label) for row in s.rows if not row.rank and not row.reference]
+    sd = [s.test_sd(row.label, s.headline) for row in s.rows if row.rank]
+    test = (
+        "the test split's error included"
+        if s.fixed_test_split and sd and all(x is not None for x in sd)
+        else "test-set error in the seeds' spread (the data seed varies with the seed)"
+        if not s.fixed_test_split
+        else "the test split's error not included (these results do not record their test sizes)"
+    )
+    return [
+        f"Rank groups by {s.headline} (95 %, paired on seed and order; {test}): "
+        + "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(groups.items()))
+        + (f"; not ranked (fewer jobs): {', '.join(unranked)}" if unranked else "")
+        + "."
+    ]
+
+
+def seed_table(s: SuiteSummary) -> list[str]:
+    """The headline figure per seed (mean over orders): the seed-to-seed spread beside the gaps."""
+    seeds = sorted({r["seed"] for r in s.ok})
+    lines = [f"{s.headline} per seed (mean over orders):", ""]
+    lines += ["| Method | " + " | ".join(f"seed {x}" for x in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    for row in s.rows:
+        cells = []
+        for x in seeds:
+            v = [r["metrics"][s.headline] for r in row.records if r["seed"] == x]
+            cells.append(f"{100 * np.mean(v):.1f}" if v else "–")
+        lines.append(f"| {md(row.label)} | " + " | ".join(cells) + " |")
+    if s.stream:
+        for name, fn in (
+            ("pretrained θ0", lambda r: np.mean(r["R"][0])),
+            ("individual experts", lambda r: np.mean(r["E"])),
+        ):
+            by = {r["seed"]: fn(r) for r in s.ok}
+            lines.append(f"| *{name}* | " + " | ".join(f"{100 * by[x]:.1f}" for x in seeds) + " |")
+    return lines + [""]
+
+
+def shared_job_comparisons(s: SuiteSummary) -> list[str]:
+    """For each partial row: its mean and the best full row's on the same (seed, order) jobs,
+    the only comparison its mean supports."""
+    full_rows = [row for row in s.rows if not row.partial and not row.reference]
     out = []
-    for label, rs in sorted(by_label.items()):
-        if len(rs) >= full or not full_rows:
+    for row in s.rows:
+        if not row.partial or not full_rows:
             continue
-        jobs = sorted({job_of(r) for r in rs})
-        on_jobs = {lb: np.mean([v[j] for j in jobs if j in v]) for lb, v in full_rows.items()}
+        own = row.values(s.headline)
+        on_jobs = {
+            f.label: np.mean([f.values(s.headline)[j] for j in own if j in f.values(s.headline)]) for f in full_rows
+        }
         best = max(on_jobs, key=lambda lb: on_jobs[lb])
-        own = np.mean([r["metrics"]["ACC"] for r in rs])
-        out.append(f"{md(label)} {100 * own:.1f} vs {md(best)} {100 * on_jobs[best]:.1f} (best full row there)")
+        out.append(
+            f"{md(row.label)} {100 * np.mean(list(own.values())):.1f} vs {md(best)} {100 * on_jobs[best]:.1f} "
+            "(best full row there)"
+        )
     return out
 
 
-def hparam_text(label: str, rs: list[dict], first_of: dict) -> str:
-    """A row's hyperparameters (and LoRA spec, and where the values come from); long lists
-    say what differs from the first row of the same method (``first_of``: method -> that
-    row's label and values, filled as rows are seen)."""
-    hparams = rs[0]["hparams"]
-    base_label, base = first_of.setdefault(rs[0]["method"], (label, hparams))
-    if len(hparams) <= LONG_HPARAMS:
-        hp = ", ".join(f"{k}={v}" for k, v in sorted(hparams.items()))
-    elif base_label == label:  # e.g. ODE-M's 35 public-config values: in the result files
-        hp = f"{len(hparams)} values, listed in the result files"
-    else:
-        diff = ", ".join(f"{k}={v}" for k, v in sorted(hparams.items()) if base.get(k) != v)
-        hp = f"{diff or 'same values'}; others as {base_label}"
-    lora = rs[0].get("lora")
-    if lora:
-        hp = f"LoRA rank {lora['rank']} on {'/'.join(lora['targets'])}" + (f"; {hp}" if hp else "")
-    own = rs[0].get("training")
-    if own:  # the method's own training recipe fields (e.g. a full-parameter lr)
-        hp = "training " + ", ".join(f"{k}={v}" for k, v in sorted(own.items())) + (f"; {hp}" if hp else "")
-    hp = hp or "–"
-    src = rs[0].get("hparam_source") or {"kind": "suite"}
-    return hp + (
-        " (suite defaults)"
-        if src["kind"] == "suite"
-        else (" (tuned on validation data" + (", oracle: all tasks" if src.get("oracle") else "") + ")")
-    )
+def paired_section(s: SuiteSummary, ref: str) -> list[str]:
+    """Headline differences to ``ref`` on the same (seed, order), with their intervals and the
+    wins counted per seed (the independent unit)."""
+    lines = [
+        f"Paired {s.headline} difference to {md(ref)} (same seed and order; mean [95 % interval], "
+        "wins of the row counted per seed):",
+        "",
+        f"| Method | Δ {s.headline} | wins / seeds |",
+        "|---|---|---|",
+    ]
+    rows = []
+    for row in s.rows:
+        if row.label == ref:
+            continue
+        d = s.paired(row.label, ref, s.headline)
+        if d:
+            est, wins, seeds = d
+            rows.append((-est.mean, row.label, f"| {md(row.label)} | {pct(est, signed=True)} | {wins}/{seeds} |"))
+    return lines + [line for *_, line in sorted(rows)] + [""]
 
 
-def calibration_section(by_label: dict[str, list[dict]]) -> list[str]:
+def calibration_section(s: SuiteSummary) -> list[str]:
     """Class-incremental heads: how much of the accuracy is lost to confusing one task's
     classes with another's (all seen classes vs each task's own classes, from the same
     logits) — if the gap were large and alike for every method, head calibration, not the
     methods, would rank them."""
     lines = [
-        "Head calibration (mean ± std over jobs): final accuracy over all seen classes vs within each task's "
-        "own classes, and the newest task after its step: its all-class accuracy in the deployed model over its "
-        "within-task accuracy in the model just trained (for sequential training the same model):",
+        "Head calibration (mean over jobs [95 % interval]): final accuracy over all seen classes vs within each "
+        "task's own classes, and the newest task after its step: its all-class accuracy in the deployed model over "
+        "its within-task accuracy in the model just trained (for sequential training the same model):",
         "",
         "| Method | final, all classes | final, within task | newest task, all / within |",
         "|---|---|---|---|",
     ]
-    rows = []
-    for label, rs in by_label.items():
-        rs = [r for r in rs if r.get("R_within")]
+    for row in s.rows:
+        rs = [r for r in row.records if r.get("R_within")]
         if not rs:
             continue
-        final_all = [_final_mean(r["R"][-1]) for r in rs]
-        final_within = [_final_mean(r["R_within"][-1]) for r in rs]
-        ratio = [  # steps whose trained model scored 0 within its task have no ratio
-            float(
-                np.nanmean(
-                    [
-                        r["R"][t][t - 1] / own if (own := r["trained_own_task_acc"][t - 1]) else np.nan
-                        for t in range(1, len(r["R"]))
-                    ]
-                )
+
+        def est(fn, what):
+            return stats.estimate({(r["seed"], r["order_index"]): fn(r) for r in rs}, s.suite, row.label, what)
+
+        def ratio(r):  # steps whose trained model scored 0 within its task have no ratio
+            own = r["trained_own_task_acc"]
+            return float(
+                np.nanmean([r["R"][t][t - 1] / own[t - 1] if own[t - 1] else np.nan for t in range(1, len(r["R"]))])
             )
-            for r in rs
-        ]
-        m, sd, _ = _stat(ratio)
-        rows.append(
-            (-np.mean(final_all), f"| {md(label)} | {_pct(final_all)} | {_pct(final_within)} | {m:.2f} ± {sd:.2f} |")
+
+        e = est(ratio, "calibration-ratio")
+        lines.append(
+            f"| {md(row.label)} | {pct(est(lambda r: final_mean(r['R'][-1]), 'final-all'))} | "
+            f"{pct(est(lambda r: final_mean(r['R_within'][-1]), 'final-within'))} | "
+            f"{e.mean:.2f} [{e.lo:.2f}, {e.hi:.2f}] |"
         )
-    return lines + [row for _, row in sorted(rows)] + [""]
+    return lines + [""]
 
 
-def paired_section(by_label: dict[str, list[dict]], ref: str) -> list[str]:
-    """ACC differences to ``ref`` on the same (seed, order): removes the seed-to-seed spread
-    that unpaired mean ± std mixes in."""
-    base = {job_of(r): r["metrics"]["ACC"] for r in by_label[ref]}
-    lines = [
-        f"Paired ACC difference to {md(ref)} (same seed and order; mean ± std, wins/n):",
-        "",
-        "| Method | Δ ACC | wins |",
-        "|---|---|---|",
+def per_task_section(s: SuiteSummary) -> list[str]:
+    """θ0 and each expert on each task (mean over seeds), with the published numbers."""
+    ok = s.ok
+    tasks = ok[0]["tasks"]
+    per_task_e, per_task_0 = defaultdict(dict), defaultdict(dict)
+    for r in ok:
+        for j, t in enumerate(r["tasks"]):
+            per_task_e[t][(r["seed"], 0)] = r["E"][j]
+            per_task_0[t][(r["seed"], 0)] = r["R"][0][j]
+    how = "mean over seeds" + ("" if s.demonstration else " [95 % interval]")
+    lines = [f"Per task ({how}): θ0 with the frozen head, and the expert on its own task:", ""]
+    lines += ["| | " + " | ".join(md(t) for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for name, table in (("θ0", per_task_0), ("expert", per_task_e)):
+        lines.append(
+            f"| {name} | "
+            + " | ".join(pct(stats.estimate(table[t], s.suite, name, t), interval=not s.demonstration) for t in tasks)
+            + " |"
+        )
+    published_task = {(c["what"], c["task"]): c["published"] for r in ok for c in r.get("setup_check") or []}
+    for what, name in (("theta0", "θ0, published"), ("expert", "expert, published")):
+        if any(w == what for w, _ in published_task):
+            lines.append(
+                f"| {name} | "
+                + " | ".join(f"{published_task[(what, t)]:.1f}" if (what, t) in published_task else "–" for t in tasks)
+                + " |"
+            )
+    return lines + [""]
+
+
+def figure_lines(s: SuiteSummary, plots_dir: Path, md_dir: Path) -> list[str]:
+    figs = [
+        ("average accuracy over steps", plots.plot_accuracy_over_steps),
+        ("accuracy matrices", plots.plot_heatmaps),
+        ("forgetting", plots.plot_forgetting),
+        ("accuracy vs cost", plots.plot_pareto),
     ]
-    rows = []
-    for label, rs in by_label.items():
-        if label == ref:
-            continue
-        d = [r["metrics"]["ACC"] - base[job_of(r)] for r in rs if job_of(r) in base]
-        if d:
-            m, sd, n = _stat(d)
-            spread = f" ± {100 * sd:.1f}" if n > 1 else ""  # one pair has no spread to show
-            rows.append((-m, label, f"| {md(label)} | {100 * m:+.1f}{spread} | {sum(x > 0 for x in d)}/{n} |"))
-    return lines + [row for *_, row in sorted(rows)] + [""]
+    figs += (
+        [("final accuracy vs the expert", plots.plot_final_vs_expert)]
+        if s.stream
+        else [("start-of-task gradient norm", plots.plot_grad_norm)]
+    )
+    lines, links = [], []
+    for i, (title, fn) in enumerate(figs):
+        png = Path(fn(s, plots_dir))
+        rel = png.resolve().relative_to(md_dir.resolve()).as_posix()
+        if i == 0:
+            lines += [f"![{title}]({rel})", ""]
+        links.append(f"[{title}]({rel}) ([SVG]({rel[:-4]}.svg))")
+    return lines + ["Plots: " + " · ".join(links), ""]
 
 
 def render_leaderboard(
@@ -432,32 +406,11 @@ def render_leaderboard(
     by_suite: dict[str, list[dict]] = defaultdict(list)
     for r in recs:
         by_suite[r["suite"]].append(r)
-    lines = [
-        MARK,
-        "",
-        "# cmbench leaderboard",
-        "",
-        "Rendered by `cmbench report` from the result files under `results/` alone. Accuracies in %, "
-        "mean ± sample std over every (seed, task order) job; n = number of jobs. ACC final average "
-        "accuracy, AIA average incremental accuracy, BWT backward transfer (negative = forgetting), "
-        "FGT forgetting, FWT forward transfer, NACC accuracy normalised by each expert's own. "
-        "Class-incremental suites also report ACC_all (accuracy over the union of all seen tasks' test "
-        "samples, sample-weighted: the number P&M, InfLoRA and MagMax report) and AAA (its mean over steps); "
-        "ACC/AIA/BWT/FGT there are per-task means. Start ‖∇‖: gradient norm at the start of each task's "
-        "training, mean over steps. "
-        "Storage: bytes a method keeps between steps beyond the merged model. "
-        "Verified: jobs that `cmbench verify` recomputed from scratch and found equal, with the file's "
-        "bytes unchanged since (`results/verified.jsonl`; checksums in the files catch accidental edits, "
-        "not forgery: only recomputing proves a number). "
-        "† reconstruction of a method without public code; ‡ end-of-stream refinement (lifts only the final row). "
-        "Hyperparameters: the values each row lists: suite defaults (paper or public-code values) or tuned "
-        "by `cmbench tune` on validation splits (rows `<label>-tuned`; scored on every task's validation "
-        "data, which is an oracle: the values have seen tasks that arrive later).",
-        "",
-    ]
+    where = results_dir.as_posix() if results_dir.is_absolute() else f"{results_dir.as_posix()}/"
+    lines = [MARK, "", "# cmbench leaderboard", "", INTRO.replace("`results/`", f"`{md(where)}`"), ""]
     if not by_suite:
         lines.append("_No results yet: run `cmbench run suites/<suite>.yaml`._")
     for suite in sorted(by_suite):
-        lines += suite_section(suite, by_suite[suite], plots_dir, output.parent)
+        lines += suite_section(summarise(suite, by_suite[suite]), plots_dir, output.parent)
     output.write_text("\n".join(lines).rstrip() + "\n")
     return output

@@ -1,16 +1,25 @@
-"""Plots for the leaderboard (matplotlib, Agg). Each is written as PNG and SVG with fixed
-metadata and a fixed SVG id salt, so the same result files give the same bytes. A white
-figure background keeps them readable on light and dark pages."""
+"""Plots for the leaderboard and the site (matplotlib, Agg), drawn from a suite's
+:class:`~cmbench.report.summary.SuiteSummary`: the same rows, order and 95 % intervals as the
+tables. Each is written as PNG and SVG with fixed metadata and a fixed SVG id salt, so the
+same result files give the same bytes. A white figure background keeps them readable on
+light and dark pages; at most ``LINES_PER_PANEL`` curves share a panel."""
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import metrics
+from . import stats
 from .escape import plot as _t  # `$` in a name would start a formula
+
+if TYPE_CHECKING:
+    from .summary import SuiteSummary
+
+LINES_PER_PANEL = 8
 
 
 def _plt():
@@ -50,49 +59,60 @@ def _colors(labels):
     return {lb: cmap(i % 20) for i, lb in enumerate(sorted(labels))}
 
 
-def plot_accuracy_over_steps(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) -> Path:
-    """Mean accuracy over seen tasks after each step, per method, with a ±std band."""
-    plt = _plt()
-    colors = _colors(by_label)
-    fig, ax = plt.subplots(figsize=(8.4, 4.2))
-    for label in sorted(by_label):
-        curves = np.array([metrics.step_average(r["R"]) for r in by_label[label]], dtype=float) * 100
-        steps = np.arange(1, curves.shape[1] + 1)
-        mean = np.nanmean(curves, axis=0)
-        std = np.nanstd(curves, axis=0, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
-        ax.plot(steps, mean, marker="o", ms=3, color=colors[label], label=f"{_t(label)} (n={len(curves)})")
-        ax.fill_between(steps, mean - std, mean + std, color=colors[label], alpha=0.07, linewidth=0)
-    any_recs = [r for rs in by_label.values() for r in rs]
-    if any_recs and any_recs[0].get("E"):  # merge stream reference levels
-        by_seed = {r["seed"]: r for r in any_recs}
-        theta0 = 100 * np.mean([np.mean(r["R"][0]) for r in by_seed.values()])
-        experts = 100 * np.mean([np.mean(r["E"]) for r in by_seed.values()])
-        ax.axhline(theta0, color="0.45", ls=":", lw=1.2, label="pretrained θ0 (all tasks)")
-        ax.axhline(experts, color="0.45", ls="--", lw=1.2, label="individual experts")
-    ax.set_xlabel("step t (tasks merged)")
-    ax.set_ylabel("mean accuracy on seen tasks (%)")
-    ax.set_title(f"{_t(suite)}\nmean ± std over seeds × orders", fontsize=10)
-    ax.grid(alpha=0.3)
-    _integer_ticks(ax)
-    # beside the axes, best final value first: the legend never covers the curves
-    handles, names = ax.get_legend_handles_labels()
-    final = {_t(lb): np.nanmean([metrics.step_average(r["R"])[-1] for r in rs]) for lb, rs in by_label.items()}
-    rank = sorted(range(len(names)), key=lambda i: -final.get(names[i].rsplit(" (n=", 1)[0], -1.0))
-    ax.legend(
-        [handles[i] for i in rank],
-        [names[i] for i in rank],
-        fontsize=7,
-        frameon=False,
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1.0),
-    )
-    return _save(fig, plots_dir, f"{suite}-accuracy-over-steps")
-
-
 def _integer_ticks(ax) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _by_label(s: SuiteSummary) -> dict[str, list[dict]]:
+    return {row.label: row.records for row in s.rows}
+
+
+def plot_accuracy_over_steps(s: SuiteSummary, plots_dir: Path) -> Path:
+    """Mean accuracy over seen tasks after each step, per method, with its 95 % interval as a
+    band; rows in the tables' order, at most ``LINES_PER_PANEL`` per panel."""
+    plt = _plt()
+    rows = [row for row in s.rows]
+    colors = _colors([row.label for row in rows])
+    panels = [rows[i : i + LINES_PER_PANEL] for i in range(0, len(rows), LINES_PER_PANEL)] or [[]]
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(8.6, 3.6 * len(panels)), squeeze=False, sharex=True, layout="constrained"
+    )
+    levels = None
+    if s.stream and s.ok:  # merge stream reference levels
+        by_seed = {r["seed"]: r for r in s.ok}
+        levels = (
+            100 * np.mean([np.mean(r["R"][0]) for r in by_seed.values()]),
+            100 * np.mean([np.mean(r["E"]) for r in by_seed.values()]),
+        )
+    for ax, panel in zip(axes[:, 0], panels):
+        for row in panel:
+            curves = {(r["seed"], r["order_index"]): metrics.step_average(r["R"]) for r in row.records}
+            T = len(next(iter(curves.values())))
+            est = [
+                stats.estimate({j: c[t] for j, c in curves.items()}, s.suite, row.label, "step", t) for t in range(T)
+            ]
+            steps = np.arange(1, T + 1)
+            mean = np.array([100 * e.mean if e else np.nan for e in est])
+            ax.plot(
+                steps, mean, marker="o", ms=3, color=colors[row.label], label=f"{_t(row.label)} ({s.runs(row.label)})"
+            )
+            if not s.demonstration:
+                lo = np.array([100 * e.lo if e else np.nan for e in est])
+                hi = np.array([100 * e.hi if e else np.nan for e in est])
+                ax.fill_between(steps, lo, hi, color=colors[row.label], alpha=0.12, linewidth=0)
+        if levels:
+            ax.axhline(levels[0], color="0.45", ls=":", lw=1.2, label="pretrained θ0 (all tasks)")
+            ax.axhline(levels[1], color="0.45", ls="--", lw=1.2, label="individual experts")
+        ax.set_ylabel("mean accuracy on seen tasks (%)")
+        ax.grid(alpha=0.3)
+        _integer_ticks(ax)
+        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes[-1, 0].set_xlabel("step t (tasks merged)")
+    band = "" if s.demonstration else "; bands: 95 % intervals"
+    axes[0, 0].set_title(f"{_t(s.suite)}\nmean over seeds × orders{band} (runs in brackets)", fontsize=10)
+    return _save(fig, plots_dir, f"{s.suite}-accuracy-over-steps")
 
 
 def mean_matrix(rs: list[dict]) -> np.ndarray:
@@ -104,26 +124,38 @@ def mean_matrix(rs: list[dict]) -> np.ndarray:
         return np.nanmean(Rs, axis=0)
 
 
-def plot_heatmaps(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) -> Path:
-    """The mean accuracy matrix of each method over its jobs, values in the cells. Jobs see
-    the tasks in different orders, so columns are arrival positions (the j-th task to
-    arrive), rows the model after each step; the mean is over every (seed, order) job."""
+def task_axis(rs: list[dict]) -> tuple[list[str], str]:
+    """Column names of a mean matrix: the tasks when every job saw one order, else arrival
+    positions (the j-th task to arrive differs between orders)."""
+    orders = {tuple(r["tasks"]) for r in rs}
+    if len(orders) == 1:
+        return [_t(t) for t in next(iter(orders))], "task (in arrival order)"
+    T = len(rs[0]["tasks"])
+    return [str(j + 1) for j in range(T)], "task by arrival position (orders differ between jobs)"
+
+
+def plot_heatmaps(s: SuiteSummary, plots_dir: Path) -> Path:
+    """The mean accuracy matrix of each method over its jobs, values in the cells; rows the
+    model before any step (θ0) and after each."""
     plt = _plt()
-    labels = sorted(by_label)
-    cols = min(4, len(labels))
+    by_label = _by_label(s)
+    labels = list(by_label)
+    cols = min(3, len(labels))
     rows = -(-len(labels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols + 0.8, 3.1 * rows), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols + 0.8, 3.9 * rows), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
+    im = None
     for ax, label in zip(axes.flat, labels):
         R = mean_matrix(by_label[label])
         T = R.shape[1]
+        names, xlabel = task_axis(by_label[label])
         ax.axis("on")
         im = ax.imshow(R, vmin=0, vmax=100, cmap="viridis", aspect="auto")
-        ax.set_title(f"{_t(label)} (mean of {len(by_label[label])} jobs)", fontsize=8)
-        ax.set_xticks(range(T), [str(j + 1) for j in range(T)], fontsize=6)
-        ax.set_yticks(range(len(R)), ["θ0"] + [f"M{t}" for t in range(1, len(R))], fontsize=6)
-        ax.set_xlabel("task, by arrival", fontsize=6)
+        ax.set_title(f"{_t(label)} (mean of {len(by_label[label])} jobs)", fontsize=9)
+        ax.set_xticks(range(T), names, fontsize=7, rotation=30 if len(names[0]) > 2 else 0, ha="right")
+        ax.set_yticks(range(len(R)), ["θ0"] + [f"M{t}" for t in range(1, len(R))], fontsize=7)
+        ax.set_xlabel(xlabel, fontsize=7)
         if T <= 12:
             for i in range(len(R)):
                 for j in range(T):
@@ -134,17 +166,19 @@ def plot_heatmaps(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) 
                             f"{R[i, j]:.0f}",
                             ha="center",
                             va="center",
-                            fontsize=5,
+                            fontsize=6.5,
                             color="black" if R[i, j] > 60 else "white",
                         )
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="accuracy (%)")
-    return _save(fig, plots_dir, f"{suite}-accuracy-matrices")
+    if im is not None:
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="accuracy (%)")
+    return _save(fig, plots_dir, f"{s.suite}-accuracy-matrices")
 
 
-def plot_final_vs_expert(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) -> Path:
+def plot_final_vs_expert(s: SuiteSummary, plots_dir: Path) -> Path:
     """Method × task: final accuracy minus the expert's on that task (mean over jobs, points),
-    values in the cells; methods by mean, best first (merge stream)."""
+    values in the cells; rows in the tables' order (merge stream)."""
     plt = _plt()
+    by_label = _by_label(s)
     recs = [r for rs in by_label.values() for r in rs]
     tasks = sorted({t for r in recs for t in r["tasks"]})
 
@@ -153,7 +187,7 @@ def plot_final_vs_expert(suite: str, by_label: dict[str, list[dict]], plots_dir:
         return 100 * (r["R"][-1][i] - r["E"][i])
 
     D = {lb: [np.mean([gap(r, t) for r in rs]) for t in tasks] for lb, rs in by_label.items()}
-    labels = sorted(D, key=lambda lb: -np.mean(D[lb]))
+    labels = list(by_label)
     M = np.array([D[lb] for lb in labels])
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(tasks) + 1.6, 0.32 * len(labels) + 1.6))
     lim = max(1.0, float(np.nanmax(np.abs(M))))
@@ -166,88 +200,93 @@ def plot_final_vs_expert(suite: str, by_label: dict[str, list[dict]], plots_dir:
                 f"{M[i, j]:+.0f}",
                 ha="center",
                 va="center",
-                fontsize=6,
+                fontsize=6.5,
                 color="white" if abs(M[i, j]) > 0.6 * lim else "black",
             )
     ax.set_xticks(range(len(tasks)), [_t(t) for t in tasks], rotation=30, ha="right")
     ax.set_yticks(range(len(labels)), [f"{_t(lb)}  ({np.mean(D[lb]):+.1f})" for lb in labels], fontsize=7)
-    ax.set_title(f"{_t(suite)}: final accuracy minus the expert's (points, mean over jobs)", fontsize=10)
+    ax.set_title(f"{_t(s.suite)}: final accuracy minus the expert's (points, mean over jobs)", fontsize=10)
     fig.colorbar(im, ax=ax, shrink=0.8, label="final − expert (points)")
-    return _save(fig, plots_dir, f"{suite}-final-vs-expert")
+    return _save(fig, plots_dir, f"{s.suite}-final-vs-expert")
 
 
-def plot_forgetting(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) -> Path:
-    """BWT and FGT per method, mean ± std over jobs."""
+def plot_forgetting(s: SuiteSummary, plots_dir: Path) -> Path:
+    """BWT and FGT per method with their 95 % intervals; rows in the tables' order."""
     plt = _plt()
-    labels = sorted(by_label, key=lambda lb: np.nanmean([r["metrics"]["BWT"] for r in by_label[lb]]))
-    fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(labels) + 1.5))
+    labels = [row.label for row in s.rows]
+    fig, ax = plt.subplots(figsize=(6.6, 0.38 * len(labels) + 1.5))
     y = np.arange(len(labels))
     for off, key, color in ((-0.2, "BWT", "tab:red"), (0.2, "FGT", "tab:blue")):
-        vals = [
-            [100 * (r["metrics"][key] if r["metrics"][key] is not None else np.nan) for r in by_label[lb]]
-            for lb in labels
-        ]
+        est = [s.est(lb, key) for lb in labels]
+        mean = np.array([100 * e.mean if e else np.nan for e in est])
+        err = np.array([[100 * (e.mean - e.lo), 100 * (e.hi - e.mean)] if e else [0, 0] for e in est]).T
         ax.barh(
             y + off,
-            [np.nanmean(v) for v in vals],
+            mean,
             0.38,
-            xerr=[np.nanstd(v) for v in vals],
+            xerr=None if s.demonstration else err,
             color=color,
             alpha=0.8,
             label=key,
             error_kw={"lw": 0.8},
         )
     ax.set_yticks(y, [_t(lb) for lb in labels])
+    ax.invert_yaxis()  # the tables' first row on top
     ax.axvline(0, color="0.3", lw=0.8)
     ax.set_xlabel("points (BWT < 0 and FGT > 0 mean forgetting)")
-    ax.set_title(f"{_t(suite)}: backward transfer and forgetting", fontsize=10)
+    whiskers = "" if s.demonstration else "; whiskers: 95 % intervals"
+    ax.set_title(f"{_t(s.suite)}: backward transfer and forgetting{whiskers}", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="x", alpha=0.3)
-    return _save(fig, plots_dir, f"{suite}-forgetting")
+    return _save(fig, plots_dir, f"{s.suite}-forgetting")
 
 
-def plot_pareto(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) -> Path:
-    """ACC against storage and against time, one numbered point per method; the numbers are
-    keyed in a legend beside the axes (labels written at the points overlapped)."""
+def plot_pareto(s: SuiteSummary, plots_dir: Path) -> Path:
+    """The rank figure against storage and against time, one numbered point per method (its
+    95 % interval as a vertical bar); the numbers are keyed in a legend beside the axes."""
     plt = _plt()
-    colors = _colors(by_label)
+    colors = _colors([row.label for row in s.rows])
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10.4, 3.8), layout="constrained")
-    rows = []
-    for label, rs in by_label.items():
-        acc = 100 * np.mean([r["metrics"]["ACC"] for r in rs])
+    for i, row in enumerate(s.rows, start=1):
+        rs = row.records
+        e = s.est(row.label, s.headline)
+        acc = 100 * e.mean
         storage = np.mean([r["storage_bytes"]["peak"] for r in rs]) / 2**20
-        t = max(1e-3, np.mean([r["timings"]["merge_total_s"] + r["timings"].get("train_total_s", 0.0) for r in rs]))
-        rows.append((acc, label, storage, t))
-    for i, (acc, label, storage, t) in enumerate(sorted(rows, reverse=True), start=1):
+        t = max(1e-3, np.mean([r["timings"]["merge_total_s"] + (r["timings"].get("train_total_s") or 0.0) for r in rs]))
+        yerr = None if s.demonstration else [[100 * (e.mean - e.lo)], [100 * (e.hi - e.mean)]]
         for ax, xv in ((a1, storage), (a2, t)):
-            key = f"{i}  {_t(label)} ({acc:.1f})" if ax is a1 else None
-            ax.scatter([xv], [acc], color=colors[label], s=60, label=key)
+            key = f"{i}  {_t(row.label)} ({acc:.1f})" if ax is a1 else None
+            ax.errorbar([xv], [acc], yerr=yerr, color=colors[row.label], fmt="o", ms=7, lw=0.8, label=key)
             ax.annotate(str(i), (xv, acc), fontsize=6, ha="center", va="center")
     a1.set_xlabel("storage kept between steps (MiB)")
     a2.set_xlabel("merge + train time per job (s)")
     a2.set_xscale("log")
     for ax in (a1, a2):
-        ax.set_ylabel("ACC (%)")
+        ax.set_ylabel(f"{s.headline} (%)")
         ax.grid(alpha=0.3)
     fig.legend(loc="outside right upper", fontsize=7, frameon=False)
-    fig.suptitle(f"{_t(suite)}: accuracy vs cost", fontsize=10)
-    return _save(fig, plots_dir, f"{suite}-pareto")
+    fig.suptitle(f"{_t(s.suite)}: accuracy vs cost", fontsize=10)
+    return _save(fig, plots_dir, f"{s.suite}-pareto")
 
 
-def plot_grad_norm(suite: str, by_label: dict[str, list[dict]], plots_dir: Path) -> Path:
-    """Train then merge: gradient norm at the start of each task's training."""
+def plot_grad_norm(s: SuiteSummary, plots_dir: Path) -> Path:
+    """Train then merge: gradient norm at the start of each task's training (mean over jobs),
+    at most ``LINES_PER_PANEL`` rows per panel."""
     plt = _plt()
-    colors = _colors(by_label)
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for label, rs in sorted(by_label.items()):
-        g = np.array([r["start_grad_norm"] for r in rs], dtype=float)
-        steps = np.arange(1, g.shape[1] + 1)
-        ax.plot(steps, g.mean(0), marker="o", ms=3, color=colors[label], label=_t(label))
-    ax.set_xlabel("task t")
-    _integer_ticks(ax)
-    ax.set_ylabel("‖∇θ L‖ at the start of task t's training")
-    ax.set_yscale("log")
-    ax.set_title(f"{_t(suite)}: start-of-task gradient norm (mean over jobs)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    return _save(fig, plots_dir, f"{suite}-start-grad-norm")
+    rows = list(s.rows)
+    colors = _colors([row.label for row in rows])
+    panels = [rows[i : i + LINES_PER_PANEL] for i in range(0, len(rows), LINES_PER_PANEL)] or [[]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 3.9), squeeze=False, sharey=True)
+    for ax, panel in zip(axes[0], panels):
+        for row in panel:
+            g = np.array([r["start_grad_norm"] for r in row.records], dtype=float)
+            steps = np.arange(1, g.shape[1] + 1)
+            ax.plot(steps, g.mean(0), marker="o", ms=3, color=colors[row.label], label=_t(row.label))
+        ax.set_xlabel("task t")
+        _integer_ticks(ax)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0, 0].set_ylabel("‖∇θ L‖ at the start of task t's training")
+    fig.suptitle(f"{_t(s.suite)}: start-of-task gradient norm (mean over jobs)", fontsize=10)
+    return _save(fig, plots_dir, f"{s.suite}-start-grad-norm")

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import metrics
-from ..results import job_of, load_results
-from . import plots
+from ..results import load_results
+from . import diagnostics, plots, stats
+from .cells import data_text, devices, hparam_text, published_text, storage_text
 from .escape import html as _esc
 from .escape import json_in_html
+from .leaderboard import DEMO, rank_lines, rank_text
 from .outputs import clear_site, write_manifest
-from .leaderboard import DATA_LABEL, STREAM_COLS, TTM_COLS, _devices, _pct, _published_cell, _stat, hparam_text
+from .summary import SIGNED, SuiteSummary, curve, pct, reference_levels, summarise
 
 
 def _paper_link(paper: str | None) -> str | None:
@@ -37,12 +38,11 @@ def _paper_link(paper: str | None) -> str | None:
     return f"https://github.com/{m.group(1)}" if m else None
 
 
-def _cell(values, signed: bool = False) -> dict:
-    """A table cell: text (mean ± std in %) and the mean it sorts by (None: no value)."""
-    m, _, n = _stat(values)
-    if not n or not np.isfinite(m):
+def _cell(e: stats.Estimate | None, signed: bool, interval: bool) -> dict:
+    """A table cell: its text (mean [95 % interval] in %) and the mean it sorts by (None: no value)."""
+    if e is None or not np.isfinite(e.mean):
         return {"text": "–", "v": None}
-    return {"text": _pct(values, signed), "v": round(100 * m, 4)}
+    return {"text": pct(e, signed, interval), "v": round(100 * e.mean, 4)}
 
 
 def _mean_matrix(rs: list[dict]) -> list[list[float | None]]:
@@ -58,57 +58,56 @@ def _job_matrix(r: dict) -> dict:
     }
 
 
-def suite_data(suite: str, recs: list[dict]) -> dict:
-    """Everything a suite page shows, as JSON-able data."""
-    ok = [r for r in recs if r["status"] == "ok"]
-    setting = recs[0].get("setting", "merge_stream")
-    stream = setting == "merge_stream"
-    by_label: dict[str, list[dict]] = defaultdict(list)
-    for r in ok:
-        by_label[r["label"]].append(r)
-    cols = (
-        list(STREAM_COLS)
-        if stream
-        else [*TTM_COLS, *(["ACC_all"] if any("ACC_all" in r["metrics"] for r in ok) else [])]
-    )
+def suite_data(s: SuiteSummary) -> dict:
+    """Everything a suite page shows, as JSON-able data, in the summary's row order."""
+    interval = not s.demonstration
     rows, first_of = [], {}
-    for label, rs in sorted(by_label.items()):
-        pub = (rs[0].get("published") or {}).get("ACC")
+    for row in s.rows:
+        rs = row.records
+        pub = (row.first.get("published") or {}).get("ACC")
         rows.append(
             {
-                "label": label,
-                "reconstruction": bool(rs[0].get("reconstruction")),
-                "reference": rs[0].get("data_access") == "all_seen",
-                "paper": rs[0].get("paper") or "",
-                "url": _paper_link(rs[0].get("paper")),
+                "label": row.label,
+                "name": s.title(row.label) + (" (reference)" if row.reference else ""),
+                "rank": rank_text(s, row.label) if interval else "",
+                "top": row.rank == 1,
+                "reconstruction": bool(row.first.get("reconstruction")),
+                "reference": row.reference,
+                "partial": row.partial,
+                "paper": row.first.get("paper") or "",
+                "url": _paper_link(row.first.get("paper")),
                 "n": len(rs),
-                "metrics": {c: _cell([r["metrics"].get(c) for r in rs], signed=c in ("BWT", "FWT")) for c in cols},
-                "published": {"text": _published_cell(pub), "v": pub["acc"]} if pub else {"text": "–", "v": None},
-                "data": DATA_LABEL.get(rs[0].get("data_access", "none"), rs[0].get("data_access", "?")),
+                "runs": s.runs(row.label),
+                "verified": sum(r["verified"] for r in rs),
+                "metrics": {c: _cell(s.est(row.label, c), c in SIGNED, interval) for c in s.cols},
+                "published": {"text": published_text(pub), "v": pub["acc"]} if pub else {"text": "–", "v": None},
+                "data": data_text(row.first),
+                "storage": storage_text(rs),
                 "merge_s": round(float(np.mean([r["timings"]["merge_total_s"] for r in rs])), 4),
-                "hparams": hparam_text(label, rs, first_of),
+                "hparams": hparam_text(row.label, rs, first_of),
                 "commits": sorted({(r.get("git_commit") or "?")[:10] for r in rs}),
-                "curve": [
-                    round(float(v), 2)
-                    for v in np.nanmean([np.array(metrics.step_average(r["R"]), dtype=float) * 100 for r in rs], axis=0)
-                ],
+                "curve": curve(rs),
                 "matrix": _mean_matrix(rs),
-                "jobs": [_job_matrix(r) for r in sorted(rs, key=job_of)],
+                "jobs": [_job_matrix(r) for r in rs],
+                "diagnostics": diagnostics.table(rs) if any(r.get("diagnostics") for r in rs) else None,
             }
         )
-    # as in leaderboard.md: best ACC first, reference rows (e.g. multitask) last
-    rows.sort(key=lambda r: (r["reference"], -(r["metrics"]["ACC"]["v"] or -1e9), r["label"]))
+    levels = reference_levels(s)
     return {
-        "suite": suite,
-        "setting": setting,
-        "hashes": sorted({r["suite_hash"] for r in recs}),
-        "commits": sorted({(r.get("git_commit") or "?")[:10] for r in recs}),
-        "devices": _devices(recs),
-        "last_job": max((r.get("finished_at") or "" for r in recs), default=""),
-        "failed": len(recs) - len(ok),
-        "rehearsal": any(r.get("rehearsal") for r in recs),
-        "cols": cols,
+        "suite": s.suite,
+        "setting": s.setting,
+        "demonstration": s.demonstration,
+        "headline": s.headline,
+        "hashes": sorted({r["suite_hash"] for r in s.records}),
+        "commits": sorted({(r.get("git_commit") or "?")[:10] for r in s.records}),
+        "devices": devices(s.records),
+        "last_job": max((r.get("finished_at") or "" for r in s.records), default=""),
+        "failed": len(s.records) - len(s.ok),
+        "rehearsal": any(r.get("rehearsal") for r in s.records),
+        "cols": list(s.cols),
         "rows": rows,
+        "levels": {k: pct(e, interval=interval) for k, e in levels.items()},
+        "ranks": rank_lines(s)[0] if interval and any(r.rank for r in s.rows) else "",
     }
 
 
@@ -122,7 +121,7 @@ th{cursor:pointer;background:#f4f6f9;position:sticky;top:0;z-index:2;user-select
 th.asc:after{content:" ▲"}th.desc:after{content:" ▼"}
 td.l,th.l{text-align:left}td.hp,td.pv{white-space:normal;font-size:12px;color:#3c4456}
 td.hp{min-width:220px;max-width:300px}td.pv{min-width:120px;max-width:160px}
-tr.ref td{font-style:italic;color:#5b6475}
+tr.ref td{font-style:italic;color:#5b6475}tr.top td{font-weight:600}tr.partial td{color:#5b6475}
 .controls{margin:10px 0;display:flex;gap:12px;align-items:center}
 .controls input,.controls select{font:inherit;padding:3px 6px}
 #tip{position:fixed;pointer-events:none;background:#1d2330;color:#fff;padding:4px 8px;border-radius:4px;
@@ -239,30 +238,68 @@ def _suite_page(d: dict, figures: list[tuple[str, str]]) -> str:
     e = _esc
     published = any(r["published"]["v"] is not None for r in d["rows"])  # a column only where a source has one
     pub_head = ["Published ACC"] if published else []
-    head = ["Method", "n", *d["cols"], *pub_head, "Data", "Merge time (s)", "Hyperparameters", "Provenance"]
-    types = ["text", "num", *["num"] * (len(d["cols"]) + len(pub_head)), "text", "num", "text", "text"]
+    ranked = not d["demonstration"]
+    head = [
+        *(["Rank"] if ranked else []),
+        "Method",
+        "Runs",
+        "Verified",
+        *d["cols"],
+        *pub_head,
+        "Storage (peak)",
+        "Data",
+        "Merge time (s)",
+        "Hyperparameters",
+        "Provenance",
+    ]
+    types = [
+        *(["num"] if ranked else []),
+        "text",
+        "text",
+        "num",
+        *["num"] * (len(d["cols"]) + len(pub_head)),
+        "text",
+        "text",
+        "num",
+        "text",
+        "text",
+    ]
     ths = "".join(f'<th data-type="{t}" class="{"l" if t == "text" else ""}">{e(h)}</th>' for h, t in zip(head, types))
     trs = []
     for r in d["rows"]:
-        name = e(r["label"]) + (" †" if r["reconstruction"] else "")
+        name = e(r["name"])
         link = (
             f'<a href="{e(r["url"])}" title="{e(r["paper"])}">{name}</a>'
             if r["url"]
             else f'<span title="{e(r["paper"])}">{name}</span>'
         )
+        rank_v = r["rank"] if r["rank"].isdigit() else ""
         cells = [
-            f'<td class="l" data-v="{e(r["label"])}">{link}{" (reference)" if r["reference"] else ""}</td>',
-            f'<td data-v="{r["n"]}">{r["n"]}</td>',
+            *([f'<td data-v="{e(rank_v)}">{e(r["rank"])}</td>'] if ranked else []),
+            f'<td class="l" data-v="{e(r["label"])}">{link}</td>',
+            f'<td class="l" data-v="{e(r["runs"])}">{e(r["runs"])}</td>',
+            f'<td data-v="{r["verified"]}">{r["verified"]} of {r["n"]}</td>',
         ]
         for c in [*(r["metrics"][c] for c in d["cols"]), *([r["published"]] if published else [])]:
             cells.append(f'<td data-v="{"" if c["v"] is None else c["v"]}">{e(c["text"])}</td>')
+        cells.append(f'<td class="l" data-v="{e(r["storage"])}">{e(r["storage"])}</td>')
         cells.append(f'<td class="l" data-v="{e(r["data"])}">{e(r["data"])}</td>')
         cells.append(f'<td data-v="{r["merge_s"]}">{r["merge_s"]:.3f}</td>')
         cells.append(f'<td class="l hp" data-v="{e(r["hparams"])}">{e(r["hparams"])}</td>')
-        prov = f"n = {r['n']} · commit {', '.join(r['commits'])}"
+        prov = f"{r['n']} jobs · commit {', '.join(r['commits'])}"
         cells.append(f'<td class="l pv" data-v="{e(prov)}">{e(prov)}</td>')
-        cls = ' class="ref"' if r["reference"] else ""
-        trs.append(f'<tr{cls} data-label="{e(r["label"])}" data-access="{e(r["data"])}">{"".join(cells)}</tr>')
+        cls = " ".join(c for c, on in (("ref", r["reference"]), ("top", r["top"]), ("partial", r["partial"])) if on)
+        trs.append(f'<tr class="{cls}" data-label="{e(r["label"])}" data-access="{e(r["data"])}">{"".join(cells)}</tr>')
+    foot = []  # the merge stream's reference levels, as in leaderboard.md: below the rows, never sorted
+    for key, name in (("theta0", "pretrained θ0"), ("experts", "individual experts")):
+        if key in d["levels"]:
+            blank = "".join("<td>–</td>" for _ in range(len(head) - (5 if ranked else 4)))
+            foot.append(
+                f'<tr class="ref level" data-label="{e(name)}" data-access="">'
+                + ("<td>ref</td>" if ranked else "")
+                + f'<td class="l">{e(name)}</td><td class="l">seeds</td><td>–</td>'
+                f"<td>{e(d['levels'][key])}</td>{blank}</tr>"
+            )
     access = sorted({r["data"] for r in d["rows"]})
     options = "".join(f'<option value="{e(a)}">{e(a)}</option>' for a in access)
     meta = (
@@ -275,20 +312,44 @@ def _suite_page(d: dict, figures: list[tuple[str, str]]) -> str:
         for r in d["rows"]
     )
     figs = "".join(f'<h3>{e(t)}</h3><img src="{e(src)}" alt="{e(t)}">' for t, src in figures)
+    diag = "".join(
+        f'<details class="diag"><summary>{e(r["label"])}</summary><table><thead><tr><th class="l">step</th>'
+        + "".join(f"<th>{e(n)}</th>" for n in r["diagnostics"][0])
+        + "</tr></thead><tbody>"
+        + "".join(
+            f'<tr><td class="l">{e(step)}</td>' + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>"
+            for step, cells in r["diagnostics"][1]
+        )
+        + "</tbody></table></details>"
+        for r in d["rows"]
+        if r["diagnostics"]
+    )
+    if diag:
+        diag = (
+            '<h2>What the methods did</h2><p class="meta">per step, mean over the row\'s jobs (recorded by the '
+            "methods: <code>cmbench report --diagnostics METHOD</code>)</p>" + diag
+        )
+    how = (
+        "mean [95 % interval] over seeds × orders; bold: rank 1 (not distinguishable from the best row)"
+        if ranked
+        else "one job per method: no rank, no interval"
+    )
     body = f"""<p><a href="../index.html">← all suites</a></p>
 <h1>{e(d["suite"])}</h1>
-{REHEARSAL if d["rehearsal"] else ""}
+{REHEARSAL if d["rehearsal"] else ""}{"<p>" + DEMO.replace("**", "") + "</p>" if d["demonstration"] else ""}
 <div class="meta">{meta}</div>
 <div class="controls"><input id="q" placeholder="filter methods"> <label>data access
 <select id="access"><option value="">all</option>{options}</select></label>
-<span class="meta">click a column to sort (mean ± std over seeds × orders; missing values last)</span></div>
-<table id="board"><thead><tr>{ths}</tr></thead><tbody>{"".join(trs)}</tbody></table>
-<p class="meta">† reconstruction (no public code). Published ACC: the source's number where one covers this suite
-and method.</p>
+<span class="meta">click a column to sort ({e(how)}; missing values last)</span></div>
+<table id="board"><thead><tr>{ths}</tr></thead><tbody>{"".join(trs)}</tbody><tfoot>{"".join(foot)}</tfoot></table>
+<p class="meta">{e(d["ranks"])} † reconstruction (no public code); ‡ end-of-stream refinement. Rows marked
+(n = k of N) have fewer jobs than the grid and are not ranked. Published ACC: the source's number where one covers this
+suite and method.</p>
 <h2>Accuracy over steps</h2><div class="legend" id="legend"></div><svg id="curves" width="720" height="300"></svg>
 <h2>Mean accuracy matrices</h2><p class="meta">rows: the model before any step and after each; columns: tasks by
 arrival position; hover a cell for its value</p><div class="mats" id="mats"></div>
 <h2>Each job's matrix</h2>{details}
+{diag}
 <h2>Plots</h2>{figs}"""
     return _page(f"{d['suite']} · cmbench", body, d)
 
@@ -297,18 +358,20 @@ def _index_page(suites: list[dict]) -> str:
     e = _esc
     rows = []
     for d in suites:
-        best = max(
-            (r for r in d["rows"] if not r["reference"] and r["metrics"]["ACC"]["v"] is not None),
-            key=lambda r: r["metrics"]["ACC"]["v"],
-            default=None,
-        )
-        best_text = e(f"{best['label']} ({best['metrics']['ACC']['text']})") if best else "–"
+        head = d["headline"]
+        top = [r for r in d["rows"] if r["top"]]
+        if d["demonstration"]:
+            best_text = "demonstration: not ranked"
+        elif top:
+            best_text = "; ".join(f"{r['label']} ({r['metrics'][head]['text']})" for r in top)
+        else:
+            best_text = "–"
         jobs = sum(r["n"] for r in d["rows"])
         rows.append(
             f'<tr data-label="{e(d["suite"])}" data-access="{e(d["setting"])}"><td class="l" data-v="{e(d["suite"])}">'
             f'<a href="{e(d["suite"])}/index.html">{e(d["suite"])}</a></td><td class="l" data-v="{e(d["setting"])}">'
             f'{e(d["setting"])}</td><td data-v="{len(d["rows"])}">{len(d["rows"])}</td><td data-v="{jobs}">{jobs}</td>'
-            f'<td class="l" data-v="{best_text}">{best_text}</td></tr>'
+            f'<td class="l" data-v="{e(best_text)}">{e(best_text)}</td></tr>'
         )
     settings = "".join(f'<option value="{e(s)}">{e(s)}</option>' for s in sorted({d["setting"] for d in suites}))
     body = f"""<h1>cmbench leaderboard</h1>
@@ -316,7 +379,8 @@ def _index_page(suites: list[dict]) -> str:
 <div class="controls"><input id="q" placeholder="filter suites"> <label>setting
 <select id="access"><option value="">all</option>{settings}</select></label></div>
 <table id="board"><thead><tr><th class="l" data-type="text">Suite</th><th class="l" data-type="text">Setting</th>
-<th data-type="num">Methods</th><th data-type="num">Jobs</th><th class="l" data-type="text">Best ACC</th></tr></thead>
+<th data-type="num">Methods</th><th data-type="num">Jobs</th><th class="l" data-type="text">Rank 1 (rows not
+distinguishable from the best; mean [95 % interval])</th></tr></thead>
 <tbody>{"".join(rows)}</tbody></table>"""
     return _page("cmbench leaderboard", body, {"rows": []})
 
@@ -337,14 +401,11 @@ def render_site(
     written: list[Path] = []
     suites = []
     for suite in sorted(by_suite):
-        d = suite_data(suite, by_suite[suite])
+        summary = summarise(suite, by_suite[suite])
+        d = suite_data(summary)
         page_dir = site / suite
-        ok = [r for r in by_suite[suite] if r["status"] == "ok"]
-        by_label: dict[str, list[dict]] = defaultdict(list)
-        for r in ok:
-            by_label[r["label"]].append(r)
         figures = []
-        if ok:
+        if summary.ok:
             fns = [("forgetting", plots.plot_forgetting), ("accuracy vs cost", plots.plot_pareto)]
             fns += (
                 [("final accuracy vs the expert", plots.plot_final_vs_expert)]
@@ -352,7 +413,7 @@ def render_site(
                 else [("start-of-task gradient norm", plots.plot_grad_norm)]
             )
             for title, fn in fns:
-                png = Path(fn(suite, by_label, page_dir / "plots"))
+                png = Path(fn(summary, page_dir / "plots"))
                 png.with_suffix(".svg").unlink(missing_ok=True)  # the PNG is shown; one file per figure
                 figures.append((title, png.relative_to(page_dir).as_posix()))
                 written.append(png)

@@ -1,34 +1,42 @@
-"""Paper tables from result files: markdown, LaTeX or CSV; mean ± std; best in bold, second
-underlined (per column, higher is better except where noted).
+"""Paper tables from result files: markdown, LaTeX or CSV. Each figure is a mean with its 95 %
+interval (``report/stats.py``); in each column the rows not distinguishable from the best are
+bold (rank 1) and the next group underlined (rank 2), as in the leaderboard. Rows, their
+order and which are partial or references come from each suite's
+:class:`~cmbench.report.summary.SuiteSummary`: partial and reference rows are shown, marked,
+and never ranked; a one-job suite (a demonstration) gets no marks and no intervals.
 
 Layouts:
-* ``stream``: methods × tasks (final per-task accuracy) + Avg + BWT, one block per suite
-  (the layout of the continual-merging papers: OPCM, ODE-M);
+* ``stream``: methods × tasks (final per-task accuracy) + Avg + BWT, one block per
+  merge-stream suite (the layout of the continual-merging papers: OPCM, ODE-M);
 * ``benchmarks``: methods × suites with final accuracy (ACC_all for class-incremental
-  suites, else ACC) and AAA (else AIA) — the layout of the P&M / InfLoRA tables;
-* ``ablation``: the variants of one method (labels starting with its name) × suites.
+  suites, else ACC) and AAA (else AIA): the layout of the P&M / InfLoRA tables;
+* ``ablation``: the variants of one method × suites.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 from collections import defaultdict
+from dataclasses import dataclass
 
-import numpy as np
-
+from .. import CmbenchError
 from ..results import job_of
-from . import escape
+from . import escape, stats
+from .summary import SuiteSummary, summarise
 
 
-def _ms(pairs):
-    """(mean, sample std or None for one value, n, {job: value}) in %, or None without values;
-    ``pairs`` are (job, value) with job = (seed, order index)."""
-    by_job = {job: float(x) * 100 for job, x in pairs if x is not None and x == x}
-    if not by_job:
-        return None
-    v = np.array(list(by_job.values()))
-    return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else None), int(v.size), by_job
+@dataclass
+class Cell:
+    est: stats.Estimate | None
+    values: dict  # (seed, order) -> value, for paired comparisons
+    test_sd: float = 0.0
+    ranked: bool = True  # a full, non-reference row
+    interval: bool = True  # not a demonstration
+
+
+Column = list  # one Cell, a published text (str) or None per row
 
 
 def _published(rs: list[dict]) -> str | None:
@@ -37,68 +45,71 @@ def _published(rs: list[dict]) -> str | None:
     return None if p is None else f"{p['acc']:.1f}" + (f" ± {p['std']:.1f}" if p.get("std") is not None else "")
 
 
-def _rank_marks(column: list[tuple | str | None]) -> list[str]:
-    """Best and second per column, compared on the jobs every ranked row has: a row with fewer
-    jobs is compared with the others on its own jobs only (means over other jobs differ by
-    the jobs, not by the methods)."""
-    cells = [c for c in column if isinstance(c, tuple)]
-    shared = set.intersection(*(set(c[3]) for c in cells)) if cells else set()
-
-    def score(c):
-        return float(np.mean([c[3][j] for j in sorted(shared)])) if shared else c[0]
-
-    means = sorted({score(c) for c in cells}, reverse=True)
-    out = []
-    for c in column:
-        if not isinstance(c, tuple):
-            out.append("")
-        elif means and score(c) == means[0]:
-            out.append("best")
-        elif len(means) > 1 and score(c) == means[1]:
-            out.append("second")
-        else:
-            out.append("")
-    return out
+def _cell(s: SuiteSummary, label: str, fn, what: str, test_sd: float = 0.0, accuracy: bool = True) -> Cell | None:
+    row = s.row(label)
+    values = {job_of(r): fn(r) for r in row.records}
+    est = stats.estimate(values, s.suite, label, what, test_sd=test_sd, bounds=(0.0, 1.0) if accuracy else None)
+    if est is None:
+        return None
+    return Cell(est, values, test_sd, ranked=not (row.partial or row.reference), interval=not s.demonstration)
 
 
-def _cell(c, mark, fmt):
-    if c is None:
-        return "–"
-    if isinstance(c, str):  # a published number: as the source gives it
-        return c.replace("±", "$\\pm$") if fmt == "latex" else c
-    text = f"{c[0]:.1f}" if c[1] is None else f"{c[0]:.1f} ± {c[1]:.1f}"  # one job: no spread to show
-    if fmt == "latex":
-        text = f"{c[0]:.1f}" if c[1] is None else f"{c[0]:.1f} $\\pm$ {c[1]:.1f}"
-        return {"best": f"\\textbf{{{text}}}", "second": f"\\underline{{{text}}}"}.get(mark, text)
-    if fmt == "markdown":
-        return {"best": f"**{text}**", "second": f"<u>{text}</u>"}.get(mark, text)
-    return text
+def _marks(column: Column, key: tuple) -> list[str]:
+    """Rank 1 ("best") and rank 2 ("second") among the column's ranked cells, by paired
+    differences on shared jobs (``stats.rank_groups``)."""
+    cells = {i: c for i, c in enumerate(column) if isinstance(c, Cell) and c.ranked and c.interval}
+    if len(cells) < 2:
+        return [""] * len(column)
+    means = {str(i): c.est.mean for i, c in cells.items()}
+
+    def differs(a: str, b: str) -> bool:
+        ca, cb = cells[int(a)], cells[int(b)]
+        d = stats.paired(ca.values, cb.values, *key, a, b, test_sd=math.hypot(ca.test_sd, cb.test_sd))
+        return d is not None and stats.distinguishable(d[0])
+
+    ranks = stats.rank_groups(list(means), means, differs)
+    return [{1: "best", 2: "second"}.get(ranks.get(str(i), 0), "") for i in range(len(column))]
 
 
-def _render(title: str, header: list[str], rows: list[str], cols: list[list], fmt: str) -> str:
-    marks = [_rank_marks(col) for col in cols]
-    if fmt == "csv":  # numbers in their own columns: mean, std, n (a published value: mean only)
+def _text(c: Cell, fmt: str) -> str:
+    e = c.est
+    if not c.interval or (e.jobs == 1 and not e.test_sd):
+        return f"{100 * e.mean:.1f}"
+    sep = (", ", " [", "]") if fmt != "latex" else (", ", " {\\scriptsize [", "]}")
+    return f"{100 * e.mean:.1f}{sep[1]}{100 * e.lo:.1f}{sep[0]}{100 * e.hi:.1f}{sep[2]}"
+
+
+def _render(title: str, header: list[str], rows: list[str], cols: list[Column], fmt: str) -> str:
+    marks = [_marks(col, (title, j)) for j, col in enumerate(cols)]
+    if fmt == "csv":  # numbers in their own columns: mean, interval, independent runs
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(
-            ["table", header[0], *(escape.csv_text(f"{h} {part}") for h in header[1:] for part in ("mean", "std", "n"))]
-        )
+        parts = ("mean", "lo95", "hi95", "runs", "rank")
+        w.writerow(["table", header[0], *(escape.csv_text(f"{h} {p}") for h in header[1:] for p in parts)])
         for i, r in enumerate(rows):
-            cells = []
-            for col in cols:
+            out = []
+            for j, col in enumerate(cols):
                 c = col[i]
-                if isinstance(c, tuple):
-                    cells += [f"{c[0]:.4f}", "" if c[1] is None else f"{c[1]:.4f}", c[2]]
+                if isinstance(c, Cell):
+                    e = c.est
+                    rank = {"best": 1, "second": 2}.get(marks[j][i], "")
+                    out += [f"{100 * e.mean:.4f}", f"{100 * e.lo:.4f}", f"{100 * e.hi:.4f}", e.runs, rank]
                 else:
-                    cells += [c.split(" ± ")[0] if isinstance(c, str) else "", "", ""]
-            w.writerow([escape.csv_text(title), escape.csv_text(r), *cells])
+                    out += [c.split(" ± ")[0] if isinstance(c, str) else "", "", "", "", ""]
+            w.writerow([escape.csv_text(title), escape.csv_text(r), *out])
         return buf.getvalue()
-    # a row with fewer jobs than the suite's fullest row is marked with its n (and ranked on the
-    # jobs it shares with the others: _rank_marks)
-    n_of = [max((c[2] for c in (col[i] for col in cols) if isinstance(c, tuple)), default=0) for i in range(len(rows))]
-    full = max(n_of, default=0)
-    rows = [f"{r} (n = {n} of {full})" if 0 < n < full else r for r, n in zip(rows, n_of)]
-    body = [[r] + [_cell(cols[j][i], marks[j][i], fmt) for j in range(len(cols))] for i, r in enumerate(rows)]
+
+    def cell(c, mark: str) -> str:
+        if c is None:
+            return "–"
+        if isinstance(c, str):  # a published number: as the source gives it
+            return c.replace("±", "$\\pm$") if fmt == "latex" else c
+        text = _text(c, fmt)
+        if fmt == "latex":
+            return {"best": f"\\textbf{{{text}}}", "second": f"\\underline{{{text}}}"}.get(mark, text)
+        return {"best": f"**{text}**", "second": f"<u>{text}</u>"}.get(mark, text)
+
+    body = [[r] + [cell(cols[j][i], marks[j][i]) for j in range(len(cols))] for i, r in enumerate(rows)]
     if fmt == "latex":
         out = [
             f"% {escape.latex(title)}",
@@ -116,67 +127,92 @@ def _render(title: str, header: list[str], rows: list[str], cols: list[list], fm
     return "\n".join(out)
 
 
+def _title(s: SuiteSummary, label: str) -> str:
+    return s.title(label) + (" (reference)" if s.row(label).reference else "")
+
+
 def stream_table(recs: list[dict], fmt: str, methods: list[str] | None = None) -> str:
-    out = []
     by_suite = defaultdict(list)
     for r in recs:
-        if r["status"] == "ok" and r.get("setting") == "merge_stream":
-            by_suite[r["suite"]].append(r)
+        by_suite[r["suite"]].append(r)
+    out = []
     for suite in sorted(by_suite):
-        rs = by_suite[suite]
-        tasks = sorted({t for r in rs for t in r["tasks"]})
-        labels = sorted({r["label"] for r in rs if not methods or r["label"] in methods or r["method"] in methods})
-        cols = []
+        s = summarise(suite, by_suite[suite])
+        if not s.stream or not s.ok:
+            continue
+        labels = [row.label for row in s.rows if _wanted(row.first, methods)]
+        tasks = sorted({t for r in s.ok for t in r["tasks"]})
+        first = s.ok[0]
+        n_test = (first.get("evaluation") or {}).get("test_samples") or {}
+        pop = (first.get("evaluation") or {}).get("test_population") or {}
+        cols: list[Column] = []
         for t in tasks:
-            cols.append(
-                [_ms([(job_of(r), r["R"][-1][r["tasks"].index(t)]) for r in rs if r["label"] == lb]) for lb in labels]
-            )
-        cols.append([_ms([(job_of(r), r["metrics"]["ACC"]) for r in rs if r["label"] == lb]) for lb in labels])
-        pub = [_published([r for r in rs if r["label"] == lb]) for lb in labels]
+
+            def final(r, t=t):
+                return r["R"][-1][r["tasks"].index(t)]
+
+            col = []
+            for lb in labels:
+                rs = s.row(lb).records
+                p = sum(final(r) for r in rs) / len(rs)
+                sd = stats.binomial_sd(p, n_test[t], pop.get(t)) if s.fixed_test_split and t in n_test else 0.0
+                col.append(_cell(s, lb, final, f"final-{t}", sd))
+            cols.append(col)
+        cols.append([_cell(s, lb, lambda r: r["metrics"]["ACC"], "ACC", s.test_sd(lb, "ACC") or 0.0) for lb in labels])
+        pub = [_published(s.row(lb).records) for lb in labels]
         if any(pub):  # the published final ACC of the same row (cmbench.published), unranked
             cols.append(pub)
-        cols.append([_ms([(job_of(r), r["metrics"]["BWT"]) for r in rs if r["label"] == lb]) for lb in labels])
+        cols.append([_cell(s, lb, lambda r: r["metrics"]["BWT"], "BWT", accuracy=False) for lb in labels])
         header = ["Method", *tasks, "Avg", *(["Avg (published)"] if any(pub) else []), "BWT"]
-        out.append(_render(f"{suite}: final accuracy per task (%)", header, labels, cols, fmt))
+        title = f"{suite}: final accuracy per task (%)" + (" (demonstration: one job)" if s.demonstration else "")
+        out.append(_render(title, header, [_title(s, lb) for lb in labels], cols, fmt))
     return "\n".join(out)
 
 
-def _headline(r):
-    m = r["metrics"]
-    return (m.get("ACC_all", m["ACC"]), m.get("AAA", m["AIA"]))
+def _wanted(rec: dict, methods: list[str] | None) -> bool:
+    return (
+        not methods
+        or rec["label"] in methods
+        or rec["method"] in methods
+        or any(rec["label"].startswith(m) for m in methods)
+    )
 
 
 def benchmarks_table(
     recs: list[dict], fmt: str, methods: list[str] | None = None, title: str = "final accuracy / AAA per benchmark (%)"
 ) -> str:
-    ok = [
-        r
-        for r in recs
-        if r["status"] == "ok"
-        and (
-            not methods
-            or r["label"] in methods
-            or r["method"] in methods
-            or any(r["label"].startswith(m) for m in methods)
-        )
-    ]
-    suites = sorted({r["suite"] for r in ok})
-    labels = sorted({r["label"] for r in ok})
-    cols, header = [], ["Method"]
-    for s in suites:
-        for k, name in ((0, "Final"), (1, "AAA")):
-            header.append(f"{s} {name}")
+    by_suite = defaultdict(list)
+    for r in recs:
+        by_suite[r["suite"]].append(r)
+    summaries = {suite: summarise(suite, rs) for suite, rs in sorted(by_suite.items())}
+    summaries = {k: s for k, s in summaries.items() if s.ok}
+    labels: list[str] = []
+    for s in summaries.values():  # in the first suite's order, then new labels as they come
+        labels += [row.label for row in s.rows if _wanted(row.first, methods) and row.label not in labels]
+    cols: list[Column] = []
+    header = ["Method"]
+    for suite, s in summaries.items():
+        have = {row.label for row in s.rows}
+        final, aaa = s.headline, "AAA" if s.headline == "ACC_all" else "AIA"
+        for metric, name in ((final, "Final"), (aaa, "AAA")):
+            header.append(f"{suite} {name}" + (" (demonstration)" if s.demonstration and name == "Final" else ""))
             cols.append(
                 [
-                    _ms([(job_of(r), _headline(r)[k]) for r in ok if r["suite"] == s and r["label"] == lb])
+                    _cell(s, lb, lambda r, m=metric: r["metrics"][m], metric, s.test_sd(lb, metric) or 0.0)
+                    if lb in have
+                    else None
                     for lb in labels
                 ]
             )
-            pub = [_published([r for r in ok if r["suite"] == s and r["label"] == lb]) for lb in labels]
-            if k == 0 and any(pub):  # the published final accuracy beside ours, unranked
-                header.append(f"{s} Final (published)")
+            pub = [_published(s.row(lb).records) if lb in have else None for lb in labels]
+            if name == "Final" and any(pub):  # the published final accuracy beside ours, unranked
+                header.append(f"{suite} Final (published)")
                 cols.append(pub)
-    return _render(title, header, labels, cols, fmt)
+    names = []
+    for lb in labels:  # markers from the suite that has the row (partial counts per suite differ)
+        s = next(s for s in summaries.values() if lb in {row.label for row in s.rows})
+        names.append(_title(s, lb))
+    return _render(title, header, names, cols, fmt)
 
 
 def ablation_table(recs: list[dict], fmt: str, method: str) -> str:
@@ -189,11 +225,21 @@ def render_table(
 ) -> str:
     if suite:
         recs = [r for r in recs if r["suite"] == suite]
+    ok = [r for r in recs if r["status"] == "ok"]
+    if kind == "stream" and not any(r.get("setting") == "merge_stream" for r in ok):
+        settings = ", ".join(sorted({f"{r['suite']} ({r['setting']})" for r in ok})) or "no finished jobs"
+        raise CmbenchError(
+            f"--table stream lays out merge-stream suites (methods × tasks); the selection has {settings}: "
+            "use --table benchmarks"
+        )
+    if not ok:
+        raise CmbenchError("no finished jobs in the selection: nothing to tabulate")
+    body = _render_table(recs, kind, fmt, methods)
     if any(r.get("rehearsal") for r in recs):
         label = "rehearsal: random weights"
         mark = {"markdown": f"_{label}_\n\n", "latex": f"% {label}\n", "csv": f"# {label}\n"}[fmt]
-        return mark + _render_table(recs, kind, fmt, methods)
-    return _render_table(recs, kind, fmt, methods)
+        return mark + body
+    return body
 
 
 def _render_table(recs: list[dict], kind: str, fmt: str, methods: list[str] | None) -> str:
@@ -203,10 +249,6 @@ def _render_table(recs: list[dict], kind: str, fmt: str, methods: list[str] | No
         return benchmarks_table(recs, fmt, methods)
     if kind == "ablation":
         if not methods or len(methods) != 1:
-            from .. import CmbenchError
-
             raise CmbenchError("--table ablation needs exactly one method: --methods NAME")
         return ablation_table(recs, fmt, methods[0])
-    from .. import CmbenchError
-
     raise CmbenchError(f"unknown --table {kind!r}; use stream, benchmarks or ablation")
