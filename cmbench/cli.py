@@ -27,10 +27,16 @@ def resolve_suite(arg: str) -> Path:
 
 
 def _data_env(args) -> None:
+    """Where data lives, and whether anything may be fetched: offline unless --allow-download
+    (the Hugging Face libraries are told so too, before they are imported: none of them
+    then tries the network, with or without retries)."""
     if getattr(args, "data_root", None):
         os.environ["CMBENCH_DATA_ROOT"] = str(Path(args.data_root).expanduser().resolve())
     if getattr(args, "allow_download", False):
         os.environ["CMBENCH_ALLOW_DOWNLOAD"] = "1"
+    else:
+        for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+            os.environ.setdefault(k, "1")
 
 
 def _int_at_least(minimum: int):
@@ -150,7 +156,7 @@ def cmd_run(args) -> int:
     from .runner import run_suite
 
     _data_env(args)
-    summary = run_suite(path, out=args.out or ".", **kwargs)
+    summary = run_suite(path, out=args.out or ".", allow_download=args.allow_download, **kwargs)
     return 1 if summary["failed"] else 0
 
 

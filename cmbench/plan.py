@@ -102,8 +102,13 @@ def _data_lines(suite: Suite) -> list[str]:
         if all((root / source / s).is_dir() for s in ("train", "test")):
             state = f"image folder {root / source}"
         elif source in clip_tasks():
+            import importlib.util
+
             hub = clip_tasks()[source]["hub"]["test"]
-            state = f"TO DOWNLOAD: hub copy {hub['path']} (--allow-download; needs `pip install datasets`)"
+            have = importlib.util.find_spec("datasets") is not None
+            state = f"TO DOWNLOAD: hub copy {hub['path']} (--allow-download" + (
+                ")" if have else "; needs `pip install datasets`)"
+            )
         else:
             state = f"MISSING: put it at {root / source}/{{train,test}}/<class>/<image>"
         out.append(f"  {source}: {state}")
@@ -352,30 +357,50 @@ def cost_line(suite: Suite, c: dict) -> str:
     )
 
 
-def describe(suite: Suite, todo: list[Job], store: Store, measured: dict | None = None) -> list[str]:
-    lines = ["needs:", "  " + _weights_line(suite)]
+def _expert_lines(suite: Suite) -> list[str]:
+    """Each pinned expert checkpoint: present, missing, or to download (local caches only)."""
+    from .models.checkpoint import resolve
+
+    out = []
+    for t, spec in suite.experts.checkpoints.items():
+        try:
+            where = "present" if resolve(spec.path, t, offline=True).exists() else "MISSING"
+        except Exception:  # noqa: BLE001 - not in the HF cache
+            where = "TO DOWNLOAD (--allow-download)"
+        out.append(
+            f"expert {t}: {spec.format} {spec.path}: {where}" + ("" if spec.sha256 else " (not pinned: add sha256)")
+        )
+    return out
+
+
+def needs(suite: Suite) -> list[str]:
+    """What the suite reads from outside the output folder: backbone weights, datasets, expert
+    checkpoints, each with where it stands (local caches only: nothing is fetched)."""
+    lines = [_weights_line(suite)]
     data = _data_lines(suite)
     if data:
-        lines += ["  datasets (root $CMBENCH_DATA_ROOT):"] + ["  " + d for d in data]
+        lines += ["datasets (root $CMBENCH_DATA_ROOT):"] + data
+    if suite.setting == "merge_stream" and suite.experts.source == "checkpoints":
+        lines += _expert_lines(suite)
+    return lines
+
+
+def missing_downloads(suite: Suite) -> list[str]:
+    """The lines of ``needs`` that are not on this machine (to download, or missing)."""
+    if suite.rehearsal:  # a rehearsal writes its own stand-ins
+        return []
+    return [line.strip() for line in needs(suite) if "TO DOWNLOAD" in line or "MISSING" in line]
+
+
+def describe(suite: Suite, todo: list[Job], store: Store, measured: dict | None = None) -> list[str]:
+    lines = ["needs:", *("  " + line for line in needs(suite))]
     seeds = sorted({j.seed for j in todo})
     gf = backbone_gflops(suite)
     if suite.setting == "merge_stream":
         missing = [
             (s, t) for s in seeds for t in suite.task_names() if not store.has("experts", expert_key(suite, s, t))
         ]
-        if suite.experts.source == "checkpoints":
-            from .models.checkpoint import resolve
-
-            for t, spec in suite.experts.checkpoints.items():
-                try:
-                    where = "present" if resolve(spec.path, t).exists() else "MISSING"
-                except Exception:  # noqa: BLE001 - not in the HF cache
-                    where = "TO DOWNLOAD (--allow-download)"
-                lines.append(
-                    f"  expert {t}: {spec.format} {spec.path}: {where}"
-                    + ("" if spec.sha256 else " (not pinned: add sha256)")
-                )
-        else:
+        if suite.experts.source != "checkpoints":
             lines.append(f"  experts to fine-tune: {len(missing)} (`cmbench finetune {suite.name}`)")
     if not store.has("theta0", theta0_key(suite, seeds[0] if seeds else suite.seeds[0])):
         lines.append("  θ0 and heads: to build (first job)")

@@ -381,7 +381,12 @@ class RayExecutor:
                 f"resources.gpus_per_job is {gpus:g} but the Ray cluster has {have:g} GPUs; "
                 "run where GPUs are, or set gpus_per_job: 0"
             )
-        self.remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=retries)(_call)
+        # on a cluster, jobs are spread over the nodes (Ray's SPREAD) rather than packed onto the
+        # first with a free CPU: every node works from the start, and a node lost costs fewer jobs
+        strategy = "SPREAD" if address else "DEFAULT"
+        self.remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=retries, scheduling_strategy=strategy)(
+            _call
+        )
         self.threads, self.env = threads, env
 
     def map(self, fn: Callable, argsets: list[tuple]):
@@ -560,6 +565,7 @@ def run_suite(
     job_time_limit: float | None = None,
     add: list[dict] | None = None,
     accept_cost: bool = False,
+    allow_download: bool | None = None,
 ) -> dict[str, Any]:
     """Run a suite's jobs. ``use_tuned``: also run ``<label>-tuned`` rows with the values
     ``cmbench tune`` chose; ``retries``: times a job is retried after its worker dies;
@@ -624,6 +630,20 @@ def run_suite(
         return {"jobs": len(jobs), "skipped": skipped, "ran": 0, "failed": 0}
     from . import plan
 
+    # downloads first: offline unless allowed, and a run that needs what is not here says all
+    # of it at once instead of failing on the first file a worker cannot find
+    if allow_download is None:
+        from .models.clip import allow_download as allowed
+
+        allow_download = allowed()
+    missing = [] if allow_download else plan.missing_downloads(suite)
+    if missing:
+        raise CmbenchError(
+            f"suite {suite.name} reads what is not on this machine, and downloads are off: "
+            + "; ".join(m.replace(" (--allow-download)", "") for m in missing)
+            + f". Rerun with --allow-download to fetch them, or put them in the local caches "
+            f"(`cmbench run {suite.name} --dry-run` lists each)"
+        )
     # what the run would cost and hold, refused before anything is built when it cannot be
     # meant (a cluster's nodes are not this machine: the memory check is for local runs)
     if suite.rehearsal is None:  # a rehearsal measures at capped sizes: its cost is its point

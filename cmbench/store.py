@@ -78,6 +78,15 @@ def reloaded(meta: dict, reload, where: str) -> StateDict | None:
     return tensors
 
 
+def clear_leftovers(*paths: Path) -> None:
+    """Remove the temporary files a killed writer of ``paths`` left (``atomic_write_bytes``
+    and ``write_tensors`` write ``.NAME.*.tmp`` beside the target; at real scale, gigabytes).
+    Call it under the targets' lock: no other writer of them is then in the middle of one."""
+    for path in paths:
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
 def write_tensors(path: Path, tensors: StateDict) -> None:
     """safetensors written under a temporary name and renamed into place (a reader never
     sees half a file)."""
@@ -127,11 +136,7 @@ class Store:
                     _warn_rebuild(e)
                     for path in (tensors_path, meta_path):
                         path.unlink(missing_ok=True)
-            # under the lock no one else writes this artefact: a temporary file of it is what a
-            # killed writer left (at real scale, gigabytes), never read
-            for path in (tensors_path, meta_path):
-                for stale in path.parent.glob(f".{path.name}.*.tmp"):
-                    stale.unlink(missing_ok=True)
+            clear_leftovers(tensors_path, meta_path)
             cost: dict = {}
             with measured(cost, "build"):
                 tensors, meta = make()
@@ -154,8 +159,10 @@ class Store:
         reader that finds the two out of step, after a crash between them, gets nothing)."""
         tensors_path, meta_path = self._paths(kind, key)
         tensors_path.parent.mkdir(parents=True, exist_ok=True)
-        write_tensors(tensors_path, tensors)
-        atomic_write_bytes(meta_path, json.dumps(dict(meta, content_hash=content_hash(tensors))).encode())
+        with FileLock(str(tensors_path) + ".lock"):
+            clear_leftovers(tensors_path, meta_path)
+            write_tensors(tensors_path, tensors)
+            atomic_write_bytes(meta_path, json.dumps(dict(meta, content_hash=content_hash(tensors))).encode())
 
     def get(self, kind: str, key: str) -> tuple[StateDict, dict] | None:
         """A mutable entry, or None if absent, unreadable or torn."""
@@ -168,8 +175,13 @@ class Store:
         return (tensors, meta) if content_hash(tensors) == meta.get("content_hash") else None
 
     def delete(self, kind: str, key: str) -> None:
-        for path in self._paths(kind, key):
-            path.unlink(missing_ok=True)
+        paths = self._paths(kind, key)
+        if not paths[0].parent.is_dir():
+            return
+        with FileLock(str(paths[0]) + ".lock"):
+            clear_leftovers(*paths)
+            for path in paths:
+                path.unlink(missing_ok=True)
 
     def content_hash(self, kind: str, key: str) -> str | None:
         """The content hash its sidecar records, or None if the artefact is not here."""

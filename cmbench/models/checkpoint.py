@@ -93,9 +93,10 @@ def check_matches(state: StateDict, reference: StateDict, what: str) -> None:
 # -- expert checkpoints from where users have them -----------------------------------------
 
 
-def resolve(path: str, what: str) -> Path:
+def resolve(path: str, what: str, offline: bool = False) -> Path:
     """A local file, or ``hf://OWNER/REPO[/FILE]`` from the Hugging Face cache (fetched only
-    with ``CMBENCH_ALLOW_DOWNLOAD=1``; FILE defaults to model.safetensors)."""
+    when downloads are allowed, ``--allow-download``, and not ``offline``; FILE defaults to
+    model.safetensors)."""
     if not path.startswith("hf://"):
         return Path(path).expanduser()
     from .clip import allow_download
@@ -107,11 +108,11 @@ def resolve(path: str, what: str) -> Path:
     try:
         from huggingface_hub import hf_hub_download
 
-        local = Path(hf_hub_download(repo, filename, local_files_only=not allow_download()))
+        local = Path(hf_hub_download(repo, filename, local_files_only=offline or not allow_download()))
     except Exception as e:  # noqa: BLE001 - not cached, offline, no such repo
         raise CmbenchError(
             f"{what}: {path} is not in the local Hugging Face cache ({type(e).__name__}); "
-            "download it (CMBENCH_ALLOW_DOWNLOAD=1) or give a local path"
+            "rerun with --allow-download to fetch it, or give a local path"
         ) from None
     pins.check("expert checkpoint", path, [local], pins.hub_revision(local))
     return local

@@ -88,7 +88,7 @@ def _build_open_clip(cfg, pretrained: bool) -> nn.Module:
     except Exception as e:  # noqa: BLE001 - missing cache, no network, bad tag
         raise CmbenchError(
             f"backbone: cannot load open_clip {cfg.model} / {cfg.pretrained} ({str(e).splitlines()[0][:200]}); "
-            "put the weights in the HF / open_clip cache or set CMBENCH_ALLOW_DOWNLOAD=1"
+            "put the weights in the HF / open_clip cache or rerun with --allow-download"
         ) from None
 
 
@@ -171,8 +171,8 @@ class TimmEncoder(nn.Module):
         except Exception as e:  # noqa: BLE001
             raise CmbenchError(
                 f"backbone: cannot create timm {cfg.model} (pretrained={pretrained}): "
-                f"{str(e).splitlines()[0][:200]}; put the weights in the HF cache or set "
-                "CMBENCH_ALLOW_DOWNLOAD=1"
+                f"{str(e).splitlines()[0][:200]}; put the weights in the HF cache or rerun with "
+                "--allow-download"
             ) from None
         return cls(model)
 
