@@ -231,30 +231,25 @@ def cmd_data(args) -> int:
     return 0
 
 
-def _did_you_mean(name: str, known) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def _selected(recs: list[dict], results: Path, suite: str | None, methods: list[str] | None) -> list[dict]:
     """The records of ``suite`` and ``methods``; an empty or unknown selection is an error
     that says what exists."""
+    from .suite import did_you_mean
+
     if not recs:
         raise CmbenchError(f"{results}: no result files; run `cmbench run SUITE --out {results.parent}` first")
     suites = sorted({r["suite"] for r in recs})
     if suite is not None:
         if suite not in suites:
             raise CmbenchError(
-                f"--suite {suite}: no results under {results}{_did_you_mean(suite, suites)} (have: {', '.join(suites)})"
+                f"--suite {suite}: no results under {results}{did_you_mean(suite, suites)} (have: {', '.join(suites)})"
             )
         recs = [r for r in recs if r["suite"] == suite]
     if methods:
         labels = sorted({r["label"] for r in recs} | {r["method"] for r in recs})
         for m in methods:
             if m not in labels:
-                raise CmbenchError(f"--methods {m}: no results{_did_you_mean(m, labels)} (have: {', '.join(labels)})")
+                raise CmbenchError(f"--methods {m}: no results{did_you_mean(m, labels)} (have: {', '.join(labels)})")
     return recs
 
 
@@ -412,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="cmbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap.add_argument("--version", action="store_true", help="print cmbench's version")
+    sub = ap.add_subparsers(dest="cmd")
 
     r = sub.add_parser(
         "run",
@@ -543,7 +539,13 @@ def build_parser() -> argparse.ArgumentParser:
     _store_arg(ft)
     ft.set_defaults(fn=cmd_finetune)
 
-    rp = sub.add_parser("report", help="render leaderboard.md and plots from result files")
+    rp = sub.add_parser(
+        "report",
+        help="render leaderboard.md and plots from result files",
+        description="Render the leaderboard (leaderboard.md, plots/), a paper table (--format), the site "
+        "(--site) or a method's per-step diagnostics (--diagnostics) from result files alone. Every "
+        "figure is a mean with its 95 % interval; rows not distinguishable from the best share its rank.",
+    )
     rp.add_argument(
         "--results",
         default="results",
@@ -587,7 +589,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.set_defaults(fn=cmd_report)
 
-    dt = sub.add_parser("data", help="dataset status, and export of hub copies to image folders")
+    dt = sub.add_parser(
+        "data",
+        help="dataset status, and export of hub copies to image folders",
+        description="`list`: each real dataset's state here (image folder, decoded cache, hub copy); "
+        "`export TASK...`: write a hub copy as an image folder under the data root.",
+    )
     dt.add_argument("action", choices=["list", "export"])
     dt.add_argument("tasks", nargs="*", help="export: CLIP task names (e.g. eurosat dtd)")
     _data_args(dt)
@@ -597,6 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="merge-step time and memory per method on 88M parameters, "
         "bandwidth floor, evaluation img/s, suite wall time",
+        description="Time each method's merge step on an 88M-parameter model (against the memory-bandwidth "
+        "floor), measure its peak memory over a stream, evaluation throughput, and optionally a suite's "
+        "cold and warm wall time.",
     )
     bn.add_argument("--methods", help="comma-separated methods (default: the data-free baselines)")
     bn.add_argument("--threads", type=_positive_int, default=2, help="torch threads (default: 2)")
@@ -667,7 +677,12 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--tracking-uri", help="MLflow tracking URI (default: the run's, sqlite under RESULTS/../.cmbench)")
     lg.set_defaults(fn=cmd_log)
 
-    ls = sub.add_parser("list", help="list methods or suites")
+    ls = sub.add_parser(
+        "list",
+        help="list methods or suites",
+        description="`methods`: every method found (baselines/ and plugins) with its settings, data access, "
+        "hyperparameters and paper; `suites`: the suite files in ./suites and the repository's.",
+    )
     ls.add_argument("what", choices=["methods", "suites"])
     ls.set_defaults(fn=cmd_list)
     return ap
@@ -676,7 +691,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGPIPE"):  # `cmbench run ... --dry-run | head` ends quietly
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from . import __version__
+
+        print(f"cmbench {__version__}")
+        return 0
+    if args.cmd is None:  # `cmbench` alone: what it can do
+        parser.print_help()
+        return 0
     try:
         return args.fn(args)
     except CmbenchError as e:

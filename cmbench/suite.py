@@ -443,7 +443,7 @@ class Suite(Strict):
     # images everywhere: the report adds their sampling error to the intervals), ``per_seed``
     # (seed s uses data seed s: test sampling enters the seeds' spread), or one per seed
     data_seed: Union[Annotated[StrictInt, Field(ge=0, le=2**31 - 1)], Literal["per_seed"], list[StrictInt]] = 0
-    backbone: AnyBackbone = Field(default_factory=TinyViT)
+    backbone: AnyBackbone  # required: a suite says what it merges (no silent default)
     pretrain: Pretrain = Field(default_factory=Pretrain)
     tasks: list[Task] = Field(min_length=1)
     heads: Heads = Field(default_factory=Heads)
@@ -670,6 +670,14 @@ def _pydantic_message(err: dict) -> tuple[str, str]:
     return loc, msg
 
 
+def did_you_mean(name: str, known) -> str:
+    """"; did you mean 'x'?" for the closest of ``known``, or nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def suite_dirs() -> list[Path]:
     """Where suites are found by name: ./suites, then the repository's suites/."""
     dirs = [Path.cwd() / "suites", Path(__file__).resolve().parents[1] / "suites"]
@@ -746,8 +754,8 @@ def load_suite(path: str | Path) -> Suite:
             difflib.get_close_matches(Path(path).stem, names, n=3, cutoff=0.4)
             or [n for n in names if Path(path).stem in n][:3]
         )
-        hint = (
-            f"; did you mean {' or '.join(f'suites/{c}.yaml' for c in close)}?"
+        hint = (  # by name: that works from any directory
+            f"; did you mean {' or '.join(f'`cmbench run {c}`' for c in close)}?"
             if close
             else "; `cmbench list suites` lists them"
         )
@@ -815,7 +823,10 @@ def expand(
     for flag, names in (("--methods", methods), ("--skip", skip)):
         unknown = [m for m in names or [] if m not in known]
         if unknown:
-            raise CmbenchError(f"{flag}: {unknown} not in suite {suite.name}; it has: {sorted(known)}")
+            raise CmbenchError(
+                f"{flag}: {unknown[0]!r} is not in suite {suite.name}{did_you_mean(unknown[0], known)} "
+                f"(it has: {', '.join(sorted(known))})"
+            )
     if methods:
         specs = [m for m in specs if m.display in methods or m.name in methods]
     if skip:

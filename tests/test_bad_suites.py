@@ -27,6 +27,8 @@ from cmbench.suite import load_suite
 
 from .conftest import REPO
 
+TINY = "name: x\nbackbone: {kind: tiny_vit}\n"  # a suite names its backbone (required)
+
 BASES = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((REPO / "suites").glob("*.yaml"))}
 # the method registry (torch and every baseline) is imported once, here: the per-suite bound
 # below is for the checks; the cold cost is what the subprocess test measures
@@ -209,35 +211,33 @@ def test_count_tried():
 
 HOSTILE = {
     # a label that is a path would write outside --out
-    "label": "name: x\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties, label: ../../x/ESCAPED}]\n",
-    "task name": "name: x\ntasks: [{name: ../bars, dataset: bars}]\nmethods: [{name: ties}]\n",
+    "label": TINY + "tasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties, label: ../../x/ESCAPED}]\n",
+    "task name": TINY + "tasks: [{name: ../bars, dataset: bars}]\nmethods: [{name: ties}]\n",
     "duplicate key": (
-        "name: x\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\nmethods: [{name: sequential}]\n"
+        TINY + "tasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\nmethods: [{name: sequential}]\n"
     ),
-    "bool seed": "name: x\nseeds: [true]\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\n",
-    "huge seed": "name: x\nseeds: [1000000000000]\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\n",
-    "deep": "name: x\nz: " + "[" * 5000 + "]" * 5000 + "\n",
+    "bool seed": TINY + "seeds: [true]\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\n",
+    "huge seed": TINY + "seeds: [1000000000000]\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\n",
+    "deep": TINY + "z: " + "[" * 5000 + "]" * 5000 + "\n",
     # sizes, rates and model dimensions: type, range and finiteness
-    "n_test 0": "name: x\ntasks: [{name: bars, dataset: bars, params: {n_test: 0}}]\nmethods: [{name: ties}]\n",
-    "noise nan": "name: x\ntasks: [{name: bars, dataset: bars, params: {noise: .nan}}]\nmethods: [{name: ties}]\n",
-    "n_train float": "name: x\ntasks: [{name: bars, dataset: bars, params: {n_train: 1.5}}]\nmethods: [{name: ties}]\n",
+    "n_test 0": TINY + "tasks: [{name: bars, dataset: bars, params: {n_test: 0}}]\nmethods: [{name: ties}]\n",
+    "noise nan": TINY + "tasks: [{name: bars, dataset: bars, params: {noise: .nan}}]\nmethods: [{name: ties}]\n",
+    "n_train float": TINY + "tasks: [{name: bars, dataset: bars, params: {n_train: 1.5}}]\nmethods: [{name: ties}]\n",
     "mlp_ratio inf": (
         "name: x\nbackbone: {mlp_ratio: .inf}\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\n"
     ),
     "embed_dim 2^40": (
         "name: x\nbackbone: {embed_dim: 1099511627776}\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\n"
     ),
-    "heads scale inf": "name: x\nheads: {scale: .inf}\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\n",
+    "heads scale inf": TINY + "heads: {scale: .inf}\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties}]\n",
     # method hyperparameters: the ranges the method declares, finiteness, no boolean for a number
-    "ties k nan": "name: x\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties, hparams: {k: .nan}}]\n",
-    "ties k negative": "name: x\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties, hparams: {k: -0.5}}]\n",
-    "ties k 1e300": "name: x\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties, hparams: {k: 1.0e300}}]\n",
-    "lam inf": "name: x\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: magmax, hparams: {lam: .inf}}]\n",
-    "lam bool": "name: x\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: magmax, hparams: {lam: true}}]\n",
-    "dop steps -1": "name: x\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: dop, hparams: {num_steps: -1}}]\n",
-    "search nan": (
-        "name: x\ntasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties, search: {k: [0.1, .nan]}}]\n"
-    ),
+    "ties k nan": TINY + "tasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties, hparams: {k: .nan}}]\n",
+    "ties k negative": TINY + "tasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties, hparams: {k: -0.5}}]\n",
+    "ties k 1e300": TINY + "tasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties, hparams: {k: 1.0e300}}]\n",
+    "lam inf": TINY + "tasks: [{name: bars, dataset: bars}]\nmethods: [{name: magmax, hparams: {lam: .inf}}]\n",
+    "lam bool": TINY + "tasks: [{name: bars, dataset: bars}]\nmethods: [{name: magmax, hparams: {lam: true}}]\n",
+    "dop steps -1": TINY + "tasks: [{name: bars, dataset: bars}]\nmethods: [{name: dop, hparams: {num_steps: -1}}]\n",
+    "search nan": (TINY + "tasks: [{name: bars, dataset: bars}]\nmethods: [{name: ties, search: {k: [0.1, .nan]}}]\n"),
     "alias bomb": "\n".join(
         ["a: &a [x,x,x,x,x,x,x,x,x]"]
         + [f"l{i}: &l{i} [" + ",".join(["*" + ("a" if i == 1 else f"l{i - 1}")] * 9) + "]" for i in range(1, 9)]
@@ -265,7 +265,7 @@ def test_hostile_suites_fail_with_one_line_and_fast(tmp_path):
 def test_more_random_orders_than_exist_does_not_hang(tmp_path):
     f = tmp_path / "s.yaml"
     f.write_text(
-        "name: x\ntasks: [{name: bars, dataset: bars}, {name: dots, dataset: dots}]\n"
+        TINY + "tasks: [{name: bars, dataset: bars}, {name: dots, dataset: dots}]\n"
         "orders: {explicit: [[bars, dots]], random: 5}\nmethods: [{name: ties}]\n"
     )
     assert len(load_suite(f).orders_for(0)) == 2  # T! = 2, however many were asked for
@@ -275,7 +275,7 @@ def test_unknown_task_param_is_named(tmp_path):
     import pytest
 
     f = tmp_path / "s.yaml"
-    f.write_text("name: x\ntasks: [{name: bars, dataset: bars, params: {n_trian: 10}}]\nmethods: [{name: ties}]\n")
+    f.write_text(TINY + "tasks: [{name: bars, dataset: bars, params: {n_trian: 10}}]\nmethods: [{name: ties}]\n")
     with pytest.raises(
         CmbenchError,
         match=r"tasks\.0: params: unknown parameter 'n_trian' of dataset bars; "

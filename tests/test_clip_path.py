@@ -293,7 +293,7 @@ def test_finetune_then_dry_run_then_run(tmp_path, monkeypatch, capsys):
     assert main(["run", str(path), "--dry-run", *common]) == 0
     text = capsys.readouterr().out
     assert "experts to fine-tune: 2" in text and f"image folder {data / 'eurosat'}" in text
-    assert "estimate (" in text and "GPU-h" in text
+    assert "estimate (" in text and "CPU thread-h" in text  # a CPU suite: thread-hours
     assert main(["finetune", str(path), *common]) == 0
     text = capsys.readouterr().out
     assert "2 to fine-tune" in text and "seed 0 pcam: test accuracy" in text

@@ -41,3 +41,19 @@ def test_a_real_suite_without_its_downloads_fails_fast_listing_them(tmp_path, mo
     assert attempts == []
     assert took < 60  # a hang guard: it takes a few seconds
     assert not (tmp_path / "out" / ".cmbench" / "cache" / "theta0").exists()
+
+
+def test_the_cli_says_what_it_can_do(tmp_path, monkeypatch, capsys):
+    """`cmbench` alone prints its help, `--version` its version; a misspelt method is answered
+    with the closest one; a suite path that does not exist suggests names that work from any
+    directory; a suite without a backbone is refused like any other missing field."""
+    assert main([]) == 0 and "usage: cmbench" in capsys.readouterr().out
+    assert main(["--version"]) == 0 and capsys.readouterr().out.startswith("cmbench ")
+    assert main(["run", "quick-merge", "--methods", "tie", "--dry-run"]) == 2
+    assert "did you mean 'ties'?" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "suites/quick-merge.yaml", "--dry-run"]) == 2
+    assert "did you mean `cmbench run quick-merge`" in capsys.readouterr().err
+    (tmp_path / "s.yaml").write_text("name: s\ntasks: [{name: a, dataset: bars}]\nmethods: [{name: ties}]\n")
+    assert main(["run", str(tmp_path / "s.yaml"), "--dry-run"]) == 2
+    assert "backbone: required field is missing" in capsys.readouterr().err

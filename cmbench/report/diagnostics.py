@@ -61,8 +61,8 @@ def render(recs: list[dict], title: str) -> str:
     for (suite, label), rs in sorted(by_label.items()):
         names, lines = table(rs)
         named = ", ".join(f"seed {r['seed']} order {r['order_index']}" for r in rs)
-        jobs = named if len(rs) <= 3 else f"{len(rs)} jobs"
-        out += [f"{md(suite)} / {md(label)} ({jobs}; mean over jobs):", ""]
+        jobs = (named if len(rs) <= 3 else f"{len(rs)} jobs") + ("" if len(rs) == 1 else "; mean over them")
+        out += [f"{md(suite)} / {md(label)} ({jobs}):", ""]
         out += ["| step | " + " | ".join(md(n) for n in names) + " |", "|---|" + "---|" * len(names)]
         out += [f"| {step} | " + " | ".join(cells) + " |" for step, cells in lines]
         out.append("")

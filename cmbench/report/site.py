@@ -171,6 +171,7 @@ if (table) {
 const PALETTE = ['#1f77b4','#ff7f0e','#2ca02c','#d62728','#9467bd','#8c564b','#e377c2','#7f7f7f','#bcbd22',
                  '#17becf','#393b79','#637939','#8c6d31','#843c39','#7b4173','#3182bd'];
 function color(i){return PALETTE[i % PALETTE.length];}
+function jobs(n){return n === 1 ? 'one job' : 'mean over ' + n + ' jobs';}
 function heat(v){ if (v === null) return '#d9dce3';  // viridis-like ramp, 0..100
   const s=[[68,1,84],[59,82,139],[33,145,140],[94,201,98],[253,231,37]]; const x=Math.max(0,Math.min(1,v/100))*4;
   const i=Math.min(3,Math.floor(x)), f=x-i; const c=s[i].map((a,k)=>Math.round(a+(s[i+1][k]-a)*f));
@@ -205,14 +206,14 @@ if (svg) {
                                     points:pts.map(p=>p.join(',')).join(' ')}));
     r.curve.forEach((v,s)=>{ if(v===null) return;
       const c=el('circle', {cx:x(s+1), cy:y(v), r:4, fill:color(i)});
-      c.dataset.tip=r.label+', step '+(s+1)+': '+v.toFixed(1)+'% (mean over '+r.n+' jobs)'; svg.appendChild(c); });
+      c.dataset.tip=r.label+', step '+(s+1)+': '+v.toFixed(1)+'% ('+jobs(r.n)+')'; svg.appendChild(c); });
     const span=document.createElement('span'), sw=document.createElement('i'); sw.style.background=color(i);
     span.appendChild(sw); span.appendChild(document.createTextNode(r.label)); legend.appendChild(span);
   });
   svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
 }
 const mats=document.getElementById('mats');
-if (mats) D.rows.forEach(r => mats.appendChild(matrixTable(r.label + ' (mean of ' + r.n + ' jobs)', r.matrix, null)));
+if (mats) D.rows.forEach(r => mats.appendChild(matrixTable(r.label + ' (' + jobs(r.n) + ')', r.matrix, null)));
 document.querySelectorAll('details[data-label]').forEach(d => d.addEventListener('toggle', () => {
   if (!d.open || d.dataset.done) return; d.dataset.done='1';
   const r=D.rows.find(x=>x.label===d.dataset.label); const box=document.createElement('div'); box.className='mats';
