@@ -1,33 +1,44 @@
-"""Recipe probe used to find the micro merge suite's regime (issue 3).
+"""Structure of a micro merge recipe, measured the honest way (issue #38's rules).
 
-    THREADS=1 python tools/probe_recipe.py suites/micro-digits-merge.yaml '{experts: {finetune: {lr: 1.0e-3}}}' [SEED]
+    python tools/probe_recipe.py SUITE.yaml [--seeds 10,11,12] [--data-seed 7] [--set YAML] [--cache DIR]
 
-Builds θ0, heads and experts for one seed of the suite with the YAML overrides (cached in
-/tmp/exp/cache), then prints θ0's and the experts' mean accuracy and the *final* merged
-model's accuracy for averaging, TA (λ 0.3/0.5/1) and TIES (λ 0.5/1) in the listed task
-order — quick to compare recipes; the benchmark numbers come from `cmbench run`.
+For each exploration seed (never a reported one: the suite's own seeds are refused) and a data
+seed other than the suite's, it builds θ0, the heads and the experts with the suite's recipe
+(``--set`` overrides it, as YAML merged into the suite), and measures on the tasks'
+**validation** splits, never their test splits:
+
+* θ0's and each expert's accuracy: the margin (experts / θ0) and the gap the merges close;
+* the two merges the design may look at, weight averaging and Task Arithmetic (λ 0.3, the
+  published value), final model only (both are order-invariant);
+* the task vectors' geometry: their norms and pairwise cosine similarities (over all
+  floating-point parameters), beside what the literature reports for CLIP (near-orthogonal).
+
+The other methods' numbers are deliberately not shown: a recipe is chosen from structure,
+and the ranking is only *checked*, on the reported seeds, with ``cmbench run``.
 """
 
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
 import json
-import os
-import sys
+import math
 import time
+from pathlib import Path
 
 import torch
 import yaml
 
 from cmbench import methods as M
-
 from cmbench import registry as R
 from cmbench.artefacts import SuiteArtefacts
 from cmbench.protocol import Evaluator
 from cmbench.store import Store
 from cmbench.suite import Suite
 
-torch.set_num_threads(int(os.environ.get("THREADS", "1")))
 
-
-def deep_update(d, u):
+def deep_update(d: dict, u: dict) -> dict:
     for k, v in u.items():
         if isinstance(v, dict) and isinstance(d.get(k), dict):
             deep_update(d[k], v)
@@ -36,65 +47,92 @@ def deep_update(d, u):
     return d
 
 
-base = yaml.safe_load(open(sys.argv[1]))
-over = yaml.safe_load(sys.argv[2]) if len(sys.argv) > 2 else {}
-seed = int(sys.argv[3]) if len(sys.argv) > 3 else 0
-suite = Suite.model_validate(deep_update(base, over))
-art = SuiteArtefacts(suite, seed, Store("/tmp/exp/cache"))
-t = time.time()
-th = art.theta0()
-heads = art.heads()
-tp = time.time() - t
-order = suite.task_names()
-ev = Evaluator(suite, heads, order, th, seed)
-r0 = ev.row(th)
-E, ex = [], []
-t = time.time()
-for n in order:
-    e, meta = art.expert(n)
-    ex.append(e)
-    E.append(meta["test_accuracy"])
-te = time.time() - t
+def _flat(state: dict, theta0: dict) -> torch.Tensor:
+    return torch.cat([(state[k] - theta0[k]).double().flatten() for k in theta0 if theta0[k].is_floating_point()])
 
 
-def mean(v):
-    return sum(v) / len(v)
+def probe(suite: Suite, seed: int, cache: Path) -> dict:
+    art = SuiteArtefacts(suite, seed, Store(cache))
+    t0 = time.time()
+    theta0, heads = art.theta0(), art.heads()
+    order = suite.task_names()
+    experts = [art.expert(t)[0] for t in order]
+    built = time.time() - t0
+    ev = Evaluator(suite, heads, order, theta0, seed)
+    for name, td in ev.tasks.items():  # every accuracy below is a validation accuracy
+        ev.tasks[name] = dataclasses.replace(td, test=td.val)
+    r0 = ev.row(theta0)
+    E = [ev.accuracies(e, [t])[t] for e, t in zip(experts, order)]
+
+    def final(name: str, hp: dict) -> list[float]:
+        m = R.create(name, hp)
+        ctx = M.Context(theta0=theta0, num_tasks=len(order), seed=seed)
+        merged = theta0
+        for i, (e, t) in enumerate(zip(experts, order), start=1):
+            ctx.step, ctx.task, ctx.seen_tasks = i, t, order[:i]
+            merged = m.merge(ctx, merged, e, t)
+        return ev.row(merged)
+
+    wa, ta = final("weight_average", {}), final("task_arithmetic", {"lam": 0.3})
+    taus = [_flat(e, theta0) for e in experts]
+    norms = [float(t.norm()) for t in taus]
+    cos = [float(a @ b / (a.norm() * b.norm())) for a, b in itertools.combinations(taus, 2)]
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    out = {
+        "seed": seed,
+        "theta0": mean(r0),
+        "experts": mean(E),
+        "weight_average": mean(wa),
+        "task_arithmetic_0.3": mean(ta),
+        "tau_norm_min": min(norms),
+        "tau_norm_max": max(norms),
+        "cos_mean": mean(cos),
+        "cos_max": max(cos),
+        "cos_min": min(cos),
+        "built_s": built,
+        "per_task": {t: {"theta0": a, "expert": b} for t, a, b in zip(order, r0, E)},
+    }
+    gap = out["experts"] - out["theta0"]
+    out["margin"] = out["experts"] / max(out["theta0"], 1e-9)
+    out["closed_wa"] = (out["weight_average"] - out["theta0"]) / gap if gap else math.nan
+    out["closed_ta"] = (out["task_arithmetic_0.3"] - out["theta0"]) / gap if gap else math.nan
+    return out
 
 
-out = {"theta0": mean(r0), "experts": mean(E)}
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("suite")
+    ap.add_argument("--seeds", default="10,11,12")
+    ap.add_argument("--data-seed", type=int, default=7)
+    ap.add_argument("--set", default="{}", help="YAML merged into the suite (the recipe being probed)")
+    ap.add_argument("--cache", default="/tmp/cmbench-probe")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", help="also write the figures to this file")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    raw = deep_update(yaml.safe_load(Path(a.suite).read_text()), yaml.safe_load(a.set) or {})
+    reported = set(raw.get("seeds", [0]))
+    seeds = [int(s) for s in a.seeds.split(",")]
+    if reported & set(seeds) or a.data_seed == raw.get("data_seed", 0):
+        raise SystemExit(f"probe: seeds {sorted(reported & set(seeds))} or data seed {a.data_seed} are reported ones")
+    raw.update(seeds=seeds, data_seed=a.data_seed)
+    suite = Suite.model_validate(raw)
+    rows = [probe(suite, s, Path(a.cache)) for s in seeds]
+    keys = ["theta0", "experts", "margin", "weight_average", "task_arithmetic_0.3", "closed_wa", "closed_ta"]
+    geo = ["tau_norm_min", "tau_norm_max", "cos_mean", "cos_min", "cos_max"]
+    print("| seed | " + " | ".join(keys + geo) + " |")
+    print("|---|" + "---|" * (len(keys) + len(geo)))
+    for r in rows:
+        cells = [f"{100 * r[k]:.1f}" if k not in ("margin", "closed_wa", "closed_ta") else f"{r[k]:.2f}" for k in keys]
+        cells += [f"{r[k]:.3g}" for k in geo]
+        print(f"| {r['seed']} | " + " | ".join(cells) + " |")
+    print(
+        "per task (validation, seed %d): " % rows[0]["seed"]
+        + json.dumps({t: [round(100 * v["theta0"]), round(100 * v["expert"])] for t, v in rows[0]["per_task"].items()})
+    )
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=1))
 
 
-def run(name, hp):
-    m = R.create(name, hp)
-    ctx = M.Context(theta0=th, num_tasks=len(order), seed=0)
-    merged = th
-    for i, e in enumerate(ex, 1):
-        ctx.step = i
-        merged = m.merge(ctx, merged, e, order[i - 1])
-    return ev.row(merged)
-
-
-rows = {}
-for name, hp in [
-    ("weight_average", {}),
-    ("task_arithmetic", {"lam": 0.3}),
-    ("task_arithmetic", {"lam": 0.5}),
-    ("task_arithmetic", {"lam": 1.0}),
-    ("ties", {"lam": 0.5}),
-    ("ties", {"lam": 1.0}),
-]:
-    row = run(name, hp)
-    key = name + "".join(f"_{v}" for v in hp.values())
-    out[key] = mean(row)
-    rows[key] = row
-gap = out["experts"] - out["theta0"]
-best = max(v for k, v in out.items() if k not in ("theta0", "experts"))
-worst = min(v for k, v in out.items() if k not in ("theta0", "experts"))
-print(json.dumps({k: round(100 * v, 1) for k, v in out.items()}))
-print(
-    f"θ0 per task {[round(100 * x) for x in r0]}  experts {[round(100 * x) for x in E]}  min expert {100 * min(E):.1f}"
-)
-print(
-    f"closed by best: {(best - out['theta0']) / gap:.2f}; best-worst {100 * (best - worst):.1f}; "
-    f"pretrain {tp:.0f}s experts {te:.0f}s"
-)
+if __name__ == "__main__":
+    main()
