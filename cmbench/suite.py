@@ -671,7 +671,7 @@ def _pydantic_message(err: dict) -> tuple[str, str]:
 
 
 def did_you_mean(name: str, known) -> str:
-    """"; did you mean 'x'?" for the closest of ``known``, or nothing."""
+    """ "; did you mean 'x'?" for the closest of ``known``, or nothing."""
     import difflib
 
     close = difflib.get_close_matches(name, list(known), n=1)

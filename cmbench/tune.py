@@ -71,8 +71,8 @@ def _trial_job(suite: Suite, job: Job, cache: str, threads: int) -> dict:
     from . import protocol
 
     original = protocol.load_tasks
-    protocol.load_tasks = lambda s, pretraining=False: (
-        original(s, pretraining) if pretraining else _val_as_test(original(s))
+    protocol.load_tasks = lambda s, seed, pretraining=False: (
+        original(s, seed, pretraining) if pretraining else _val_as_test(original(s, seed))
     )
     try:
         return protocol.run(suite, job, _FreshEvalStore(open_store(cache)), threads)

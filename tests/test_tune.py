@@ -34,8 +34,8 @@ def test_tune_picks_on_validation_never_reads_test_and_use_tuned_runs(nano_copy,
 
     real = artefacts.load_tasks
 
-    def poisoned(s, pretraining=False):
-        tasks = real(s, pretraining)
+    def poisoned(s, seed, pretraining=False):
+        tasks = real(s, seed, pretraining)
         return tasks if pretraining else {n: dataclasses.replace(td, test=PoisonedSplit()) for n, td in tasks.items()}
 
     monkeypatch.setattr(protocol, "load_tasks", poisoned)

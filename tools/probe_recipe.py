@@ -74,6 +74,13 @@ def probe(suite: Suite, seed: int, cache: Path) -> dict:
         return ev.row(merged)
 
     wa, ta = final("weight_average", {}), final("task_arithmetic", {"lam": 0.3})
+    # one expert on the other tasks, against θ0 there: how much a single task vector disturbs
+    # what θ0 knew (CLIP's experts keep most of it)
+    off = []
+    for i, e in enumerate(experts):
+        row = ev.row(e)
+        others = [j for j in range(len(order)) if j != i]
+        off.append(sum(row[j] - r0[j] for j in others) / len(others))
     taus = [_flat(e, theta0) for e in experts]
     norms = [float(t.norm()) for t in taus]
     cos = [float(a @ b / (a.norm() * b.norm())) for a, b in itertools.combinations(taus, 2)]
@@ -86,6 +93,7 @@ def probe(suite: Suite, seed: int, cache: Path) -> dict:
         "task_arithmetic_0.3": mean(ta),
         "tau_norm_min": min(norms),
         "tau_norm_max": max(norms),
+        "off_task_drop": mean(off),
         "cos_mean": mean(cos),
         "cos_max": max(cos),
         "cos_min": min(cos),
@@ -119,7 +127,7 @@ def main() -> None:
     suite = Suite.model_validate(raw)
     rows = [probe(suite, s, Path(a.cache)) for s in seeds]
     keys = ["theta0", "experts", "margin", "weight_average", "task_arithmetic_0.3", "closed_wa", "closed_ta"]
-    geo = ["tau_norm_min", "tau_norm_max", "cos_mean", "cos_min", "cos_max"]
+    geo = ["off_task_drop", "tau_norm_min", "tau_norm_max", "cos_mean", "cos_min", "cos_max"]
     print("| seed | " + " | ".join(keys + geo) + " |")
     print("|---|" + "---|" * (len(keys) + len(geo)))
     for r in rows:
