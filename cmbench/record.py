@@ -156,12 +156,15 @@ class ResultRecord(BaseModel):
         if len(set(self.tasks)) != T:
             raise ValueError("tasks: task names must be unique")
         ev = self.evaluation
-        for field in ("test_samples", "test_population"):
-            named = set(getattr(ev, field)) if ev is not None else set()
-            if named and named != set(self.tasks):
-                raise ValueError(
-                    f"evaluation.{field}: names {sorted(named)}, not the result's tasks {sorted(self.tasks)}"
-                )
+        if ev is not None and ev.test_samples and set(ev.test_samples) != set(self.tasks):
+            raise ValueError(
+                f"evaluation.test_samples: names {sorted(ev.test_samples)}, not the result's tasks {sorted(self.tasks)}"
+            )
+        if ev is not None and not set(ev.test_population) <= set(self.tasks):  # finite datasets only
+            raise ValueError(
+                f"evaluation.test_population: names {sorted(set(ev.test_population) - set(self.tasks))}, "
+                "not tasks of the result"
+            )
         if self.status == "failed":
             if self.error is None:
                 raise ValueError("error: a failed job records why it failed")

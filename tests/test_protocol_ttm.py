@@ -1,5 +1,6 @@
 """Train-then-merge protocol, LoRA, data access and storage accounting."""
 
+import json
 import math
 
 import pytest
@@ -48,6 +49,12 @@ def ttm_results(tmp_path_factory):
 
 def test_class_incremental_matrix(ttm_results):
     suite, res = ttm_results
+    from cmbench.protocol import nan_to_none
+    from cmbench.record import parse
+
+    for r in res.values():  # what the runner writes reads back (digits: a finite population, recorded)
+        rec = parse(json.dumps(nan_to_none(r)).encode())
+        assert set(rec["evaluation"]["test_population"]) == {"d01", "d23", "d45"}
     for name, r in res.items():
         R = r["R"]
         assert len(R) == 4 and all(len(row) == 3 for row in R)

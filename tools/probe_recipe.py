@@ -81,6 +81,21 @@ def probe(suite: Suite, seed: int, cache: Path) -> dict:
         row = ev.row(e)
         others = [j for j in range(len(order)) if j != i]
         off.append(sum(row[j] - r0[j] for j in others) / len(others))
+    # how concentrated a task vector is: the share of its energy in its top 20 % entries, and
+    # how much of the expert's gain over θ0 the top 20 % alone keep (TIES's trim; at scale a
+    # trimmed task vector keeps most of it, Yadav et al. 2023)
+    share, kept = [], []
+    floating = [k for k in theta0 if theta0[k].is_floating_point()]
+    for i, (e, t) in enumerate(zip(experts, order)):
+        tau = _flat(e, theta0)
+        cut = tau.abs().kthvalue(int(0.8 * tau.numel())).values
+        share.append(float((tau[tau.abs() > cut] ** 2).sum() / (tau**2).sum()))
+        trimmed = dict(e)
+        for k in floating:
+            d = e[k] - theta0[k]
+            trimmed[k] = theta0[k] + d * (d.abs() > cut.to(d.dtype)).to(d.dtype)
+        acc = ev.accuracies(trimmed, [t])[t]
+        kept.append((acc - r0[i]) / max(E[i] - r0[i], 1e-9))
     taus = [_flat(e, theta0) for e in experts]
     norms = [float(t.norm()) for t in taus]
     cos = [float(a @ b / (a.norm() * b.norm())) for a, b in itertools.combinations(taus, 2)]
@@ -94,6 +109,8 @@ def probe(suite: Suite, seed: int, cache: Path) -> dict:
         "tau_norm_min": min(norms),
         "tau_norm_max": max(norms),
         "off_task_drop": mean(off),
+        "top20_energy": mean(share),
+        "top20_kept": mean(kept),
         "cos_mean": mean(cos),
         "cos_max": max(cos),
         "cos_min": min(cos),
@@ -127,7 +144,8 @@ def main() -> None:
     suite = Suite.model_validate(raw)
     rows = [probe(suite, s, Path(a.cache)) for s in seeds]
     keys = ["theta0", "experts", "margin", "weight_average", "task_arithmetic_0.3", "closed_wa", "closed_ta"]
-    geo = ["off_task_drop", "tau_norm_min", "tau_norm_max", "cos_mean", "cos_min", "cos_max"]
+    geo = ["off_task_drop", "top20_energy", "top20_kept", "tau_norm_min", "tau_norm_max"]
+    geo += ["cos_mean", "cos_min", "cos_max"]
     print("| seed | " + " | ".join(keys + geo) + " |")
     print("|---|" + "---|" * (len(keys) + len(geo)))
     for r in rows:
