@@ -290,11 +290,11 @@ def cmd_report(args) -> int:
 
         index = render_site(results, args.site, args.include_rehearsal, recs=recs)
         done = f"wrote the site {index} (open it in a browser; it needs no server and no network)"
-    elif args.format:
+    elif args.format or args.table:
         from .report.tables import render_table
 
         recs = _selected(recs, results, args.suite, methods)
-        print(render_table(recs, args.table, args.format, methods, args.suite), end="")
+        print(render_table(recs, args.table or "stream", args.format or "markdown", methods, args.suite), end="")
     else:
         _selected(recs, results, args.suite, methods)
         from .report import render_leaderboard
@@ -562,9 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument(
         "--table",
-        default="stream",
         choices=["stream", "benchmarks", "ablation"],
-        help="stream: methods × tasks + Avg + BWT; benchmarks: methods × suites (final, AAA); "
+        help="print a paper table (markdown unless --format says otherwise; --format alone: stream): "
+        "stream: methods × tasks + Avg + BWT; benchmarks: methods × suites (final, AAA); "
         "ablation: variants of one method (--methods NAME) × suites",
     )
     rp.add_argument(

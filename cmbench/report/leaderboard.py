@@ -18,7 +18,7 @@ from . import plots, stats
 from .cells import data_text, devices, final_mean, hparam_text, published_text, storage_text
 from .escape import md
 from .outputs import MARK, check_markdown, claim_plots
-from .summary import SIGNED, SuiteSummary, pct, reference_levels, summarise
+from .summary import LEVELS, SIGNED, SuiteSummary, level_runs, pct, reference_levels, summarise
 
 INTRO = (
     "Rendered by `cmbench report` from the result files under `results/` alone. Accuracies in %: the mean over "
@@ -126,16 +126,16 @@ def suite_section(s: SuiteSummary, plots_dir: Path, md_dir: Path) -> list[str]:
         pad = ["–"] * (len(header) - len(s.cols) - len(pub_cols) - (4 if ranked else 3))
         blank = ["–"] * (len(s.cols) - 1)
         nacc_expert = ["100.0"] if "NACC" in s.cols else []
-        for name, key, extra in (("pretrained θ0", "theta0", blank), ("individual experts", "experts", None)):
+        for key, name in LEVELS:
             e = levels[key]
-            figures = extra if extra is not None else blank[: len(blank) - len(nacc_expert)] + nacc_expert
+            figures = blank if key == "theta0" else blank[: len(blank) - len(nacc_expert)] + nacc_expert
             lines.append(
                 "| "
                 + " | ".join(
                     [
                         *(["ref"] if ranked else []),
                         f"*{name}*",
-                        (f"{e.seeds} seed" + ("s" if e.seeds != 1 else "")) if e else "–",
+                        level_runs(e),
                         "–",
                         pct(e, interval=ranked),
                         *figures,

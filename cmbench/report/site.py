@@ -24,7 +24,7 @@ from .escape import html as _esc
 from .escape import json_in_html
 from .leaderboard import DEMO, rank_lines, rank_text
 from .outputs import clear_site, write_manifest
-from .summary import SIGNED, SuiteSummary, curve, pct, reference_levels, summarise
+from .summary import LEVELS, SIGNED, SuiteSummary, curve, level_runs, pct, reference_levels, summarise
 
 
 def _paper_link(paper: str | None) -> str | None:
@@ -106,7 +106,7 @@ def suite_data(s: SuiteSummary) -> dict:
         "rehearsal": any(r.get("rehearsal") for r in s.records),
         "cols": list(s.cols),
         "rows": rows,
-        "levels": {k: pct(e, interval=interval) for k, e in levels.items()},
+        "levels": {k: {"text": pct(e, interval=interval), "runs": level_runs(e)} for k, e in levels.items()},
         "ranks": rank_lines(s)[0] if interval and any(r.rank for r in s.rows) else "",
     }
 
@@ -292,14 +292,14 @@ def _suite_page(d: dict, figures: list[tuple[str, str]]) -> str:
         cls = " ".join(c for c, on in (("ref", r["reference"]), ("top", r["top"]), ("partial", r["partial"])) if on)
         trs.append(f'<tr class="{cls}" data-label="{e(r["label"])}" data-access="{e(r["data"])}">{"".join(cells)}</tr>')
     foot = []  # the merge stream's reference levels, as in leaderboard.md: below the rows, never sorted
-    for key, name in (("theta0", "pretrained θ0"), ("experts", "individual experts")):
+    for key, name in LEVELS:
         if key in d["levels"]:
             blank = "".join("<td>–</td>" for _ in range(len(head) - (5 if ranked else 4)))
             foot.append(
                 f'<tr class="ref level" data-label="{e(name)}" data-access="">'
                 + ("<td>ref</td>" if ranked else "")
-                + f'<td class="l">{e(name)}</td><td class="l">seeds</td><td>–</td>'
-                f"<td>{e(d['levels'][key])}</td>{blank}</tr>"
+                + f'<td class="l">{e(name)}</td><td class="l">{e(d["levels"][key]["runs"])}</td><td>–</td>'
+                f"<td>{e(d['levels'][key]['text'])}</td>{blank}</tr>"
             )
     access = sorted({r["data"] for r in d["rows"]})
     options = "".join(f'<option value="{e(a)}">{e(a)}</option>' for a in access)

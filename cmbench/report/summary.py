@@ -217,16 +217,31 @@ def per_seed(recs: list[dict], fn) -> dict[int, float]:
     return out
 
 
+# the merge stream's reference levels, named alike in every output: never ranked
+LEVELS = (("theta0", "pretrained θ0"), ("experts", "individual experts"))
+
+
+def level(s: SuiteSummary, key: str, task: str | None = None) -> stats.Estimate | None:
+    """θ0's accuracy (row 0 of R) or the experts' (E), on one task or the mean over tasks;
+    one value per seed (neither depends on the order)."""
+
+    def fn(r: dict) -> float:
+        v = r["R"][0] if key == "theta0" else r["E"]
+        return float(v[r["tasks"].index(task)]) if task else float(np.mean(v))
+
+    values = per_seed(s.ok, fn)
+    return stats.estimate({(k, 0): v for k, v in values.items()}, s.suite, key + (f"-{task}" if task else ""))
+
+
 def reference_levels(s: SuiteSummary) -> dict[str, stats.Estimate | None]:
-    """θ0 (row 0 of R) and the experts (E), mean over tasks, one value per seed."""
+    """θ0 and the experts, mean over tasks (merge-stream suites; else empty)."""
     if not s.stream or not s.ok:
         return {}
-    theta0 = per_seed(s.ok, lambda r: float(np.mean(r["R"][0])))
-    experts = per_seed(s.ok, lambda r: float(np.mean(r["E"])))
-    return {
-        "theta0": stats.estimate({(k, 0): v for k, v in theta0.items()}, s.suite, "theta0"),
-        "experts": stats.estimate({(k, 0): v for k, v in experts.items()}, s.suite, "experts"),
-    }
+    return {key: level(s, key) for key, _ in LEVELS}
+
+
+def level_runs(e: stats.Estimate | None) -> str:
+    return (f"{e.seeds} seed" + ("s" if e.seeds != 1 else "")) if e else "–"
 
 
 def curve(recs: list[dict]) -> list[float]:

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from .. import CmbenchError
 from ..results import job_of
 from . import escape, stats
-from .summary import SuiteSummary, summarise
+from . import summary
+from .summary import LEVELS, SuiteSummary, summarise
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Cell:
     test_sd: float = 0.0
     ranked: bool = True  # a full, non-reference row
     interval: bool = True  # not a demonstration
+    rank: int | None = None  # the summary's rank, for the suite's rank figure (the same in every output)
 
 
 Column = list  # one Cell, a published text (str) or None per row
@@ -51,7 +53,20 @@ def _cell(s: SuiteSummary, label: str, fn, what: str, test_sd: float = 0.0, accu
     est = stats.estimate(values, s.suite, label, what, test_sd=test_sd, bounds=(0.0, 1.0) if accuracy else None)
     if est is None:
         return None
-    return Cell(est, values, test_sd, ranked=not (row.partial or row.reference), interval=not s.demonstration)
+    return Cell(
+        est,
+        values,
+        test_sd,
+        ranked=not (row.partial or row.reference),
+        interval=not s.demonstration,
+        rank=row.rank if what == s.headline else None,
+    )
+
+
+def _level_cell(s: SuiteSummary, key: str, task: str | None = None) -> Cell | None:
+    """θ0's or the experts' figure (``summary.level``): a reference, never ranked."""
+    est = summary.level(s, key, task)
+    return None if est is None else Cell(est, {}, ranked=False, interval=not s.demonstration)
 
 
 def _marks(column: Column, key: tuple) -> list[str]:
@@ -60,6 +75,8 @@ def _marks(column: Column, key: tuple) -> list[str]:
     cells = {i: c for i, c in enumerate(column) if isinstance(c, Cell) and c.ranked and c.interval}
     if len(cells) < 2:
         return [""] * len(column)
+    if any(c.rank for c in cells.values()):  # the suite's rank figure: ranked once, by the summary
+        return [{1: "best", 2: "second"}.get(c.rank, "") if isinstance(c, Cell) else "" for c in column]
     means = {str(i): c.est.mean for i, c in cells.items()}
 
     def differs(a: str, b: str) -> bool:
@@ -163,9 +180,17 @@ def stream_table(recs: list[dict], fmt: str, methods: list[str] | None = None) -
         if any(pub):  # the published final ACC of the same row (cmbench.published), unranked
             cols.append(pub)
         cols.append([_cell(s, lb, lambda r: r["metrics"]["BWT"], "BWT", accuracy=False) for lb in labels])
+        names = [_title(s, lb) for lb in labels]
+        for key, name in LEVELS:  # θ0 and the experts per task, below the methods, as in the leaderboard
+            names.append(f"{name} (reference)")
+            for t, col in zip(tasks, cols):
+                col.append(_level_cell(s, key, t))
+            cols[len(tasks)].append(_level_cell(s, key))
+            for col in cols[len(tasks) + 1 :]:
+                col.append(None)
         header = ["Method", *tasks, "Avg", *(["Avg (published)"] if any(pub) else []), "BWT"]
         title = f"{suite}: final accuracy per task (%)" + (" (demonstration: one job)" if s.demonstration else "")
-        out.append(_render(title, header, [_title(s, lb) for lb in labels], cols, fmt))
+        out.append(_render(title, header, names, cols, fmt))
     return "\n".join(out)
 
 
@@ -190,6 +215,7 @@ def benchmarks_table(
     for s in summaries.values():  # in the first suite's order, then new labels as they come
         labels += [row.label for row in s.rows if _wanted(row.first, methods) and row.label not in labels]
     cols: list[Column] = []
+    final_of: list[SuiteSummary | None] = []  # per column: its suite if it is the suite's Final column
     header = ["Method"]
     for suite, s in summaries.items():
         have = {row.label for row in s.rows}
@@ -204,14 +230,21 @@ def benchmarks_table(
                     for lb in labels
                 ]
             )
+            final_of.append(s if name == "Final" else None)
             pub = [_published(s.row(lb).records) if lb in have else None for lb in labels]
             if name == "Final" and any(pub):  # the published final accuracy beside ours, unranked
                 header.append(f"{suite} Final (published)")
                 cols.append(pub)
+                final_of.append(None)
     names = []
     for lb in labels:  # markers from the suite that has the row (partial counts per suite differ)
         s = next(s for s in summaries.values() if lb in {row.label for row in s.rows})
         names.append(_title(s, lb))
+    if any(s.stream for s in summaries.values()):  # θ0 and the experts of merge streams, as in the leaderboard
+        for key, name in LEVELS:
+            names.append(f"{name} (reference)")
+            for col, of in zip(cols, final_of):
+                col.append(_level_cell(of, key) if of is not None and of.stream else None)
     return _render(title, header, names, cols, fmt)
 
 
