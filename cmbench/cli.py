@@ -294,7 +294,9 @@ def cmd_report(args) -> int:
         from .report.tables import render_table
 
         recs = _selected(recs, results, args.suite, methods)
-        print(render_table(recs, args.table or "stream", args.format or "markdown", methods, args.suite), end="")
+        kind = args.table or "stream"
+        fmt = args.format or ("csv" if kind == "jobs" else "markdown")
+        print(render_table(recs, kind, fmt, methods, args.suite), end="")
     else:
         _selected(recs, results, args.suite, methods)
         from .report import render_leaderboard
@@ -562,10 +564,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument(
         "--table",
-        choices=["stream", "benchmarks", "ablation"],
+        choices=["stream", "benchmarks", "ablation", "jobs"],
         help="print a paper table (markdown unless --format says otherwise; --format alone: stream): "
         "stream: methods × tasks + Avg + BWT; benchmarks: methods × suites (final, AAA); "
-        "ablation: variants of one method (--methods NAME) × suites",
+        "ablation: variants of one method (--methods NAME) × suites; "
+        "jobs: CSV only, one row per job (failed ones too) with its metrics, key, commit and device",
     )
     rp.add_argument(
         "--site",

@@ -329,9 +329,47 @@ def result_files(root: Path) -> list[Path]:
     return sorted(out)
 
 
+SCHEMA_PATH = "docs/result-schema.json"  # relative to the repository root (tools/result_schema.py writes it)
+
+
+def json_schema() -> dict:
+    """The JSON Schema (draft 2020-12) of a result file, generated from :class:`ResultRecord`
+    (published as ``docs/result-schema.json``). It holds each field's type, range and name
+    rule; the rules between fields (R's shape, what a failed or a train-then-merge result
+    records) and the checksum are checked by :func:`parse` alone."""
+    schema = ResultRecord.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = f"cmbench result file, format version {RECORD_VERSION}"
+    schema["description"] = (
+        f"One job's result as cmbench writes it: results/SUITE/LABEL/seedS-orderO.json (format version "
+        f"{RECORD_VERSION}; generated from cmbench.record.ResultRecord). The schema checks each field's type, "
+        "range and name rule; cmbench also checks, when it reads a file: at most 4 MiB of UTF-8 JSON without "
+        "NaN or Infinity; unique task names; in a finished job (status ok) R, timings and storage_bytes, R with "
+        "one row for theta0 and one per task, each of one cell per task, and E with one accuracy per task in "
+        "the merge stream; in a failed job an error; the checksum over the other fields. Fields not listed "
+        "here are kept as they are (metrics are never read: they are derived from R)."
+    )
+    return schema
+
+
+def schema_text() -> str:
+    """:func:`json_schema` as the published file holds it: sorted keys, indent 2, a final newline."""
+    return json.dumps(json_schema(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
 def expected_place(rec: dict) -> tuple[str, str, str]:
     """The last three parts of the path a result is written to (``Job.relpath``)."""
     return rec["suite"], rec["label"], f"seed{rec['seed']}-order{rec['order_index']}.json"
 
 
-__all__ = ["ResultRecord", "BadResult", "read_record", "parse", "checksum", "integrity", "printable"]
+__all__ = [
+    "ResultRecord",
+    "BadResult",
+    "read_record",
+    "parse",
+    "checksum",
+    "integrity",
+    "printable",
+    "json_schema",
+    "schema_text",
+]

@@ -119,3 +119,96 @@ def job_of(rec: dict) -> tuple[int, int]:
 def derived_metrics(rec: dict) -> dict[str, float]:
     acc_all = rec.get("ACC_all_steps") if rec.get("heads") == "class_incremental" else None
     return metrics.all_metrics(rec["R"], rec.get("E"), acc_all)
+
+
+# the metric columns of a frame, in this order; any other metric a record holds follows, by name
+METRIC_ORDER = ("ACC", "AIA", "BWT", "FGT", "FWT", "NACC", "ACC_all", "AAA")
+_FIRST = ("suite", "setting", "method", "label", "seed", "order_index", "status")
+_LAST = (
+    "key",
+    "suite_hash",
+    "git_commit",
+    "finished_at",
+    "verified",
+    "integrity",
+    "rehearsal",
+    "error",
+    "path",
+)
+
+
+def frame(
+    results_dir: str | Path,
+    include_rehearsal: bool = False,
+    on_bad: Callable[[Path, str], None] = _raise,
+):
+    """The results under ``results_dir`` as one tidy :class:`pandas.DataFrame`: one row per
+    job (finished and failed), read through :func:`load_results` (so a bad file is refused,
+    or passed to ``on_bad``, and a rehearsal's results are left out unless
+    ``include_rehearsal``). Columns (:func:`frame_of`):
+
+    * ``suite``, ``setting``, ``method``, ``label``, ``seed``, ``order_index``: which job;
+    * ``status``: ``ok`` or ``failed``;
+    * one column per metric any record holds (``ACC``, ``AIA``, ``BWT``, ``FGT``, ``FWT``,
+      then ``NACC`` for merge streams, ``ACC_all`` and ``AAA`` for class-incremental heads,
+      then any other by name), derived from R when read, as fractions (0.38 is 38 %); NaN
+      where a job has no such metric (a failed job, a metric of another kind of suite, FWT
+      where it is undefined);
+    * ``key``: the hash of the job's inputs (its suite's settings, method, hyperparameters,
+      seed, order, the artefacts it consumed; :mod:`cmbench.keys`): a result is current
+      while it matches the key of the inputs now; ``suite_hash``: the hash of the suite's
+      shared settings (``Suite.hash``); ``git_commit``: the harness's commit;
+      ``finished_at``: when the job finished (ISO 8601 text);
+    * ``device_<field>`` (``device_type``, ``device_name``, ...): what the job ran on, one
+      column per field any record gives (empty where a record has no device);
+    * ``verified``: ``cmbench verify`` recomputed the file and found the same numbers;
+      ``integrity``: ``ok`` (its checksum matches) or ``unchecked`` (written without one);
+      ``rehearsal``: a rehearsal's result (random weights, not a benchmark number);
+      ``error``: why a failed job failed (empty otherwise); ``path``: the result file.
+
+    Rows are sorted by suite, label, seed and order index. pandas is imported here only."""
+    return frame_of(load_results(results_dir, include_rehearsal, on_bad=on_bad))
+
+
+def frame_of(recs: list[dict]):
+    """:func:`frame` of records already read (:func:`load_results`'s dicts)."""
+    import pandas as pd
+
+    found = {m for r in recs for m in (r.get("metrics") or {}) if r["status"] == "ok"}
+    metric_cols = [m for m in METRIC_ORDER if m in found] + sorted(found - set(METRIC_ORDER))
+    device_cols = sorted({k for r in recs for k in (r.get("device") or {})})
+    rows = []
+    for r in recs:
+        ms = (r.get("metrics") or {}) if r["status"] == "ok" else {}
+        device = r.get("device") or {}
+        row = {c: r.get(c) for c in _FIRST}
+        row.update({m: _number(ms.get(m)) for m in metric_cols})
+        row.update({f"device_{k}": _scalar(device.get(k)) for k in device_cols})
+        row.update({c: r.get(c) for c in ("key", "suite_hash", "git_commit", "finished_at")})
+        row["verified"] = bool(r.get("verified", False))
+        row["integrity"] = r.get("integrity")
+        row["rehearsal"] = bool(r.get("rehearsal"))
+        row["error"] = r.get("error")
+        row["path"] = r.get("_path")
+        rows.append(row)
+    columns = [*_FIRST, *metric_cols, *(f"device_{k}" for k in device_cols), *_LAST]
+    rows.sort(key=lambda row: (row["suite"], row["label"], row["seed"], row["order_index"]))
+    df = pd.DataFrame(rows, columns=columns)
+    for c in ("seed", "order_index"):
+        df[c] = df[c].astype("int64")
+    for c in ("verified", "rehearsal"):
+        df[c] = df[c].astype("bool")
+    for m in metric_cols:
+        df[m] = df[m].astype("float64")
+    return df
+
+
+def _number(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _scalar(v):
+    """A device field for one cell: text and numbers as they are, anything else as JSON."""
+    import json
+
+    return v if v is None or isinstance(v, (str, int, float, bool)) else json.dumps(v, sort_keys=True)

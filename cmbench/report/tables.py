@@ -10,7 +10,9 @@ Layouts:
   merge-stream suite (the layout of the continual-merging papers: OPCM, ODE-M);
 * ``benchmarks``: methods × suites with final accuracy (ACC_all for class-incremental
   suites, else ACC) and AAA (else AIA): the layout of the P&M / InfLoRA tables;
-* ``ablation``: the variants of one method × suites.
+* ``ablation``: the variants of one method × suites;
+* ``jobs``: no statistics, one CSV row per job (finished and failed) with its metrics and
+  provenance: :func:`cmbench.results.frame`'s columns, for pandas, R or a spreadsheet.
 """
 
 from __future__ import annotations
@@ -258,6 +260,10 @@ def render_table(
 ) -> str:
     if suite:
         recs = [r for r in recs if r["suite"] == suite]
+    if kind == "jobs":  # every job, failed ones too; a rehearsal's rows say so in their `rehearsal` column
+        if fmt != "csv":
+            raise CmbenchError(f"--table jobs is CSV only (one row per job); drop --format {fmt} or use --format csv")
+        return jobs_table(recs, methods)
     ok = [r for r in recs if r["status"] == "ok"]
     if kind == "stream" and not any(r.get("setting") == "merge_stream" for r in ok):
         settings = ", ".join(sorted({f"{r['suite']} ({r['setting']})" for r in ok})) or "no finished jobs"
@@ -284,4 +290,16 @@ def _render_table(recs: list[dict], kind: str, fmt: str, methods: list[str] | No
         if not methods or len(methods) != 1:
             raise CmbenchError("--table ablation needs exactly one method: --methods NAME")
         return ablation_table(recs, fmt, methods[0])
-    raise CmbenchError(f"unknown --table {kind!r}; use stream, benchmarks or ablation")
+    raise CmbenchError(f"unknown --table {kind!r}; use stream, benchmarks, ablation or jobs")
+
+
+def jobs_table(recs: list[dict], methods: list[str] | None = None) -> str:
+    """One CSV row per job (:func:`cmbench.results.frame_of`'s columns); text cells are
+    escaped against formula injection, numbers written in full (NaN: an empty cell)."""
+    from ..results import frame_of
+
+    df = frame_of([r for r in recs if _wanted(r, methods)])
+    for c in df.columns:
+        if df[c].dtype.kind not in "biuf":  # text: names, hashes, errors, paths
+            df[c] = [None if v is None or v != v else escape.csv_text(v) for v in df[c]]
+    return df.to_csv(index=False, lineterminator="\n")
