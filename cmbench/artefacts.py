@@ -76,7 +76,7 @@ def load_tasks(suite: Suite, seed: int, pretraining: bool = False) -> dict[str, 
 
 
 def _cap_test(td: data_mod.TaskData, cap: int, data_seed: int) -> data_mod.TaskData:
-    # a change here alters E and R: bump EXPERTS_VERSION and protocol.EVALUATION_VERSION
+    # a change here alters E and R: bump EXPERTS_VERSION and keys.EVALUATION_VERSION
     if len(td.test) <= cap:
         return td
     keep = torch.randperm(len(td.test), generator=torch.Generator().manual_seed(data_seed))[:cap].sort().values

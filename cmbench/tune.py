@@ -19,7 +19,6 @@ trial is logged to MLflow. The result is ``OUT/tuned/<suite>/<label>.json``.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -62,22 +61,11 @@ class _FreshEvalStore:
         pass
 
 
-def _val_as_test(tasks: dict) -> dict:
-    return {n: dataclasses.replace(td, test=td.val) for n, td in tasks.items()}
-
-
 def _trial_job(suite: Suite, job: Job, cache: str, threads: int) -> dict:
     """One job of a trial, scored on validation splits (see the module docstring)."""
-    from . import protocol
+    from .protocol import run
 
-    original = protocol.load_tasks
-    protocol.load_tasks = lambda s, seed, pretraining=False: (
-        original(s, seed, pretraining) if pretraining else _val_as_test(original(s, seed))
-    )
-    try:
-        return protocol.run(suite, job, _FreshEvalStore(open_store(cache)), threads)
-    finally:
-        protocol.load_tasks = original
+    return run(suite, job, _FreshEvalStore(open_store(cache)), threads, scored_on="val")
 
 
 def _grid(spec: MethodSpec) -> list[dict[str, Any]]:
@@ -90,7 +78,7 @@ def _trial(
 ) -> dict:
     trial_spec = spec.model_copy(update={"hparams": {**spec.hparams, **config}})
     jobs = expand(suite.model_copy(update={"methods": [trial_spec]}), None, seeds, orders)
-    from .runner import where_ran
+    from .work import where_ran
 
     recs = [_trial_job(suite, j, cache, threads) for j in jobs]
     accs = [r["metrics"]["ACC"] for r in recs]
@@ -191,7 +179,7 @@ def _ray_tune(suite, spec, grid, seeds, orders, cache, threads, workers, paths, 
     import ray
     from ray import tune
 
-    from .runner import connect_ray, ship_baselines, worker_env
+    from .executors import connect_ray, ship_baselines, worker_env
 
     env = worker_env()
     staging = None

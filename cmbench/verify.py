@@ -40,7 +40,9 @@ from .fingerprint import method_fingerprint
 from .models import device_type
 from .protocol import nan_to_none
 from .results import load_results
-from .runner import _executor, _prepare_artefacts, _run_job, flatten, recorded_content, stale_reason
+from .executors import make_executor
+from .keys import flatten, recorded_content, stale_reason
+from .work import prepare_artefacts, run_job
 from .store import open_store
 from .suite import Job, LoRA, Suite, load_suite, suite_named, training_field
 from .verified import VerifyLog
@@ -279,11 +281,11 @@ def _verify_suite(
     if not jobs:
         return
     threads = suite.resources.cpus_per_job
-    ex = _executor(suite, workers, threads, None, executor)
+    ex = make_executor(suite, workers, threads, None, executor)
     try:
         seeds = sorted({j.seed for j in jobs})
         t0 = time.perf_counter()
-        _prepare_artefacts(suite, seeds, store, str(store.root), ex)
+        prepare_artefacts(suite, seeds, store, str(store.root), ex)
         log(f"  {name}: artefacts of seed(s) {seeds} rebuilt in {time.perf_counter() - t0:.0f} s")
         _compare_artefacts(suite, list(jobs.values()), store, log)
         n_test = {n: len(td.test) for n, td in load_tasks(suite, seeds[0]).items()}  # sizes: any seed's
@@ -291,7 +293,7 @@ def _verify_suite(
         def n_test_of(cell: str) -> int:
             return n_test[cell.split("[")[1].rstrip("]").split(", ")[-1]]
 
-        for args, fresh, err in ex.map(_run_job, [(suite, j, str(store.root), threads) for j in jobs]):
+        for args, fresh, err in ex.map(run_job, [(suite, j, str(store.root), threads) for j in jobs]):
             r = jobs[args[1]]
             if err is not None:
                 report(r, "mismatched", f"recomputing failed: {type(err).__name__}: {err}")

@@ -205,7 +205,7 @@ def test_a_directory_store_the_nodes_do_not_see_is_refused(cluster, tmp_path, mo
     """The local test nodes share this file system; a node that cannot see the store (here:
     the check's marker removed before the node looks) is refused with one line."""
     from cmbench import CmbenchError
-    from cmbench.runner import RayExecutor
+    from cmbench.executors import RayExecutor
 
     ex = RayExecutor(workers=1, threads=1, gpus=0, address=cluster.address)
     try:

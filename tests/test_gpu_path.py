@@ -30,7 +30,7 @@ def _variant(tmp_path, **updates):
 
 
 def test_precision_validated_and_keyed(tmp_path):
-    from cmbench.protocol import job_inputs
+    from cmbench.keys import job_inputs
 
     base = load_suite(NANO)
     fp32 = _variant(tmp_path, **{"evaluation.precision": "fp32"})
@@ -118,7 +118,7 @@ def test_on_device_view_and_cpu_data_access():
 
 
 def test_gpu_share_and_memory_wait():
-    from cmbench.runner import check_gpu_share, wait_for_gpu_memory
+    from cmbench.executors import check_gpu_share, wait_for_gpu_memory
 
     check_gpu_share(0.5, 30, [80.0, 80.0])  # 40 GB each: fits
     check_gpu_share(0.5, None, [80.0])  # no peak given: Ray's fraction alone
@@ -155,7 +155,7 @@ def test_ray_packs_fractional_gpu_jobs_on_simulated_gpus():
     """Two simulated GPUs, jobs asking for half of one each: Ray gives every job one GPU
     (made visible to it alone) and never runs more than two at once on one GPU."""
     pytest.importorskip("ray")
-    from cmbench.runner import RayExecutor
+    from cmbench.executors import RayExecutor
 
     ex = RayExecutor(workers=4, threads=1, gpus=0.5, address=None, num_gpus=2)
     try:
@@ -173,7 +173,7 @@ def test_ray_packs_fractional_gpu_jobs_on_simulated_gpus():
 
 def test_ray_refuses_gpu_jobs_without_gpus():
     pytest.importorskip("ray")
-    from cmbench.runner import RayExecutor
+    from cmbench.executors import RayExecutor
 
     t0 = time.time()
     with pytest.raises(CmbenchError, match=r"resources\.gpus_per_job is 1 but the Ray cluster has 0 GPUs"):

@@ -358,16 +358,16 @@ def test_log_skips_a_file_it_cannot_read_and_logs_the_rest(nano_copy, tmp_path):
 
 
 def test_a_job_whose_artefacts_vanish_fails_in_one_line(nano_copy, monkeypatch):
-    from cmbench import protocol
+    from cmbench.protocol import loop
     from cmbench.runner import Paths, run_suite
 
-    real = protocol._record_common
+    real = loop.record_common
 
     def vanish(suite, job, method, store):
         shutil.rmtree(store.root)  # the cache deleted under the running job
         return real(suite, job, method, store)
 
-    monkeypatch.setattr(protocol, "_record_common", vanish)
+    monkeypatch.setattr(loop, "record_common", vanish)
     said: list[str] = []
     summary = run_suite(
         NANO, out=nano_copy, executor="local", methods=["ties"], force=True, seeds=1, orders=1, log=said.append

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 
-from cmbench import artefacts, protocol
+from cmbench import artefacts, keys
 from cmbench.fingerprint import code_fingerprint, normalised_source
 from cmbench.record import checksum
 from cmbench.results import load_results
@@ -52,7 +52,7 @@ def dry(out, **kw):
 
 def test_component_versions_rekey_exactly_their_jobs(nano_copy, monkeypatch):
     assert dry(nano_copy)["skipped"] == 12
-    monkeypatch.setattr(protocol, "MERGE_STREAM_VERSION", protocol.MERGE_STREAM_VERSION + 1)
+    monkeypatch.setattr(keys, "MERGE_STREAM_VERSION", keys.MERGE_STREAM_VERSION + 1)
     lines: list[str] = []
     assert run_suite(NANO, out=nano_copy, executor="local", dry_run=True, log=lines.append)["skipped"] == 0
     assert "12 to run (12 inputs differ)" in lines[0]
@@ -113,7 +113,7 @@ def test_verify_recomputes_cold_and_names_the_first_differing_cell(nano_copy, ca
 
 
 def test_verify_reports_a_stale_key(nano_copy, monkeypatch):
-    monkeypatch.setattr(protocol, "EVALUATION_VERSION", protocol.EVALUATION_VERSION + 1)
+    monkeypatch.setattr(keys, "EVALUATION_VERSION", keys.EVALUATION_VERSION + 1)
     lines: list[str] = []
     r = verify(Paths(nano_copy).results, methods=["ties"], sample=1, executor="local", log=lines.append)
     assert r["stale"] and any("components.evaluation" in ln and "STALE" in ln for ln in lines)

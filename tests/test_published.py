@@ -5,7 +5,7 @@ import json
 
 from cmbench import registry as R
 from cmbench import published as P
-from cmbench.protocol import _published, _setup_check
+from cmbench.protocol.recording import published_rows, setup_check
 from cmbench.runner import Paths
 from cmbench.suite import expand, load_suite
 
@@ -16,7 +16,7 @@ TA8 = REPO / "suites" / "clip-vit-b32-ta8.yaml"
 
 def test_published_rows_apply_by_backbone_tasks_and_hyperparameters():
     suite = load_suite(TA8)
-    rows = {j.label: _published(suite, j, R.get(j.method)) for j in expand(suite)}
+    rows = {j.label: published_rows(suite, j, R.get(j.method)) for j in expand(suite)}
     assert rows["opcm"]["published"]["ACC"]["acc"] == 75.5 and rows["opcm"]["published"]["ACC"]["std"] == 0.5
     assert rows["task_arithmetic"]["published"]["ACC"]["acc"] == 67.5
     assert rows["weight_average"]["published"]["theta0"]["acc"] == 48.1
@@ -62,7 +62,7 @@ def test_setup_check_fires_beyond_the_tolerance_and_is_silent_within(capsys):
     assert len(lines) == 1 and "sun397" in lines[0] and "63.2%" in lines[0] and lines[0].startswith("warning: ")
     # what a job records: every comparison, with its outcome
     order = suite.task_names()
-    rec = _setup_check(suite, order, [off[t] for t in order], [0.99] * 8, n)["setup_check"]
+    rec = setup_check(suite, order, [off[t] for t in order], [0.99] * 8, n)["setup_check"]
     from cmbench.data.vision import SPLIT_SIZES
 
     full = {t.name: SPLIT_SIZES[t.dataset][1] for t in suite.tasks}
@@ -95,8 +95,8 @@ def test_report_shows_the_published_column(nano_run, tmp_path):
         rec.update(
             suite=suite.name,
             tasks=order[:n],
-            **_published(suite, job, R.get(job.method)),
-            **_setup_check(suite, order[:n], rec["R"][0], rec["E"], {t: 500 for t in order}),
+            **published_rows(suite, job, R.get(job.method)),
+            **setup_check(suite, order[:n], rec["R"][0], rec["E"], {t: 500 for t in order}),
         )
         write_record(out / rec["label"] / f.name, rec)
         written += 1

@@ -101,7 +101,8 @@ SPLIT = {**NANO_SPLIT, "methods": [{"name": "sequential"}]}
 
 def test_a_methods_own_recipe_is_keyed_validated_and_trained_with(tmp_path):
     from cmbench.store import Store
-    from cmbench.protocol import job_inputs, key_of, run
+    from cmbench.keys import job_inputs, key_of
+    from cmbench.protocol import run
 
     plain = Suite.model_validate(SPLIT)
     env = plain.environment()

@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from cmbench import CmbenchError, protocol
+from cmbench.protocol import stream, ttm
 from cmbench.store import Store
 from cmbench.jobstate import KIND, pack, unpack
 from cmbench.suite import Suite, expand
@@ -31,18 +32,18 @@ def test_interrupted_job_resumes_with_identical_results(spec, nano_run, tmp_path
     store = Store(nano_run / ".cmbench" / "cache")  # the nano run's θ0, heads and experts
     whole = protocol.run(suite, job, store, threads=1)
 
-    check = protocol._check_finite
+    check = stream.check_finite
 
     def interrupt(state, job_, step, what="merged"):
         if step == 3:
             raise CmbenchError("preempted")  # after step 2's state was saved
         return check(state, job_, step, what)
 
-    monkeypatch.setattr(protocol, "_check_finite", interrupt)
+    monkeypatch.setattr(stream, "check_finite", interrupt)
     with pytest.raises(CmbenchError, match="preempted"):
         protocol.run(suite, job, store, threads=1)
     assert list((store.root / KIND).glob("*.json"))
-    monkeypatch.setattr(protocol, "_check_finite", check)
+    monkeypatch.setattr(stream, "check_finite", check)
     resumed = protocol.run(suite, job, store, threads=1)
     assert resumed["timings"]["resumed_after_step"] == 2 and whole["timings"]["resumed_after_step"] is None
     for field in ("R", "E", "metrics", "key", "storage_bytes", "data_samples_handed", "R_final_before_finish"):
@@ -71,7 +72,8 @@ def test_time_limit_stops_a_job_and_a_rerun_resumes(nano_copy):
     import json
     import time
 
-    from cmbench.runner import run_suite, time_limit
+    from cmbench.runner import run_suite
+    from cmbench.work import time_limit
 
     with pytest.raises(CmbenchError, match=r"job_time_limit_s \(0.2 s\)"):
         with time_limit(0.2):
@@ -102,7 +104,7 @@ def test_time_limit_is_not_lost_in_a_finaliser_or_a_broad_except():
     weakref callback and the job finish)."""
     import time
 
-    from cmbench.runner import time_limit
+    from cmbench.work import time_limit
 
     class SlowFinaliser:
         def __del__(self):
@@ -156,17 +158,17 @@ def test_train_then_merge_job_resumes_after_its_last_step(spec, tmp_path, monkey
     store = Store(tmp_path / "cache")
     whole = protocol.run(suite, job, store, threads=1)
 
-    check = protocol._check_finite
+    check = ttm.check_finite
 
     def interrupt(state, job_, step, what="merged"):
         if step == 3 and what == "trained":
             raise CmbenchError("preempted")  # while training task 3, after step 2's state was saved
         return check(state, job_, step, what)
 
-    monkeypatch.setattr(protocol, "_check_finite", interrupt)
+    monkeypatch.setattr(ttm, "check_finite", interrupt)
     with pytest.raises(CmbenchError, match="preempted"):
         protocol.run(suite, job, store, threads=1)
-    monkeypatch.setattr(protocol, "_check_finite", check)
+    monkeypatch.setattr(ttm, "check_finite", check)
     resumed = protocol.run(suite, job, store, threads=1)
     assert resumed["timings"]["resumed_after_step"] == 2 and whole["timings"]["resumed_after_step"] is None
     assert resumed["key"] == whole["key"] and resumed["storage_bytes"] == whole["storage_bytes"]

@@ -21,7 +21,8 @@ class PoisonedSplit:
 def test_tune_picks_on_validation_never_reads_test_and_use_tuned_runs(nano_copy, monkeypatch, tmp_path):
     import dataclasses
 
-    from cmbench import artefacts, protocol
+    from cmbench import artefacts
+    from cmbench.protocol import loop
     from cmbench.report import render_leaderboard
     from cmbench.results import load_results
     from cmbench.runner import run_suite
@@ -38,7 +39,7 @@ def test_tune_picks_on_validation_never_reads_test_and_use_tuned_runs(nano_copy,
         tasks = real(s, seed, pretraining)
         return tasks if pretraining else {n: dataclasses.replace(td, test=PoisonedSplit()) for n, td in tasks.items()}
 
-    monkeypatch.setattr(protocol, "load_tasks", poisoned)
+    monkeypatch.setattr(loop, "load_tasks", poisoned)
     monkeypatch.setattr(artefacts, "load_tasks", poisoned)
     result = tune_method(
         path, "task_arithmetic", out=nano_copy, seeds=1, orders=1, executor="local", log=lambda s: None

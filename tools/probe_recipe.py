@@ -32,7 +32,7 @@ import yaml
 
 from cmbench import methods as M
 from cmbench import registry as R
-from cmbench.artefacts import SuiteArtefacts
+from cmbench.artefacts import SuiteArtefacts, load_tasks
 from cmbench.protocol import Evaluator
 from cmbench.store import Store
 from cmbench.suite import Suite
@@ -58,7 +58,7 @@ def probe(suite: Suite, seed: int, cache: Path) -> dict:
     order = suite.task_names()
     experts = [art.expert(t)[0] for t in order]
     built = time.time() - t0
-    ev = Evaluator(suite, heads, order, theta0, seed)
+    ev = Evaluator(suite, load_tasks(suite, seed), heads, order, theta0)
     for name, td in ev.tasks.items():  # every accuracy below is a validation accuracy
         ev.tasks[name] = dataclasses.replace(td, test=td.val)
     r0 = ev.row(theta0)

@@ -23,8 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cmbench.protocol import key_of
-from cmbench.runner import current_inputs, differing_inputs, git_commit, write_result
+from cmbench.fingerprint import git_commit
+from cmbench.keys import current_inputs, differing_inputs, key_of
+from cmbench.runner import write_result
 from cmbench.store import open_store
 from cmbench.suite import expand, load_suite
 from cmbench.tuned import tuned_specs

@@ -1,0 +1,101 @@
+"""What data a method is handed: exactly what it declared, never a test split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .. import CmbenchError
+from .. import methods as methods_mod
+from ..data import Split
+
+
+class OnDevice:
+    """A CPU tensor whose slices and index selections arrive on ``device``: how a job on a
+    GPU hands a method a whole train split (a real dataset's would not fit beside the model;
+    methods compute on batches of it)."""
+
+    def __init__(self, t: torch.Tensor, device: torch.device):
+        self.t, self.device = t, device
+
+    def __getitem__(self, i):
+        return self.t[i.cpu() if torch.is_tensor(i) else i].to(self.device, non_blocking=True)
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    @property
+    def shape(self):
+        return self.t.shape
+
+    @property
+    def dtype(self):
+        return self.t.dtype
+
+    def float(self) -> torch.Tensor:
+        return self.t.to(self.device).float()
+
+
+class DataAccess:
+    """Hands a method exactly the data it declared, never a test split, and counts it.
+
+    * ``none``: nothing;
+    * ``current_task``: the current task's train/val splits;
+    * ``calibration``: nested subsets of seen tasks' train splits (``calibration(task, n)``
+      returns the first n samples of a fixed permutation, so smaller budgets are prefixes);
+    * ``all_seen``: every seen task's train/val splits (reference rows only).
+    """
+
+    def __init__(
+        self, method_name: str, declared: str, tasks: dict, seed: int, device: torch.device = torch.device("cpu")
+    ):
+        self.method, self.declared, self.tasks, self.seed = method_name, declared, tasks, seed
+        self.device = device  # splits are handed on the job's device (OnDevice: batch by batch)
+        self.ctx: methods_mod.Context | None = None
+        self.samples_handed = 0
+        self._on_device: dict[tuple[str, str], Any] = {}
+
+    def _deny(self, what: str):
+        raise CmbenchError(
+            f"method {self.method} declared data_access={self.declared!r} but asked for "
+            f"{what}; declare the access it needs in its class"
+        )
+
+    def _split(self, task: str, split: str):
+        if split == "test":
+            raise CmbenchError(f"method {self.method} asked for the test split of {task}: methods never see test data")
+        if split not in ("train", "val"):
+            raise CmbenchError(f"method {self.method}: unknown split {split!r} (train or val)")
+        s = self.tasks[task].split(split)
+        if self.device.type == "cpu":
+            return s
+        if (task, split) not in self._on_device:
+            self._on_device[task, split] = Split(x=OnDevice(s.x, self.device), y=s.y.to(self.device))
+        return self._on_device[task, split]
+
+    def current(self, split: str = "train"):
+        if self.declared not in ("current_task", "calibration", "all_seen"):
+            self._deny(f"the current task's {split} data")
+        s = self._split(self.ctx.task, split)
+        self.samples_handed += len(s)
+        return s
+
+    def seen(self, task: str, split: str = "train"):
+        if self.declared != "all_seen":
+            self._deny(f"all data of seen task {task}")
+        if task not in self.ctx.seen_tasks:
+            raise CmbenchError(f"method {self.method} asked for {task}, which has not arrived yet")
+        s = self._split(task, split)
+        self.samples_handed += len(s)
+        return s
+
+    def calibration(self, task: str, n: int):
+        if self.declared != "calibration":
+            self._deny(f"calibration samples of {task}")
+        if task not in self.ctx.seen_tasks:
+            raise CmbenchError(f"method {self.method} asked for calibration data of {task}, which has not arrived yet")
+        s = self.tasks[task].split("train")
+        perm = torch.randperm(len(s), generator=torch.Generator().manual_seed(self.seed))[: min(n, len(s))]
+        self.samples_handed += len(perm)
+        return Split(x=s.x[perm].to(self.device), y=s.y[perm].to(self.device))
