@@ -27,12 +27,12 @@ demo: $(STAMP)
 	@echo "demo: .demo/leaderboard.md and .demo/plots/ (this run); leaderboard.md, plots/ and site/index.html (committed results);"
 	@echo "      MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///.demo/.cmbench/mlflow.db"
 
-# CI budget (README, "Tests and the CI budget"): `test` under 10 min on a fresh clone of a
-# 2-core machine, install included; `.ci/run` (test, then test-slow) under 35 min.
+# CI budget (docs/working-on-cmbench.md, "Tests and the CI budget"): `test` under 10 min on a
+# fresh clone of a 2-core machine, install included; `.ci/run` (test, then test-slow) under 35 min.
 test: lint typecheck facts
 	$(BIN)/python -m pytest -q
 
-# the README quotes no fact of the repository that has changed (tools/docs_facts.py)
+# README.md and docs/*.md quote no fact of the repository that has changed (tools/docs_facts.py)
 facts: $(STAMP)
 	$(BIN)/python tools/docs_facts.py --check
 

@@ -1,12 +1,13 @@
-"""Facts the README quotes that the repository itself determines, generated instead of typed.
+"""Facts the documentation quotes that the repository itself determines, generated instead of typed.
 
-The README marks each such fact: ``<!-- fact:NAME -->value<!-- /fact -->``. This tool
-computes every fact from the repository (the tests pytest collects, the shipped suites, the
-committed result files) and either rewrites the marked values (``--write``, what ``make
-docs-facts`` runs) or exits 1 naming each one that differs (``--check``, what ``make test``
-runs: a README that says something the repository no longer does fails CI). Figures that a
-machine measures (how long ``make test`` took) are not facts of the repository: the README
-quotes them with their date from ``docs/ci.md``.
+README.md and every page of docs/ (``docs/*.md``) may mark such a fact:
+``<!-- fact:NAME -->value<!-- /fact -->``. This tool computes every fact from the repository
+(the tests pytest collects, the shipped suites, the committed result files) and either
+rewrites the marked values in each file (``--write``, what ``make docs-facts`` runs) or exits
+1 naming each one that differs, by file (``--check``, what ``make test`` runs: documentation
+that says something the repository no longer does fails CI). Figures that a machine measures
+(how long ``make test`` took) are not facts of the repository: they are recorded with their
+date in ``docs/ci.md``.
 
     python tools/docs_facts.py --check | --write
 """
@@ -65,22 +66,38 @@ def facts() -> dict[str, str]:
     return out
 
 
+def documents() -> list[Path]:
+    """The files whose markers this tool keeps: README.md and docs/*.md."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def main(mode: str) -> int:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+    if mode not in ("--check", "--write"):
+        print(f"usage: {sys.argv[0]} [--check | --write]")
+        return 2
     have = facts()
-    unknown = sorted({m.group(1) for m in FACT.finditer(text)} - set(have))
-    if unknown:
-        print(f"README.md: unknown facts {unknown}; known: {sorted(have)}")
-        return 1
-    stale = [(m.group(1), m.group(2), have[m.group(1)]) for m in FACT.finditer(text) if m.group(2) != have[m.group(1)]]
-    if mode == "--write":
-        readme.write_text(FACT.sub(lambda m: f"<!-- fact:{m.group(1)} -->{have[m.group(1)]}<!-- /fact -->", text))
-        print(f"README.md: {len(stale)} fact(s) rewritten")
-        return 0
-    for name, said, now in stale:
-        print(f"README.md: fact {name} says {said!r}, the repository says {now!r}; run `make docs-facts`")
-    return 1 if stale else 0
+    failed = False
+    for path in documents():
+        name = path.relative_to(ROOT).as_posix()
+        text = path.read_text()
+        found = list(FACT.finditer(text))
+        if not found:
+            continue
+        unknown = sorted({m.group(1) for m in found} - set(have))
+        if unknown:
+            print(f"{name}: unknown facts {unknown}; known: {sorted(have)}")
+            failed = True
+            continue
+        stale = [(m.group(1), m.group(2), have[m.group(1)]) for m in found if m.group(2) != have[m.group(1)]]
+        if mode == "--write":
+            if stale:
+                path.write_text(FACT.sub(lambda m: f"<!-- fact:{m.group(1)} -->{have[m.group(1)]}<!-- /fact -->", text))
+            print(f"{name}: {len(stale)} fact(s) rewritten")
+            continue
+        for fact, said, now in stale:
+            print(f"{name}: fact {fact} says {said!r}, the repository says {now!r}; run `make docs-facts`")
+        failed = failed or bool(stale)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

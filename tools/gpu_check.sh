@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
-# The GPU figures of the GPU-path issue (#22), in one run on a GPU machine. Writes logs and
-# JSON under $OUT (default /tmp/gpu-check). On the lent device machine (no network, no Ray,
-# no pydantic/open_clip), first fetch wheels here:  bash tools/gpu_check.sh --wheels
-# then run there (device tool, carry [".whl"], timeout_s 590; the steps' own limits sum to 560 s; 8 files come back):  bash tools/gpu_check.sh
+# The GPU figures of the GPU-path issue (#22), in one run on any machine with a CUDA GPU,
+# from a checkout of the repository:  bash tools/gpu_check.sh  (it cds to the repository
+# root itself). It runs cmbench from the checkout with python3 (torch with CUDA; Ray is not
+# needed: everything runs in-process) and takes under 10 minutes: the steps' own time limits
+# sum to 560 s.
+# A machine without network whose Python lacks pydantic or open_clip: on a machine with
+# network, first fetch their wheels into .whl/ (for CPython 3.12 on x86-64 Linux: change
+# --python-version below for another Python; .whl/ goes into .git/info/exclude):
+#     bash tools/gpu_check.sh --wheels
+# then copy the checkout, .whl/ included, to the GPU machine and run the script there; it
+# installs the wheels into /tmp/site for this run only and puts them on PYTHONPATH.
+# It writes 8 files under $OUT (default /tmp/gpu-check): pytest.log, bench.log,
+# bench-cuda.json, bench-cpu-{opcm,dop,ode_m}.json, suite.log, suite-jobs.json; scratch
+# files go to /tmp/micro-digits-merge.yaml and /tmp/gpu-run. The steps:
 #   1. tests/test_cuda.py: every method of baselines/ on the GPU vs the CPU, each precision
 #   2. OPCM, DOP and ODE-M merge-step times on a ViT-B/32-size model (random weights), GPU
 #      vs CPU, and ViT-B/32 evaluation img/s in the harness path vs the bare forward, per precision
@@ -11,7 +21,7 @@
 #      largest |ΔR| against the committed CPU results of the same jobs
 set -uo pipefail
 cd "$(dirname "$0")/.."
-if [ "${1:-}" = "--wheels" ]; then  # cp312 wheels for what the device image lacks
+if [ "${1:-}" = "--wheels" ]; then  # cp312 wheels for what a bare CUDA image may lack
     echo /.whl/ >> .git/info/exclude
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
