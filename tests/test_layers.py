@@ -35,7 +35,12 @@ LAYERS = [
     ["cmbench.suite", "cmbench.record", "cmbench.results", "cmbench.verified"],
     ["cmbench.data", "cmbench.models", "cmbench.train", "cmbench.published"],
     ["cmbench.artefacts", "cmbench.jobstate", "cmbench.plan", "cmbench.tuned"],
+    # what decides a job's key and whether a result is current
+    ["cmbench.keys"],
+    # the continual loop (a package: evaluation, data access, the learner, the record, the loop)
     ["cmbench.protocol"],
+    # where tasks execute (local, Ray, placement) and what a worker runs
+    ["cmbench.executors", "cmbench.work"],
     [
         "cmbench.runner",
         "cmbench.tune",
@@ -167,3 +172,29 @@ def test_the_check_catches_an_upward_import(tmp_path):
         target.write_text(target.read_text() + "\n" + snippet)
         found = violations(modules(copy))
         assert len(found) == 1 and "cmbench.tensors (layer 0) imports" in found[0], found
+
+
+def test_the_report_reads_results_only():
+    """The report renders from result records and metrics alone: no suite, model or run code."""
+    allowed = {"cmbench", "cmbench.metrics", "cmbench.record", "cmbench.results", "cmbench.verified"}
+    mods = modules()
+    known = set(mods)
+    for name, path in mods.items():
+        if name == "cmbench.report" or name.startswith("cmbench.report."):
+            for target, line in imports_of(name, path, known):
+                assert target in allowed or target.startswith("cmbench.report"), f"{path.name}:{line}: imports {target}"
+
+
+def test_no_module_imports_another_modules_private_names():
+    mods = modules()
+    known = set(mods)
+    for name, path in mods.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("cmbench")):
+                base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+                mod = ".".join(base + ([node.module] if node.module else [])) if node.level else node.module
+                for a in node.names:
+                    private = a.name.startswith("_") and not a.name.startswith("__")
+                    if private and f"{mod}.{a.name}" not in known:
+                        pytest.fail(f"{path.name}:{node.lineno}: imports {mod}.{a.name}, a private name")
