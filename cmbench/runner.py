@@ -33,7 +33,7 @@ from .keys import job_inputs, stale_reason
 from .protocol import nan_to_none
 from .record import checksum
 from .store import atomic_write_bytes, open_store
-from .suite import Suite, expand, load_suite
+from .suite import Job, Suite, expand, load_suite
 from .work import prepare_artefacts, run_job
 
 
@@ -121,124 +121,72 @@ def claim_suite_name(paths: Paths, suite: Suite, suite_file: Path) -> None:
         atomic_write_bytes(record, json.dumps({"file": here, "hash": now}).encode() + b"\n")
 
 
-def run_suite(
-    suite_path: str | Path,
-    *,
-    methods: list[str] | None = None,
-    skip: list[str] | None = None,
-    seeds: int | None = None,
-    orders: int | None = None,
-    workers: int | None = None,
-    ray_address: str | None = None,
-    out: str | Path = ".",
-    force: bool = False,
-    dry_run: bool = False,
-    tracking_uri: str | None = None,
-    executor: str = "ray",
-    use_tuned: bool = False,
-    retries: int = 2,
-    prepare_only: bool = False,
-    store: str | None = None,
-    log: Callable[[str], None] = print,
-    dashboard: bool = False,
-    job_time_limit: float | None = None,
-    add: list[dict] | None = None,
-    accept_cost: bool = False,
-    allow_download: bool | None = None,
-) -> dict[str, Any]:
-    """Run a suite's jobs. ``use_tuned``: also run ``<label>-tuned`` rows with the values
-    ``cmbench tune`` chose; ``retries``: times a job is retried after its worker dies;
-    ``prepare_only``: build the artefacts (θ0, heads, experts) the jobs need and stop;
-    ``job_time_limit``: seconds, overrides the suite's ``resources.job_time_limit_s``;
-    ``add``: method entries (as in a suite's ``methods:``) added to this run, validated as
-    the suite's are; only they run unless ``methods`` names others."""
-    suite = load_suite(suite_path)
-    if add:
-        suite = with_methods(suite, add, suite_path)
-        methods = methods or [m.get("label") or m["name"] for m in add]
-    if job_time_limit is not None:
-        if not job_time_limit > 0:
-            raise CmbenchError(f"--job-time-limit {job_time_limit}: give a positive number of seconds")
-        suite = suite.model_copy(
-            update={"resources": suite.resources.model_copy(update={"job_time_limit_s": job_time_limit})}
-        )
-    sources: dict[str, dict] = {}
-    if use_tuned:
-        from .tuned import tuned_specs
+@dataclass(frozen=True)
+class RunOptions:
+    """How a suite is run (``cmbench run``'s flags); what its jobs compute is the suite's.
 
-        extra = tuned_specs(suite, out)
-        if not extra:
-            raise CmbenchError(
-                f"--use-tuned: no tuned values for suite {suite.name} under {Path(out) / 'tuned'}; "
-                f"run `cmbench tune {suite.name} --method M` first"
-            )
-        suite = suite.model_copy(update={"methods": [*suite.methods, *(s for s, _ in extra)]})
-        sources = {s.display: src for s, src in extra}
-        if methods:
-            methods = [*methods, *(f"{m}-tuned" for m in methods if f"{m}-tuned" in sources)]
-    jobs = expand(suite, methods, seeds, orders, skip)
-    paths = Paths(Path(out), store)
-    threads = suite.resources.cpus_per_job
+    ``use_tuned``: also run ``<label>-tuned`` rows with the values ``cmbench tune`` chose;
+    ``retries``: times a job is retried after its worker dies; ``prepare_only``: build the
+    artefacts (θ0, heads, experts) the jobs need and stop; ``job_time_limit``: seconds,
+    overrides the suite's ``resources.job_time_limit_s``; ``add``: method entries (as in a
+    suite's ``methods:``) added to this run, validated as the suite's are; only they run
+    unless ``methods`` names others; ``allow_download``: None reads the environment's default."""
 
-    todo, skipped, why = [], 0, {}
+    methods: list[str] | None = None
+    skip: list[str] | None = None
+    seeds: int | None = None
+    orders: int | None = None
+    workers: int | None = None
+    ray_address: str | None = None
+    out: str | Path = "."
+    force: bool = False
+    dry_run: bool = False
+    tracking_uri: str | None = None
+    executor: str = "ray"
+    use_tuned: bool = False
+    retries: int = 2
+    prepare_only: bool = False
+    store: str | None = None
+    log: Callable[[str], None] = print
+    dashboard: bool = False
+    job_time_limit: float | None = None
+    add: list[dict] | None = None
+    accept_cost: bool = False
+    allow_download: bool | None = None
+
+
+def run_suite(suite_path: str | Path, options: RunOptions | None = None, **fields: Any) -> dict[str, Any]:
+    """Run a suite's jobs (``RunOptions``, given as one object or as its fields)."""
+    o = options or RunOptions(**fields)
+    suite, methods, sources = _suite_as_run(suite_path, o)
+    jobs = expand(suite, methods, o.seeds, o.orders, o.skip)
+    paths = Paths(Path(o.out), o.store)
     store = open_store(paths.store)
-    for job in jobs:
-        why[job] = "--force" if force else stale_reason(paths.results / job.relpath, suite, job, store)
-        if why[job] is None:
-            skipped += 1
-        else:
-            todo.append(job)
+    why = {job: "--force" if o.force else stale_reason(paths.results / job.relpath, suite, job, store) for job in jobs}
+    todo = [job for job in jobs if why[job] is not None]
+    skipped = len(jobs) - len(todo)
     counts = Counter(why[j].split(":")[0] for j in todo)
-    log(
+    o.log(
         f"suite {suite.name} (hash {suite.hash()}): {len(jobs)} jobs, {skipped} up to date, {len(todo)} to run"
         + (f" ({', '.join(f'{n} {r}' for r, n in counts.most_common())})" if todo else "")
     )
-    if dry_run:
+    nothing = {"jobs": len(jobs), "skipped": skipped, "ran": 0, "failed": 0}
+    if o.dry_run:
         from .plan import describe
 
         for job in todo:
-            log(
+            o.log(
                 f"  would run {job.label} seed={job.seed} order={job.order_index}: {' > '.join(job.order)} [{why[job]}]"
             )
         for line in describe(suite, todo, store):
-            log(line)
-        return {"jobs": len(jobs), "skipped": skipped, "ran": 0, "failed": 0}
-    if prepare_only:
+            o.log(line)
+        return nothing
+    if o.prepare_only:
         todo = list(jobs)  # the artefacts of every job, whether or not its result exists
     if not todo:
-        return {"jobs": len(jobs), "skipped": skipped, "ran": 0, "failed": 0}
-    from . import plan
-
-    # downloads first: offline unless allowed, and a run that needs what is not here says all
-    # of it at once instead of failing on the first file a worker cannot find
-    if allow_download is None:
-        from .models.clip import allow_download as allowed
-
-        allow_download = allowed()
-    missing = [] if allow_download else plan.missing_downloads(suite)
-    if missing:
-        raise CmbenchError(
-            f"suite {suite.name} reads what is not on this machine, and downloads are off: "
-            + "; ".join(m.replace(" (--allow-download)", "") for m in missing)
-            + f". Rerun with --allow-download to fetch them, or put them in the local caches "
-            f"(`cmbench run {suite.name} --dry-run` lists each)"
-        )
-    # what the run would cost and hold, refused before anything is built when it cannot be
-    # meant (a cluster's nodes are not this machine: the memory check is for local runs)
-    if suite.rehearsal is None:  # a rehearsal measures at capped sizes: its cost is its point
-        plan.check_cost(suite, plan.total_cost(suite, todo, store), accept_cost)
-    if not ray_address:
-        plan.check_memory(suite, plan.memory_estimate(suite))
-
-    for where in (paths.results, paths.cache):  # fail before computing anything if either cannot be written
-        try:
-            where.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=where):
-                pass
-        except OSError as e:
-            blocked = next((p for p in (where, *where.parents) if p.exists() and not p.is_dir()), None)
-            why = f"{blocked} is a file, not a directory" if blocked else e.strerror
-            raise CmbenchError(f"{where}: not writable ({why}); use another --out DIR") from None
+        return nothing
+    _refuse_what_cannot_be_meant(suite, todo, store, o)
+    _check_writable(paths)
     lock = FileLock(str(paths.cache.parent / f"{suite.name}.run.lock"))
     try:
         lock.acquire(timeout=0)
@@ -249,29 +197,77 @@ def run_suite(
         ) from None
     try:
         claim_suite_name(paths, suite, Path(suite_path))
-    except BaseException:
-        lock.release()
-        raise
-    try:
-        return _run(
-            suite,
-            todo,
-            jobs,
-            skipped,
-            paths,
-            workers,
-            threads,
-            ray_address,
-            executor,
-            tracking_uri,
-            log,
-            sources,
-            retries,
-            prepare_only,
-            dashboard,
-        )
+        return _run(suite, todo, len(jobs), skipped, paths, o, sources)
     finally:
         lock.release()
+
+
+def _suite_as_run(suite_path: str | Path, o: RunOptions) -> tuple[Suite, list[str] | None, dict[str, dict]]:
+    """The suite with this run's additions (``--add``, ``--job-time-limit``, tuned rows), the
+    methods to run, and where each tuned row's values come from."""
+    suite, methods = load_suite(suite_path), o.methods
+    if o.add:
+        suite = with_methods(suite, o.add, suite_path)
+        methods = methods or [m.get("label") or m["name"] for m in o.add]
+    if o.job_time_limit is not None:
+        if not o.job_time_limit > 0:
+            raise CmbenchError(f"--job-time-limit {o.job_time_limit}: give a positive number of seconds")
+        suite = suite.model_copy(
+            update={"resources": suite.resources.model_copy(update={"job_time_limit_s": o.job_time_limit})}
+        )
+    sources: dict[str, dict] = {}
+    if o.use_tuned:
+        from .tuned import tuned_specs
+
+        extra = tuned_specs(suite, o.out)
+        if not extra:
+            raise CmbenchError(
+                f"--use-tuned: no tuned values for suite {suite.name} under {Path(o.out) / 'tuned'}; "
+                f"run `cmbench tune {suite.name} --method M` first"
+            )
+        suite = suite.model_copy(update={"methods": [*suite.methods, *(s for s, _ in extra)]})
+        sources = {s.display: src for s, src in extra}
+        if methods:
+            methods = [*methods, *(f"{m}-tuned" for m in methods if f"{m}-tuned" in sources)]
+    return suite, methods, sources
+
+
+def _refuse_what_cannot_be_meant(suite: Suite, todo: list[Job], store, o: RunOptions) -> None:
+    """Before anything is built: downloads first (offline unless allowed; all that is missing
+    said at once instead of failing on the first file a worker cannot find), then the run's
+    cost and, locally, its memory (a cluster's nodes are not this machine)."""
+    from . import plan
+
+    allow = o.allow_download
+    if allow is None:
+        from .models.clip import allow_download as allowed
+
+        allow = allowed()
+    missing = [] if allow else plan.missing_downloads(suite)
+    if missing:
+        raise CmbenchError(
+            f"suite {suite.name} reads what is not on this machine, and downloads are off: "
+            + "; ".join(m.replace(" (--allow-download)", "") for m in missing)
+            + f". Rerun with --allow-download to fetch them, or put them in the local caches "
+            f"(`cmbench run {suite.name} --dry-run` lists each)"
+        )
+    if suite.rehearsal is None:  # a rehearsal measures at capped sizes: its cost is its point
+        plan.check_cost(suite, plan.total_cost(suite, todo, store), o.accept_cost)
+    if not o.ray_address:
+        plan.check_memory(suite, plan.memory_estimate(suite))
+
+
+def _check_writable(paths: Paths) -> None:
+    """Fail before computing anything if the results or the cache cannot be written."""
+    for where in (paths.results, paths.cache):
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=where):
+                pass
+        except OSError as e:
+            blocked = next((p for p in (where, *where.parents) if p.exists() and not p.is_dir()), None)
+            why = f"{blocked} is a file, not a directory" if blocked else e.strerror
+            raise CmbenchError(f"{where}: not writable ({why}); use another --out DIR") from None
 
 
 def finetune_experts(
@@ -314,37 +310,22 @@ def finetune_experts(
 
 
 def _run(
-    suite,
-    todo,
-    jobs,
-    skipped,
-    paths,
-    workers,
-    threads,
-    ray_address,
-    executor,
-    tracking_uri,
-    log,
-    sources=None,
-    retries=2,
-    prepare_only=False,
-    dashboard=False,
-):
-    cache = paths.store
+    suite: Suite, todo: list[Job], n_jobs: int, skipped: int, paths: Paths, o: RunOptions, sources: dict
+) -> dict[str, Any]:
+    cache, threads = paths.store, suite.resources.cpus_per_job
     store = open_store(cache)
-    ex = make_executor(suite, workers, threads, ray_address, executor, retries, store=cache, dashboard=dashboard)
+    ex = make_executor(suite, o.workers, threads, o.ray_address, o.executor, o.retries, cache, o.dashboard)
     from .tracking import Tracker
 
-    tracker = Tracker(tracking_uri or paths.tracking_uri, suite.name, tags={"suite_hash": suite.hash()}, log=log)
+    tracker = Tracker(o.tracking_uri or paths.tracking_uri, suite.name, tags={"suite_hash": suite.hash()}, log=o.log)
     failed, finished = 0, []
     try:
         # 1. artefacts, built once per seed and shared by every job (cached by content key);
         # every hub file read is verified against the output directory's lock, or pinned in it
         lock = _lock_of(suite, paths.out)
         prepare_artefacts(suite, sorted({j.seed for j in todo}), store, cache, ex, lock=lock)
-
-        if prepare_only:
-            return {"jobs": len(jobs), "skipped": skipped, "ran": 0, "failed": 0}
+        if o.prepare_only:
+            return {"jobs": n_jobs, "skipped": skipped, "ran": 0, "failed": 0}
         # 2. the jobs; each result is written the moment it arrives
         commit = git_commit()
         argsets = [(suite, job, cache, threads, lock[1] if lock else None) for job in todo]
@@ -354,30 +335,15 @@ def _run(
             path = paths.results / job.relpath
             if err is not None:
                 failed += 1
-                record = {
-                    "status": "failed",
-                    "error": error_line(err),
-                    "suite": job.suite,
-                    "suite_hash": job.suite_hash,
-                    "method": job.method,
-                    "label": job.label,
-                    "hparams": dict(job.hparams),
-                    "seed": job.seed,
-                    "order_index": job.order_index,
-                    "tasks": list(job.order),
-                    "setting": suite.setting,
-                    "key": None,
-                    "inputs": job_inputs(suite, job),
-                    "traceback": "".join(traceback.format_exception(err))[-4000:],
-                }
+                record = _failure_record(suite, job, err)
                 kept = keep_previous_result(path)
-                log(
+                o.log(
                     f"job failed: {job.label} seed={job.seed} order={job.order_index}: {error_line(err)}"
                     + (f" (its earlier result is kept as {kept})" if kept else "")
                 )
             if lock and record.get("downloads"):
                 pins.merge(lock[0], lock[1], record.pop("downloads"))
-            record.update(hparam_source=(sources or {}).get(job.label, {"kind": "suite"}))
+            record.update(hparam_source=sources.get(job.label, {"kind": "suite"}))
             record.update(
                 git_commit=commit, finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
             )
@@ -389,10 +355,32 @@ def _run(
     finally:
         tracker.close(paths.results if finished else None)
         ex.close()
-    log(f"done: {len(todo) - failed} ran, {failed} failed, {skipped} skipped; results in {paths.results / suite.name}")
+    o.log(
+        f"done: {len(todo) - failed} ran, {failed} failed, {skipped} skipped; results in {paths.results / suite.name}"
+    )
     for line in run_summary(finished, paths):
-        log(line)
-    return {"jobs": len(jobs), "skipped": skipped, "ran": len(todo) - failed, "failed": failed}
+        o.log(line)
+    return {"jobs": n_jobs, "skipped": skipped, "ran": len(todo) - failed, "failed": failed}
+
+
+def _failure_record(suite: Suite, job: Job, err: BaseException) -> dict[str, Any]:
+    """What a failed job's file says: why, and the inputs it was run with (no key)."""
+    return {
+        "status": "failed",
+        "error": error_line(err),
+        "suite": job.suite,
+        "suite_hash": job.suite_hash,
+        "method": job.method,
+        "label": job.label,
+        "hparams": dict(job.hparams),
+        "seed": job.seed,
+        "order_index": job.order_index,
+        "tasks": list(job.order),
+        "setting": suite.setting,
+        "key": None,
+        "inputs": job_inputs(suite, job),
+        "traceback": "".join(traceback.format_exception(err))[-4000:],
+    }
 
 
 def with_methods(suite: Suite, add: list[dict], where) -> Suite:

@@ -1,0 +1,233 @@
+"""The suite: its sections and the checks across them."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import math
+import random
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import Field, StrictInt, ValidationError, field_validator, model_validator
+
+from .. import CmbenchError
+from .backbones import AnyBackbone
+from .base import FieldError, Job, NAME, Setting, Strict, plain_hparams
+from .recipes import Training
+from .sections import Pretrain, Evaluation, Experts, Heads, MethodSpec, Orders, Rehearsal, Resources, Task
+
+
+class Suite(Strict):
+    name: str = Field(pattern=NAME)
+    description: str = ""
+    setting: Setting = "merge_stream"
+    seeds: list[Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]] = Field(
+        default_factory=lambda: [0], min_length=1, max_length=1000
+    )
+    # the seed of the datasets' splits and generated images: one for every seed (the same test
+    # images everywhere: the report adds their sampling error to the intervals), ``per_seed``
+    # (seed s uses data seed s: test sampling enters the seeds' spread), or one per seed
+    data_seed: Union[Annotated[StrictInt, Field(ge=0, le=2**31 - 1)], Literal["per_seed"], list[StrictInt]] = 0
+    backbone: AnyBackbone  # required: a suite says what it merges (no silent default)
+    pretrain: Pretrain = Field(default_factory=Pretrain)
+    tasks: list[Task] = Field(min_length=1)
+    heads: Heads = Field(default_factory=Heads)
+    experts: Experts = Field(default_factory=Experts)
+    training: Training = Field(default_factory=Training)
+    orders: Orders = Field(default_factory=Orders)
+    methods: list[MethodSpec] = Field(min_length=1)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    resources: Resources = Field(default_factory=Resources)
+    rehearsal: Optional[Rehearsal] = None
+
+    @field_validator("backbone", mode="before")
+    @classmethod
+    def _default_kind(cls, v):
+        return {"kind": "tiny_vit", **v} if isinstance(v, dict) and "kind" not in v else v
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        # cheap checks first: the method registry imports torch and every baseline, and a
+        # suite whose other fields are wrong is refused without paying for it
+        self._check_names_and_orders()
+        self._check_setup()
+        self._check_methods()
+        return self
+
+    def _check_names_and_orders(self) -> None:
+        names = [t.name for t in self.tasks]
+        if isinstance(self.data_seed, list) and len(self.data_seed) != len(self.seeds):
+            raise FieldError(
+                "data_seed", f"give one data seed per seed ({len(self.seeds)}), or per_seed, or one number"
+            )
+        dup = sorted(n for n, k in collections.Counter(names).items() if k > 1)
+        if dup:
+            raise FieldError("tasks", f"task names must be unique; repeated: {dup}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise FieldError("seeds", "seeds must be unique")
+        for i, order in enumerate(self.orders.explicit):
+            if sorted(order) != sorted(names):
+                unknown = sorted(set(order) - set(names))
+                missing = sorted(set(names) - set(order))
+                repeated = sorted({n for n in order if order.count(n) > 1})
+                raise FieldError(
+                    f"orders.explicit.{i}",
+                    "an order must list every task exactly once"
+                    + (f"; unknown: {unknown}" if unknown else "")
+                    + (f"; missing: {missing}" if missing else "")
+                    + (f"; repeated: {repeated}" if repeated else ""),
+                )
+        pre_names = [t.name for t in self.pretrain.tasks] if self.pretrain.tasks else names
+        unknown = sorted(set(self.pretrain.label_tasks or []) - set(pre_names))
+        if unknown:
+            raise FieldError("pretrain.label_tasks", f"unknown tasks {unknown}; pretraining tasks are {pre_names}")
+        if self.resources.gpu_memory_gb is not None and self.resources.gpus_per_job == 0:
+            raise FieldError("resources.gpu_memory_gb", "applies to GPU jobs only; set resources.gpus_per_job")
+        if self.evaluation.precision == "tf32" and self.resources.gpus_per_job == 0:
+            raise FieldError(
+                "evaluation.precision",
+                "tf32 changes CUDA arithmetic only and this suite runs on "
+                "the CPU (resources.gpus_per_job: 0); use fp32 or bf16",
+            )
+
+    def _check_setup(self) -> None:
+        """Heads, experts and resources that fit the setting and the backbone."""
+        names = [t.name for t in self.tasks]
+        stream_heads = ("zero_shot", "template", "prototype", "linear_probe")
+        cl_heads = ("class_incremental", "task_incremental")
+        allowed = stream_heads if self.setting == "merge_stream" else cl_heads
+        if self.heads.kind not in allowed:
+            raise FieldError(
+                "heads.kind", f"{self.heads.kind!r} does not fit setting {self.setting}; use one of {allowed}"
+            )
+        if (self.heads.kind == "zero_shot") != (self.backbone.kind == "open_clip" and self.setting == "merge_stream"):
+            raise FieldError(
+                "heads.kind",
+                "zero_shot heads go with an open_clip backbone in the merge stream "
+                f"(backbone is {self.backbone.kind}, heads {self.heads.kind})",
+            )
+        if self.experts.source == "checkpoints":
+            unknown = sorted(set(self.experts.checkpoints) - set(names))
+            missing = [n for n in names if n not in self.experts.checkpoints]
+            if unknown or missing:
+                raise FieldError(
+                    "experts.checkpoints",
+                    "one checkpoint per task"
+                    + (f"; unknown tasks: {unknown}" if unknown else "")
+                    + (f"; missing: {missing}" if missing else ""),
+                )
+
+    def _check_methods(self) -> None:
+        """Unique labels; each method known, fit for the setting, with valid hyperparameters,
+        training fields and search grid."""
+        labels = [m.display for m in self.methods]
+        dup = sorted({n for n in labels if labels.count(n) > 1})
+        if dup:
+            raise FieldError("methods", f"method labels must be unique (set `label`); repeated: {dup}")
+        from .. import methods as methods_mod  # torch and every baseline: only now
+
+        for i, m in enumerate(self.methods):
+            cls = self._method_class(i, m)
+            self._check_training(i, m)
+            for hp, values in m.search.items():
+                if not values:
+                    raise FieldError(f"methods.{i}.search.{hp}", "give at least one value")
+                for v in values:
+                    try:
+                        plain_hparams(cls, {**m.hparams, hp: v})
+                    except methods_mod.HparamError as e:
+                        raise FieldError(f"methods.{i}.search.{hp}", e.errors[0][1])
+
+    def _method_class(self, i: int, m: MethodSpec):
+        """Method i's class, its hyperparameters validated (and completed) against it."""
+        from .. import methods as methods_mod
+        from .. import registry
+
+        try:
+            cls = registry.get(m.name)
+        except CmbenchError as e:
+            raise FieldError(f"methods.{i}.name", str(e))
+        if self.setting not in cls.settings:
+            raise FieldError(f"methods.{i}.name", f"{m.name} supports {cls.settings}, not {self.setting}")
+        try:
+            m.hparams = plain_hparams(cls, m.hparams)
+        except methods_mod.HparamError as e:
+            field, msg = e.errors[0]
+            raise FieldError(f"methods.{i}.hparams.{field}", msg)
+        return cls
+
+    def _check_training(self, i: int, m: MethodSpec) -> None:
+        """A method's own training fields: train-then-merge only, a valid recipe over the suite's."""
+        if not m.training:
+            return
+        if self.setting != "train_then_merge":
+            raise FieldError(
+                f"methods.{i}.training",
+                "a method's own training recipe applies to train_then_merge suites only",
+            )
+        if "lora" in m.training:
+            raise FieldError(f"methods.{i}.training.lora", f"give a method's LoRA as methods.{i}.lora")
+        try:
+            self.training_of(m)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(x) for x in err["loc"])
+            raise FieldError(f"methods.{i}.training.{where}", err["msg"])
+
+    def training_of(self, spec: MethodSpec | Job) -> Training:
+        """The recipe a method (or a job) trains with: the suite's, the method's own fields over it."""
+        own = spec.training if isinstance(spec, MethodSpec) else json.loads(spec.training or "{}")
+        if not own:
+            return self.training
+        return Training.model_validate({**self.training.model_dump(), **own})
+
+    # -- identity --------------------------------------------------------------------
+    def environment(self) -> dict:
+        """Everything that changes numbers except the method list (adding a method does
+        not invalidate the other methods' results)."""
+        env = self.model_dump(exclude={"name", "description", "methods"}, mode="json")
+        if env["rehearsal"] is None:  # a real suite hashes as it did before rehearsals existed
+            del env["rehearsal"]
+        if env["evaluation"]["precision"] == "fp32":  # ... and before evaluation.precision existed
+            del env["evaluation"]["precision"]
+        for k in ("gpu_memory_gb", "job_time_limit_s"):  # placement and limits: no number depends on them
+            del env["resources"][k]
+        env["training"], env["pretrain"] = self.training.keyed(), self.pretrain.keyed()
+        env["experts"]["finetune"] = self.experts.finetune.keyed()
+        return env
+
+    def hash(self) -> str:
+        blob = json.dumps(self.environment(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def data_seed_for(self, seed: int) -> int:
+        """The data seed of ``seed``'s jobs and artefacts."""
+        if self.data_seed == "per_seed":
+            return seed
+        if isinstance(self.data_seed, list):
+            return self.data_seed[self.seeds.index(seed)]
+        return self.data_seed
+
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def orders_per_seed(self) -> int:
+        """How many orders ``orders_for`` gives each seed."""
+        explicit = len(self.orders.explicit)
+        return max(1, explicit + min(self.orders.random, max(0, math.factorial(len(self.tasks)) - explicit)))
+
+    def orders_for(self, seed: int) -> list[list[str]]:
+        names = self.task_names()
+        out = [list(o) for o in self.orders.explicit]
+        # distinct permutations (and distinct from the explicit ones), up to all T! of them
+        rng = random.Random(f"order-{seed}")
+        # distinct from each other and from the explicit ones: never more than T! in all
+        target = len(out) + min(self.orders.random, math.factorial(len(names)) - len(out))
+        seen = {tuple(o) for o in out}
+        while len(out) < target:
+            perm = rng.sample(names, len(names))
+            if tuple(perm) not in seen:
+                seen.add(tuple(perm))
+                out.append(perm)
+        return out or [names]
