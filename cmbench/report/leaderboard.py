@@ -63,8 +63,28 @@ def rank_text(s: SuiteSummary, label: str) -> str:
 
 
 def suite_section(s: SuiteSummary, plots_dir: Path, md_dir: Path) -> list[str]:
-    recs, ok = s.records, s.ok
-    failed = [r for r in recs if r["status"] != "ok"]
+    lines = _heading(s) + _main_table(s) + [""] + _notes(s)
+    ok, ranked = s.ok, not s.demonstration
+    if ok:
+        lines += seed_table(s)
+    if ok and len(s.rows) > 1 and ranked:
+        # train then merge with LoRA: P&M's comparisons, to averaging and to sequential LoRA
+        labels = [row.label for row in s.rows]
+        refs = [r for r in ("weight_average-lora", "sequential-lora") if r in labels and not s.stream]
+        for ref in refs or ["weight_average" if "weight_average" in labels else sorted(labels)[0]]:
+            lines += paired_section(s, ref)
+    if ok and not s.stream and any(r.get("R_within") for r in ok):
+        lines += calibration_section(s)
+    if ok and s.stream:
+        lines += per_task_section(s)
+    if ok:
+        lines += figure_lines(s, plots_dir, md_dir)
+    return lines
+
+
+def _heading(s: SuiteSummary) -> list[str]:
+    """The suite's title, banners (rehearsal, demonstration) and provenance line."""
+    recs = s.records
     hashes = sorted({r["suite_hash"] for r in recs})
     commits = sorted({r.get("git_commit") or "?" for r in recs})
     last = max((r.get("finished_at") or "" for r in recs), default="")
@@ -83,10 +103,21 @@ def suite_section(s: SuiteSummary, plots_dir: Path, md_dir: Path) -> list[str]:
         f"commit {', '.join(f'`{md(c[:10])}`' for c in commits)} · last job {md(last)}",
         "",
     ]
-    ranked = not s.demonstration
+    return lines
+
+
+def _published_columns(s: SuiteSummary) -> tuple[dict, dict, list[str]]:
+    """Each row's published ACC, the reference rows' (θ0, experts), and the column if any."""
     pub = {r.label: (r.first.get("published") or {}).get("ACC") for r in s.rows}
-    pub_refs = next((r["published"] for r in ok if r.get("published")), {})
-    pub_cols = ["Published ACC"] if any(pub.values()) or pub_refs.get("theta0") else []
+    pub_refs = next((r["published"] for r in s.ok if r.get("published")), {})
+    return pub, pub_refs, ["Published ACC"] if any(pub.values()) or pub_refs.get("theta0") else []
+
+
+def _main_table(s: SuiteSummary) -> list[str]:
+    """One row per label (rank, runs, every figure with its interval, cost, hyperparameters),
+    then the merge stream's reference rows."""
+    ranked = not s.demonstration
+    pub, pub_refs, pub_cols = _published_columns(s)
     header = [
         *(["Rank"] if ranked else []),
         "Method",
@@ -100,7 +131,7 @@ def suite_section(s: SuiteSummary, plots_dir: Path, md_dir: Path) -> list[str]:
         "Merge time (s)",
         "Hyperparameters",
     ]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     first_of: dict = {}
     for row in s.rows:
         rs = row.records
@@ -145,7 +176,15 @@ def suite_section(s: SuiteSummary, plots_dir: Path, md_dir: Path) -> list[str]:
                 )
                 + " |"
             )
-    lines.append("")
+    return lines
+
+
+def _notes(s: SuiteSummary) -> list[str]:
+    """Under the table: rank groups, partial rows on their own jobs, published sources,
+    setup-check warnings, ‡ rows before their end-of-stream step, failed jobs."""
+    ok, ranked, lines = s.ok, not s.demonstration, []
+    pub, pub_refs, pub_cols = _published_columns(s)
+    failed = [r for r in s.records if r["status"] != "ok"]
     if ranked:
         lines += rank_lines(s) + [""]
     shared = shared_job_comparisons(s)
@@ -199,20 +238,6 @@ def suite_section(s: SuiteSummary, plots_dir: Path, md_dir: Path) -> list[str]:
             lines.append(f"- {md(r['label'])} seed {r['seed']} order {r['order_index']}: {md(r.get('error') or '?')}")
         lines.append("")
 
-    if ok:
-        lines += seed_table(s)
-    if ok and len(s.rows) > 1 and ranked:
-        # train then merge with LoRA: P&M's comparisons, to averaging and to sequential LoRA
-        labels = [row.label for row in s.rows]
-        refs = [r for r in ("weight_average-lora", "sequential-lora") if r in labels and not s.stream]
-        for ref in refs or ["weight_average" if "weight_average" in labels else sorted(labels)[0]]:
-            lines += paired_section(s, ref)
-    if ok and not s.stream and any(r.get("R_within") for r in ok):
-        lines += calibration_section(s)
-    if ok and s.stream:
-        lines += per_task_section(s)
-    if ok:
-        lines += figure_lines(s, plots_dir, md_dir)
     return lines
 
 

@@ -237,6 +237,49 @@ def _page(title: str, body: str, data: dict) -> str:
 
 def _suite_page(d: dict, figures: list[tuple[str, str]]) -> str:
     e = _esc
+    ranked = not d["demonstration"]
+    access = sorted({r["data"] for r in d["rows"]})
+    options = "".join(f'<option value="{e(a)}">{e(a)}</option>' for a in access)
+    meta = (
+        f"Setting <b>{e(d['setting'])}</b> · suite hash {e(', '.join(d['hashes']))} · {e(', '.join(d['devices']))} · "
+        f"commit {e(', '.join(d['commits']))} · last job {e(d['last_job'])}"
+        + (f" · <b>{d['failed']} failed job(s)</b>" if d["failed"] else "")
+    )
+    details = "".join(
+        f'<details data-label="{e(r["label"])}"><summary>{e(r["label"])}: {r["n"]} jobs</summary></details>'
+        for r in d["rows"]
+    )
+    figs = "".join(f'<h3>{e(t)}</h3><img src="{e(src)}" alt="{e(t)}">' for t, src in figures)
+    diag = _diagnostics(d)
+    how = (
+        "mean [95 % interval] over seeds × orders; bold: rank 1 (not distinguishable from the best row)"
+        if ranked
+        else "one job per method: no rank, no interval"
+    )
+    body = f"""<p><a href="../index.html">← all suites</a></p>
+<h1>{e(d["suite"])}</h1>
+{REHEARSAL if d["rehearsal"] else ""}{"<p>" + DEMO.replace("**", "") + "</p>" if d["demonstration"] else ""}
+<div class="meta">{meta}</div>
+<div class="controls"><input id="q" placeholder="filter methods"> <label>data access
+<select id="access"><option value="">all</option>{options}</select></label>
+<span class="meta">click a column to sort ({e(how)}; missing values last)</span></div>
+{_board(d)}
+<p class="meta">{e(d["ranks"])} † reconstruction (no public code); ‡ end-of-stream refinement. Rows marked
+(n = k of N) have fewer jobs than the grid and are not ranked. Published ACC: the source's number where one covers this
+suite and method.</p>
+<h2>Accuracy over steps</h2><div class="legend" id="legend"></div><svg id="curves" width="720" height="300"></svg>
+<h2>Mean accuracy matrices</h2><p class="meta">rows: the model before any step and after each; columns: tasks by
+arrival position; hover a cell for its value</p><div class="mats" id="mats"></div>
+<h2>Each job's matrix</h2>{details}
+{diag}
+<h2>Plots</h2>{figs}"""
+    return _page(f"{d['suite']} · cmbench", body, d)
+
+
+def _board(d: dict) -> str:
+    """The suite's sortable table: a row per label, the reference levels in its foot."""
+    e = _esc
+    ranked = not d["demonstration"]
     published = any(r["published"]["v"] is not None for r in d["rows"])  # a column only where a source has one
     pub_head = ["Published ACC"] if published else []
     ranked = not d["demonstration"]
@@ -301,18 +344,15 @@ def _suite_page(d: dict, figures: list[tuple[str, str]]) -> str:
                 + f'<td class="l">{e(name)}</td><td class="l">{e(d["levels"][key]["runs"])}</td><td>–</td>'
                 f"<td>{e(d['levels'][key]['text'])}</td>{blank}</tr>"
             )
-    access = sorted({r["data"] for r in d["rows"]})
-    options = "".join(f'<option value="{e(a)}">{e(a)}</option>' for a in access)
-    meta = (
-        f"Setting <b>{e(d['setting'])}</b> · suite hash {e(', '.join(d['hashes']))} · {e(', '.join(d['devices']))} · "
-        f"commit {e(', '.join(d['commits']))} · last job {e(d['last_job'])}"
-        + (f" · <b>{d['failed']} failed job(s)</b>" if d["failed"] else "")
+    return (
+        f'<table id="board"><thead><tr>{ths}</tr></thead><tbody>{"".join(trs)}</tbody>'
+        f"<tfoot>{''.join(foot)}</tfoot></table>"
     )
-    details = "".join(
-        f'<details data-label="{e(r["label"])}"><summary>{e(r["label"])}: {r["n"]} jobs</summary></details>'
-        for r in d["rows"]
-    )
-    figs = "".join(f'<h3>{e(t)}</h3><img src="{e(src)}" alt="{e(t)}">' for t, src in figures)
+
+
+def _diagnostics(d: dict) -> str:
+    """What the methods recorded per step, a table per row that has any."""
+    e = _esc
     diag = "".join(
         f'<details class="diag"><summary>{e(r["label"])}</summary><table><thead><tr><th class="l">step</th>'
         + "".join(f"<th>{e(n)}</th>" for n in r["diagnostics"][0])
@@ -330,29 +370,7 @@ def _suite_page(d: dict, figures: list[tuple[str, str]]) -> str:
             '<h2>What the methods did</h2><p class="meta">per step, mean over the row\'s jobs (recorded by the '
             "methods: <code>cmbench report --diagnostics METHOD</code>)</p>" + diag
         )
-    how = (
-        "mean [95 % interval] over seeds × orders; bold: rank 1 (not distinguishable from the best row)"
-        if ranked
-        else "one job per method: no rank, no interval"
-    )
-    body = f"""<p><a href="../index.html">← all suites</a></p>
-<h1>{e(d["suite"])}</h1>
-{REHEARSAL if d["rehearsal"] else ""}{"<p>" + DEMO.replace("**", "") + "</p>" if d["demonstration"] else ""}
-<div class="meta">{meta}</div>
-<div class="controls"><input id="q" placeholder="filter methods"> <label>data access
-<select id="access"><option value="">all</option>{options}</select></label>
-<span class="meta">click a column to sort ({e(how)}; missing values last)</span></div>
-<table id="board"><thead><tr>{ths}</tr></thead><tbody>{"".join(trs)}</tbody><tfoot>{"".join(foot)}</tfoot></table>
-<p class="meta">{e(d["ranks"])} † reconstruction (no public code); ‡ end-of-stream refinement. Rows marked
-(n = k of N) have fewer jobs than the grid and are not ranked. Published ACC: the source's number where one covers this
-suite and method.</p>
-<h2>Accuracy over steps</h2><div class="legend" id="legend"></div><svg id="curves" width="720" height="300"></svg>
-<h2>Mean accuracy matrices</h2><p class="meta">rows: the model before any step and after each; columns: tasks by
-arrival position; hover a cell for its value</p><div class="mats" id="mats"></div>
-<h2>Each job's matrix</h2>{details}
-{diag}
-<h2>Plots</h2>{figs}"""
-    return _page(f"{d['suite']} · cmbench", body, d)
+    return diag
 
 
 def _index_page(suites: list[dict]) -> str:

@@ -12,7 +12,7 @@ The schema's parts: ``base`` (strict models, the name rule, jobs), ``backbones``
 
 from __future__ import annotations
 
-from .backbones import AnyBackbone, OpenCLIP, TimmViT, TinyViT, open_clip_configs
+from .backbones import AnyBackbone, Backbone, OpenCLIP, TimmViT, TinyViT, open_clip_configs
 from .base import NAME, FieldError, Job, Setting, Strict
 from .files import did_you_mean, load_suite, resolve_suite, suite_dirs, suite_named
 from .jobs import expand, training_field
@@ -35,6 +35,7 @@ __all__ = [
     "NAME",
     "LATER_RECIPE_FIELDS",
     "AnyBackbone",
+    "Backbone",
     "Augment",
     "Evaluation",
     "ExpertCheckpoint",
