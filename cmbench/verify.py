@@ -50,7 +50,7 @@ from .verified import VerifyLog
 # Largest per-cell difference, in whole test images, accepted when a result is recomputed
 # in another environment (another machine's CPU kernels, another torch version) or on a
 # GPU, by setting: the largest difference measured, plus a quarter, rounded up. Measured
-# (README, "Keys and `cmbench verify`"): the 24 seed-0, order-0 jobs of both micro suites,
+# (docs/keys.md): the 24 seed-0, order-0 jobs of both micro suites,
 # committed from another machine, recomputed cold here with torch 2.15.0 and 2.14.1: at
 # most 2 images per cell in the merge stream, 44 in train-then-merge. A merge-stream job
 # merges fixed experts, so a rounding difference flips few predictions; a train-then-merge
