@@ -49,7 +49,7 @@ def test_open_clip_to_hf_clip_vision_inverts_the_loader_mapping():
 
 
 def test_perturbation_is_low_rank_plus_sparse_and_seeded():
-    from cmbench.rehearse import perturbation
+    from cmbench.rehearse.standins import perturbation
     from cmbench.suite import Rehearsal
 
     torch.manual_seed(0)

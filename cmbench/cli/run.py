@@ -237,7 +237,7 @@ def _rehearsal_args(r: argparse.ArgumentParser) -> None:
     rh = r.add_argument_group(
         "rehearsal",
         "the real code at the real sizes on generated stand-ins for the "
-        "backbone weights, datasets and experts (cmbench/rehearse.py); offline",
+        "backbone weights, datasets and experts (cmbench/rehearse/); offline",
     )
     rh.add_argument("--rehearse", action="store_true", help="rehearse the suite (results are watermarked)")
     rh.add_argument("--scale", type=float, default=1.0, help="generated split sizes as a fraction of the real ones")

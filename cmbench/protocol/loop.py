@@ -111,13 +111,8 @@ def run_job(
         setting.begin(theta0)
         model, done, earlier_s, storage = theta0, 0, 0.0, []
     else:
-        setting.restore(saved)
+        _restore(saved, setting)
         model, done, earlier_s, storage = saved[setting.model_key], saved["step"], saved["job_s"], saved["storage"]
-        for name, value in saved["method"].items():
-            setattr(method, name, value)
-        jobstate.set_rng_state(saved["rng"], ctx.generator)
-        data.samples_handed = saved["samples_handed"]
-        ctx.diagnostics = saved.get("diagnostics", {})
     for t, task in enumerate(order, start=1):
         if t <= done:
             continue
@@ -169,3 +164,14 @@ def run_job(
     }
     checkpoint.clear()
     return record
+
+
+def _restore(saved: dict, setting: Setting) -> None:
+    """A checkpoint's state back in place: the setting's, the method's kept attributes, the
+    generator, the data counter and the diagnostics."""
+    setting.restore(saved)
+    for name, value in saved["method"].items():
+        setattr(setting.method, name, value)
+    jobstate.set_rng_state(saved["rng"], setting.ctx.generator)
+    setting.data.samples_handed = saved["samples_handed"]
+    setting.ctx.diagnostics = saved.get("diagnostics", {})

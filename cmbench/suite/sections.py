@@ -163,7 +163,7 @@ class Resources(Strict):
 
 
 class Rehearsal(Strict):
-    """Set by ``cmbench run SUITE --rehearse`` (``cmbench/rehearse.py``): the suite's real
+    """Set by ``cmbench run SUITE --rehearse`` (``cmbench/rehearse/``): the suite's real
     code on generated stand-ins for its three downloads, in the output directory: backbone
     weights initialised from ``seed``, images with the real class names and split sizes
     (times ``scale``, at most ``max_per_split`` per split), and experts θ0 + a low-rank

@@ -1,0 +1,299 @@
+"""The stand-ins a rehearsal writes where the real loaders look: backbone weights, datasets
+(hub copies and image folders) and experts, each in its real format."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .. import CmbenchError
+from ..suite import Rehearsal, Suite
+
+
+# -- backbone weights ------------------------------------------------------------------------
+
+
+# the stand-ins' fixed commit in the HF cache layout (a real cache holds the repo's sha)
+COMMIT = "0" * 40
+
+
+def hub_file(repo: str, filename: str, repo_type: str = "model") -> Path:
+    """The path ``hf_hub_download(repo, filename)`` resolves offline (``refs/main`` -> snapshot)."""
+    folder = Path(os.environ["HF_HUB_CACHE"]) / f"{repo_type}s--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(COMMIT)
+    path = folder / "snapshots" / COMMIT / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _save(state: dict, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")  # renamed into place: a killed writer leaves no file
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def write_backbone(suite: Suite, seed: int) -> Path | None:
+    """The suite's architecture at random (seeded), as the pretrained tag's checkpoint file."""
+    import torch
+
+    b = suite.backbone
+    if b.kind == "open_clip" and b.pretrained and b.config is None:
+        import open_clip
+
+        hub = (open_clip.get_pretrained_cfg(b.model, b.pretrained) or {}).get("hf_hub", "").strip("/")
+        if not hub:
+            raise CmbenchError(f"rehearsal: open_clip {b.model}/{b.pretrained} has no hub repo to stand in for")
+        path = hub_file(hub, "open_clip_model.safetensors")
+        if not path.exists():
+            quick = bool(open_clip.get_pretrained_cfg(b.model, b.pretrained).get("quick_gelu"))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = open_clip.create_model(b.model, pretrained=None, force_quick_gelu=quick)
+            _save(model.state_dict(), path)
+        return path
+    if b.kind == "timm" and b.pretrained:
+        import timm
+
+        hub = timm.models.get_pretrained_cfg(b.model).hf_hub_id
+        path = hub_file(hub, "model.safetensors")
+        if not path.exists():
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = timm.create_model(b.model, pretrained=False, **b.kwargs)
+            _save(model.state_dict(), path)
+        return path
+    return None  # random init or harness-pretrained already: nothing is downloaded
+
+
+# -- datasets ---------------------------------------------------------------------------------
+
+
+def split_size(source: str, split: str, r: Rehearsal) -> int:
+    from ..data.vision import SPLIT_SIZES
+
+    n = math.ceil(SPLIT_SIZES[source][0 if split == "train" else 1] * r.scale)
+    cap = (r.max_train_per_split or r.max_per_split) if split == "train" else r.max_per_split
+    return min(n, cap) if cap else n
+
+
+def _image(rng: np.random.Generator, label: int, n_classes: int, side: int, mode: str) -> bytes:
+    """A class-coloured noisy image at the source's native size, encoded as the source is."""
+    from PIL import Image
+
+    hue = np.array([(label * 97) % 256, (label * 57 + 80) % 256, (label * 31 + 160) % 256], dtype=np.float32)
+    img = np.clip(hue + rng.normal(0, 40, (side, side, 3)), 0, 255).astype(np.uint8)
+    im = Image.fromarray(img if mode == "RGB" else img[..., 0])
+    buf = io.BytesIO()
+    im.save(buf, "PNG" if side <= 96 else "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def write_datasets(suite: Suite, r: Rehearsal) -> int:
+    """Every source the suite's tasks read: CLIP tasks as their hub copy's datasets cache,
+    class-incremental sources as image folders. Returns the number of images written."""
+    from ..data.vision import CIL_SOURCES, clip_tasks
+
+    sources = []
+    for t in suite.tasks:
+        src = t.params.get("source") if t.dataset == "class_split" else t.dataset
+        if src not in sources:
+            sources.append(src)
+    n = 0
+    for src in sources:
+        if src in clip_tasks():
+            n += _write_hub_copy(src, r)
+        elif src in CIL_SOURCES:
+            n += _write_folder(src, r)
+        else:
+            raise CmbenchError(f"rehearsal: dataset {src!r} has no known split sizes to stand in for")
+    return n
+
+
+def _write_hub_copy(source: str, r: Rehearsal) -> int:
+    """The ``datasets`` cache a real ``load_dataset(path, config)`` leaves behind:
+    ``HF_DATASETS_CACHE/<ns>___<name>/<config>/0.0.0/<sha>/{name-split.arrow,dataset_info.json}``."""
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+    from datasets.naming import camelcase_to_snakecase
+
+    from ..data.vision import NATIVE_IMAGE, clip_tasks
+
+    meta = clip_tasks()[source]
+    names = meta["classnames"]
+    side, mode = NATIVE_IMAGE[source]
+    written = 0
+    by_repo: dict[tuple, list[tuple[str, str]]] = {}
+    for split in ("train", "test"):
+        spec = meta["hub"][split]
+        by_repo.setdefault((spec["path"], spec.get("config")), []).append((split, spec["split"]))
+    for (repo, config), splits in by_repo.items():
+        parts = repo.split("/")
+        name = camelcase_to_snakecase(parts[-1])
+        d = Path(os.environ["HF_DATASETS_CACHE"]).joinpath(
+            "___".join(parts[:-1] + [name]), config or "default", "0.0.0", COMMIT
+        )
+        if (d / "dataset_info.json").exists():
+            continue
+        cols = meta["hub"]["test"].get("columns", {})
+        img_col, lab_col = cols.get("image", "image"), cols.get("label", "label")
+        features = datasets.Features({img_col: datasets.Image(), lab_col: datasets.ClassLabel(names=names)})
+        d.mkdir(parents=True, exist_ok=True)
+        infos = datasets.SplitDict()
+        for ours, theirs in splits:
+            n = split_size(source, ours, r)
+            rng = np.random.default_rng([r.seed, ours == "test", len(names)])
+            w = ArrowWriter(features=features, path=str(d / f"{name}-{theirs}.arrow"))
+            for i in range(n):
+                label = i % len(names)
+                w.write({img_col: {"bytes": _image(rng, label, len(names), side, mode), "path": None}, lab_col: label})
+            count, nbytes = w.finalize()
+            w.close()
+            infos.add(datasets.SplitInfo(name=theirs, num_examples=count, num_bytes=nbytes, dataset_name=name))
+            written += n
+        # written last: its presence marks a complete copy (for us and for `datasets`)
+        datasets.DatasetInfo(
+            features=features, splits=infos, config_name=config or "default", dataset_name=name, version="0.0.0"
+        ).write_to_directory(str(d))
+    return written
+
+
+def _write_folder(source: str, r: Rehearsal) -> int:
+    """``ROOT/<source>/{train,test}/<class>/<i>.jpg`` (class names: CIFAR-100's real ones,
+    else ``class_000``…: the real folder names of ImageNet-R/A, DomainNet and CUB are not
+    known here; only their number matters to the code)."""
+    from ..data.vision import CIL_SOURCES, NATIVE_IMAGE, clip_tasks, data_root
+
+    c = CIL_SOURCES[source]
+    names = clip_tasks()[source]["classnames"] if source in clip_tasks() else [f"class_{i:03d}" for i in range(c)]
+    side, mode = NATIVE_IMAGE[source]
+    written = 0
+    for split in ("train", "test"):
+        d = data_root() / source / split
+        done = d.parent / f".{split}.complete"
+        if done.exists():
+            continue
+        rng = np.random.default_rng([r.seed, split == "test", c])
+        for i in range(split_size(source, split, r)):
+            label = i % c
+            (d / names[label]).mkdir(parents=True, exist_ok=True)
+            data = _image(rng, label, c, side, mode)
+            ext = "png" if data.startswith(b"\x89PNG") else "jpg"
+            (d / names[label] / f"{i}.{ext}").write_bytes(data)
+            written += 1
+        done.touch()
+    return written
+
+
+# -- experts ----------------------------------------------------------------------------------
+
+
+def perturbation(theta0: dict, r: Rehearsal, index: int) -> dict:
+    """θ0 + Δ_index: for every weight matrix (conv kernels as out × rest) a rank-``expert_rank``
+    product plus a sparse matrix (``expert_density`` of the entries), each with a Frobenius
+    norm relative to the matrix's; 1-d parameters get a small dense perturbation. Not the
+    projection ``visual.proj``: FusionBench's fine-tuning leaves it at θ0."""
+    import torch
+
+    gen = torch.Generator().manual_seed(r.seed * 100003 + index)
+    out = {}
+    for k, w in theta0.items():
+        if not w.is_floating_point() or k == "visual.proj":
+            out[k] = w.clone()
+            continue
+        norm = float(w.float().norm()) or 1.0
+        if w.ndim >= 2:
+            m = w.reshape(w.shape[0], -1)
+            u = torch.randn(m.shape[0], r.expert_rank, generator=gen)
+            v = torch.randn(r.expert_rank, m.shape[1], generator=gen)
+            low = u @ v
+            delta = low * (r.expert_lowrank * norm / float(low.norm()))
+            nnz = max(1, int(r.expert_density * m.numel()))
+            idx = torch.randint(0, m.numel(), (nnz,), generator=gen)
+            vals = torch.randn(nnz, generator=gen)
+            delta.view(-1).index_add_(0, idx, vals * (r.expert_sparse * norm / float(vals.norm())))
+            out[k] = (m.float() + delta).reshape(w.shape).to(w.dtype)
+        else:
+            noise = torch.randn(w.shape, generator=gen)
+            out[k] = (w.float() + noise * (r.expert_vector * norm / float(noise.norm()))).to(w.dtype)
+    return out
+
+
+def write_experts(suite: Suite, r: Rehearsal, root: Path) -> None:
+    """Each task's expert in its checkpoint's format, where its ``path`` resolves: ``hf://``
+    in the stand-in HF cache, a local path under ``root/experts`` (the suite is pointed
+    there)."""
+    import torch
+
+    from ..artefacts import make_theta0
+    from ..models.checkpoint import open_clip_to_hf_clip_vision
+
+    theta0 = None
+    for i, task in enumerate(suite.task_names()):
+        spec = suite.experts.checkpoints[task]
+        path = expert_path(spec.path, root)
+        if path.exists():
+            continue
+        if theta0 is None:  # θ0 exactly as the run loads it (the stand-in weights, read back)
+            theta0 = make_theta0(suite, suite.seeds[0])[0]
+        state = perturbation(theta0, r, i)
+        if spec.format == "hf_clip_vision":
+            _save(open_clip_to_hf_clip_vision(state), path)
+            (path.parent / "config.json").write_text(json.dumps(_hf_vision_config(suite), indent=1))
+        elif spec.format == "task_vectors":
+            tmp = path.with_name(path.name + ".tmp")
+            torch.save({"model." + k: v for k, v in state.items()}, tmp)
+            os.replace(tmp, path)
+        else:  # open_clip / timm: the state dict under the backbone's own names
+            _save(state, path)
+        del state
+
+
+def expert_path(path: str, root: Path) -> Path:
+    """Where a rehearsal writes the expert the suite names ``path``."""
+    if path.startswith("hf://"):
+        parts = path[len("hf://") :].split("/")
+        return hub_file("/".join(parts[:2]), "/".join(parts[2:]) or "model.safetensors")
+    return root / "experts" / Path(path).name
+
+
+def local_experts(suite: Suite, root: Path) -> Suite:
+    """Local expert paths pointed at the rehearsal's copies (hub paths resolve by themselves)."""
+    if suite.experts.source != "checkpoints":
+        return suite
+    ck = {
+        t: s.model_copy(
+            update={
+                "sha256": None,  # stand-ins have their own bytes
+                "path": s.path if s.path.startswith("hf://") else str(expert_path(s.path, root)),
+            }
+        )
+        for t, s in suite.experts.checkpoints.items()
+    }
+    return suite.model_copy(update={"experts": suite.experts.model_copy(update={"checkpoints": ck})})
+
+
+def _hf_vision_config(suite: Suite) -> dict:
+    from ..models import feature_dim
+
+    v = suite.backbone.open_clip_config()["vision_cfg"]
+    return {
+        "architectures": ["CLIPVisionModel"],
+        "model_type": "clip_vision_model",
+        "hidden_size": v["width"],
+        "intermediate_size": int(v["width"] * v.get("mlp_ratio", 4.0)),
+        "num_hidden_layers": v["layers"],
+        "num_attention_heads": v["width"] // v.get("head_width", 64),
+        "image_size": suite.backbone.image_size,
+        "patch_size": v["patch_size"],
+        "hidden_act": "quick_gelu",
+        "layer_norm_eps": 1e-5,
+        "projection_dim": feature_dim(suite.backbone),
+    }
