@@ -128,11 +128,13 @@ def _decode(path_or_image, size: int, crop_pct: float = 1.0, whole: bool = False
     img = Image.open(path_or_image) if isinstance(path_or_image, (str, Path)) else path_or_image
     img = img.convert("RGB")
     w, h = img.size
+    # Image.BICUBIC: Pillow sets its Resampling members as module constants in a loop (setattr),
+    # which its annotations do not declare
     if whole:
-        return np.asarray(img.resize((size, size), Image.BICUBIC), dtype=np.uint8).transpose(2, 0, 1), w / h
+        return np.asarray(img.resize((size, size), Image.BICUBIC), dtype=np.uint8).transpose(2, 0, 1), w / h  # type: ignore[attr-defined]
     short = round(size / crop_pct)
     scale = short / min(w, h)
-    img = img.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BICUBIC)
+    img = img.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BICUBIC)  # type: ignore[attr-defined]
     rw, rh = img.size
     left, top = (rw - size) // 2, (rh - size) // 2
     img = img.crop((left, top, left + size, top + size))
@@ -260,7 +262,7 @@ def load_source(
         return _load_hub(source, split, size, val), list(classnames or clip_tasks()[source]["classnames"])
     raise CmbenchError(
         f"dataset {source}: no image folder {folder}; put the data there "
-        f"({source}/{split}/<class>/<image>) or set CMBENCH_DATA_ROOT"
+        f"({source}/{split}/<class>/<image>) or pass --data-root DIR"
     )
 
 
@@ -285,7 +287,7 @@ def _load_hub(source: str, split: str, size: int, val: tuple[float, int] | None)
         except Exception as e:  # noqa: BLE001
             raise CmbenchError(
                 f"dataset {source}: cannot load the hub copy {where} ({type(e).__name__}); "
-                "set CMBENCH_ALLOW_DOWNLOAD=1 or provide an image folder"
+                "rerun with --allow-download to fetch it, or provide an image folder"
             ) from None
         arrows = [Path(f["filename"]) for f in ds.cache_files]
         pins.check("dataset", f"hf-dataset://{where}", arrows, arrows[0].parent.name if arrows else None)
@@ -370,7 +372,7 @@ def class_split(
     if not folder.is_dir():
         raise CmbenchError(
             f"dataset {source}: no image folder {folder}; put the data there "
-            f"({source}/{{train,test}}/<class>/<image>) or set CMBENCH_DATA_ROOT"
+            f"({source}/{{train,test}}/<class>/<image>) or pass --data-root DIR"
         )
     names = sorted(p.name for p in folder.iterdir() if p.is_dir())  # as load_source names them
     if len(names) != n:
