@@ -9,6 +9,7 @@ parameters, so the two cannot drift.
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 _GENERATED = ("n_train", "n_val", "n_test", "noise")  # every generated micro task's split sizes and noise
@@ -44,3 +45,20 @@ DATASET_PARAMS: dict[str, tuple[str, ...]] = {
     "class_split": ("source", "n_tasks", "index", "order_seed", "first", "crop_pct"),
     **{name: () for name in json.loads((Path(__file__).parent / "data" / "clip_tasks.json").read_text())["tasks"]},
 }
+
+
+def clip_tasks() -> dict[str, dict]:
+    """The CLIP tasks (``data/clip_tasks.json``): FusionBench's names, hub copies, class names."""
+    return json.loads((Path(__file__).parent / "data" / "clip_tasks.json").read_text())["tasks"]
+
+
+def ode_m_reference_order(tasks: list[str]) -> list[str]:
+    """The task order ODE-M's public code merges in (yohbii/ODE-M, on FusionBench:
+    ``clip_ode_merging.py``, ``select_model_names`` then ``run``): the model pool's names
+    (FusionBench's, e.g. ``stanford-cars``) sorted, then ``random.seed(42)``;
+    ``random.shuffle``. Returned in cmbench's task names."""
+    fb = {clip_tasks()[t]["fusionbench"]: t for t in tasks}
+    names = sorted(fb)
+    random.seed(42)
+    random.shuffle(names)
+    return [fb[n] for n in names]

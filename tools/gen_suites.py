@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from cmbench.catalog import ode_m_reference_order
+
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = json.loads((ROOT / "cmbench" / "data" / "clip_tasks.json").read_text())["tasks"]
 # TA8 ⊂ TALL14 ⊂ TALL20 in FusionBench's order (Wang et al. 2024, "Localizing Task Information")
@@ -55,7 +57,7 @@ def clip_suites() -> None:
             header = (
                 f"# {name}: continual merging of {len(tasks)} CLIP {model} experts (FusionBench's hub\n"
                 "# checkpoints, fine-tuned on each task's full train split, so they have seen the val split),\n"
-                "# zero-shot heads from FusionBench's class names and templates, 1 seed x 10 random orders.\n"
+                "# zero-shot heads from FusionBench's class names and templates, 1 seed x 10 orders.\n"
                 "# Needs: `cmbench run " + name + " --dry-run` lists downloads (weights, experts, datasets).\n"
                 "# Pin each expert after the first download: add `sha256:` (the result files record it).\n"
                 "# As published (OPCM's table, cmbench/data/published.json): one set of hub experts, 10 task\n"
@@ -63,7 +65,9 @@ def clip_suites() -> None:
                 "# sampling a method does (ODE-M's calibration subsets), so one seed with 10 orders is the\n"
                 "# published protocol. The published orders were drawn unseeded (FusionBench's\n"
                 "# `method.seed=null`) and not released, so they cannot be reproduced one to one: ours are\n"
-                "# seeded and recorded in every result file.\n"
+                "# seeded and recorded in every result file. The first order is ODE-M's reference order (its\n"
+                "# public code: FusionBench's task names sorted, random.seed(42), random.shuffle), the other 9\n"
+                "# are drawn.\n"
             )
             doc = {
                 "name": name,
@@ -88,7 +92,8 @@ def clip_suites() -> None:
                         "warmup_frac": 0.125,
                     },
                 },
-                "orders": {"random": 10},
+                # ODE-M's reference order first (cmbench.catalog.ode_m_reference_order), then 9 drawn
+                "orders": {"explicit": [ode_m_reference_order(tasks)], "random": 9},
                 "evaluation": {"batch_size": 512},
                 "resources": {"cpus_per_job": 4, "gpus_per_job": 1},
             }
