@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from functools import lru_cache
 from pathlib import Path
 
 _GENERATED = ("n_train", "n_val", "n_test", "noise")  # every generated micro task's split sizes and noise
@@ -47,6 +48,7 @@ DATASET_PARAMS: dict[str, tuple[str, ...]] = {
 }
 
 
+@lru_cache(maxsize=1)
 def clip_tasks() -> dict[str, dict]:
     """The CLIP tasks (``data/clip_tasks.json``): FusionBench's names, hub copies, class names."""
     return json.loads((Path(__file__).parent / "data" / "clip_tasks.json").read_text())["tasks"]

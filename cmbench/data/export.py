@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .. import CmbenchError
 from ..models.clip import allow_download
-from .vision import CIL_SOURCES, clip_tasks, data_root
+from ..catalog import clip_tasks
+from .vision import CIL_SOURCES, data_root
 
 
 def _size(path: Path) -> tuple[int, int]:

@@ -29,13 +29,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import CmbenchError, pins
+from ..catalog import clip_tasks
 from . import LazySplit, Split, TaskData, dataset
 
 # Bump when a change alters any image, label or split these builders produce (decoding and
@@ -107,11 +107,6 @@ NATIVE_IMAGE = {
     "domainnet": (300, "RGB"),
     "cub200": (400, "RGB"),
 }
-
-
-@lru_cache(maxsize=1)
-def clip_tasks() -> dict:
-    return json.loads((Path(__file__).parent / "clip_tasks.json").read_text())["tasks"]
 
 
 def data_root() -> Path:
