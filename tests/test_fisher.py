@@ -88,3 +88,31 @@ def test_fisher_average_defaults_are_the_papers_fisher_normalised_per_model(monk
     n1, n2 = F1.norm(), F2.norm()
     want = (F1 / n1 * e1 + F2 / n2 * e2) / (F1 / n1 + F2 / n2)
     torch.testing.assert_close(out, want)
+
+
+def test_a_confident_experts_absolute_floor_takes_over_and_the_relative_floor_does_not(monkeypatch):
+    """FusionBench's floor: (F + ε)/‖F‖. An expert with a tiny Fisher (confident) gets weight
+    ε/‖F‖ on every entry, which outweighs a normal expert where its Fisher is small, so the
+    merge copies the confident expert there. With floor=relative (ε_i = ε‖F_i‖) it does not."""
+    R.discover()
+    import cmbench_baselines.fisher_average as fa
+
+    ctx, _, _ = setup()
+    g = torch.Generator().manual_seed(3)
+    normal = torch.rand(5, D, generator=g)
+    normal[0] = 1e-9  # a row no task is sensitive to under the normal expert
+    confident = torch.full((5, D), 1e-9)  # tiny everywhere: ‖F‖ ~ 1e-8
+    e1, e2 = torch.zeros(5, D), torch.ones(5, D)
+    out = {}
+    for floor in ("absolute", "relative"):
+        fishers = iter([{"1.weight": normal}, {"1.weight": confident}])
+        monkeypatch.setattr(fa, "diagonal_fisher", lambda *a, **kw: next(fishers))
+        m = R.create("fisher_average", {"eps": 1e-6, "floor": floor})
+        m.merge(ctx, {}, {"1.weight": e1}, "a")
+        out[floor] = m.merge(ctx, {}, {"1.weight": e2}, "b")["1.weight"]
+    # absolute: the confident expert's weight c(F + ε) ≈ ε/(‖F‖ + ε) ≈ 1 per entry outweighs the
+    # normal expert's F/‖F‖ (~0.2) everywhere: the merge leans to it on every entry
+    assert out["absolute"].min() > 0.5
+    # relative: its floor weighs ~1e-6 after normalisation; the normal expert decides where it is sensitive
+    assert out["relative"][1:].max() < 0.05 and out["relative"][0].min() > 0.3
+    assert ctx.diagnostics  # the floor's share is recorded for the reader

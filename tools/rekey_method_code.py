@@ -8,6 +8,9 @@ not change. This tool writes the current key into such a result and records what
 (``rekeyed``: the previous key and method code, the commit, the evidence), nothing else: R,
 E and every other field stay as computed. It refuses a result with any other differing input.
 
+A hyperparameter the method gained since (absent from the recorded inputs) is accepted at its
+default value only: the evidence must show that the default leaves the numbers unchanged.
+
 Use it only with evidence that the labels' numbers are unchanged: the same jobs recomputed at
 the previous commit and at this one, on one machine, bitwise equal (``cmbench verify``
 then recomputes a sample from scratch, within its tolerance when the results were made on
@@ -58,7 +61,7 @@ def main(suite_file: str, results_dir: str, labels: str, evidence: str) -> int:
             diff = differing_inputs(now, rec.get("inputs") or {})
             if not diff:
                 continue
-            if diff != ["method_code"]:
+            if sorted(set(diff) - new_defaults(job, rec)) != ["method_code"]:
                 print(f"{path}: inputs other than method_code differ ({', '.join(diff[:4])}); refused")
                 refused += 1
                 continue
@@ -69,10 +72,21 @@ def main(suite_file: str, results_dir: str, labels: str, evidence: str) -> int:
                 "evidence": evidence,
             }
             rec["inputs"], rec["key"], rec["method_source_hash"] = now, key_of(now), now["method_code"]
+            rec["hparams"] = dict(job.hparams)  # with the new hyperparameters' defaults, as a rerun records
             write_result(path, rec)
             done += 1
     print(f"re-keyed {done} result(s), refused {refused}")
     return 1 if refused else 0
+
+
+def new_defaults(job, rec: dict) -> set[str]:
+    """``hparams.NAME`` of the hyperparameters the job has and the recorded inputs lack, where
+    the job's value is the method's default."""
+    from cmbench import registry
+
+    recorded = (rec.get("inputs") or {}).get("hparams") or {}
+    defaults = registry.get(job.method).defaults()
+    return {f"hparams.{k}" for k, v in job.hparams if k not in recorded and k in defaults and defaults[k] == v}
 
 
 if __name__ == "__main__":

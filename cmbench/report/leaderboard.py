@@ -70,7 +70,7 @@ def suite_section(s: SuiteSummary, plots_dir: Path, md_dir: Path) -> list[str]:
     if ok and len(s.rows) > 1 and ranked:
         # train then merge with LoRA: P&M's comparisons, to averaging and to sequential LoRA
         labels = [row.label for row in s.rows]
-        refs = [r for r in ("weight_average-lora", "sequential-lora") if r in labels and not s.stream]
+        refs: list[str] = [r for r in ("weight_average-lora", "sequential-lora") if r in labels and not s.stream]
         for ref in refs or ["weight_average" if "weight_average" in labels else sorted(labels)[0]]:
             lines += paired_section(s, ref)
     if ok and not s.stream and any(r.get("R_within") for r in ok):
@@ -109,7 +109,7 @@ def _heading(s: SuiteSummary) -> list[str]:
 def _published_columns(s: SuiteSummary) -> tuple[dict, dict, list[str]]:
     """Each row's published ACC, the reference rows' (θ0, experts), and the column if any."""
     pub = {r.label: (r.first.get("published") or {}).get("ACC") for r in s.rows}
-    pub_refs = next((r["published"] for r in s.ok if r.get("published")), {})
+    pub_refs: dict = next((r["published"] for r in s.ok if r.get("published")), {})
     return pub, pub_refs, ["Published ACC"] if any(pub.values()) or pub_refs.get("theta0") else []
 
 
@@ -232,6 +232,7 @@ def _notes(s: SuiteSummary) -> list[str]:
             ),
             "",
         ]
+    lines += floor_note(s)
     if failed:
         lines += [f"**{len(failed)} failed job(s)** (counted, not dropped):"]
         for r in sorted(failed, key=lambda r: (r["label"], r["seed"], r["order_index"])):
@@ -239,6 +240,35 @@ def _notes(s: SuiteSummary) -> list[str]:
         lines.append("")
 
     return lines
+
+
+def floor_note(s: SuiteSummary) -> list[str]:
+    """Fisher averaging's ε floor: on what share of the entries a confident expert's floor
+    outweighs every earlier expert (its diagnostics), which explains a collapse of the row."""
+    parts = []
+    for row in s.rows:
+        if row.first.get("method") != "fisher_average":
+            continue
+        shares = [
+            step["floor_takes_over_fraction"]
+            for r in row.records
+            for step in (r.get("diagnostics") or {}).values()
+            if "floor_takes_over_fraction" in step
+        ]
+        what = (
+            f"{100 * np.mean(shares):.2f} % of entries (mean over steps and jobs; "
+            f"largest step {100 * max(shares):.2f} %)"
+            if shares
+            else "not recorded (results made before the method recorded it)"
+        )
+        parts.append(f"{md(row.label)}: {what}")
+    if not parts:
+        return []
+    return [
+        "Fisher averaging's ε floor (the reference's (F + ε)/‖F‖: a confident expert's floor ε/‖F‖ can outweigh "
+        "every earlier expert; `floor: relative` scales it to each model, docs/fidelity.md): " + "; ".join(parts) + ".",
+        "",
+    ]
 
 
 def rank_lines(s: SuiteSummary) -> list[str]:
@@ -365,6 +395,8 @@ def per_task_section(s: SuiteSummary) -> list[str]:
     """θ0 and each expert on each task (mean over seeds), with the published numbers."""
     ok = s.ok
     tasks = ok[0]["tasks"]
+    per_task_e: dict[str, dict[tuple[int, int], float]]  # task -> (seed, 0) -> accuracy
+    per_task_0: dict[str, dict[tuple[int, int], float]]
     per_task_e, per_task_0 = defaultdict(dict), defaultdict(dict)
     for r in ok:
         for j, t in enumerate(r["tasks"]):
