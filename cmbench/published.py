@@ -4,7 +4,9 @@ zero-shot and expert accuracies, and P&M's split-ViT table.
 
 A published number applies to a suite when the suite computes the same quantity: the same
 backbone weights, the same task set (and, per task, the same expert checkpoint), and for a
-method row the same method, LoRA spec and the hyperparameters the source used. That is
+method row the same method, LoRA spec and the hyperparameters the source used; for the
+split-ViT table also the exact backbone tag and training recipe the source states
+(``split_mismatch``: another timm tag of the same architecture is another run). That is
 read from the suite and the result files, never from the suite's name.
 """
 
@@ -14,6 +16,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 PUBLISHED = Path(__file__).resolve().parent / "data" / "published.json"
 
@@ -53,7 +56,8 @@ def _clip_stream(suite) -> tuple[str, str] | None:
 
 
 def _split_benchmark(suite) -> str | None:
-    """``source/n_tasks`` of a class-incremental ViT-B/16 suite made of one source's splits."""
+    """``source/n_tasks`` of a class-incremental ViT-B/16 suite made of one source's splits
+    (whichever weights: ``split_mismatch`` says whether its protocol is the source's)."""
     b = suite.backbone
     if suite.setting != "train_then_merge" or b.kind != "timm" or not b.model.startswith("vit_base_patch16_224"):
         return None
@@ -76,20 +80,38 @@ def _matches(spec: dict, method: str, hparams: dict, lora: dict | None) -> bool:
     want = spec.get("lora")
     if (want is None) != (lora is None):
         return False
+    lora = cast(dict, lora)  # not None where want is not None (checked just above)
     return want is None or (
         lora.get("rank") == want["rank"] and sorted(lora.get("targets", [])) == sorted(want["targets"])
     )
 
 
-def method_acc(suite, method: str, hparams: dict, lora: dict | None = None) -> Published | None:
-    """The published final ACC of this method row on this suite's benchmark, or None."""
+def split_mismatch(suite, training) -> str | None:
+    """Why a split-ViT suite's run (trained with ``training``) is not the run of the split
+    table's source, in a few words; None when every field the source states matches."""
+    bench = _split_benchmark(suite)
+    if bench is None:
+        return "not one of the source's benchmarks"
+    p = _data()["split"]["protocol"]
+    if suite.backbone.model != p["backbone"]:
+        return f"backbone {suite.backbone.model}, the source's {p['backbone']}"
+    want = {**p["recipe"], "epochs": p["epochs_by_source"].get(bench.split("/")[0], p["recipe"]["epochs"])}
+    off = [
+        f"{k} {getattr(training, k, None)} (source: {v})" for k, v in want.items() if getattr(training, k, None) != v
+    ]
+    return "recipe " + ", ".join(off) if off else None
+
+
+def method_acc(suite, method: str, hparams: dict, lora: dict | None = None, training=None) -> Published | None:
+    """The published final ACC of this method row on this suite's benchmark, or None
+    (``training``: the row's recipe, which the split table's protocol must match)."""
     clip = _clip_stream(suite)
     if clip is not None:
         block = _data()["clip"]
         values = block["continual"][f"{clip[0]}/{clip[1]}"]
     else:
         bench = _split_benchmark(suite)
-        if bench is None:
+        if bench is None or split_mismatch(suite, training or suite.training) is not None:
             return None
         block = _data()["split"]
         values = {row: [v, None] for row, v in block["acc"][bench].items()}

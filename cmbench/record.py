@@ -122,6 +122,7 @@ class ResultRecord(BaseModel):
     error: Optional[Text] = None
     rehearsal: Optional[dict[str, Any]] = None
     published: Optional[dict[Literal["ACC", "theta0", "experts"], PublishedValue]] = None
+    published_unmatched: Optional[Text] = None  # why a covered benchmark's published numbers do not apply
     setup_check: Optional[list[SetupCheck]] = None
     # the science: R (T + 1 rows, row 0 = θ0), E (each expert on its task), per-step extras
     R: Optional[list[list[Optional[Frac]]]] = None

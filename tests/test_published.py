@@ -34,9 +34,29 @@ def test_published_rows_apply_by_backbone_tasks_and_hyperparameters():
     split = load_suite(REPO / "suites" / "split-vit-b16-imagenet-r-10.yaml")
     lora = {"rank": 10, "targets": ["k", "v"]}
     pm = {"perturbation": "task_vector", "alpha": "global"}
-    assert P.method_acc(split, "pm", pm, lora).acc == 79.95
+    assert P.method_acc(split, "pm", pm, lora, split.training).acc == 79.95
     assert P.method_acc(split, "pm", pm, None) is None
-    assert P.method_acc(split, "weight_average", {}, lora).acc == 76.90
+    assert P.method_acc(split, "weight_average", {}, lora, split.training).acc == 76.90
+
+
+def test_a_near_miss_of_the_split_protocol_gets_no_published_number():
+    """Another timm tag of the same architecture, or another recipe, is another run: no
+    published number, and the record says why."""
+    split = load_suite(REPO / "suites" / "split-vit-b16-imagenet-r-10.yaml")
+    lora = {"rank": 10, "targets": ["k", "v"]}
+    pm = {"perturbation": "task_vector", "alpha": "global"}
+    assert P.split_mismatch(split, split.training) is None
+    ft_in1k = split.model_copy(
+        update={"backbone": split.backbone.model_copy(update={"model": "vit_base_patch16_224.augreg_in21k_ft_in1k"})}
+    )
+    assert P.method_acc(ft_in1k, "pm", pm, lora, ft_in1k.training) is None
+    assert "backbone vit_base_patch16_224.augreg_in21k_ft_in1k" in P.split_mismatch(ft_in1k, ft_in1k.training)
+    slow = split.training.model_copy(update={"lr": 1e-4})
+    assert P.method_acc(split, "pm", pm, lora, slow) is None
+    assert P.split_mismatch(split, slow) == "recipe lr 0.0001 (source: 0.001)"
+    job = next(j for j in expand(ft_in1k) if j.label == "pm-lora")
+    rec = published_rows(ft_in1k, job, R.get("pm"))
+    assert "ACC" not in rec.get("published", {}) and rec["published_unmatched"].startswith("backbone")
 
 
 def test_per_task_expert_values_only_for_fusionbench_hub_experts():
@@ -117,3 +137,17 @@ def test_report_shows_the_published_column(nano_run, tmp_path):
         table = render_table(recs, kind, "markdown")
         assert "(published)" in table and "66.3" in table, kind
     assert "49.0 $\\pm$ 10.2" in render_table(recs, "stream", "latex")
+
+
+def test_report_of_a_run_off_the_protocol_shows_no_published_number_and_says_why(nano_run, tmp_path):
+    from cmbench.report.leaderboard import render_leaderboard
+
+    why = "backbone vit_base_patch16_224.augreg_in21k_ft_in1k, the source's vit_base_patch16_224.augreg_in21k"
+    for f in sorted(Paths(nano_run).results.rglob("*.json")):
+        rec = json.loads(f.read_text())
+        rec.pop("published", None)
+        rec["published_unmatched"] = why
+        write_record(tmp_path / "results" / f.relative_to(Paths(nano_run).results), rec)
+    text = render_leaderboard(tmp_path / "results", tmp_path / "lb.md", plots_dir=tmp_path / "plots").read_text()
+    assert "| Published ACC |" not in text
+    assert f"Published ACC not shown: this run is not the source's protocol ({why}" in text

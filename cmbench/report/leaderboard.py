@@ -190,6 +190,14 @@ def _notes(s: SuiteSummary) -> list[str]:
     shared = shared_job_comparisons(s)
     if shared:
         lines += ["Rows with fewer jobs, compared on their own jobs: " + "; ".join(shared) + ".", ""]
+    unmatched = sorted({r["published_unmatched"] for r in ok if r.get("published_unmatched")})
+    if unmatched:  # a benchmark with published numbers, run another way: none is shown, and why
+        lines += [
+            "Published ACC not shown: this run is not the source's protocol ("
+            + "; ".join(md(u) for u in unmatched)
+            + "; cmbench/data/published.json, docs/fidelity.md).",
+            "",
+        ]
     if pub_cols:
         sources = sorted({p["source"] for p in [*(p for p in pub.values() if p), *pub_refs.values()]})
         lines += [
