@@ -15,12 +15,13 @@ import json
 import re
 import sys
 from functools import lru_cache
+from typing import Any, cast
 
 import torch
 
 from . import CmbenchError, data as data_mod, published
 from .models import Head, create_backbone, device_for, device_type, features, models_version
-from .suite import Suite, Task
+from .suite import Suite, Task, TinyViT
 from .store import Store
 from .tensors import StateDict
 from .train import TRAIN_VERSION, fit
@@ -108,7 +109,7 @@ def theta0_key(suite: Suite, seed: int) -> str:
 
 
 def _theta0_key(suite: Suite, seed: int) -> str:
-    components = {"theta0": THETA0_VERSION, "models": models_version(suite.backbone)}
+    components: dict[str, Any] = {"theta0": THETA0_VERSION, "models": models_version(suite.backbone)}
     if suite.backbone.kind == "tiny_vit":  # pretrained by the harness, on these tasks
         components.update(train=TRAIN_VERSION, data=data_versions([*suite.tasks, *(suite.pretrain.tasks or [])]))
     tasks = [t.model_dump() for t in suite.tasks]
@@ -206,7 +207,7 @@ def pretrain_theta0(suite: Suite, seed: int) -> tuple[StateDict, dict]:
     tasks = load_tasks(suite, seed, pretraining=True)
     device = device_for(suite)
     backbone = create_backbone(suite.backbone)  # initialised on the CPU (same θ on any device), then moved
-    d = suite.backbone.embed_dim
+    d = cast(TinyViT, suite.backbone).embed_dim  # pretrained by the harness: the tiny ViT only
     ce = torch.nn.functional.cross_entropy
     x = torch.cat([td.train.x for td in tasks.values()])
     fam = torch.cat([torch.full((len(td.train),), i) for i, td in enumerate(tasks.values())])

@@ -19,8 +19,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from .methods import Context
 
 DEFAULT_METHODS = ("weight_average", "task_arithmetic", "ties", "magmax", "opcm", "consensus_ta", "sequential")
 
@@ -72,6 +76,8 @@ class _Images:
     """Random 224² images with 10 classes per task, handed as the harness's DataAccess hands
     them (train splits and nested calibration subsets; ``on`` the job's device)."""
 
+    ctx: Context | None  # set once the Context is built
+
     def __init__(self, n: int, on: torch.device):
         self.n, self.on, self.ctx = n, on, None
 
@@ -85,6 +91,7 @@ class _Images:
         )
 
     def current(self, split: str = "train"):
+        assert self.ctx is not None
         return self._split(self.ctx.task, self.n)
 
     def calibration(self, task: str, n: int):
@@ -108,7 +115,7 @@ def _network(device: str):
 
     def network(state, classes: str = "task", task: str | None = None):
         model.load_state_dict(state)
-        return model, head(task or network.ctx.task)
+        return model, head(task or network.ctx.task)  # type: ignore[attr-defined]  # set by the caller
 
     return network
 
@@ -134,7 +141,7 @@ def _measure_method(name: str, threads: int, repeats: int, device: str, hparams:
     )
     if type(method).data_access != "none":  # data-using methods: random images, a real forward pass
         ctx.data, ctx.network = _Images(n_images, torch.device(device)), _network(device)
-        ctx.data.ctx = ctx.network.ctx = ctx
+        ctx.data.ctx = ctx.network.ctx = ctx  # type: ignore[union-attr]  # network: _network's function
     method.start(ctx)
     merged = theta0
     for t in (1, 2):  # warm-up steps build the method's state (τ_max, projections, …)
@@ -318,7 +325,7 @@ def run_bench(
     """``hparams``: per method, values that override its defaults (``bench_samples``: the
     images a data-using method is handed, default 256)."""
     ctx = mp.get_context("spawn")
-    results = {"threads": threads, "device": device, "torch": torch.__version__}
+    results: dict[str, Any] = {"threads": threads, "device": device, "torch": torch.__version__}
     q = ctx.Queue()
 
     def fresh_process(target, *args):  # one measurement, alone in a new process
@@ -385,7 +392,7 @@ def format_bench(r: dict) -> str:
             continue
         lines.append(f"| {m['method']} | {m['step_s']:.4f} | {m['step_s'] / f['axpy_s']:.1f} | {m['peak_mb']:.0f} |")
     if r.get("stream_memory"):
-        by = {}
+        by: dict[str, dict[int, float]] = {}  # method -> T -> peak MB
         for m in r["stream_memory"]:
             by.setdefault(m["method"], {})[m["T"]] = m["peak_mb"]
         lines += ["", "| merge stream (88M params) | peak MB, T = 8 | T = 20 | ratio |", "|---|---|---|---|"]

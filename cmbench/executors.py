@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Literal, cast
 
 from tqdm import tqdm
 
@@ -236,7 +236,7 @@ class RayExecutor:
             ray.init(
                 num_cpus=workers * threads,
                 include_dashboard=dashboard,
-                **({"num_gpus": num_gpus} if num_gpus is not None else {}),
+                **cast(dict[str, Any], {"num_gpus": num_gpus} if num_gpus is not None else {}),
                 **kwargs,
             )
         most = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
@@ -255,7 +255,7 @@ class RayExecutor:
             )
         # on a cluster, jobs are spread over the nodes (Ray's SPREAD) rather than packed onto the
         # first with a free CPU: every node works from the start, and a node lost costs fewer jobs
-        strategy = "SPREAD" if address else "DEFAULT"
+        strategy: Literal["SPREAD", "DEFAULT"] = "SPREAD" if address else "DEFAULT"
         self.remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=retries, scheduling_strategy=strategy)(
             _call
         )

@@ -112,7 +112,7 @@ def read(out: Path) -> dict[str, dict]:
 def merge(out: Path, known: dict[str, dict], found: dict[str, dict]) -> None:
     """Add the entries tasks found to the lock (the driver only). Two tasks that read the
     same source in different copies (two nodes' caches) are refused like a mismatch."""
-    new = {}
+    new: dict[str, dict] = {}
     for source, entry in found.items():
         seen = known.get(source) or new.get(source)
         if seen is not None:

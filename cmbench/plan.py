@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .artefacts import expert_key, theta0_key
 from .store import Store
-from .suite import Job, Suite
+from .suite import Job, Suite, TrainRecipe
 
 # Effective throughput assumed for a job's GPU work on an H100/H200-class GPU. Jobs compute
 # in float32 today (evaluation.precision does not exist yet): 25 TFLOP/s is ~50 % of the
@@ -83,7 +83,8 @@ def _weights_line(suite: Suite) -> str:
             return f"backbone: timm {b.model}, random init (no download)"
         import timm
 
-        hub = timm.models.get_pretrained_cfg(b.model).hf_hub_id
+        # None for a model name timm does not know: AttributeError here, before create_model's one-line error
+        hub = timm.models.get_pretrained_cfg(b.model).hf_hub_id  # type: ignore[union-attr]
         files = ("model.safetensors", "pytorch_model.bin")
         name = f"timm {b.model} (hf://{hub})"
     cached = hub and any(isinstance(try_to_load_from_cache(hub, f), str) for f in files)
@@ -128,7 +129,7 @@ def split_sizes(suite: Suite, tasks: list | None = None) -> dict[str, tuple[int,
             tr, _, te = DATASET_SIZES[t.dataset](t.params)
             out[t.name] = (tr, te)
         elif t.dataset == "class_split":
-            tr, te = SPLIT_SIZES.get(t.params.get("source"), (0, 0))
+            tr, te = SPLIT_SIZES.get(t.params.get("source"), (0, 0))  # type: ignore[arg-type]  # None: (0, 0)
             k = t.params.get("n_tasks", 1)
             out[t.name] = (tr // k, te // k)
         else:
@@ -232,6 +233,7 @@ def artefact_images(suite: Suite, seeds: list[int], store: Store) -> dict[str, f
     backbone, per seed not cached) and each expert's fine-tuning (per seed and task not
     cached)."""
     out = {"pretrain_images": 0.0, "finetune_images": 0.0}
+    r: TrainRecipe  # θ0's pretraining, then the experts' fine-tuning
     if suite.backbone.kind == "tiny_vit":
         pre = split_sizes(suite, suite.pretrain.tasks or suite.tasks)
         r = suite.pretrain

@@ -20,7 +20,7 @@ import traceback
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from filelock import FileLock, Timeout
 from tqdm import tqdm
@@ -165,7 +165,7 @@ def run_suite(suite_path: str | Path, options: RunOptions | None = None, **field
     why = {job: "--force" if o.force else stale_reason(paths.results / job.relpath, suite, job, store) for job in jobs}
     todo = [job for job in jobs if why[job] is not None]
     skipped = len(jobs) - len(todo)
-    counts = Counter(why[j].split(":")[0] for j in todo)
+    counts = Counter(cast(str, why[j]).split(":")[0] for j in todo)  # todo: why is not None
     o.log(
         f"suite {suite.name} (hash {suite.hash()}): {len(jobs)} jobs, {skipped} up to date, {len(todo)} to run"
         + (f" ({', '.join(f'{n} {r}' for r, n in counts.most_common())})" if todo else "")
@@ -294,17 +294,17 @@ def finetune_experts(
     paths = Paths(Path(out), store)
     paths.cache.mkdir(parents=True, exist_ok=True)
     cache = paths.store
-    store = open_store(cache)
+    cache_store = open_store(cache)  # the parameter `store` is its location
     threads = suite.resources.cpus_per_job
     ex = make_executor(suite, workers, threads, ray_address, executor)
     seed_list = suite.seeds[:seeds] if seeds else suite.seeds
     try:
-        trained = prepare_artefacts(suite, seed_list, store, cache, ex, log, lock=_lock_of(suite, paths.out))
+        trained = prepare_artefacts(suite, seed_list, cache_store, cache, ex, log, lock=_lock_of(suite, paths.out))
     finally:
         ex.close()
     for s in seed_list:
         for t in suite.task_names():
-            _, meta = SuiteArtefacts(suite, s, store).expert(t)
+            _, meta = SuiteArtefacts(suite, s, cache_store).expert(t)
             log(f"  seed {s} {t}: test accuracy {100 * meta['test_accuracy']:.1f}")
     return {"experts": len(seed_list) * len(suite.tasks), "trained": trained}
 

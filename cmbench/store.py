@@ -246,7 +246,9 @@ class FsspecStore(Store):
 
         self.url = url
         self.fs, self.base = fsspec.core.url_to_fs(url)
-        self.root = url
+        # the URL, not a Path: Store's methods that use root as a directory are all overridden
+        # here, and the rest of the harness reads it as str(store.root)
+        self.root = url  # type: ignore[assignment]
 
     def _fs_paths(self, kind: str, key: str) -> tuple[str, str]:
         d = f"{self.base.rstrip('/')}/{kind}"

@@ -51,6 +51,8 @@ _HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_T
 class Tracker:
     """One parent run in ``experiment`` (MLflow at ``uri``), fed from one thread."""
 
+    logged: list[dict]  # the records of log_job
+
     def __init__(
         self,
         uri: str,

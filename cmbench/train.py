@@ -10,7 +10,7 @@ the optimiser step (undo a perturbation there), ``on_step`` after every optimise
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, cast
 
 import torch
 from torch import Tensor
@@ -89,7 +89,7 @@ def random_resized_crops(x: Tensor, aspect: Tensor | None, aug: Augment, gen: to
 
 
 def fit(
-    params: Iterable[torch.nn.Parameter] | list[dict],
+    params: Iterable[torch.nn.Parameter] | Iterable[dict],
     loss_fn: LossFn,
     x: Tensor,
     y: Tensor,
@@ -106,7 +106,7 @@ def fit(
     device of the first parameter (the loop is the same on CPU and GPU). With
     ``recipe.augment``, batches are random resized crops of side ``out_size`` (default: the
     images' side) of ``x``, whole images with original aspect ratios ``aspect``."""
-    params = list(params)
+    params = cast(list[Any], list(params))  # Parameters or parameter groups (dicts)
     if params and isinstance(params[0], dict):  # parameter groups (e.g. a separate head lr)
         groups = [dict(g, params=[p for p in g["params"] if p.requires_grad]) for g in params]
     else:

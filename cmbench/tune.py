@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from . import CmbenchError, metrics
 from .store import Store, atomic_write_bytes, open_store
@@ -65,7 +65,8 @@ def _trial_job(suite: Suite, job: Job, cache: str, threads: int) -> dict:
     """One job of a trial, scored on validation splits (see the module docstring)."""
     from .protocol import run
 
-    return run(suite, job, _FreshEvalStore(open_store(cache)), threads, scored_on="val")
+    # _FreshEvalStore has the Store methods the protocol calls
+    return run(suite, job, cast(Store, _FreshEvalStore(open_store(cache))), threads, scored_on="val")
 
 
 def _grid(spec: MethodSpec) -> list[dict[str, Any]]:
@@ -191,7 +192,7 @@ def _ray_tune(suite, spec, grid, seeds, orders, cache, threads, workers, paths, 
         ray.init(
             num_cpus=(workers or max(1, (os.cpu_count() or 1) // threads)) * threads,
             include_dashboard=False,
-            logging_level="ERROR",
+            logging_level="ERROR",  # type: ignore[arg-type]  # annotated int; Ray's default is a name too
             runtime_env={"env_vars": env},
         )
     try:
@@ -211,7 +212,7 @@ def _ray_tune(suite, spec, grid, seeds, orders, cache, threads, workers, paths, 
         )
         results = tuner.fit()
         out = []
-        for r in results:
+        for r in results:  # type: ignore[attr-defined]  # ResultGrid: __len__ and __getitem__, no __iter__
             if r.error:
                 raise CmbenchError(f"tune trial {r.config} failed: {r.error}")
             m = r.metrics

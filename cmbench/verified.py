@@ -81,9 +81,9 @@ def verified_files(results_dir: Path, warn: Callable[[str], None] | None = None)
         return {}
     try:
         text = read_bounded(path, 64 * 2**20).decode("utf-8", "replace")
-    except BadResult as e:
+    except BadResult as err:
         if warn:
-            warn(f"{path}: {e}; no job counts as verified")
+            warn(f"{path}: {err}; no job counts as verified")
         return {}
     out: dict[str, str] = {}
     for i, line in enumerate(text.splitlines(), start=1):

@@ -320,7 +320,7 @@ def _verify_suite(
 def _compare_artefacts(suite: Suite, recs: list[dict], store, log) -> None:
     """Say whether the rebuilt artefacts have the content hashes the results recorded."""
     for seed in sorted({r["seed"] for r in recs}):
-        known: dict[tuple, str] = {}
+        known: dict[tuple, str | None] = {}
         for r in recs:
             if r["seed"] == seed:
                 known.update(recorded_content(r.get("inputs") or {}))

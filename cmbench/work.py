@@ -97,5 +97,6 @@ def prepare_artefacts(
     verb = "loading experts" if suite.experts.source == "checkpoints" else "fine-tuning experts"
     found += drain(ex.map(prepare_expert, todo), f"{verb} ({len(todo)})", len(todo))
     for f in found if lock else []:  # one task at a time: two copies of one source are refused
+        assert lock is not None
         pins.merge(lock[0], lock[1], f or {})
     return len(todo)

@@ -37,6 +37,8 @@ class LazySplit(Split):
     """A split built by ``load()`` on first use: decoding a real dataset's train split takes
     minutes and a merge stream of data-free methods never reads it."""
 
+    _split: Split | None
+
     def __init__(self, load: Callable[[], Split]):  # noqa: D107 - not the dataclass's fields
         self._load, self._split = load, None
 
@@ -45,16 +47,17 @@ class LazySplit(Split):
             self._split = self._load()
         return self._split
 
+    # read-only views of the loaded split, in place of the dataclass's fields (never set here)
     @property
-    def x(self) -> Tensor:
+    def x(self) -> Tensor:  # type: ignore[override]
         return self._get().x
 
     @property
-    def y(self) -> Tensor:
+    def y(self) -> Tensor:  # type: ignore[override]
         return self._get().y
 
     @property
-    def aspect(self) -> Tensor | None:
+    def aspect(self) -> Tensor | None:  # type: ignore[override]
         return self._get().aspect
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import zlib
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -75,7 +75,7 @@ def digits(
     if not keep or any(c not in range(10) for c in keep) or len(set(keep)) != len(keep):
         raise CmbenchError(f"digits: classes must be distinct digits 0-9, got {classes}")
     local = {c: i for i, c in enumerate(keep)}
-    splits = {}
+    splits: dict[str, Any] = {}  # train, val, test: Splits, passed to TaskData by keyword
     for s in SPLITS:
         idx = np.sort(np.array(parts[s]))
         idx = idx[np.isin(labels[idx], keep)]
@@ -108,7 +108,7 @@ def _generated(
     noise: float,
     params: dict,
 ) -> TaskData:
-    splits = {}
+    splits: dict[str, Any] = {}  # train, val, test: Splits, passed to TaskData by keyword
     for s, n in zip(SPLITS, (n_train, n_val, n_test)):
         rng = _rng(data_seed, task, s)
         labels = rng.permutation(np.arange(n) % len(classes))
@@ -142,7 +142,10 @@ def _task(name: str, classes: list[str] | Callable[..., list[str]]):
         # (so an unknown one is refused when the suite is read, see suite.Task)
         own = list(inspect.signature(build).parameters.values())[:-1]
         extra = list(inspect.signature(sample).parameters.values())[3:]
-        build.__signature__ = inspect.Signature(own + [p.replace(kind=p.KEYWORD_ONLY) for p in extra])
+        # read by inspect.signature; function types do not declare the attribute
+        build.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            own + [p.replace(kind=p.KEYWORD_ONLY) for p in extra]
+        )
         dataset(name, MICRO_DATA_VERSION, lambda params: split_defaults(build, params))(build)
         return sample
 
@@ -328,7 +331,7 @@ def glyphs(
     keep = list(range(n_classes)) if classes is None else [int(c) for c in classes]
     if not keep or len(set(keep)) != len(keep) or any(not 0 <= c < n_classes for c in keep):
         raise CmbenchError(f"glyphs: classes must be distinct ids 0..{n_classes - 1}, got {classes}")
-    splits = {}
+    splits: dict[str, Any] = {}  # train, val, test: Splits, passed to TaskData by keyword
     for s, per in zip(SPLITS, (n_train, n_val, n_test)):
         rng = _rng(data_seed, task, s)
         labels = rng.permutation(np.arange(per * len(keep)) % len(keep))

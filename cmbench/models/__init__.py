@@ -50,7 +50,8 @@ def feature_dim(cfg: AnyBackbone) -> int:
 def _timm_feature_dim(cfg_json: str) -> int:
     from ..suite import TimmViT
 
-    return int(create_backbone(TimmViT.model_validate_json(cfg_json)).num_features)
+    # TimmEncoder.num_features: timm's int (nn.Module's __getattr__ types attributes as Tensor | Module)
+    return int(create_backbone(TimmViT.model_validate_json(cfg_json)).num_features)  # type: ignore[arg-type]
 
 
 def create_backbone(cfg: AnyBackbone, theta0: dict[str, Tensor] | None = None) -> nn.Module:
@@ -64,6 +65,7 @@ def create_backbone(cfg: AnyBackbone, theta0: dict[str, Tensor] | None = None) -
     is the first-order Taylor expansion around θ0 (see :class:`Linearized`); its state
     dict is still θ, so methods and checkpoints do not change.
     """
+    model: nn.Module
     if cfg.kind == "tiny_vit":
         from timm.models.vision_transformer import VisionTransformer
 
@@ -106,7 +108,7 @@ class Linearized(nn.Module):
         self.model = model
         for m in model.modules():  # forward-mode AD through the math attention
             if hasattr(m, "fused_attn"):
-                m.fused_attn = False
+                m.fused_attn = False  # type: ignore[assignment]  # timm's attention: a bool attribute
         model.load_state_dict(theta0)
         self._theta0 = {k: v.detach().clone() for k, v in model.named_parameters()}
 
@@ -117,7 +119,8 @@ class Linearized(nn.Module):
         if next(iter(self._theta0.values())).device != x.device:  # follow the module to the GPU
             self._theta0 = {k: v.to(x.device) for k, v in self._theta0.items()}
         dparams = {k: params[k] - self._theta0[k] for k in params}
-        out, tangent = jvp(lambda p: functional_call(self.model, p, (x,)), (self._theta0,), (dparams,))
+        # without has_aux jvp returns (output, tangent); torch annotates a 2- or 3-tuple
+        out, tangent = jvp(lambda p: functional_call(self.model, p, (x,)), (self._theta0,), (dparams,))  # type: ignore[misc]
         return out + tangent
 
     def state_dict(self, *args, **kwargs):
@@ -132,6 +135,9 @@ class Linearized(nn.Module):
 
 class Head(nn.Module):
     """logits = W · normalize(features) (+ b): the frozen per-task classifier."""
+
+    weight: Tensor  # buffers
+    bias: Tensor | None
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None):
         super().__init__()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,9 @@ def allow_download() -> bool:
 
 
 class _Normalize(nn.Module):
+    mean: Tensor  # buffers
+    std: Tensor
+
     def __init__(self, mean, std):
         super().__init__()
         # buffers are not persistent: the merged state dict holds only weights
@@ -136,7 +140,7 @@ class CLIPImageEncoder(nn.Module):
 
     @classmethod
     def create(cls, cfg) -> "CLIPImageEncoder":
-        return cls(build_open_clip(cfg, pretrained=False).visual)
+        return cls(cast(nn.Module, build_open_clip(cfg, pretrained=False).visual))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.visual(self.normalize(x))
@@ -163,7 +167,7 @@ class TimmEncoder(nn.Module):
             if pretrained:
                 _pin_hub_weights(
                     f"timm {cfg.model}",
-                    (model.pretrained_cfg or {}).get("hf_hub_id") or "",
+                    (cast(dict, model.pretrained_cfg) or {}).get("hf_hub_id") or "",
                     ("model.safetensors", "pytorch_model.bin"),
                 )
         except CmbenchError:
@@ -184,7 +188,7 @@ def pretrained_state(cfg, seed: int) -> dict[str, Tensor]:
     """θ0 of a real-scale backbone: its published weights (or, with no tag / a custom
     config, the random initialisation drawn from ``seed``)."""
     if cfg.kind == "open_clip":
-        return CLIPImageEncoder(build_open_clip(cfg, pretrained=True, seed=seed).visual).state_dict()
+        return CLIPImageEncoder(cast(nn.Module, build_open_clip(cfg, pretrained=True, seed=seed).visual)).state_dict()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return TimmEncoder.create(cfg, pretrained=cfg.pretrained).state_dict()
@@ -211,11 +215,12 @@ def zero_shot_weights(
         model = build_open_clip(cfg, pretrained=True, seed=seed).to(device).eval()
     tokenizer = open_clip.get_tokenizer(cfg.model) if cfg.config is None else open_clip.tokenize
     prompts = [t.format(c=c) for c in classnames for t in templates]
+    # model: open_clip's CLIP (nn.Module's __getattr__ types its attributes as Tensor | Module)
     emb = torch.cat(
         [
-            model.encode_text(tokenizer(prompts[i : i + batch_size]).to(device)).float()
+            model.encode_text(tokenizer(prompts[i : i + batch_size]).to(device)).float()  # type: ignore[operator]
             for i in range(0, len(prompts), batch_size)
         ]
     )
     emb = nn.functional.normalize(emb, dim=-1).view(len(classnames), len(templates), -1).mean(1)
-    return nn.functional.normalize(emb, dim=-1).cpu() * model.logit_scale.exp().float().cpu()
+    return nn.functional.normalize(emb, dim=-1).cpu() * model.logit_scale.exp().float().cpu()  # type: ignore[operator]

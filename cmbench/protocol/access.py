@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -71,12 +71,16 @@ class DataAccess:
         if self.device.type == "cpu":
             return s
         if (task, split) not in self._on_device:
-            self._on_device[task, split] = Split(x=OnDevice(s.x, self.device), y=s.y.to(self.device))
+            # OnDevice stands in for the tensor: methods slice and index it, read shape and dtype
+            self._on_device[task, split] = Split(
+                x=cast(torch.Tensor, OnDevice(s.x, self.device)), y=s.y.to(self.device)
+            )
         return self._on_device[task, split]
 
     def current(self, split: str = "train"):
         if self.declared not in ("current_task", "calibration", "all_seen"):
             self._deny(f"the current task's {split} data")
+        assert self.ctx is not None  # set by the loop before a method runs
         s = self._split(self.ctx.task, split)
         self.samples_handed += len(s)
         return s
@@ -84,6 +88,7 @@ class DataAccess:
     def seen(self, task: str, split: str = "train"):
         if self.declared != "all_seen":
             self._deny(f"all data of seen task {task}")
+        assert self.ctx is not None  # set by the loop before a method runs
         if task not in self.ctx.seen_tasks:
             raise CmbenchError(f"method {self.method} asked for {task}, which has not arrived yet")
         s = self._split(task, split)
@@ -93,6 +98,7 @@ class DataAccess:
     def calibration(self, task: str, n: int):
         if self.declared != "calibration":
             self._deny(f"calibration samples of {task}")
+        assert self.ctx is not None  # set by the loop before a method runs
         if task not in self.ctx.seen_tasks:
             raise CmbenchError(f"method {self.method} asked for calibration data of {task}, which has not arrived yet")
         s = self.tasks[task].split("train")

@@ -27,7 +27,7 @@ from .recording import check_finite, evaluation_record, setup_check
 class MergeStream(Setting):
     model_key = "merged"
 
-    def __init__(self, *args):
+    def __init__(self, *args) -> None:
         super().__init__(*args)
         ctx = self.ctx
         self.heads = self.art.heads()  # on the CPU, where evaluation's features arrive

@@ -9,14 +9,14 @@ task-incremental over the task's own classes.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from .. import CmbenchError, metrics
 from ..lora import add_lora, merge_lora
 from ..models import check_logits, create_backbone, device_for, feature_dim, features, layout_of
-from ..suite import LoRA, Suite, Training
+from ..suite import Augment, LoRA, Suite, Training
 from ..tensors import StateDict
 from ..train import fit
 from .loop import Setting
@@ -67,6 +67,7 @@ class Learner:
         and the within-task row (each task over its own classes only, from the same logits:
         with class-incremental heads, the gap to R is what head calibration costs)."""
         t0 = time.perf_counter()
+        correct: float  # a sum of .item()s
         row, within, correct, total = [], [], 0, 0
         seen_rows = self.space.rows(learned)
         for name in order:
@@ -123,7 +124,7 @@ class Learner:
             return torch.nn.functional.cross_entropy(_masked(lin(model(xb)), rows), yb)
 
         loss_fn = method.wrap_loss(ctx, loss_fn, model)
-        groups = [{"params": body}, {"params": list(lin.parameters()), "lr": recipe.head_lr or recipe.lr}]
+        groups: list[dict] = [{"params": body}, {"params": list(lin.parameters()), "lr": recipe.head_lr or recipe.lr}]
         fit(
             groups,
             loss_fn,
@@ -151,7 +152,10 @@ class Learner:
         aug = self.recipe.augment
         whole = aug is not None and any(self.tasks[n].train_view is not None for n in names)
         splits = [
-            self.tasks[n].train_view(aug.view_size) if whole and self.tasks[n].train_view else self.tasks[n].train
+            # whole: aug is not None
+            self.tasks[n].train_view(cast(Augment, aug).view_size)
+            if whole and self.tasks[n].train_view
+            else self.tasks[n].train
             for n in names
         ]
         if whole and (len({s.x.shape[-1] for s in splits}) > 1 or any(s.aspect is None for s in splits)):
@@ -175,13 +179,13 @@ class Learner:
             _masked(logits, self.space.rows_of[name]), self.space.targets(td, td.train.y[:n]).to(self.device)
         )
         grads = torch.autograd.grad(loss, [p for p in model.parameters()])
-        return float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+        return float(torch.sqrt(cast(torch.Tensor, sum((g.double() ** 2).sum() for g in grads))))
 
 
 class TrainThenMerge(Setting):
     model_key = "deployed"
 
-    def __init__(self, *args):
+    def __init__(self, *args) -> None:
         super().__init__(*args)
         suite, job, ctx = self.suite, self.job, self.ctx
         self.space = ClassSpace(self.tasks, self.order)

@@ -53,7 +53,7 @@ def _num(x: float) -> str:
 
 def render(recs: list[dict], title: str) -> str:
     """Markdown: a table per label with diagnostics among ``recs``."""
-    by_label: dict[str, list[dict]] = defaultdict(list)
+    by_label: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in recs:
         if r["status"] == "ok" and r.get("diagnostics"):
             by_label[(r["suite"], r["label"])].append(r)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -190,7 +191,10 @@ def summarise(suite: str, recs: list[dict]) -> SuiteSummary:
         demonstration=full == 1,
         fixed_test_split=len(data_seeds) <= 1,
     )
-    means = {row.label: (s.est(row.label, headline).mean if s.est(row.label, headline) else -math.inf) for row in rows}
+    means = {
+        row.label: (cast(stats.Estimate, s.est(row.label, headline)).mean if s.est(row.label, headline) else -math.inf)
+        for row in rows
+    }
     ranked = [row.label for row in rows if not (row.reference or row.partial)]
     if not s.demonstration and ranked:
 
@@ -211,7 +215,7 @@ def summarise(suite: str, recs: list[dict]) -> SuiteSummary:
 
 def per_seed(recs: list[dict], fn) -> dict[int, float]:
     """One value per seed (θ0's row and the experts do not depend on the order)."""
-    out = {}
+    out: dict[int, float] = {}
     for r in recs:
         out.setdefault(r["seed"], fn(r))
     return out

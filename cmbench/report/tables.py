@@ -22,6 +22,7 @@ import io
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 from .. import CmbenchError
 from ..results import job_of
@@ -32,7 +33,7 @@ from .summary import LEVELS, SuiteSummary, summarise
 
 @dataclass
 class Cell:
-    est: stats.Estimate | None
+    est: stats.Estimate
     values: dict  # (seed, order) -> value, for paired comparisons
     test_sd: float = 0.0
     ranked: bool = True  # a full, non-reference row
@@ -78,7 +79,7 @@ def _marks(column: Column, key: tuple) -> list[str]:
     if len(cells) < 2:
         return [""] * len(column)
     if any(c.rank for c in cells.values()):  # the suite's rank figure: ranked once, by the summary
-        return [{1: "best", 2: "second"}.get(c.rank, "") if isinstance(c, Cell) else "" for c in column]
+        return [{1: "best", 2: "second"}.get(c.rank, "") if isinstance(c, Cell) else "" for c in column]  # type: ignore[arg-type]  # rank None: ""
     means = {str(i): c.est.mean for i, c in cells.items()}
 
     def differs(a: str, b: str) -> bool:
@@ -106,7 +107,7 @@ def _render(title: str, header: list[str], rows: list[str], cols: list[Column], 
         parts = ("mean", "lo95", "hi95", "runs", "rank")
         w.writerow(["table", header[0], *(escape.csv_text(f"{h} {p}") for h in header[1:] for p in parts)])
         for i, r in enumerate(rows):
-            out = []
+            out: list[Any] = []  # texts and numbers (the other formats reuse the name for lines)
             for j, col in enumerate(cols):
                 c = col[i]
                 if isinstance(c, Cell):

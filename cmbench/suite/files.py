@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from .. import CmbenchError
 from .base import FieldError, NAME
@@ -24,7 +25,7 @@ def _fmt_loc(loc: tuple) -> str:
     return ".".join(part(x) for x in loc) or "(top level)"
 
 
-def _pydantic_message(err: dict) -> tuple[str, str]:
+def _pydantic_message(err: ErrorDetails) -> tuple[str, str]:
     loc = _fmt_loc(err["loc"])
     ctx_err = (err.get("ctx") or {}).get("error")
     if isinstance(ctx_err, FieldError):

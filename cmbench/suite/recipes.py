@@ -10,6 +10,13 @@ from pydantic import Field, field_validator, model_validator
 from .base import Strict
 
 
+LoRATarget = Literal["q", "k", "v", "proj", "fc1", "fc2"]
+
+
+def _default_lora_targets() -> list[LoRATarget]:
+    return ["k", "v"]
+
+
 class Augment(Strict):
     """Training-time augmentation, torchvision's ``RandomResizedCrop`` then
     ``RandomHorizontalFlip`` as the InfLoRA / PyCIL / MagMax recipes use them. The crop is
@@ -88,9 +95,7 @@ class LoRA(Strict):
 
     rank: int = Field(10, gt=0)
     alpha: Optional[float] = Field(None, gt=0, description="scaling numerator; default = rank")
-    targets: list[Literal["q", "k", "v", "proj", "fc1", "fc2"]] = Field(
-        default_factory=lambda: ["k", "v"], min_length=1
-    )
+    targets: list[LoRATarget] = Field(default_factory=_default_lora_targets, min_length=1)
 
 
 class Training(TrainRecipe):
