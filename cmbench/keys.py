@@ -61,7 +61,7 @@ def job_inputs(suite: Suite, job: Job) -> dict:
         "method": job.method,
         "label": job.label,
         "hparams": dict(job.hparams),
-        "lora": json.loads(job.lora) if job.lora else None,
+        "lora": job.lora_spec,
         "method_code": job.method_hash,
         "seed": job.seed,
         "order": list(job.order),
@@ -100,9 +100,9 @@ def key_of(inputs: dict) -> str:
 # -- whether a stored result is current ---------------------------------------------------------
 
 
-def recorded_content(inputs: dict) -> dict[tuple[str, str], str]:
-    """(kind, artefact key) -> content hash, as a result's inputs record them."""
-    out = {}
+def recorded_content(inputs: dict) -> dict[tuple[str, str], str | None]:
+    """(kind, artefact key) -> content hash, as a result's inputs record them (None: none recorded)."""
+    out: dict[tuple[str, str], str | None] = {}
     content = inputs.get("content") or {}
     for kind, key in (inputs.get("artefacts") or {}).items():
         if isinstance(key, dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -57,6 +58,16 @@ class Job:
     order_index: int
     order: tuple[str, ...]
     training: Optional[str] = None  # the method's own training fields (JSON), over the suite's
+
+    # LoRA and training fields travel as JSON text (a job is hashable, a dict is not); read
+    # them through these
+    @property
+    def lora_spec(self) -> dict | None:
+        return json.loads(self.lora) if self.lora else None
+
+    @property
+    def training_fields(self) -> dict:
+        return json.loads(self.training) if self.training else {}
 
     @property
     def relpath(self) -> str:

@@ -177,7 +177,7 @@ class Suite(Strict):
 
     def training_of(self, spec: MethodSpec | Job) -> Training:
         """The recipe a method (or a job) trains with: the suite's, the method's own fields over it."""
-        own = spec.training if isinstance(spec, MethodSpec) else json.loads(spec.training or "{}")
+        own = spec.training if isinstance(spec, MethodSpec) else spec.training_fields
         if not own:
             return self.training
         return Training.model_validate({**self.training.model_dump(), **own})
