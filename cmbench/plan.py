@@ -83,8 +83,13 @@ def _weights_line(suite: Suite) -> str:
             return f"backbone: timm {b.model}, random init (no download)"
         import timm
 
-        # None for a model name timm does not know: AttributeError here, before create_model's one-line error
-        hub = timm.models.get_pretrained_cfg(b.model).hf_hub_id  # type: ignore[union-attr]
+        try:
+            cfg = timm.models.get_pretrained_cfg(b.model)
+        except RuntimeError:  # timm's "Invalid pretrained tag"
+            cfg = None
+        if cfg is None:  # a name timm does not know: said here, not as a traceback
+            return f"backbone: timm {b.model}: not a timm model with pretrained weights (check backbone.model)"
+        hub = cfg.hf_hub_id
         files = ("model.safetensors", "pytorch_model.bin")
         name = f"timm {b.model} (hf://{hub})"
     cached = hub and any(isinstance(try_to_load_from_cache(hub, f), str) for f in files)

@@ -326,7 +326,8 @@ def _compare_artefacts(suite: Suite, recs: list[dict], store, log) -> None:
                 known.update(recorded_content(r.get("inputs") or {}))
         unrecorded = sorted({kind for (kind, _), h in known.items() if h == UNRECORDED})
         known = {k: h for k, h in known.items() if h != UNRECORDED}
-        same = sum(store.content_hash(kind, key) == h for (kind, key), h in known.items())
+        # an unknown hash (None) never counts as the same as a missing artefact's
+        same = sum(h is not None and store.content_hash(kind, key) == h for (kind, key), h in known.items())
         parts = []
         if known:
             kinds = ", ".join(sorted({kind for kind, _ in known}))
