@@ -37,7 +37,7 @@ from typing import Any, Callable
 from .. import CmbenchError
 from ..suite import Rehearsal, Suite
 from .findings import decode_all, measurements, probe_lines, report_lines, train_step_probe
-from .standins import local_experts, write_backbone, write_datasets, write_experts
+from .standins import local_experts, rehearsal_of, write_backbone, write_datasets, write_experts
 
 
 def stand_in_env(root: Path) -> dict[str, str]:
@@ -139,7 +139,7 @@ def prepare(suite: Suite, root: Path, log: Callable[[str], None] = print) -> dic
     Returns seconds per part. The caller has set :func:`stand_in_env` (``root``)."""
     import time
 
-    r = suite.rehearsal
+    r = rehearsal_of(suite)
     times = {}
     t = time.perf_counter()
     write_backbone(suite, r.seed)

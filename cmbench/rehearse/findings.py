@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..suite import Suite
-from .standins import split_size
+from .standins import rehearsal_of, split_size
 
 
 def decode_all(suite: Suite, methods: set[str]) -> dict[str, Any]:
@@ -84,7 +84,7 @@ def measurements(suite: Suite, out: Path, phases: dict, root: Path, labels: set[
         "backbone": {"params": backbone_params(suite), "gflops": backbone_gflops(suite)},
         "check": model_check(suite, recs),
         "suite": suite.name,
-        "rehearsal": suite.rehearsal.model_dump(mode="json"),
+        "rehearsal": rehearsal_of(suite).model_dump(mode="json"),
         "phases": phases,
         "artefacts": {
             k: {"count": len(v), "s": sum(b["s"] for b in v), "peak_rss_bytes": max(b["peak_rss_bytes"] for b in v)}
@@ -107,7 +107,7 @@ def _gb(b: float | None) -> str:
 
 
 def report_lines(suite: Suite, rep: dict) -> list[str]:
-    r = suite.rehearsal
+    r = rehearsal_of(suite)
     lines = [
         f"# rehearsal of {suite.name} (random weights, generated data)",
         "",
@@ -180,9 +180,9 @@ def model_check(suite: Suite, recs: list[dict]) -> dict | None:
     gf = backbone_gflops(suite)
     host = gf * sum(i for _, i in ev) / sum(s for s, _ in ev)  # GFLOP/s
     sizes = {}
-    r = suite.rehearsal
+    r = rehearsal_of(suite)
     for t in suite.tasks:
-        src = t.params.get("source") if t.dataset == "class_split" else t.dataset
+        src = str(t.params.get("source") if t.dataset == "class_split" else t.dataset)
         k = t.params.get("n_tasks", 1) if t.dataset == "class_split" else 1
         sizes[t.name] = tuple(split_size(src, sp, r) // k for sp in ("train", "test"))
     jobs = [

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import CmbenchError
-from ..suite import Rehearsal, Suite
+from ..suite import OpenCLIP, Rehearsal, Suite
 
 
 # -- backbone weights ------------------------------------------------------------------------
@@ -20,6 +20,13 @@ from ..suite import Rehearsal, Suite
 
 # the stand-ins' fixed commit in the HF cache layout (a real cache holds the repo's sha)
 COMMIT = "0" * 40
+
+
+def rehearsal_of(suite: Suite) -> Rehearsal:
+    """The suite's rehearsal section (a suite ``capped_suite`` made has one)."""
+    if suite.rehearsal is None:
+        raise CmbenchError(f"suite {suite.name} has no rehearsal section: rehearse it with `cmbench run --rehearse`")
+    return suite.rehearsal
 
 
 def hub_file(repo: str, filename: str, repo_type: str = "model") -> Path:
@@ -62,8 +69,10 @@ def write_backbone(suite: Suite, seed: int) -> Path | None:
     if b.kind == "timm" and b.pretrained:
         import timm
 
-        hub = timm.models.get_pretrained_cfg(b.model).hf_hub_id
-        path = hub_file(hub, "model.safetensors")
+        cfg = timm.models.get_pretrained_cfg(b.model)
+        if cfg is None or not cfg.hf_hub_id:
+            raise CmbenchError(f"backbone.model {b.model}: timm knows no hub checkpoint for it to stand in for")
+        path = hub_file(cfg.hf_hub_id, "model.safetensors")
         if not path.exists():
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
@@ -283,6 +292,7 @@ def local_experts(suite: Suite, root: Path) -> Suite:
 def _hf_vision_config(suite: Suite) -> dict:
     from ..models import feature_dim
 
+    assert isinstance(suite.backbone, OpenCLIP)  # hf_clip_vision experts go with an open_clip backbone
     v = suite.backbone.open_clip_config()["vision_cfg"]
     return {
         "architectures": ["CLIPVisionModel"],
