@@ -400,6 +400,15 @@ def test_split_vit_suite_runs_offline_on_a_tiny_timm_vit(tmp_path, monkeypatch):
     recs = load_results(tmp_path / "out" / "results")
     assert {r["label"] for r in recs} == {"pm-lora", "trm"}
     assert all(len(r["start_grad_norm"]) == 2 and r["metrics"]["ACC_all"] is not None for r in recs)
+    # what a rehearsal's report says of the protocol, read from the objects the run uses
+    from cmbench.rehearse.findings import protocol_facts
+    from cmbench.suite import load_suite
+
+    facts = protocol_facts(load_suite(path))
+    assert facts["backbone"] == "timm vit_tiny_patch16_224"
+    assert facts["class order"].startswith("seed 1993 permutation of 20 classes, first ten [")
+    assert "mean [0.5, 0.5, 0.5], std [0.5, 0.5, 0.5]" in facts["input scaling"]
+    assert facts["images of the first task"] == "train 48, validation 12 (held out of the train split), test 20"
 
 
 def test_data_export_writes_the_folder_layout_the_loader_reads(tmp_path, monkeypatch):

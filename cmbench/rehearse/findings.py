@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..suite import Suite
 from .standins import rehearsal_of, split_size
@@ -83,6 +84,7 @@ def measurements(suite: Suite, out: Path, phases: dict, root: Path, labels: set[
     return {
         "backbone": {"params": backbone_params(suite), "gflops": backbone_gflops(suite)},
         "check": model_check(suite, recs),
+        "protocol": protocol_facts(suite),
         "suite": suite.name,
         "rehearsal": rehearsal_of(suite).model_dump(mode="json"),
         "phases": phases,
@@ -106,6 +108,41 @@ def _gb(b: float | None) -> str:
     return "-" if b is None else f"{b / 2**30:.2f}"
 
 
+def protocol_facts(suite: Suite) -> dict[str, str]:
+    """What a class-incremental suite's runs share with the published protocol it is shown
+    beside (docs/fidelity.md), read from the objects the run uses: the backbone tag, the class
+    order, how inputs are scaled, and the images each task trains on (generated at the
+    rehearsal's sizes; the held-out share is the real run's)."""
+    splits = [t for t in suite.tasks if t.dataset == "class_split"]
+    if not splits:
+        return {}
+    from ..artefacts import load_tasks
+    from ..data.vision import class_order
+    from ..models import create_backbone
+
+    norm = getattr(create_backbone(suite.backbone), "normalize", None)
+
+    def values(name: str) -> list[float]:
+        return [round(float(v), 4) for v in torch.as_tensor(getattr(norm, name)).flatten()]
+
+    scaling = (
+        f"(x - mean) / std with mean {values('mean')}, std {values('std')} (pixels in [0, 1] before)"
+        if norm is not None
+        else "pixels in [-1, 1]"
+    )
+    tasks = load_tasks(suite, suite.seeds[0])
+    first = tasks[splits[0].name]
+    n_classes = sum(len(tasks[t.name].class_ids or []) for t in splits)
+    seed = int(splits[0].params.get("order_seed", 1993))
+    return {
+        "backbone": f"{suite.backbone.kind} {getattr(suite.backbone, 'model', '')}",
+        "class order": f"seed {seed} permutation of {n_classes} classes, first ten {class_order(n_classes, seed)[:10]}",
+        "input scaling": scaling,
+        "images of the first task": f"train {len(first.train)}, validation {len(first.val)} (held out of the "
+        f"train split), test {len(first.test)}",
+    }
+
+
 def report_lines(suite: Suite, rep: dict) -> list[str]:
     r = rehearsal_of(suite)
     lines = [
@@ -113,6 +150,8 @@ def report_lines(suite: Suite, rep: dict) -> list[str]:
         "",
         f"sizes: scale {r.scale}, at most {r.max_per_split or '-'} images per split; caps: "
         f"{json.dumps(r.caps) if r.caps else 'none'}",
+        "",
+        *(f"protocol: {k}: {v}" for k, v in (rep.get("protocol") or {}).items()),
         "",
         "| phase | wall s | peak host GB (private) | notes |",
         "|---|---|---|---|",
