@@ -16,6 +16,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from . import CmbenchError
 from .artefacts import expert_key, theta0_key
 from .store import Store
 from .suite import Job, Suite, TrainRecipe
@@ -271,8 +272,6 @@ def check_cost(suite: Suite, c: dict, accept: bool) -> None:
     """Refuse, in one line, a run estimated above ``COST_LIMIT_H`` unless ``accept``."""
     limit = COST_LIMIT_H["gpu" if on_gpu(suite) else "cpu"]
     if c["hours"] > limit and not accept:
-        from . import CmbenchError
-
         raise CmbenchError(
             f"suite {suite.name}: estimated {c['hours']:,.0f} {c['unit']} ({c['jobs']} jobs, "
             f"{c['gflops']:.3g} GFLOPs per image; `cmbench run {suite.name} --dry-run` itemises it), above "
@@ -329,8 +328,6 @@ def check_memory(suite: Suite, m: dict | None) -> None:
     """Refuse, in one line, a micro suite whose job cannot fit this machine's memory."""
     have = machine_memory()
     if m and have and m["total"] > have:
-        from . import CmbenchError
-
         raise CmbenchError(
             f"suite {suite.name}: a job would hold about {m['total'] / 2**30:,.1f} GiB (data "
             f"{m['data'] / 2**30:,.1f} GiB, model {m['params'] / 1e6:,.1f} M parameters: "
@@ -397,6 +394,27 @@ def missing_downloads(suite: Suite) -> list[str]:
     if suite.rehearsal:  # a rehearsal writes its own stand-ins
         return []
     return [line.strip() for line in needs(suite) if "TO DOWNLOAD" in line or "MISSING" in line]
+
+
+def preflight(
+    suite: Suite, todo: list[Job], store: Store, *, allow_download: bool, accept_cost: bool, local: bool
+) -> None:
+    """What a run is refused for before anything is built: downloads first (offline unless
+    allowed; all that is missing said at once instead of failing on the first file a worker
+    cannot find), then its cost and, for a run on this machine, its memory (a cluster's nodes
+    are not this machine)."""
+    missing = [] if allow_download else missing_downloads(suite)
+    if missing:
+        raise CmbenchError(
+            f"suite {suite.name} reads what is not on this machine, and downloads are off: "
+            + "; ".join(m.replace(" (--allow-download)", "") for m in missing)
+            + f". Rerun with --allow-download to fetch them, or put them in the local caches "
+            f"(`cmbench run {suite.name} --dry-run` lists each)"
+        )
+    if suite.rehearsal is None:  # a rehearsal measures at capped sizes: its cost is its point
+        check_cost(suite, total_cost(suite, todo, store), accept_cost)
+    if local:
+        check_memory(suite, memory_estimate(suite))
 
 
 def describe(suite: Suite, todo: list[Job], store: Store, measured: dict | None = None) -> list[str]:

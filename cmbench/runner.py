@@ -185,7 +185,14 @@ def run_suite(suite_path: str | Path, options: RunOptions | None = None, **field
         todo = list(jobs)  # the artefacts of every job, whether or not its result exists
     if not todo:
         return nothing
-    _refuse_what_cannot_be_meant(suite, todo, store, o)
+    from .plan import preflight
+
+    allow = o.allow_download
+    if allow is None:
+        from .models.clip import allow_download as allowed
+
+        allow = allowed()
+    preflight(suite, todo, store, allow_download=allow, accept_cost=o.accept_cost, local=not o.ray_address)
     _check_writable(paths)
     lock = FileLock(str(paths.cache.parent / f"{suite.name}.run.lock"))
     try:
@@ -230,31 +237,6 @@ def _suite_as_run(suite_path: str | Path, o: RunOptions) -> tuple[Suite, list[st
         if methods:
             methods = [*methods, *(f"{m}-tuned" for m in methods if f"{m}-tuned" in sources)]
     return suite, methods, sources
-
-
-def _refuse_what_cannot_be_meant(suite: Suite, todo: list[Job], store, o: RunOptions) -> None:
-    """Before anything is built: downloads first (offline unless allowed; all that is missing
-    said at once instead of failing on the first file a worker cannot find), then the run's
-    cost and, locally, its memory (a cluster's nodes are not this machine)."""
-    from . import plan
-
-    allow = o.allow_download
-    if allow is None:
-        from .models.clip import allow_download as allowed
-
-        allow = allowed()
-    missing = [] if allow else plan.missing_downloads(suite)
-    if missing:
-        raise CmbenchError(
-            f"suite {suite.name} reads what is not on this machine, and downloads are off: "
-            + "; ".join(m.replace(" (--allow-download)", "") for m in missing)
-            + f". Rerun with --allow-download to fetch them, or put them in the local caches "
-            f"(`cmbench run {suite.name} --dry-run` lists each)"
-        )
-    if suite.rehearsal is None:  # a rehearsal measures at capped sizes: its cost is its point
-        plan.check_cost(suite, plan.total_cost(suite, todo, store), o.accept_cost)
-    if not o.ray_address:
-        plan.check_memory(suite, plan.memory_estimate(suite))
 
 
 def _check_writable(paths: Paths) -> None:

@@ -84,14 +84,16 @@ def prepare_artefacts(
     experts were built; ``log`` (if given) hears how many were cached; ``lock``: the output
     directory and its pinned downloads (verified, and extended with what was read first)."""
     known = lock[1] if lock else None
+    # what to build, decided from the store before anything is built (an expert's key does
+    # not depend on θ0 being built: the key is made of the suite's settings)
     t0 = [(suite, s, cache, known) for s in seeds if not store.has("theta0", theta0_key(suite, s))]
-    found = drain(ex.map(prepare_theta0, t0), f"θ0 and heads ({len(t0)} seeds)", len(t0))
     todo = [
         (suite, s, t, cache, known)
         for s in seeds
         for t in suite.task_names()
         if suite.setting == "merge_stream" and not store.has("experts", expert_key(suite, s, t))
     ]
+    found = drain(ex.map(prepare_theta0, t0), f"θ0 and heads ({len(t0)} seeds)", len(t0))
     if log is not None:
         log(f"suite {suite.name}: {len(seeds) * len(suite.tasks) - len(todo)} experts cached, {len(todo)} to fine-tune")
     verb = "loading experts" if suite.experts.source == "checkpoints" else "fine-tuning experts"
