@@ -15,6 +15,13 @@ from pathlib import Path
 
 _GENERATED = ("n_train", "n_val", "n_test", "noise")  # every generated micro task's split sizes and noise
 
+
+@lru_cache(maxsize=1)
+def clip_tasks() -> dict[str, dict]:
+    """The CLIP tasks (``data/clip_tasks.json``): FusionBench's names, hub copies, class names."""
+    return json.loads((Path(__file__).parent / "data" / "clip_tasks.json").read_text())["tasks"]
+
+
 # what a value of a parameter may be, by name (the same meaning in every dataset that takes it)
 PARAM_RULES: dict[str, tuple[str, float, float]] = {  # name -> (kind, low, high), both inclusive
     "n_train": ("int", 1, 10**7),
@@ -44,14 +51,8 @@ DATASET_PARAMS: dict[str, tuple[str, ...]] = {
     "glyphs": ("n_classes", "classes", "domain", "renditions", "n_train", "n_val", "n_test", "noise"),
     # image folders and hub copies (cmbench/data/vision.py): class-incremental splits, the CLIP tasks
     "class_split": ("source", "n_tasks", "index", "order_seed", "first", "crop_pct"),
-    **{name: () for name in json.loads((Path(__file__).parent / "data" / "clip_tasks.json").read_text())["tasks"]},
+    **{name: () for name in clip_tasks()},
 }
-
-
-@lru_cache(maxsize=1)
-def clip_tasks() -> dict[str, dict]:
-    """The CLIP tasks (``data/clip_tasks.json``): FusionBench's names, hub copies, class names."""
-    return json.loads((Path(__file__).parent / "data" / "clip_tasks.json").read_text())["tasks"]
 
 
 def ode_m_reference_order(tasks: list[str]) -> list[str]:
@@ -61,6 +62,5 @@ def ode_m_reference_order(tasks: list[str]) -> list[str]:
     ``random.shuffle``. Returned in cmbench's task names."""
     fb = {clip_tasks()[t]["fusionbench"]: t for t in tasks}
     names = sorted(fb)
-    random.seed(42)
-    random.shuffle(names)
+    random.Random(42).shuffle(names)  # the same draws as random.seed(42), without reseeding the global generator
     return [fb[n] for n in names]

@@ -87,11 +87,12 @@ def _matches(spec: dict, method: str, hparams: dict, lora: dict | None) -> bool:
 
 
 def split_mismatch(suite, training) -> str | None:
-    """Why a split-ViT suite's run (trained with ``training``) is not the run of the split
-    table's source, in a few words; None when every field the source states matches."""
+    """Why a run of one of the split table's benchmarks (trained with ``training``) is not
+    the source's run, in a few words; None when every field the source states matches, or
+    when the suite is none of its benchmarks (nothing to match)."""
     bench = _split_benchmark(suite)
     if bench is None:
-        return "not one of the source's benchmarks"
+        return None
     p = _data()["split"]["protocol"]
     if suite.backbone.model != p["backbone"]:
         return f"backbone {suite.backbone.model}, the source's {p['backbone']}"

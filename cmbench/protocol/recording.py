@@ -35,8 +35,8 @@ def published_rows(suite: Suite, job: Job, cls) -> dict[str, Any]:
     }
     found = {k: dataclasses.asdict(v) for k, v in found.items() if v is not None}
     # a benchmark the split table covers, run another way: say why its numbers are not beside ours
-    why = published.split_mismatch(suite, training) if suite.setting == "train_then_merge" else None
-    unmatched = {"published_unmatched": why} if why and why != "not one of the source's benchmarks" else {}
+    why = published.split_mismatch(suite, training)
+    unmatched = {"published_unmatched": why} if why else {}
     return ({"published": found} if found else {}) | unmatched
 
 
