@@ -10,6 +10,7 @@ artefact once and a killed job never leaves a file a rerun would trust.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -333,6 +334,28 @@ def make_expert(suite: Suite, seed: int, task: str, theta0: StateDict, head: Hea
     return (
         {k: v.cpu() for k, v in backbone.state_dict().items()},
         {"task": task, "test_accuracy": acc, "losses": losses, "device": str(device)},
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ToBuild:
+    """What the store does not hold yet for some seeds: θ0 (and its heads) per seed, and the
+    experts a merge stream fine-tunes, per (seed, task)."""
+
+    theta0: list[int]
+    experts: list[tuple[int, str]]
+
+
+def to_build(suite: Suite, seeds: list[int], store: Store) -> ToBuild:
+    finetuned = suite.setting == "merge_stream" and suite.experts.source == "finetune"
+    return ToBuild(
+        theta0=[s for s in seeds if not store.has("theta0", theta0_key(suite, s))],
+        experts=[
+            (s, t)
+            for s in (seeds if finetuned else [])
+            for t in suite.task_names()
+            if not store.has("experts", expert_key(suite, s, t))
+        ],
     )
 
 

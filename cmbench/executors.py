@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, cast
 from tqdm import tqdm
 
 from . import CmbenchError
+from .record import error_line
 from .registry import baseline_dirs
 from .suite import Suite
 
@@ -342,12 +343,6 @@ def make_executor(
                 raise
         return ex
     return LocalExecutor(threads)
-
-
-def error_line(e: BaseException) -> str:
-    if isinstance(e, CmbenchError):
-        return str(e)
-    return f"{type(e).__name__}: {e}"
 
 
 def drain(results: Iterable, desc: str, total: int) -> list:

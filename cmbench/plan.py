@@ -17,8 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import CmbenchError
-from .artefacts import expert_key, theta0_key
-from .store import Store
+from .artefacts import ToBuild
 from .suite import Job, Suite, TrainRecipe
 
 # Effective throughput assumed for a job's GPU work on an H100/H200-class GPU. Jobs compute
@@ -234,7 +233,7 @@ def throughput_tflops(suite: Suite) -> float:
     return CPU_GFLOPS * suite.resources.cpus_per_job / passes / 1e3
 
 
-def artefact_images(suite: Suite, seeds: list[int], store: Store) -> dict[str, float]:
+def artefact_images(suite: Suite, build: ToBuild) -> dict[str, float]:
     """Images the artefacts still to build pass through training: θ0's pretraining (a micro
     backbone, per seed not cached) and each expert's fine-tuning (per seed and task not
     cached)."""
@@ -244,23 +243,21 @@ def artefact_images(suite: Suite, seeds: list[int], store: Store) -> dict[str, f
         pre = split_sizes(suite, suite.pretrain.tasks or suite.tasks)
         r = suite.pretrain
         per_seed = r.steps * r.batch_size if r.steps else r.epochs * sum(tr for tr, _ in pre.values())
-        out["pretrain_images"] = per_seed * sum(not store.has("theta0", theta0_key(suite, s)) for s in seeds)
-    if suite.setting == "merge_stream" and suite.experts.source == "finetune":
+        out["pretrain_images"] = per_seed * len(build.theta0)
+    if build.experts:
         r, sizes = suite.experts.finetune, split_sizes(suite)
-        for s in seeds:
-            for t in suite.task_names():
-                if not store.has("experts", expert_key(suite, s, t)):
-                    out["finetune_images"] += r.steps * r.batch_size if r.steps else r.epochs * sizes[t][0]
+        for _, t in build.experts:
+            out["finetune_images"] += r.steps * r.batch_size if r.steps else r.epochs * sizes[t][0]
     return out
 
 
-def total_cost(suite: Suite, todo: list[Job], store: Store, measured: dict | None = None) -> dict:
+def total_cost(suite: Suite, todo: list[Job], build: ToBuild, measured: dict | None = None) -> dict:
     """What running ``todo`` costs on the suite's device: ``project``'s model passes and merge
     steps, plus the artefacts still to build; ``hours`` of device time (GPU-h, or thread-hours
     on the CPU: jobs' model passes and merges, which run with cpus_per_job threads)."""
     tf = throughput_tflops(suite)
     c = project(suite, todo, measured, tflops=tf)
-    c.update(artefact_images(suite, sorted({j.seed for j in todo}), store))
+    c.update(artefact_images(suite, build))
     c["artefact_s"] = 3 * c["gflops"] * (c["pretrain_images"] + c["finetune_images"]) / (tf * 1e3)
     per = 1 if on_gpu(suite) else suite.resources.cpus_per_job
     c["hours"] = (c["eval_gpu_s"] + c["train_gpu_s"] + c["artefact_s"]) * per / 3600 + c["merge_s"] / 3600
@@ -397,7 +394,7 @@ def missing_downloads(suite: Suite) -> list[str]:
 
 
 def preflight(
-    suite: Suite, todo: list[Job], store: Store, *, allow_download: bool, accept_cost: bool, local: bool
+    suite: Suite, todo: list[Job], build: ToBuild, *, allow_download: bool, accept_cost: bool, local: bool
 ) -> None:
     """What a run is refused for before anything is built: downloads first (offline unless
     allowed; all that is missing said at once instead of failing on the first file a worker
@@ -412,24 +409,19 @@ def preflight(
             f"(`cmbench run {suite.name} --dry-run` lists each)"
         )
     if suite.rehearsal is None:  # a rehearsal measures at capped sizes: its cost is its point
-        check_cost(suite, total_cost(suite, todo, store), accept_cost)
+        check_cost(suite, total_cost(suite, todo, build), accept_cost)
     if local:
         check_memory(suite, memory_estimate(suite))
 
 
-def describe(suite: Suite, todo: list[Job], store: Store, measured: dict | None = None) -> list[str]:
+def describe(suite: Suite, todo: list[Job], build: ToBuild, measured: dict | None = None) -> list[str]:
     lines = ["needs:", *("  " + line for line in needs(suite))]
-    seeds = sorted({j.seed for j in todo})
     gf = backbone_gflops(suite)
-    if suite.setting == "merge_stream":
-        missing = [
-            (s, t) for s in seeds for t in suite.task_names() if not store.has("experts", expert_key(suite, s, t))
-        ]
-        if suite.experts.source != "checkpoints":
-            lines.append(f"  experts to fine-tune: {len(missing)} (`cmbench finetune {suite.name}`)")
-    if not store.has("theta0", theta0_key(suite, seeds[0] if seeds else suite.seeds[0])):
+    if suite.setting == "merge_stream" and suite.experts.source != "checkpoints":
+        lines.append(f"  experts to fine-tune: {len(build.experts)} (`cmbench finetune {suite.name}`)")
+    if build.theta0:
         lines.append("  θ0 and heads: to build (first job)")
-    c = total_cost(suite, todo, store, measured or load_measurement(suite))
+    c = total_cost(suite, todo, build, measured or load_measurement(suite))
     by = Counter(j.label for j in todo)
     per = 1 if on_gpu(suite) else suite.resources.cpus_per_job
     arts = [

@@ -1,4 +1,4 @@
-"""The result record: one typed model of a result file, and the only way one is read.
+"""The result record: one typed model of a result file, the only way one is read, and how one is written.
 
 Result files travel: contributed results, a colleague's ``--results DIR``, a site people
 open. Every file is read as untrusted input: only regular files under ``MAX_BYTES`` (never a
@@ -25,6 +25,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 
+from . import CmbenchError
+from .store import atomic_write_bytes
 from .suite import NAME, LoRA
 
 RECORD_VERSION = 1
@@ -93,7 +95,7 @@ class Evaluation(_Open):
 
 
 class ResultRecord(BaseModel):
-    """A result file (``runner.write_result`` writes it; see the module doc for how it is read)."""
+    """A result file (``write_result`` writes it; see the module doc for how it is read)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -374,3 +376,51 @@ __all__ = [
     "json_schema",
     "schema_text",
 ]
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+
+def nan_to_none(x):
+    """JSON has no NaN: undefined cells/metrics are written as null."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, list):
+        return [nan_to_none(v) for v in x]
+    if isinstance(x, dict):
+        return {k: nan_to_none(v) for k, v in x.items()}
+    return x
+
+
+def error_line(e: BaseException) -> str:
+    """The one line a failed job's record (and the run's log) gives for ``e``."""
+    if isinstance(e, CmbenchError):
+        return str(e)
+    return f"{type(e).__name__}: {e}"
+
+
+def write_result(path: Path, record: dict) -> None:
+    # through JSON once, so the checksum is of what a reader parses (tuples as lists, ...)
+    record = json.loads(json.dumps(nan_to_none(record)))
+    record.pop("R_checksum", None)
+    record["checksum"] = checksum(record)
+    payload = json.dumps(record, indent=1, sort_keys=True).encode() + b"\n"
+    try:
+        atomic_write_bytes(path, payload)
+    except OSError as e:
+        raise CmbenchError(f"{path}: cannot write result: {e.strerror}") from None
+
+
+def keep_previous_result(path: Path) -> Path | None:
+    """Before a failed job's record replaces a result that was computed (for other inputs: a
+    changed suite or code), move that result aside as ``NAME.json.previous``: a failure never
+    loses a computed result, and the report, which reads ``*.json``, does not show it as current."""
+    try:
+        ok = json.loads(path.read_text()).get("status") == "ok"
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not ok:
+        return None
+    kept = path.with_name(path.name + ".previous")
+    os.replace(path, kept)
+    return kept

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import sys
 import tempfile
-import traceback
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +24,12 @@ from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from . import CmbenchError, pins
-from .artefacts import SuiteArtefacts
+from .artefacts import SuiteArtefacts, to_build
 from .fingerprint import git_commit
-from .executors import error_line, make_executor
-from .keys import job_inputs, stale_reason
-from .protocol import nan_to_none
-from .record import checksum
+from .executors import make_executor
+from .keys import stale_reason
+from .protocol import failure_record
+from .record import error_line, keep_previous_result, write_result
 from .store import atomic_write_bytes, open_store
 from .suite import Job, Suite, expand, load_suite
 from .work import prepare_artefacts, run_job
@@ -58,33 +56,6 @@ class Paths:
     def tracking_uri(self) -> str:
         db = (self.out / ".cmbench" / "mlflow.db").resolve()
         return f"sqlite:///{db}"
-
-
-def write_result(path: Path, record: dict) -> None:
-    # through JSON once, so the checksum is of what a reader parses (tuples as lists, ...)
-    record = json.loads(json.dumps(nan_to_none(record)))
-    record.pop("R_checksum", None)
-    record["checksum"] = checksum(record)
-    payload = json.dumps(record, indent=1, sort_keys=True).encode() + b"\n"
-    try:
-        atomic_write_bytes(path, payload)
-    except OSError as e:
-        raise CmbenchError(f"{path}: cannot write result: {e.strerror}") from None
-
-
-def keep_previous_result(path: Path) -> Path | None:
-    """Before a failed job's record replaces a result that was computed (for other inputs: a
-    changed suite or code), move that result aside as ``NAME.json.previous``: a failure never
-    loses a computed result, and the report, which reads ``*.json``, does not show it as current."""
-    try:
-        ok = json.loads(path.read_text()).get("status") == "ok"
-    except (OSError, ValueError, AttributeError):
-        return None
-    if not ok:
-        return None
-    kept = path.with_name(path.name + ".previous")
-    os.replace(path, kept)
-    return kept
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -171,6 +142,9 @@ def run_suite(suite_path: str | Path, options: RunOptions | None = None, **field
         + (f" ({', '.join(f'{n} {r}' for r, n in counts.most_common())})" if todo else "")
     )
     nothing = {"jobs": len(jobs), "skipped": skipped, "ran": 0, "failed": 0}
+    if o.prepare_only and not o.dry_run:
+        todo = list(jobs)  # the artefacts of every job, whether or not its result exists
+    build = to_build(suite, sorted({j.seed for j in todo}), store)  # θ0s and experts not cached yet
     if o.dry_run:
         from .plan import describe
 
@@ -178,11 +152,9 @@ def run_suite(suite_path: str | Path, options: RunOptions | None = None, **field
             o.log(
                 f"  would run {job.label} seed={job.seed} order={job.order_index}: {' > '.join(job.order)} [{why[job]}]"
             )
-        for line in describe(suite, todo, store):
+        for line in describe(suite, todo, build):
             o.log(line)
         return nothing
-    if o.prepare_only:
-        todo = list(jobs)  # the artefacts of every job, whether or not its result exists
     if not todo:
         return nothing
     from .plan import preflight
@@ -192,7 +164,7 @@ def run_suite(suite_path: str | Path, options: RunOptions | None = None, **field
         from .models.clip import allow_download as allowed
 
         allow = allowed()
-    preflight(suite, todo, store, allow_download=allow, accept_cost=o.accept_cost, local=not o.ray_address)
+    preflight(suite, todo, build, allow_download=allow, accept_cost=o.accept_cost, local=not o.ray_address)
     _check_writable(paths)
     lock = FileLock(str(paths.cache.parent / f"{suite.name}.run.lock"))
     try:
@@ -294,6 +266,7 @@ def finetune_experts(
 def _run(
     suite: Suite, todo: list[Job], n_jobs: int, skipped: int, paths: Paths, o: RunOptions, sources: dict
 ) -> dict[str, Any]:
+    lock = _lock_of(suite, paths.out)
     cache, threads = paths.store, suite.resources.cpus_per_job
     store = open_store(cache)
     ex = make_executor(suite, o.workers, threads, o.ray_address, o.executor, o.retries, cache, o.dashboard)
@@ -304,7 +277,6 @@ def _run(
     try:
         # 1. artefacts, built once per seed and shared by every job (cached by content key);
         # every hub file read is verified against the output directory's lock, or pinned in it
-        lock = _lock_of(suite, paths.out)
         prepare_artefacts(suite, sorted({j.seed for j in todo}), store, cache, ex, lock=lock)
         if o.prepare_only:
             return {"jobs": n_jobs, "skipped": skipped, "ran": 0, "failed": 0}
@@ -317,7 +289,7 @@ def _run(
             path = paths.results / job.relpath
             if err is not None:
                 failed += 1
-                record = _failure_record(suite, job, err)
+                record = failure_record(suite, job, err)
                 kept = keep_previous_result(path)
                 o.log(
                     f"job failed: {job.label} seed={job.seed} order={job.order_index}: {error_line(err)}"
@@ -343,26 +315,6 @@ def _run(
     for line in run_summary(finished, paths):
         o.log(line)
     return {"jobs": n_jobs, "skipped": skipped, "ran": len(todo) - failed, "failed": failed}
-
-
-def _failure_record(suite: Suite, job: Job, err: BaseException) -> dict[str, Any]:
-    """What a failed job's file says: why, and the inputs it was run with (no key)."""
-    return {
-        "status": "failed",
-        "error": error_line(err),
-        "suite": job.suite,
-        "suite_hash": job.suite_hash,
-        "method": job.method,
-        "label": job.label,
-        "hparams": dict(job.hparams),
-        "seed": job.seed,
-        "order_index": job.order_index,
-        "tasks": list(job.order),
-        "setting": suite.setting,
-        "key": None,
-        "inputs": job_inputs(suite, job),
-        "traceback": "".join(traceback.format_exception(err))[-4000:],
-    }
 
 
 def with_methods(suite: Suite, add: list[dict], where) -> Suite:

@@ -38,7 +38,7 @@ from . import registry
 from .artefacts import load_tasks
 from .fingerprint import method_fingerprint
 from .models import device_type
-from .protocol import nan_to_none
+from .record import nan_to_none
 from .results import load_results
 from .executors import make_executor
 from .keys import flatten, recorded_content, stale_reason

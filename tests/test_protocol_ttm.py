@@ -49,7 +49,7 @@ def ttm_results(tmp_path_factory):
 
 def test_class_incremental_matrix(ttm_results):
     suite, res = ttm_results
-    from cmbench.protocol import nan_to_none
+    from cmbench.record import nan_to_none
     from cmbench.record import parse
 
     for r in res.values():  # what the runner writes reads back (digits: a finite population, recorded)

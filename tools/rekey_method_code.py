@@ -28,7 +28,7 @@ from pathlib import Path
 
 from cmbench.fingerprint import git_commit
 from cmbench.keys import current_inputs, differing_inputs, key_of
-from cmbench.runner import write_result
+from cmbench.record import write_result
 from cmbench.store import open_store
 from cmbench.suite import expand, load_suite
 from cmbench.tuned import tuned_specs

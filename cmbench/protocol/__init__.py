@@ -18,11 +18,11 @@ from ..suite import Job, Suite
 from .access import DataAccess, OnDevice
 from .evaluation import Evaluator
 from .loop import run_job
-from .recording import measure_storage, nan_to_none
+from .recording import failure_record, measure_storage
 from .stream import MergeStream
 from .ttm import TrainThenMerge
 
-__all__ = ["DataAccess", "Evaluator", "OnDevice", "measure_storage", "nan_to_none", "run"]
+__all__ = ["DataAccess", "Evaluator", "OnDevice", "failure_record", "measure_storage", "run"]
 
 
 def run(suite: Suite, job: Job, store: Store, threads: int, scored_on: str = "test") -> dict[str, Any]:

@@ -4,8 +4,8 @@ measure them (storage, finiteness, the published numbers to compare with)."""
 from __future__ import annotations
 
 import dataclasses
-import math
 import platform
+import traceback
 from typing import Any
 
 import torch
@@ -15,6 +15,7 @@ from .. import methods as methods_mod
 from ..data import Split
 from ..keys import job_inputs, key_of, with_content
 from ..models import device_for
+from ..record import error_line
 from ..store import Store
 from ..suite import Job, Suite
 from ..tensors import StateDict, first_nonfinite, nbytes
@@ -180,12 +181,21 @@ def check_finite(state: StateDict, job: Job, step: int, what: str = "merged") ->
         )
 
 
-def nan_to_none(x):
-    """JSON has no NaN: undefined cells/metrics are written as null."""
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    if isinstance(x, list):
-        return [nan_to_none(v) for v in x]
-    if isinstance(x, dict):
-        return {k: nan_to_none(v) for k, v in x.items()}
-    return x
+def failure_record(suite: Suite, job: Job, err: BaseException) -> dict[str, Any]:
+    """What a failed job's file says: why, and the inputs it was run with (no key)."""
+    return {
+        "status": "failed",
+        "error": error_line(err),
+        "suite": job.suite,
+        "suite_hash": job.suite_hash,
+        "method": job.method,
+        "label": job.label,
+        "hparams": dict(job.hparams),
+        "seed": job.seed,
+        "order_index": job.order_index,
+        "tasks": list(job.order),
+        "setting": suite.setting,
+        "key": None,
+        "inputs": job_inputs(suite, job),
+        "traceback": "".join(traceback.format_exception(err))[-4000:],
+    }
