@@ -16,18 +16,18 @@ from typing import Any, Callable, Iterable, Iterator, Literal, cast
 from tqdm import tqdm
 
 from . import CmbenchError
+from .config import Config, applied, current
 from .record import error_line
 from .registry import baseline_dirs
 from .suite import Suite
 
 
 def worker_env() -> dict[str, str]:
-    """What a worker needs from the driver's environment: the project's baselines, the data
-    root and whether downloads are allowed (so a cluster node sees the driver's settings)."""
-    env = {"CMBENCH_BASELINES": os.pathsep.join(str(d) for d in baseline_dirs())}
+    """What a worker needs from the driver's environment: the Hugging Face libraries' caches
+    and offline switches, which those libraries read from the environment (cmbench's own
+    settings travel as the job's ``Config``)."""
+    env = {}
     for k in (
-        "CMBENCH_DATA_ROOT",
-        "CMBENCH_ALLOW_DOWNLOAD",
         "HF_HOME",
         "HF_HUB_CACHE",
         "HF_DATASETS_CACHE",
@@ -39,8 +39,9 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def _call(fn: Callable, args: tuple, threads: int, env: dict[str, str]) -> Any:
-    """Worker-side wrapper: fix threads, make the project's baselines discoverable."""
+def _call(fn: Callable, args: tuple, threads: int, env: dict[str, str], config: Config) -> Any:
+    """Worker-side wrapper: fix threads, hold the run's configuration (data root, downloads,
+    method folders) for the job."""
     import warnings
 
     import torch
@@ -48,18 +49,19 @@ def _call(fn: Callable, args: tuple, threads: int, env: dict[str, str]) -> Any:
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecations drown progress
     os.environ.update(env)
     torch.set_num_threads(threads)
-    return fn(*args)
+    with applied(config):
+        return fn(*args)
 
 
 class LocalExecutor:
-    def __init__(self, threads: int):
-        self.threads = threads
+    def __init__(self, threads: int, config: Config | None = None):
+        self.threads, self.config = threads, config or current()
 
     def map(self, fn: Callable, argsets: list[tuple]) -> Iterator[tuple[tuple, Any, BaseException | None]]:
         env = worker_env()
         for args in argsets:
             try:
-                yield args, _call(fn, args, self.threads, env), None
+                yield args, _call(fn, args, self.threads, env, self.config), None
             except Exception as e:  # noqa: BLE001 - reported per job
                 yield args, None, e
 
@@ -126,17 +128,17 @@ def local_gpu_gb() -> list[float]:
     return [torch.cuda.get_device_properties(i).total_memory / 2**30 for i in range(torch.cuda.device_count())]
 
 
-def ship_baselines(staging: Path) -> str:
+def ship_baselines(staging: Path) -> tuple[Path, ...]:
     """Copy every folder methods are discovered in (``registry.baseline_dirs``) into
-    ``staging`` (Ray uploads it as the jobs' working directory); the worker-side
-    CMBENCH_BASELINES, relative to that directory."""
+    ``staging`` (Ray uploads it as the jobs' working directory); the workers' method folders,
+    relative to that directory."""
     import shutil
 
     rel = []
     for i, d in enumerate(baseline_dirs()):
         shutil.copytree(d, staging / "cmbench_methods" / str(i), ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        rel.append(f"cmbench_methods/{i}")
-    return os.pathsep.join(rel)
+        rel.append(Path(f"cmbench_methods/{i}"))
+    return tuple(rel)
 
 
 def _dashboard_available() -> None:
@@ -220,16 +222,17 @@ class RayExecutor:
         retries: int = 2,
         num_gpus: int | None = None,
         dashboard: bool = False,
+        config: Config | None = None,
     ):
         import ray
 
         self.ray = ray
-        env = worker_env()
+        env, config = worker_env(), config or current()
         kwargs: dict[str, Any] = dict(logging_level="ERROR", log_to_driver=True, configure_logging=True)
         if address:
             # the user's method files travel with the jobs (Ray's runtime_env), not as driver paths
             self._staging = tempfile.TemporaryDirectory(prefix="cmbench-methods-")
-            env["CMBENCH_BASELINES"] = ship_baselines(Path(self._staging.name))
+            config = config.with_(baselines=ship_baselines(Path(self._staging.name)))
             connect_ray(address, runtime_env={"working_dir": self._staging.name}, **kwargs)
         else:
             if dashboard:
@@ -260,10 +263,10 @@ class RayExecutor:
         self.remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=retries, scheduling_strategy=strategy)(
             _call
         )
-        self.threads, self.env = threads, env
+        self.threads, self.env, self.config = threads, env, config
 
     def map(self, fn: Callable, argsets: list[tuple]):
-        pending = {self.remote.remote(fn, args, self.threads, self.env): args for args in argsets}
+        pending = {self.remote.remote(fn, args, self.threads, self.env, self.config): args for args in argsets}
         while pending:
             done, _ = self.ray.wait(list(pending), num_returns=1)
             ref = done[0]
@@ -323,8 +326,8 @@ def make_executor(
     store: str | None = None,
     dashboard: bool = False,
 ):
-    """The executor a run uses; on a cluster, ``store`` (the artefact store) must be one every
-    node sees."""
+    """The executor a run uses, its jobs holding the current configuration; on a cluster,
+    ``store`` (the artefact store) must be one every node sees."""
     workers = workers or max(1, (os.cpu_count() or 1) // threads)
     if not ray_address:  # a cluster's GPUs are not visible from here; each job still waits for its peak
         check_gpu_share(suite.resources.gpus_per_job, suite.resources.gpu_memory_gb, local_gpu_gb())

@@ -19,6 +19,7 @@ worker writes a shared file, so it works without a shared file system.
 from __future__ import annotations
 
 import datetime as _dt
+import contextvars
 import hashlib
 import json
 import os
@@ -29,7 +30,8 @@ from . import CmbenchError
 
 LOCK_FILE = "cmbench.lock.json"
 
-_session: dict | None = None  # {"known": {source: entry}, "found": {source: entry}} while a task runs
+# {"known": {source: entry}, "found": {source: entry}} while a task runs inside `session`
+_SESSION: contextvars.ContextVar[dict | None] = contextvars.ContextVar("cmbench_pins", default=None)
 
 
 @contextmanager
@@ -37,13 +39,12 @@ def session(known: dict[str, dict] | None):
     """Verify hub files read inside against ``known`` (the lock's entries) and collect the
     entries of files read for the first time (the yielded dict). ``None``: no lock (tests,
     rehearsals, library use): nothing is hashed."""
-    global _session
-    previous = _session
-    _session = None if known is None else {"known": known, "found": {}}
+    now = None if known is None else {"known": known, "found": {}}
+    token = _SESSION.set(now)
     try:
-        yield {} if _session is None else _session["found"]
+        yield {} if now is None else now["found"]
     finally:
-        _session = previous
+        _SESSION.reset(token)
 
 
 def hub_revision(path: Path) -> str | None:
@@ -75,10 +76,11 @@ def digest(files: list[Path]) -> str:
 
 def check(kind: str, source: str, files: list[Path], revision: str | None = None) -> None:
     """Verify ``files`` (what ``source`` resolved to) against the lock, or record them."""
-    if _session is None or not files:
+    now = _SESSION.get()
+    if now is None or not files:
         return
     sha = digest([Path(f) for f in files])
-    pinned = _session["known"].get(source)
+    pinned = now["known"].get(source)
     if pinned is not None and pinned["sha256"] != sha:
         raise CmbenchError(
             f"{source}: sha256 {sha[:16]}… (revision {revision}) differs from the lock's {pinned['sha256'][:16]}… "
@@ -86,7 +88,7 @@ def check(kind: str, source: str, files: list[Path], revision: str | None = None
             f"read; restore it, or delete its entry from {LOCK_FILE} in the output directory to accept this one"
         )
     if pinned is None:
-        _session["found"][source] = {
+        now["found"][source] = {
             "kind": kind,
             "sha256": sha,
             "revision": revision,

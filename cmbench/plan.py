@@ -97,9 +97,10 @@ def _weights_line(suite: Suite) -> str:
 
 
 def _data_lines(suite: Suite) -> list[str]:
-    from .data.vision import CIL_SOURCES, clip_tasks, data_root
+    from .config import current
+    from .data.vision import CIL_SOURCES, clip_tasks
 
-    root, out, seen = data_root(), [], set()
+    root, out, seen = current().data_root, [], set()
     for t in suite.tasks:
         source = t.params.get("source", t.dataset) if t.dataset == "class_split" else t.dataset
         if source in seen or (source not in clip_tasks() and source not in CIL_SOURCES):

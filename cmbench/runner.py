@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from . import CmbenchError, pins
 from .artefacts import SuiteArtefacts, to_build
+from .config import Config, applied, current
 from .fingerprint import git_commit
 from .executors import make_executor
 from .keys import stale_reason
@@ -101,7 +102,8 @@ class RunOptions:
     artefacts (θ0, heads, experts) the jobs need and stop; ``job_time_limit``: seconds,
     overrides the suite's ``resources.job_time_limit_s``; ``add``: method entries (as in a
     suite's ``methods:``) added to this run, validated as the suite's are; only they run
-    unless ``methods`` names others; ``allow_download``: None reads the environment's default."""
+    unless ``methods`` names others; ``config``: where data and method files are read from and
+    whether downloads are allowed (``config.Config``; None: the current one), handed to every job."""
 
     methods: list[str] | None = None
     skip: list[str] | None = None
@@ -123,12 +125,17 @@ class RunOptions:
     job_time_limit: float | None = None
     add: list[dict] | None = None
     accept_cost: bool = False
-    allow_download: bool | None = None
+    config: Config | None = None
 
 
 def run_suite(suite_path: str | Path, options: RunOptions | None = None, **fields: Any) -> dict[str, Any]:
     """Run a suite's jobs (``RunOptions``, given as one object or as its fields)."""
     o = options or RunOptions(**fields)
+    with applied(o.config or current()):
+        return _run_suite(suite_path, o)
+
+
+def _run_suite(suite_path: str | Path, o: RunOptions) -> dict[str, Any]:
     suite, methods, sources = _suite_as_run(suite_path, o)
     jobs = expand(suite, methods, o.seeds, o.orders, o.skip)
     paths = Paths(Path(o.out), o.store)
@@ -159,12 +166,9 @@ def run_suite(suite_path: str | Path, options: RunOptions | None = None, **field
         return nothing
     from .plan import preflight
 
-    allow = o.allow_download
-    if allow is None:
-        from .models.clip import allow_download as allowed
-
-        allow = allowed()
-    preflight(suite, todo, build, allow_download=allow, accept_cost=o.accept_cost, local=not o.ray_address)
+    preflight(
+        suite, todo, build, allow_download=current().allow_download, accept_cost=o.accept_cost, local=not o.ray_address
+    )
     _check_writable(paths)
     lock = FileLock(str(paths.cache.parent / f"{suite.name}.run.lock"))
     try:

@@ -180,13 +180,14 @@ def _ray_tune(suite, spec, grid, seeds, orders, cache, threads, workers, paths, 
     import ray
     from ray import tune
 
+    from .config import applied, current
     from .executors import connect_ray, ship_baselines, worker_env
 
-    env = worker_env()
+    env, cfg = worker_env(), current()
     staging = None
     if ray_address:  # on a cluster the method files travel with the trials, as with `cmbench run`
         staging = tempfile.TemporaryDirectory(prefix="cmbench-methods-")
-        env["CMBENCH_BASELINES"] = ship_baselines(Path(staging.name))
+        cfg = cfg.with_(baselines=ship_baselines(Path(staging.name)))
         connect_ray(ray_address, logging_level="ERROR", runtime_env={"working_dir": staging.name, "env_vars": env})
     else:
         ray.init(
@@ -198,7 +199,8 @@ def _ray_tune(suite, spec, grid, seeds, orders, cache, threads, workers, paths, 
     try:
 
         def trainable(config):
-            return _trial(suite, spec, config["hparams"], seeds, orders, cache, threads)
+            with applied(cfg):  # the run's configuration travels with the trial, as with a job
+                return _trial(suite, spec, config["hparams"], seeds, orders, cache, threads)
 
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": threads, "gpu": suite.resources.gpus_per_job}),

@@ -218,7 +218,7 @@ def test_image_folder_dataset_splits_and_cache(tmp_path, monkeypatch):
     """FusionBench's val rule (randperm seeded 0, last 10 %), train/val disjoint, decoded
     once: the second load reads the uint8 cache."""
     from cmbench.data import build
-    from cmbench.data.vision import data_root
+    from cmbench.config import current
 
     write_folder(tmp_path, "eurosat", 10, 10, 0)
     monkeypatch.setenv("CMBENCH_DATA_ROOT", str(tmp_path))
@@ -233,7 +233,7 @@ def test_image_folder_dataset_splits_and_cache(tmp_path, monkeypatch):
     )
     perm = torch.randperm(100, generator=torch.Generator().manual_seed(0))
     assert sorted(perm[90:].tolist()) != sorted(perm[:10].tolist())
-    cached = [p for p in (data_root() / ".decoded").glob("eurosat-train-24-*") if p.is_dir()]
+    cached = [p for p in (current().data_root / ".decoded").glob("eurosat-train-24-*") if p.is_dir()]
     assert len(cached) == 1 and (cached[0] / "x.npy").exists()
     again = build("eurosat", "eurosat", 0, 24, {})
     assert torch.equal(again.train.x, td.train.x) and torch.equal(again.val.y, td.val.y)
@@ -299,10 +299,12 @@ def test_finetune_then_dry_run_then_run(tmp_path, monkeypatch, capsys):
     assert "2 to fine-tune" in text and "seed 0 pcam: test accuracy" in text
     assert main(["run", str(path), "--dry-run", *common]) == 0
     assert "experts to fine-tune: 0" in capsys.readouterr().out
+    from cmbench.config import Config
     from cmbench.results import load_results
     from cmbench.runner import run_suite
 
-    run_suite(path, out=out, executor="local", log=lambda s: None)
+    # a library call names its configuration (the command line's --data-root ended with it)
+    run_suite(path, out=out, executor="local", log=lambda s: None, config=Config(data_root=data))
     rec = load_results(out / "results")[0]
     assert rec["status"] == "ok" and len(rec["E"]) == 2
 

@@ -285,7 +285,7 @@ def test_a_broken_method_file_is_reported_once_and_blocks_nothing_else(tmp_path,
         "@merge_function('hostile_fine')\ndef fine(ctx, merged, incoming):\n    return incoming\n"
     )
     monkeypatch.setattr(R, "IMPORT_LIMIT_S", 1.0)
-    monkeypatch.setattr(R, "BROKEN", {})
+    monkeypatch.setattr(R.METHODS, "broken", {})
     with limits.time_limit(HANG_GUARD_S, "discover hung"):
         found = R.discover([tmp_path])
         R.discover([tmp_path])  # a second look reports nothing more

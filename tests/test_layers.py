@@ -14,9 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # from the bottom
 LAYERS = [
-    # base: the package (CmbenchError, version), tensor and metric maths, small I/O helpers
+    # base: the package (CmbenchError, version), tensor and metric maths, small I/O helpers,
+    # the run's configuration
     [
         "cmbench",
+        "cmbench.config",
         "cmbench.tensors",
         "cmbench.metrics",
         "cmbench.layout",

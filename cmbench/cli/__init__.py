@@ -18,7 +18,9 @@ import signal
 import sys
 
 from .. import CmbenchError
+from ..config import applied
 from . import results, run, tools
+from .common import config_of
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return args.fn(args)
+        with applied(config_of(args)):
+            return args.fn(args)
     except CmbenchError as e:
         print(f"cmbench: error: {e}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from .. import CmbenchError
+from ..config import Config
 
 
 def resolve_suite(arg: str) -> Path:
@@ -15,17 +16,20 @@ def resolve_suite(arg: str) -> Path:
     return resolve(arg)
 
 
-def data_env(args) -> None:
-    """Where data lives, and whether anything may be fetched: offline unless --allow-download
-    (the Hugging Face libraries are told so too, before they are imported: none of them
-    then tries the network, with or without retries)."""
+def config_of(args) -> Config:
+    """The command's configuration: the environment's defaults, then its flags (--data-root,
+    --allow-download). Offline unless downloads are allowed: the Hugging Face libraries, which
+    read their switches from the environment once, are told so before they are imported, so
+    none of them tries the network, with or without retries."""
+    cfg = Config.from_env()
     if getattr(args, "data_root", None):
-        os.environ["CMBENCH_DATA_ROOT"] = str(Path(args.data_root).expanduser().resolve())
+        cfg = cfg.with_(data_root=Path(args.data_root).expanduser().resolve())
     if getattr(args, "allow_download", False):
-        os.environ["CMBENCH_ALLOW_DOWNLOAD"] = "1"
-    else:
+        cfg = cfg.with_(allow_download=True)
+    if not cfg.allow_download:
         for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
             os.environ.setdefault(k, "1")
+    return cfg
 
 
 def int_at_least(minimum: int):

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .. import CmbenchError
-from .common import added_methods, data_args, data_env, hparams_of, int_at_least, positive_int, resolve_suite, store_arg
+from .common import added_methods, data_args, hparams_of, int_at_least, positive_int, resolve_suite, store_arg
 
 
 def cmd_run(args) -> int:
@@ -77,15 +77,13 @@ def cmd_run(args) -> int:
     load_suite(path)  # a malformed suite is refused here, before the runner imports torch, Ray and MLflow
     from ..runner import run_suite
 
-    data_env(args)
-    summary = run_suite(path, out=args.out or ".", allow_download=args.allow_download, **kwargs)
+    summary = run_suite(path, out=args.out or ".", **kwargs)
     return 1 if summary["failed"] else 0
 
 
 def cmd_tune(args) -> int:
     from ..tune import tune_method
 
-    data_env(args)
     tune_method(
         resolve_suite(args.suite),
         args.method,
@@ -104,7 +102,6 @@ def cmd_tune(args) -> int:
 def cmd_finetune(args) -> int:
     from ..runner import finetune_experts
 
-    data_env(args)
     finetune_experts(
         resolve_suite(args.suite),
         seeds=args.seeds,

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 
 from .. import CmbenchError
-from .common import data_args, data_env, hparams_of, positive_int
+from .common import data_args, hparams_of, positive_int
 
 
 def cmd_data(args) -> int:
     from ..data import export
 
-    data_env(args)
     if args.action == "list":
         print("\n".join(export.status()))
         return 0

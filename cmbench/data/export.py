@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 
 from .. import CmbenchError
-from ..models.clip import allow_download
+from ..config import current
 from ..catalog import clip_tasks
-from .vision import CIL_SOURCES, data_root
+from .vision import CIL_SOURCES
 
 
 def _size(path: Path) -> tuple[int, int]:
@@ -37,7 +37,7 @@ def _hf_cache(repo: str) -> Path | None:
 
 def status() -> list[str]:
     """Per dataset (once each): present or absent, where, how big, and what to do if absent."""
-    root = data_root()
+    root = current().data_root
     lines = [f"data root: {root}  (set --data-root or $CMBENCH_DATA_ROOT)"]
     for name in dict.fromkeys([*clip_tasks(), *CIL_SOURCES]):
         folder = root / name
@@ -70,9 +70,9 @@ def export(task: str, splits=("train", "test"), log=print) -> Path:
         import datasets
     except ImportError:
         raise CmbenchError("data export needs the `datasets` library: pip install datasets") from None
-    if not allow_download():
+    if not current().allow_download:
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    out = data_root() / task
+    out = current().data_root / task
     for split in splits:
         spec = clip_tasks()[task]["hub"][split]
         try:

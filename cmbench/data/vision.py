@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from .. import CmbenchError, pins
+from ..config import current
 from ..catalog import clip_tasks
 from . import LazySplit, Split, TaskData, dataset
 
@@ -109,10 +110,6 @@ NATIVE_IMAGE = {
 }
 
 
-def data_root() -> Path:
-    return Path(os.environ.get("CMBENCH_DATA_ROOT", "~/.cache/cmbench/data")).expanduser()
-
-
 def _decode(path_or_image, size: int, crop_pct: float = 1.0, whole: bool = False) -> tuple[np.ndarray, float]:
     """RGB (3, size, size) uint8 and the image's width/height. Shorter side → size / crop_pct
     (bicubic), centre crop (crop_pct 0.875: torchvision's Resize(256) + CenterCrop(224));
@@ -175,7 +172,7 @@ def _cached(key: str, name: str, size: int, open_rows, crop_pct: float = 1.0, wh
     """
     from filelock import FileLock
 
-    d = data_root() / ".decoded" / f"{name}-v{VISION_DATA_VERSION}-{key}"
+    d = current().data_root / ".decoded" / f"{name}-v{VISION_DATA_VERSION}-{key}"
     if not (d / "y.npy").exists():  # labels are written last: their presence marks completion
         d.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(d) + ".lock"):
@@ -237,7 +234,7 @@ def load_source(
     FusionBench's train/validation permutation, so :func:`split_val` takes train and
     validation as views of the memory-mapped file instead of copies.
     """
-    folder = data_root() / source / split
+    folder = current().data_root / source / split
     if folder.is_dir():
         files, labels, names = _folder_files(folder, classnames, f"{source}/{split}")
         h = hashlib.sha256(json.dumps([[str(p.relative_to(folder)), p.stat().st_size] for p in files]).encode())
@@ -271,10 +268,10 @@ def _load_hub(source: str, split: str, size: int, val: tuple[float, int] | None)
             import datasets
         except ImportError:
             raise CmbenchError(
-                f"dataset {source}: no image folder under {data_root()} and the `datasets` library "
+                f"dataset {source}: no image folder under {current().data_root} and the `datasets` library "
                 f"is not installed to read the hub copy {where}: pip install 'cmbench[real]'"
             ) from None
-        if os.environ.get("CMBENCH_ALLOW_DOWNLOAD", "") in ("", "0", "false"):
+        if not current().allow_download:
             os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         datasets.logging.set_verbosity_error()  # its offline notices, twice per split, drown the progress bars
         try:
@@ -363,7 +360,7 @@ def class_split(
         raise CmbenchError(f"class_split: index {index} not in 0..{n_tasks - 1}")
     start = sum(sizes[:index])
     keep = order[start : start + sizes[index]]
-    folder = data_root() / source / "train"
+    folder = current().data_root / source / "train"
     if not folder.is_dir():
         raise CmbenchError(
             f"dataset {source}: no image folder {folder}; put the data there "

@@ -99,7 +99,7 @@ def resolve(path: str, what: str, offline: bool = False) -> Path:
     model.safetensors)."""
     if not path.startswith("hf://"):
         return Path(path).expanduser()
-    from .clip import allow_download
+    from ..config import current
 
     parts = path[len("hf://") :].split("/")
     if len(parts) < 2:
@@ -108,7 +108,7 @@ def resolve(path: str, what: str, offline: bool = False) -> Path:
     try:
         from huggingface_hub import hf_hub_download
 
-        local = Path(hf_hub_download(repo, filename, local_files_only=offline or not allow_download()))
+        local = Path(hf_hub_download(repo, filename, local_files_only=offline or not current().allow_download))
     except Exception as e:  # noqa: BLE001 - not cached, offline, no such repo
         raise CmbenchError(
             f"{what}: {path} is not in the local Hugging Face cache ({type(e).__name__}); "

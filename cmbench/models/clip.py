@@ -16,13 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from .. import CmbenchError
+from ..config import current
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def allow_download() -> bool:
-    return os.environ.get("CMBENCH_ALLOW_DOWNLOAD", "") not in ("", "0", "false")
 
 
 class _Normalize(nn.Module):
@@ -74,7 +71,7 @@ def _build_open_clip(cfg, pretrained: bool) -> nn.Module:
             return open_clip.create_model(cfg.model, pretrained=None, force_quick_gelu=quick)
         finally:
             logging.disable(logging.NOTSET)
-    if not allow_download():
+    if not current().allow_download:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         model = open_clip.create_model(
@@ -160,7 +157,7 @@ class TimmEncoder(nn.Module):
     def create(cls, cfg, pretrained: bool = False) -> "TimmEncoder":
         import timm
 
-        if pretrained and not allow_download():
+        if pretrained and not current().allow_download:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
             model = timm.create_model(cfg.model, pretrained=pretrained, num_classes=0, **cfg.kwargs)

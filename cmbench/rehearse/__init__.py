@@ -35,22 +35,21 @@ from typing import Any, Callable
 
 
 from .. import CmbenchError
+from ..config import Config, applied, current
 from ..suite import Rehearsal, Suite
 from .findings import decode_all, measurements, probe_lines, report_lines, train_step_probe
 from .standins import local_experts, rehearsal_of, write_backbone, write_datasets, write_experts
 
 
 def stand_in_env(root: Path) -> dict[str, str]:
-    """Where a rehearsal's stand-ins live and the loaders look: its own HF cache and data
-    root, downloads off. Set before anything imports huggingface_hub (it reads them once)."""
+    """Where a rehearsal's stand-ins live and the Hugging Face loaders look: its own HF cache,
+    offline. Set before anything imports huggingface_hub (it reads them once)."""
     return {
         "HF_HOME": str(root / "hf"),
         "HF_HUB_CACHE": str(root / "hf" / "hub"),
         "HF_DATASETS_CACHE": str(root / "hf" / "datasets"),
-        "CMBENCH_DATA_ROOT": str(root / "data"),
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
-        "CMBENCH_ALLOW_DOWNLOAD": "0",
     }
 
 
@@ -58,8 +57,9 @@ def default_out(suite_path: Path) -> Path:
     return Path("rehearsals") / Path(suite_path).stem
 
 
-def use_stand_ins(root: Path) -> None:
-    """Point this process (and the workers it starts) at the stand-ins. The HF libraries read
+def use_stand_ins(root: Path) -> Config:
+    """Point this process (and the workers it starts) at the stand-ins: the HF caches here,
+    and the configuration to hold while rehearsing (its data root, downloads off). The HF libraries read
     their cache paths once, at import: if they were imported with other paths, stop rather
     than let a real loader read (or a stand-in land in) the user's real caches."""
     import sys
@@ -82,6 +82,7 @@ def use_stand_ins(root: Path) -> None:
             f"rehearsal: {', '.join(stale)} was imported before the stand-in caches were set; "
             "rehearse from a fresh process (`cmbench run SUITE --rehearse`)"
         )
+    return current().with_(data_root=root / "data", allow_download=False)
 
 
 def capped_suite(
@@ -178,51 +179,55 @@ def rehearse(
 
     out = Path(out or default_out(suite_path))
     root = (out / ".cmbench" / "stand-ins").resolve()
-    use_stand_ins(root)
-    suite = load_suite(suite_path)
-    rehearsed = local_experts(capped_suite(suite, rehearsal, eval_cap, train_steps, train_batch, hparams), root)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{suite.name}.rehearsal.yaml"
-    path.write_text(
-        f"# {suite.name} as rehearsed (cmbench run {suite_path} --rehearse): stand-ins under "
-        f"{root}\n" + yaml.safe_dump(rehearsed.model_dump(mode="json"), sort_keys=False)
-    )
-    phases: dict[str, Any] = {}
-    from ..measure import measured
-
-    with measured(phases, "stand-ins"):
-        parts = prepare(rehearsed, root, log)
-    phases["stand-ins"]["parts_s"] = parts
-    from ..runner import run_suite
-    from ..suite import expand
-
-    jobs = expand(
-        rehearsed, run_kwargs.get("methods"), run_kwargs.get("seeds"), run_kwargs.get("orders"), run_kwargs.get("skip")
-    )
-    if not run_kwargs.get("dry_run"):
-        with measured(phases, "data preparation"):
-            counts = decode_all(rehearsed, {j.method for j in jobs})
-        phases["data preparation"].update(counts)
-        # kept now: a rehearsal stopped during its jobs still has its preparation's figures
-        (out / "rehearsal-phases.json").write_text(json.dumps(phases, indent=1))
-        log(
-            f"rehearsal: data prepared in {phases['data preparation']['s']:.0f} s "
-            f"({json.dumps({k: v for k, v in counts.items()})})"
+    with applied(use_stand_ins(root)):
+        suite = load_suite(suite_path)
+        rehearsed = local_experts(capped_suite(suite, rehearsal, eval_cap, train_steps, train_batch, hparams), root)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{suite.name}.rehearsal.yaml"
+        path.write_text(
+            f"# {suite.name} as rehearsed (cmbench run {suite_path} --rehearse): stand-ins under "
+            f"{root}\n" + yaml.safe_dump(rehearsed.model_dump(mode="json"), sort_keys=False)
         )
-    summary = run_suite(path, out=out, log=log, **run_kwargs)
-    if run_kwargs.get("dry_run"):
-        return summary
-    report = measurements(rehearsed, out, phases, root, {j.label for j in jobs})
-    if rehearsed.setting == "train_then_merge" and rehearsed.training.batch_size < suite.training.batch_size:
-        b = rehearsed.training.batch_size
-        report["train_step_probe"] = train_step_probe(suite, (b, 2 * b, 4 * b), rehearsed.resources.cpus_per_job)
-    (out / "rehearsal.json").write_text(json.dumps(report, indent=1, sort_keys=True))
-    from ..plan import projection_lines
+        phases: dict[str, Any] = {}
+        from ..measure import measured
 
-    lines = report_lines(rehearsed, report) + projection_lines(load_suite(suite_path), report)
-    if "train_step_probe" in report:
-        lines += probe_lines(report["train_step_probe"])
-    (out / "rehearsal.md").write_text("\n".join(lines) + "\n")
-    for line in lines:
-        log(line)
-    return {**summary, "report": report}
+        with measured(phases, "stand-ins"):
+            parts = prepare(rehearsed, root, log)
+        phases["stand-ins"]["parts_s"] = parts
+        from ..runner import run_suite
+        from ..suite import expand
+
+        jobs = expand(
+            rehearsed,
+            run_kwargs.get("methods"),
+            run_kwargs.get("seeds"),
+            run_kwargs.get("orders"),
+            run_kwargs.get("skip"),
+        )
+        if not run_kwargs.get("dry_run"):
+            with measured(phases, "data preparation"):
+                counts = decode_all(rehearsed, {j.method for j in jobs})
+            phases["data preparation"].update(counts)
+            # kept now: a rehearsal stopped during its jobs still has its preparation's figures
+            (out / "rehearsal-phases.json").write_text(json.dumps(phases, indent=1))
+            log(
+                f"rehearsal: data prepared in {phases['data preparation']['s']:.0f} s "
+                f"({json.dumps({k: v for k, v in counts.items()})})"
+            )
+        summary = run_suite(path, out=out, log=log, **run_kwargs)
+        if run_kwargs.get("dry_run"):
+            return summary
+        report = measurements(rehearsed, out, phases, root, {j.label for j in jobs})
+        if rehearsed.setting == "train_then_merge" and rehearsed.training.batch_size < suite.training.batch_size:
+            b = rehearsed.training.batch_size
+            report["train_step_probe"] = train_step_probe(suite, (b, 2 * b, 4 * b), rehearsed.resources.cpus_per_job)
+        (out / "rehearsal.json").write_text(json.dumps(report, indent=1, sort_keys=True))
+        from ..plan import projection_lines
+
+        lines = report_lines(rehearsed, report) + projection_lines(load_suite(suite_path), report)
+        if "train_step_probe" in report:
+            lines += probe_lines(report["train_step_probe"])
+        (out / "rehearsal.md").write_text("\n".join(lines) + "\n")
+        for line in lines:
+            log(line)
+        return {**summary, "report": report}

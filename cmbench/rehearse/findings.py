@@ -27,10 +27,10 @@ def decode_all(suite: Suite, methods: set[str]) -> dict[str, Any]:
     n = {"test_images": sum(len(td.test) for td in tasks.values())}
     if reads_train:
         n["train_images"] = sum(len(td.train) + len(td.val) for td in tasks.values())
-    from ..data.vision import data_root
+    from ..config import current
     from ..measure import disk_bytes
 
-    n["decoded_bytes"] = disk_bytes(data_root() / ".decoded")
+    n["decoded_bytes"] = disk_bytes(current().data_root / ".decoded")
     return n
 
 

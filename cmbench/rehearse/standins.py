@@ -178,14 +178,15 @@ def _write_folder(source: str, r: Rehearsal) -> int:
     """``ROOT/<source>/{train,test}/<class>/<i>.jpg`` (class names: CIFAR-100's real ones,
     else ``class_000``…: the real folder names of ImageNet-R/A, DomainNet and CUB are not
     known here; only their number matters to the code)."""
-    from ..data.vision import CIL_SOURCES, NATIVE_IMAGE, clip_tasks, data_root
+    from ..config import current
+    from ..data.vision import CIL_SOURCES, NATIVE_IMAGE, clip_tasks
 
     c = CIL_SOURCES[source]
     names = clip_tasks()[source]["classnames"] if source in clip_tasks() else [f"class_{i:03d}" for i in range(c)]
     side, mode = NATIVE_IMAGE[source]
     written = 0
     for split in ("train", "test"):
-        d = data_root() / source / split
+        d = current().data_root / source / split
         done = d.parent / f".{split}.complete"
         if done.exists():
             continue
