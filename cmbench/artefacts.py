@@ -348,15 +348,40 @@ class ToBuild:
 
 def to_build(suite: Suite, seeds: list[int], store: Store) -> ToBuild:
     finetuned = suite.setting == "merge_stream" and suite.experts.source == "finetune"
+    shipped = Store(suite.shipped) if suite.shipped else None
+
+    def missing(kind: str, key: str) -> bool:
+        return not store.has(kind, key) and not (shipped and shipped.has(kind, key))
+
     return ToBuild(
-        theta0=[s for s in seeds if not store.has("theta0", theta0_key(suite, s))],
+        theta0=[s for s in seeds if missing("theta0", theta0_key(suite, s))],
         experts=[
             (s, t)
             for s in (seeds if finetuned else [])
             for t in suite.task_names()
-            if not store.has("experts", expert_key(suite, s, t))
+            if missing("experts", expert_key(suite, s, t))
         ],
     )
+
+
+def shipped_or(suite: Suite, kind: str, key: str, build):
+    """What makes an artefact: reading the suite's shipped copy (checked against its content
+    hash; a damaged one is an error, never silently rebuilt), else ``build``."""
+    if not suite.shipped:
+        return build
+    from .store import CorruptArtefact
+
+    def make() -> tuple[StateDict, dict]:
+        try:
+            got = Store(cast(str, suite.shipped)).read(kind, key)
+        except CorruptArtefact as e:
+            raise CmbenchError(f"shipped artefact {e}: restore it (git checkout) or remove `shipped` from the suite")
+        if got is None:
+            return build()
+        tensors, meta = got
+        return tensors, {k: v for k, v in meta.items() if k not in ("key", "content_hash", "build")} | {"shipped": True}
+
+    return make
 
 
 class SuiteArtefacts:
@@ -365,15 +390,16 @@ class SuiteArtefacts:
     def __init__(self, suite: Suite, seed: int, store: Store):
         self.suite, self.seed, self.store = suite, seed, store
 
+    def _get(self, kind: str, key: str, build) -> tuple[StateDict, dict]:
+        return self.store.get_or_make(kind, key, shipped_or(self.suite, kind, key, build))
+
     def theta0(self) -> StateDict:
-        return self.store.get_or_make(
-            "theta0", theta0_key(self.suite, self.seed), lambda: make_theta0(self.suite, self.seed)
-        )[0]
+        key = theta0_key(self.suite, self.seed)
+        return self._get("theta0", key, lambda: make_theta0(self.suite, self.seed))[0]
 
     def heads(self) -> dict[str, Head]:
-        t, _ = self.store.get_or_make(
-            "heads", heads_key(self.suite, self.seed), lambda: make_heads(self.suite, self.seed, self.theta0())
-        )
+        key = heads_key(self.suite, self.seed)
+        t, _ = self._get("heads", key, lambda: make_heads(self.suite, self.seed, self.theta0()))
         return split_heads(t, self.suite.task_names())
 
     def expert(self, task: str) -> tuple[StateDict, dict]:
@@ -388,8 +414,9 @@ class SuiteArtefacts:
                 return load_expert(self.suite.experts.checkpoints[task], task, self.theta0(), "experts.checkpoints")[0]
 
             return self.store.get_or_make("experts", key, make, reload=reload)
-        make = lambda: make_expert(self.suite, self.seed, task, self.theta0(), self.heads()[task])  # noqa: E731
-        return self.store.get_or_make("experts", key, make)
+        return self._get(
+            "experts", key, lambda: make_expert(self.suite, self.seed, task, self.theta0(), self.heads()[task])
+        )
 
 
 def load_expert_checkpoint(suite: Suite, seed: int, task: str, theta0: StateDict, head: Head) -> tuple[StateDict, dict]:

@@ -153,6 +153,15 @@ class Store:
     def has(self, kind: str, key: str) -> bool:
         return self._paths(kind, key)[1].exists()
 
+    def read(self, kind: str, key: str) -> tuple[StateDict, dict] | None:
+        """A finished artefact, checked against its content hash, without ever building or
+        writing (a read-only store: shipped artefacts); None if absent, ``CorruptArtefact``
+        if damaged."""
+        tensors_path, meta_path = self._paths(kind, key)
+        if not meta_path.exists():
+            return None
+        return self._load(tensors_path, meta_path)
+
     # -- mutable entries (a running job's latest state, replaced at every step) ----------------
     def put(self, kind: str, key: str, tensors: StateDict, meta: dict) -> None:
         """Replace the entry: tensors first, then the sidecar with their content hash (a

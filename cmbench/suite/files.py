@@ -148,6 +148,8 @@ def load_suite(path: str | Path) -> Suite:
         raise CmbenchError(f"{path}: (top level): a suite is a mapping of keys (name, tasks, methods, ...)")
     if _expanded_size(raw) > 100_000:
         raise CmbenchError(f"{path}: invalid YAML: its aliases (*name) expand to more than 100000 values")
+    if isinstance(raw.get("shipped"), str):  # relative to the suite file, wherever it is run from
+        raw = {**raw, "shipped": str((path.parent / raw["shipped"]).resolve())}
     try:
         return Suite.model_validate(raw)
     except ValidationError as e:

@@ -40,6 +40,11 @@ class Suite(Strict):
     evaluation: Evaluation = Field(default_factory=Evaluation)
     resources: Resources = Field(default_factory=Resources)
     rehearsal: Optional[Rehearsal] = None
+    # a folder of artefacts (θ0, heads, experts) shipped with the suite, in the store's layout
+    # and under the same keys (tools/ship_artefacts.py writes it): they are read, checked
+    # against their content hashes, instead of built, so every machine merges the same experts.
+    # Relative to the suite file; no number depends on where it is, so it is not hashed
+    shipped: Optional[str] = Field(None, max_length=1000)
 
     @field_validator("backbone", mode="before")
     @classmethod
@@ -186,7 +191,7 @@ class Suite(Strict):
     def environment(self) -> dict:
         """Everything that changes numbers except the method list (adding a method does
         not invalidate the other methods' results)."""
-        env = self.model_dump(exclude={"name", "description", "methods"}, mode="json")
+        env = self.model_dump(exclude={"name", "description", "methods", "shipped"}, mode="json")
         if env["rehearsal"] is None:  # a real suite hashes as it did before rehearsals existed
             del env["rehearsal"]
         if env["evaluation"]["precision"] == "fp32":  # ... and before evaluation.precision existed
