@@ -375,6 +375,10 @@ __all__ = [
     "printable",
     "json_schema",
     "schema_text",
+    "nan_to_none",
+    "error_line",
+    "write_result",
+    "keep_previous_result",
 ]
 
 

@@ -22,19 +22,22 @@ import sys
 from pathlib import Path
 
 from cmbench import CmbenchError
-from cmbench.artefacts import expert_key, heads_key, theta0_key
+from cmbench.keys import artefact_keys
 from cmbench.store import Store
-from cmbench.suite import load_suite
+from cmbench.suite import expand, load_suite
 
 
 def ship(suite_path: Path, store_dir: Path, dest: Path, max_mb: float) -> list[str]:
     suite = load_suite(suite_path)
     store = Store(store_dir)
-    wanted: list[tuple[str, str]] = []
-    for seed in suite.seeds:
-        wanted += [("theta0", theta0_key(suite, seed)), ("heads", heads_key(suite, seed))]
-        if suite.setting == "merge_stream" and suite.experts.source == "finetune":
-            wanted += [("experts", expert_key(suite, seed, t)) for t in suite.task_names()]
+    wanted: list[tuple[str, str]] = []  # what the suite's jobs consume (keys.artefact_keys), once each
+    for job in expand(suite):
+        for kind, key in artefact_keys(suite, job).items():
+            if kind == "experts" and suite.experts.source == "checkpoints":
+                continue  # pinned checkpoints are the user's files: the store keeps only their sidecars
+            for k in key.values() if isinstance(key, dict) else [key]:
+                if (kind, k) not in wanted:
+                    wanted.append((kind, k))
     missing = [f"{k}/{key}" for k, key in wanted if not store.has(k, key)]
     if missing:
         raise CmbenchError(
