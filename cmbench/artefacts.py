@@ -22,7 +22,7 @@ import torch
 
 from . import CmbenchError, data as data_mod, published
 from .models import Head, create_backbone, device_for, device_type, features, models_version
-from .suite import Suite, Task, TinyViT
+from .suite import Job, Suite, Task, TinyViT
 from .store import Store
 from .tensors import StateDict
 from .train import TRAIN_VERSION, fit
@@ -141,26 +141,60 @@ def heads_key(suite: Suite, seed: int) -> str:
     )
 
 
-def expert_key(suite: Suite, seed: int, task: str) -> str:
+def chain_of(suite: Suite, after: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """``after`` as an expert's key sees it: the tasks a sequential expert is fine-tuned after
+    (in order), or None for an expert fine-tuned from θ0 by the suite's own source. A chain's
+    first expert is fine-tuned from θ0 too: with ``source: finetune`` it *is* the independent
+    expert (one artefact); with hub checkpoints the harness fine-tunes it (``()``)."""
+    if after is not None and not after and suite.experts.source == "finetune":
+        return None
+    return None if after is None else tuple(after)
+
+
+def expert_key(suite: Suite, seed: int, task: str, after: tuple[str, ...] | None = None) -> str:
+    """The key of ``task``'s expert: fine-tuned from θ0 (``after`` None), or sequentially,
+    from the expert of ``after[-1]`` (itself after ``after[:-1]``; see ``chain_of``)."""
+    after = chain_of(suite, after)
     memo = _memo(suite)
     if ("experts", EXPERTS_VERSION) not in memo:
         memo["experts", EXPERTS_VERSION] = (
-            {**suite.experts.model_dump(), "finetune": suite.experts.finetune.keyed()},
+            {**suite.experts.model_dump(exclude={"epochs_per_task"}), "finetune": suite.experts.finetune.keyed()},
             {t.name: t for t in suite.tasks},
         )
     experts, by_name = memo["experts", EXPERTS_VERSION]
+    if after is not None:
+        hit = memo.get(("chain", seed, task, after, EXPERTS_VERSION))
+        if hit is None:
+            # the previous expert's key carries the whole chain (and θ0 through the heads)
+            start = expert_key(suite, seed, after[-1], after[:-1]) if after else "theta0"
+            experts = {"finetune": suite.experts.recipe_for(task).keyed(), "sequential_after": start}
+            hit = memo["chain", seed, task, after, EXPERTS_VERSION] = _expert_key(
+                suite, seed, task, experts, {"train": TRAIN_VERSION}, by_name
+            )
+        return hit
+    if suite.experts.source == "checkpoints":  # only this task's checkpoint names this expert
+        from .models.checkpoint import CHECKPOINT_VERSION
+
+        return _expert_key(
+            suite,
+            seed,
+            task,
+            {"checkpoint": experts["checkpoints"][task]},
+            {"checkpoint": CHECKPOINT_VERSION},
+            by_name,
+        )
+    if task in suite.experts.epochs_per_task:
+        experts = {**experts, "finetune": suite.experts.recipe_for(task).keyed()}
+    return _expert_key(suite, seed, task, experts, {"train": TRAIN_VERSION}, by_name)
+
+
+def _expert_key(suite: Suite, seed: int, task: str, experts: dict, trained: dict, by_name: dict) -> str:
     components = {
         "experts": EXPERTS_VERSION,
         "models": models_version(suite.backbone),
         "data": data_versions([by_name[task]]),
+        **trained,
     }
-    if suite.experts.source == "checkpoints":  # only this task's checkpoint names this expert
-        from .models.checkpoint import CHECKPOINT_VERSION
-
-        experts = {"checkpoint": experts["checkpoints"][task]}
-        components["checkpoint"] = CHECKPOINT_VERSION
-    else:
-        components["train"] = TRAIN_VERSION
     # a rehearsal's expert is its perturbation, measured (E) on its generated test split
     stand_in = [suite.rehearsal.model_dump(exclude={"caps"})] if suite.rehearsal else []
     # trained (and E measured) in fp32 whatever the evaluation precision: a job in another
@@ -305,21 +339,24 @@ def split_heads(tensors: StateDict, task_names: list[str]) -> dict[str, Head]:
     return {n: Head(tensors[f"{n}.weight"], tensors.get(f"{n}.bias")) for n in task_names}
 
 
-def make_expert(suite: Suite, seed: int, task: str, theta0: StateDict, head: Head) -> tuple[StateDict, dict]:
-    """Fine-tune θ0 on one task with its head frozen; record its own test accuracy E."""
+def make_expert(
+    suite: Suite, seed: int, task: str, theta0: StateDict, head: Head, start: StateDict | None = None
+) -> tuple[StateDict, dict]:
+    """Fine-tune θ0 (or ``start``: the previous expert of a sequential chain) on one task with
+    its head frozen; record its own test accuracy E."""
     import copy
 
     from .models import accuracy
 
     idx = suite.task_names().index(task)
     torch.manual_seed(seed * 1000 + idx)
-    backbone = create_backbone(suite.backbone, theta0)
-    backbone.load_state_dict(theta0)
+    backbone = create_backbone(suite.backbone, theta0)  # a linearised model stays linear at θ0
+    backbone.load_state_dict(theta0 if start is None else start)
     device = device_for(suite)
     backbone.to(device).train()
     train_head = copy.deepcopy(head).to(device)
     td = load_tasks(suite, seed)[task]
-    recipe = suite.experts.finetune
+    recipe = suite.experts.recipe_for(task)
     ce = torch.nn.functional.cross_entropy
 
     def loss_fn(xb, yb):
@@ -337,30 +374,45 @@ def make_expert(suite: Suite, seed: int, task: str, theta0: StateDict, head: Hea
     )
 
 
+# an expert to build: (seed, task, the tasks of its sequential chain before it or None)
+ExpertSpec = tuple[int, str, "tuple[str, ...] | None"]
+
+
 @dataclasses.dataclass(frozen=True)
 class ToBuild:
-    """What the store does not hold yet for some seeds: θ0 (and its heads) per seed, and the
-    experts a merge stream fine-tunes, per (seed, task)."""
+    """What the store does not hold yet for some jobs: θ0 (and its heads) per seed, and the
+    experts a merge stream fine-tunes: per (seed, task), and the sequential chains' experts."""
 
     theta0: list[int]
-    experts: list[tuple[int, str]]
+    experts: list[ExpertSpec]
+
+    def chain_ends(self) -> list[ExpertSpec]:
+        """The sequential experts no other one to build continues: building one builds its chain."""
+        seq = [e for e in self.experts if e[2] is not None]
+        inner = {(s, a[-1], a[:-1]) for s, _, a in seq if a}
+        return [e for e in seq if e not in inner]
 
 
-def to_build(suite: Suite, seeds: list[int], store: Store) -> ToBuild:
+def to_build(suite: Suite, jobs: list[Job], store: Store) -> ToBuild:
     finetuned = suite.setting == "merge_stream" and suite.experts.source == "finetune"
     shipped = Store(suite.shipped) if suite.shipped else None
+    seeds = sorted({j.seed for j in jobs})
 
     def missing(kind: str, key: str) -> bool:
         return not store.has(kind, key) and not (shipped and shipped.has(kind, key))
 
+    wanted: dict[str, ExpertSpec] = {}  # by key: a chain's first expert may be the independent one
+    for s in seeds if finetuned else []:
+        for t in suite.task_names():
+            wanted.setdefault(expert_key(suite, s, t), (s, t, None))
+    for j in jobs if suite.setting == "merge_stream" else []:
+        for step, t in enumerate(j.order, start=1):
+            after = chain_of(suite, j.expert_chain(step))
+            if after is not None:
+                wanted.setdefault(expert_key(suite, j.seed, t, after), (j.seed, t, after))
     return ToBuild(
         theta0=[s for s in seeds if missing("theta0", theta0_key(suite, s))],
-        experts=[
-            (s, t)
-            for s in (seeds if finetuned else [])
-            for t in suite.task_names()
-            if missing("experts", expert_key(suite, s, t))
-        ],
+        experts=[e for k, e in wanted.items() if missing("experts", k)],
     )
 
 
@@ -402,8 +454,19 @@ class SuiteArtefacts:
         t, _ = self._get("heads", key, lambda: make_heads(self.suite, self.seed, self.theta0()))
         return split_heads(t, self.suite.task_names())
 
-    def expert(self, task: str) -> tuple[StateDict, dict]:
-        key = expert_key(self.suite, self.seed, task)
+    def expert(self, task: str, after: tuple[str, ...] | None = None) -> tuple[StateDict, dict]:
+        """``task``'s expert; ``after``: the tasks of its sequential chain before it (None:
+        fine-tuned from θ0 or the task's checkpoint)."""
+        after = chain_of(self.suite, after)
+        key = expert_key(self.suite, self.seed, task, after)
+        if after is not None:
+
+            def make_next() -> tuple[StateDict, dict]:
+                start = self.expert(after[-1], after[:-1])[0] if after else None
+                out, meta = make_expert(self.suite, self.seed, task, self.theta0(), self.heads()[task], start)
+                return out, {**meta, "sequential_after": list(after)}
+
+            return self._get("experts", key, make_next)
         if self.suite.experts.source == "checkpoints":  # the user's checkpoint is the copy: not stored twice
             from .models.checkpoint import load_expert
 

@@ -49,7 +49,9 @@ def artefact_keys(suite: Suite, job: Job) -> dict:
     keys: dict[str, Any] = {"theta0": theta0_key(suite, job.seed)}
     if suite.setting == "merge_stream":
         keys["heads"] = heads_key(suite, job.seed)
-        keys["experts"] = {t: expert_key(suite, job.seed, t) for t in job.order}
+        keys["experts"] = {
+            t: expert_key(suite, job.seed, t, job.expert_chain(step)) for step, t in enumerate(job.order, start=1)
+        }
     return keys
 
 
@@ -72,6 +74,8 @@ def job_inputs(suite: Suite, job: Job) -> dict:
         "components": job_components(suite),
         # a method's own training recipe (keys of jobs without one are as before the field)
         **({"training": suite.training_of(job).keyed()} if job.training else {}),
+        # sequential experts (the artefact keys differ too; independent keys are as before)
+        **({"experts": job.experts} if job.experts != "independent" else {}),
     }
 
 

@@ -246,8 +246,9 @@ def artefact_images(suite: Suite, build: ToBuild) -> dict[str, float]:
         per_seed = r.steps * r.batch_size if r.steps else r.epochs * sum(tr for tr, _ in pre.values())
         out["pretrain_images"] = per_seed * len(build.theta0)
     if build.experts:
-        r, sizes = suite.experts.finetune, split_sizes(suite)
-        for _, t in build.experts:
+        sizes = split_sizes(suite)
+        for _, t, _ in build.experts:
+            r = suite.experts.recipe_for(t)
             out["finetune_images"] += r.steps * r.batch_size if r.steps else r.epochs * sizes[t][0]
     return out
 
@@ -418,8 +419,13 @@ def preflight(
 def describe(suite: Suite, todo: list[Job], build: ToBuild, measured: dict | None = None) -> list[str]:
     lines = ["needs:", *("  " + line for line in needs(suite))]
     gf = backbone_gflops(suite)
-    if suite.setting == "merge_stream" and suite.experts.source != "checkpoints":
-        lines.append(f"  experts to fine-tune: {len(build.experts)} (`cmbench finetune {suite.name}`)")
+    if build.experts or (suite.setting == "merge_stream" and suite.experts.source != "checkpoints"):
+        seq = sum(e[2] is not None for e in build.experts)
+        lines.append(
+            f"  experts to fine-tune: {len(build.experts)}"
+            + (f" ({seq} of them sequential)" if seq else "")
+            + f" (`cmbench finetune {suite.name}`)"
+        )
     if build.theta0:
         lines.append("  θ0 and heads: to build (first job)")
     c = total_cost(suite, todo, build, measured or load_measurement(suite))

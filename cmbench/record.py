@@ -114,6 +114,8 @@ class ResultRecord(BaseModel):
     inputs: Optional[dict[str, Any]] = None
     lora: Optional[LoRA] = None
     training: Optional[dict[Annotated[str, Field(pattern=HPARAM_NAME)], Any]] = None
+    # merge stream: the experts merged (absent: independent, each fine-tuned from θ0)
+    experts: Literal["independent", "sequential"] = "independent"
     hparam_source: HparamSource = Field(default_factory=HparamSource)
     data_access: Name = "none"
     reconstruction: StrictBool = False

@@ -151,7 +151,7 @@ def _run_suite(suite_path: str | Path, o: RunOptions) -> dict[str, Any]:
     nothing = {"jobs": len(jobs), "skipped": skipped, "ran": 0, "failed": 0}
     if o.prepare_only and not o.dry_run:
         todo = list(jobs)  # the artefacts of every job, whether or not its result exists
-    build = to_build(suite, sorted({j.seed for j in todo}), store)  # θ0s and experts not cached yet
+    build = to_build(suite, todo, store)  # θ0s and experts not cached yet
     if o.dry_run:
         from .plan import describe
 
@@ -257,7 +257,8 @@ def finetune_experts(
     ex = make_executor(suite, workers, threads, ray_address, executor)
     seed_list = suite.seeds[:seeds] if seeds else suite.seeds
     try:
-        trained = prepare_artefacts(suite, seed_list, cache_store, cache, ex, log, lock=_lock_of(suite, paths.out))
+        jobs = [j for j in expand(suite) if j.seed in seed_list]
+        trained = prepare_artefacts(suite, jobs, cache_store, cache, ex, log, lock=_lock_of(suite, paths.out))
     finally:
         ex.close()
     for s in seed_list:
@@ -281,7 +282,7 @@ def _run(
     try:
         # 1. artefacts, built once per seed and shared by every job (cached by content key);
         # every hub file read is verified against the output directory's lock, or pinned in it
-        prepare_artefacts(suite, sorted({j.seed for j in todo}), store, cache, ex, lock=lock)
+        prepare_artefacts(suite, todo, store, cache, ex, lock=lock)
         if o.prepare_only:
             return {"jobs": n_jobs, "skipped": skipped, "ran": 0, "failed": 0}
         # 2. the jobs; each result is written the moment it arrives

@@ -134,6 +134,7 @@ def job_from_record(suite: Suite, rec: dict) -> Job:
         tuple(rec["tasks"]),
         # the method's own training fields (a full-parameter row's lr), as the result recorded them
         training_field(rec.get("training")),
+        rec.get("experts", "independent"),
     )
 
 
@@ -285,7 +286,7 @@ def _verify_suite(
     try:
         seeds = sorted({j.seed for j in jobs})
         t0 = time.perf_counter()
-        prepare_artefacts(suite, seeds, store, str(store.root), ex)
+        prepare_artefacts(suite, list(jobs), store, str(store.root), ex)
         log(f"  {name}: artefacts of seed(s) {seeds} rebuilt in {time.perf_counter() - t0:.0f} s")
         _compare_artefacts(suite, list(jobs.values()), store, log)
         n_test = {n: len(td.test) for n, td in load_tasks(suite, seeds[0]).items()}  # sizes: any seed's

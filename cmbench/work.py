@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from . import limits, pins
-from .artefacts import SuiteArtefacts, expert_key, theta0_key
+from .artefacts import SuiteArtefacts, expert_key, theta0_key, to_build
 from .executors import drain, wait_for_gpu_memory
 from .measure import measured
 from .protocol import run
@@ -50,10 +50,14 @@ def prepare_theta0(suite: Suite, seed: int, cache: str, known: dict | None = Non
     return found
 
 
-def prepare_expert(suite: Suite, seed: int, task: str, cache: str, known: dict | None = None) -> dict:
+def prepare_expert(
+    suite: Suite, seed: int, task: str, cache: str, known: dict | None = None, after: tuple[str, ...] | None = None
+) -> dict:
+    """``task``'s expert; a sequential one (``after``) with the chain before it, in one job."""
     gpu_ready(suite)
-    with pins.session(known) as found, artefact_limit(suite, f"the expert of {task} (seed {seed})"):
-        SuiteArtefacts(suite, seed, open_store(cache)).expert(task)
+    what = f"the expert of {task} (seed {seed}" + (f", after {' > '.join(after)})" if after else ")")
+    with pins.session(known) as found, artefact_limit(suite, what):
+        SuiteArtefacts(suite, seed, open_store(cache)).expert(task, after)
     return found
 
 
@@ -77,13 +81,15 @@ def where_ran() -> dict[str, str]:
 
 
 def prepare_artefacts(
-    suite: Suite, seeds: list[int], store, cache: str, ex, log=None, lock: tuple[Path, dict] | None = None
+    suite: Suite, jobs: list[Job], store, cache: str, ex, log=None, lock: tuple[Path, dict] | None = None
 ) -> int:
-    """θ0 and heads for ``seeds`` and, in the merge stream, every task's expert: built once
-    as jobs on ``ex``, cached by content key and shared by every job. Returns how many
-    experts were built; ``log`` (if given) hears how many were cached; ``lock``: the output
-    directory and its pinned downloads (verified, and extended with what was read first)."""
+    """θ0 and heads for the seeds of ``jobs`` and, in the merge stream, every task's expert and
+    the sequential experts the jobs merge: built once as jobs on ``ex``, cached by content key
+    and shared by every job. Returns how many experts were built; ``log`` (if given) hears how
+    many were cached; ``lock``: the output directory and its pinned downloads (verified, and
+    extended with what was read first)."""
     known = lock[1] if lock else None
+    seeds = sorted({j.seed for j in jobs})
     # what to build, decided from the store before anything is built (an expert's key does
     # not depend on θ0 being built: the key is made of the suite's settings)
     t0 = [(suite, s, cache, known) for s in seeds if not store.has("theta0", theta0_key(suite, s))]
@@ -93,12 +99,19 @@ def prepare_artefacts(
         for t in suite.task_names()
         if suite.setting == "merge_stream" and not store.has("experts", expert_key(suite, s, t))
     ]
+    build = to_build(suite, jobs, store)
+    # a chain is built by one job, from its first missing expert on
+    chains = [(suite, s, t, cache, known, after) for s, t, after in build.chain_ends()]
+    n_seq = sum(e[2] is not None for e in build.experts)
     found = drain(ex.map(prepare_theta0, t0), f"θ0 and heads ({len(t0)} seeds)", len(t0))
     if log is not None:
         log(f"suite {suite.name}: {len(seeds) * len(suite.tasks) - len(todo)} experts cached, {len(todo)} to fine-tune")
     verb = "loading experts" if suite.experts.source == "checkpoints" else "fine-tuning experts"
     found += drain(ex.map(prepare_expert, todo), f"{verb} ({len(todo)})", len(todo))
+    if chains:
+        what = f"fine-tuning sequential experts ({n_seq} in {len(chains)} chains)"
+        found += drain(ex.map(prepare_expert, chains), what, len(chains))
     for f in found if lock else []:  # one task at a time: two copies of one source are refused
         assert lock is not None
         pins.merge(lock[0], lock[1], f or {})
-    return len(todo)
+    return len(todo) + n_seq

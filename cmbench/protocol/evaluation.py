@@ -47,9 +47,12 @@ class Evaluator:
         acc = self.accuracies(state, names)
         return [acc.get(n, float("nan")) for n in self.order]
 
-    def expert_accuracy(self, art: SuiteArtefacts, task: str, state: StateDict, meta: dict) -> float:
-        """E of ``task``'s expert in the evaluation precision: the fp32 value measured when it
-        was built, or measured here once per precision (cached like θ0's row)."""
+    def expert_accuracy(
+        self, art: SuiteArtefacts, task: str, state: StateDict, meta: dict, after: tuple[str, ...] | None = None
+    ) -> float:
+        """E of ``task``'s expert (``after``: its sequential chain, as ``SuiteArtefacts.expert``)
+        in the evaluation precision: the fp32 value measured when it was built, or measured here
+        once per precision (cached like θ0's row)."""
         if self.precision == "fp32":
             return meta["test_accuracy"]
         suite = art.suite
@@ -57,7 +60,7 @@ class Evaluator:
             "eval-expert",
             {"evaluation": EVALUATION_VERSION},
             numerics(suite),
-            expert_key(suite, art.seed, task),
+            expert_key(suite, art.seed, task, after),
             suite.evaluation.batch_size,
         )
         t, _ = art.store.get_or_make(

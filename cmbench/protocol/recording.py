@@ -77,6 +77,7 @@ def record_common(suite: Suite, job: Job, method, store: Store) -> dict[str, Any
         # the method's own training fields over the suite's (shown by the report); the recipe
         # they give is keyed under inputs.training
         **({"training": job.training_fields} if job.training else {}),
+        **({"experts": job.experts} if job.experts != "independent" else {}),
         "paper": cls.paper,
         "data_access": cls.data_access,
         "reconstruction": cls.reconstruction,

@@ -1,5 +1,6 @@
-"""The merge stream: θ0 and T experts, each fine-tuned independently from θ0, arrive one at
-a time in the job's order; after every step (and once before any, row 0 = θ0) the merged
+"""The merge stream: θ0 and T experts, each fine-tuned independently from θ0 (or, for a row
+with sequential experts, from the previous task's expert), arrive one at a time in the job's
+order; after every step (and once before any, row 0 = θ0) the merged
 model is evaluated on *all* T tasks,
 
     R[t, j] = accuracy of M_t on task j,   t = 0..T,  j in arrival order,
@@ -61,7 +62,8 @@ class MergeStream(Setting):
             return None
         art = self.art
         now = [
-            art.store.content_hash("experts", expert_key(art.suite, art.seed, t)) for t in self.order[: saved["step"]]
+            art.store.content_hash("experts", expert_key(art.suite, art.seed, t, self.job.expert_chain(i)))
+            for i, t in enumerate(self.order[: saved["step"]], start=1)
         ]
         return saved if now == saved["expert_hashes"] else None
 
@@ -72,9 +74,9 @@ class MergeStream(Setting):
         self.ev.seconds, self.ev.images = saved["eval"]
 
     def step(self, t: int, task: str, model: StateDict) -> StateDict:
-        incoming, meta = self.art.expert(task)
+        incoming, meta = self.art.expert(task, self.job.expert_chain(t))
         incoming = to_device(incoming, self.ctx.device)
-        self.E.append(self.ev.expert_accuracy(self.art, task, incoming, meta))
+        self.E.append(self.ev.expert_accuracy(self.art, task, incoming, meta, self.job.expert_chain(t)))
         self.expert_hashes.append(meta["content_hash"])
         t0 = time.perf_counter()
         merged = self.method.merge(self.ctx, model, incoming, task)

@@ -58,6 +58,7 @@ class Job:
     order_index: int
     order: tuple[str, ...]
     training: Optional[str] = None  # the method's own training fields (JSON), over the suite's
+    experts: str = "independent"  # merge stream: independent or sequential experts (MethodSpec.experts)
 
     # LoRA and training fields travel as JSON text (a job is hashable, a dict is not); read
     # them through these
@@ -68,6 +69,12 @@ class Job:
     @property
     def training_fields(self) -> dict:
         return json.loads(self.training) if self.training else {}
+
+    def expert_chain(self, step: int) -> tuple[str, ...] | None:
+        """The tasks fine-tuned before the expert of ``step`` (1-based) arrives: None for an
+        independent expert (fine-tuned from θ0), the order's first ``step - 1`` tasks for a
+        sequential one (fine-tuned from the previous task's expert)."""
+        return None if self.experts == "independent" else self.order[: step - 1]
 
     @property
     def relpath(self) -> str:

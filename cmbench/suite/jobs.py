@@ -67,6 +67,7 @@ def expand(
                     oi,
                     tuple(order),
                     training_field(spec.training),
+                    spec.experts,
                 )
             )
     return jobs

@@ -122,6 +122,11 @@ class Suite(Strict):
                     + (f"; unknown tasks: {unknown}" if unknown else "")
                     + (f"; missing: {missing}" if missing else ""),
                 )
+        for task, epochs in self.experts.epochs_per_task.items():
+            if task not in names:
+                raise FieldError(f"experts.epochs_per_task.{task}", f"not a task of this suite (tasks: {names})")
+            if epochs < 1:
+                raise FieldError(f"experts.epochs_per_task.{task}", f"{epochs}: give at least 1 epoch")
 
     def _check_methods(self) -> None:
         """Unique labels; each method known, fit for the setting, with valid hyperparameters,
@@ -135,6 +140,10 @@ class Suite(Strict):
         for i, m in enumerate(self.methods):
             cls = self._method_class(i, m)
             self._check_training(i, m)
+            if m.experts != "independent" and self.setting != "merge_stream":
+                raise FieldError(
+                    f"methods.{i}.experts", "sequential experts belong to the merge stream; remove the field"
+                )
             for hp, values in m.search.items():
                 if not values:
                     raise FieldError(f"methods.{i}.search.{hp}", "give at least one value")
@@ -200,6 +209,8 @@ class Suite(Strict):
             del env["resources"][k]
         env["training"], env["pretrain"] = self.training.keyed(), self.pretrain.keyed()
         env["experts"]["finetune"] = self.experts.finetune.keyed()
+        if not env["experts"]["epochs_per_task"]:  # hashes as before the field existed
+            del env["experts"]["epochs_per_task"]
         return env
 
     def hash(self) -> str:

@@ -84,11 +84,24 @@ class ExpertCheckpoint(Strict):
 
 class Experts(Strict):
     """``finetune``: the harness fine-tunes θ0 on each task (``cmbench finetune`` or on
-    first use). ``checkpoints``: one pinned checkpoint per task (every task needs one)."""
+    first use). ``checkpoints``: one pinned checkpoint per task (every task needs one).
+    Sequential experts (a method's ``experts: sequential``) are always fine-tuned by the
+    harness with ``finetune`` (and ``epochs_per_task``), whatever the source."""
 
     source: Literal["finetune", "checkpoints"] = "finetune"
     finetune: TrainRecipe = Field(default_factory=TrainRecipe)
     checkpoints: dict[str, ExpertCheckpoint] = Field(default_factory=dict)
+    epochs_per_task: dict[str, int] = Field(
+        default_factory=dict,
+        description="a task's fine-tuning epochs over `finetune.epochs` (MagMax and the task-vectors "
+        "release train each dataset for its own number of epochs)",
+    )
+
+    def recipe_for(self, task: str) -> TrainRecipe:
+        """The recipe ``task``'s expert is fine-tuned with."""
+        if task not in self.epochs_per_task:
+            return self.finetune
+        return self.finetune.model_copy(update={"epochs": self.epochs_per_task[task], "steps": None})
 
 
 class Orders(Strict):
@@ -101,10 +114,19 @@ class Orders(Strict):
     random: int = Field(0, ge=0, le=1000)
 
 
+ExpertChain = Literal["independent", "sequential"]
+
+
 class MethodSpec(Strict):
     name: str
     label: Optional[str] = Field(None, pattern=NAME)
     hparams: dict[str, Any] = Field(default_factory=dict)
+    experts: ExpertChain = Field(
+        "independent",
+        description="merge stream: the experts this row merges. independent: each fine-tuned from θ0; "
+        "sequential: each fine-tuned from the previous task's expert in the job's order (MagMax's "
+        "sequential fine-tuning; task vectors are still taken against θ0)",
+    )
     lora: Optional[LoRA] = Field(
         None, description="train-then-merge: train this method with LoRA (overrides training.lora)"
     )
