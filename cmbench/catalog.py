@@ -36,6 +36,7 @@ PARAM_RULES: dict[str, tuple[str, float, float]] = {  # name -> (kind, low, high
     "val_frac": ("float", 0.0, 0.9),
     "test_frac": ("float", 0.05, 0.9),
     "crop_pct": ("float", 0.05, 1.0),
+    "holdout": ("float", 0.0, 0.5),
 }
 
 DATASET_PARAMS: dict[str, tuple[str, ...]] = {
@@ -50,7 +51,18 @@ DATASET_PARAMS: dict[str, tuple[str, ...]] = {
     "texture": _GENERATED,
     "glyphs": ("n_classes", "classes", "domain", "renditions", "n_train", "n_val", "n_test", "noise"),
     # image folders and hub copies (cmbench/data/vision.py): class-incremental splits, the CLIP tasks
-    "class_split": ("source", "n_tasks", "index", "order_seed", "first", "crop_pct"),
+    "class_split": (
+        "source",
+        "n_tasks",
+        "index",
+        "order_seed",
+        "first",
+        "crop_pct",
+        "class_order",
+        "holdout",
+        "interpolation",
+        "split",
+    ),
     **{name: () for name in clip_tasks()},
 }
 

@@ -72,8 +72,8 @@ def _split_benchmark(suite) -> str | None:
     return key if key in _data()["split"]["acc"] and n == len(params) else None
 
 
-def _matches(spec: dict, method: str, hparams: dict, lora: dict | None) -> bool:
-    if spec.get("method") != method:
+def _matches(spec: dict, method: str, hparams: dict, lora: dict | None, experts: str = "independent") -> bool:
+    if spec.get("method") != method or spec.get("experts", "independent") != experts:
         return False
     if any(hparams.get(k) != v for k, v in (spec.get("hparams") or {}).items()):
         return False
@@ -96,6 +96,21 @@ def split_mismatch(suite, training) -> str | None:
     p = _data()["split"]["protocol"]
     if suite.backbone.model != p["backbone"]:
         return f"backbone {suite.backbone.model}, the source's {p['backbone']}"
+    data, source = p["data"], bench.split("/")[0]
+    scaling = [list(suite.backbone.input_mean or []), list(suite.backbone.input_std or [])]
+    if scaling != [data["input_mean"], data["input_std"]]:
+        return f"inputs scaled by {'the checkpoint config' if not scaling[0] else scaling}, the source's [0, 1]"
+    want_data = {
+        "class_order": data["class_order"],
+        "holdout": data["holdout"],
+        "interpolation": data["interpolation"][source],
+        "split": data["split"].get(source, "folders"),
+    }
+    defaults = {"class_order": "permuted", "holdout": 0.1, "interpolation": "bicubic", "split": "folders"}
+    for t in suite.tasks:
+        for k, v in want_data.items():
+            if t.params.get(k, defaults[k]) != v:
+                return f"data {k} {t.params.get(k, defaults[k])} in task {t.name} (source: {v})"
     want = {**p["recipe"], "epochs": p["epochs_by_source"].get(bench.split("/")[0], p["recipe"]["epochs"])}
     off = [
         f"{k} {getattr(training, k, None)} (source: {v})" for k, v in want.items() if getattr(training, k, None) != v
@@ -103,9 +118,12 @@ def split_mismatch(suite, training) -> str | None:
     return "recipe " + ", ".join(off) if off else None
 
 
-def method_acc(suite, method: str, hparams: dict, lora: dict | None = None, training=None) -> Published | None:
+def method_acc(
+    suite, method: str, hparams: dict, lora: dict | None = None, training=None, experts: str = "independent"
+) -> Published | None:
     """The published final ACC of this method row on this suite's benchmark, or None
-    (``training``: the row's recipe, which the split table's protocol must match)."""
+    (``training``: the row's recipe, which the split table's protocol must match; ``experts``:
+    independent or sequential, ``MethodSpec.experts``)."""
     clip = _clip_stream(suite)
     if clip is not None:
         block = _data()["clip"]
@@ -117,7 +135,7 @@ def method_acc(suite, method: str, hparams: dict, lora: dict | None = None, trai
         block = _data()["split"]
         values = {row: [v, None] for row, v in block["acc"][bench].items()}
     for row, spec in block["rows"].items():
-        if spec and "method" in spec and row in values and _matches(spec, method, hparams, lora):
+        if spec and "method" in spec and row in values and _matches(spec, method, hparams, lora, experts):
             acc, std = values[row]
             return Published(acc, std, row, block["source"])
     return None

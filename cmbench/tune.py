@@ -121,6 +121,12 @@ def tune_method(
             f"{suite_path}: methods.{suite.methods.index(spec)}.search: {spec.display} declares no "
             "search space; add e.g. `search: {lam: [0.1, 0.2, 0.3]}`"
         )
+    if any(t.dataset == "class_split" and t.params.get("holdout", 0.1) == 0 for t in suite.tasks):
+        raise CmbenchError(
+            f"{suite_path}: its tasks train on all of each train split, as the published runs do "
+            "(holdout: 0), so there is no validation data to tune on; tune on a copy of the suite with "
+            "`holdout: 0.1` in every task's params, and report this suite's rows"
+        )
     paths = Paths(Path(out), store)
     # artefacts exactly as `cmbench run` builds them (θ0, heads, experts), before any trial
     run_suite(

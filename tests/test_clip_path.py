@@ -9,6 +9,8 @@ import pytest
 import torch
 import yaml
 
+from cmbench import CmbenchError
+
 TINY_CLIP = {
     "embed_dim": 16,
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
@@ -249,7 +251,7 @@ def test_image_folder_dataset_splits_and_cache(tmp_path, monkeypatch):
 
 def test_class_split_follows_the_seed_1993_order(tmp_path, monkeypatch):
     from cmbench.data import build
-    from cmbench.data.vision import class_order
+    from cmbench.data.vision import permuted_order
 
     from PIL import Image
 
@@ -261,7 +263,7 @@ def test_class_split_follows_the_seed_1993_order(tmp_path, monkeypatch):
             for i in range(2 if split == "test" else 10):
                 Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(d / f"{i}.png")
     monkeypatch.setenv("CMBENCH_DATA_ROOT", str(tmp_path))
-    order = class_order(100)
+    order = permuted_order(100)
     assert order[:5] == np.random.RandomState(1993).permutation(100)[:5].tolist()
     tasks = [build("class_split", f"t{i}", 0, 8, {"source": "cifar100", "n_tasks": 10, "index": i}) for i in range(10)]
     assert [c for t in tasks for c in t.class_ids] == order
@@ -408,9 +410,78 @@ def test_split_vit_suite_runs_offline_on_a_tiny_timm_vit(tmp_path, monkeypatch):
 
     facts = protocol_facts(load_suite(path))
     assert facts["backbone"] == "timm vit_tiny_patch16_224"
-    assert facts["class order"].startswith("seed 1993 permutation of 20 classes, first ten [")
+    from cmbench.data.vision import permuted_order
+
+    assert facts["class order"] == f"a permutation of 20 classes, first ten {permuted_order(100)[:10]}"
     assert "mean [0.5, 0.5, 0.5], std [0.5, 0.5, 0.5]" in facts["input scaling"]
     assert facts["images of the first task"] == "train 48, validation 12 (held out of the train split), test 20"
+
+
+def _write_folder(root, source, n_classes, per_class, names=None):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for c in range(n_classes):
+        d = root / source / (names[c] if names else f"c{c:03d}")
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (12, 20, 3), dtype=np.uint8)).save(d / f"{i}.jpg")
+
+
+def test_the_published_split_protocol_options(tmp_path, monkeypatch):
+    """InfLoRA's protocol, field by field: classes in index order, the whole train split
+    (no hold-out), pixels in [0, 1], bilinear test resizing, and ImageNet-R's shipped split
+    read from the dataset's own folders."""
+    from cmbench.data import build
+    from cmbench.data.vision import _decode, shipped_classes, shipped_split
+    from cmbench.models import create_backbone
+    from cmbench.suite.backbones import TimmViT
+
+    monkeypatch.setenv("CMBENCH_DATA_ROOT", str(tmp_path / "data"))
+    from cmbench.config import Config, applied
+
+    for split in ("train", "test"):
+        _write_folder(tmp_path / "data" / "cifar100", split, 100, 3 if split == "train" else 1)
+    with applied(Config.from_env()):
+        p = {"source": "cifar100", "n_tasks": 10, "index": 1}
+        idx = build("class_split", "t1", 0, 16, {**p, "class_order": "index", "holdout": 0.0})
+        assert idx.class_ids == list(range(10, 20))
+        assert (len(idx.train), len(idx.val), len(idx.test)) == (30, 0, 10)  # all of train, no validation
+        held = build("class_split", "t1", 0, 16, p)
+        assert (len(held.train) + len(held.val), len(held.test)) == (30, 10) and len(held.val) > 0
+        bil = build("class_split", "t1", 0, 16, {**p, "class_order": "index", "interpolation": "bilinear"})
+        assert not torch.equal(bil.test.x, idx.test.x)  # the same images, resized the other way
+        with pytest.raises(CmbenchError, match="class_order 'sorted'"):
+            build("class_split", "t1", 0, 16, {**p, "class_order": "sorted"})
+    a = _decode(str(tmp_path / "data" / "cifar100" / "test" / "c000" / "0.jpg"), 8, interpolation="bilinear")[0]
+    b = _decode(str(tmp_path / "data" / "cifar100" / "test" / "c000" / "0.jpg"), 8)[0]
+    assert a.shape == b.shape == (3, 8, 8) and not np.array_equal(a, b)
+    # pixels in [0, 1] unchanged: mean 0, std 1, instead of the checkpoint's config
+    cfg = {"kind": "timm", "model": "vit_tiny_patch16_224", "pretrained": False, "kwargs": {"img_size": 16}}
+    plain = create_backbone(TimmViT.model_validate(cfg)).normalize
+    infl = create_backbone(TimmViT.model_validate({**cfg, "input_mean": [0, 0, 0], "input_std": [1, 1, 1]})).normalize
+    assert plain.mean.flatten().tolist() == [0.5] * 3 and infl.std.flatten().tolist() == [1.0] * 3
+    with pytest.raises(ValueError, match="input_mean and input_std go together"):
+        TimmViT.model_validate({**cfg, "input_mean": [0, 0, 0]})
+    # ImageNet-R's shipped split: 24,000 train and 6,000 test files over 200 classes, read from
+    # the folders as distributed; a missing file is one line naming it
+    spec = shipped_split("imagenet_r")
+    assert (len(spec["train"]), len(spec["test"]), len(shipped_classes("imagenet_r"))) == (24000, 6000, 200)
+    assert not set(spec["train"]) & set(spec["test"])
+    root = tmp_path / "data" / "imagenet_r"
+    for rel in spec["train"] + spec["test"]:
+        f = root / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"")  # only the file list is read before decoding
+    with applied(Config.from_env()):
+        from cmbench.data.vision import _shipped_files
+
+        _, files, labels, names = _shipped_files("imagenet_r", "test")
+        assert len(files) == 6000 and names == shipped_classes("imagenet_r")
+        assert labels[0] == names.index(spec["test"][0].split("/")[0])
+        (root / spec["test"][5]).unlink()
+        with pytest.raises(CmbenchError, match=r"1 of the 6000 test images of its shipped split are missing"):
+            _shipped_files("imagenet_r", "test")
 
 
 def test_data_export_writes_the_folder_layout_the_loader_reads(tmp_path, monkeypatch):

@@ -22,6 +22,12 @@ def test_published_rows_apply_by_backbone_tasks_and_hyperparameters():
     assert rows["weight_average"]["published"]["theta0"]["acc"] == 48.1
     assert rows["weight_average"]["published"]["experts"]["acc"] == 90.4
     assert "ACC" not in rows["dop"]["published"]  # no published table for DOP
+    # continual fine-tuning is the newest *sequential* expert; keeping the newest hub expert is not it
+    assert rows["continual-ft"]["published"]["ACC"]["acc"] == 79.8
+    assert "ACC" not in rows["sequential"]["published"]
+    # MagMax's published continual row used independent experts; its sequential protocol (one fixed
+    # order, FusionBench's 2500-step recipe) is not this suite's: no number beside magmax-seq
+    assert rows["magmax"]["published"]["ACC"]["acc"] == 70.7 and "ACC" not in rows["magmax-seq"]["published"]
     # another λ is another row: the published one used 0.3
     assert P.method_acc(suite, "task_arithmetic", {"lam": 0.5}) is None
     # the same tasks on another CLIP: that CLIP's column
@@ -54,6 +60,24 @@ def test_a_near_miss_of_the_split_protocol_gets_no_published_number():
     slow = split.training.model_copy(update={"lr": 1e-4})
     assert P.method_acc(split, "pm", pm, lora, slow) is None
     assert P.split_mismatch(split, slow) == "recipe lr 0.0001 (source: 0.001)"
+    # the data protocol, field by field: scaled inputs, a permuted class order, a held-out share,
+    # the split drawn from folders instead of the shipped file
+    scaled = split.model_copy(
+        update={"backbone": split.backbone.model_copy(update={"input_mean": None, "input_std": None})}
+    )
+    assert P.split_mismatch(scaled, split.training) == "inputs scaled by the checkpoint config, the source's [0, 1]"
+    for field, value, said in (
+        ("class_order", "permuted", "data class_order permuted in task task3 (source: index)"),
+        ("holdout", 0.1, "data holdout 0.1 in task task3 (source: 0.0)"),
+        ("split", "folders", "data split folders in task task3 (source: shipped)"),
+        ("interpolation", "bicubic", "data interpolation bicubic in task task3 (source: bilinear)"),
+    ):
+        tasks = [
+            t.model_copy(update={"params": {**t.params, field: value}}) if t.name == "task3" else t for t in split.tasks
+        ]
+        off = split.model_copy(update={"tasks": tasks})
+        assert P.split_mismatch(off, split.training) == said
+        assert P.method_acc(off, "pm", pm, lora, split.training) is None
     job = next(j for j in expand(ft_in1k) if j.label == "pm-lora")
     rec = published_rows(ft_in1k, job, R.get("pm"))
     assert "ACC" not in rec.get("published", {}) and rec["published_unmatched"].startswith("backbone")

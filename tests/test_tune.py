@@ -89,3 +89,18 @@ def test_search_values_are_validated(tmp_path):
     p.write_text(yaml.safe_dump(suite))
     with pytest.raises(CmbenchError, match=r"methods\.1\.search\.lam"):
         load_suite(p)
+
+
+def test_a_suite_trained_on_whole_train_splits_cannot_be_tuned_and_says_how(tmp_path):
+    """The published split suites train on all of each train split (no hold-out): tuning
+    there would need test data; the error names the separate path (a hold-out copy)."""
+    from cmbench import CmbenchError
+    from cmbench.tune import tune_method
+
+    suite = yaml.safe_load((NANO.parent / "split-vit-b16-cifar100-10.yaml").read_text())
+    magmax = next(m for m in suite["methods"] if m["name"] == "magmax")
+    magmax["search"] = {"lam": [0.3, 0.5]}
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(suite))
+    with pytest.raises(CmbenchError, match=r"holdout: 0.1` in every task's params"):
+        tune_method(p, "magmax", out=tmp_path, log=print)

@@ -39,6 +39,10 @@ CLIP_METHODS = [
     {"name": "ode_m", "label": "ode_m-no-refine", "hparams": {"refine": "none"}},
     "# lower bound: keep the newest expert",
     {"name": "sequential"},
+    "# sequential experts (experts.finetune, OPCM's continual fine-tuning recipe, in each job's order):",
+    "# continual fine-tuning (OPCM's and MINGLE's row) and MagMax on them (its paper's sequential protocol)",
+    {"name": "sequential", "label": "continual-ft", "experts": "sequential"},
+    {"name": "magmax", "label": "magmax-seq", "hparams": {"lam": 0.5}, "experts": "sequential"},
 ]
 
 
@@ -67,7 +71,9 @@ def clip_suites() -> None:
                 "# `method.seed=null`) and not released, so they cannot be reproduced one to one: ours are\n"
                 "# seeded and recorded in every result file. The first order is ODE-M's reference order (its\n"
                 "# public code: FusionBench's task names sorted, random.seed(42), random.shuffle), the other 9\n"
-                "# are drawn.\n"
+                "# are drawn. Rows with `experts: sequential` merge experts the harness fine-tunes one after\n"
+                "# another in each job's order with experts.finetune (OPCM's continual fine-tuning recipe), on\n"
+                "# each train split less FusionBench's 10 % validation hold-out (OPCM trains on all of it).\n"
             )
             doc = {
                 "name": name,
@@ -83,13 +89,18 @@ def clip_suites() -> None:
                         t: {"format": "hf_clip_vision", "path": f"hf://tanganke/{hub}_{TASKS[t]['fusionbench']}"}
                         for t in tasks
                     },
-                    # `cmbench finetune` recipe when source is switched to finetune (task vectors / FusionBench)
+                    # the sequential experts' recipe (and `cmbench finetune`'s if the source is switched):
+                    # OPCM's continual fine-tuning (tanganke/opcm config/method/classification/
+                    # clip_continual_finetune.yaml, continual_clip_finetune.py): Adam, lr 1e-5, no weight
+                    # decay, 4000 steps of batch 128 per task, cosine annealing restarted per task, frozen
+                    # zero-shot heads
                     "finetune": {
+                        "optimizer": "adam",
                         "lr": 1.0e-5,
-                        "weight_decay": 0.1,
+                        "weight_decay": 0.0,
                         "batch_size": 128,
                         "steps": 4000,
-                        "warmup_frac": 0.125,
+                        "warmup_frac": 0.0,
                     },
                 },
                 # ODE-M's reference order first (cmbench.catalog.ode_m_reference_order), then 9 drawn
@@ -100,18 +111,36 @@ def clip_suites() -> None:
             dump(ROOT / "suites" / f"{name}.yaml", header, doc, CLIP_METHODS)
 
 
-# name -> (source, tasks, epochs, RandomResizedCrop scale, test crop_pct): the InfLoRA / P&M
-# class-incremental benchmarks with InfLoRA's transforms (utils/data.py of liangyanshuo/InfLoRA):
-# train RandomResizedCrop(224, scale) + RandomHorizontalFlip; test Resize(256) + CenterCrop(224)
-# (crop_pct 0.875), CIFAR-100 Resize(224) only
+# name -> (source, tasks, epochs, RandomResizedCrop scale, test crop_pct, test interpolation): the
+# InfLoRA / P&M class-incremental benchmarks with InfLoRA's transforms (utils/data.py of
+# liangyanshuo/InfLoRA at e08b00e): train RandomResizedCrop(224, scale) + RandomHorizontalFlip;
+# test Resize(256) + CenterCrop(224) (crop_pct 0.875), CIFAR-100 Resize(224) only; torchvision's
+# Resize is bilinear unless told (iIMAGENET_R, iDomainNet, iCIFAR100), iIMAGENET_A and iCUB pass
+# interpolation=3 (bicubic)
 SPLITS = {
-    "split-vit-b16-cifar100-10": ("cifar100", 10, 10, [0.08, 1.0], 1.0),
-    "split-vit-b16-imagenet-r-5": ("imagenet_r", 5, 10, [0.08, 1.0], 0.875),
-    "split-vit-b16-imagenet-r-10": ("imagenet_r", 10, 10, [0.08, 1.0], 0.875),
-    "split-vit-b16-imagenet-r-20": ("imagenet_r", 20, 10, [0.08, 1.0], 0.875),
-    "split-vit-b16-imagenet-a-10": ("imagenet_a", 10, 10, [0.05, 1.0], 0.875),
-    "split-vit-b16-domainnet-5": ("domainnet", 5, 5, [0.08, 1.0], 0.875),
-    "split-vit-b16-cub200-10": ("cub200", 10, 10, [0.05, 1.0], 0.875),
+    "split-vit-b16-cifar100-10": ("cifar100", 10, 10, [0.08, 1.0], 1.0, "bilinear"),
+    "split-vit-b16-imagenet-r-5": ("imagenet_r", 5, 10, [0.08, 1.0], 0.875, "bilinear"),
+    "split-vit-b16-imagenet-r-10": ("imagenet_r", 10, 10, [0.08, 1.0], 0.875, "bilinear"),
+    "split-vit-b16-imagenet-r-20": ("imagenet_r", 20, 10, [0.08, 1.0], 0.875, "bilinear"),
+    "split-vit-b16-imagenet-a-10": ("imagenet_a", 10, 10, [0.05, 1.0], 0.875, "bicubic"),
+    "split-vit-b16-domainnet-5": ("domainnet", 5, 5, [0.08, 1.0], 0.875, "bilinear"),
+    "split-vit-b16-cub200-10": ("cub200", 10, 10, [0.05, 1.0], 0.875, "bicubic"),
+}
+# what the rest of the data protocol is, per source (InfLoRA's code): classes in index order
+# (every shipped config has shuffle: false), pixels in [0, 1] (ToTensor, Normalize(0, 1) or
+# none), the whole train split trained on; ImageNet-R from the fixed split file InfLoRA's
+# repository carries (utils/splits/imagenet-r_*.yaml), the others from the folders its loaders read
+WHERE = {
+    "imagenet_r": "ImageNet-R's class folders as distributed ($CMBENCH_DATA_ROOT/imagenet_r/<wnid>/<image>),\n"
+    "# split by the file list cmbench ships (cmbench/data/splits/imagenet_r.json.gz: 24,000 train / 6,000\n"
+    "# test: the fixed split InfLoRA's repository carries, utils/splits/imagenet-r_{train,test}.yaml, with\n"
+    "# their sha256). InfLoRA's loader itself draws random_split 80/20 once under the first run's seed and\n"
+    "# moves the files (utils/data.py:195), a split no one can reproduce: the shipped file is the fixed one",
+    "imagenet_a": "$CMBENCH_DATA_ROOT/imagenet_a/{train,test}/<class>/<image>, the train/test folders\n"
+    "# InfLoRA's loader reads (data/imagenet-a/{train,test}; no file list is public in its code, so the\n"
+    "# split is the user's copy of it: a remaining difference we cannot check)",
+    "domainnet": "$CMBENCH_DATA_ROOT/domainnet/{train,test}/<class>/<image> laid out by InfLoRA's\n"
+    "# dataloaders/splits/domainnet_{train,test}.yaml (too large to ship here: the user lays them out)",
 }
 LORA = {"rank": 10, "targets": ["k", "v"]}
 # full-parameter rows: MagMax's fine-tuning (danielm1405/magmax finetune_splitted.py, src/args.py):
@@ -151,28 +180,35 @@ SPLIT_METHODS = [
 
 
 def split_suites() -> None:
-    for name, (source, n, epochs, scale, crop_pct) in SPLITS.items():
+    for name, (source, n, epochs, scale, crop_pct, interp) in SPLITS.items():
         test = "Resize(224)" if crop_pct == 1.0 else "Resize(256) + CenterCrop(224)"
+        where = WHERE.get(source, f"$CMBENCH_DATA_ROOT/{source}/{{train,test}}/<class>/<image>")
         header = (
             f"# {name}: class-incremental {source} in {n} tasks, ViT-B/16 AugReg ImageNet-21k (timm's\n"
             "# vit_base_patch16_224.augreg_in21k: the checkpoint InfLoRA's code loads, models/sinet_inflora.py:68,\n"
             "# and P&M's table names). LoRA rows: P&M's recipe, AdamW, lr 1e-3, head lr 1e-2, batch 256,\n"
-            f"# {epochs} epochs; InfLoRA's transforms (train RandomResizedCrop(224, scale {scale[0]}-1) + flip,\n"
-            f"# test {test}). Full-parameter rows: MagMax's fine-tuning recipe (methods' `training`; see\n"
-            "# tools/gen_suites.py for the sources).\n"
-            "# Where this differs from the published protocol (docs/fidelity.md): classes in the PyCIL\n"
-            "# seed-1993 order (InfLoRA's shipped configs keep index order, shuffle: false; P&M's is not\n"
-            "# stated); inputs scaled by the checkpoint's mean/std to [-1, 1] (InfLoRA feeds [0, 1]); 10 % of\n"
-            "# each train split held out for validation (the papers train on all of it); ImageNet-R/A splits\n"
-            "# drawn by cmbench (InfLoRA: torch random_split 80/20 of the folder).\n"
-            f"# Data: $CMBENCH_DATA_ROOT/{source}/{{train,test}}/<class>/<image>.\n"
+            f"# {epochs} epochs; InfLoRA's data protocol (utils/data.py, configs/*.json at e08b00e): classes\n"
+            "# in index order (shuffle: false), pixels in [0, 1] (mean 0, std 1), the whole train split,\n"
+            f"# train RandomResizedCrop(224, scale {scale[0]}-1) + flip, test {test} ({interp}).\n"
+            "# Full-parameter rows: MagMax's fine-tuning recipe (methods' `training`; see tools/gen_suites.py).\n"
+            "# Remaining differences (docs/fidelity.md): P&M's own code could not be read, so its protocol is\n"
+            "# taken to be InfLoRA's, on which it builds; random resized crops are drawn from the whole image\n"
+            "# decoded once at 256 px (bicubic), not from the file; `cmbench tune` needs a validation split:\n"
+            "# tune on a copy with `holdout: 0.1` in each task's params, report this suite's rows.\n"
+            f"# Data: {where}.\n"
         )
         doc = {
             "name": name,
             "description": f"class-incremental {source}, {n} tasks, ViT-B/16 (P&M / InfLoRA protocol)",
             "setting": "train_then_merge",
             "seeds": [0, 1, 2],
-            "backbone": {"kind": "timm", "model": "vit_base_patch16_224.augreg_in21k", "pretrained": True},
+            "backbone": {
+                "kind": "timm",
+                "model": "vit_base_patch16_224.augreg_in21k",
+                "pretrained": True,
+                "input_mean": [0.0, 0.0, 0.0],
+                "input_std": [1.0, 1.0, 1.0],
+            },
             "tasks": [
                 {
                     "name": f"task{i}",
@@ -182,6 +218,10 @@ def split_suites() -> None:
                         "n_tasks": n,
                         "index": i,
                         **({"crop_pct": crop_pct} if crop_pct != 1.0 else {}),
+                        "class_order": "index",
+                        "holdout": 0.0,
+                        "interpolation": interp,
+                        **({"split": "shipped"} if source == "imagenet_r" else {}),
                     },
                 }
                 for i in range(n)

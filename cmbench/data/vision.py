@@ -110,11 +110,17 @@ NATIVE_IMAGE = {
 }
 
 
-def _decode(path_or_image, size: int, crop_pct: float = 1.0, whole: bool = False) -> tuple[np.ndarray, float]:
+INTERPOLATIONS = ("bicubic", "bilinear")
+
+
+def _decode(
+    path_or_image, size: int, crop_pct: float = 1.0, whole: bool = False, interpolation: str = "bicubic"
+) -> tuple[np.ndarray, float]:
     """RGB (3, size, size) uint8 and the image's width/height. Shorter side → size / crop_pct
-    (bicubic), centre crop (crop_pct 0.875: torchvision's Resize(256) + CenterCrop(224));
-    ``whole``: the whole image squashed to size² (random resized crops are drawn from it in
-    the original geometry, see ``train.random_resized_crops``)."""
+    (``interpolation``: torchvision's Resize is bilinear unless told, InfLoRA's ImageNet-A and
+    CUB transforms say bicubic), centre crop (crop_pct 0.875: Resize(256) + CenterCrop(224));
+    ``whole``: the whole image squashed to size² (bicubic; random resized crops are drawn from
+    it in the original geometry, see ``train.random_resized_crops``)."""
     from PIL import Image
 
     img = Image.open(path_or_image) if isinstance(path_or_image, (str, Path)) else path_or_image
@@ -124,9 +130,10 @@ def _decode(path_or_image, size: int, crop_pct: float = 1.0, whole: bool = False
     # which its annotations do not declare
     if whole:
         return np.asarray(img.resize((size, size), Image.BICUBIC), dtype=np.uint8).transpose(2, 0, 1), w / h  # type: ignore[attr-defined]
+    resample = Image.BILINEAR if interpolation == "bilinear" else Image.BICUBIC  # type: ignore[attr-defined]
     short = round(size / crop_pct)
     scale = short / min(w, h)
-    img = img.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BICUBIC)  # type: ignore[attr-defined]
+    img = img.resize((max(short, round(w * scale)), max(short, round(h * scale))), resample)
     rw, rh = img.size
     left, top = (rw - size) // 2, (rh - size) // 2
     img = img.crop((left, top, left + size, top + size))
@@ -160,7 +167,15 @@ def _folder_files(d: Path, classnames: list[str] | None, where: str) -> tuple[li
     return files, labels, classnames
 
 
-def _cached(key: str, name: str, size: int, open_rows, crop_pct: float = 1.0, whole: bool = False) -> Split:
+def _cached(
+    key: str,
+    name: str,
+    size: int,
+    open_rows,
+    crop_pct: float = 1.0,
+    whole: bool = False,
+    interpolation: str = "bicubic",
+) -> Split:
     """A decoded split; ``open_rows()`` returns its size n and an iterator over its (image,
     label) pairs in the order stored (called only when the split is not decoded yet).
 
@@ -177,13 +192,13 @@ def _cached(key: str, name: str, size: int, open_rows, crop_pct: float = 1.0, wh
         d.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(d) + ".lock"):
             if not (d / "y.npy").exists():
-                _decode_into(d, size, crop_pct, whole, *open_rows())
+                _decode_into(d, size, crop_pct, whole, interpolation, *open_rows())
     x = np.load(d / "x.npy", mmap_mode="c")  # copy-on-write: pages shared until written
     aspect = torch.from_numpy(np.load(d / "aspect.npy")) if whole else None
     return Split(x=torch.from_numpy(x), y=torch.from_numpy(np.load(d / "y.npy")), aspect=aspect)
 
 
-def _decode_into(d: Path, size: int, crop_pct: float, whole: bool, n: int, rows) -> None:
+def _decode_into(d: Path, size: int, crop_pct: float, whole: bool, interpolation: str, n: int, rows) -> None:
     import shutil
 
     for stale in d.parent.glob(f"{d.name}.*.tmp"):  # what a killed writer left (we hold the lock)
@@ -196,7 +211,7 @@ def _decode_into(d: Path, size: int, crop_pct: float, whole: bool, n: int, rows)
         aspect = np.empty(n, dtype=np.float32)
         i = 0
         for i, (image, label) in enumerate(rows):
-            x[i], aspect[i] = _decode(image, size, crop_pct, whole)
+            x[i], aspect[i] = _decode(image, size, crop_pct, whole, interpolation)
             y[i] = label
         if n and i != n - 1:
             raise CmbenchError(f"{d.name}: the source changed while it was decoded ({i + 1} of {n} images)")
@@ -218,6 +233,50 @@ def _val_order(n: int, fraction: float, seed: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
 
 
+# fixed train/test splits shipped with cmbench (file lists; the images are the user's), by source
+SHIPPED_SPLITS = {"imagenet_r": "imagenet_r.json.gz"}
+
+
+def shipped_split(source: str) -> dict:
+    """The shipped split of ``source``: its provenance and the train and test file lists."""
+    import gzip
+
+    if source not in SHIPPED_SPLITS:
+        raise CmbenchError(f"class_split: no split file is shipped for {source}; known: {sorted(SHIPPED_SPLITS)}")
+    with gzip.open(Path(__file__).parent / "splits" / SHIPPED_SPLITS[source], "rt", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def shipped_classes(source: str) -> list[str]:
+    """The class folders a shipped split names, sorted (their index is the label, as ImageFolder)."""
+    spec = shipped_split(source)
+    return sorted({p.split("/")[0] for p in spec["train"] + spec["test"]})
+
+
+def _shipped_files(source: str, split: str) -> tuple[Path, list[Path], list[int], list[str]]:
+    """The files of a shipped split under the data root: the source as distributed
+    (``ROOT/<source>/<class>/<image>``) or already moved into ``train``/``test`` folders."""
+    base = current().data_root / source
+    rel = shipped_split(source)[split]
+    names = shipped_classes(source)
+    index = {n: i for i, n in enumerate(names)}
+    roots = [base, base / "train", base / "test"]
+    files, missing = [], []
+    for p in rel:
+        f = next((r / p for r in roots if (r / p).is_file()), None)
+        if f is None:
+            missing.append(p)
+        else:
+            files.append(f)
+    if missing:
+        raise CmbenchError(
+            f"dataset {source}: {len(missing)} of the {len(rel)} {split} images of its shipped split are "
+            f"missing under {base} (first: {missing[0]}); put the dataset's class folders there "
+            f"({source}/<class>/<image>) or pass --data-root DIR"
+        )
+    return base, files, [index[p.split("/")[0]] for p in rel], names
+
+
 def load_source(
     source: str,
     split: str,
@@ -226,30 +285,40 @@ def load_source(
     val: tuple[float, int] | None = None,
     crop_pct: float = 1.0,
     whole: bool = False,
+    interpolation: str = "bicubic",
+    shipped: bool = False,
 ) -> tuple[Split, list[str]]:
     """All images of one split of a dataset (``train`` or ``test``), decoded and cached
-    (see :func:`_decode` for ``crop_pct`` and ``whole``; image folders only).
+    (see :func:`_decode` for ``crop_pct``, ``whole`` and ``interpolation``; image folders
+    only). ``shipped``: the files the shipped split file lists (``SHIPPED_SPLITS``).
 
     With ``val = (fraction, seed)`` (train splits) the images are stored in the order of
     FusionBench's train/validation permutation, so :func:`split_val` takes train and
     validation as views of the memory-mapped file instead of copies.
     """
     folder = current().data_root / source / split
-    if folder.is_dir():
-        files, labels, names = _folder_files(folder, classnames, f"{source}/{split}")
+    if shipped or folder.is_dir():
+        if shipped:
+            folder, files, labels, names = _shipped_files(source, split)
+        else:
+            files, labels, names = _folder_files(folder, classnames, f"{source}/{split}")
         h = hashlib.sha256(json.dumps([[str(p.relative_to(folder)), p.stat().st_size] for p in files]).encode())
         h.update(json.dumps([labels, names, size]).encode())
         order = _val_order(len(files), *val) if val else range(len(files))
         h.update(json.dumps(val).encode() if val else b"")
-        # decodings other than the first one (shorter side to size, centre crop) key apart
-        view = ([crop_pct] if crop_pct != 1.0 else []) + (["whole"] if whole else [])
+        # decodings other than the first one (shorter side to size, bicubic, centre crop) key apart
+        view = (
+            ([crop_pct] if crop_pct != 1.0 else [])
+            + (["whole"] if whole else [])
+            + ([interpolation] if interpolation != "bicubic" and not whole else [])
+        )
         h.update(json.dumps(view).encode() if view else b"")
 
         rows = lambda: (len(files), ((files[i], labels[i]) for i in order))  # noqa: E731
         name = f"{source}-{split}-{size}" + ("-whole" if whole else "")
-        return _cached(h.hexdigest()[:16], name, size, rows, crop_pct, whole), names
+        return _cached(h.hexdigest()[:16], name, size, rows, crop_pct, whole, interpolation), names
     if source in clip_tasks():
-        if crop_pct != 1.0 or whole:
+        if crop_pct != 1.0 or whole or interpolation != "bicubic":
             raise CmbenchError(f"dataset {source}: the hub copy is decoded one way only (crop_pct 1, not whole)")
         return _load_hub(source, split, size, val), list(classnames or clip_tasks()[source]["classnames"])
     raise CmbenchError(
@@ -325,7 +394,7 @@ for _name, _meta in clip_tasks().items():  # the task's class names, templates a
     dataset(_name, f"{VISION_DATA_VERSION}-{_entry}")(_clip_builder(_name))
 
 
-def class_order(n_classes: int, seed: int = 1993) -> list[int]:
+def permuted_order(n_classes: int, seed: int = 1993) -> list[int]:
     """The PyCIL / InfLoRA class order: ``np.random.seed(seed); np.random.permutation(n)``."""
     return np.random.RandomState(seed).permutation(n_classes).tolist()
 
@@ -342,52 +411,79 @@ def class_split(
     order_seed: int = 1993,
     first: int | None = None,
     crop_pct: float = 1.0,
+    class_order: str = "permuted",
+    holdout: float = 0.1,
+    interpolation: str = "bicubic",
+    split: str = "folders",
 ) -> TaskData:
     """Task ``index`` of ``n_tasks`` of a class-incremental split of ``source``: classes in
-    the seeded order (``first`` classes in task 0 if given, the rest equally). Labels are
-    local; ``class_ids`` the source's class indices. ``crop_pct``: images are resized to
-    img_size / crop_pct on the shorter side and centre-cropped (InfLoRA's test transform for
-    ImageNet-R/A, DomainNet, CUB: Resize(256) + CenterCrop(224), crop_pct 0.875). The whole
-    train images (``train_view``) feed random resized crops when the recipe augments."""
+    index order (``class_order: index``, InfLoRA's ``shuffle: false``) or PyCIL's seeded
+    permutation (``permuted``, seed ``order_seed``), ``first`` classes in task 0 if given, the
+    rest equally. Labels are local; ``class_ids`` the source's class indices (the sorted class
+    folders', as ImageFolder). ``crop_pct``: images are resized to img_size / crop_pct on the
+    shorter side (``interpolation``) and centre-cropped (InfLoRA's test transform for
+    ImageNet-R/A, DomainNet, CUB: Resize(256) + CenterCrop(224), crop_pct 0.875).
+    ``holdout``: the share of the train split held out for validation (0: train on all of it,
+    as the papers do; validation is then empty). ``split``: ``folders`` reads
+    ``ROOT/<source>/{train,test}``; ``shipped`` the fixed split file cmbench ships for the
+    source (``SHIPPED_SPLITS``). The whole train images (``train_view``) feed random resized
+    crops when the recipe augments."""
     if not 0 < crop_pct <= 1:
         raise CmbenchError(f"class_split: crop_pct {crop_pct} must be in (0, 1]")
     if source not in CIL_SOURCES:
         raise CmbenchError(f"class_split: unknown source {source!r}; known: {sorted(CIL_SOURCES)}")
+    for name, value, allowed in (
+        ("class_order", class_order, ("index", "permuted")),
+        ("interpolation", interpolation, INTERPOLATIONS),
+        ("split", split, ("folders", "shipped")),
+    ):
+        if value not in allowed:
+            raise CmbenchError(f"class_split: {name} {value!r}; give one of {', '.join(allowed)}")
     n = CIL_SOURCES[source]
-    order = class_order(n, order_seed)
+    order = list(range(n)) if class_order == "index" else permuted_order(n, order_seed)
     sizes = [first] + [(n - first) // (n_tasks - 1)] * (n_tasks - 1) if first else [n // n_tasks] * n_tasks
     if not 0 <= index < n_tasks:
         raise CmbenchError(f"class_split: index {index} not in 0..{n_tasks - 1}")
     start = sum(sizes[:index])
     keep = order[start : start + sizes[index]]
-    folder = current().data_root / source / "train"
-    if not folder.is_dir():
-        raise CmbenchError(
-            f"dataset {source}: no image folder {folder}; put the data there "
-            f"({source}/{{train,test}}/<class>/<image>) or pass --data-root DIR"
-        )
-    names = sorted(p.name for p in folder.iterdir() if p.is_dir())  # as load_source names them
+    shipped = split == "shipped"
+    if shipped:
+        names = shipped_classes(source)
+    else:
+        folder = current().data_root / source / "train"
+        if not folder.is_dir():
+            raise CmbenchError(
+                f"dataset {source}: no image folder {folder}; put the data there "
+                f"({source}/{{train,test}}/<class>/<image>) or pass --data-root DIR"
+            )
+        names = sorted(p.name for p in folder.iterdir() if p.is_dir())  # as load_source names them
     if len(names) != n:
-        raise CmbenchError(f"class_split: {folder} has {len(names)} classes, {source} has {n}")
+        raise CmbenchError(f"class_split: {source}'s {split} split has {len(names)} classes, {source} has {n}")
     local = torch.full((n,), -1, dtype=torch.int64)
     local[torch.tensor(keep)] = torch.arange(len(keep))
+    val = (holdout, 0) if holdout else None
+
     # the source's splits are decoded once, memory-mapped and shared by its tasks; a task's
     # images are gathered on first use
-    full_train = LazySplit(lambda: load_source(source, "train", img_size, names, val=(0.1, 0), crop_pct=crop_pct)[0])
-    test = LazySplit(lambda: load_source(source, "test", img_size, names, crop_pct=crop_pct)[0])
+    def decoded(part: str, v: tuple[float, int] | None) -> Split:
+        return load_source(source, part, img_size, names, v, crop_pct, interpolation=interpolation, shipped=shipped)[0]
+
+    full_train = LazySplit(lambda: decoded("train", val))
+    test = LazySplit(lambda: decoded("test", None))
 
     def sub(s: Split) -> Split:
         m = local[s.y] >= 0
         return Split(x=s.x[m], y=local[s.y[m]], aspect=None if s.aspect is None else s.aspect[m])
 
     def train_view(size: int) -> Split:  # the same images in the same order as `train`
-        return sub(split_val(load_source(source, "train", size, names, val=(0.1, 0), whole=True)[0])[0])
+        whole = load_source(source, "train", size, names, val=val, whole=True, shipped=shipped)[0]
+        return sub(split_val(whole, holdout)[0])
 
     return TaskData(
         task,
         [names[c] for c in keep],
-        train=LazySplit(lambda: sub(split_val(full_train)[0])),
-        val=LazySplit(lambda: sub(split_val(full_train)[1])),
+        train=LazySplit(lambda: sub(split_val(full_train, holdout)[0])),
+        val=LazySplit(lambda: sub(split_val(full_train, holdout)[1])),
         test=LazySplit(lambda: sub(test)),
         class_ids=keep,
         train_view=train_view,

@@ -144,13 +144,16 @@ class CLIPImageEncoder(nn.Module):
 
 
 class TimmEncoder(nn.Module):
-    """A timm model without its classifier, normalising with its pretrained config."""
+    """A timm model without its classifier, normalising with its pretrained config (or the
+    suite's ``input_mean``/``input_std``: InfLoRA feeds pixels in [0, 1] unchanged)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, mean=None, std=None):
         super().__init__()
         self.model = model
         pc = getattr(model, "pretrained_cfg", None) or {}
-        self.normalize = _Normalize(pc.get("mean", (0.5, 0.5, 0.5)), pc.get("std", (0.5, 0.5, 0.5)))
+        if mean is None:
+            mean, std = pc.get("mean", (0.5, 0.5, 0.5)), pc.get("std", (0.5, 0.5, 0.5))
+        self.normalize = _Normalize(mean, std)
         self.num_features = model.num_features
 
     @classmethod
@@ -175,7 +178,7 @@ class TimmEncoder(nn.Module):
                 f"{str(e).splitlines()[0][:200]}; put the weights in the HF cache or rerun with "
                 "--allow-download"
             ) from None
-        return cls(model)
+        return cls(model, cfg.input_mean, cfg.input_std)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(self.normalize(x))

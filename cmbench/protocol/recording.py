@@ -30,7 +30,7 @@ def published_rows(suite: Suite, job: Job, cls) -> dict[str, Any]:
     full = methods_mod.validate_hparams(cls, dict(job.hparams))
     training = suite.training_of(job)
     found: dict[str, Any] = {  # Published rows, then their dicts
-        "ACC": published.method_acc(suite, job.method, full, job.lora_spec, training),
+        "ACC": published.method_acc(suite, job.method, full, job.lora_spec, training, job.experts),
         "theta0": published.reference_acc(suite, "theta0"),
         "experts": published.reference_acc(suite, "experts"),
     }

@@ -117,7 +117,6 @@ def protocol_facts(suite: Suite) -> dict[str, str]:
     if not splits:
         return {}
     from ..artefacts import load_tasks
-    from ..data.vision import class_order
     from ..models import create_backbone
 
     norm = getattr(create_backbone(suite.backbone), "normalize", None)
@@ -132,14 +131,17 @@ def protocol_facts(suite: Suite) -> dict[str, str]:
     )
     tasks = load_tasks(suite, suite.seeds[0])
     first = tasks[splits[0].name]
-    n_classes = sum(len(tasks[t.name].class_ids or []) for t in splits)
-    seed = int(splits[0].params.get("order_seed", 1993))
+    ids = [c for t in splits for c in tasks[t.name].class_ids or []]
+    n_classes = len(ids)
+    kind = "index order" if ids == sorted(ids) else "a permutation"
+    train = [len(tasks[t.name].train) for t in splits]
     return {
         "backbone": f"{suite.backbone.kind} {getattr(suite.backbone, 'model', '')}",
-        "class order": f"seed {seed} permutation of {n_classes} classes, first ten {class_order(n_classes, seed)[:10]}",
+        "class order": f"{kind} of {n_classes} classes, first ten {ids[:10]}",
         "input scaling": scaling,
         "images of the first task": f"train {len(first.train)}, validation {len(first.val)} (held out of the "
         f"train split), test {len(first.test)}",
+        "training images per task": f"{train} ({sum(train)} in all)",
     }
 
 

@@ -111,6 +111,9 @@ class OpenCLIP(Strict):
         return int(self.open_clip_config()["embed_dim"])
 
 
+_Positive = Annotated[float, Field(gt=0)]
+
+
 class TimmViT(Strict):
     """A timm ViT (e.g. ``vit_base_patch16_224.augreg_in21k_ft_in1k``: ImageNet-21k
     pretrained, ImageNet-1k fine-tuned, as in the InfLoRA / P&M line of work). ``kwargs``
@@ -121,6 +124,20 @@ class TimmViT(Strict):
     pretrained: bool = True
     kwargs: dict[str, Any] = Field(default_factory=dict)
     linearized: bool = False
+    input_mean: Optional[tuple[float, float, float]] = Field(
+        None,
+        description="per-channel mean subtracted from pixels in [0, 1] (default: the checkpoint's timm config; "
+        "InfLoRA feeds [0, 1] unchanged: mean 0, std 1)",
+    )
+    input_std: Optional[tuple[_Positive, _Positive, _Positive]] = Field(
+        None, description="per-channel std (with input_mean)"
+    )
+
+    @model_validator(mode="after")
+    def _both(self):
+        if (self.input_mean is None) != (self.input_std is None):
+            raise ValueError("input_mean and input_std go together; give both or neither")
+        return self
 
     @property
     def image_size(self) -> int:
