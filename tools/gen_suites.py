@@ -33,6 +33,7 @@ CLIP_METHODS = [
     {"name": "consensus_ta", "hparams": {"lam": 0.3, "k": 2, "tall_lambda": 0.6}},
     "# the current task's training data",
     {"name": "fisher_average"},
+    {"name": "regmean"},
     "# ODE-M (public config): 2048 nested calibration samples; refinement at the end (‡), per step, none",
     {"name": "ode_m"},
     {"name": "ode_m", "label": "ode_m-per-step", "hparams": {"refine": "per_step"}},
