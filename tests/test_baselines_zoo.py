@@ -280,3 +280,45 @@ def test_fisher_average_with_equal_fishers_is_plain_averaging(monkeypatch):
     for t in range(1, 4):
         for k in keys:
             assert torch.allclose(out[t - 1][k], torch.stack([e[k] for e in experts[:t]]).mean(0), atol=1e-5)
+
+
+def ref_iso_c(theta0, experts, scaling_factor):
+    """FusionBench's iso_c (isotropic_merging/iso_utils.py at 54c9e8c) on the separate-layer
+    layout, one-shot over the first t experts: 2-D entries get U·mean(σ)·Vᵀ of the summed task
+    vectors, the rest their mean."""
+    theta0, experts = split_qkv(theta0), [split_qkv(e) for e in experts]
+    out = []
+    for t in range(1, len(experts) + 1):
+        tvs = [tv(e, theta0) for e in experts[:t]]
+        merged = {}
+        for key in tvs[0]:
+            new = sum(v[key] for v in tvs) / len(tvs)
+            if len(tvs[0][key].shape) == 2:
+                new = new * len(tvs)
+                U, S, V = torch.linalg.svd(new.double(), full_matrices=False)  # float64: see OPCM's
+                new = torch.linalg.multi_dot((U, torch.diag(torch.ones_like(S) * S.mean()), V)).float()
+            merged[key] = theta0[key] + scaling_factor * new
+        out.append(merged)
+    return out
+
+
+@pytest.mark.parametrize("alpha", [1.0, 1.5])
+def test_iso_c_matches_reference(alpha):
+    theta0, experts = models(4, seed=3)
+    ours = run_stream("iso_c", {"alpha": alpha}, theta0, experts)
+    for o, r in zip(ours, ref_iso_c(theta0, experts, alpha)):
+        assert_same(o, r)
+
+
+def test_iso_c_treats_an_embedding_table_as_a_matrix_and_averages_the_rest():
+    net = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.LayerNorm(3))
+    layout = describe(net)
+    g = torch.Generator().manual_seed(0)
+    theta0 = {k: torch.randn(v.shape, generator=g) for k, v in net.state_dict().items()}
+    experts = [{k: v + torch.randn(v.shape, generator=g) for k, v in theta0.items()} for _ in range(2)]
+    merged = _run_stream("iso_c", {}, theta0, experts, layout)[-1]
+    s = sum(e["0.weight"] - theta0["0.weight"] for e in experts)
+    sv = torch.linalg.svdvals(merged["0.weight"] - theta0["0.weight"])
+    assert torch.allclose(sv, torch.full_like(sv, float(torch.linalg.svdvals(s).mean())), atol=1e-5)
+    mean_norm = sum(e["1.weight"] - theta0["1.weight"] for e in experts) / 2
+    assert torch.allclose(merged["1.weight"], theta0["1.weight"] + mean_norm, atol=1e-6)
