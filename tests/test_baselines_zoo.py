@@ -322,3 +322,50 @@ def test_iso_c_treats_an_embedding_table_as_a_matrix_and_averages_the_rest():
     assert torch.allclose(sv, torch.full_like(sv, float(torch.linalg.svdvals(s).mean())), atol=1e-5)
     mean_norm = sum(e["1.weight"] - theta0["1.weight"] for e in experts) / 2
     assert torch.allclose(merged["1.weight"], theta0["1.weight"] + mean_norm, atol=1e-6)
+
+
+def ref_wudi(theta0, experts, iter_num, lr):
+    """FusionBench's wudi_merging (wudi/wudi.py at 54c9e8c) on the separate-layer layout,
+    one-shot over the first t experts: Adam on Σ‖(τ − τ_i)τ_iᵀ‖²/‖τ_i‖² for 2-D entries, from
+    the sum; the mean elsewhere."""
+    theta0, experts = split_qkv(theta0), [split_qkv(e) for e in experts]
+    out = []
+    for t in range(1, len(experts) + 1):
+        tvs_all = [tv(e, theta0) for e in experts[:t]]
+        merged = {}
+        for key in tvs_all[0]:
+            tvs = torch.stack([v[key] for v in tvs_all])
+            new = torch.nn.Parameter(torch.sum(tvs, dim=0))
+            if len(tvs_all[0][key].shape) == 2:
+                optimizer = torch.optim.Adam([new], lr=lr, weight_decay=0)
+                l2 = torch.square(torch.norm(tvs.reshape(tvs.shape[0], -1), p=2, dim=-1))
+                for _ in range(iter_num):
+                    product = torch.matmul(new.unsqueeze(0) - tvs, tvs.transpose(1, 2))
+                    loss = torch.sum(torch.square(product) / l2.unsqueeze(-1).unsqueeze(-1))
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                value = new.detach()
+            else:
+                value = new.detach() / len(tvs)
+            merged[key] = theta0[key] + value
+        out.append(merged)
+    return out
+
+
+# the default, in float32 as the reference runs; and large Adam steps, which amplify rounding
+# (Adam divides by the gradient's magnitude), in float64 to compare the arithmetic alone
+@pytest.mark.parametrize("iter_num,lr,dtype,tol", [(400, 1e-5, torch.float32, 1e-5), (60, 1e-2, torch.float64, 1e-9)])
+def test_wudi_matches_reference(iter_num, lr, dtype, tol):
+    theta0, experts = models(3, seed=4)
+    theta0, experts = (
+        {k: v.to(dtype) if v.is_floating_point() else v for k, v in theta0.items()},
+        [{k: v.to(dtype) if v.is_floating_point() else v for k, v in e.items()} for e in experts],
+    )
+    ours = run_stream("wudi", {"iter_num": iter_num, "lr": lr}, theta0, experts)
+    worst = 0.0
+    for o, r in zip(ours, ref_wudi(theta0, experts, iter_num, lr)):
+        o = split_qkv(o)
+        worst = max(worst, max(float((o[k] - v).abs().max()) for k, v in r.items()))
+    print(f"wudi iter_num={iter_num} lr={lr} {dtype}: max |Δ| against FusionBench's transcription {worst:.1e}")
+    assert worst < tol

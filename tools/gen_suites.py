@@ -32,6 +32,7 @@ CLIP_METHODS = [
     {"name": "dop"},
     {"name": "consensus_ta", "hparams": {"lam": 0.3, "k": 2, "tall_lambda": 0.6}},
     {"name": "iso_c", "hparams": {"alpha": 1.0}},
+    {"name": "wudi"},
     "# the current task's training data",
     {"name": "fisher_average"},
     {"name": "regmean"},
