@@ -24,6 +24,7 @@ separately when fused, and 2-D embedding tables), not from names; SVDs in float6
 import torch
 
 from cmbench.methods import Method, Positive, register
+from cmbench.spectral import is_matrix, matrices
 from cmbench.tensors import apply, task_vector
 
 
@@ -48,11 +49,8 @@ class IsoC(Method):
         self.tau_sum = tau if self.tau_sum is None else {k: s + tau[k] for k, s in self.tau_sum.items()}
         layout, out = ctx.layout, {}
         for k, s in self.tau_sum.items():
-            role = layout[k]
-            if role.kind == "linear":
-                out[k] = layout.map_matrices(k, isotropic, s)
-            elif role.kind == "embedding" and s.dim() == 2:
-                out[k] = isotropic(s)
+            if is_matrix(layout, k, s):
+                out[k] = torch.cat([isotropic(m) for m in matrices(layout, k, s)], dim=0)
             else:
                 out[k] = s / ctx.step
         return apply(ctx.theta0, out, self.alpha)

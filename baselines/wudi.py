@@ -24,13 +24,8 @@ the optimisation in the parameters' precision as the reference's.
 import torch
 
 from cmbench.methods import Method, Positive, PositiveInt, register
+from cmbench.spectral import is_matrix, matrices
 from cmbench.tensors import apply, task_vector
-
-
-def is_matrix(layout, name: str, value: torch.Tensor) -> bool:
-    """A 2-D entry of the reference's (HF CLIP's) vision model: a linear weight or a 2-D table."""
-    kind = layout[name].kind
-    return kind == "linear" or (kind == "embedding" and value.dim() == 2)
 
 
 @register
@@ -54,8 +49,7 @@ class WUDI(Method):
             if not is_matrix(layout, k, s):
                 out[k] = s / ctx.step
                 continue
-            parts = layout.matrices(k, tau[k]) if layout.is_linear(k) else [tau[k]]
-            for j, t in enumerate(parts):
+            for j, t in enumerate(matrices(layout, k, tau[k])):
                 t = t.double()
                 G = t.T @ t / (t**2).sum()
                 if j == len(self.A.setdefault(k, [])):
@@ -64,7 +58,7 @@ class WUDI(Method):
                 else:
                     self.A[k][j] = self.A[k][j] + G
                     self.B[k][j] = self.B[k][j] + t @ G
-            sums = layout.matrices(k, s) if layout.is_linear(k) else [s]
+            sums = matrices(layout, k, s)
             out[k] = torch.cat([self.optimise(S, self.A[k][j], self.B[k][j]) for j, S in enumerate(sums)], dim=0)
         return apply(ctx.theta0, out)
 

@@ -23,6 +23,7 @@ LAYERS = [
         "cmbench.metrics",
         "cmbench.layout",
         "cmbench.kernels",
+        "cmbench.spectral",
         "cmbench.fingerprint",
         "cmbench.limits",
         "cmbench.pins",
