@@ -369,3 +369,42 @@ def test_wudi_matches_reference(iter_num, lr, dtype, tol):
         worst = max(worst, max(float((o[k] - v).abs().max()) for k, v in r.items()))
     print(f"wudi iter_num={iter_num} lr={lr} {dtype}: max |Δ| against FusionBench's transcription {worst:.1e}")
     assert worst < tol
+
+
+def ref_tsv_m(theta0, experts, alpha):
+    """FusionBench's compute_and_sum_svd_mem_reduction (task_singular_vector/utils/TSVM_utils.py
+    at 54c9e8c) on the separate-layer layout, one-shot over the first t experts, then ×α."""
+    theta0, experts = split_qkv(theta0), [split_qkv(e) for e in experts]
+    out = []
+    for t in range(1, len(experts) + 1):
+        tvs = [tv(e, theta0) for e in experts[:t]]
+        sv_reduction = 1 / len(tvs)
+        merged = {}
+        for key in tvs[0]:
+            if len(tvs[0][key].shape) == 2:
+                for i, task_vector in enumerate(tvs):
+                    u, s, vh = torch.linalg.svd(task_vector[key].double(), full_matrices=False)
+                    if i == 0:
+                        sum_u, sum_s, sum_vh = torch.zeros_like(u), torch.zeros_like(s), torch.zeros_like(vh)
+                    k = int(s.shape[0] * sv_reduction)
+                    sum_u[:, i * k : (i + 1) * k] = u[:, :k]
+                    sum_s[i * k : (i + 1) * k] = s[:k]
+                    sum_vh[i * k : (i + 1) * k, :] = vh[:k, :]
+                u_u, _, vh_u = torch.linalg.svd(sum_u, full_matrices=False)
+                u_vh, _, vh_vh = torch.linalg.svd(sum_vh, full_matrices=False)
+                new = torch.linalg.multi_dot((u_u, vh_u, torch.diag(sum_s), u_vh, vh_vh)).float()
+            else:
+                new = tvs[0][key].clone()
+                for i, task_vector in enumerate(tvs[1:], start=1):
+                    new += (task_vector[key] - new) / (i + 1)
+            merged[key] = theta0[key] + alpha * new
+        out.append(merged)
+    return out
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.7])
+def test_tsv_m_matches_reference(alpha):
+    theta0, experts = models(4, seed=5)
+    ours = run_stream("tsv_m", {"alpha": alpha}, theta0, experts)
+    for o, r in zip(ours, ref_tsv_m(theta0, experts, alpha)):
+        assert_same(o, r)

@@ -33,6 +33,7 @@ CLIP_METHODS = [
     {"name": "consensus_ta", "hparams": {"lam": 0.3, "k": 2, "tall_lambda": 0.6}},
     {"name": "iso_c", "hparams": {"alpha": 1.0}},
     {"name": "wudi"},
+    {"name": "tsv_m", "hparams": {"alpha": 1.0}},
     "# the current task's training data",
     {"name": "fisher_average"},
     {"name": "regmean"},
