@@ -24,7 +24,8 @@ from .train import TRAIN_VERSION
 # `cmbench verify` on committed results fails until they are.
 EVALUATION_VERSION = 1  # Evaluator, Learner.evaluate: which cells are measured, and how
 MERGE_STREAM_VERSION = 1  # run_merge_stream: the loop, the methods' context and ctx.network
-TRAIN_THEN_MERGE_VERSION = 1  # run_train_then_merge, Learner, ClassSpace: training, classifier rows, the loop
+TRAIN_THEN_MERGE_VERSION = 2  # run_train_then_merge, Learner, ClassSpace: training, classifier rows, the loop
+# (2: the start gradient norm accumulated over batches of the recipe's size)
 DATA_ACCESS_VERSION = 1  # DataAccess: which samples a method is handed
 
 

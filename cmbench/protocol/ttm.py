@@ -168,17 +168,31 @@ class Learner:
 
     def start_grad_norm(self, state: StateDict, head: dict, name: str, n: int = 256) -> float:
         """‖∇θ L‖ at the model training starts from, on task ``name``'s first n train samples:
-        small values mean the new task starts where gradients vanish."""
+        small values mean the new task starts where gradients vanish. The mean loss's gradient
+        is accumulated over batches of the recipe's size (256 ViT-B/16 images at once hold
+        ~30 GB of activations)."""
         model = create_backbone(self.suite.backbone)
         model.load_state_dict(state)
         model.to(self.device).train()
         td = self.tasks[name]
-        x = td.train.x[:n].to(self.device).float().div(127.5).sub(1.0)
-        logits = model(x) @ head["weight"].to(self.device).T + head["bias"].to(self.device)
-        loss = torch.nn.functional.cross_entropy(
-            _masked(logits, self.space.rows_of[name]), self.space.targets(td, td.train.y[:n]).to(self.device)
-        )
-        grads = torch.autograd.grad(loss, [p for p in model.parameters()])
+        params = [p for p in model.parameters()]
+        w, b = head["weight"].to(self.device), head["bias"].to(self.device)
+        total = min(n, len(td.train))
+        grads: list[torch.Tensor] | None = None
+        for i in range(0, total, self.recipe.batch_size):
+            j = min(total, i + self.recipe.batch_size)
+            x = td.train.x[i:j].to(self.device).float().div(127.5).sub(1.0)
+            loss = (
+                torch.nn.functional.cross_entropy(
+                    _masked(model(x) @ w.T + b, self.space.rows_of[name]),
+                    self.space.targets(td, td.train.y[i:j]).to(self.device),
+                    reduction="sum",
+                )
+                / total
+            )
+            g = torch.autograd.grad(loss, params)
+            grads = list(g) if grads is None else [a + c for a, c in zip(grads, g)]
+        assert grads is not None  # a task has training data
         return float(torch.sqrt(cast(torch.Tensor, sum((g.double() ** 2).sum() for g in grads))))
 
 
