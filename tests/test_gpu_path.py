@@ -151,6 +151,8 @@ def _gpu_job(tag):
     }
 
 
+# about 1 min (a Ray cluster with simulated GPUs): run by `make test-slow` / .ci/run
+@pytest.mark.slow
 def test_ray_packs_fractional_gpu_jobs_on_simulated_gpus():
     """Two simulated GPUs, jobs asking for half of one each: Ray gives every job one GPU
     (made visible to it alone) and never runs more than two at once on one GPU."""

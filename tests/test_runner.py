@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from cmbench.store import Store
@@ -151,6 +152,8 @@ def test_mlflow_unreachable_still_writes_results(nano_copy, monkeypatch):
     assert len(list((Paths(nano_copy).results / "nano-merge" / "weight_average").glob("*.json"))) == 4
 
 
+# about 1.5 min (Ray start, a killed worker): run by `make test-slow` / .ci/run
+@pytest.mark.slow
 def test_ray_executor_matches_in_process_and_retries_a_killed_worker(nano_run, nano_copy, tmp_path, monkeypatch):
     """On Ray the results equal the in-process run; a job whose worker process is killed
     (SIGKILL, mid-merge) is retried and finishes with the result it would have had."""
