@@ -106,11 +106,13 @@ def split_mismatch(suite, training) -> str | None:
         "interpolation": data["interpolation"][source],
         "split": data["split"].get(source, "folders"),
     }
-    defaults = {"class_order": "permuted", "holdout": 0.1, "interpolation": "bicubic", "split": "folders"}
-    for t in suite.tasks:
+    from .data import DATASETS, param_value
+
+    for t in suite.tasks:  # as the builder is called: its signature's default where the task is silent
         for k, v in want_data.items():
-            if t.params.get(k, defaults[k]) != v:
-                return f"data {k} {t.params.get(k, defaults[k])} in task {t.name} (source: {v})"
+            got = param_value(DATASETS[t.dataset], t.params, k)
+            if got != v:
+                return f"data {k} {got} in task {t.name} (source: {v})"
     want = {**p["recipe"], "epochs": p["epochs_by_source"].get(bench.split("/")[0], p["recipe"]["epochs"])}
     off = [
         f"{k} {getattr(training, k, None)} (source: {v})" for k, v in want.items() if getattr(training, k, None) != v

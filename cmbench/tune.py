@@ -121,7 +121,11 @@ def tune_method(
             f"{suite_path}: methods.{suite.methods.index(spec)}.search: {spec.display} declares no "
             "search space; add e.g. `search: {lam: [0.1, 0.2, 0.3]}`"
         )
-    if any(t.dataset == "class_split" and t.params.get("holdout", 0.1) == 0 for t in suite.tasks):
+    from .data import DATASETS, param_value
+
+    if any(
+        t.dataset == "class_split" and param_value(DATASETS[t.dataset], t.params, "holdout") == 0 for t in suite.tasks
+    ):
         raise CmbenchError(
             f"{suite_path}: its tasks train on all of each train split, as the published runs do "
             "(holdout: 0), so there is no validation data to tune on; tune on a copy of the suite with "

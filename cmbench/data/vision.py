@@ -27,6 +27,7 @@ hub experts have seen the val split, which is said in the suites).
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 import json
 import os
 from pathlib import Path
@@ -237,8 +238,10 @@ def _val_order(n: int, fraction: float, seed: int) -> list[int]:
 SHIPPED_SPLITS = {"imagenet_r": "imagenet_r.json.gz"}
 
 
+@lru_cache(maxsize=None)
 def shipped_split(source: str) -> dict:
-    """The shipped split of ``source``: its provenance and the train and test file lists."""
+    """The shipped split of ``source``: its provenance and the train and test file lists
+    (read once per process; callers do not modify it)."""
     import gzip
 
     if source not in SHIPPED_SPLITS:

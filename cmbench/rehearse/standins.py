@@ -218,11 +218,12 @@ def _write_shipped(source: str, r: Rehearsal) -> int:
     if done.exists():
         return 0
     spec, names = shipped_split(source), shipped_classes(source)
+    index = {n: i for i, n in enumerate(names)}
     side, mode = NATIVE_IMAGE[source]
     rng = np.random.default_rng([r.seed, len(names)])
     written = 0
     for rel in spec["train"] + spec["test"]:
-        label = names.index(rel.split("/")[0])
+        label = index[rel.split("/")[0]]
         f = base / rel
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_bytes(_image(rng, label, len(names), side, mode))  # a JPEG, whatever the name says
