@@ -32,6 +32,7 @@ CLIP_METHODS = [
     {"name": "dop"},
     {"name": "consensus_ta", "hparams": {"lam": 0.3, "k": 2, "tall_lambda": 0.6}},
     {"name": "iso_c", "hparams": {"alpha": 1.0}},
+    {"name": "iso_cts", "hparams": {"alpha": 1.0, "common_space_fraction": 0.8}},
     {"name": "wudi"},
     {"name": "tsv_m", "hparams": {"alpha": 1.0}},
     "# the current task's training data",
