@@ -38,6 +38,7 @@ CLIP_METHODS = [
     "# the current task's training data",
     {"name": "fisher_average"},
     {"name": "regmean"},
+    {"name": "regmean_plusplus"},
     "# ODE-M (public config): 2048 nested calibration samples; refinement at the end (‡), per step, none",
     {"name": "ode_m"},
     {"name": "ode_m", "label": "ode_m-per-step", "hparams": {"refine": "per_step"}},
