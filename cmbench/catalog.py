@@ -13,7 +13,7 @@ import random
 from functools import lru_cache
 from pathlib import Path
 
-_GENERATED = ("n_train", "n_val", "n_test", "noise")  # every generated micro task's split sizes and noise
+_GENERATED = ("n_train", "n_val", "n_test", "noise", "colour")  # every generated micro task's sizes, noise, colour
 
 
 @lru_cache(maxsize=1)
@@ -39,9 +39,27 @@ PARAM_RULES: dict[str, tuple[str, float, float]] = {  # name -> (kind, low, high
     "holdout": ("float", 0.0, 0.5),
 }
 
+
+def colour_error(colour) -> str | None:
+    """Why a micro task's ``colour`` is malformed (None: it is ``random`` or
+    ``{fg: [r, g, b], bg: [r, g, b]}`` with values in [0, 1])."""
+    if colour == "random":
+        return None
+    ok = isinstance(colour, dict) and set(colour) == {"fg", "bg"}
+    ok = ok and all(
+        isinstance(c, list)
+        and len(c) == 3
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in c)
+        for c in colour.values()
+    )
+    if ok:
+        return None
+    return f"params.colour: {colour!r} is neither 'random' nor {{fg: [r, g, b], bg: [r, g, b]}} in [0, 1]"
+
+
 DATASET_PARAMS: dict[str, tuple[str, ...]] = {
     # micro (cmbench/data/micro.py)
-    "digits": ("val_frac", "test_frac", "noise", "classes"),
+    "digits": ("val_frac", "test_frac", "noise", "classes", "colour"),
     "shapes": _GENERATED,
     "bars": _GENERATED,
     "dots": _GENERATED,
@@ -49,7 +67,7 @@ DATASET_PARAMS: dict[str, tuple[str, ...]] = {
     "quadrant": _GENERATED,
     "sizes": _GENERATED,
     "texture": _GENERATED,
-    "glyphs": ("n_classes", "classes", "domain", "renditions", "n_train", "n_val", "n_test", "noise"),
+    "glyphs": ("n_classes", "classes", "domain", "renditions", "n_train", "n_val", "n_test", "noise", "colour"),
     # image folders and hub copies (cmbench/data/vision.py): class-incremental splits, the CLIP tasks
     "class_split": (
         "source",

@@ -134,3 +134,20 @@ def test_a_methods_own_recipe_is_keyed_validated_and_trained_with(tmp_path):
         f.write_text(yaml.safe_dump(data))
         with pytest.raises(CmbenchError, match=field.replace(".", r"\.")):
             load_suite(f)
+
+
+def test_micro_tasks_in_colour_domains():
+    """``colour``: a task's grey images painted bg + (fg − bg)·grey on three channels; ``random``
+    a pair per image; without it the images are the grey ones, unchanged."""
+    from cmbench.data import build
+
+    grey = build("shapes", "shapes", 0, 16, {"n_train": 20, "n_val": 2, "n_test": 4})
+    fg, bg = [1.0, 0.5, 0.0], [0.0, 0.0, 1.0]
+    col = build("shapes", "shapes", 0, 16, {"n_train": 20, "n_val": 2, "n_test": 4, "colour": {"fg": fg, "bg": bg}})
+    assert grey.train.x.shape == (20, 1, 16, 16) and col.train.x.shape == (20, 3, 16, 16)
+    g = grey.train.x.float() / 255
+    want = torch.tensor(bg).view(1, 3, 1, 1) + (torch.tensor(fg) - torch.tensor(bg)).view(1, 3, 1, 1) * g
+    assert (col.train.x.float() / 255 - want).abs().max() < 1.5 / 255
+    assert torch.equal(col.train.y, grey.train.y)
+    rnd = build("digits", "d", 0, 16, {"colour": "random"}).train.x.float()
+    assert rnd.shape[1] == 3 and not torch.allclose(rnd[0].amax((1, 2)), rnd[1].amax((1, 2)))

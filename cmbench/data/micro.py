@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .. import CmbenchError
+from ..catalog import colour_error
 from . import SPLITS, Split, TaskData, dataset, param_value, split_defaults
 
 # Bump when a change alters any image, label or split these builders produce (digits and
@@ -27,8 +28,25 @@ def _rng(data_seed: int, task: str, stream: str) -> np.random.Generator:
 
 
 def _to_split(images: np.ndarray, labels: np.ndarray) -> Split:
-    x = torch.from_numpy(np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8))[:, None]
-    return Split(x=x.contiguous(), y=torch.from_numpy(labels.astype(np.int64)))
+    """(N, H, W) grey or (N, 3, H, W) colour images in [0, 1] as a uint8 split."""
+    x = torch.from_numpy(np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8))
+    return Split(x=(x[:, None] if x.dim() == 3 else x).contiguous(), y=torch.from_numpy(labels.astype(np.int64)))
+
+
+def _paint(images: np.ndarray, colour, rng: np.random.Generator) -> np.ndarray:
+    """Grey images (N, H, W) in a colour domain, (N, 3, H, W): bg + (fg − bg)·grey, with one
+    (fg, bg) pair for the task or, ``random``, a pair drawn per image (broad pretraining data).
+    Tasks in different colours differ in their inputs as CLIP's tasks (photos, satellite
+    images, digits, textures) do."""
+    why = colour_error(colour)
+    if why:
+        raise CmbenchError(why)
+    images = np.clip(images, 0.0, 1.0)
+    if colour == "random":
+        fg, bg = rng.uniform(0, 1, (2, len(images), 3, 1, 1))
+    else:
+        fg, bg = (np.asarray(colour[k], dtype=np.float64).reshape(1, 3, 1, 1) for k in ("fg", "bg"))
+    return bg + (fg - bg) * images[:, None]
 
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
@@ -54,10 +72,12 @@ def digits(
     test_frac: float = 0.3,
     noise: float = 0.0,
     classes: list[int] | None = None,
+    colour: str | dict | None = None,
 ) -> TaskData:
     """scikit-learn's 8×8 digits (1797 images), upscaled; stratified fixed split (the same
     partition for every digits task). ``classes`` keeps a subset (a class-incremental split);
-    its labels become local 0..C−1 with the digit as the global class id."""
+    its labels become local 0..C−1 with the digit as the global class id. ``colour``: the
+    images in a colour domain (three channels, see ``_paint``)."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -82,6 +102,8 @@ def digits(
         x = images[idx]
         if noise:
             x = x + _rng(data_seed, task, s + "-noise").normal(0, noise, x.shape)
+        if colour is not None:
+            x = _paint(x, colour, _rng(data_seed, task, s + "-colour"))
         splits[s] = _to_split(x, np.array([local[c] for c in labels[idx]]))
     population = int(np.isin(labels, keep).sum())  # the test split is a subset of these images
     return TaskData(task, [str(c) for c in keep], **splits, class_ids=keep, test_population=population)
@@ -106,6 +128,7 @@ def _generated(
     n_val: int,
     n_test: int,
     noise: float,
+    colour: str | dict | None,
     params: dict,
 ) -> TaskData:
     splits: dict[str, Any] = {}  # train, val, test: Splits, passed to TaskData by keyword
@@ -114,6 +137,8 @@ def _generated(
         labels = rng.permutation(np.arange(n) % len(classes))
         imgs = np.stack([sample(rng, int(c), size, **params) for c in labels])
         imgs = imgs + rng.normal(0.0, noise, imgs.shape)
+        if colour is not None:
+            imgs = _paint(imgs, colour, _rng(data_seed, task, s + "-colour"))
         splits[s] = _to_split(imgs, labels)
     return TaskData(task, classes, **splits)
 
@@ -132,13 +157,14 @@ def _task(name: str, classes: list[str] | Callable[..., list[str]]):
             n_val: int = 200,
             n_test: int = 500,
             noise: float = 0.05,
+            colour: str | dict | None = None,
             **params,
         ) -> TaskData:
             names = classes(**params) if callable(classes) else classes
-            return _generated(task, data_seed, img_size, names, sample, n_train, n_val, n_test, noise, params)
+            return _generated(task, data_seed, img_size, names, sample, n_train, n_val, n_test, noise, colour, params)
 
         build.__doc__ = sample.__doc__
-        # the parameters a suite may give: the split sizes and noise, and the sampler's own
+        # the parameters a suite may give: the split sizes, noise and colour, and the sampler's own
         # (so an unknown one is refused when the suite is read, see suite.Task)
         own = list(inspect.signature(build).parameters.values())[:-1]
         extra = list(inspect.signature(sample).parameters.values())[3:]
@@ -316,13 +342,14 @@ def glyphs(
     n_val: int = 10,
     n_test: int = 30,
     noise: float = 0.05,
+    colour: str | dict | None = None,
 ) -> TaskData:
     """``n_classes`` glyphs (class c: three fixed strokes) under a random similarity
     transform and stroke jitter, drawn in ``domain``: ``clean`` (bright strokes), one
     rendition (``inverted``, ``outline``, ``texture``, ``blur``) or ``rendition`` (one of
     ``renditions`` at random per image; default inverted, outline, blur). ``classes`` keeps a
     subset (a class-incremental split; labels local, class ids global);
-    ``n_train``/``n_val``/``n_test`` are per class."""
+    ``n_train``/``n_val``/``n_test`` are per class; ``colour``: see ``_paint``."""
     if domain not in GLYPH_DOMAINS + ("rendition",):
         raise CmbenchError(f"glyphs: unknown domain {domain!r}; known: {GLYPH_DOMAINS + ('rendition',)}")
     picks = tuple(renditions or GLYPH_RENDITIONS)
@@ -336,5 +363,8 @@ def glyphs(
         rng = _rng(data_seed, task, s)
         labels = rng.permutation(np.arange(per * len(keep)) % len(keep))
         imgs = np.stack([_glyph(rng, keep[int(c)], img_size, domain, picks) for c in labels])
-        splits[s] = _to_split(imgs + rng.normal(0.0, noise, imgs.shape), labels)
+        imgs = imgs + rng.normal(0.0, noise, imgs.shape)
+        if colour is not None:
+            imgs = _paint(imgs, colour, _rng(data_seed, task, s + "-colour"))
+        splits[s] = _to_split(imgs, labels)
     return TaskData(task, [f"glyph{c}" for c in keep], **splits, class_ids=keep)

@@ -12,6 +12,7 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import Field, StrictInt, ValidationError, field_validator, model_validator
 
 from .. import CmbenchError
+from ..catalog import DATASET_PARAMS
 from .backbones import AnyBackbone
 from .base import FieldError, Job, NAME, Setting, Strict, plain_hparams
 from .recipes import Training
@@ -122,6 +123,16 @@ class Suite(Strict):
                     + (f"; unknown tasks: {unknown}" if unknown else "")
                     + (f"; missing: {missing}" if missing else ""),
                 )
+        if self.backbone.kind == "tiny_vit":  # a micro task's images: grey, or three channels with a colour
+            for where, tasks in (("tasks", self.tasks), ("pretrain.tasks", self.pretrain.tasks or [])):
+                for i, t in enumerate(tasks):
+                    channels = 3 if "colour" in t.params else 1
+                    if channels != self.backbone.in_chans and "colour" in DATASET_PARAMS[t.dataset]:
+                        raise FieldError(
+                            f"{where}.{i}.params.colour",
+                            f"task {t.name} has {channels} channel(s), the backbone in_chans {self.backbone.in_chans}; "
+                            "give every micro task a colour and in_chans: 3, or none and in_chans: 1",
+                        )
         for task, epochs in self.experts.epochs_per_task.items():
             if task not in names:
                 raise FieldError(f"experts.epochs_per_task.{task}", f"not a task of this suite (tasks: {names})")

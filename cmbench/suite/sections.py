@@ -6,7 +6,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from ..catalog import DATASET_PARAMS, PARAM_RULES
+from ..catalog import DATASET_PARAMS, PARAM_RULES, colour_error
 from .base import NAME, Strict
 from .recipes import LoRA, TrainRecipe
 
@@ -34,6 +34,8 @@ class Task(Strict):
                 f"params: unknown parameter {unknown[0]!r} of dataset {self.dataset}; "
                 f"allowed: {', '.join(allowed) or '(none)'}"
             )
+        if "colour" in self.params and (why := colour_error(self.params["colour"])):
+            raise ValueError(why)
         for name, value in self.params.items():  # sizes, rates and indices: type and range
             if name not in PARAM_RULES:
                 continue
