@@ -22,7 +22,7 @@ import torch
 
 from . import CmbenchError, data as data_mod, published
 from .models import Head, create_backbone, device_for, device_type, features, models_version
-from .suite import Job, Suite, Task, TinyViT
+from .suite import Job, Suite, Task, TinyViT, keyed_backbone
 from .store import Store
 from .tensors import StateDict
 from .train import TRAIN_VERSION, fit
@@ -120,7 +120,7 @@ def _theta0_key(suite: Suite, seed: int) -> str:
         "theta0",
         components,
         build_numerics(suite),
-        suite.backbone.model_dump(),
+        keyed_backbone(suite.backbone),
         suite.pretrain.keyed(),
         tasks,
         suite.data_seed_for(seed),

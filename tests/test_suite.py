@@ -91,3 +91,15 @@ def test_cli_error_is_one_line_without_traceback(tmp_path):
     assert "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "methods.0.name" in lines[0] and str(p) in lines[0]
+
+
+def test_tiny_vit_activation_is_an_option_keyed_only_when_set():
+    from torch import nn
+
+    from cmbench.models import create_backbone
+    from cmbench.suite import TinyViT, keyed_backbone
+
+    relu, gelu = TinyViT(act="relu"), TinyViT()
+    assert any(isinstance(m, nn.ReLU) for m in create_backbone(relu).modules())
+    assert not any(isinstance(m, nn.ReLU) for m in create_backbone(gelu).modules())
+    assert "act" not in keyed_backbone(gelu) and keyed_backbone(relu)["act"] == "relu"

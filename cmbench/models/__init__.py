@@ -78,6 +78,7 @@ def create_backbone(cfg: AnyBackbone, theta0: dict[str, Tensor] | None = None) -
             depth=cfg.depth,
             num_heads=cfg.num_heads,
             mlp_ratio=cfg.mlp_ratio,
+            act_layer={"gelu": nn.GELU, "relu": nn.ReLU}[cfg.act],
             global_pool="token",
             class_token=True,
         )

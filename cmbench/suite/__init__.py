@@ -13,6 +13,7 @@ The schema's parts: ``base`` (strict models, the name rule, jobs), ``backbones``
 from __future__ import annotations
 
 from .backbones import AnyBackbone, Backbone, OpenCLIP, TimmViT, TinyViT, open_clip_configs
+from .backbones import keyed as keyed_backbone
 from .base import NAME, FieldError, Job, Setting, Strict
 from .files import did_you_mean, load_suite, resolve_suite, suite_dirs, suite_named
 from .jobs import expand, training_field
@@ -32,6 +33,7 @@ from .sections import (
 )
 
 __all__ = [
+    "keyed_backbone",
     "NAME",
     "LATER_RECIPE_FIELDS",
     "AnyBackbone",

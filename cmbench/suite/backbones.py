@@ -26,6 +26,11 @@ class TinyViT(Strict):
     num_heads: int = Field(4, gt=0, le=64)
     mlp_ratio: float = Field(2.0, gt=0, le=16, allow_inf_nan=False)
     linearized: bool = Field(False, description="fine-tune and merge the model linearised at θ0 (tangent space)")
+    act: Literal["gelu", "relu"] = Field(
+        "gelu",
+        description="the MLPs' activation; relu: exactly sparse activations, as large pretrained "
+        "transformers' MLPs are nearly (Li et al. 2023), which a model this small does not become with gelu",
+    )
 
     @model_validator(mode="after")
     def _shapes(self):
@@ -45,6 +50,19 @@ class TinyViT(Strict):
 
 
 Backbone = TinyViT  # the default kind; ``AnyBackbone`` is the union a suite accepts
+
+# Backbone fields added after results were committed: at their defaults they are left out of
+# hashes and keys (``keyed``), so results computed before they existed stay valid.
+LATER_BACKBONE_FIELDS = {"act": "gelu"}
+
+
+def keyed(backbone, **dump) -> dict:
+    """A backbone's settings as hashes and keys see them (later fields dropped at their defaults)."""
+    out = backbone.model_dump(**dump)
+    for f, default in LATER_BACKBONE_FIELDS.items():
+        if out.get(f, default) == default:
+            out.pop(f, None)
+    return out
 
 
 @functools.lru_cache(maxsize=1)

@@ -14,6 +14,7 @@ from pydantic import Field, StrictInt, ValidationError, field_validator, model_v
 from .. import CmbenchError
 from ..catalog import DATASET_PARAMS
 from .backbones import AnyBackbone
+from .backbones import keyed as keyed_backbone
 from .base import FieldError, Job, NAME, Setting, Strict, plain_hparams
 from .recipes import Training
 from .sections import Pretrain, Evaluation, Experts, Heads, MethodSpec, Orders, Rehearsal, Resources, Task
@@ -219,6 +220,7 @@ class Suite(Strict):
         for k in ("gpu_memory_gb", "job_time_limit_s"):  # placement and limits: no number depends on them
             del env["resources"][k]
         env["training"], env["pretrain"] = self.training.keyed(), self.pretrain.keyed()
+        env["backbone"] = keyed_backbone(self.backbone, mode="json")
         env["experts"]["finetune"] = self.experts.finetune.keyed()
         if not env["experts"]["epochs_per_task"]:  # hashes as before the field existed
             del env["experts"]["epochs_per_task"]
