@@ -96,7 +96,29 @@ def probe(suite: Suite, seed: int, cache: Path) -> dict:
             trimmed[k] = theta0[k] + d * (d.abs() > cut.to(d.dtype)).to(d.dtype)
         acc = ev.accuracies(trimmed, [t])[t]
         kept.append((acc - r0[i]) / max(E[i] - r0[i], 1e-9))
+    # how much of an expert's gain a fraction of its task vector already gives on its own task:
+    # weight averaging adds 1/T of each; when that is most of the gain, merges close the gap
+    scaled = []
+    for i, (e, t) in enumerate(zip(experts, order)):
+        part = {k: theta0[k] + (e[k] - theta0[k]) / len(order) if k in floating else e[k] for k in e}
+        scaled.append((ev.accuracies(part, [t])[t] - r0[i]) / max(E[i] - r0[i], 1e-9))
     taus = [_flat(e, theta0) for e in experts]
+    # localisation across tasks (TALL masks' view, Wang et al. 2024): the entries where task i's
+    # task vector has the largest magnitude of all tasks, and how much of its gain they alone
+    # keep (θ0 + τ_i on those entries). Near 1 when tasks live on their own large entries.
+    winner = torch.stack([t.abs() for t in taus]).argmax(0)
+    own, won = [], []
+    for i, (e, t) in enumerate(zip(experts, order)):
+        mask = winner == i
+        won.append(float(mask.double().mean()))
+        masked, at = dict(e), 0
+        for k in floating:
+            n = theta0[k].numel()
+            m = mask[at : at + n].view(theta0[k].shape).to(theta0[k].dtype)
+            masked[k] = theta0[k] + (e[k] - theta0[k]) * m
+            at += n
+        acc = ev.accuracies(masked, [t])[t]
+        own.append((acc - r0[i]) / max(E[i] - r0[i], 1e-9))
     norms = [float(t.norm()) for t in taus]
     cos = [float(a @ b / (a.norm() * b.norm())) for a, b in itertools.combinations(taus, 2)]
     mean = lambda v: sum(v) / len(v)  # noqa: E731
@@ -111,11 +133,17 @@ def probe(suite: Suite, seed: int, cache: Path) -> dict:
         "off_task_drop": mean(off),
         "top20_energy": mean(share),
         "top20_kept": mean(kept),
+        "maxwin_kept": mean(own),
+        "own_1_over_T": mean(scaled),
+        "maxwin_share_min": min(won),
         "cos_mean": mean(cos),
         "cos_max": max(cos),
         "cos_min": min(cos),
         "built_s": built,
-        "per_task": {t: {"theta0": a, "expert": b} for t, a, b in zip(order, r0, E)},
+        "per_task": {
+            t: {"theta0": a, "expert": b, "tau_norm": n, "maxwin_share": w, "maxwin_kept": k}
+            for t, a, b, n, w, k in zip(order, r0, E, norms, won, own)
+        },
     }
     gap = out["experts"] - out["theta0"]
     out["margin"] = out["experts"] / max(out["theta0"], 1e-9)
@@ -144,7 +172,8 @@ def main() -> None:
     suite = Suite.model_validate(raw)
     rows = [probe(suite, s, Path(a.cache)) for s in seeds]
     keys = ["theta0", "experts", "margin", "weight_average", "task_arithmetic_0.3", "closed_wa", "closed_ta"]
-    geo = ["off_task_drop", "top20_energy", "top20_kept", "tau_norm_min", "tau_norm_max"]
+    geo = ["off_task_drop", "own_1_over_T", "top20_energy", "top20_kept", "maxwin_kept", "maxwin_share_min"]
+    geo += ["tau_norm_min", "tau_norm_max"]
     geo += ["cos_mean", "cos_min", "cos_max"]
     print("| seed | " + " | ".join(keys + geo) + " |")
     print("|---|" + "---|" * (len(keys) + len(geo)))
