@@ -17,7 +17,7 @@ each Gram computed by the expert it weighs, with forward hooks on every ``nn.Lin
 Continual form (no published continual RegMean; this is our choice, and it is exact): G̃_i is
 a linear function of G_i, so the two sums Σ G̃_i and Σ G̃_i W_iᵀ, and the sum of the other
 parameters, are kept between steps; M_t is then the one-shot RegMean of every expert seen so
-far, and no old model is stored (storage: one in × in and one in × out matrix per layer).
+far, and no old model is stored (storage: one in × in and two in × out matrices per layer).
 
 Departures, and why:
 
@@ -28,6 +28,8 @@ Departures, and why:
 * Grams and the solve in float64 (the reference: float32 and ``torch.inverse``); the
   examples are the first ``n_samples`` of a seeded permutation (the reference: a shuffled
   loader), in batches of ``batch_size``.
+* An input that no seen example reaches (a dead relu unit) makes Σ G̃ singular, where the
+  reference's ``torch.inverse`` fails: its column of W is the experts' mean (``solve``).
 * A linearised backbone is refused: its layers do not compute W x of the merged weights.
 """
 
@@ -136,6 +138,7 @@ class RegMean(Method):
         self.n_samples, self.batch_size, self.alpha = n_samples, batch_size, reduce_non_diagonal_ratio
         self.gram_sum = None  # Σ G̃_i per linear weight
         self.weighted_sum = None  # Σ G̃_i W_iᵀ per linear weight
+        self.weight_sum = None  # Σ W_i per linear weight (inputs no seen example reaches)
         self.param_sum = None  # Σ θ_i of every other floating-point entry
         self.count = 0
 
@@ -144,19 +147,36 @@ class RegMean(Method):
         G = {k: self.alpha * g + (1 - self.alpha) * torch.diag_embed(g.diagonal()) for k, g in G.items()}
         GW = {k: g @ incoming[k].double().T for k, g in G.items()}
         rest = {k: v for k, v in incoming.items() if v.is_floating_point() and k not in G}
+        W = {k: incoming[k].double() for k in G}
         if self.count == 0:
             self.gram_sum, self.weighted_sum, self.param_sum = G, GW, {k: v.clone() for k, v in rest.items()}
+            self.weight_sum = W
         else:
             self.gram_sum = {k: s + G[k] for k, s in self.gram_sum.items()}
             self.weighted_sum = {k: s + GW[k] for k, s in self.weighted_sum.items()}
+            self.weight_sum = {k: s + W[k] for k, s in self.weight_sum.items()}
             self.param_sum = {k: s + rest[k] for k, s in self.param_sum.items()}
         self.count += 1
         out = {}
         for k, v in incoming.items():
             if k in self.gram_sum:
-                out[k] = torch.linalg.solve(self.gram_sum[k], self.weighted_sum[k]).T.to(v.dtype)
+                out[k] = self.solve(k).to(v.dtype)
             elif k in self.param_sum:
                 out[k] = self.param_sum[k] / self.count
             else:
                 out[k] = v.clone()
         return out
+
+    def solve(self, k: str) -> torch.Tensor:
+        """W of linear weight ``k``: the regression over every expert seen. An input that is
+        zero on every example seen (a relu unit none of the tasks' examples activates) leaves
+        its column free and Σ G̃ singular (the reference's ``torch.inverse`` fails there): that
+        column is the experts' mean, as every entry outside the regression is."""
+        A, B = self.gram_sum[k], self.weighted_sum[k]
+        dead = A.diagonal() == 0
+        if not dead.any():
+            return torch.linalg.solve(A, B).T
+        alive = ~dead
+        Wt = (self.weight_sum[k] / self.count).T.clone()
+        Wt[alive] = torch.linalg.solve(A[alive][:, alive], B[alive])
+        return Wt.T

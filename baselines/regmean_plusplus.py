@@ -94,25 +94,28 @@ class RegMeanPlusPlus(RegMean):
         self.count += 1
         state = dict(incoming)
         state.update({k: ctx.theta0[k] for k in outside if k not in embedding})  # after the layers: θ0
-        self._accumulate(first, {}, {}, {k: rest[k] for k in embedding}, state)  # before the first layer's inputs
+        self._accumulate(first, {}, {}, {}, {k: rest[k] for k in embedding}, state)  # before the first layer's inputs
         for (name, _), keys in zip(layers, in_layer):
             G = self._grams(ctx, state, name, set(keys), batches)
             G = {k: self.alpha * g + (1 - self.alpha) * torch.diag_embed(g.diagonal()) for k, g in G.items()}
             GW = {k: g @ incoming[k].double().T for k, g in G.items()}
-            self._accumulate(first, G, GW, {k: v for k, v in rest.items() if k in keys and k not in G}, state)
+            W = {k: incoming[k].double() for k in G}
+            self._accumulate(first, G, GW, W, {k: v for k, v in rest.items() if k in keys and k not in G}, state)
             for k in G:
-                state[k] = torch.linalg.solve(self.gram_sum[k], self.weighted_sum[k]).T.to(incoming[k].dtype)
+                state[k] = self.solve(k).to(incoming[k].dtype)
         return state
 
-    def _accumulate(self, first, G, GW, rest, state):
+    def _accumulate(self, first, G, GW, W, rest, state):
         """Add one expert's Grams and entries to the running sums; the means into ``state``."""
         if first:
             self.gram_sum = {**(self.gram_sum or {}), **G}
             self.weighted_sum = {**(self.weighted_sum or {}), **GW}
+            self.weight_sum = {**(self.weight_sum or {}), **W}
             self.param_sum = {**(self.param_sum or {}), **{k: v.clone() for k, v in rest.items()}}
         else:
             self.gram_sum.update({k: self.gram_sum[k] + G[k] for k in G})
             self.weighted_sum.update({k: self.weighted_sum[k] + GW[k] for k in GW})
+            self.weight_sum.update({k: self.weight_sum[k] + W[k] for k in W})
             self.param_sum.update({k: self.param_sum[k] + v for k, v in rest.items()})
         state.update({k: self.param_sum[k] / self.count for k in rest})
 

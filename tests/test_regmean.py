@@ -187,3 +187,45 @@ def test_regmean_of_one_expert_is_that_expert_and_a_linearised_backbone_is_refus
     ctx.network = lambda state, classes="task", task=None: (lin, lambda f: f)
     with pytest.raises(CmbenchError, match="linearised backbone"):
         R.create("regmean", {}).merge(ctx, base, experts[0], "t0")
+
+
+class Dead(nn.Module):
+    """Linear → relu → Linear, one hidden unit that no input activates (bias −100)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(24, D), nn.Linear(D, D)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+def test_an_input_no_example_reaches_takes_the_experts_mean():
+    """A dead relu unit leaves Σ G̃ singular (the reference's torch.inverse fails): its column
+    of fc2 is the experts' mean; the other columns solve the regression without it (RegMean++
+    solves with the same ``solve``)."""
+    name = "regmean"
+    _, _, tasks = tasks_and_experts(2)
+    g = torch.Generator().manual_seed(1)
+    base = {k: torch.randn(v.shape, generator=g) * 0.3 for k, v in Dead().state_dict().items()}
+    base["fc1.bias"][0] = -100.0
+    experts = [{k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in base.items()} for _ in range(2)]
+    model = Dead()
+    data = DataAccess(name, "current_task", tasks, 0)
+    ctx = M.Context(theta0=base, num_tasks=2, seed=0, data=data)
+    data.ctx = ctx
+
+    def network(state, classes="task", task=None):
+        model.load_state_dict(state)
+        return model, lambda f: f
+
+    ctx.network = network
+    m = R.create(name, {})
+    merged = base
+    for i, (e, t) in enumerate(zip(experts, tasks), start=1):
+        ctx.step, ctx.task, ctx.seen_tasks = i, t, list(tasks)[:i]
+        merged = m.merge(ctx, merged, e, t)
+    mean = (experts[0]["fc2.weight"] + experts[1]["fc2.weight"]) / 2
+    assert torch.isfinite(merged["fc2.weight"]).all()
+    assert torch.allclose(merged["fc2.weight"][:, 0], mean[:, 0], atol=1e-6)
+    assert not torch.allclose(merged["fc2.weight"][:, 1:], mean[:, 1:], atol=1e-3)
