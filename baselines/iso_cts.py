@@ -31,12 +31,7 @@ import torch
 from cmbench.methods import Fraction, Method, Positive, register
 from cmbench.spectral import is_matrix, matrices
 from cmbench.tensors import apply, task_vector
-
-
-def polar(A: torch.Tensor) -> torch.Tensor:
-    """The orthonormal polar factor U Vᵀ of A = U Σ Vᵀ."""
-    U, _, Vh = torch.linalg.svd(A, full_matrices=False)
-    return U @ Vh
+from cmbench_baselines.tsv_m import polar
 
 
 def iso_cts(taus: list[torch.Tensor], fraction: float) -> torch.Tensor:

@@ -58,10 +58,19 @@ class Registry:
             pkg = types.ModuleType("cmbench_baselines")
             pkg.__path__ = []
             sys.modules["cmbench_baselines"] = pkg
-        for d in baseline_dirs() if dirs is None else dirs:
+        dirs = baseline_dirs() if dirs is None else dirs
+        # a method file may import another one's helpers (`from cmbench_baselines.x import f`)
+        # whichever of the two is read first: the namespace finds files in the same folders
+        search = sys.modules["cmbench_baselines"].__path__
+        search.extend(str(d) for d in dirs if str(d) not in search)
+        for d in dirs:
             for path in sorted(Path(d).glob("*.py")):
                 path = path.resolve()
                 if path.name.startswith("_") or path in self.loaded or path in self.broken:
+                    continue
+                already = sys.modules.get(f"cmbench_baselines.{path.stem}")
+                if already is not None and Path(getattr(already, "__file__", "") or "").resolve() == path:
+                    self.loaded.add(path)  # imported by another method file
                     continue
                 why = _import_file(path, f"cmbench_baselines.{path.stem}")
                 if why is None:

@@ -447,3 +447,48 @@ def test_a_failed_rerun_keeps_the_result_it_would_replace(nano_copy):
     assert json.loads(kept.read_text())["R"] == before["R"]
     assert any("kept as" in s for s in said)
     assert not [r for r in load_results(Paths(nano_copy).results) if r["_path"].endswith(".previous")]
+
+
+def test_a_method_file_may_import_another_read_after_it(tmp_path):
+    """``from cmbench_baselines.z_helper import ...`` in a_user.py works although the registry
+    reads a_user.py first, z_helper.py is imported once, and the helper is in a_user's key."""
+    import subprocess
+    import sys
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "a_user.py").write_text(
+        "from cmbench.methods import merge_function\n"
+        "from cmbench_baselines.z_helper import halfway_of\n"
+        "@merge_function('x_user', paper='test')\n"
+        "def user(ctx, merged, incoming):\n"
+        "    return halfway_of(merged, incoming)\n"
+    )
+    (plugins / "z_helper.py").write_text(
+        "from cmbench.methods import merge_function\n"
+        "from cmbench.tensors import combine\n"
+        "IMPORTS = []\n"
+        "IMPORTS.append(1)\n"
+        "def halfway_of(a, b):\n"
+        "    return combine([a, b], lambda m, x: (m + x) / 2, like=b)\n"
+        "@merge_function('x_helper', paper='test')\n"
+        "def helper(ctx, merged, incoming):\n"
+        "    return halfway_of(merged, incoming)\n"
+    )
+    code = (
+        "import sys\n"
+        "from cmbench import registry as R\n"
+        "from cmbench.fingerprint import import_closure\n"
+        "import inspect\n"
+        "from pathlib import Path\n"
+        "known = R.discover()\n"
+        "assert 'x_user' in known and 'x_helper' in known, sorted(known)\n"
+        "assert sys.modules['cmbench_baselines.z_helper'].IMPORTS == [1]\n"
+        "closure = [p.name for p in import_closure(Path(inspect.getsourcefile(known['x_user'])))]\n"
+        "assert 'z_helper.py' in closure, closure\n"
+        "print('ok')\n"
+    )
+    env = {**__import__("os").environ, "CMBENCH_BASELINES": str(plugins)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+    assert "not loaded" not in out.stderr, out.stderr[-2000:]
