@@ -59,7 +59,7 @@ def facts() -> dict[str, str]:
         "quick-orders": str(quick.orders_per_seed()),
         "quick-jobs": str(len(quick.methods) * len(quick.seeds) * quick.orders_per_seed()),
     }
-    for name in ("micro-digits-merge", "micro-glyphs-split"):
+    for name in ("micro-colour-merge", "micro-colour-merge20", "micro-digits-merge", "micro-glyphs-split"):
         s = _suite(name)
         out[f"{name}-grid"] = f"{len(s.seeds)} seeds × {s.orders_per_seed()} orders"
         out[f"{name}-minutes"] = str(_job_minutes(name))
