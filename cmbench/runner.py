@@ -148,6 +148,8 @@ def _run_suite(suite_path: str | Path, o: RunOptions) -> dict[str, Any]:
         f"suite {suite.name} (hash {suite.hash()}): {len(jobs)} jobs, {skipped} up to date, {len(todo)} to run"
         + (f" ({', '.join(f'{n} {r}' for r, n in counts.most_common())})" if todo else "")
     )
+    if methods or o.skip:  # a method's name selects all its rows: say which were selected
+        o.log(f"  rows selected: {', '.join(dict.fromkeys(j.label for j in jobs)) or '(none)'}")
     nothing = {"jobs": len(jobs), "skipped": skipped, "ran": 0, "failed": 0}
     if o.prepare_only and not o.dry_run:
         todo = list(jobs)  # the artefacts of every job, whether or not its result exists
