@@ -78,9 +78,11 @@ def tasks_and_experts(n_tasks=3, n=40):
     return base, experts, tasks
 
 
-def ours(hp, base, experts, tasks):
-    model = Packed()
-    data = DataAccess("regmean", "current_task", tasks, 0)
+def ours(hp, base, experts, tasks, name="regmean", model=None):
+    """The merged models of ``name``'s stream over ``experts``, each reading its task's data,
+    with ``model`` (default :class:`Packed`) as the network."""
+    model = model or Packed()
+    data = DataAccess(name, "current_task", tasks, 0)
     ctx = M.Context(theta0=base, num_tasks=len(experts), seed=0, data=data)
     data.ctx = ctx
 
@@ -89,7 +91,7 @@ def ours(hp, base, experts, tasks):
         return model, lambda f: f
 
     ctx.network = network
-    m = R.create("regmean", hp)
+    m = R.create(name, hp)
     merged, out = base, []
     for i, (e, t) in enumerate(zip(experts, tasks), start=1):
         ctx.step, ctx.task, ctx.seen_tasks = i, t, list(tasks)[:i]
@@ -204,27 +206,12 @@ def test_an_input_no_example_reaches_takes_the_experts_mean():
     """A dead relu unit leaves Σ G̃ singular (the reference's torch.inverse fails): its column
     of fc2 is the experts' mean; the other columns solve the regression without it (RegMean++
     solves with the same ``solve``)."""
-    name = "regmean"
     _, _, tasks = tasks_and_experts(2)
     g = torch.Generator().manual_seed(1)
     base = {k: torch.randn(v.shape, generator=g) * 0.3 for k, v in Dead().state_dict().items()}
     base["fc1.bias"][0] = -100.0
     experts = [{k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in base.items()} for _ in range(2)]
-    model = Dead()
-    data = DataAccess(name, "current_task", tasks, 0)
-    ctx = M.Context(theta0=base, num_tasks=2, seed=0, data=data)
-    data.ctx = ctx
-
-    def network(state, classes="task", task=None):
-        model.load_state_dict(state)
-        return model, lambda f: f
-
-    ctx.network = network
-    m = R.create(name, {})
-    merged = base
-    for i, (e, t) in enumerate(zip(experts, tasks), start=1):
-        ctx.step, ctx.task, ctx.seen_tasks = i, t, list(tasks)[:i]
-        merged = m.merge(ctx, merged, e, t)
+    merged = ours({}, base, experts, tasks, model=Dead())[-1]
     mean = (experts[0]["fc2.weight"] + experts[1]["fc2.weight"]) / 2
     assert torch.isfinite(merged["fc2.weight"]).all()
     assert torch.allclose(merged["fc2.weight"][:, 0], mean[:, 0], atol=1e-6)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from cmbench import methods as M
 from cmbench import registry as R
 from cmbench.data import Split, TaskData
-from cmbench.protocol import DataAccess
+
+from .test_regmean import ours as regmean_stream
 
 D, TOK, HEADS, LAYERS = 4, 3, 2, 2
 
@@ -92,23 +92,7 @@ def setup(n_tasks=3, n=40):
 
 
 def ours(hp, base, experts, tasks):
-    model = Packed()
-    data = DataAccess("regmean_plusplus", "current_task", tasks, 0)
-    ctx = M.Context(theta0=base, num_tasks=len(experts), seed=0, data=data)
-    data.ctx = ctx
-
-    def network(state, classes="task", task=None):
-        model.load_state_dict(state)
-        return model, lambda f: f
-
-    ctx.network = network
-    m = R.create("regmean_plusplus", hp)
-    merged, out = base, []
-    for i, (e, t) in enumerate(zip(experts, tasks), start=1):
-        ctx.step, ctx.task, ctx.seen_tasks = i, t, list(tasks)[:i]
-        merged = m.merge(ctx, merged, e, t)
-        out.append(merged)
-    return out
+    return regmean_stream(hp, base, experts, tasks, name="regmean_plusplus", model=Packed())
 
 
 def reference(hp, base, experts, tasks):
