@@ -75,6 +75,12 @@ def vec_norm(sd):
     return torch.linalg.norm(torch.cat([v.flatten() for v in sd.values()]))
 
 
+def max_delta(ours, refs):
+    """The largest |ours − reference| over every step and entry (ours in the separate layout)."""
+    split = [split_qkv(o) for o in ours]
+    return max(float((o[k] - v).abs().max()) for o, r in zip(split, refs) for k, v in r.items())
+
+
 def assert_same(ours, ref_split):
     ours = split_qkv(ours)
     for k, v in ref_split.items():
@@ -363,10 +369,7 @@ def test_wudi_matches_reference(iter_num, lr, dtype, tol):
         [{k: v.to(dtype) if v.is_floating_point() else v for k, v in e.items()} for e in experts],
     )
     ours = run_stream("wudi", {"iter_num": iter_num, "lr": lr}, theta0, experts)
-    worst = 0.0
-    for o, r in zip(ours, ref_wudi(theta0, experts, iter_num, lr)):
-        o = split_qkv(o)
-        worst = max(worst, max(float((o[k] - v).abs().max()) for k, v in r.items()))
+    worst = max_delta(ours, ref_wudi(theta0, experts, iter_num, lr))
     print(f"wudi iter_num={iter_num} lr={lr} {dtype}: max |Δ| against FusionBench's transcription {worst:.1e}")
     assert worst < tol
 
@@ -458,9 +461,6 @@ def ref_iso_cts(theta0, experts, scaling_factor, common_space_fraction):
 def test_iso_cts_matches_reference(alpha, fraction):
     theta0, experts = models(4, seed=6)
     ours = run_stream("iso_cts", {"alpha": alpha, "common_space_fraction": fraction}, theta0, experts)
-    worst = 0.0
-    for o, r in zip(ours, ref_iso_cts(theta0, experts, alpha, fraction)):
-        o = split_qkv(o)
-        worst = max(worst, max(float((o[k] - v).abs().max()) for k, v in r.items()))
+    worst = max_delta(ours, ref_iso_cts(theta0, experts, alpha, fraction))
     print(f"iso_cts alpha={alpha} fraction={fraction}: max |Δ| against FusionBench's transcription {worst:.1e}")
     assert worst < 1e-6
