@@ -1,10 +1,10 @@
-"""Ship a suite's artefacts with the repository: θ0, heads and experts of every seed, copied
-from a run's store into a folder that the suite names as ``shipped:``.
+"""Ship a suite's artefacts with the repository: θ0, heads and independent experts of every
+seed, copied from a run's store into a folder that the suite names as ``shipped:``.
 
 Different CPUs fine-tune different last bits, so a suite whose experts are rebuilt on each
 machine merges other experts than its committed results did. With the artefacts shipped, a
-fresh clone reads them (each checked against its content hash) and never fine-tunes: its
-jobs come back identical on a machine of the same CPU kind. The folder keeps the store's
+fresh clone reads them (each checked against its content hash) and fine-tunes none of them
+(sequential experts' chains excepted): its jobs come back identical on a machine of the same CPU kind. The folder keeps the store's
 layout (``<kind>/<key>.safetensors`` and ``.json``, keyed exactly as the store keys them),
 so nothing about the jobs' keys changes. Usage:
 
@@ -22,22 +22,24 @@ import sys
 from pathlib import Path
 
 from cmbench import CmbenchError
-from cmbench.keys import artefact_keys
+from cmbench.artefacts import expert_key, heads_key, theta0_key
 from cmbench.store import Store
-from cmbench.suite import expand, load_suite
+from cmbench.suite import load_suite
 
 
 def ship(suite_path: Path, store_dir: Path, dest: Path, max_mb: float) -> list[str]:
     suite = load_suite(suite_path)
     store = Store(store_dir)
-    wanted: list[tuple[str, str]] = []  # what the suite's jobs consume (keys.artefact_keys), once each
-    for job in expand(suite):
-        for kind, key in artefact_keys(suite, job).items():
-            if kind == "experts" and suite.experts.source == "checkpoints":
-                continue  # pinned checkpoints are the user's files: the store keeps only their sidecars
-            for k in key.values() if isinstance(key, dict) else [key]:
-                if (kind, k) not in wanted:
-                    wanted.append((kind, k))
+    # θ0, heads and the independent experts of every seed. A sequential expert (a row with
+    # `experts: sequential`) is one per (seed, order, step): the chains are fine-tuned where
+    # they run (tens of files per suite, as many again as the rest)
+    wanted: list[tuple[str, str]] = []
+    for seed in suite.seeds:
+        wanted += [("theta0", theta0_key(suite, seed))]
+        if suite.setting == "merge_stream":
+            wanted += [("heads", heads_key(suite, seed))]
+            if suite.experts.source == "finetune":  # pinned checkpoints are the user's files
+                wanted += [("experts", expert_key(suite, seed, t)) for t in suite.task_names()]
     missing = [f"{k}/{key}" for k, key in wanted if not store.has(k, key)]
     if missing:
         raise CmbenchError(
