@@ -1,8 +1,9 @@
 """``cmbench verify``: recompute committed jobs from scratch and compare them with their files.
 
 Each selected result is recomputed cold in a temporary directory (θ0, heads and experts
-rebuilt from the suite's recipes, then the job itself) and its R and E are compared cell
-by cell with the committed ones:
+rebuilt from the suite's recipes, or read from the copies a suite ships, checked against
+their content hashes; then the job itself) and its R and E are compared cell by cell with
+the committed ones:
 
 * **identically** when the result was computed with the running torch version on the
   running device type: jobs are seeded and fix their thread count, so a CPU rerun is
@@ -221,7 +222,8 @@ def verify(
         recs = choose_sample(recs, sample)
     t0 = time.perf_counter()
     log(
-        f"verify: {len(recs)} of {total} committed jobs, recomputed cold (θ0, heads, experts rebuilt); "
+        f"verify: {len(recs)} of {total} committed jobs, recomputed cold (θ0, heads, experts rebuilt, or read "
+        "from the suite's shipped copies); "
         f"here torch {torch.__version__}"
     )
     by_suite: dict[str, list[dict]] = defaultdict(list)
@@ -287,7 +289,7 @@ def _verify_suite(
         seeds = sorted({j.seed for j in jobs})
         t0 = time.perf_counter()
         prepare_artefacts(suite, list(jobs), store, str(store.root), ex)
-        log(f"  {name}: artefacts of seed(s) {seeds} rebuilt in {time.perf_counter() - t0:.0f} s")
+        log(f"  {name}: artefacts of seed(s) {seeds} ready in {time.perf_counter() - t0:.0f} s")
         _compare_artefacts(suite, list(jobs.values()), store, log)
         n_test = {n: len(td.test) for n, td in load_tasks(suite, seeds[0]).items()}  # sizes: any seed's
 
@@ -319,7 +321,7 @@ def _verify_suite(
 
 
 def _compare_artefacts(suite: Suite, recs: list[dict], store, log) -> None:
-    """Say whether the rebuilt artefacts have the content hashes the results recorded."""
+    """Say whether the rebuilt (or shipped) artefacts have the content hashes the results recorded."""
     for seed in sorted({r["seed"] for r in recs}):
         known: dict[tuple, str | None] = {}
         for r in recs:
@@ -332,8 +334,9 @@ def _compare_artefacts(suite: Suite, recs: list[dict], store, log) -> None:
         parts = []
         if known:
             kinds = ", ".join(sorted({kind for kind, _ in known}))
+            how = "shipped or rebuilt" if suite.shipped else "rebuilt"
             parts.append(
-                f"{same} of {len(known)} rebuilt artefacts ({kinds}) have the recorded content hash"
+                f"{same} of {len(known)} {how} artefacts ({kinds}) have the recorded content hash"
                 + ("" if same == len(known) else " (bytes differ; the jobs' numbers are compared below)")
             )
         if unrecorded:

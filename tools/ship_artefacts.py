@@ -4,9 +4,10 @@ seed, copied from a run's store into a folder that the suite names as ``shipped:
 Different CPUs fine-tune different last bits, so a suite whose experts are rebuilt on each
 machine merges other experts than its committed results did. With the artefacts shipped, a
 fresh clone reads them (each checked against its content hash) and fine-tunes none of them
-(sequential experts' chains excepted): its jobs come back identical on a machine of the same CPU kind. The folder keeps the store's
-layout (``<kind>/<key>.safetensors`` and ``.json``, keyed exactly as the store keys them),
-so nothing about the jobs' keys changes. Usage:
+(sequential experts' chains excepted): its jobs come back identical on a machine of the
+same CPU kind. The folder keeps the store's layout (``<kind>/<key>.safetensors`` and
+``.json``, keyed exactly as the store keys them), so nothing about the jobs' keys changes.
+Usage:
 
     python tools/ship_artefacts.py SUITE.yaml STORE_DIR DEST_DIR [--max-mb 40]
 
