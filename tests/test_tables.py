@@ -121,3 +121,19 @@ def test_intervals_are_deterministic_and_include_the_test_split_error():
     e = one.est("a", "ACC")  # no spread over seeds at all: the interval is the test split's
     sd = (0.7 * 0.3 / 500) ** 0.5 / 2 * 2**0.5
     assert abs(e.test_sd - sd) < 1e-12 and 0.05 < e.hi - e.lo < 0.065  # ± 1.96 sd
+
+
+def test_a_calibration_row_is_compared_with_its_matched_data_baseline_of_the_same_budget():
+    from cmbench.report.leaderboard import MATCHED_DATA, matched_data_section
+
+    def calib(label, method, n, seed, acc):
+        return {**_rec(label, seed, acc, data_access="calibration"), "method": method, "hparams": {"num_samples": n}}
+
+    recs = [calib("ode", "ode_m", 121, s, 0.70 + 0.01 * s) for s in range(3)]
+    recs += [calib("ode-big", "ode_m", 2048, s, 0.9) for s in range(3)]  # another budget: no baseline
+    recs += [calib("matched", MATCHED_DATA, 121, s, 0.75 + 0.01 * s) for s in range(3)]
+    recs += [_rec("weight_average", s, 0.6) for s in range(3)]  # data-free: not compared here
+    lines = matched_data_section(summarise("s", recs))
+    rows = [line for line in lines if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == 1 and rows[0].startswith("| ode | matched | 121 | -5.0") and rows[0].endswith("| 0/3 |")
+    assert matched_data_section(summarise("s", recs[:6] + recs[9:])) == []  # no baseline row: no section
