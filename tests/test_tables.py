@@ -127,7 +127,8 @@ def test_a_calibration_row_is_compared_with_its_matched_data_baseline_of_the_sam
     from cmbench.report.leaderboard import MATCHED_DATA, matched_data_section
 
     def calib(label, method, n, seed, acc):
-        return {**_rec(label, seed, acc, data_access="calibration"), "method": method, "hparams": {"num_samples": n}}
+        hp = {"num_samples": n, "step_size": 0.01}
+        return {**_rec(label, seed, acc, data_access="calibration"), "method": method, "hparams": hp}
 
     recs = [calib("ode", "ode_m", 121, s, 0.70 + 0.01 * s) for s in range(3)]
     recs += [calib("ode-big", "ode_m", 2048, s, 0.9) for s in range(3)]  # another budget: no baseline

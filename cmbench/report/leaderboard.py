@@ -364,21 +364,27 @@ def paired_section(s: SuiteSummary, ref: str) -> list[str]:
     return lines + [line for *_, line in sorted(rows)] + [""]
 
 
-# the matched-data baseline of calibration-set methods (baselines/calibrated_average.py)
+# the matched-data baseline of calibration-set methods (baselines/calibrated_average.py), and
+# what it shares with the row it is matched to: the samples (their number) and the step grid
 MATCHED_DATA = "calibrated_average"
+MATCHED_ON = ("num_samples", "step_size")
 
 
 def matched_data_section(s: SuiteSummary) -> list[str]:
     """Each row that reads calibration samples against the matched-data baseline with the same
-    budget (the same samples, seeds and orders): the gain of its method over its data."""
+    budget and step grid (the same samples, seeds and orders): the gain of its method over its
+    data."""
     out = []
     for base in s.rows:
         if base.records[0].get("method") != MATCHED_DATA:
             continue
-        budget = base.records[0]["hparams"].get("num_samples")
+        matched = {k: base.records[0]["hparams"].get(k) for k in MATCHED_ON}
+        budget = matched["num_samples"]
         for row in s.rows:
             r0 = row.records[0]
-            if row is base or r0.get("data_access") != "calibration" or r0["hparams"].get("num_samples") != budget:
+            if row is base or r0.get("method") == MATCHED_DATA or r0.get("data_access") != "calibration":
+                continue
+            if any(r0["hparams"].get(k) != v for k, v in matched.items()):
                 continue
             d = s.paired(row.label, base.label, s.headline)
             if d:
