@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 
 from cmbench.methods import Method, Probability, register
-from cmbench.tensors import apply, clone, norm, task_vector
+from cmbench.tensors import apply, clone, mergeable, norm, task_vector
 
 
 def project(S: torch.Tensor, tau: torch.Tensor, alpha: float, ranks: list | None = None) -> torch.Tensor:
@@ -111,28 +111,31 @@ class OPCM(Method):
         self.norms = []
 
     def merge(self, ctx, merged, incoming, task):
-        tau = task_vector(incoming, ctx.theta0)
-        self.norms.append(norm(tau))
         if self.S is None:
+            tau = task_vector(incoming, ctx.theta0)
+            self.norms.append(norm(tau))
             self.S = tau
             return clone(incoming)
-        layout, S, ranks = ctx.layout, {}, []
-        projected = project_all(
-            layout,
-            self.S,
-            tau,
-            [k for k in self.S if layout[k].kind == "linear" and (layout[k].leaf or self.non_leaf == "sum")],
-            self.alpha,
-            ranks=ranks,
-        )
-        for k, s in self.S.items():
-            role = layout[k]
-            if role.kind == "buffer" or (not role.leaf and self.non_leaf == "rescale"):
-                S[k] = s
-            elif role.kind == "linear":
-                S[k] = s + projected[k]
-            else:
-                S[k] = s + tau[k]
+        layout, ranks = ctx.layout, []
+        keys = [k for k, v in incoming.items() if mergeable(k, v)]  # τ_t's entries, in task_vector's order
+        eligible = {k for k in keys if layout[k].kind == "linear" and (layout[k].leaf or self.non_leaf == "sum")}
+        # τ_t one entry at a time on the CPU (S_t updated in place, ‖τ_t‖² summed as `norm` sums
+        # it): no second model-sized dict; a GPU projects all matrices at once (project_all)
+        on_cpu = next(iter(incoming.values())).device.type == "cpu"
+        sq = 0.0
+        for group in [[k] for k in keys] if on_cpu else [keys]:
+            tau = {k: incoming[k] - ctx.theta0[k] for k in group}
+            for k in group:
+                sq = sq + (tau[k].double() ** 2).sum()
+            projected = project_all(layout, self.S, tau, [k for k in group if k in eligible], self.alpha, ranks=ranks)
+            for k in group:
+                role = layout[k]
+                if role.kind == "buffer" or (not role.leaf and self.non_leaf == "rescale"):
+                    continue  # S keeps it
+                self.S[k] = self.S[k] + (projected[k] if role.kind == "linear" else tau[k])
+            del tau, projected
+        self.norms.append(float(torch.sqrt(sq)))  # type: ignore[arg-type]  # a tensor once a key is summed
+        S = self.S
         scale = (sum(self.norms) / len(self.norms)) / norm(S)
         ctx.record("lambda", float(scale))  # λ_t: mean task-vector norm over ‖S_t‖
         if ranks:  # r per projected matrix: the protected top singular directions
@@ -146,5 +149,4 @@ class OPCM(Method):
                 out[k] = merged[k].clone()
             elif not role.leaf and self.non_leaf == "rescale":
                 S[k] = s * scale  # its merged task vector, rescaled again next step
-        self.S = S
         return out

@@ -1,6 +1,8 @@
 """MagMax, OPCM, DOP, consensus TA, sequential: step by step against plain transcriptions of
 their public code (fused q/k/v treated as three matrices, as separate layers are there)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -464,3 +466,30 @@ def test_iso_cts_matches_reference(alpha, fraction):
     worst = max_delta(ours, ref_iso_cts(theta0, experts, alpha, fraction))
     print(f"iso_cts alpha={alpha} fraction={fraction}: max |Δ| against FusionBench's transcription {worst:.1e}")
     assert worst < 1e-6
+
+
+@pytest.mark.parametrize("shape", [(12, 12), (40, 8), (8, 40)])
+@pytest.mark.parametrize("space", ["uv", "u", "v"])
+def test_dop_closed_form_loss_and_gradient_are_autograds(shape, space):
+    """DOP's loss and gradient in closed form (Gram matrix or factor per side, whichever is
+    cheaper) against autograd through the reference's loss, on tall, wide and square matrices
+    and ε below 1 (a truncated subspace)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dop_file", Path(__file__).parents[1] / "baselines" / "dop.py")
+    dop = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dop)
+    g = torch.Generator().manual_seed(7)
+    tv, delta = (torch.randn(*shape, generator=g, dtype=torch.float64) for _ in range(2))
+    for eps in (0.99999, 0.6):
+        u, s, vh = torch.linalg.svd(tv, full_matrices=True)
+        r = torch.searchsorted(s.cumsum(0) / s.sum(), eps).item()
+        u, s, v = u[:, :r], s[:r], vh.T[:, :r]
+        d = delta.clone().requires_grad_(True)
+        lu = torch.linalg.matrix_norm(torch.diag(s) @ u.T @ d) ** 2
+        lv = torch.linalg.matrix_norm(d @ v @ torch.diag(s)) ** 2
+        want = {"uv": lu + lv, "u": lu, "v": lv}[space]
+        (want_grad,) = torch.autograd.grad(want, d)
+        loss, grad = dop.loss_and_grad(delta, *dop._subspace(tv, eps, space))
+        assert torch.allclose(loss, want.detach(), rtol=1e-10)
+        assert torch.allclose(grad, want_grad, rtol=1e-10, atol=1e-12)
