@@ -136,5 +136,6 @@ def test_a_calibration_row_is_compared_with_its_matched_data_baseline_of_the_sam
     recs += [_rec("weight_average", s, 0.6) for s in range(3)]  # data-free: not compared here
     lines = matched_data_section(summarise("s", recs))
     rows = [line for line in lines if line.startswith("| ") and "---" not in line][1:]
-    assert len(rows) == 1 and rows[0].startswith("| ode | matched | 121 | -5.0") and rows[0].endswith("| 0/3 |")
+    assert len(rows) == 1 and rows[0].startswith("| ode | matched | 121 (60 a task at t = 2) | -5.0")
+    assert rows[0].endswith("| 0/3 |")
     assert matched_data_section(summarise("s", recs[:6] + recs[9:])) == []  # no baseline row: no section

@@ -390,7 +390,10 @@ def matched_data_section(s: SuiteSummary) -> list[str]:
             if d:
                 est, wins, seeds = d
                 delta = pct(est, signed=True)
-                out.append(f"| {md(row.label)} | {md(base.label)} | {budget} | {delta} | {wins}/{seeds} |")
+                T = len(r0["tasks"])  # the budget is shared by the seen tasks: budget // t each at step t
+                parts = [f"{budget // 2} a task at t = 2"] + ([f"{budget // T} at t = {T}"] if T > 2 else [])
+                share = f"{budget} ({', '.join(parts)})" if T > 1 else str(budget)
+                out.append(f"| {md(row.label)} | {md(base.label)} | {share} | {delta} | {wins}/{seeds} |")
     if not out:
         return []
     return [
@@ -399,7 +402,7 @@ def matched_data_section(s: SuiteSummary) -> list[str]:
         "same samples; same seed and order; mean [95 % interval], wins counted per seed): what the method adds "
         "over its data.",
         "",
-        f"| Method | matched baseline | samples | Δ {s.headline} | wins / seeds |",
+        f"| Method | matched baseline | calibration samples | Δ {s.headline} | wins / seeds |",
         "|---|---|---|---|---|",
         *out,
         "",
