@@ -83,9 +83,10 @@ def optimise(w0, w_merged, w_new, *, lr, num_steps, mgda, ema, ema_beta, alpha, 
     for _ in range(num_steps):
         losses, grads = zip(*(loss_and_grad(W.detach() - t, *sub) for t, sub in zip(targets, subspaces)))
         if mgda:
-            # each gradient normalised by its loss value (the reference's "loss" normaliser; it
-            # divides by a zero loss when W already equals W_i: NaN; a zero loss has a zero
-            # gradient, which we keep instead)
+            # each gradient normalised by its loss value (the reference's "loss" normaliser).
+            # Where W already equals W_i the loss is zero and the reference stops with an error
+            # (its min-norm solver finds no point below a NaN or 1e8 cost); a zero loss has a
+            # zero gradient, which we keep instead
             unit = [g.flatten() / max(float(loss_i), 1e-30) for g, loss_i in zip(grads, losses)]
             gamma = min_norm_2(unit[0], unit[1])
             sol = [gamma, 1 - gamma]
