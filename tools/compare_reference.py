@@ -34,6 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# the reference side runs in another environment: cmbench from this checkout
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cmbench.bench import _reset_peak, _status_mb  # noqa: E402
+
 # FusionBench's class and its config's hyperparameters; cmbench's method and the same values
 REFERENCE = {
     "opcm": ("fusion_bench.method.opcm.opcm", "OPCMForCLIP", {"alpha": 0.5}),
@@ -53,22 +57,6 @@ REFERENCE = {
     ),
 }
 CMBENCH = {"opcm": {"alpha": 0.5}, "dop": {}}
-
-
-def _status_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak() -> float:
-    """Reset the resident high-water mark (Linux: write 5 to clear_refs); the RSS now."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-    return _status_mib("VmRSS")
 
 
 # -- inputs -------------------------------------------------------------------------------
@@ -124,7 +112,7 @@ def run_reference(method: str, folder: Path, tasks: int, out: Path, extra: dict)
     t0 = time.perf_counter()
     merged = algo.run(Pool())
     seconds = time.perf_counter() - t0
-    peak = _status_mib("VmHWM") - base
+    peak = _status_mb("VmHWM") - base
     save_file({k: v.detach().contiguous() for k, v in merged.state_dict().items()}, str(out))
     return {"seconds": seconds, "peak_mib": peak, "torch": torch.__version__}
 
@@ -160,7 +148,7 @@ def run_cmbench(method: str, folder: Path, tasks: int, out: Path, extra: dict) -
         del incoming
     merged = m.finish(ctx, merged)
     seconds = time.perf_counter() - t0
-    peak = _status_mib("VmHWM") - base
+    peak = _status_mb("VmHWM") - base
     save_file({k: v.contiguous() for k, v in merged.items()}, str(out))
     return {"seconds": seconds, "peak_mib": peak, "torch": torch.__version__}
 
