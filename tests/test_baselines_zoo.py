@@ -1,8 +1,6 @@
 """MagMax, OPCM, DOP, consensus TA, sequential: step by step against plain transcriptions of
 their public code (fused q/k/v treated as three matrices, as separate layers are there)."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -474,11 +472,12 @@ def test_dop_closed_form_loss_and_gradient_are_autograds(shape, space):
     """DOP's loss and gradient in closed form (Gram matrix or factor per side, whichever is
     cheaper) against autograd through the reference's loss, on tall, wide and square matrices
     and ε below 1 (a truncated subspace)."""
-    import importlib.util
+    import sys
 
-    spec = importlib.util.spec_from_file_location("dop_file", Path(__file__).parents[1] / "baselines" / "dop.py")
-    dop = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(dop)
+    from cmbench import registry as R
+
+    R.get("dop")  # loads the baselines: the file is the package's module
+    dop = sys.modules["cmbench_baselines.dop"]
     g = torch.Generator().manual_seed(7)
     tv, delta = (torch.randn(*shape, generator=g, dtype=torch.float64) for _ in range(2))
     for eps in (0.99999, 0.6):
