@@ -139,3 +139,16 @@ def test_a_calibration_row_is_compared_with_its_matched_data_baseline_of_the_sam
     assert len(rows) == 1 and rows[0].startswith("| ode | matched | 121 (60 a task at t = 2) | -5.0")
     assert rows[0].endswith("| 0/3 |")
     assert matched_data_section(summarise("s", recs[:6] + recs[9:])) == []  # no baseline row: no section
+
+
+def test_rows_of_one_seed_on_different_theta0s_are_flagged():
+    from cmbench.report.leaderboard import mixed_artefacts
+
+    def on(label, seed, theta0):
+        return {**_rec(label, seed, 0.6), "inputs": {"content": {"theta0": theta0}}}
+
+    same = [on(lb, s, f"h{s}") for lb in ("a", "b") for s in range(3)]
+    assert mixed_artefacts(summarise("s", same)) == []
+    mixed = [on("a", s, f"h{s}") for s in range(3)] + [on("b", s, f"h{s}" if s else "other") for s in range(3)]
+    (line, _) = mixed_artefacts(summarise("s", mixed))
+    assert "in 1 of 3 seeds" in line and "(seed 0: a | b)" in line

@@ -180,6 +180,28 @@ def _main_table(s: SuiteSummary) -> list[str]:
     return lines
 
 
+def mixed_artefacts(s: SuiteSummary) -> list[str]:
+    """Rows of one seed computed on different θ0s (the content hash each result recorded):
+    a paired difference across them compares artefacts as well as methods."""
+    by_seed: dict[int, dict[str, set]] = defaultdict(lambda: defaultdict(set))
+    for r in s.ok:
+        h = ((r.get("inputs") or {}).get("content") or {}).get("theta0")
+        if isinstance(h, str) and h != "unrecorded":
+            by_seed[r["seed"]][h].add(r["label"])
+    mixed = {seed: groups for seed, groups in sorted(by_seed.items()) if len(groups) > 1}
+    if not mixed:
+        return []
+    seed, groups = next(iter(mixed.items()))
+    sets = " | ".join(", ".join(md(lb) for lb in sorted(g)) for g in sorted(groups.values(), key=sorted))
+    return [
+        f"**Rows on different artefacts**: in {len(mixed)} of {len(by_seed)} seeds the rows were computed on "
+        f"different θ0s (their recorded content hashes differ: built on different machines), so paired "
+        f"differences and rank groups across these groups compare artefacts as well as methods (seed {seed}: "
+        f"{sets}). Recompute them on one set of artefacts (a suite that ships them) to compare the methods alone.",
+        "",
+    ]
+
+
 def _notes(s: SuiteSummary) -> list[str]:
     """Under the table: rank groups, partial rows on their own jobs, published sources,
     setup-check warnings, ‡ rows before their end-of-stream step, failed jobs."""
@@ -188,6 +210,7 @@ def _notes(s: SuiteSummary) -> list[str]:
     failed = [r for r in s.records if r["status"] != "ok"]
     if ranked:
         lines += rank_lines(s) + [""]
+    lines += mixed_artefacts(s)
     shared = shared_job_comparisons(s)
     if shared:
         lines += ["Rows with fewer jobs, compared on their own jobs: " + "; ".join(shared) + ".", ""]
