@@ -30,6 +30,7 @@ import torch
 
 from cmbench.methods import Method, NonNegative, NonNegativeInt, Positive, PositiveInt, register
 from cmbench.tensors import combine
+from cmbench_baselines.ode_m import calibration_loss, refresh_calibration
 
 
 @register
@@ -54,10 +55,7 @@ class CalibratedAverage(Method):
 
     def merge(self, ctx, merged, incoming, task):
         t = ctx.step
-        budget = self.hp["num_samples"] // t
-        for name in list(self.calib):  # ODE-M's subsets: shrunk, nested, to num_samples // t
-            self.calib[name] = ctx.data.calibration(name, budget)
-        self.calib[task] = ctx.data.calibration(task, budget)
+        refresh_calibration(self.calib, ctx, task, self.hp["num_samples"])  # ODE-M's own subsets
         if t == 1:
             return {k: v.clone() for k, v in incoming.items()}
         average = combine([merged, incoming], lambda m, x: torch.lerp(m, x, 1.0 / t), like=incoming)
@@ -78,13 +76,7 @@ class CalibratedAverage(Method):
         losses = []
         for _ in range(steps):
             opt.zero_grad()
-            loss = 0.0
-            for tk in tasks:
-                split = self.calib[tk]
-                idx = torch.randperm(len(split), generator=gen)[: self.hp["batch_size"]]
-                x = split.x[idx].float().div(127.5).sub(1.0)
-                loss = loss + torch.nn.functional.cross_entropy(nets[tk][1](module(x)), split.y[idx])
-            loss = loss / len(tasks)
+            loss = calibration_loss(nets, module, self.calib, tasks, self.hp["batch_size"], gen)
             loss.backward()
             opt.step()
             losses.append(loss.item())

@@ -72,6 +72,27 @@ def solve_qp(K: torch.Tensor, c: torch.Tensor, b: torch.Tensor, reg: float = 1e-
     return best, best_obj is not None
 
 
+def refresh_calibration(calib: dict, ctx, task: str, num_samples: int) -> None:
+    """The calibration subsets at step t, in place: every seen task's shrunk, nested (a prefix
+    of the same order), to num_samples // t, and the incoming task's added at that size."""
+    budget = num_samples // ctx.step
+    for name in list(calib):
+        calib[name] = ctx.data.calibration(name, budget)
+    calib[task] = ctx.data.calibration(task, budget)
+
+
+def calibration_loss(nets: dict, module, calib: dict, tasks: list, batch_size: int, gen) -> torch.Tensor:
+    """Mean over ``tasks`` of the cross-entropy on ``batch_size`` samples drawn (``gen``) from
+    each task's calibration subset, through that task's frozen head (the refinement's loss)."""
+    loss = 0.0
+    for tk in tasks:
+        split = calib[tk]
+        idx = torch.randperm(len(split), generator=gen)[:batch_size]
+        x = split.x[idx].float().div(127.5).sub(1.0)
+        loss = loss + torch.nn.functional.cross_entropy(nets[tk][1](module(x)), split.y[idx])
+    return loss / len(tasks)
+
+
 @register
 class ODEM(Method):
     name = "ode_m"
@@ -141,10 +162,7 @@ class ODEM(Method):
     # -- the merge ----------------------------------------------------------------------------
     def merge(self, ctx, merged, incoming, task):
         t = ctx.step
-        budget = self.hp["num_samples"] // t
-        for name in list(self.calib):
-            self.calib[name] = ctx.data.calibration(name, budget)  # nested: a prefix of the same order
-        self.calib[task] = ctx.data.calibration(task, budget)
+        refresh_calibration(self.calib, ctx, task, self.hp["num_samples"])
         if t == 1:
             out = {k: v.clone() for k, v in incoming.items()}
         else:
@@ -353,13 +371,7 @@ class ODEM(Method):
         bs = hp["batch_size"]
         for _ in range(hp["post_refine_steps"]):
             opt.zero_grad()
-            loss = 0.0
-            for tk in tasks:
-                split = self.calib[tk]
-                idx = torch.randperm(len(split), generator=gen)[:bs]
-                x = split.x[idx].float().div(127.5).sub(1.0)
-                loss = loss + torch.nn.functional.cross_entropy(nets[tk][1](module(x)), split.y[idx])
-            loss = loss / len(tasks)
+            loss = calibration_loss(nets, module, self.calib, tasks, bs, gen)
             anchor_sq = sum(((p - anchor[n]) ** 2).sum() for n, p in params.items())
             (loss + hp["post_refine_anchor"] * anchor_sq / max(anchor_norm**2, 1e-12)).backward()
             if hp["post_refine_grad_clip"] > 0:
