@@ -416,6 +416,20 @@ def to_build(suite: Suite, jobs: list[Job], store: Store) -> ToBuild:
     )
 
 
+def shipped_keys(suite: Suite) -> list[tuple[str, str]]:
+    """What a suite ships (``tools/ship_artefacts.py``), as (kind, key): θ0, heads and the
+    independent experts of every seed. A sequential expert is one per (seed, order, step):
+    the chains are fine-tuned where they run; pinned checkpoints are the user's files."""
+    out: list[tuple[str, str]] = []
+    for seed in suite.seeds:
+        out.append(("theta0", theta0_key(suite, seed)))
+        if suite.setting == "merge_stream":
+            out.append(("heads", heads_key(suite, seed)))
+            if suite.experts.source == "finetune":
+                out += [("experts", expert_key(suite, seed, t)) for t in suite.task_names()]
+    return out
+
+
 def shipped_or(suite: Suite, kind: str, key: str, build):
     """What makes an artefact: reading the suite's shipped copy (checked against its content
     hash; a damaged one is an error, never silently rebuilt), else ``build``."""

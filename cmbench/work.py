@@ -14,7 +14,7 @@ from .artefacts import SuiteArtefacts, expert_key, theta0_key, to_build
 from .executors import drain, wait_for_gpu_memory
 from .measure import measured
 from .protocol import run
-from .store import Store, open_store
+from .store import open_store
 from .suite import Job, Suite
 
 
@@ -103,12 +103,10 @@ def prepare_artefacts(
     # a chain is built by one job, from its first missing expert on
     chains = [(suite, s, t, cache, known, after) for s, t, after in build.chain_ends()]
     n_seq = sum(e[2] is not None for e in build.experts)
-    # what the suite ships is read (checked) into the store, not built: say so
-    shipped = Store(suite.shipped) if suite.shipped else None
-    ships_theta0 = bool(t0) and shipped is not None and all(shipped.has("theta0", theta0_key(suite, a[1])) for a in t0)
-    ships_experts = (
-        bool(todo) and shipped is not None and all(shipped.has("experts", expert_key(suite, a[1], a[2])) for a in todo)
-    )
+    # what the store lacks and `to_build` does not (the suite ships it) is read, checked, not built: say so
+    ships_theta0 = bool(t0) and not build.theta0
+    independent = [e for e in build.experts if e[2] is None]
+    ships_experts = bool(todo) and suite.experts.source == "finetune" and not independent
     found = drain(
         ex.map(prepare_theta0, t0),
         f"θ0 and heads ({len(t0)} seeds{', read from the shipped copies' if ships_theta0 else ''})",
@@ -117,13 +115,9 @@ def prepare_artefacts(
     if log is not None:
         verb = "to read from the shipped copies" if ships_experts else "to fine-tune"
         log(f"suite {suite.name}: {len(seeds) * len(suite.tasks) - len(todo)} experts cached, {len(todo)} {verb}")
-    verb = (
-        "reading shipped experts"
-        if ships_experts
-        else "loading experts"
-        if suite.experts.source == "checkpoints"
-        else "fine-tuning experts"
-    )
+    verb = "loading experts" if suite.experts.source == "checkpoints" else "fine-tuning experts"
+    if ships_experts:
+        verb = "reading shipped experts"
     found += drain(ex.map(prepare_expert, todo), f"{verb} ({len(todo)})", len(todo))
     if chains:
         what = f"fine-tuning sequential experts ({n_seq} in {len(chains)} chains)"

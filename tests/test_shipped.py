@@ -81,16 +81,14 @@ def test_every_committed_suite_that_ships_holds_its_artefacts():
     """A suite that names `shipped:` has each of its seeds' θ0, heads and independent experts
     there, under the keys the code forms now, intact (a recipe change that re-keys them must
     ship them again, or every clone would quietly rebuild them)."""
-    from cmbench.artefacts import expert_key, heads_key, theta0_key
+    from cmbench.artefacts import shipped_keys
     from cmbench.store import Store
     from cmbench.suite import load_suite
 
     shipping = [load_suite(p) for p in sorted((REPO / "suites").glob("*.yaml")) if "\nshipped:" in p.read_text()]
     assert [s.name for s in shipping] == ["micro-colour-merge"]
     for suite in shipping:
-        store = Store(suite.shipped)
-        for seed in suite.seeds:
-            wanted = [("theta0", theta0_key(suite, seed)), ("heads", heads_key(suite, seed))]
-            wanted += [("experts", expert_key(suite, seed, t)) for t in suite.task_names()]
-            for kind, key in wanted:
-                assert store.read(kind, key) is not None, (suite.name, seed, kind, key)
+        store, wanted = Store(suite.shipped), shipped_keys(suite)
+        assert len(wanted) == len(suite.seeds) * (2 + len(suite.tasks))  # θ0, heads, an expert a task
+        for kind, key in wanted:
+            assert store.read(kind, key) is not None, (suite.name, kind, key)

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from cmbench import CmbenchError
-from cmbench.artefacts import expert_key, heads_key, theta0_key
+from cmbench.artefacts import shipped_keys
 from cmbench.store import Store
 from cmbench.suite import load_suite
 
@@ -31,16 +31,7 @@ from cmbench.suite import load_suite
 def ship(suite_path: Path, store_dir: Path, dest: Path, max_mb: float) -> list[str]:
     suite = load_suite(suite_path)
     store = Store(store_dir)
-    # θ0, heads and the independent experts of every seed. A sequential expert (a row with
-    # `experts: sequential`) is one per (seed, order, step): the chains are fine-tuned where
-    # they run (tens of files per suite, as many again as the rest)
-    wanted: list[tuple[str, str]] = []
-    for seed in suite.seeds:
-        wanted += [("theta0", theta0_key(suite, seed))]
-        if suite.setting == "merge_stream":
-            wanted += [("heads", heads_key(suite, seed))]
-            if suite.experts.source == "finetune":  # pinned checkpoints are the user's files
-                wanted += [("experts", expert_key(suite, seed, t)) for t in suite.task_names()]
+    wanted = shipped_keys(suite)
     missing = [f"{k}/{key}" for k, key in wanted if not store.has(k, key)]
     if missing:
         raise CmbenchError(
