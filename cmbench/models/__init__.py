@@ -33,9 +33,25 @@ def models_version(cfg: AnyBackbone) -> int:
 def layout_of(model: nn.Module):
     """What each state-dict entry of a backbone is (``cmbench.layout``), read from the
     plain model under a linearisation."""
-    from ..layout import describe
+    from ..layout import Layout, describe
 
-    return describe(model.model if isinstance(model, Linearized) else model)
+    plain = model.model if isinstance(model, Linearized) else model
+    return Layout({**describe(plain), **rms_norm_roles(plain)})
+
+
+def rms_norm_roles(model: nn.Module) -> dict:
+    """The norms ``cmbench.layout`` cannot know by class: RMS norms a model library writes
+    itself (T5's ``T5LayerNorm``), recognised by what they hold: a leaf whose only parameter
+    is a 1-d ``weight``, with a ``variance_epsilon``. None in the vision backbones."""
+    from ..layout import Role
+
+    out = {}
+    for mname, m in model.named_modules():
+        params = dict(m.named_parameters(recurse=False))
+        if next(m.children(), None) is None and hasattr(m, "variance_epsilon") and list(params) == ["weight"]:
+            if params["weight"].dim() == 1:
+                out[f"{mname}.weight" if mname else "weight"] = Role("norm", True)
+    return out
 
 
 def feature_dim(cfg: AnyBackbone) -> int:

@@ -1,0 +1,310 @@
+"""Text-to-text backbones (issue #43): a Hugging Face sequence-to-sequence language model of
+the T5 family (Flan-T5), as FusionBench's ``Seq2SeqLMPool`` merges it.
+
+* Loading: ``AutoModelForSeq2SeqLM`` and its tokenizer from the local hub cache, offline
+  unless ``CMBENCH_ALLOW_DOWNLOAD=1`` (the CLIP path's rule); the weight file read is pinned
+  (sha256 and snapshot revision, ``cmbench.pins``); a missing cache is one line naming the
+  repository and the fix.
+* The merged object is the whole model's state dict under transformers' names (embeddings,
+  encoder and decoder blocks, the LM head): FusionBench merges the whole
+  ``T5ForConditionalGeneration``. Its layout (``models.layout_of``) is read from the
+  modules: ``nn.Linear`` matrices (q, k, v, o, wi_0, wi_1, wo, lm_head), ``nn.Embedding``
+  tables (the shared token embedding under each of its tied names; each stack's relative
+  position bias), and T5's RMS norms, which are not a torch norm class
+  (``models.rms_norm_roles``).
+* Experts: full fine-tuned models (a model repository), or LoRA adapters folded into the base
+  weights (:func:`fold_lora`, what FusionBench's ``load_lora_model(..., merge_and_unload=
+  True)`` does through peft): W + (lora_alpha / r)·B A for every adapted linear layer.
+* Scoring (FusionBench's ``flan_t5_glue_text_generation`` task pool and
+  ``tasks/flan_t5_text_generation``): greedy generation up to 10 tokens, decoded without
+  special tokens, compared with the decoded target: exact match, or for STS-B Spearman's ρ
+  between the numbers (an unparsable string counts as 0.0, as the reference's ``parse_flost``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .. import CmbenchError
+from ..config import current
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+MAX_GENERATED = 10  # the reference's ``model.generate(input_ids, max_length=10)``
+
+# FusionBench's prompts and label words (fusion_bench/tasks/flan_t5_text_generation/
+# glue_prompt_templates.py, 0.2.33), and the dataset fields each fills in
+GLUE_TEMPLATES: dict[str, dict] = {
+    "cola": {
+        "fields": ("sentence",),
+        "input_text": 'Indicate if the following sentence is grammatically correct or not: "{sentence}". '
+        "Answere 'acceptable' or 'unacceptable'.",
+        "target_text": {0: "unacceptable", 1: "acceptable"},
+    },
+    "mnli": {
+        "fields": ("premise", "hypothesis"),
+        "input_text": "Does the premise: '{premise}' logically imply, contradict, or is neutral to the "
+        "hypothesis: '{hypothesis}'? Answere with 'entailment', 'contradiction', or 'neutral'.",
+        "target_text": {0: "entailment", 1: "neutral", 2: "contradiction"},
+    },
+    "mrpc": {
+        "fields": ("sentence1", "sentence2"),
+        "input_text": "Are the following sentences '{sentence1}' and '{sentence2}' conveying the same meaning? "
+        "Answere with 'yes' or 'no'.",
+        "target_text": {0: "no", 1: "yes"},
+    },
+    "qnli": {
+        "fields": ("sentence", "question"),
+        "input_text": "Given the context: '{sentence}', does the question '{question}' have an answer based on "
+        "the information provided? Answer with 'yes' or 'no'.",
+        "target_text": {0: "yes", 1: "no"},
+    },
+    "qqp": {
+        "fields": ("question1", "question2"),
+        "input_text": "Do the questions '{question1}' and '{question2}' have the same intent? "
+        "Answere with 'yes' or 'no'.",
+        "target_text": {0: "no", 1: "yes"},
+    },
+    "rte": {
+        "fields": ("sentence1", "sentence2"),
+        "input_text": "Does the text: '{sentence1}' entail that '{sentence2}' is true? Provide 'yes' or 'no'.",
+        "target_text": {0: "yes", 1: "no"},
+    },
+    "sst2": {
+        "fields": ("sentence",),
+        "input_text": "Given the sentence '{sentence}', determine the sentiment. Is it positive or negative?",
+        "target_text": {0: "negative", 1: "positive"},
+    },
+    "stsb": {
+        "fields": ("sentence1", "sentence2"),
+        "input_text": "Consider the sentences '{sentence1}' and '{sentence2}'. On a scale from 1 (completely "
+        "different) to 5 (completely similar), rate the similarity.",
+        "target_text": "{:.1f}",
+    },
+}
+# the reference's split of each task's evaluation (config/taskpool/flan-t5_glue_text_generation.yaml)
+GLUE_EVAL_SPLIT = {t: "validation_matched" if t == "mnli" else "validation" for t in GLUE_TEMPLATES}
+REGRESSION = ("stsb",)  # scored by Spearman's ρ, the rest by exact match
+
+
+def glue_pair(task: str, example: dict) -> tuple[str, str]:
+    """One GLUE example as the reference's preprocessor writes it: (prompt, target text).
+    A label outside the label words (GLUE's test splits hold -1) gives an empty target."""
+    t = GLUE_TEMPLATES[task]
+    prompt = t["input_text"].format(**{f: example[f] for f in t["fields"]})
+    words = t["target_text"]
+    if isinstance(words, str):
+        return prompt, words.format(example["label"])
+    return prompt, words.get(int(example["label"]), "")
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+
+def _hub_cache() -> str:
+    import huggingface_hub.constants
+
+    return huggingface_hub.constants.HF_HUB_CACHE
+
+
+def _resolve(repo: str, filenames: Sequence[str], revision: str | None) -> dict[str, Path]:
+    """The files of ``repo`` present locally: a directory, or the hub cache's snapshot."""
+    if Path(repo).is_dir():
+        return {n: Path(repo) / n for n in filenames if (Path(repo) / n).is_file()}
+    from huggingface_hub import try_to_load_from_cache
+
+    out = {}
+    for name in filenames:
+        path = try_to_load_from_cache(repo, name, cache_dir=_hub_cache(), revision=revision)
+        if isinstance(path, str):
+            out[name] = Path(path)
+    return out
+
+
+def _pin(kind: str, repo: str, files: list[Path]) -> None:
+    from .. import pins
+
+    pins.check(kind, f"hf://{repo}", files, pins.hub_revision(files[0]) if files else None)
+
+
+def _missing(what: str, repo: str, e: Exception) -> CmbenchError:
+    return CmbenchError(
+        f"{what}: cannot load {repo!r} from the hub cache ({str(e).splitlines()[0][:200]}); put the repository "
+        "in the Hugging Face cache (HF_HUB_CACHE) or rerun with --allow-download"
+    )
+
+
+def load_model(repo: str, revision: str | None = None) -> nn.Module:
+    """A seq2seq language model (θ0 or a full expert) from a local directory or the hub cache,
+    in float32, in evaluation mode; its weight file pinned."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    try:
+        model = AutoModelForSeq2SeqLM.from_pretrained(
+            repo,
+            revision=revision,
+            cache_dir=_hub_cache(),
+            local_files_only=not current().allow_download,
+            dtype=torch.float32,
+            use_safetensors=True,  # never unpickle a checkpoint (untrusted input)
+        )
+    except Exception as e:  # noqa: BLE001 - missing cache, no network, not a seq2seq model
+        raise _missing("text backbone", repo, e) from None
+    _pin("backbone weights", repo, list(_resolve(repo, WEIGHT_FILES[:1], revision).values()))
+    return model.eval()
+
+
+def load_tokenizer(repo: str, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(
+            repo, revision=revision, cache_dir=_hub_cache(), local_files_only=not current().allow_download
+        )
+    except Exception as e:  # noqa: BLE001
+        raise _missing("tokenizer", repo, e) from None
+
+
+def random_model(config: dict, seed: int = 0) -> nn.Module:
+    """A model of the given transformers config with weights from ``seed`` (tests and
+    rehearsals; the config's ``model_type`` names the family, ``t5`` by default)."""
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    cfg = dict(config)
+    cfg_obj = AutoConfig.for_model(cfg.pop("model_type", "t5"), **cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForSeq2SeqLM.from_config(cfg_obj).eval()
+        head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+        if config.get("tie_word_embeddings") is False and head is not None and head.weight is emb.weight:
+            # T5 v1.1 / Flan-T5: the LM head is its own matrix (transformers ties T5's at
+            # construction and unties it when a checkpoint holds two different tensors)
+            head.weight = nn.Parameter(torch.randn_like(emb.weight) * getattr(model.config, "initializer_factor", 1.0))
+        return model
+
+
+def load_expert(repo: str, base: dict[str, Tensor], revision: str | None = None) -> dict[str, Tensor]:
+    """An expert's state dict: a full model repository, or a LoRA adapter repository (an
+    ``adapter_config.json`` beside ``adapter_model.safetensors``) folded into ``base``."""
+    adapter = _resolve(repo, ADAPTER_FILES, revision)
+    if "adapter_config.json" in adapter:
+        if "adapter_model.safetensors" not in adapter:
+            raise CmbenchError(
+                f"expert {repo}: adapter_config.json without adapter_model.safetensors (a pickled adapter "
+                "is never loaded); convert it to safetensors"
+            )
+        _pin("expert adapter", repo, [adapter["adapter_model.safetensors"]])
+        return fold_lora(base, adapter["adapter_config.json"], adapter["adapter_model.safetensors"])
+    state = load_model(repo, revision).state_dict()
+    missing = set(base) - set(state)
+    if missing:
+        raise CmbenchError(
+            f"expert {repo}: {len(missing)} entries of θ0 are missing (e.g. {sorted(missing)[0]!r}); "
+            "an expert must have θ0's architecture"
+        )
+    return {k: state[k] for k in base}
+
+
+def fold_lora(base: dict[str, Tensor], config_file: Path, weights_file: Path) -> dict[str, Tensor]:
+    """W + s·B A for every adapted matrix (s = lora_alpha / r, or / √r with rsLoRA), as
+    peft's ``merge_and_unload``; every other entry is θ0's. Only plain LoRA on linear layers
+    is folded; anything else is refused in one line."""
+    from safetensors.torch import load_file
+
+    where = config_file.parent
+    try:
+        cfg = json.loads(config_file.read_text())
+        r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CmbenchError(f"{config_file}: not a LoRA adapter config ({e}); expected r and lora_alpha") from None
+    if cfg.get("peft_type", "LORA") != "LORA" or cfg.get("use_dora") or cfg.get("modules_to_save"):
+        raise CmbenchError(
+            f"{config_file}: peft_type {cfg.get('peft_type')!r}, use_dora {cfg.get('use_dora')}, modules_to_save "
+            f"{cfg.get('modules_to_save')}: only plain LoRA adapters are folded"
+        )
+    scale = alpha / (r**0.5 if cfg.get("use_rslora") else r)
+    tensors = load_file(str(weights_file))
+    out = dict(base)
+    pairs: dict[str, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        for part in ("lora_A", "lora_B"):
+            if f".{part}." in key:
+                # base_model.model.<module>.lora_A[.<adapter>].weight -> <module>.weight
+                module = key.split(f".{part}")[0].removeprefix("base_model.model.")
+                pairs.setdefault(module + ".weight", {})[part] = value
+                break
+        else:
+            raise CmbenchError(f"{where}: adapter entry {key!r} is not a LoRA factor; only plain LoRA is folded")
+    for name, ab in pairs.items():
+        if name not in base or set(ab) != {"lora_A", "lora_B"}:
+            raise CmbenchError(
+                f"{where}: adapter for {name!r}, which is not a matrix of the base model (or lacks A or B)"
+            )
+        delta = ab["lora_B"].double() @ ab["lora_A"].double() * scale
+        if cfg.get("fan_in_fan_out"):
+            delta = delta.T
+        if delta.shape != base[name].shape:
+            raise CmbenchError(
+                f"{where}: adapter for {name!r} has shape {tuple(delta.shape)}, the base {tuple(base[name].shape)}"
+            )
+        out[name] = (base[name].double() + delta).to(base[name].dtype)
+    return out
+
+
+# -- generation and scoring ------------------------------------------------------------------
+
+
+@torch.no_grad()
+def generate(model: nn.Module, tokenizer, prompts: Sequence[str], batch_size: int = 32) -> list[str]:
+    """Greedy answers to ``prompts`` (at most 10 tokens, the reference's ``max_length=10``),
+    decoded without special tokens; batches padded to their longest prompt with the attention
+    mask (the reference pads to 512 and lets ``generate`` infer the same mask), on the model's
+    device."""
+    model.eval()
+    device = next(model.parameters()).device
+    out: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        enc = tokenizer(list(prompts[i : i + batch_size]), padding=True, truncation=True, return_tensors="pt")
+        ids = model.generate(  # type: ignore[operator]  # a transformers generation model
+            input_ids=enc["input_ids"].to(device),
+            attention_mask=enc["attention_mask"].to(device),
+            max_length=MAX_GENERATED,
+            do_sample=False,
+            num_beams=1,
+        )
+        out.extend(tokenizer.batch_decode(ids, skip_special_tokens=True))
+    return out
+
+
+def decoded_targets(tokenizer, targets: Sequence[str]) -> list[str]:
+    """Targets as the reference compares them: tokenised, then decoded without special tokens."""
+    ids = tokenizer(list(targets))["input_ids"]
+    return tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+def _number(s: str) -> float:
+    try:
+        return float(s)
+    except ValueError:
+        return 0.0
+
+
+def score(task: str, predictions: Sequence[str], targets: Sequence[str]) -> float:
+    """The task's metric in [0, 1] (the leaderboard shows ×100): exact match, or Spearman's ρ
+    of the parsed numbers for STS-B (nan when either side is constant, as scipy says)."""
+    if len(predictions) != len(targets) or not targets:
+        raise CmbenchError(f"text task {task}: {len(predictions)} answers for {len(targets)} targets")
+    if task in REGRESSION:
+        import warnings
+
+        from scipy.stats import spearmanr
+
+        with warnings.catch_warnings():  # a constant side gives nan, said in the docstring
+            warnings.simplefilter("ignore")
+            return float(spearmanr([_number(p) for p in predictions], [_number(t) for t in targets])[0])
+    return sum(p == t for p, t in zip(predictions, targets)) / len(targets)
