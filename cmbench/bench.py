@@ -64,6 +64,24 @@ def vit_b32_state(seed: int) -> dict[str, torch.Tensor]:
     return vit_b32(seed)[0]
 
 
+def flan_t5_base(seed: int):
+    """Flan-T5-base (247.6M parameters, random weights, the architecture of
+    ``google/flan-t5-base``): its state dict (the tied token embedding under its three names,
+    as FusionBench merges ``state_dict()``) and layout."""
+    from .models import layout_of
+    from .models.seq2seq import FLAN_T5_BASE, random_model
+
+    model = random_model(FLAN_T5_BASE, seed)
+    return {k: v.detach() for k, v in model.state_dict().items()}, layout_of(model)
+
+
+# the models ``cmbench bench --model`` measures on: name -> (builder, words for the header)
+MODELS = {
+    "vit-b32": (vit_b32, "CLIP ViT-B/32 image tower, random"),
+    "flan-t5-base": (flan_t5_base, "Flan-T5-base, random"),
+}
+
+
 def _perturbed(theta0, seed):
     g = torch.Generator().manual_seed(seed)
     return {
@@ -120,12 +138,12 @@ def _network(device: str):
     return network
 
 
-def _measure_method(name: str, threads: int, repeats: int, device: str, hparams: dict, q) -> None:
+def _measure_method(name: str, threads: int, repeats: int, device: str, hparams: dict, model: str, q) -> None:
     torch.set_num_threads(threads)
     from . import methods as methods_mod
     from . import registry
 
-    theta0, layout = vit_b32(0)
+    theta0, layout = MODELS[model][0](0)
     theta0 = {k: v.to(device) for k, v in theta0.items()}
     experts = [{k: v.to(device) for k, v in _perturbed(theta0, i + 1).items()} for i in range(2 + repeats)]
     hparams = dict(hparams)
@@ -140,6 +158,8 @@ def _measure_method(name: str, threads: int, repeats: int, device: str, hparams:
         layout=layout,
     )
     if type(method).data_access != "none":  # data-using methods: random images, a real forward pass
+        if model != "vit-b32":
+            raise ValueError(f"bench: {name} reads data; data-using methods are measured on --model vit-b32 only")
         ctx.data, ctx.network = _Images(n_images, torch.device(device)), _network(device)
         ctx.data.ctx = ctx.network.ctx = ctx  # type: ignore[union-attr]  # network: _network's function
     method.start(ctx)
@@ -178,15 +198,15 @@ def _at_step(ctx, t: int) -> None:
     ctx.step, ctx.task, ctx.seen_tasks = t, f"t{t}", [f"t{i}" for i in range(1, t + 1)]
 
 
-def _stream_memory(name: str, T: int, threads: int, q) -> None:
-    """Peak RSS growth of a merge stream of T experts on 88M parameters, run as the
+def _stream_memory(name: str, T: int, threads: int, model: str, q) -> None:
+    """Peak RSS growth of a merge stream of T experts on the bench's model, run as the
     protocol runs it: θ0, the merged model and the incoming expert (made on arrival,
     dropped after its step) plus whatever the method keeps."""
     torch.set_num_threads(threads)
     from . import methods as methods_mod
     from . import registry
 
-    theta0, layout = vit_b32(0)
+    theta0, layout = MODELS[model][0](0)
     method = registry.create(name, {})
     ctx = methods_mod.Context(
         theta0=theta0, num_tasks=T, seed=0, generator=torch.Generator().manual_seed(0), layout=layout
@@ -202,10 +222,10 @@ def _stream_memory(name: str, T: int, threads: int, q) -> None:
     q.put({"method": name, "T": T, "peak_mb": _status_mb("VmHWM") - base})
 
 
-def _floor(threads: int, device: str) -> dict:
+def _floor(threads: int, device: str, model: str = "vit-b32") -> dict:
     """axpy (m += λ·τ) over the model's floats, in place: the bandwidth floor of a TA step."""
     torch.set_num_threads(threads)
-    n = sum(v.numel() for v in vit_b32_state(0).values())
+    n = sum(v.numel() for v in MODELS[model][0](0)[0].values())
     a = torch.randn(n, device=device)
     b = torch.randn(n, device=device)
     times = []
@@ -321,11 +341,12 @@ def run_bench(
     log=print,
     hparams: dict | None = None,
     evaluation: bool = True,
+    model: str = "vit-b32",
 ) -> dict:
     """``hparams``: per method, values that override its defaults (``bench_samples``: the
-    images a data-using method is handed, default 256)."""
+    images a data-using method is handed, default 256). ``model``: a key of ``MODELS``."""
     ctx = mp.get_context("spawn")
-    results: dict[str, Any] = {"threads": threads, "device": device, "torch": torch.__version__}
+    results: dict[str, Any] = {"threads": threads, "device": device, "torch": torch.__version__, "model": model}
     q = ctx.Queue()
 
     def fresh_process(target, *args):  # one measurement, alone in a new process
@@ -348,14 +369,14 @@ def run_bench(
         p.join()
         return out
 
-    results["floor"] = fresh_process(_floor_proc, threads, device)
+    results["floor"] = fresh_process(_floor_proc, threads, device, model)
     results["methods"] = []
     for name in methods:  # one method failing (e.g. a device bug) still reports the others
         try:
             hp = dict((hparams or {}).get(name, {}))
             results["methods"].append(
                 {
-                    **fresh_process(_measure_method, name, threads, repeats, device, hp),
+                    **fresh_process(_measure_method, name, threads, repeats, device, hp, model),
                     **({"hparams": hp} if hp else {}),
                 }
             )
@@ -363,7 +384,7 @@ def run_bench(
             results["methods"].append({"method": name, "error": str(e)})
     if stream_memory and device == "cpu":
         results["stream_memory"] = [
-            fresh_process(_stream_memory, name, T, threads) for name in stream_memory for T in (8, 20)
+            fresh_process(_stream_memory, name, T, threads, model) for name in stream_memory for T in (8, 20)
         ]
     results["eval"] = _eval_throughput(threads, device) if evaluation else []
     if suite:
@@ -372,14 +393,14 @@ def run_bench(
     return results
 
 
-def _floor_proc(threads, device, q):
-    q.put(_floor(threads, device))
+def _floor_proc(threads, device, model, q):
+    q.put(_floor(threads, device, model))
 
 
 def format_bench(r: dict) -> str:
     f = r["floor"]
     lines = [
-        f"cmbench bench: {f['params'] / 1e6:.1f}M parameters (CLIP ViT-B/32 image tower, random), "
+        f"cmbench bench: {f['params'] / 1e6:.1f}M parameters ({MODELS[r.get('model', 'vit-b32')][1]}), "
         f"{r['threads']} threads, {r['device']}, torch {r['torch']}",
         f"memory-bandwidth floor (in-place axpy over all floats): {f['axpy_s'] * 1e3:.2f} ms ({f['gbps']:.1f} GB/s)",
         "",
@@ -395,7 +416,8 @@ def format_bench(r: dict) -> str:
         by: dict[str, dict[int, float]] = {}  # method -> T -> peak MB
         for m in r["stream_memory"]:
             by.setdefault(m["method"], {})[m["T"]] = m["peak_mb"]
-        lines += ["", "| merge stream (88M params) | peak MB, T = 8 | T = 20 | ratio |", "|---|---|---|---|"]
+        head = f"| merge stream ({f['params'] / 1e6:.0f}M floats) | peak MB, T = 8 | T = 20 | ratio |"
+        lines += ["", head, "|---|---|---|---|"]
         lines += [f"| {k} | {v[8]:.0f} | {v[20]:.0f} | {v[20] / max(v[8], 1e-9):.2f} |" for k, v in by.items()]
     lines += ["", "| evaluation | img/s |", "|---|---|"]
     lines += [

@@ -37,6 +37,7 @@ def cmd_bench(args) -> int:
         suite_skip=skip,
         hparams=hparams,
         evaluation=not args.no_eval,
+        model=args.model,
     )
     main_json(args.json, r)
     return 0
@@ -133,6 +134,13 @@ def add_bench(sub) -> None:
         metavar="METHOD.NAME=VALUE",
         help="override a method's hyperparameter (repeatable); METHOD.bench_samples=N: the random "
         "images a data-using method is handed (default 256)",
+    )
+    bn.add_argument(
+        "--model",
+        default="vit-b32",
+        choices=["vit-b32", "flan-t5-base"],
+        help="the model merged (random weights): CLIP ViT-B/32's image tower (88M) or Flan-T5-base (248M, "
+        "data-free methods only; needs the text extra); default: %(default)s",
     )
     bn.add_argument("--no-eval", action="store_true", help="skip the evaluation-throughput figures")
     bn.add_argument("--json", help="also write the figures to this JSON file")

@@ -37,6 +37,27 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MAX_GENERATED = 10  # the reference's ``model.generate(input_ids, max_length=10)``
 
+# google/flan-t5-base's config.json: the architecture of the stand-in weights (bench, rehearsal)
+FLAN_T5_BASE = {
+    "model_type": "t5",
+    "vocab_size": 32128,
+    "d_model": 768,
+    "d_kv": 64,
+    "d_ff": 2048,
+    "num_layers": 12,
+    "num_decoder_layers": 12,
+    "num_heads": 12,
+    "relative_attention_num_buckets": 32,
+    "relative_attention_max_distance": 128,
+    "feed_forward_proj": "gated-gelu",
+    "tie_word_embeddings": False,
+    "layer_norm_epsilon": 1e-6,
+    "dropout_rate": 0.1,
+    "decoder_start_token_id": 0,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+}
+
 # FusionBench's prompts and label words (fusion_bench/tasks/flan_t5_text_generation/
 # glue_prompt_templates.py, 0.2.33), and the dataset fields each fills in
 GLUE_TEMPLATES: dict[str, dict] = {
