@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from .. import CmbenchError
 from ..config import current
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+WEIGHT_FILE = "model.safetensors"  # safetensors only: a pickled checkpoint is never loaded
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MAX_GENERATED = 10  # the reference's ``model.generate(input_ids, max_length=10)``
 
@@ -160,9 +160,9 @@ def _missing(what: str, repo: str, e: Exception) -> CmbenchError:
     )
 
 
-def load_model(repo: str, revision: str | None = None) -> nn.Module:
+def load_model(repo: str, revision: str | None = None, kind: str = "backbone weights") -> nn.Module:
     """A seq2seq language model (θ0 or a full expert) from a local directory or the hub cache,
-    in float32, in evaluation mode; its weight file pinned."""
+    in float32, in evaluation mode; its weight file pinned (as ``kind`` in the lock)."""
     from transformers import AutoModelForSeq2SeqLM
 
     try:
@@ -176,7 +176,7 @@ def load_model(repo: str, revision: str | None = None) -> nn.Module:
         )
     except Exception as e:  # noqa: BLE001 - missing cache, no network, not a seq2seq model
         raise _missing("text backbone", repo, e) from None
-    _pin("backbone weights", repo, list(_resolve(repo, WEIGHT_FILES[:1], revision).values()))
+    _pin(kind, repo, list(_resolve(repo, (WEIGHT_FILE,), revision).values()))
     return model.eval()
 
 
@@ -221,7 +221,7 @@ def load_expert(repo: str, base: dict[str, Tensor], revision: str | None = None)
             )
         _pin("expert adapter", repo, [adapter["adapter_model.safetensors"]])
         return fold_lora(base, adapter["adapter_config.json"], adapter["adapter_model.safetensors"])
-    state = load_model(repo, revision).state_dict()
+    state = load_model(repo, revision, kind="expert checkpoint").state_dict()
     missing = set(base) - set(state)
     if missing:
         raise CmbenchError(
