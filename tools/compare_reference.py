@@ -20,7 +20,15 @@ matrix take the reference about an hour a step at this size on 2 cores).
 
 ENV is an environment with ``fusion-bench`` (0.2.33 was used; with transformers < 5, which
 it needs) and the same torch as cmbench's. Methods compared: ``opcm`` (OPCMForCLIP, alpha
-0.5) and ``dop`` (ContinualDOPForCLIP, config/method/dop/dop.yaml).
+0.5), ``dop`` (ContinualDOPForCLIP, config/method/dop/dop.yaml) and ``fisher``
+(FisherMergingForCLIPVisionModel, config/method/fisher_merging/clip_fisher_merging.yaml's
+normalisation and floor, 64 samples per task in batches of 32, against cmbench's
+``fisher_average`` with ``fisher: model_batch``, FusionBench's form). Fisher merging reads
+data: each task gets 64 random images and a random 10-class head over the tower's 512-d
+embedding (the reference's zero-shot head and processor replaced by them, its tower's
+activation set to the GELU of cmbench's random ViT-B-32); both sides see the same images
+in the same order. FusionBench merges all experts at once and cmbench after every step; its
+last step is the same merge.
 """
 
 from __future__ import annotations
@@ -56,7 +64,26 @@ REFERENCE = {
         },
     ),
 }
-CMBENCH = {"opcm": {"alpha": 0.5}, "dop": {}}
+# Fisher merging: FusionBench's is the one-shot merge of all experts with the batch-level
+# Fisher; cmbench's continual form is that merge at every step, so the last steps compare
+FISHER_SAMPLES, FISHER_BATCH = 64, 32
+REFERENCE["fisher"] = (
+    "fusion_bench.method.fisher_merging.clip_fisher_merging",
+    "FisherMergingForCLIPVisionModel",
+    {
+        "exclude_param_names_regex": [],
+        "normalize_fisher_weight": True,
+        "minimal_fisher_weight": 1e-6,
+        "num_fisher_examples": FISHER_SAMPLES,
+        "dataloader_kwargs": {"batch_size": FISHER_BATCH, "shuffle": False, "num_workers": 0},
+    },
+)
+CMBENCH = {
+    "opcm": {"alpha": 0.5},
+    "dop": {},
+    "fisher": {"n_samples": FISHER_SAMPLES, "batch_size": FISHER_BATCH, "fisher": "model_batch", "eps": 1e-6},
+}
+CMBENCH_NAME = {"fisher": "fisher_average"}  # where cmbench's method is named otherwise
 
 
 # -- inputs -------------------------------------------------------------------------------
@@ -73,6 +100,32 @@ def make_inputs(folder: Path, tasks: int) -> None:
     save_file(open_clip_to_hf_clip_vision(theta0), str(folder / "theta0.safetensors"))
     for i in range(1, tasks + 1):
         save_file(open_clip_to_hf_clip_vision(_perturbed(theta0, i)), str(folder / f"t{i}.safetensors"))
+    # for Fisher merging: per task, random 224² images (uint8) and a random 10-class head over
+    # the 512-d embedding; and the tower's output projection (not part of CLIPVisionModel)
+    import torch
+
+    for i in range(1, tasks + 1):
+        g = torch.Generator().manual_seed(100 + i)
+        save_file(
+            {
+                "x": torch.randint(0, 256, (FISHER_SAMPLES, 3, 224, 224), dtype=torch.uint8, generator=g),
+                "y": torch.randint(0, 10, (FISHER_SAMPLES,), generator=g),
+                "head": torch.randn(10, 512, generator=g) * 10,
+            },
+            str(folder / f"t{i}-data.safetensors"),
+        )
+    save_file({"proj": theta0["visual.proj"].contiguous()}, str(folder / "proj.safetensors"))
+
+
+def _images(folder: Path, task: str):
+    """A task's images in the harness's order: the seeded permutation ``diagonal_fisher``
+    draws (seed 0), and its head."""
+    import torch
+    from safetensors.torch import load_file
+
+    d = load_file(str(folder / f"{task}-data.safetensors"))
+    perm = torch.randperm(len(d["y"]), generator=torch.Generator().manual_seed(0))
+    return d["x"][perm], d["y"][perm], d["head"]
 
 
 # -- the reference side (run with the reference environment's Python) ------------------------
@@ -89,11 +142,17 @@ def run_reference(method: str, folder: Path, tasks: int, out: Path, extra: dict)
 
     module, cls_name, hparams = REFERENCE[method]
     cls = getattr(importlib.import_module(module), cls_name)
+    # the tower's activation: open_clip's ViT-B-32 without an OpenAI tag is GELU, and so are
+    # cmbench's random towers (the data-free methods never run the model)
+    act = {"hidden_act": "gelu"} if method == "fisher" else {}
 
     def model(path: Path) -> CLIPVisionModel:
-        m = CLIPVisionModel(CLIPVisionConfig())  # the ViT-B/32 image tower's configuration
+        m = CLIPVisionModel(CLIPVisionConfig(**act))  # the ViT-B/32 image tower's configuration
         m.load_state_dict(load_file(str(path)), strict=True)
         return m
+
+    if method == "fisher":
+        return _run_reference_fisher(cls, model, folder, tasks, out, {**hparams, **extra})
 
     class Pool:  # the part of FusionBench's model pool its continual methods call
         model_names = [f"t{i}" for i in range(1, tasks + 1)]
@@ -108,6 +167,60 @@ def run_reference(method: str, folder: Path, tasks: int, out: Path, extra: dict)
     algo = cls(seed=0, shuffle_order=False, save_on_every_step=False, evaluate_on_every_step=False, **hparams)
     algo.fabric = L.Fabric(accelerator="cpu", devices=1)
     algo._program = SimpleNamespace(taskpool=SimpleNamespace(_test_datasets={}))  # read, unused, by OPCM
+    base = _reset_peak()
+    t0 = time.perf_counter()
+    merged = algo.run(Pool())
+    seconds = time.perf_counter() - t0
+    peak = _status_mb("VmHWM") - base
+    save_file({k: v.detach().contiguous() for k, v in merged.state_dict().items()}, str(out))
+    return {"seconds": seconds, "peak_mib": peak, "torch": torch.__version__}
+
+
+def _run_reference_fisher(cls, model, folder: Path, tasks: int, out: Path, hparams: dict) -> dict:
+    """FusionBench's ``FisherMergingForCLIPVisionModel`` on the tasks' images, its zero-shot
+    head replaced by each task's random head (logits = W · normalised embedding, as
+    cmbench's ``Head``), its processor by the harness's pixel normalisation."""
+    import lightning as L
+    import torch
+    from omegaconf import DictConfig
+    from safetensors.torch import load_file, save_file
+
+    from cmbench.models.clip import OPENAI_MEAN, OPENAI_STD
+
+    mean, std = torch.tensor(OPENAI_MEAN).view(1, -1, 1, 1), torch.tensor(OPENAI_STD).view(1, -1, 1, 1)
+    names = [f"t{i}" for i in range(1, tasks + 1)]
+    data = {n: _images(folder, n) for n in names}
+    proj = load_file(str(folder / "proj.safetensors"))["proj"]  # (768, 512): embedding = pooled @ proj
+
+    class Pool:  # the part of FusionBench's BaseModelPool its Fisher merging calls
+        has_pretrained = True
+
+        def __len__(self):
+            return tasks
+
+        def named_models(self):
+            for n in names:
+                yield n, model(folder / f"{n}.safetensors")
+
+        def load_model(self, name):
+            return model(folder / ("theta0.safetensors" if name == "_pretrained_" else f"{name}.safetensors"))
+
+        def load_train_dataset(self, name):
+            x, y, _ = data[name]
+            pixels = ((x.float().div(127.5).sub(1.0) + 1) * 0.5 - mean) / std  # what cmbench's tower feeds
+            return list(zip(pixels, y.tolist()))
+
+    class Fisher(cls):
+        clip_processor = None  # images arrive as pixel tensors
+
+        def on_fisher_merging_start(self):  # instead of the zero-shot heads of CLIP's text tower
+            self.zeroshot_weights = {n: data[n][2] for n in names}
+            self.visual_projection = torch.nn.Linear(768, 512, bias=False)
+            self.visual_projection.weight.data = proj.T.contiguous()
+            self.logit_scale_exp = 1.0
+
+    algo = Fisher(**{**hparams, "dataloader_kwargs": DictConfig(hparams["dataloader_kwargs"])})
+    algo.fabric = L.Fabric(accelerator="cpu", devices=1)
     base = _reset_peak()
     t0 = time.perf_counter()
     merged = algo.run(Pool())
@@ -132,10 +245,12 @@ def run_cmbench(method: str, folder: Path, tasks: int, out: Path, extra: dict) -
     theta0_oc, layout = vit_b32(0)  # the names, shapes and layout of the tower (values replaced)
     theta0 = hf_clip_vision_to_open_clip(load_file(str(folder / "theta0.safetensors")), theta0_oc)
     names = [f"t{i}" for i in range(1, tasks + 1)]
-    m = registry.create(method, {**CMBENCH[method], **extra})
+    m = registry.create(CMBENCH_NAME.get(method, method), {**CMBENCH[method], **extra})
     ctx = methods_mod.Context(
         theta0=theta0, num_tasks=tasks, seed=0, generator=torch.Generator().manual_seed(0), layout=layout
     )
+    if type(m).data_access != "none":
+        _data_for(ctx, folder, names, theta0_oc)
     del theta0_oc
     base = _reset_peak()
     t0 = time.perf_counter()
@@ -151,6 +266,32 @@ def run_cmbench(method: str, folder: Path, tasks: int, out: Path, extra: dict) -
     peak = _status_mb("VmHWM") - base
     save_file({k: v.contiguous() for k, v in merged.items()}, str(out))
     return {"seconds": seconds, "peak_mib": peak, "torch": torch.__version__}
+
+
+def _data_for(ctx, folder: Path, names: list[str], tower_state: dict) -> None:
+    """The current task's train split (the stored images, unpermuted: ``diagonal_fisher``
+    draws the permutation itself) and ``ctx.network`` over the tower with the task's head."""
+    from safetensors.torch import load_file
+
+    from cmbench.data import Split
+    from cmbench.models import Head
+    from cmbench.models.clip import CLIPImageEncoder
+    from cmbench.suite import OpenCLIP
+
+    tower = CLIPImageEncoder.create(OpenCLIP(kind="open_clip", model="ViT-B-32", pretrained=None))
+    tower.load_state_dict(tower_state)  # the output projection (a frozen buffer) is θ0's
+    stored = {n: load_file(str(folder / f"{n}-data.safetensors")) for n in names}
+
+    class Data:
+        def current(self, split="train"):
+            d = stored[ctx.task]
+            return Split(x=d["x"], y=d["y"])
+
+    def network(state, classes="task", task=None):
+        tower.load_state_dict(state)
+        return tower, Head(stored[task or ctx.task]["head"])
+
+    ctx.data, ctx.network = Data(), network
 
 
 # -- the driver -----------------------------------------------------------------------------
