@@ -31,7 +31,7 @@ import torch
 from cmbench.methods import Fraction, Method, Positive, register
 from cmbench.spectral import is_matrix, matrices
 from cmbench.tensors import apply, task_vector
-from cmbench_baselines.tsv_m import polar
+from cmbench_baselines.tsv_m import polar, svd
 
 
 def iso_cts(taus: list[torch.Tensor], fraction: float) -> torch.Tensor:
@@ -39,11 +39,11 @@ def iso_cts(taus: list[torch.Tensor], fraction: float) -> torch.Tensor:
     t, r = len(taus), min(taus[0].shape)
     c = r - round((r - int(r * fraction)) / t) * t  # so that the task-specific part splits evenly
     k = (r - c) // t
-    U, s, Vh = torch.linalg.svd(sum(taus), full_matrices=False)
+    U, s, Vh = svd(sum(taus))
     Uc, sc, Vhc = U[:, :c], s[:c], Vh[:c]
     Us, ss, Vhs = [], [], []
     for tau in taus:
-        Ui, si, Vhi = torch.linalg.svd(tau - Uc @ (Uc.T @ tau), full_matrices=False)
+        Ui, si, Vhi = svd(tau - Uc @ (Uc.T @ tau))
         Us.append(Ui[:, :k])
         ss.append(si[:k])
         Vhs.append(Vhi[:k])

@@ -28,9 +28,25 @@ from cmbench.spectral import is_matrix, matrices
 from cmbench.tensors import apply, task_vector
 
 
+def svd(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The thin SVD of A. LAPACK's divide-and-conquer driver (gesdd, torch's on the CPU) now
+    and then fails to converge on a rank-deficient input or one whose singular values cluster
+    (Iso-CTS's first-step residual and the stacked singular vectors it orthogonalises, seen on
+    Flan-T5-base); then the QR-iteration driver (gesvd) computes the same factorisation."""
+    try:
+        return torch.linalg.svd(A, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        if A.device.type == "cuda":
+            return torch.linalg.svd(A, full_matrices=False, driver="gesvd")
+        import scipy.linalg
+
+        U, s, Vh = scipy.linalg.svd(A.numpy(), full_matrices=False, lapack_driver="gesvd")
+        return torch.from_numpy(U), torch.from_numpy(s), torch.from_numpy(Vh)
+
+
 def polar(A: torch.Tensor) -> torch.Tensor:
     """The orthonormal polar factor U Vᵀ of A = U Σ Vᵀ."""
-    U, _, Vh = torch.linalg.svd(A, full_matrices=False)
+    U, _, Vh = svd(A)
     return U @ Vh
 
 
@@ -66,7 +82,7 @@ class TSVM(Method):
             kept = self.triplets.setdefault(k, [[] for _ in matrices(layout, k, v)])
             parts = []
             for j, m in enumerate(matrices(layout, k, v)):
-                U, s, Vh = torch.linalg.svd(m.double(), full_matrices=False)
+                U, s, Vh = svd(m.double())
                 keep = int(len(s) * (1 / t))  # what any later step can use of this task
                 kept[j].append((U[:, :keep], s[:keep], Vh[:keep]))
                 parts.append(tsv_merge(kept[j], len(s)).to(v.dtype))

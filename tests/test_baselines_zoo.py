@@ -492,3 +492,28 @@ def test_dop_closed_form_loss_and_gradient_are_autograds(shape, space):
         loss, grad = dop.loss_and_grad(delta, *dop._subspace(tv, eps, space))
         assert torch.allclose(loss, want.detach(), rtol=1e-10)
         assert torch.allclose(grad, want_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_svd_falls_back_to_qr_iteration_where_divide_and_conquer_fails(monkeypatch):
+    """TSV-M's and Iso-CTS's SVD: when torch's driver (gesdd on the CPU) raises, LAPACK's
+    gesvd gives the same factorisation (seen on Flan-T5-base: Iso-CTS's first step)."""
+    import sys
+
+    from cmbench import registry
+
+    registry.get("tsv_m")
+    tsv = sys.modules["cmbench_baselines.tsv_m"]
+    A = torch.randn(40, 24, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    U0, s0, Vh0 = torch.linalg.svd(A, full_matrices=False)
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "svd", failing)
+    U, s, Vh = tsv.svd(A)
+    assert calls  # the fallback ran
+    torch.testing.assert_close(s, s0, rtol=0, atol=1e-12)
+    torch.testing.assert_close(U @ torch.diag(s) @ Vh, A, rtol=0, atol=1e-12)
+    torch.testing.assert_close(tsv.polar(A), U0 @ Vh0, rtol=0, atol=1e-12)  # unique: A has full rank
