@@ -131,13 +131,27 @@ def _images(folder: Path, task: str):
 # -- the reference side (run with the reference environment's Python) ------------------------
 
 
+def _timed_run(algo, pool, out: Path) -> dict:
+    """Run a FusionBench algorithm on ``pool``: its wall time and peak memory growth; the
+    merged model saved to ``out``."""
+    import torch
+    from safetensors.torch import save_file
+
+    base = _reset_peak()
+    t0 = time.perf_counter()
+    merged = algo.run(pool)
+    seconds = time.perf_counter() - t0
+    peak = _status_mb("VmHWM") - base
+    save_file({k: v.detach().contiguous() for k, v in merged.state_dict().items()}, str(out))
+    return {"seconds": seconds, "peak_mib": peak, "torch": torch.__version__}
+
+
 def run_reference(method: str, folder: Path, tasks: int, out: Path, extra: dict) -> dict:
     import importlib
     from types import SimpleNamespace
 
     import lightning as L
-    import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     module, cls_name, hparams = REFERENCE[method]
@@ -167,13 +181,7 @@ def run_reference(method: str, folder: Path, tasks: int, out: Path, extra: dict)
     algo = cls(seed=0, shuffle_order=False, save_on_every_step=False, evaluate_on_every_step=False, **hparams)
     algo.fabric = L.Fabric(accelerator="cpu", devices=1)
     algo._program = SimpleNamespace(taskpool=SimpleNamespace(_test_datasets={}))  # read, unused, by OPCM
-    base = _reset_peak()
-    t0 = time.perf_counter()
-    merged = algo.run(Pool())
-    seconds = time.perf_counter() - t0
-    peak = _status_mb("VmHWM") - base
-    save_file({k: v.detach().contiguous() for k, v in merged.state_dict().items()}, str(out))
-    return {"seconds": seconds, "peak_mib": peak, "torch": torch.__version__}
+    return _timed_run(algo, Pool(), out)
 
 
 def _run_reference_fisher(cls, model, folder: Path, tasks: int, out: Path, hparams: dict) -> dict:
@@ -183,7 +191,7 @@ def _run_reference_fisher(cls, model, folder: Path, tasks: int, out: Path, hpara
     import lightning as L
     import torch
     from omegaconf import DictConfig
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from cmbench.models.clip import OPENAI_MEAN, OPENAI_STD
 
@@ -221,13 +229,7 @@ def _run_reference_fisher(cls, model, folder: Path, tasks: int, out: Path, hpara
 
     algo = Fisher(**{**hparams, "dataloader_kwargs": DictConfig(hparams["dataloader_kwargs"])})
     algo.fabric = L.Fabric(accelerator="cpu", devices=1)
-    base = _reset_peak()
-    t0 = time.perf_counter()
-    merged = algo.run(Pool())
-    seconds = time.perf_counter() - t0
-    peak = _status_mb("VmHWM") - base
-    save_file({k: v.detach().contiguous() for k, v in merged.state_dict().items()}, str(out))
-    return {"seconds": seconds, "peak_mib": peak, "torch": torch.__version__}
+    return _timed_run(algo, Pool(), out)
 
 
 # -- cmbench's side ----------------------------------------------------------------------------
