@@ -82,9 +82,7 @@ def _cap_test(td: data_mod.TaskData, cap: int, data_seed: int) -> data_mod.TaskD
     if len(td.test) <= cap:
         return td
     keep = torch.randperm(len(td.test), generator=torch.Generator().manual_seed(data_seed))[:cap].sort().values
-    import dataclasses
-
-    return dataclasses.replace(td, test=data_mod.Split(x=td.test.x[keep], y=td.test.y[keep]))
+    return dataclasses.replace(td, test=td.test.take(keep))
 
 
 _MEMO: dict[int, tuple[Suite, dict]] = {}
@@ -222,6 +220,10 @@ def _rotate_batch(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, 
 
 def make_theta0(suite: Suite, seed: int) -> tuple[StateDict, dict]:
     """θ0: a real-scale backbone's published weights, or (tiny ViT) pretrain it."""
+    if suite.backbone.kind == "hf_seq2seq":
+        from .models.seq2seq import pretrained_state as text_state
+
+        return text_state(suite.backbone), {"pretrained": suite.backbone.model}
     if suite.backbone.kind != "tiny_vit":
         from .models.clip import pretrained_state
 
@@ -244,7 +246,7 @@ def pretrain_theta0(suite: Suite, seed: int) -> tuple[StateDict, dict]:
     backbone = create_backbone(suite.backbone)  # initialised on the CPU (same θ on any device), then moved
     d = cast(TinyViT, suite.backbone).embed_dim  # pretrained by the harness: the tiny ViT only
     ce = torch.nn.functional.cross_entropy
-    x = torch.cat([td.train.x for td in tasks.values()])
+    x = torch.cat([data_mod.images(td.train).x for td in tasks.values()])
     fam = torch.cat([torch.full((len(td.train),), i) for i, td in enumerate(tasks.values())])
     if suite.pretrain.recipe == "family_rotation":
         fam_head, rot_head = torch.nn.Linear(d, len(tasks)), torch.nn.Linear(d, 4)
@@ -259,13 +261,13 @@ def pretrain_theta0(suite: Suite, seed: int) -> tuple[StateDict, dict]:
     else:  # multitask: (coarsened) labels offset per task, logits masked to the sample's task
         if suite.pretrain.label_tasks is not None:
             tasks = {n: td for n, td in tasks.items() if n in suite.pretrain.label_tasks}
-            x = torch.cat([td.train.x for td in tasks.values()])
+            x = torch.cat([data_mod.images(td.train).x for td in tasks.values()])
         c = suite.pretrain.coarse
         sizes = torch.tensor([-(-len(td.classes) // c) for td in tasks.values()])
         offsets = torch.cumsum(sizes, 0) - sizes
         head = torch.nn.Linear(d, int(sizes.sum()))
         heads = [head]
-        y = torch.cat([td.train.y // c + offsets[i] for i, td in enumerate(tasks.values())])
+        y = torch.cat([data_mod.images(td.train).y // c + offsets[i] for i, td in enumerate(tasks.values())])
         task_of = torch.repeat_interleave(torch.arange(len(tasks)), sizes).to(device)
 
         def loss_fn(xb, yb):
@@ -281,7 +283,10 @@ def pretrain_theta0(suite: Suite, seed: int) -> tuple[StateDict, dict]:
 
 
 def make_heads(suite: Suite, seed: int, theta0: StateDict) -> tuple[StateDict, dict]:
-    """One head per task from θ0's features on its train split (never val/test)."""
+    """One head per task from θ0's features on its train split (never val/test); none for a
+    generative (text) backbone."""
+    if suite.heads.kind == "generative":
+        return {}, {"kind": "generative"}
     device = device_for(suite)
     backbone = create_backbone(suite.backbone)
     backbone.load_state_dict(theta0)
@@ -302,13 +307,14 @@ def make_heads(suite: Suite, seed: int, theta0: StateDict) -> tuple[StateDict, d
             )
         return out, {"kind": "zero_shot"}
     for name, td in load_tasks(suite, seed).items():
-        feats = torch.nn.functional.normalize(features(backbone, td.train.x, suite.evaluation.batch_size), dim=-1)
-        y = td.train.y
+        train = data_mod.images(td.train)
+        feats = torch.nn.functional.normalize(features(backbone, train.x, suite.evaluation.batch_size), dim=-1)
+        y = train.y
         n_cls = len(td.classes)
         if suite.heads.kind == "template":
             # one canonical "description" per class: θ0's embedding of the class-mean image
             # of the train split (the analogue of a zero-shot text prompt; no sampling)
-            means = torch.stack([td.train.x[y == c].float().mean(0) for c in range(n_cls)])
+            means = torch.stack([train.x[y == c].float().mean(0) for c in range(n_cls)])
             f = features(backbone, means.round().to(torch.uint8), suite.evaluation.batch_size)
             out[f"{name}.weight"] = torch.nn.functional.normalize(f, dim=-1) * suite.heads.scale
         elif suite.heads.kind == "prototype":
@@ -336,7 +342,8 @@ def make_heads(suite: Suite, seed: int, theta0: StateDict) -> tuple[StateDict, d
 
 
 def split_heads(tensors: StateDict, task_names: list[str]) -> dict[str, Head]:
-    return {n: Head(tensors[f"{n}.weight"], tensors.get(f"{n}.bias")) for n in task_names}
+    """The heads by task (none where the backbone answers in text: ``heads.kind: generative``)."""
+    return {n: Head(tensors[f"{n}.weight"], tensors.get(f"{n}.bias")) for n in task_names if f"{n}.weight" in tensors}
 
 
 def make_expert(
@@ -356,6 +363,7 @@ def make_expert(
     backbone.to(device).train()
     train_head = copy.deepcopy(head).to(device)
     td = load_tasks(suite, seed)[task]
+    train, test = data_mod.images(td.train), data_mod.images(td.test)
     recipe = suite.experts.recipe_for(task)
     ce = torch.nn.functional.cross_entropy
 
@@ -366,8 +374,8 @@ def make_expert(
     params = [p for n, p in backbone.named_parameters() if pattern.search(n)]
     if not params:
         raise CmbenchError(f"experts.finetune.trainable: {recipe.trainable!r} matches no parameter of the backbone")
-    losses = fit(params, loss_fn, td.train.x, td.train.y, recipe, seed * 1000 + idx, what=f"expert {task}")
-    acc = accuracy(backbone, head, td.test.x, td.test.y, suite.evaluation.batch_size)
+    losses = fit(params, loss_fn, train.x, train.y, recipe, seed * 1000 + idx, what=f"expert {task}")
+    acc = accuracy(backbone, head, test.x, test.y, suite.evaluation.batch_size)
     return (
         {k: v.cpu() for k, v in backbone.state_dict().items()},
         {"task": task, "test_accuracy": acc, "losses": losses, "device": str(device)},
@@ -485,7 +493,7 @@ class SuiteArtefacts:
             from .models.checkpoint import load_expert
 
             def make():
-                return load_expert_checkpoint(self.suite, self.seed, task, self.theta0(), self.heads()[task])
+                return load_expert_checkpoint(self.suite, self.seed, task, self.theta0(), self.heads().get(task))
 
             def reload():
                 return load_expert(self.suite.experts.checkpoints[task], task, self.theta0(), "experts.checkpoints")[0]
@@ -496,19 +504,21 @@ class SuiteArtefacts:
         )
 
 
-def load_expert_checkpoint(suite: Suite, seed: int, task: str, theta0: StateDict, head: Head) -> tuple[StateDict, dict]:
+def load_expert_checkpoint(
+    suite: Suite, seed: int, task: str, theta0: StateDict, head: Head | None
+) -> tuple[StateDict, dict]:
     """A pinned checkpoint, converted to the backbone's names and checked against θ0; its own
     test accuracy measured once here (cached with it)."""
-    from .models import accuracy
+    from .models import split_score
     from .models.checkpoint import load_expert
 
     state, meta = load_expert(suite.experts.checkpoints[task], task, theta0, "experts.checkpoints")
     backbone = create_backbone(suite.backbone, theta0).to(device_for(suite))
     backbone.load_state_dict(state)
     td = load_tasks(suite, seed)[task]
-    meta["test_accuracy"] = accuracy(backbone, head, td.test.x, td.test.y, suite.evaluation.batch_size)
+    meta["test_accuracy"] = split_score(suite.backbone, backbone, head, td.test, suite.evaluation.batch_size)
     if not suite.rehearsal:  # against the published accuracy of this hub expert, as soon as known
-        checks = published.setup_check(suite, "expert", {task: meta["test_accuracy"]}, {task: len(td.test.y)})
+        checks = published.setup_check(suite, "expert", {task: meta["test_accuracy"]}, {task: len(td.test)})
         for line in published.warnings(checks):
             print(line, file=sys.stderr, flush=True)
     return state, meta

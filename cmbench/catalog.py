@@ -57,6 +57,9 @@ def colour_error(colour) -> str | None:
     return f"params.colour: {colour!r} is neither 'random' nor {{fg: [r, g, b], bg: [r, g, b]}} in [0, 1]"
 
 
+# the text-to-text tasks (cmbench/data/text.py), for text backbones only
+TEXT_DATASETS = tuple(f"glue_{t}" for t in ("cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb"))
+
 DATASET_PARAMS: dict[str, tuple[str, ...]] = {
     # micro (cmbench/data/micro.py)
     "digits": ("val_frac", "test_frac", "noise", "classes", "colour"),
@@ -82,6 +85,8 @@ DATASET_PARAMS: dict[str, tuple[str, ...]] = {
         "split",
     ),
     **{name: () for name in clip_tasks()},
+    # GLUE as text to text (cmbench/data/text.py): the Flan-T5 merge stream
+    **{name: () for name in TEXT_DATASETS},
 }
 
 

@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import CmbenchError
+from .catalog import TEXT_DATASETS
 from .artefacts import ToBuild
 from .suite import Job, Suite, TrainRecipe
 
@@ -41,8 +42,24 @@ def vit_gflops(width: int, layers: int, image: int, patch: int) -> float:
     return 2 * layers * (12 * n * width**2 + 2 * n**2 * width) / 1e9
 
 
+def t5_gflops(cfg: dict, prompt_tokens: int = 128, answer_tokens: int = 10) -> float:
+    """Forward GFLOPs of answering one prompt with a T5: 2 FLOPs per weight per token, the
+    encoder over the prompt, the decoder and the LM head over each generated token (GLUE's
+    prompts are about 60 to 200 tokens: 128 assumed)."""
+    d, inner, ff = cfg["d_model"], cfg["d_kv"] * cfg["num_heads"], cfg["d_ff"]
+    mlp = (3 if str(cfg.get("feed_forward_proj", "")).startswith("gated") else 2) * d * ff
+    enc = cfg["num_layers"] * (4 * d * inner + mlp)
+    dec = cfg.get("num_decoder_layers") or cfg["num_layers"]
+    dec_w = dec * (8 * d * inner + mlp) + cfg["vocab_size"] * d
+    return 2 * (enc * prompt_tokens + dec_w * answer_tokens) / 1e9
+
+
 def backbone_gflops(suite: Suite) -> float:
     b = suite.backbone
+    if b.kind == "hf_seq2seq":
+        from .models.seq2seq import cached_config
+
+        return t5_gflops(cached_config(b))
     if b.kind == "tiny_vit":
         return vit_gflops(b.embed_dim, b.depth, b.img_size, b.patch_size)
     if b.kind == "open_clip":
@@ -70,6 +87,11 @@ def _weights_line(suite: Suite) -> str:
         return "backbone: tiny ViT, θ0 pretrained by the harness (no download)"
     from huggingface_hub import try_to_load_from_cache
 
+    if b.kind == "hf_seq2seq":
+        from .models.seq2seq import WEIGHT_FILE
+
+        cached = Path(b.model).is_dir() or isinstance(try_to_load_from_cache(b.model, WEIGHT_FILE), str)
+        return f"backbone: {b.model}: " + ("in the local cache" if cached else "TO DOWNLOAD (--allow-download)")
     if b.kind == "open_clip":
         if b.pretrained is None:
             return f"backbone: open_clip {b.model}, random init (no download)"
@@ -102,6 +124,14 @@ def _data_lines(suite: Suite) -> list[str]:
 
     root, out, seen = current().data_root, [], set()
     for t in suite.tasks:
+        if t.dataset in TEXT_DATASETS:
+            from .data.text import GLUE_REPO
+
+            out.append(
+                f"  {t.dataset}: hub copy {GLUE_REPO} ({t.dataset.removeprefix('glue_')}), read from the "
+                "`datasets` cache or fetched with --allow-download"
+            )
+            continue
         source = t.params.get("source", t.dataset) if t.dataset == "class_split" else t.dataset
         if source in seen or (source not in clip_tasks() and source not in CIL_SOURCES):
             continue
@@ -134,6 +164,10 @@ def split_sizes(suite: Suite, tasks: list | None = None) -> dict[str, tuple[int,
         if t.dataset in DATASET_SIZES:
             tr, _, te = DATASET_SIZES[t.dataset](t.params)
             out[t.name] = (tr, te)
+        elif t.dataset in TEXT_DATASETS:
+            from .data.text import GLUE_SIZES
+
+            out[t.name] = GLUE_SIZES[t.dataset.removeprefix("glue_")]
         elif t.dataset == "class_split":
             tr, te = SPLIT_SIZES.get(t.params.get("source"), (0, 0))  # type: ignore[arg-type]  # None: (0, 0)
             k = t.params.get("n_tasks", 1)

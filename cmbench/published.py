@@ -1,6 +1,7 @@
 """Published numbers to put beside ours (``cmbench/data/published.json``, each block with
 its source): the continual CLIP merging table (OPCM's paper), FusionBench's per-task
-zero-shot and expert accuracies, and P&M's split-ViT table.
+zero-shot and expert accuracies, P&M's split-ViT table, and the Flan-T5 GLUE stream
+(FusionBench's per-task scores, MINGLE's continual table).
 
 A published number applies to a suite when the suite computes the same quantity: the same
 backbone weights, the same task set (and, per task, the same expert checkpoint), and for a
@@ -44,15 +45,31 @@ def clip_backbone(backbone) -> str | None:
     return _data()["clip"]["backbones"].get(f"{backbone.model}/{backbone.pretrained}")
 
 
-def _clip_stream(suite) -> tuple[str, str] | None:
-    tag = clip_backbone(suite.backbone)
+def text_backbone(backbone) -> str | None:
+    """The published text model a suite's backbone is (``flan-t5-base``), or None."""
+    if getattr(backbone, "kind", None) != "hf_seq2seq" or backbone.revision is not None:
+        return None
+    return _data()["text"]["backbones"].get(backbone.model)
+
+
+def _stream(suite) -> tuple[str, str, str] | None:
+    """(block, backbone tag, stream) of a merge stream the published tables cover: a CLIP's
+    TA8/TALL14/TALL20, or Flan-T5's eight GLUE tasks."""
+    block, tag = ("clip", clip_backbone(suite.backbone))
+    if tag is None:
+        block, tag = ("text", text_backbone(suite.backbone))
     if tag is None or suite.setting != "merge_stream":
         return None
     datasets = sorted(t.dataset for t in suite.tasks)
-    for stream, names in _data()["clip"]["streams"].items():
+    for stream, names in _data()[block]["streams"].items():
         if sorted(names) == datasets:
-            return tag, stream
+            return block, tag, stream
     return None
+
+
+def _clip_stream(suite) -> tuple[str, str] | None:
+    got = _stream(suite)
+    return (got[1], got[2]) if got and got[0] == "clip" else None
 
 
 def _split_benchmark(suite) -> str | None:
@@ -126,10 +143,12 @@ def method_acc(
     """The published final ACC of this method row on this suite's benchmark, or None
     (``training``: the row's recipe, which the split table's protocol must match; ``experts``:
     independent or sequential, ``MethodSpec.experts``)."""
-    clip = _clip_stream(suite)
-    if clip is not None:
-        block = _data()["clip"]
-        values = block["continual"][f"{clip[0]}/{clip[1]}"]
+    stream = _stream(suite)
+    if stream is not None:
+        block = _data()[stream[0]]
+        values = block["continual"][f"{stream[1]}/{stream[2]}"]
+        if stream[0] == "text" and not _text_experts(suite, "finetuned"):
+            return None  # the continual rows merged the full fine-tuned experts
     else:
         bench = _split_benchmark(suite)
         if bench is None or split_mismatch(suite, training or suite.training) is not None:
@@ -145,21 +164,51 @@ def method_acc(
 
 def reference_acc(suite, which: str) -> Published | None:
     """The published mean over tasks of θ0 (``which="theta0"``) or of the individual
-    experts (``"experts"``) on this suite's CLIP stream, or None."""
-    clip = _clip_stream(suite)
-    if clip is None:
+    experts (``"experts"``) on this suite's CLIP or text stream, or None."""
+    stream = _stream(suite)
+    if stream is None or (stream[0] == "text" and which == "experts" and not _text_experts(suite, "finetuned")):
         return None
-    block = _data()["clip"]
+    block = _data()[stream[0]]
     for row, spec in block["rows"].items():
         if spec and spec.get("reference") == which:
-            acc, std = block["continual"][f"{clip[0]}/{clip[1]}"][row]
+            acc, std = block["continual"][f"{stream[1]}/{stream[2]}"][row]
             return Published(acc, std, row, block["source"])
     return None
+
+
+def _text_expert_kind(suite, task) -> str | None:
+    """``finetuned`` (full) or ``finetuned_lora16`` where ``task``'s checkpoint is FusionBench's
+    hub expert for its GLUE task on a published text model, else None."""
+    tag = text_backbone(suite.backbone)
+    spec = suite.experts.checkpoints.get(task.name) if suite.experts.source == "checkpoints" else None
+    if tag is None or spec is None:
+        return None
+    for kind, pattern in _data()["text"]["experts"][tag].items():
+        if str(spec.path) == pattern.format(task=task.dataset.removeprefix("glue_")):
+            return kind
+    return None
+
+
+def _text_experts(suite, kind: str) -> bool:
+    """Every task's checkpoint is FusionBench's hub expert of ``kind``."""
+    return all(_text_expert_kind(suite, t) == kind for t in suite.tasks)
 
 
 def per_task(suite) -> dict[str, dict[str, float]]:
     """task name -> {"theta0": %, "expert": %} where published: θ0's zero-shot accuracy for
     this CLIP, and the expert's for a task whose checkpoint is FusionBench's hub expert."""
+    tag = text_backbone(suite.backbone)
+    if tag is not None:
+        text = _data()["text"]["per_task"][tag]
+        found: dict[str, dict[str, float]] = {}
+        for t in suite.tasks:
+            got = {"theta0": text["zero_shot"][t.dataset]} if t.dataset in text["zero_shot"] else {}
+            kind = _text_expert_kind(suite, t)
+            if kind is not None and t.dataset in text[kind]:
+                got["expert"] = text[kind][t.dataset]
+            if got:
+                found[t.name] = got
+        return found
     tag = clip_backbone(suite.backbone)
     if tag is None or suite.heads.kind != "zero_shot":
         return {}
@@ -207,9 +256,10 @@ def setup_check(suite, what: str, accuracies: dict[str, float], n_test: dict[str
     """Compare θ0's (``what="theta0"``) or the experts' (``"expert"``) per-task test
     accuracies (fractions, by task name) with the published ones; one entry per task that
     has a published value, ``ok`` False beyond :func:`tolerance`."""
-    from .data.vision import (
-        SPLIT_SIZES,  # the published values are on the whole test splits
-    )
+    from .data.text import GLUE_SIZES
+    from .data.vision import SPLIT_SIZES  # the published values are on the whole test splits
+
+    sizes = {**SPLIT_SIZES, **{f"glue_{t}": n for t, n in GLUE_SIZES.items()}}
 
     dataset = {t.name: t.dataset for t in suite.tasks}
     out = []
@@ -217,7 +267,7 @@ def setup_check(suite, what: str, accuracies: dict[str, float], n_test: dict[str
         if what not in pub or task not in accuracies or accuracies[task] is None:
             continue
         ours = 100.0 * accuracies[task]
-        tol = tolerance(pub[what], n_test.get(task, 0), SPLIT_SIZES.get(dataset[task], (None, None))[1])
+        tol = tolerance(pub[what], n_test.get(task, 0), sizes.get(dataset[task], (None, None))[1])
         out.append(
             {
                 "what": what,

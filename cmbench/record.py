@@ -39,6 +39,9 @@ Name = Annotated[str, Field(pattern=NAME)]
 Hex = Annotated[str, Field(pattern=_HEX)]
 Text = Annotated[str, Field(max_length=20_000)]  # free text: escaped wherever it is printed
 Frac = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False, strict=True)]
+# a cell of R or E: an accuracy in [0, 1], or a rank correlation in [-1, 1] for a task the
+# record's ``evaluation.metric`` says is scored by Spearman's ρ (checked in ``_shapes``)
+Score = Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False, strict=True)]
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
 Finite = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 Count = Annotated[StrictInt, Field(ge=0)]
@@ -92,6 +95,8 @@ class Evaluation(_Open):
     max_test_per_task: Optional[Annotated[StrictInt, Field(ge=1)]] = None
     test_samples: dict[Name, Annotated[StrictInt, Field(ge=1)]] = Field(default_factory=dict)
     test_population: dict[Name, Annotated[StrictInt, Field(ge=1)]] = Field(default_factory=dict)
+    # tasks not scored by accuracy (text tasks): exact match, or Spearman's ρ (STS-B)
+    metric: dict[Name, Literal["exact_match", "spearman"]] = Field(default_factory=dict)
 
 
 class ResultRecord(BaseModel):
@@ -129,8 +134,8 @@ class ResultRecord(BaseModel):
     published_unmatched: Optional[Text] = None  # why a covered benchmark's published numbers do not apply
     setup_check: Optional[list[SetupCheck]] = None
     # the science: R (T + 1 rows, row 0 = θ0), E (each expert on its task), per-step extras
-    R: Optional[list[list[Optional[Frac]]]] = None
-    E: Optional[list[Frac]] = None
+    R: Optional[list[list[Optional[Score]]]] = None
+    E: Optional[list[Score]] = None
     R_within: Optional[list[list[Optional[Frac]]]] = None
     R_final_before_finish: Optional[list[Optional[Frac]]] = None
     ACC_all_steps: Optional[list[Optional[Frac]]] = None
@@ -165,6 +170,10 @@ class ResultRecord(BaseModel):
             raise ValueError(
                 f"evaluation.test_samples: names {sorted(ev.test_samples)}, not the result's tasks {sorted(self.tasks)}"
             )
+        if ev is not None and not set(ev.metric) <= set(self.tasks):
+            raise ValueError(
+                f"evaluation.metric: names {sorted(set(ev.metric) - set(self.tasks))}, not tasks of the result"
+            )
         if ev is not None and not set(ev.test_population) <= set(self.tasks):  # finite datasets only
             raise ValueError(
                 f"evaluation.test_population: names {sorted(set(ev.test_population) - set(self.tasks))}, "
@@ -178,6 +187,15 @@ class ResultRecord(BaseModel):
             if getattr(self, field) is None:
                 raise ValueError(f"{field}: required in a finished job's result")
         _matrix("R", self.R, T)
+        signed = {t for t, m in (ev.metric if ev is not None else {}).items() if m == "spearman"}
+        for field, rows in (("R", self.R), ("E", [self.E or []])):
+            for i, row in enumerate(rows):
+                for j, v in enumerate(row):
+                    if v is not None and v < 0 and self.tasks[j] not in signed:
+                        raise ValueError(
+                            f"{field}: {v} for task {self.tasks[j]}: an accuracy is in [0, 1] (only a task whose "
+                            "evaluation.metric is spearman may be negative)"
+                        )
         if self.R_within is not None:
             _matrix("R_within", self.R_within, T)
         if self.setting == "merge_stream":

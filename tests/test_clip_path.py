@@ -338,13 +338,13 @@ def test_every_shipped_suite_loads_and_dry_runs_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("CMBENCH_DATA_ROOT", str(tmp_path / "nodata"))
     suites = sorted((Path(__file__).parents[1] / "suites").glob("*.yaml"))
-    real = [s for s in suites if s.name.startswith(("clip-", "split-vit-"))]
-    assert len(real) == 16
+    real = [s for s in suites if s.name.startswith(("clip-", "split-vit-", "flan-t5-"))]
+    assert len(real) == 18
     lines = []
     for s in real:
         summary = run_suite(s, out=tmp_path / "o", dry_run=True, log=lines.append)
         assert summary["ran"] == 0 and summary["jobs"] > 0
-    assert sum(ln.startswith("estimate (") for ln in lines) == 16
+    assert sum(ln.startswith("estimate (") for ln in lines) == 18
     assert any("TO DOWNLOAD" in ln for ln in lines) and any("MISSING" in ln for ln in lines)
 
 

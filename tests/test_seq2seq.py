@@ -228,3 +228,72 @@ def test_score_is_the_references():
     assert seq2seq.glue_pair("cola", {"sentence": "x", "label": -1})[1] == ""  # GLUE's unlabelled test rows
     with pytest.raises(CmbenchError):
         seq2seq.score("sst2", ["a"], [])
+
+
+@pytest.mark.slow
+def test_text_suite_runs_offline_through_the_real_path(hub, tmp_path):
+    """A text suite end to end in a fresh process, as a user runs it: θ0, its tokenizer and two
+    full experts from the hub cache, GLUE's SST-2 and STS-B from the `datasets` cache in their
+    hub copy's columns, merged by Task Arithmetic and OPCM through the layout, scored by
+    generation (exact match, Spearman's ρ), result files that validate; a data-using method
+    is refused in one line."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from cmbench.rehearse.standins import glue_features, hub_dataset_cache
+    from cmbench.results import load_results
+    from cmbench.suite import load_suite
+
+    env = {**os.environ, "HF_HUB_CACHE": str(hub), "HF_DATASETS_CACHE": str(tmp_path / "datasets")}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", CMBENCH_DATA_ROOT=str(tmp_path / "data"))
+    env.pop("CMBENCH_ALLOW_DOWNLOAD", None)
+    os.environ["HF_DATASETS_CACHE"], saved = str(tmp_path / "datasets"), os.environ.get("HF_DATASETS_CACHE")
+    try:
+        for task, split in (("sst2", "validation"), ("stsb", "validation")):
+            rows = [{**ex, "idx": i} for i, ex in enumerate(TASKS[task])]
+            hub_dataset_cache("nyu-mll/glue", task, glue_features(task), {"train": rows, split: rows})
+    finally:
+        if saved is None:
+            os.environ.pop("HF_DATASETS_CACHE")
+        else:
+            os.environ["HF_DATASETS_CACHE"] = saved
+    suite = {
+        "name": "tiny-text",
+        "backbone": {"kind": "hf_seq2seq", "model": "tester/tiny-t5"},
+        "tasks": [{"name": t, "dataset": f"glue_{t}"} for t in TASKS],
+        "heads": {"kind": "generative"},
+        "experts": {
+            "source": "checkpoints",
+            "checkpoints": {t: {"format": "hf_seq2seq", "path": f"hf://tester/tiny-t5-{t}"} for t in TASKS},
+        },
+        "orders": {"explicit": [list(TASKS)], "random": 0},
+        "methods": [{"name": "task_arithmetic", "hparams": {"lam": 1.0}}, {"name": "opcm", "hparams": {"alpha": 0.5}}],
+        "evaluation": {"batch_size": 4},
+    }
+    path = tmp_path / "tiny-text.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, "-m", "cmbench", "run", str(path), "--out", str(out), "--no-ray"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    recs = {r["method"]: r for r in load_results(out / "results")}
+    assert set(recs) == {"task_arithmetic", "opcm"}
+    for r in recs.values():
+        assert r["evaluation"]["metric"] == {"sst2": "exact_match", "stsb": "spearman"}
+        assert r["evaluation"]["test_samples"] == {"sst2": len(SST2), "stsb": len(STSB)}
+        assert r["E"] == pytest.approx([1.0, 1.0])  # each expert answers its own task (memorised)
+        assert len(r["R"]) == 3 and r["R"][0] == recs["opcm"]["R"][0]  # θ0's row, computed once
+        assert r["R"][0][0] < 0.5  # random θ0 gives no label word
+    # a data-using method has no text network yet: refused when the suite is read
+    path.write_text(yaml.safe_dump({**suite, "methods": [{"name": "fisher_average"}]}))
+    with pytest.raises(CmbenchError) as e:
+        load_suite(path)
+    assert "\n" not in str(e.value) and "data-free" in str(e.value) and "methods.0" in str(e.value)

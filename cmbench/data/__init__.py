@@ -32,6 +32,35 @@ class Split:
         """Images scaled to [-1, 1]."""
         return self.x.float().div_(127.5).sub_(1.0)
 
+    def take(self, index: Tensor) -> Split:
+        """The examples at ``index`` (a test cap's subset)."""
+        return Split(x=self.x[index], y=self.y[index])
+
+
+def images(split: Split | TextSplit) -> Split:
+    """``split`` as images: what training and heads read (a text task never reaches them:
+    text suites merge published experts, checked when the suite is read)."""
+    if not isinstance(split, Split):
+        raise CmbenchError(f"text task {split.task}: no images to train or fit heads on")
+    return split
+
+
+@dataclass
+class TextSplit:
+    """A text-to-text split (``data.text``): prompts and the answers a model should generate,
+    scored by ``task``'s metric (``models.seq2seq.score``)."""
+
+    task: str  # the metric's task (GLUE config name: stsb is scored by Spearman's ρ)
+    prompts: list[str]
+    targets: list[str]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def take(self, index: Tensor) -> TextSplit:
+        i = index.tolist()
+        return TextSplit(self.task, [self.prompts[k] for k in i], [self.targets[k] for k in i])
+
 
 class LazySplit(Split):
     """A split built by ``load()`` on first use: decoding a real dataset's train split takes
@@ -68,9 +97,9 @@ class TaskData:
 
     name: str
     classes: list[str]
-    train: Split
-    val: Split
-    test: Split
+    train: Split | TextSplit
+    val: Split | TextSplit
+    test: Split | TextSplit
     class_ids: list[int] | None = None
     # how many images the test split is drawn from, where that is finite (a fixed dataset: the
     # report's binomial standard error of a cell gets the finite-population correction);
@@ -136,10 +165,44 @@ def split_defaults(fn: Callable, params: dict) -> tuple[int, int, int]:
     return param_value(fn, params, "n_train"), param_value(fn, params, "n_val"), param_value(fn, params, "n_test")
 
 
+def hub_split(source: str, spec: dict, why: str = "", extra: str = "real"):
+    """One split of a dataset's hub copy (``spec``: its ``path``, ``config`` and ``split``)
+    through the ``datasets`` library: from its local cache, downloading only with
+    ``CMBENCH_ALLOW_DOWNLOAD=1``; the arrow files read are pinned. ``why``: what was looked
+    for before the hub copy, for the error line; ``extra``: the install extra with ``datasets``."""
+    import os
+    from pathlib import Path
+
+    from .. import pins
+    from ..config import current
+
+    where = f"{spec['path']}" + (f" ({spec['config']})" if spec.get("config") else "") + f" split {spec['split']}"
+    try:
+        import datasets
+    except ImportError:
+        raise CmbenchError(
+            f"dataset {source}: {why}the `datasets` library is not installed to read the hub copy {where}: "
+            f"pip install 'cmbench[{extra}]'"
+        ) from None
+    if not current().allow_download:
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    datasets.logging.set_verbosity_error()  # its offline notices, twice per split, drown the progress bars
+    try:
+        ds = datasets.load_dataset(spec["path"], spec.get("config"), split=spec["split"])
+    except Exception as e:  # noqa: BLE001
+        raise CmbenchError(
+            f"dataset {source}: cannot load the hub copy {where} ({type(e).__name__}); "
+            "rerun with --allow-download to fetch it" + (", or provide an image folder" if why else "")
+        ) from None
+    arrows = [Path(f["filename"]) for f in ds.cache_files]
+    pins.check("dataset", f"hf-dataset://{where}", arrows, arrows[0].parent.name if arrows else None)
+    return ds
+
+
 def build(name: str, task: str, data_seed: int, img_size: int, params: dict) -> TaskData:
     if name not in DATASETS:
         raise CmbenchError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
     return DATASETS[name](task, data_seed, img_size, **params)
 
 
-from . import micro, vision  # noqa: E402,F401  (register the datasets)
+from . import micro, text, vision  # noqa: E402,F401  (register the datasets)

@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import CmbenchError, pins
+from .. import CmbenchError
 from ..config import current
 from ..catalog import clip_tasks
-from . import LazySplit, Split, TaskData, dataset
+from . import LazySplit, Split, TaskData, dataset, hub_split
 
 # Bump when a change alters any image, label or split these builders produce (decoding and
 # preprocessing, folder layout rules, train/val splits, class splits); every artefact and
@@ -332,29 +332,10 @@ def load_source(
 
 def _load_hub(source: str, split: str, size: int, val: tuple[float, int] | None) -> Split:
     spec = clip_tasks()[source]["hub"][split]
-    where = f"{spec['path']}" + (f" ({spec['config']})" if "config" in spec else "") + f" split {spec['split']}"
     key = hashlib.sha256(json.dumps([spec, size] + ([val] if val else [])).encode()).hexdigest()[:16]
 
     def open_rows():
-        try:
-            import datasets
-        except ImportError:
-            raise CmbenchError(
-                f"dataset {source}: no image folder under {current().data_root} and the `datasets` library "
-                f"is not installed to read the hub copy {where}: pip install 'cmbench[real]'"
-            ) from None
-        if not current().allow_download:
-            os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-        datasets.logging.set_verbosity_error()  # its offline notices, twice per split, drown the progress bars
-        try:
-            ds = datasets.load_dataset(spec["path"], spec.get("config"), split=spec["split"])
-        except Exception as e:  # noqa: BLE001
-            raise CmbenchError(
-                f"dataset {source}: cannot load the hub copy {where} ({type(e).__name__}); "
-                "rerun with --allow-download to fetch it, or provide an image folder"
-            ) from None
-        arrows = [Path(f["filename"]) for f in ds.cache_files]
-        pins.check("dataset", f"hf-dataset://{where}", arrows, arrows[0].parent.name if arrows else None)
+        ds = hub_split(source, spec, f"no image folder under {current().data_root} and ", "real")
         cols = spec.get("columns", {})
         img_col, lab_col = cols.get("image", "image"), cols.get("label", "label")
         if img_col not in ds.column_names:

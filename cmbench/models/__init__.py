@@ -22,7 +22,7 @@ from ..suite import AnyBackbone
 # and how ``features``/``accuracy`` feed images and count hits. Per backbone kind, so a
 # change to one kind recomputes only its artefacts and jobs.
 # open_clip 2: QuickGELU for OpenAI tags; the output projection frozen (a buffer)
-_MODELS_VERSIONS = {"tiny_vit": 1, "open_clip": 2, "timm": 1}
+_MODELS_VERSIONS = {"tiny_vit": 1, "open_clip": 2, "timm": 1, "hf_seq2seq": 1}
 
 
 def models_version(cfg: AnyBackbone) -> int:
@@ -59,6 +59,8 @@ def feature_dim(cfg: AnyBackbone) -> int:
     else from the model built once (timm)."""
     if cfg.kind == "timm":
         return _timm_feature_dim(cfg.model_dump_json())
+    if cfg.kind == "hf_seq2seq":
+        raise CmbenchError("a text backbone answers in text: it has no feature width (heads: generative)")
     return cfg.feature_dim
 
 
@@ -102,6 +104,10 @@ def create_backbone(cfg: AnyBackbone, theta0: dict[str, Tensor] | None = None) -
         from .clip import CLIPImageEncoder
 
         model = CLIPImageEncoder.create(cfg)
+    elif cfg.kind == "hf_seq2seq":
+        from . import seq2seq
+
+        return seq2seq.create(cfg, theta0)
     else:
         from .clip import TimmEncoder
 
@@ -258,6 +264,19 @@ def accuracy(
     logits = head(features(model, x_uint8, batch_size, precision))
     check_logits(logits)
     return float((logits.argmax(-1) == y).float().mean())
+
+
+def split_score(cfg: AnyBackbone, model: nn.Module, head: Head | None, split, batch_size: int, precision: str = "fp32"):
+    """A model's score on one test split: the accuracy of its head's predictions on images,
+    or (a text split) its generated answers by the task's metric (``seq2seq.split_score``)."""
+    from ..data import TextSplit
+
+    if isinstance(split, TextSplit):
+        from . import seq2seq
+
+        return seq2seq.split_score(cfg, model, split, batch_size, precision)
+    assert head is not None, "an image task is scored through its head"
+    return accuracy(model, head, split.x, split.y, batch_size, precision)
 
 
 def check_logits(logits: Tensor) -> None:

@@ -232,7 +232,12 @@ def task_vectors_to_open_clip(state: StateDict) -> StateDict:
 def load_expert(spec, task: str, theta0: StateDict, where: str) -> tuple[StateDict, dict]:
     """Load, convert and check one expert checkpoint (``suite.ExpertCheckpoint``)."""
     what = f"{where}.{task}"
-    path = resolve(spec.path, what)
+    if spec.format == "hf_seq2seq":  # a repository (full model or LoRA adapter), not a file
+        from .seq2seq import load_expert_file
+
+        state, path = load_expert_file(spec.path.removeprefix("hf://"), theta0)
+    else:
+        path = resolve(spec.path, what)
     if not path.exists():
         raise CmbenchError(f"{what}: checkpoint {path} not found")
     digest = file_sha256(path)
@@ -241,7 +246,8 @@ def load_expert(spec, task: str, theta0: StateDict, where: str) -> tuple[StateDi
             f"{what}: {path} has sha256 {digest}, the suite pins {spec.sha256}: "
             "a different checkpoint than the suite names"
         )
-    state = load_checkpoint(path, trust_pickle=spec.trust_pickle)
+    if spec.format != "hf_seq2seq":
+        state = load_checkpoint(path, trust_pickle=spec.trust_pickle)
     if spec.format == "hf_clip_vision":
         state = hf_clip_vision_to_open_clip(state, theta0)
     elif spec.format == "task_vectors":

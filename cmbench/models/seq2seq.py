@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -194,24 +195,81 @@ def load_tokenizer(repo: str, revision: str | None = None):
 def random_model(config: dict, seed: int = 0) -> nn.Module:
     """A model of the given transformers config with weights from ``seed`` (tests and
     rehearsals; the config's ``model_type`` names the family, ``t5`` by default)."""
-    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+    from transformers import AutoConfig
 
     cfg = dict(config)
-    cfg_obj = AutoConfig.for_model(cfg.pop("model_type", "t5"), **cfg)
+    untie = config.get("tie_word_embeddings") is False
+    return _from_config(AutoConfig.for_model(cfg.pop("model_type", "t5"), **cfg), seed, untie)
+
+
+def _from_config(cfg_obj, seed: int, untie: bool) -> nn.Module:
+    """The model of ``cfg_obj`` with weights from ``seed``; ``untie``: the config file says
+    ``tie_word_embeddings: false`` (transformers 5's T5 config object reads it as true)."""
+    from transformers import AutoModelForSeq2SeqLM
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForSeq2SeqLM.from_config(cfg_obj).eval()
         head, emb = model.get_output_embeddings(), model.get_input_embeddings()
-        if config.get("tie_word_embeddings") is False and head is not None and head.weight is emb.weight:
+        if untie and head is not None and head.weight is emb.weight:
             # T5 v1.1 / Flan-T5: the LM head is its own matrix (transformers ties T5's at
             # construction and unties it when a checkpoint holds two different tensors)
             head.weight = nn.Parameter(torch.randn_like(emb.weight) * getattr(model.config, "initializer_factor", 1.0))
         return model
 
 
+def create(cfg, theta0: dict[str, Tensor] | None = None) -> nn.Module:
+    """The architecture of a suite's text backbone (``suite.HFSeq2Seq``) with random weights,
+    for ``theta0`` (or another state dict of it) to be loaded into: the config read from the
+    hub cache, as the weights. The LM head is its own matrix where θ0 holds a head that
+    differs from the token embedding (Flan-T5), as transformers unties it on loading such a
+    checkpoint: read from θ0, since transformers 5 writes and reads T5 configs as tied."""
+    from transformers import AutoConfig
+
+    try:
+        cfg_obj = AutoConfig.from_pretrained(
+            cfg.model, revision=cfg.revision, cache_dir=_hub_cache(), local_files_only=not current().allow_download
+        )
+    except Exception as e:  # noqa: BLE001 - missing cache, no network
+        raise _missing("text backbone", cfg.model, e) from None
+    model = _from_config(cfg_obj, 0, untie=False)
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if theta0 is not None and head is not None and head.weight is emb.weight:
+        named = dict(model.named_modules(remove_duplicate=False))
+        heads = [f"{n}.weight" for n, m in named.items() if m is head]
+        embs = [f"{n}.weight" for n, m in named.items() if m is emb]
+        if any(not torch.equal(theta0[h], theta0[e]) for h in heads for e in embs if h in theta0 and e in theta0):
+            head.weight = nn.Parameter(theta0[heads[0]].detach().clone())
+    return model
+
+
+def cached_config(cfg) -> dict:
+    """A suite's model config from the hub cache where it is there, else Flan-T5-base's (a
+    dry run's estimate before anything is downloaded)."""
+    found = _resolve(cfg.model, ("config.json",), cfg.revision)
+    return json.loads(found["config.json"].read_text()) if "config.json" in found else dict(FLAN_T5_BASE)
+
+
+def pretrained_state(cfg) -> dict[str, Tensor]:
+    """θ0 of a suite's text backbone: its published weights, one tensor per state-dict name
+    (the tied token embedding copied under each of its names, so it can be stored)."""
+    state = load_model(cfg.model, cfg.revision).state_dict()
+    seen: dict[int, Tensor] = {}
+    out = {}
+    for k, v in state.items():
+        out[k] = v.clone() if v.data_ptr() in seen else v
+        seen[v.data_ptr()] = v
+    return out
+
+
 def load_expert(repo: str, base: dict[str, Tensor], revision: str | None = None) -> dict[str, Tensor]:
     """An expert's state dict: a full model repository, or a LoRA adapter repository (an
     ``adapter_config.json`` beside ``adapter_model.safetensors``) folded into ``base``."""
+    return load_expert_file(repo, base, revision)[0]
+
+
+def load_expert_file(repo: str, base: dict[str, Tensor], revision: str | None = None) -> tuple[dict[str, Tensor], Path]:
+    """:func:`load_expert` and the file it read (the weights, or the adapter): what a suite pins."""
     adapter = _resolve(repo, ADAPTER_FILES, revision)
     if "adapter_config.json" in adapter:
         if "adapter_model.safetensors" not in adapter:
@@ -220,7 +278,8 @@ def load_expert(repo: str, base: dict[str, Tensor], revision: str | None = None)
                 "is never loaded); convert it to safetensors"
             )
         _pin("expert adapter", repo, [adapter["adapter_model.safetensors"]])
-        return fold_lora(base, adapter["adapter_config.json"], adapter["adapter_model.safetensors"])
+        folded = fold_lora(base, adapter["adapter_config.json"], adapter["adapter_model.safetensors"])
+        return folded, adapter["adapter_model.safetensors"]
     state = load_model(repo, revision, kind="expert checkpoint").state_dict()
     missing = set(base) - set(state)
     if missing:
@@ -228,7 +287,7 @@ def load_expert(repo: str, base: dict[str, Tensor], revision: str | None = None)
             f"expert {repo}: {len(missing)} entries of θ0 are missing (e.g. {sorted(missing)[0]!r}); "
             "an expert must have θ0's architecture"
         )
-    return {k: state[k] for k in base}
+    return {k: state[k] for k in base}, _resolve(repo, (WEIGHT_FILE,), revision)[WEIGHT_FILE]
 
 
 def fold_lora(base: dict[str, Tensor], config_file: Path, weights_file: Path) -> dict[str, Tensor]:
@@ -300,6 +359,33 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[str], batch_size: in
         )
         out.extend(tokenizer.batch_decode(ids, skip_special_tokens=True))
     return out
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(repo: str, revision: str | None):
+    return load_tokenizer(repo, revision)
+
+
+def tokenizer_for(cfg):
+    """A suite's tokenizer (``tokenizer``, else the model's repository), loaded once."""
+    return _tokenizer(cfg.tokenizer or cfg.model, cfg.revision if cfg.tokenizer is None else None)
+
+
+def split_score(cfg, model: nn.Module, split, batch_size: int, precision: str = "fp32") -> float:
+    """A text split's score (``data.TextSplit``): the model's greedy answers to its prompts,
+    in the evaluation ``precision``, against its targets by the task's metric. Spearman's ρ
+    of a model that gives every pair the same number is undefined (scipy: nan, which the
+    reference reports); it counts 0 here, no correlation, since a NaN cell of R means "not
+    evaluated" to the metrics."""
+    import math
+
+    from . import arithmetic
+
+    tok = tokenizer_for(cfg)
+    with arithmetic(next(model.parameters()).device, precision):
+        answers = generate(model, tok, split.prompts, batch_size)
+    value = score(split.task, answers, decoded_targets(tok, split.targets))
+    return 0.0 if math.isnan(value) else value
 
 
 def decoded_targets(tokenizer, targets: Sequence[str]) -> list[str]:

@@ -1,4 +1,5 @@
-"""Evaluation of a merge stream's models: every task's test split with its frozen head."""
+"""Evaluation of a merge stream's models: every task's test split with its frozen head (or,
+a text task, by the answers the model generates)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from .. import published
 from ..artefacts import SuiteArtefacts, artefact_key, data_versions, expert_key, heads_key
 from ..keys import EVALUATION_VERSION
-from ..models import accuracy, create_backbone, device_for, models_version, numerics
+from ..models import create_backbone, device_for, models_version, numerics, split_score
 from ..suite import Suite
 from ..tensors import StateDict
 
@@ -24,6 +25,7 @@ class Evaluator:
     """
 
     def __init__(self, suite: Suite, tasks: dict, heads, order: list[str], theta0: StateDict):
+        self.cfg = suite.backbone
         self.model = create_backbone(suite.backbone, theta0).to(device_for(suite))
         self.tasks = tasks
         self.heads, self.order, self.bs = heads, order, suite.evaluation.batch_size
@@ -35,7 +37,7 @@ class Evaluator:
         t0 = time.perf_counter()
         self.model.load_state_dict(state)
         out = {
-            n: accuracy(self.model, self.heads[n], self.tasks[n].test.x, self.tasks[n].test.y, self.bs, self.precision)
+            n: split_score(self.cfg, self.model, self.heads.get(n), self.tasks[n].test, self.bs, self.precision)
             for n in names
         }
         self.seconds += time.perf_counter() - t0  # evaluation's cost, reported beside the merge's

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import CmbenchError
+from ..catalog import TEXT_DATASETS
 from ..suite import OpenCLIP, Rehearsal, Suite
 
 
@@ -79,7 +80,51 @@ def write_backbone(suite: Suite, seed: int) -> Path | None:
                 model = timm.create_model(b.model, pretrained=False, **b.kwargs)
             _save(model.state_dict(), path)
         return path
+    if b.kind == "hf_seq2seq":
+        return _write_text_backbone(b.model, seed)
     return None  # random init or harness-pretrained already: nothing is downloaded
+
+
+def _write_text_backbone(repo: str, seed: int) -> Path:
+    """A text model's repository in the hub cache: its config, random weights (seeded) in
+    ``model.safetensors`` and a stand-in tokenizer with T5's special tokens (the real
+    SentencePiece vocabulary is not at hand: words of the stand-in GLUE sentences, the label
+    words and numbers, then filler tokens up to the model's vocabulary size, so every id a
+    random model generates decodes)."""
+    from ..models.seq2seq import FLAN_T5_BASE, random_model
+
+    if repo != "google/flan-t5-base":
+        raise CmbenchError(f"rehearsal: no stand-in architecture is known for {repo!r} (google/flan-t5-base is)")
+    weights = hub_file(repo, "model.safetensors")
+    if not weights.exists():
+        model = random_model(FLAN_T5_BASE, seed)
+        model.save_pretrained(weights.parent)
+        stand_in_tokenizer(FLAN_T5_BASE["vocab_size"]).save_pretrained(weights.parent)
+    return weights
+
+
+def stand_in_tokenizer(vocab_size: int):
+    """A word-level tokenizer with T5's special tokens (<pad> 0, </s> 1, <unk> 2; </s>
+    appended to every text) over the stand-in vocabulary, ``vocab_size`` entries."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from ..models.seq2seq import GLUE_TEMPLATES
+
+    words = list(GLUE_WORDS) + [f"{x / 10:.1f}" for x in range(51)]
+    for t in GLUE_TEMPLATES.values():
+        words += t["input_text"].split() + (
+            list(t["target_text"].values()) if isinstance(t["target_text"], dict) else []
+        )
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    for i in range(len(vocab), vocab_size):
+        vocab[f"<w{i}>"] = i
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
 # -- datasets ---------------------------------------------------------------------------------
@@ -120,7 +165,9 @@ def write_datasets(suite: Suite, r: Rehearsal) -> int:
             sources.append(src)
     n = 0
     for src in sources:
-        if src in clip_tasks():
+        if src in TEXT_DATASETS:
+            n += _write_glue(str(src).removeprefix("glue_"), r)
+        elif src in clip_tasks():
             n += _write_hub_copy(src, r)
         elif src in shipped:
             n += _write_shipped(str(src), r)
@@ -131,12 +178,40 @@ def write_datasets(suite: Suite, r: Rehearsal) -> int:
     return n
 
 
-def _write_hub_copy(source: str, r: Rehearsal) -> int:
-    """The ``datasets`` cache a real ``load_dataset(path, config)`` leaves behind:
-    ``HF_DATASETS_CACHE/<ns>___<name>/<config>/0.0.0/<sha>/{name-split.arrow,dataset_info.json}``."""
+def hub_dataset_cache(repo: str, config: str | None, features, splits: dict) -> bool:
+    """Write the ``datasets`` cache a real ``load_dataset(repo, config)`` leaves behind:
+    ``HF_DATASETS_CACHE/<ns>___<name>/<config>/0.0.0/<sha>/{name-split.arrow,dataset_info.json}``;
+    ``splits``: the hub's split name -> an iterable of rows. False if it is there already."""
     import datasets
     from datasets.arrow_writer import ArrowWriter
     from datasets.naming import camelcase_to_snakecase
+
+    parts = repo.split("/")
+    name = camelcase_to_snakecase(parts[-1])
+    d = Path(os.environ["HF_DATASETS_CACHE"]).joinpath(
+        "___".join(parts[:-1] + [name]), config or "default", "0.0.0", COMMIT
+    )
+    if (d / "dataset_info.json").exists():
+        return False
+    d.mkdir(parents=True, exist_ok=True)
+    infos = datasets.SplitDict()
+    for split, rows in splits.items():
+        w = ArrowWriter(features=features, path=str(d / f"{name}-{split}.arrow"))
+        for row in rows:
+            w.write(row)
+        count, nbytes = w.finalize()
+        w.close()
+        infos.add(datasets.SplitInfo(name=split, num_examples=count, num_bytes=nbytes, dataset_name=name))
+    # written last: its presence marks a complete copy (for us and for `datasets`)
+    datasets.DatasetInfo(
+        features=features, splits=infos, config_name=config or "default", dataset_name=name, version="0.0.0"
+    ).write_to_directory(str(d))
+    return True
+
+
+def _write_hub_copy(source: str, r: Rehearsal) -> int:
+    """A CLIP task's hub copy, as its ``datasets`` cache (:func:`hub_dataset_cache`)."""
+    import datasets
 
     from ..data.vision import NATIVE_IMAGE, clip_tasks
 
@@ -148,35 +223,67 @@ def _write_hub_copy(source: str, r: Rehearsal) -> int:
     for split in ("train", "test"):
         spec = meta["hub"][split]
         by_repo.setdefault((spec["path"], spec.get("config")), []).append((split, spec["split"]))
+    cols = meta["hub"]["test"].get("columns", {})
+    img_col, lab_col = cols.get("image", "image"), cols.get("label", "label")
+    features = datasets.Features({img_col: datasets.Image(), lab_col: datasets.ClassLabel(names=names)})
+
+    def rows(ours: str, n: int):
+        rng = np.random.default_rng([r.seed, ours == "test", len(names)])
+        for i in range(n):
+            label = i % len(names)
+            yield {img_col: {"bytes": _image(rng, label, len(names), side, mode), "path": None}, lab_col: label}
+
     for (repo, config), splits in by_repo.items():
-        parts = repo.split("/")
-        name = camelcase_to_snakecase(parts[-1])
-        d = Path(os.environ["HF_DATASETS_CACHE"]).joinpath(
-            "___".join(parts[:-1] + [name]), config or "default", "0.0.0", COMMIT
-        )
-        if (d / "dataset_info.json").exists():
-            continue
-        cols = meta["hub"]["test"].get("columns", {})
-        img_col, lab_col = cols.get("image", "image"), cols.get("label", "label")
-        features = datasets.Features({img_col: datasets.Image(), lab_col: datasets.ClassLabel(names=names)})
-        d.mkdir(parents=True, exist_ok=True)
-        infos = datasets.SplitDict()
-        for ours, theirs in splits:
-            n = split_size(source, ours, r)
-            rng = np.random.default_rng([r.seed, ours == "test", len(names)])
-            w = ArrowWriter(features=features, path=str(d / f"{name}-{theirs}.arrow"))
-            for i in range(n):
-                label = i % len(names)
-                w.write({img_col: {"bytes": _image(rng, label, len(names), side, mode), "path": None}, lab_col: label})
-            count, nbytes = w.finalize()
-            w.close()
-            infos.add(datasets.SplitInfo(name=theirs, num_examples=count, num_bytes=nbytes, dataset_name=name))
-            written += n
-        # written last: its presence marks a complete copy (for us and for `datasets`)
-        datasets.DatasetInfo(
-            features=features, splits=infos, config_name=config or "default", dataset_name=name, version="0.0.0"
-        ).write_to_directory(str(d))
+        sizes = {ours: split_size(source, ours, r) for ours, _ in splits}
+        if hub_dataset_cache(repo, config, features, {theirs: rows(ours, sizes[ours]) for ours, theirs in splits}):
+            written += sum(sizes.values())
     return written
+
+
+GLUE_WORDS = (
+    "the a film story cast plot music scene actor writer movie book play song city river man woman child dog "
+    "cat house car road good bad long short old new bright dark quick slow happy sad calm loud rich poor"
+).split()
+
+
+def glue_features(task: str):
+    """The columns of GLUE's hub copy of ``task`` (``nyu-mll/glue``): its text fields, the
+    label (class names, or a float for STS-B) and ``idx``."""
+    import datasets
+
+    from ..models.seq2seq import GLUE_TEMPLATES
+
+    t = GLUE_TEMPLATES[task]
+    words = t["target_text"]
+    label = datasets.Value("float32") if isinstance(words, str) else datasets.ClassLabel(names=list(words.values()))
+    return datasets.Features(
+        {**{f: datasets.Value("string") for f in t["fields"]}, "label": label, "idx": datasets.Value("int32")}
+    )
+
+
+def _write_glue(task: str, r: Rehearsal) -> int:
+    """GLUE ``task``'s hub copy: generated sentences in its fields, labels cycling over its
+    classes (STS-B: 0.0 to 5.0), train and the evaluated split at the real sizes (capped)."""
+    from ..data.text import GLUE_REPO, GLUE_SIZES
+    from ..models.seq2seq import GLUE_EVAL_SPLIT, GLUE_TEMPLATES
+
+    t = GLUE_TEMPLATES[task]
+    n_cls = len(t["target_text"]) if isinstance(t["target_text"], dict) else 0
+
+    def rows(ours: str, n: int):
+        rng = np.random.default_rng([r.seed, ours == "test", len(task)])
+        for i in range(n):
+            text = {f: " ".join(rng.choice(GLUE_WORDS, size=int(rng.integers(6, 24)))) for f in t["fields"]}
+            label = i % n_cls if n_cls else round(float(rng.uniform(0, 5)), 2)
+            yield {**text, "label": label, "idx": i}
+
+    sizes = {}
+    for ours, k in (("train", 0), ("test", 1)):
+        n = math.ceil(GLUE_SIZES[task][k] * r.scale)
+        cap = (r.max_train_per_split or r.max_per_split) if ours == "train" else r.max_per_split
+        sizes[ours] = min(n, cap) if cap else n
+    splits = {"train": rows("train", sizes["train"]), GLUE_EVAL_SPLIT[task]: rows("test", sizes["test"])}
+    return sum(sizes.values()) if hub_dataset_cache(GLUE_REPO, task, glue_features(task), splits) else 0
 
 
 def _write_folder(source: str, r: Rehearsal) -> int:
@@ -283,6 +390,9 @@ def write_experts(suite: Suite, r: Rehearsal, root: Path) -> None:
             continue
         if theta0 is None:  # θ0 exactly as the run loads it (the stand-in weights, read back)
             theta0 = make_theta0(suite, suite.seeds[0])[0]
+        if spec.format == "hf_seq2seq":
+            _write_text_expert(suite, spec.path, theta0, r, i)
+            continue
         state = perturbation(theta0, r, i)
         if spec.format == "hf_clip_vision":
             _save(open_clip_to_hf_clip_vision(state), path)
@@ -294,6 +404,36 @@ def write_experts(suite: Suite, r: Rehearsal, root: Path) -> None:
         else:  # open_clip / timm: the state dict under the backbone's own names
             _save(state, path)
         del state
+
+
+def _write_text_expert(suite: Suite, path: str, theta0: dict, r: Rehearsal, index: int) -> None:
+    """A text expert's repository: a LoRA-16 adapter where the name says ``lora-16`` (rank-16
+    factors of the attention's q and v, alpha 32, scaled so B A is ``expert_lowrank`` of each
+    matrix), else a full model (θ0 perturbed as the vision experts are), saved as
+    transformers saves it."""
+    import torch
+
+    from ..models import create_backbone
+    from ..models.seq2seq import ADAPTER_FILES, WEIGHT_FILE
+
+    repo = path.removeprefix("hf://")
+    if "lora-16" in repo:
+        cfg = hub_file(repo, ADAPTER_FILES[0])
+        gen = torch.Generator().manual_seed(r.seed * 100003 + index)
+        factors = {}
+        for k, w in theta0.items():
+            if k.endswith(("SelfAttention.q.weight", "SelfAttention.v.weight")):
+                a, b = torch.randn(16, w.shape[1], generator=gen), torch.randn(w.shape[0], 16, generator=gen)
+                b *= r.expert_lowrank * float(w.norm()) / float((b @ a).norm()) / 2.0  # alpha / r = 2
+                module = k.removesuffix(".weight")
+                factors[f"base_model.model.{module}.lora_A.weight"] = a
+                factors[f"base_model.model.{module}.lora_B.weight"] = b
+        _save(factors, hub_file(repo, ADAPTER_FILES[1]))
+        cfg.write_text(json.dumps({"peft_type": "LORA", "r": 16, "lora_alpha": 32, "target_modules": ["q", "v"]}))
+        return
+    model = create_backbone(suite.backbone, theta0)
+    model.load_state_dict(perturbation(theta0, r, index))
+    model.save_pretrained(hub_file(repo, WEIGHT_FILE).parent)
 
 
 def expert_path(path: str, root: Path) -> Path:

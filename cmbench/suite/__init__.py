@@ -12,7 +12,7 @@ The schema's parts: ``base`` (strict models, the name rule, jobs), ``backbones``
 
 from __future__ import annotations
 
-from .backbones import AnyBackbone, Backbone, OpenCLIP, TimmViT, TinyViT, open_clip_configs
+from .backbones import AnyBackbone, Backbone, HFSeq2Seq, OpenCLIP, TimmViT, TinyViT, open_clip_configs
 from .backbones import keyed as keyed_backbone
 from .base import NAME, FieldError, Job, Setting, Strict
 from .files import did_you_mean, load_suite, resolve_suite, suite_dirs, suite_named
@@ -57,6 +57,7 @@ __all__ = [
     "Suite",
     "Task",
     "TimmViT",
+    "HFSeq2Seq",
     "TinyViT",
     "Training",
     "TrainRecipe",

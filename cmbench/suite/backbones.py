@@ -1,4 +1,5 @@
-"""The backbones a suite can name: the tiny ViT of the micro suites, OpenCLIP and timm models."""
+"""The backbones a suite can name: the tiny ViT of the micro suites, OpenCLIP and timm models,
+and Hugging Face sequence-to-sequence language models (Flan-T5)."""
 
 from __future__ import annotations
 
@@ -162,4 +163,22 @@ class TimmViT(Strict):
         return int(self.kwargs.get("img_size", 224))
 
 
-AnyBackbone = Annotated[Union[TinyViT, OpenCLIP, TimmViT], Field(discriminator="kind")]
+class HFSeq2Seq(Strict):
+    """A Hugging Face sequence-to-sequence language model of the T5 family (``model``: a hub
+    repository such as ``google/flan-t5-base``, or a local directory), its weights and
+    tokenizer read from the hub cache (``models.seq2seq``). The merged object is the whole
+    model's state dict; tasks are text to text, scored on the generated answers (``heads:
+    {kind: generative}``)."""
+
+    kind: Literal["hf_seq2seq"]
+    model: str = Field(min_length=1, max_length=300)
+    revision: Optional[str] = Field(None, max_length=100, description="the hub revision (default: main)")
+    tokenizer: Optional[str] = Field(None, max_length=300, description="the tokenizer's repository (default: model)")
+    linearized: Literal[False] = False  # no tangent-space text model
+
+    @property
+    def image_size(self) -> int:  # builders take an image size: text has none
+        return 0
+
+
+AnyBackbone = Annotated[Union[TinyViT, OpenCLIP, TimmViT, HFSeq2Seq], Field(discriminator="kind")]

@@ -12,7 +12,7 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import Field, StrictInt, ValidationError, field_validator, model_validator
 
 from .. import CmbenchError
-from ..catalog import DATASET_PARAMS
+from ..catalog import DATASET_PARAMS, TEXT_DATASETS
 from .backbones import AnyBackbone
 from .backbones import keyed as keyed_backbone
 from .base import FieldError, Job, NAME, Setting, Strict, plain_hparams
@@ -101,6 +101,14 @@ class Suite(Strict):
     def _check_setup(self) -> None:
         """Heads, experts and resources that fit the setting and the backbone."""
         names = [t.name for t in self.tasks]
+        if self.backbone.kind == "hf_seq2seq":
+            self._check_text()
+            return
+        for i, t in enumerate(self.tasks):
+            if t.dataset in TEXT_DATASETS:
+                raise FieldError(
+                    f"tasks.{i}.dataset", f"{t.dataset} is a text task; it needs a text backbone (kind: hf_seq2seq)"
+                )
         stream_heads = ("zero_shot", "template", "prototype", "linear_probe")
         cl_heads = ("class_incremental", "task_incremental")
         allowed = stream_heads if self.setting == "merge_stream" else cl_heads
@@ -140,6 +148,30 @@ class Suite(Strict):
             if epochs < 1:
                 raise FieldError(f"experts.epochs_per_task.{task}", f"{epochs}: give at least 1 epoch")
 
+    def _check_text(self) -> None:
+        """A text backbone: a merge stream of its hub experts, scored on generated answers."""
+        if self.setting != "merge_stream":
+            raise FieldError("setting", "a text backbone (hf_seq2seq) runs the merge stream only; set merge_stream")
+        if self.heads.kind != "generative":
+            raise FieldError("heads.kind", f"{self.heads.kind!r}: a text backbone answers in text; use generative")
+        if self.experts.source != "checkpoints":
+            raise FieldError(
+                "experts.source", "a text backbone merges published experts; give experts.source: checkpoints"
+            )
+        names = [t.name for t in self.tasks]
+        for n in names:
+            spec = self.experts.checkpoints.get(n)
+            if spec is None:
+                raise FieldError("experts.checkpoints", f"one checkpoint per task; missing: {n}")
+            if spec.format != "hf_seq2seq":
+                raise FieldError(f"experts.checkpoints.{n}.format", f"{spec.format!r}: use hf_seq2seq for a text model")
+        unknown = sorted(set(self.experts.checkpoints) - set(names))
+        if unknown:
+            raise FieldError("experts.checkpoints", f"one checkpoint per task; unknown tasks: {unknown}")
+        for i, t in enumerate(self.tasks):
+            if t.dataset not in TEXT_DATASETS:
+                raise FieldError(f"tasks.{i}.dataset", f"{t.dataset!r} is not a text task; e.g. glue_cola, glue_sst2")
+
     def _check_methods(self) -> None:
         """Unique labels; each method known, fit for the setting, with valid hyperparameters,
         training fields and search grid."""
@@ -152,6 +184,12 @@ class Suite(Strict):
         for i, m in enumerate(self.methods):
             cls = self._method_class(i, m)
             self._check_training(i, m)
+            if self.backbone.kind == "hf_seq2seq" and (cls.data_access != "none" or m.experts != "independent"):
+                raise FieldError(
+                    f"methods.{i}.name",
+                    f"{m.display} reads data ({cls.data_access}) or merges sequential experts ({m.experts}): "
+                    "text suites run data-free merges of the published experts for now; remove the row",
+                )
             if m.experts != "independent" and self.setting != "merge_stream":
                 raise FieldError(
                     f"methods.{i}.experts", "sequential experts belong to the merge stream; remove the field"

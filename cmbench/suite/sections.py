@@ -58,12 +58,13 @@ class Heads(Strict):
     ``template``: cosine classifier whose class vectors are θ0's embeddings of each class's
     mean train image (one canonical description per class: the micro analogue of the
     zero-shot text heads). ``prototype``: class means of ``shots`` train features per class.
-    ``linear_probe``: logistic regression on the train split.
+    ``linear_probe``: logistic regression on the train split. ``generative`` (text
+    backbones): no heads; the model answers in text, scored by the task's metric.
     """
 
-    kind: Literal["zero_shot", "template", "prototype", "linear_probe", "class_incremental", "task_incremental"] = (
-        "prototype"
-    )
+    kind: Literal[
+        "zero_shot", "template", "prototype", "linear_probe", "class_incremental", "task_incremental", "generative"
+    ] = "prototype"
     shots: int = Field(5, gt=0)
     scale: float = Field(20.0, gt=0, le=1000, allow_inf_nan=False)
 
@@ -75,10 +76,13 @@ class ExpertCheckpoint(Strict):
     ``tanganke/clip-vit-base-patch32_<task>`` checkpoints used by FusionBench and ODE-M),
     ``open_clip`` (a state dict under open_clip's names, e.g. a local safetensors file),
     ``task_vectors`` (the task-vectors release's pickled ``ImageEncoder``: needs
-    ``trust_pickle: true``). ``path`` is a local file or ``hf://OWNER/REPO[/FILE]``.
+    ``trust_pickle: true``), ``hf_seq2seq`` (a text backbone's expert: a model repository, or
+    a LoRA adapter repository folded into θ0; ``path`` is ``hf://OWNER/REPO`` or a local
+    directory, ``sha256`` that of its weight or adapter file). ``path`` is a local file or
+    ``hf://OWNER/REPO[/FILE]``.
     """
 
-    format: Literal["hf_clip_vision", "open_clip", "task_vectors", "timm"] = "open_clip"
+    format: Literal["hf_clip_vision", "open_clip", "task_vectors", "timm", "hf_seq2seq"] = "open_clip"
     path: str = Field(min_length=1)
     sha256: Optional[str] = Field(None, pattern=r"^[0-9a-f]{64}$")
     trust_pickle: bool = False
