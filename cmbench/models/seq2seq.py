@@ -27,6 +27,7 @@ import json
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -233,7 +234,8 @@ def create(cfg, theta0: dict[str, Tensor] | None = None) -> nn.Module:
     except Exception as e:  # noqa: BLE001 - missing cache, no network
         raise _missing("text backbone", cfg.model, e) from None
     model = _from_config(cfg_obj, 0, untie=False)
-    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    lm = cast(Any, model)  # a transformers PreTrainedModel: its accessors are not nn.Module's
+    head, emb = lm.get_output_embeddings(), lm.get_input_embeddings()
     if theta0 is not None and head is not None and head.weight is emb.weight:
         named = dict(model.named_modules(remove_duplicate=False))
         heads = [f"{n}.weight" for n, m in named.items() if m is head]

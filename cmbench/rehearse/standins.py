@@ -8,6 +8,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -97,9 +98,9 @@ def _write_text_backbone(repo: str, seed: int) -> Path:
         raise CmbenchError(f"rehearsal: no stand-in architecture is known for {repo!r} (google/flan-t5-base is)")
     weights = hub_file(repo, "model.safetensors")
     if not weights.exists():
-        model = random_model(FLAN_T5_BASE, seed)
+        model = cast(Any, random_model(FLAN_T5_BASE, seed))  # a transformers model: save_pretrained
         model.save_pretrained(weights.parent)
-        stand_in_tokenizer(FLAN_T5_BASE["vocab_size"]).save_pretrained(weights.parent)
+        stand_in_tokenizer(cast(int, FLAN_T5_BASE["vocab_size"])).save_pretrained(weights.parent)
     return weights
 
 
@@ -431,7 +432,7 @@ def _write_text_expert(suite: Suite, path: str, theta0: dict, r: Rehearsal, inde
         _save(factors, hub_file(repo, ADAPTER_FILES[1]))
         cfg.write_text(json.dumps({"peft_type": "LORA", "r": 16, "lora_alpha": 32, "target_modules": ["q", "v"]}))
         return
-    model = create_backbone(suite.backbone, theta0)
+    model = cast(Any, create_backbone(suite.backbone, theta0))  # a transformers model: save_pretrained
     model.load_state_dict(perturbation(theta0, r, index))
     model.save_pretrained(hub_file(repo, WEIGHT_FILE).parent)
 
