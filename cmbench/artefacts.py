@@ -22,7 +22,7 @@ import torch
 
 from . import CmbenchError, data as data_mod, published
 from .models import Head, create_backbone, device_for, device_type, features, models_version
-from .suite import Job, Suite, Task, TinyViT, keyed_backbone
+from .suite import HFSeq2Seq, Job, Suite, Task, TinyViT, keyed_backbone
 from .store import Store
 from .tensors import StateDict
 from .train import TRAIN_VERSION, fit
@@ -109,7 +109,8 @@ def theta0_key(suite: Suite, seed: int) -> str:
 
 def _theta0_key(suite: Suite, seed: int) -> str:
     components: dict[str, Any] = {"theta0": THETA0_VERSION, "models": models_version(suite.backbone)}
-    if suite.backbone.kind == "tiny_vit":  # pretrained by the harness, on these tasks
+    if isinstance(suite.backbone, TinyViT) or isinstance(suite.backbone, HFSeq2Seq) and suite.backbone.config:
+        # pretrained by the harness, on these tasks (a micro ViT or a micro text model)
         components.update(train=TRAIN_VERSION, data=data_versions([*suite.tasks, *(suite.pretrain.tasks or [])]))
     tasks = [t.model_dump() for t in suite.tasks]
     # a rehearsal's θ0 is random weights (from its seed) read from where the real ones would be
@@ -220,6 +221,8 @@ def _rotate_batch(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, 
 
 def make_theta0(suite: Suite, seed: int) -> tuple[StateDict, dict]:
     """θ0: a real-scale backbone's published weights, or (tiny ViT) pretrain it."""
+    if suite.backbone.kind == "hf_seq2seq" and suite.backbone.config is not None:
+        return pretrain_text_theta0(suite, seed)
     if suite.backbone.kind == "hf_seq2seq":
         from .models.seq2seq import pretrained_state as text_state
 
@@ -280,6 +283,47 @@ def pretrain_theta0(suite: Suite, seed: int) -> tuple[StateDict, dict]:
     params = [*backbone.parameters(), *(p for h in heads for p in h.parameters())]
     losses = fit(params, loss_fn, x, y, suite.pretrain, seed, what="θ0 pretraining")
     return {k: v.cpu() for k, v in backbone.state_dict().items()}, {"recipe": suite.pretrain.recipe, "losses": losses}
+
+
+def _fit_text(suite: Suite, model: torch.nn.Module, splits: list, recipe, seed: int, what: str) -> list[float]:
+    """Train a text model on (prompt, target) pairs of ``splits`` with the LM loss."""
+    from .models import seq2seq
+
+    tok = seq2seq.tokenizer_for(suite.backbone)
+    x, y = seq2seq.encode(tok, [p for s in splits for p in s.prompts], [t for s in splits for t in s.targets])
+    model.to(device_for(suite)).train()
+    loss_fn = seq2seq.lm_loss(model, tok.pad_token_id)
+    losses = fit(list(model.parameters()), loss_fn, x, y, recipe, seed, what=what, images=False)
+    model.eval()
+    return losses
+
+
+def pretrain_text_theta0(suite: Suite, seed: int) -> tuple[StateDict, dict]:
+    """A micro text model's θ0: random weights from the seed, trained on the train splits of
+    the pretraining tasks (``pretrain.tasks``: other questions than the suite's tasks) with
+    the LM loss on their answers, ``pretrain``'s recipe."""
+    from .models.seq2seq import micro_config, random_model
+
+    model = random_model(micro_config(suite.backbone), seed)
+    tasks = load_tasks(suite, seed, pretraining=True)
+    losses = _fit_text(suite, model, [td.train for td in tasks.values()], suite.pretrain, seed, "θ0 pretraining")
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, {"recipe": "text", "losses": losses}
+
+
+def make_text_expert(suite: Suite, seed: int, task: str, theta0: StateDict) -> tuple[StateDict, dict]:
+    """A micro text model fine-tuned from θ0 on one task's train split (``experts.finetune``);
+    its own test score E recorded."""
+    from .models import split_score
+
+    idx = suite.task_names().index(task)
+    torch.manual_seed(seed * 1000 + idx)
+    model = create_backbone(suite.backbone, theta0)
+    model.load_state_dict(theta0)
+    td = load_tasks(suite, seed)[task]
+    losses = _fit_text(suite, model, [td.train], suite.experts.recipe_for(task), seed * 1000 + idx, f"expert {task}")
+    acc = split_score(suite.backbone, model, None, td.test, suite.evaluation.batch_size)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return state, {"task": task, "losses": losses, "test_accuracy": acc}
 
 
 def make_heads(suite: Suite, seed: int, theta0: StateDict) -> tuple[StateDict, dict]:
@@ -347,11 +391,14 @@ def split_heads(tensors: StateDict, task_names: list[str]) -> dict[str, Head]:
 
 
 def make_expert(
-    suite: Suite, seed: int, task: str, theta0: StateDict, head: Head, start: StateDict | None = None
+    suite: Suite, seed: int, task: str, theta0: StateDict, head: Head | None, start: StateDict | None = None
 ) -> tuple[StateDict, dict]:
     """Fine-tune θ0 (or ``start``: the previous expert of a sequential chain) on one task with
     its head frozen; record its own test accuracy E."""
     import copy
+
+    if head is None:  # a micro text model: no head, the LM loss
+        return make_text_expert(suite, seed, task, theta0)
 
     from .models import accuracy
 
@@ -485,7 +532,7 @@ class SuiteArtefacts:
 
             def make_next() -> tuple[StateDict, dict]:
                 start = self.expert(after[-1], after[:-1])[0] if after else None
-                out, meta = make_expert(self.suite, self.seed, task, self.theta0(), self.heads()[task], start)
+                out, meta = make_expert(self.suite, self.seed, task, self.theta0(), self.heads().get(task), start)
                 return out, {**meta, "sequential_after": list(after)}
 
             return self._get("experts", key, make_next)
@@ -500,7 +547,7 @@ class SuiteArtefacts:
 
             return self.store.get_or_make("experts", key, make, reload=reload)
         return self._get(
-            "experts", key, lambda: make_expert(self.suite, self.seed, task, self.theta0(), self.heads()[task])
+            "experts", key, lambda: make_expert(self.suite, self.seed, task, self.theta0(), self.heads().get(task))
         )
 
 

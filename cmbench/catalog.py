@@ -58,7 +58,10 @@ def colour_error(colour) -> str | None:
 
 
 # the text-to-text tasks (cmbench/data/text.py), for text backbones only
-TEXT_DATASETS = tuple(f"glue_{t}" for t in ("cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb"))
+TEXT_DATASETS = (
+    *(f"glue_{t}" for t in ("cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb")),
+    "text_micro",  # generated (cmbench/data/text_micro.py): the micro text suite
+)
 
 DATASET_PARAMS: dict[str, tuple[str, ...]] = {
     # micro (cmbench/data/micro.py)
@@ -86,7 +89,8 @@ DATASET_PARAMS: dict[str, tuple[str, ...]] = {
     ),
     **{name: () for name in clip_tasks()},
     # GLUE as text to text (cmbench/data/text.py): the Flan-T5 merge stream
-    **{name: () for name in TEXT_DATASETS},
+    **{name: () for name in TEXT_DATASETS if name != "text_micro"},
+    "text_micro": ("task", "n_train", "n_val", "n_test"),
 }
 
 

@@ -100,12 +100,14 @@ def fit(
     after_backward: Callable[[], None] | None = None,
     aspect: Tensor | None = None,
     out_size: int | None = None,
+    images: bool = True,
 ) -> list[float]:
     """Train ``params`` on (x uint8, y) for ``recipe.epochs`` (or ``recipe.steps`` optimiser
     steps, cycling through epochs); returns per-epoch mean losses. Batches go to the
     device of the first parameter (the loop is the same on CPU and GPU). With
     ``recipe.augment``, batches are random resized crops of side ``out_size`` (default: the
-    images' side) of ``x``, whole images with original aspect ratios ``aspect``."""
+    images' side) of ``x``, whole images with original aspect ratios ``aspect``. ``images=False``:
+    ``x`` holds token ids, handed to ``loss_fn`` as they are."""
     params = cast(list[Any], list(params))  # Parameters or parameter groups (dicts)
     if params and isinstance(params[0], dict):  # parameter groups (e.g. a separate head lr)
         groups = [dict(g, params=[p for p in g["params"] if p.requires_grad]) for g in params]
@@ -142,6 +144,8 @@ def fit(
                     aug_gen,
                     out_size or x.shape[-1],
                 )
+            elif not images:
+                xb = x[idx].to(device, non_blocking=True)
             else:
                 xb = x[idx].to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
             with autocast:

@@ -297,3 +297,21 @@ def test_text_suite_runs_offline_through_the_real_path(hub, tmp_path):
     with pytest.raises(CmbenchError) as e:
         load_suite(path)
     assert "\n" not in str(e.value) and "data-free" in str(e.value) and "methods.0" in str(e.value)
+
+
+def test_micro_text_tasks_use_the_vocabulary_and_disjoint_splits():
+    """Every word a generated prompt or answer holds is in the tokenizer's vocabulary (no
+    <unk>), a target task's train, validation and test prompts are distinct, and the STS-like
+    task is scored by Spearman's ρ."""
+    from cmbench.data import build
+    from cmbench.data.text_micro import GENERATORS, tokenizer
+
+    tok = tokenizer()
+    for task in GENERATORS:
+        td = build("text_micro", task, 3, 0, {"task": task, "n_train": 60, "n_val": 20, "n_test": 20})
+        words = [w for s in (td.train, td.val, td.test) for text in s.prompts + s.targets for w in text.split()]
+        assert tok.unk_token_id not in tok(" ".join(words))["input_ids"], task
+        if not task.startswith("pretrain_"):
+            parts = [set(s.prompts) for s in (td.train, td.val, td.test)]
+            assert sum(map(len, parts)) == len(set().union(*parts)) == 100, task
+    assert build("text_micro", "s", 3, 0, {"task": "similar"}).test.metric == "spearman"

@@ -50,16 +50,17 @@ class TextSplit:
     """A text-to-text split (``data.text``): prompts and the answers a model should generate,
     scored by ``task``'s metric (``models.seq2seq.score``)."""
 
-    task: str  # the metric's task (GLUE config name: stsb is scored by Spearman's ρ)
+    task: str  # what the examples ask (a GLUE task, a generated task)
     prompts: list[str]
     targets: list[str]
+    metric: str = "exact_match"  # or "spearman": rank correlation of the numbers answered
 
     def __len__(self) -> int:
         return len(self.prompts)
 
     def take(self, index: Tensor) -> TextSplit:
         i = index.tolist()
-        return TextSplit(self.task, [self.prompts[k] for k in i], [self.targets[k] for k in i])
+        return TextSplit(self.task, [self.prompts[k] for k in i], [self.targets[k] for k in i], self.metric)
 
 
 class LazySplit(Split):
@@ -205,4 +206,4 @@ def build(name: str, task: str, data_seed: int, img_size: int, params: dict) -> 
     return DATASETS[name](task, data_seed, img_size, **params)
 
 
-from . import micro, text, vision  # noqa: E402,F401  (register the datasets)
+from . import micro, text, text_micro, vision  # noqa: E402,F401  (register the datasets)

@@ -56,7 +56,10 @@ class LazyText(TextSplit):
     and MNLI's and QQP's train splits hold hundreds of thousands of examples."""
 
     def __init__(self, task: str, load):  # noqa: D107 - not the dataclass's fields
+        from ..models.seq2seq import REGRESSION
+
         self.task, self._load = task, load
+        self.metric = "spearman" if task in REGRESSION else "exact_match"
         self._got: tuple[list[str], list[str]] | None = None
 
     def _get(self) -> tuple[list[str], list[str]]:

@@ -166,7 +166,12 @@ def load_model(repo: str, revision: str | None = None, kind: str = "backbone wei
     """A seq2seq language model (θ0 or a full expert) from a local directory or the hub cache,
     in float32, in evaluation mode; its weight file pinned (as ``kind`` in the lock)."""
     from transformers import AutoModelForSeq2SeqLM
+    from transformers.utils import logging as hf_logging
 
+    # Flan-T5's config says tie_word_embeddings: false, which transformers 5 reads as tied and
+    # then unties on seeing two different tensors, warning about it on every load: expected
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         model = AutoModelForSeq2SeqLM.from_pretrained(
             repo,
@@ -178,6 +183,8 @@ def load_model(repo: str, revision: str | None = None, kind: str = "backbone wei
         )
     except Exception as e:  # noqa: BLE001 - missing cache, no network, not a seq2seq model
         raise _missing("text backbone", repo, e) from None
+    finally:
+        hf_logging.set_verbosity(level)
     _pin(kind, repo, list(_resolve(repo, (WEIGHT_FILE,), revision).values()))
     return model.eval()
 
@@ -227,6 +234,9 @@ def create(cfg, theta0: dict[str, Tensor] | None = None) -> nn.Module:
     checkpoint: read from θ0, since transformers 5 writes and reads T5 configs as tied."""
     from transformers import AutoConfig
 
+    if cfg.config is not None:  # a micro model: built from the suite's config
+        config = micro_config(cfg)
+        return random_model(config, 0) if theta0 is None else _untied_as(random_model(config, 0), theta0)
     try:
         cfg_obj = AutoConfig.from_pretrained(
             cfg.model, revision=cfg.revision, cache_dir=_hub_cache(), local_files_only=not current().allow_download
@@ -234,9 +244,15 @@ def create(cfg, theta0: dict[str, Tensor] | None = None) -> nn.Module:
     except Exception as e:  # noqa: BLE001 - missing cache, no network
         raise _missing("text backbone", cfg.model, e) from None
     model = _from_config(cfg_obj, 0, untie=False)
+    return model if theta0 is None else _untied_as(model, theta0)
+
+
+def _untied_as(model: nn.Module, theta0: dict[str, Tensor]) -> nn.Module:
+    """``model`` with its LM head its own matrix where ``theta0``'s head differs from its token
+    embedding (as transformers unties it on loading such a checkpoint)."""
     lm = cast(Any, model)  # a transformers PreTrainedModel: its accessors are not nn.Module's
     head, emb = lm.get_output_embeddings(), lm.get_input_embeddings()
-    if theta0 is not None and head is not None and head.weight is emb.weight:
+    if head is not None and head.weight is emb.weight:
         named = dict(model.named_modules(remove_duplicate=False))
         heads = [f"{n}.weight" for n, m in named.items() if m is head]
         embs = [f"{n}.weight" for n, m in named.items() if m is emb]
@@ -369,8 +385,46 @@ def _tokenizer(repo: str, revision: str | None):
 
 
 def tokenizer_for(cfg):
-    """A suite's tokenizer (``tokenizer``, else the model's repository), loaded once."""
+    """A suite's tokenizer (``tokenizer``, else the model's repository), loaded once; a micro
+    model's (``config``) is the generated tasks' word-level tokenizer."""
+    if cfg.config is not None:
+        return _micro_tokenizer()
     return _tokenizer(cfg.tokenizer or cfg.model, cfg.revision if cfg.tokenizer is None else None)
+
+
+@lru_cache(maxsize=1)
+def _micro_tokenizer():
+    from ..data.text_micro import tokenizer
+
+    return tokenizer()
+
+
+def micro_config(cfg) -> dict:
+    """A micro text model's full config: the suite's, over the generated vocabulary."""
+    from ..data.text_micro import vocab
+
+    return {"model_type": "t5", **cfg.config, "vocab_size": len(vocab())}
+
+
+# -- training (micro text models: θ0's pretraining, the experts' fine-tuning) ----------------
+
+
+def encode(tokenizer, prompts: Sequence[str], targets: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """Prompt ids (padded with the pad id) and target ids (padded with -100, which the loss
+    ignores): what ``lm_loss`` trains on, as tensors ``train.fit`` batches."""
+    x = tokenizer(list(prompts), padding=True, return_tensors="pt")["input_ids"]
+    y = tokenizer(list(targets), padding=True, return_tensors="pt")["input_ids"]
+    y[y == tokenizer.pad_token_id] = -100
+    return x, y
+
+
+def lm_loss(model: nn.Module, pad_id: int):
+    """Teacher-forced cross-entropy of the target tokens (T5's ``labels`` loss)."""
+
+    def loss_fn(xb: Tensor, yb: Tensor) -> Tensor:
+        return model(input_ids=xb, attention_mask=(xb != pad_id).long(), labels=yb).loss
+
+    return loss_fn
 
 
 def split_score(cfg, model: nn.Module, split, batch_size: int, precision: str = "fp32") -> float:
@@ -386,7 +440,7 @@ def split_score(cfg, model: nn.Module, split, batch_size: int, precision: str = 
     tok = tokenizer_for(cfg)
     with arithmetic(next(model.parameters()).device, precision):
         answers = generate(model, tok, split.prompts, batch_size)
-    value = score(split.task, answers, decoded_targets(tok, split.targets))
+    value = score_metric(split.metric, answers, decoded_targets(tok, split.targets))
     return 0.0 if math.isnan(value) else value
 
 
@@ -404,11 +458,17 @@ def _number(s: str) -> float:
 
 
 def score(task: str, predictions: Sequence[str], targets: Sequence[str]) -> float:
-    """The task's metric in [0, 1] (the leaderboard shows ×100): exact match, or Spearman's ρ
-    of the parsed numbers for STS-B (nan when either side is constant, as scipy says)."""
+    """A GLUE task's metric in [0, 1] (the leaderboard shows ×100): exact match, or Spearman's
+    ρ of the parsed numbers for STS-B (nan when either side is constant, as scipy says)."""
+    return score_metric("spearman" if task in REGRESSION else "exact_match", predictions, targets)
+
+
+def score_metric(metric: str, predictions: Sequence[str], targets: Sequence[str]) -> float:
+    """Exact match, or (``spearman``) Spearman's ρ of the parsed numbers (an unparsable
+    answer counts 0.0, as the reference's ``parse_flost``)."""
     if len(predictions) != len(targets) or not targets:
-        raise CmbenchError(f"text task {task}: {len(predictions)} answers for {len(targets)} targets")
-    if task in REGRESSION:
+        raise CmbenchError(f"text task: {len(predictions)} answers for {len(targets)} targets")
+    if metric == "spearman":
         import warnings
 
         from scipy.stats import spearmanr

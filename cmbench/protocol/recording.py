@@ -15,7 +15,6 @@ from .. import methods as methods_mod
 from ..data import Split, TextSplit
 from ..keys import job_inputs, key_of, with_content
 from ..models import device_for
-from ..models.seq2seq import REGRESSION
 from ..record import error_line
 from ..store import Store
 from ..suite import Job, Suite
@@ -125,9 +124,9 @@ def evaluation_record(suite: Suite, tasks: dict, order: list[str]) -> dict[str, 
     population = {n: tasks[n].test_population for n in order if tasks[n].test_population is not None}
     if population:
         out["test_population"] = population
-    text = {n: tasks[n].test.task for n in order if isinstance(tasks[n].test, TextSplit)}
-    if text:  # the metric of each text task (an image task's is accuracy)
-        out["metric"] = {n: "spearman" if t in REGRESSION else "exact_match" for n, t in text.items()}
+    metric = {n: tasks[n].test.metric for n in order if isinstance(tasks[n].test, TextSplit)}
+    if metric:  # the metric of each text task (an image task's is accuracy)
+        out["metric"] = metric
     return out
 
 

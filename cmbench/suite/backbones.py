@@ -174,7 +174,22 @@ class HFSeq2Seq(Strict):
     model: str = Field(min_length=1, max_length=300)
     revision: Optional[str] = Field(None, max_length=100, description="the hub revision (default: main)")
     tokenizer: Optional[str] = Field(None, max_length=300, description="the tokenizer's repository (default: model)")
+    config: Optional[dict[str, Any]] = Field(
+        None,
+        description="a T5 config (d_model, num_layers, ...): a micro model pretrained by the harness (the "
+        "suite's pretrain section) with the generated tasks' word-level tokenizer, instead of a hub model",
+    )
     linearized: Literal[False] = False  # no tangent-space text model
+
+    @model_validator(mode="after")
+    def _micro(self):
+        if self.config is not None:
+            if self.tokenizer is not None or self.revision is not None:
+                raise ValueError("a micro text model (config) has the generated tokenizer and no revision")
+            bad = sorted(k for k in self.config if k in ("vocab_size", "model_type"))
+            if bad:
+                raise ValueError(f"config: {bad} are set by the harness (a T5 over the generated vocabulary)")
+        return self
 
     @property
     def image_size(self) -> int:  # builders take an image size: text has none

@@ -154,11 +154,20 @@ class Suite(Strict):
             raise FieldError("setting", "a text backbone (hf_seq2seq) runs the merge stream only; set merge_stream")
         if self.heads.kind != "generative":
             raise FieldError("heads.kind", f"{self.heads.kind!r}: a text backbone answers in text; use generative")
+        names = [t.name for t in self.tasks]
+        micro = self.backbone.config is not None  # type: ignore[union-attr]  # hf_seq2seq here
+        if micro:  # pretrained by the harness on other generated text tasks; experts fine-tuned
+            if not self.pretrain.tasks:
+                raise FieldError("pretrain.tasks", "a micro text model is pretrained on text tasks: list them")
+            for i, t in enumerate(self.pretrain.tasks):
+                if t.dataset not in TEXT_DATASETS:
+                    raise FieldError(f"pretrain.tasks.{i}.dataset", f"{t.dataset!r} is not a text task")
         if self.experts.source != "checkpoints":
+            if micro:
+                return self._check_text_tasks()
             raise FieldError(
                 "experts.source", "a text backbone merges published experts; give experts.source: checkpoints"
             )
-        names = [t.name for t in self.tasks]
         for n in names:
             spec = self.experts.checkpoints.get(n)
             if spec is None:
@@ -168,6 +177,9 @@ class Suite(Strict):
         unknown = sorted(set(self.experts.checkpoints) - set(names))
         if unknown:
             raise FieldError("experts.checkpoints", f"one checkpoint per task; unknown tasks: {unknown}")
+        self._check_text_tasks()
+
+    def _check_text_tasks(self) -> None:
         for i, t in enumerate(self.tasks):
             if t.dataset not in TEXT_DATASETS:
                 raise FieldError(f"tasks.{i}.dataset", f"{t.dataset!r} is not a text task; e.g. glue_cola, glue_sst2")
