@@ -132,9 +132,13 @@ def stand_in_tokenizer(vocab_size: int):
 
 
 def split_size(source: str, split: str, r: Rehearsal) -> int:
+    """Examples the rehearsal writes for ``split`` (train or test) of ``source``: the real
+    split's size (an image source's, or a GLUE task's) scaled, then capped."""
+    from ..data.text import GLUE_SIZES
     from ..data.vision import SPLIT_SIZES
 
-    n = math.ceil(SPLIT_SIZES[source][0 if split == "train" else 1] * r.scale)
+    real = SPLIT_SIZES.get(source) or GLUE_SIZES[source.removeprefix("glue_")]
+    n = math.ceil(real[0 if split == "train" else 1] * r.scale)
     cap = (r.max_train_per_split or r.max_per_split) if split == "train" else r.max_per_split
     return min(n, cap) if cap else n
 
@@ -265,7 +269,7 @@ def glue_features(task: str):
 def _write_glue(task: str, r: Rehearsal) -> int:
     """GLUE ``task``'s hub copy: generated sentences in its fields, labels cycling over its
     classes (STS-B: 0.0 to 5.0), train and the evaluated split at the real sizes (capped)."""
-    from ..data.text import GLUE_REPO, GLUE_SIZES
+    from ..data.text import GLUE_REPO
     from ..models.seq2seq import GLUE_EVAL_SPLIT, GLUE_TEMPLATES
 
     t = GLUE_TEMPLATES[task]
@@ -278,11 +282,7 @@ def _write_glue(task: str, r: Rehearsal) -> int:
             label = i % n_cls if n_cls else round(float(rng.uniform(0, 5)), 2)
             yield {**text, "label": label, "idx": i}
 
-    sizes = {}
-    for ours, k in (("train", 0), ("test", 1)):
-        n = math.ceil(GLUE_SIZES[task][k] * r.scale)
-        cap = (r.max_train_per_split or r.max_per_split) if ours == "train" else r.max_per_split
-        sizes[ours] = min(n, cap) if cap else n
+    sizes = {ours: split_size(f"glue_{task}", ours, r) for ours in ("train", "test")}
     splits = {"train": rows("train", sizes["train"]), GLUE_EVAL_SPLIT[task]: rows("test", sizes["test"])}
     return sum(sizes.values()) if hub_dataset_cache(GLUE_REPO, task, glue_features(task), splits) else 0
 
