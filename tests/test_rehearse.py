@@ -65,6 +65,7 @@ def test_perturbation_is_low_rank_plus_sparse_and_seeded():
     assert not torch.equal(perturbation(theta0, r, 4)["a.weight"], e["a.weight"])
 
 
+@pytest.mark.slow  # 27 s: in make test-slow (the make test budget)
 def test_rehearsal_reads_stand_ins_through_the_real_loaders(tmp_path):
     """Hub datasets cache + HF CLIPVisionModel experts, read offline by the unchanged loaders;
     everything written under --out; results watermarked; report refuses them unless asked."""

@@ -99,6 +99,7 @@ def test_editing_a_method_recomputes_only_that_method(nano_copy, tmp_path, monke
     assert second["ran"] == 4 and second["skipped"] == 12
 
 
+@pytest.mark.slow  # 30 s: in make test-slow (the make test budget)
 def test_sigkill_at_random_points_then_resume_gives_identical_results(nano_run, tmp_path):
     """Kill `cmbench run` (SIGKILL) at random moments — while θ0/experts are built and while
     jobs run — then finish it: the results equal an uninterrupted run, and no half-written
