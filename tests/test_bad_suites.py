@@ -147,7 +147,6 @@ def _cli_refuses(path: Path, out: Path) -> str:
 
 
 @settings(max_examples=560, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-@pytest.mark.slow  # 22 s: in make test-slow (the make test budget)
 @given(mutation)
 def test_mutated_suites_fail_cleanly(tmp_path_factory, m):
     text = _mutated(m)

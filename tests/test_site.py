@@ -22,6 +22,7 @@ needs_browser = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow  # 22 s: in make test-slow (the make test budget)
 def test_site_is_deterministic_and_self_contained(tmp_path):
     a, b = render_site(REPO / "results", tmp_path / "a"), render_site(REPO / "results", tmp_path / "b")
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
