@@ -87,6 +87,8 @@ def _weights_line(suite: Suite) -> str:
         return "backbone: tiny ViT, θ0 pretrained by the harness (no download)"
     from huggingface_hub import try_to_load_from_cache
 
+    if b.kind == "hf_seq2seq" and b.config is not None:
+        return f"backbone: micro text model {b.model}, θ0 pretrained by the harness (no download)"
     if b.kind == "hf_seq2seq":
         from .models.seq2seq import WEIGHT_FILE
 
@@ -240,10 +242,20 @@ def project(
 
 
 def backbone_params(suite: Suite) -> int:
-    """Parameters of the merged model (the backbone's state dict)."""
+    """Parameters of the merged model (the backbone's state dict); a text model's counted from
+    its config (``seq2seq.cached_config``), so a dry run needs no download."""
+    import torch
+
     from .models import create_backbone
 
-    return sum(p.numel() for p in create_backbone(suite.backbone).parameters())
+    if suite.backbone.kind == "hf_seq2seq":
+        from .models.seq2seq import cached_config, random_model
+
+        with torch.device("meta"):  # counts the parameters without allocating them
+            model = random_model(cached_config(suite.backbone))
+    else:
+        model = create_backbone(suite.backbone)
+    return sum(p.numel() for p in model.parameters())
 
 
 def load_measurement(suite: Suite, path: str | Path | None = None) -> dict | None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from functools import lru_cache
 
-from . import TaskData, TextSplit, dataset
+from . import TaskData, TextSplit, dataset, split_defaults
 
 # Bump when a change alters any generated prompt, target or split.
 TEXT_MICRO_VERSION = 1
@@ -334,7 +334,7 @@ def _examples(task: str, n: int, seed: int) -> tuple[list[str], list[str]]:
 @dataset(
     "text_micro",
     TEXT_MICRO_VERSION,
-    sizes=lambda p: (p.get("n_train", 1000), p.get("n_val", 200), p.get("n_test", 300)),
+    sizes=lambda p: split_defaults(text_micro, p),
 )
 def text_micro(
     task_name: str,

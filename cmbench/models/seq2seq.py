@@ -262,8 +262,10 @@ def _untied_as(model: nn.Module, theta0: dict[str, Tensor]) -> nn.Module:
 
 
 def cached_config(cfg) -> dict:
-    """A suite's model config from the hub cache where it is there, else Flan-T5-base's (a
-    dry run's estimate before anything is downloaded)."""
+    """A suite's model config: a micro model's own, else the one in the hub cache where it is
+    there, else Flan-T5-base's (a dry run's estimate before anything is downloaded)."""
+    if cfg.config is not None:
+        return micro_config(cfg)
     found = _resolve(cfg.model, ("config.json",), cfg.revision)
     return json.loads(found["config.json"].read_text()) if "config.json" in found else dict(FLAN_T5_BASE)
 
