@@ -61,7 +61,7 @@ typecheck: $(STAMP)
 # slower checks: tests marked slow (pytest exits 5 while there are none), then the jobs of a
 # sample covering both micro suites and every component version, recomputed cold
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -q -m slow --durations=20 || [ $$? -eq 5 ]
 	$(BIN)/cmbench verify --sample 4
 
 clean:

@@ -6,9 +6,11 @@ their content hashes; then the job itself) and its R and E are compared cell by 
 the committed ones:
 
 * **identically** when the result was computed with the running torch version on the
-  running device type: jobs are seeded and fix their thread count, so a CPU rerun is
-  bitwise the same;
-* otherwise **within ``TOLERANCE_IMAGES`` flipped predictions per cell** (a cell counts
+  running device type from the artefacts it recorded (byte for byte): jobs are seeded and
+  fix their thread count, so a CPU rerun is bitwise the same;
+* otherwise (another torch version, other CPU kernels, or artefacts that came back with
+  other bytes than the result recorded: built on another machine and not shipped)
+  **within ``TOLERANCE_IMAGES`` flipped predictions per cell** (a cell counts
   correct test images, so a flip moves it by 1/n_test: a difference must be a whole number
   of images, |ΔR|·n_test, and at most the setting's tolerance). The bounds are measured,
   not chosen: see ``TOLERANCE_IMAGES``. Results computed on a GPU are always
@@ -64,9 +66,12 @@ TOLERANCE_IMAGES = {"merge_stream": 3, "train_then_merge": 55}
 UNRECORDED = "unrecorded"
 # how far from a whole number of test images a float32-rounded difference may be
 WHOLE_IMAGE_SLACK = 0.05
-# a new (suite, seed) in a sample costs its cold artefacts (θ0, heads, experts); the merge
-# micro suite's take ≈ 6 min on one core, so the sample prefers seeds it already has
+# a new (suite, seed) in a sample costs its cold artefacts (θ0, heads, experts), unless the
+# suite ships them; the merge micro suite's take ≈ 6 min on one core, so the sample prefers
+# seeds it already has. A job merging sequential experts also fine-tunes its order's chain
+# (never shipped): about as much again (micro-digits-merge, seed 2: 698 s for both).
 _NEW_SEED_COST_S = 360.0
+_NEW_CHAIN_COST_S = 360.0
 
 
 _LABEL = {None: "ok", "mismatched": "MISMATCH", "stale": "STALE"}
@@ -78,18 +83,22 @@ def requirements(rec: dict) -> set[tuple]:
     return {("suite", rec["suite"]), ("setting", rec["setting"]), *flatten(comps, ("component",))}
 
 
-def choose_sample(recs: list[dict], n: int) -> list[dict]:
+def choose_sample(recs: list[dict], n: int, shipped: frozenset[str] = frozenset()) -> list[dict]:
     """At least one job per suite, setting and component version, the cheapest first (a
-    job's recorded time, plus the cold artefacts of a seed the sample does not have yet);
-    then up to ``n`` jobs, the cheapest of labels not yet checked first (more code covered
-    for the same time)."""
+    job's recorded time, plus the cold artefacts of a seed the sample does not have yet,
+    unless its suite is in ``shipped``, and the sequential chain of an order it does not
+    have yet); then up to ``n`` jobs, the cheapest of labels not yet checked first (more
+    code covered for the same time)."""
     chosen: list[dict] = []
     covered: set[tuple] = set()
     groups: set[tuple] = set()
     labels: set[tuple] = set()
 
     def cost(r: dict) -> tuple:
-        extra = 0.0 if (r["suite"], r["seed"]) in groups else _NEW_SEED_COST_S
+        group = (r["suite"], r["seed"])
+        extra = 0.0 if group in groups or r["suite"] in shipped else _NEW_SEED_COST_S
+        if r.get("experts") == "sequential" and (*group, r["order_index"], "chain") not in groups:
+            extra += _NEW_CHAIN_COST_S
         return (r["suite"], r["label"]) in labels, r["timings"]["job_s"] + extra, r["_path"]
 
     pool = list(recs)
@@ -101,6 +110,8 @@ def choose_sample(recs: list[dict], n: int) -> list[dict]:
         chosen.append(pick)
         covered |= requirements(pick)
         groups.add((pick["suite"], pick["seed"]))
+        if pick.get("experts") == "sequential":
+            groups.add((pick["suite"], pick["seed"], pick["order_index"], "chain"))
         labels.add((pick["suite"], pick["label"]))
     return chosen
 
@@ -117,6 +128,16 @@ def inexact_because(rec: dict, suite: Suite) -> str | None:
         if then != v:
             return f"{k} {then} committed, {v} here" if then else f"{k} not recorded in the result, {v} here"
     return None
+
+
+def rebuilt_because(rec: dict, store) -> str | None:
+    """Why a recomputation of ``rec`` need not be bitwise identical although torch and the
+    CPU kernels match: artefacts it consumed were rebuilt here with other bytes than it
+    recorded (fine-tuned on another machine: CPUs of one instruction set still round the
+    last bits differently), or None when every recorded artefact came back byte for byte."""
+    known = {k: h for k, h in recorded_content(rec.get("inputs") or {}).items() if h not in (None, UNRECORDED)}
+    differ = sorted({kind for (kind, key), h in known.items() if store.content_hash(kind, key) != h})
+    return f"{', '.join(differ)} rebuilt here with other bytes than the result recorded" if differ else None
 
 
 def job_from_record(suite: Suite, rec: dict) -> Job:
@@ -219,7 +240,8 @@ def verify(
         )
     total = len(recs)
     if sample is not None:
-        recs = choose_sample(recs, sample)
+        ships = frozenset(n for n in {r["suite"] for r in recs} if suite_named(n, files)[1].shipped)
+        recs = choose_sample(recs, sample, ships)
     t0 = time.perf_counter()
     log(
         f"verify: {len(recs)} of {total} committed jobs, recomputed cold (θ0, heads, experts rebuilt, or read "
@@ -301,7 +323,7 @@ def _verify_suite(
             if err is not None:
                 report(r, "mismatched", f"recomputing failed: {type(err).__name__}: {err}")
                 continue
-            because = inexact_because(r, suite)
+            because = inexact_because(r, suite) or rebuilt_because(r, store)
             diffs = cell_differences(r, fresh, n_test)
             tolerance = TOLERANCE_IMAGES[suite.setting]
             bad = first_difference(diffs, n_test_of, None if because is None else tolerance)

@@ -112,6 +112,34 @@ def test_verify_recomputes_cold_and_names_the_first_differing_cell(nano_copy, ca
     assert f"{committed:.4f}" in line and "compared exactly" in line
 
 
+def test_verify_allows_flipped_images_only_where_the_artefacts_came_back_with_other_bytes(nano_copy):
+    """A result made from experts fine-tuned on another machine (its recorded content hash is
+    not what this machine rebuilds) is compared within the setting's tolerance, saying why;
+    one whose artefacts came back byte for byte is still compared exactly."""
+    from cmbench.artefacts import load_tasks
+
+    results = Paths(nano_copy).results
+    suite = load_suite(NANO)
+    files = sorted((results / "nano-merge" / "ties").glob("seed0-order*.json"))
+    for i, path in enumerate(files[:2]):
+        rec = json.loads(path.read_text())
+        n = len(load_tasks(suite, rec["seed"])[rec["tasks"][0]].test)
+        rec["R"][0][0] += (1 if rec["R"][0][0] < 0.5 else -1) / n  # one flipped test image
+        if i == 0:  # as if its first expert had been fine-tuned elsewhere
+            task, _ = next(iter(rec["inputs"]["artefacts"]["experts"].items()))
+            rec["inputs"]["content"]["experts"][task] = "f" * 64
+            rec["key"] = keys.key_of(rec["inputs"])
+        rec["checksum"] = checksum(rec)
+        path.write_text(json.dumps(rec))
+    lines: list[str] = []
+    out = verify(results, methods=["ties"], executor="local", log=lines.append)
+    assert out["mismatched"] == [f"nano-merge/ties/{files[1].name}"], lines
+    ok = [ln for ln in lines if f"ties/{files[0].name}:" in ln]
+    assert len(ok) == 1, lines
+    ok = ok[0]
+    assert "1 cells differ, by at most 1 test images" in ok and "experts rebuilt here with other bytes" in ok
+
+
 def test_verify_reports_a_stale_key(nano_copy, monkeypatch):
     monkeypatch.setattr(keys, "EVALUATION_VERSION", keys.EVALUATION_VERSION + 1)
     lines: list[str] = []
@@ -167,6 +195,15 @@ def test_sample_covers_every_suite_setting_and_component_version_cheapest_first(
     # beyond coverage, an unchecked label before a cheaper job of a checked one
     recs.append(dict(rec("a", "merge_stream", {"evaluation": 1, "merge_stream": 1}, 0, 4.0, "c1"), label="c"))
     assert [r["_path"] for r in choose_sample(recs, 4)][3] == "c1"
+    # a seed's cold artefacts cost nothing where the suite ships them; a sequential chain always costs
+    recs = [
+        rec("x", "merge_stream", {"evaluation": 1}, 0, 1.0, "x1"),
+        rec("x", "merge_stream", {"evaluation": 1}, 0, 50.0, "x2"),
+        rec("x", "merge_stream", {"evaluation": 1}, 1, 10.0, "x3"),
+        dict(rec("x", "merge_stream", {"evaluation": 1}, 0, 0.5, "x4"), experts="sequential", order_index=0),
+    ]
+    assert [r["_path"] for r in choose_sample(recs, 2)] == ["x1", "x2"]
+    assert [r["_path"] for r in choose_sample(recs, 2, frozenset({"x"}))] == ["x1", "x3"]
 
 
 def test_tolerance_accepts_only_whole_flipped_images():
