@@ -16,6 +16,7 @@ import json
 import re
 import sys
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -471,10 +472,15 @@ def to_build(suite: Suite, jobs: list[Job], store: Store) -> ToBuild:
     )
 
 
-def shipped_keys(suite: Suite) -> list[tuple[str, str]]:
+SHIPPABLE = ("theta0", "heads", "experts")
+
+
+def shipped_keys(suite: Suite, kinds: tuple[str, ...] = SHIPPABLE) -> list[tuple[str, str]]:
     """What a suite ships (``tools/ship_artefacts.py``), as (kind, key): θ0, heads and the
-    independent experts of every seed. A sequential expert is one per (seed, order, step):
-    the chains are fine-tuned where they run; pinned checkpoints are the user's files."""
+    independent experts of every seed, or only those of ``kinds`` (a suite may ship its θ0
+    alone: the others are rebuilt where it runs). A sequential expert is one per (seed,
+    order, step): the chains are fine-tuned where they run; pinned checkpoints are the
+    user's files."""
     out: list[tuple[str, str]] = []
     for seed in suite.seeds:
         out.append(("theta0", theta0_key(suite, seed)))
@@ -482,7 +488,14 @@ def shipped_keys(suite: Suite) -> list[tuple[str, str]]:
             out.append(("heads", heads_key(suite, seed)))
             if suite.experts.source == "finetune":
                 out += [("experts", expert_key(suite, seed, t)) for t in suite.task_names()]
-    return out
+    return [(kind, key) for kind, key in out if kind in kinds]
+
+
+def shipped_kinds(suite: Suite) -> tuple[str, ...]:
+    """The kinds of artefact the suite's shipped folder holds (each of them for every seed:
+    ``shipped_keys``); none without ``shipped``."""
+    root = Path(suite.shipped) if suite.shipped else None
+    return tuple(k for k in SHIPPABLE if root is not None and (root / k).is_dir())
 
 
 def shipped_or(suite: Suite, kind: str, key: str, build):

@@ -328,7 +328,7 @@ def _verify_suite(
             tolerance = TOLERANCE_IMAGES[suite.setting]
             bad = first_difference(diffs, n_test_of, None if because is None else tolerance)
             if bad:
-                report(r, "mismatched", bad)
+                report(r, "mismatched", bad + (f"; {because}" if because else ""))
             elif not diffs:
                 report(r, None, f"identical ({fresh['timings']['job_s']:.0f} s)")
             else:

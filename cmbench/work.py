@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from . import limits, pins
-from .artefacts import SuiteArtefacts, expert_key, theta0_key, to_build
+from .artefacts import SuiteArtefacts, expert_key, shipped_kinds, theta0_key, to_build
 from .executors import drain, wait_for_gpu_memory
 from .measure import measured
 from .protocol import run
@@ -105,11 +105,14 @@ def prepare_artefacts(
     n_seq = sum(e[2] is not None for e in build.experts)
     # what the store lacks and `to_build` does not (the suite ships it) is read, checked, not built: say so
     ships_theta0 = bool(t0) and not build.theta0
+    shipped_note = (
+        ", read from the shipped copies" if "heads" in shipped_kinds(suite) else ", θ0 read from its shipped copy"
+    )
     independent = [e for e in build.experts if e[2] is None]
     ships_experts = bool(todo) and suite.experts.source == "finetune" and not independent
     found = drain(
         ex.map(prepare_theta0, t0),
-        f"θ0 and heads ({len(t0)} seeds{', read from the shipped copies' if ships_theta0 else ''})",
+        f"θ0 and heads ({len(t0)} seeds{shipped_note if ships_theta0 else ''})",
         len(t0),
     )
     if log is not None:

@@ -9,7 +9,7 @@ same CPU kind. The folder keeps the store's layout (``<kind>/<key>.safetensors``
 ``.json``, keyed exactly as the store keys them), so nothing about the jobs' keys changes.
 Usage:
 
-    python tools/ship_artefacts.py SUITE.yaml STORE_DIR DEST_DIR [--max-mb 40]
+    python tools/ship_artefacts.py SUITE.yaml STORE_DIR DEST_DIR [--max-mb 40] [--kinds theta0,heads,experts]
 
 STORE_DIR is a run's store (``OUT/.cmbench/cache``, after ``cmbench finetune SUITE --out
 OUT``); DEST_DIR is then named in the suite file as ``shipped: <DEST_DIR relative to it>``.
@@ -23,15 +23,15 @@ import sys
 from pathlib import Path
 
 from cmbench import CmbenchError
-from cmbench.artefacts import shipped_keys
+from cmbench.artefacts import SHIPPABLE, shipped_keys
 from cmbench.store import Store
 from cmbench.suite import load_suite
 
 
-def ship(suite_path: Path, store_dir: Path, dest: Path, max_mb: float) -> list[str]:
+def ship(suite_path: Path, store_dir: Path, dest: Path, max_mb: float, kinds: tuple[str, ...] = SHIPPABLE) -> list[str]:
     suite = load_suite(suite_path)
     store = Store(store_dir)
-    wanted = shipped_keys(suite)
+    wanted = shipped_keys(suite, kinds)
     missing = [f"{k}/{key}" for k, key in wanted if not store.has(k, key)]
     if missing:
         raise CmbenchError(
@@ -58,9 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("store", type=Path)
     ap.add_argument("dest", type=Path)
     ap.add_argument("--max-mb", type=float, default=40.0, help="refuse to ship more than this (default 40)")
+    ap.add_argument(
+        "--kinds",
+        default=",".join(SHIPPABLE),
+        help="ship only these kinds, comma-separated (default: all; the others are rebuilt where the suite runs)",
+    )
     args = ap.parse_args(argv)
+    kinds = tuple(k for k in args.kinds.split(",") if k)
+    if not kinds or set(kinds) - set(SHIPPABLE):
+        print(f"ship_artefacts: error: --kinds {args.kinds}: choose among {','.join(SHIPPABLE)}", file=sys.stderr)
+        return 2
     try:
-        for line in ship(args.suite, args.store, args.dest, args.max_mb):
+        for line in ship(args.suite, args.store, args.dest, args.max_mb, kinds):
             print(line)
     except CmbenchError as e:
         print(f"ship_artefacts: error: {e}", file=sys.stderr)
