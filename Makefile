@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint typecheck facts docs-facts report install clean
+.PHONY: demo test test-slow test-full-size lint typecheck facts docs-facts report install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -61,8 +61,12 @@ typecheck: $(STAMP)
 # slower checks: tests marked slow (pytest exits 5 while there are none), then the jobs of a
 # sample covering both micro suites and every component version, recomputed cold
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow --durations=20 || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -q -m "slow and not full_size" --durations=20 || [ $$? -eq 5 ]
 	$(BIN)/cmbench verify --sample 4
+
+# by hand (about 20 min on 2 cores; last result in docs/ci.md): the full-size ViT-B/32 rehearsal
+test-full-size: $(STAMP)
+	$(BIN)/python -m pytest -q -m full_size --durations=5
 
 clean:
 	rm -rf $(VENV) .cmbench

@@ -313,13 +313,19 @@ def total_cost(suite: Suite, todo: list[Job], build: ToBuild, measured: dict | N
     return c
 
 
+def example_word(suite: Suite) -> str:
+    """What one evaluated example is: an image, or a text prompt (seq2seq suites)."""
+    return "prompt" if suite.backbone.kind == "hf_seq2seq" else "image"
+
+
 def check_cost(suite: Suite, c: dict, accept: bool) -> None:
     """Refuse, in one line, a run estimated above ``COST_LIMIT_H`` unless ``accept``."""
     limit = COST_LIMIT_H["gpu" if on_gpu(suite) else "cpu"]
     if c["hours"] > limit and not accept:
         raise CmbenchError(
             f"suite {suite.name}: estimated {c['hours']:,.0f} {c['unit']} ({c['jobs']} jobs, "
-            f"{c['gflops']:.3g} GFLOPs per image; `cmbench run {suite.name} --dry-run` itemises it), above "
+            f"{c['gflops']:.3g} GFLOPs per {example_word(suite)}; `cmbench run {suite.name} --dry-run` itemises "
+            "it), above "
             f"{limit:,.0f}: check the suite's sizes, or pass --accept-cost to run it"
         )
 
@@ -399,10 +405,11 @@ def cost_line(suite: Suite, c: dict) -> str:
         else f"{CPU_GFLOPS:.0f} GFLOP/s per thread effective" + (", ×3 linearised" if suite.backbone.linearized else "")
     )
     per = 1 if unit == "GPU-h" else suite.resources.cpus_per_job
+    ex = example_word(suite)
     return (
-        f"estimate ({c['gflops']:.3g} GFLOPs/image forward, {speed}): "
-        f"evaluation {per * c['eval_gpu_s'] / 3600:.2f} {unit} ({c['eval_images']:,.0f} images), training "
-        f"{per * c['train_gpu_s'] / 3600:.2f} {unit} ({c['train_images']:,.0f} images), {merge}"
+        f"estimate ({c['gflops']:.3g} GFLOPs/{ex} forward, {speed}): "
+        f"evaluation {per * c['eval_gpu_s'] / 3600:.2f} {unit} ({c['eval_images']:,.0f} {ex}s), "
+        f"training {per * c['train_gpu_s'] / 3600:.2f} {unit} ({c['train_images']:,.0f} {ex}s), {merge}"
     )
 
 

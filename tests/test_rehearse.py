@@ -115,6 +115,7 @@ def test_rehearsal_reads_stand_ins_through_the_real_loaders(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.full_size  # about 20 min on 2 cores: `make test-full-size`, by hand (docs/ci.md)
 def test_rehearsal_of_clip_vit_b32_ta8_at_full_model_size(tmp_path):
     """ViT-B/32 at full size, capped data: TIES, OPCM and a data-using method (Fisher) on every
     step of one order, through the stand-in openai weights, hub datasets and HF experts."""

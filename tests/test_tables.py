@@ -152,3 +152,27 @@ def test_rows_of_one_seed_on_different_theta0s_are_flagged():
     mixed = [on("a", s, f"h{s}") for s in range(3)] + [on("b", s, f"h{s}" if s else "other") for s in range(3)]
     (line, _) = mixed_artefacts(summarise("s", mixed))
     assert "in 1 of 3 seeds" in line and "(seed 0: a | b)" in line
+
+
+def test_a_task_scored_by_spearman_has_a_correlations_test_error_not_a_binomial_one():
+    """STS-B's column is Spearman's ρ: its test error follows ρ's sampling error (Fisher's z,
+    Bonett-Wright), which is not √(p(1-p)/n) for p = ρ; an exact-match column stays binomial."""
+    import math
+
+    from cmbench.report import stats
+    from cmbench.report.summary import test_error
+
+    def rec(metric):
+        return {
+            "tasks": ["a"],
+            "R": [[0.8]],
+            "E": None,
+            "metrics": {},
+            "evaluation": {"test_samples": {"a": 1500}, "metric": {"a": metric} if metric else {}},
+        }
+
+    rho_sd = (1 - 0.8**2) * math.sqrt((1 + 0.8**2 / 2) / (1500 - 3))
+    assert math.isclose(test_error([rec("spearman")], "ACC"), rho_sd)
+    assert math.isclose(test_error([rec(None)], "ACC"), stats.binomial_sd(0.8, 1500))
+    assert math.isclose(test_error([rec("exact_match")], "ACC"), stats.binomial_sd(0.8, 1500))
+    assert stats.spearman_sd(0.0, 3) == 0.0  # too few pairs for an error

@@ -24,7 +24,7 @@ from .escape import html as _esc
 from .escape import json_in_html
 from .leaderboard import DEMO, rank_lines, rank_text
 from .outputs import clear_site, write_manifest
-from .summary import LEVELS, SIGNED, SuiteSummary, curve, level_runs, pct, reference_levels, summarise
+from .summary import LEVELS, SIGNED, SuiteSummary, curve, level_runs, pct, reference_levels, summarise, task_title
 
 
 def _paper_link(paper: str | None) -> str | None:
@@ -52,7 +52,7 @@ def _mean_matrix(rs: list[dict]) -> list[list[float | None]]:
 def _job_matrix(r: dict) -> dict:
     return {
         "job": f"seed {r['seed']}, order {r['order_index']}",
-        "tasks": r["tasks"],
+        "tasks": [task_title(r, t) for t in r["tasks"]],
         "R": [[None if v is None or v != v else round(100 * v, 2) for v in row] for row in r["R"]],
         "key": r.get("key", ""),
     }

@@ -173,6 +173,16 @@ def binomial_sd(p: float, n: int, population: int | None = None) -> float:
     return math.sqrt(max(p * (1 - p), 0.0) / n * fpc)
 
 
+def spearman_sd(rho: float, n: int) -> float:
+    """Standard error of a Spearman ρ measured on ``n`` pairs: Fisher's z with Bonett and
+    Wright's (2000) variance for Spearman, var z = (1 + ρ²/2) / (n - 3), carried back to ρ
+    by the delta method (dρ/dz = 1 - ρ²). A score's test error is not binomial when the
+    task is scored by a correlation (STS-B)."""
+    if n <= 3 or rho != rho:
+        return 0.0
+    return (1 - rho**2) * math.sqrt((1 + rho**2 / 2) / (n - 3))
+
+
 def rank_groups(order: list[str], means: dict[str, float], differs: Callable[[str, str], bool]) -> dict[str, int]:
     """Rank groups over ``order`` (the rows to rank): the best row by mean and every row not
     ``differs(row, best)`` share a rank; the best of the rest starts the next one."""

@@ -123,9 +123,33 @@ class SuiteSummary:
         return e.runs_text() if e else "–"
 
 
+def scored_by(rec: dict) -> dict[str, str]:
+    """Task -> how the result scores it, where not by accuracy (text tasks: ``exact_match``
+    or ``spearman``)."""
+    return (rec.get("evaluation") or {}).get("metric") or {}
+
+
+def task_title(rec: dict, task: str) -> str:
+    """A task's column name: STS-B's column is Spearman's ρ (× 100), not an accuracy."""
+    return f"{task} (ρ)" if scored_by(rec).get(task) == "spearman" else task
+
+
+def task_sd(rec: dict, task: str, score: float) -> float:
+    """Test error of ``score`` on ``task`` from ``rec``'s recorded test size: Spearman's for
+    a correlation, else binomial (finite-population corrected where recorded); 0 unknown."""
+    ev = rec.get("evaluation") or {}
+    n = (ev.get("test_samples") or {}).get(task)
+    if not n:
+        return 0.0
+    if scored_by(rec).get(task) == "spearman":
+        return stats.spearman_sd(score, n)
+    return stats.binomial_sd(score, n, (ev.get("test_population") or {}).get(task))
+
+
 def test_error(recs: list[dict], metric: str) -> float | None:
-    """Binomial standard error of a row's mean figure from its test sizes (finite-population
-    corrected where recorded); None without recorded sizes."""
+    """Standard error of a row's mean figure from its test sizes: binomial for an accuracy
+    (finite-population corrected where recorded), Spearman's for a task the result scores by
+    ρ (``evaluation.metric``); None without recorded sizes."""
     sizes = [(r.get("evaluation") or {}).get("test_samples") or {} for r in recs]
     if not recs or any(set(s) != set(r["tasks"]) for s, r in zip(sizes, recs)):
         return None
@@ -146,7 +170,7 @@ def test_error(recs: list[dict], metric: str) -> float | None:
                 expert[t].append(r["E"][j])
     var = 0.0
     for t, ps in final.items():
-        sd = stats.binomial_sd(float(np.mean(ps)), n[t], pop.get(t))
+        sd = task_sd(recs[0], t, float(np.mean(ps)))
         if metric == "NACC":
             sd /= max(float(np.mean(expert[t])), 1e-12) if expert[t] else 1.0
         var += sd**2

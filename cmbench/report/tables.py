@@ -28,7 +28,7 @@ from .. import CmbenchError
 from ..results import job_of
 from . import escape, stats
 from . import summary
-from .summary import LEVELS, SuiteSummary, summarise
+from .summary import LEVELS, SuiteSummary, scored_by, summarise, task_sd, task_title
 
 
 @dataclass
@@ -163,8 +163,6 @@ def stream_table(recs: list[dict], fmt: str, methods: list[str] | None = None) -
         labels = [row.label for row in s.rows if _wanted(row.first, methods)]
         tasks = sorted({t for r in s.ok for t in r["tasks"]})
         first = s.ok[0]
-        n_test = (first.get("evaluation") or {}).get("test_samples") or {}
-        pop = (first.get("evaluation") or {}).get("test_population") or {}
         cols: list[Column] = []
         for t in tasks:
 
@@ -175,7 +173,7 @@ def stream_table(recs: list[dict], fmt: str, methods: list[str] | None = None) -
             for lb in labels:
                 rs = s.row(lb).records
                 p = sum(final(r) for r in rs) / len(rs)
-                sd = stats.binomial_sd(p, n_test[t], pop.get(t)) if s.fixed_test_split and t in n_test else 0.0
+                sd = task_sd(first, t, p) if s.fixed_test_split else 0.0
                 col.append(_cell(s, lb, final, f"final-{t}", sd))
             cols.append(col)
         cols.append([_cell(s, lb, lambda r: r["metrics"]["ACC"], "ACC", s.test_sd(lb, "ACC") or 0.0) for lb in labels])
@@ -191,8 +189,15 @@ def stream_table(recs: list[dict], fmt: str, methods: list[str] | None = None) -
             cols[len(tasks)].append(_level_cell(s, key))
             for col in cols[len(tasks) + 1 :]:
                 col.append(None)
-        header = ["Method", *tasks, "Avg", *(["Avg (published)"] if any(pub) else []), "BWT"]
-        title = f"{suite}: final accuracy per task (%)" + (" (demonstration: one job)" if s.demonstration else "")
+        header = [
+            "Method",
+            *(task_title(first, t) for t in tasks),
+            "Avg",
+            *(["Avg (published)"] if any(pub) else []),
+            "BWT",
+        ]
+        what = "score per task (%; ρ: Spearman × 100)" if scored_by(first) else "accuracy per task (%)"
+        title = f"{suite}: final {what}" + (" (demonstration: one job)" if s.demonstration else "")
         out.append(_render(title, header, names, cols, fmt))
     return "\n".join(out)
 
