@@ -146,6 +146,7 @@ def _cli_refuses(path: Path, out: Path) -> str:
     return rc, err.getvalue()
 
 
+@pytest.mark.slow  # 560 mutations, about 20 s: make test-slow (the one-line refusals themselves are tested above)
 @settings(max_examples=560, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(mutation)
 def test_mutated_suites_fail_cleanly(tmp_path_factory, m):

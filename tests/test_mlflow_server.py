@@ -57,6 +57,7 @@ def mlflow_server(tmp_path):
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow  # starts an MLflow server (about 25 s): make test-slow
 def test_runs_are_tracked_on_a_remote_server(nano_copy, mlflow_server):
     from mlflow.tracking import MlflowClient
 

@@ -36,6 +36,7 @@ def test_site_is_deterministic_and_self_contained(tmp_path):
     assert a.name == b.name == "index.html"
 
 
+@pytest.mark.slow  # about 20 s of Chromium: make test-slow
 @needs_browser
 def test_site_in_a_headless_browser(tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
