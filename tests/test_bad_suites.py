@@ -204,6 +204,7 @@ def test_raw_garbage_fails_cleanly(tmp_path_factory, blob):
         TRIED["n"] += 1
 
 
+@pytest.mark.slow  # reports on the mutated-suites property test, itself slow
 def test_count_tried():
     # runs after the two property tests in file order: report how many malformed suites failed cleanly
     print(f"\nmalformed suites rejected cleanly: {TRIED['n']}; slowest in-process refusal {TRIED['slowest']:.2f} s")

@@ -62,7 +62,7 @@ def rank_text(s: SuiteSummary, label: str) -> str:
     return "ref" if row.reference else str(row.rank) if row.rank else "–"
 
 
-def suite_section(s: SuiteSummary, plots_dir: Path, md_dir: Path) -> list[str]:
+def suite_section(s: SuiteSummary, plots_dir: Path, md_dir: Path, figures: bool = True) -> list[str]:
     lines = _heading(s) + _main_table(s) + [""] + _notes(s)
     ok, ranked = s.ok, not s.demonstration
     if ok:
@@ -78,7 +78,7 @@ def suite_section(s: SuiteSummary, plots_dir: Path, md_dir: Path) -> list[str]:
         lines += calibration_section(s)
     if ok and s.stream:
         lines += per_task_section(s)
-    if ok:
+    if ok and figures:
         lines += figure_lines(s, plots_dir, md_dir)
     return lines
 
@@ -527,10 +527,11 @@ def render_leaderboard(
     plots_dir: str | Path | None = None,
     include_rehearsal: bool = False,
     recs: list[dict] | None = None,
+    figures: bool = True,
 ) -> Path:
     """Write ``output`` and its plots from the results under ``results_dir`` (or ``recs``,
-    read from there already). Refuses to overwrite a file or fill a folder it did not write
-    (``cmbench.report.outputs``)."""
+    read from there already); ``figures`` False: the text alone, no plot drawn or linked.
+    Refuses to overwrite a file or fill a folder it did not write (``cmbench.report.outputs``)."""
     results_dir, output = Path(results_dir), Path(output)
     plots_dir = Path(plots_dir) if plots_dir else output.parent / "plots"
     check_markdown(output)
@@ -545,6 +546,6 @@ def render_leaderboard(
     if not by_suite:
         lines.append("_No results yet: run `cmbench run suites/<suite>.yaml`._")
     for suite in sorted(by_suite):
-        lines += suite_section(summarise(suite, by_suite[suite]), plots_dir, output.parent)
+        lines += suite_section(summarise(suite, by_suite[suite]), plots_dir, output.parent, figures)
     output.write_text("\n".join(lines).rstrip() + "\n")
     return output
