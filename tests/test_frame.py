@@ -137,6 +137,7 @@ def test_frame_keeps_failed_jobs_and_cli_csv_escapes_their_text(tmp_path):
 # --- cmbench report --table jobs --------------------------------------------------------------
 
 
+@pytest.mark.slow  # renders every committed result (about 11 s): make test-slow
 def test_report_table_jobs_is_the_frame_as_csv():
     p = _cli("--table", "jobs")
     assert p.returncode == 0, p.stderr

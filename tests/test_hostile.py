@@ -143,6 +143,7 @@ def test_output_folders_are_never_deleted_or_overwritten(tmp_path, monkeypatch, 
     assert err.count("cmbench: error:") == 4 and "Traceback" not in err
 
 
+@pytest.mark.slow  # two full reports with figures (about 15 s): make test-slow
 def test_report_of_a_run_folder_or_its_results_is_the_same_and_stays_inside(tmp_path, monkeypatch, capsys):
     """`--results OUT` and `--results OUT/results` read each job once (never MLflow's copies
     under .cmbench/) and write into OUT; `--results x` from a repository's root leaves its

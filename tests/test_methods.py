@@ -232,6 +232,7 @@ def test_kernel_kth_largest_is_exact(kernels_everywhere, monkeypatch):
     assert 0 < len(radix_calls) < n_selects  # some brackets missed, not all
 
 
+@pytest.mark.slow  # every kernel against its torch form on large tensors (about 18 s): make test-slow
 def test_ties_and_magmax_kernels_equal_the_torch_forms(kernels_everywhere):
     """Large-model kernels give bitwise the torch forms' outputs (TIES: exact ties, a = −b
     cancellations, zero majorities, tiny entries; MagMax: a whole stream)."""

@@ -106,6 +106,7 @@ _LOG_ONE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # concurrent processes on one store (about 12 s): make test-slow
 def test_runs_started_together_on_one_sqlite_store_all_log(tmp_path):
     """Several processes open a fresh SQLite store at once (MLflow creates its tables on the
     first connection): every one logs its job."""
