@@ -91,13 +91,16 @@ def choose_sample(recs: list[dict], n: int, shipped: frozenset[str] = frozenset(
     code covered for the same time)."""
     chosen: list[dict] = []
     covered: set[tuple] = set()
-    groups: set[tuple] = set()
+    groups: set[tuple] = set()  # (suite, seed) whose artefacts the sample builds
+    chains: set[tuple] = set()  # (suite, seed, order) whose sequential chain it fine-tunes
     labels: set[tuple] = set()
 
+    def chain(r: dict) -> tuple | None:
+        return (r["suite"], r["seed"], r["order_index"]) if r.get("experts") == "sequential" else None
+
     def cost(r: dict) -> tuple:
-        group = (r["suite"], r["seed"])
-        extra = 0.0 if group in groups or r["suite"] in shipped else _NEW_SEED_COST_S
-        if r.get("experts") == "sequential" and (*group, r["order_index"], "chain") not in groups:
+        extra = 0.0 if (r["suite"], r["seed"]) in groups or r["suite"] in shipped else _NEW_SEED_COST_S
+        if (c := chain(r)) is not None and c not in chains:
             extra += _NEW_CHAIN_COST_S
         return (r["suite"], r["label"]) in labels, r["timings"]["job_s"] + extra, r["_path"]
 
@@ -110,8 +113,8 @@ def choose_sample(recs: list[dict], n: int, shipped: frozenset[str] = frozenset(
         chosen.append(pick)
         covered |= requirements(pick)
         groups.add((pick["suite"], pick["seed"]))
-        if pick.get("experts") == "sequential":
-            groups.add((pick["suite"], pick["seed"], pick["order_index"], "chain"))
+        if (c := chain(pick)) is not None:
+            chains.add(c)
         labels.add((pick["suite"], pick["label"]))
     return chosen
 
@@ -135,8 +138,8 @@ def rebuilt_because(rec: dict, store) -> str | None:
     CPU kernels match: artefacts it consumed were rebuilt here with other bytes than it
     recorded (fine-tuned on another machine: CPUs of one instruction set still round the
     last bits differently), or None when every recorded artefact came back byte for byte."""
-    known = {k: h for k, h in recorded_content(rec.get("inputs") or {}).items() if h not in (None, UNRECORDED)}
-    differ = sorted({kind for (kind, key), h in known.items() if store.content_hash(kind, key) != h})
+    known, _ = _recorded_hashes([rec])
+    differ = sorted({kind for (kind, key), h in known.items() if h is not None and store.content_hash(kind, key) != h})
     return f"{', '.join(differ)} rebuilt here with other bytes than the result recorded" if differ else None
 
 
@@ -342,15 +345,20 @@ def _verify_suite(
         ex.close()
 
 
+def _recorded_hashes(recs: list[dict]) -> tuple[dict[tuple[str, str], str | None], list[str]]:
+    """The content hashes ``recs`` recorded for their artefacts, (kind, key) -> hash (None:
+    unknown), and the kinds they consumed without recording one (``UNRECORDED``)."""
+    known: dict[tuple[str, str], str | None] = {}
+    for r in recs:
+        known.update(recorded_content(r.get("inputs") or {}))
+    unrecorded = sorted({kind for (kind, _), h in known.items() if h == UNRECORDED})
+    return {k: h for k, h in known.items() if h != UNRECORDED}, unrecorded
+
+
 def _compare_artefacts(suite: Suite, recs: list[dict], store, log) -> None:
     """Say whether the rebuilt (or shipped) artefacts have the content hashes the results recorded."""
     for seed in sorted({r["seed"] for r in recs}):
-        known: dict[tuple, str | None] = {}
-        for r in recs:
-            if r["seed"] == seed:
-                known.update(recorded_content(r.get("inputs") or {}))
-        unrecorded = sorted({kind for (kind, _), h in known.items() if h == UNRECORDED})
-        known = {k: h for k, h in known.items() if h != UNRECORDED}
+        known, unrecorded = _recorded_hashes([r for r in recs if r["seed"] == seed])
         # an unknown hash (None) never counts as the same as a missing artefact's
         same = sum(h is not None and store.content_hash(kind, key) == h for (kind, key), h in known.items())
         parts = []

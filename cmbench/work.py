@@ -105,14 +105,16 @@ def prepare_artefacts(
     n_seq = sum(e[2] is not None for e in build.experts)
     # what the store lacks and `to_build` does not (the suite ships it) is read, checked, not built: say so
     ships_theta0 = bool(t0) and not build.theta0
-    shipped_note = (
-        ", read from the shipped copies" if "heads" in shipped_kinds(suite) else ", θ0 read from its shipped copy"
-    )
+    shipped_note = ""
+    if ships_theta0:  # heads too where the suite ships them
+        shipped_note = (
+            ", read from the shipped copies" if "heads" in shipped_kinds(suite) else ", θ0 read from its shipped copy"
+        )
     independent = [e for e in build.experts if e[2] is None]
     ships_experts = bool(todo) and suite.experts.source == "finetune" and not independent
     found = drain(
         ex.map(prepare_theta0, t0),
-        f"θ0 and heads ({len(t0)} seeds{shipped_note if ships_theta0 else ''})",
+        f"θ0 and heads ({len(t0)} seeds{shipped_note})",
         len(t0),
     )
     if log is not None:
