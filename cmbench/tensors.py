@@ -150,7 +150,9 @@ def content_hash(sd: StateDict) -> str:
         h.update(k.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # flattened first: a size-1 dimension may keep any stride in a "contiguous" tensor (a
+        # column sliced from a transposed factor), and only a unit last stride views as bytes
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

@@ -139,6 +139,24 @@ def test_pack_copies_tensors_that_share_memory():
     assert torch.equal(out["k"], w[2:4]) and torch.equal(out["same"][1], w)
 
 
+def test_a_column_with_a_stride_other_than_one_is_stored_and_hashed():
+    """A one-column slice of a transposed factor (TSV-M's kept singular vectors of a 16 × 4
+    relative position bias at t ≥ 3) is contiguous to torch with a last stride of 16; the job
+    checkpoint stores it and hashes it as its contiguous copy (this raised before)."""
+    from cmbench.store import Store
+    from cmbench.tensors import content_hash
+
+    col = torch.arange(64.0, dtype=torch.float64).reshape(4, 16).T[:, :1]
+    assert col.is_contiguous() and col.stride() == (1, 16)
+    assert content_hash({"u": col}) == content_hash({"u": col.clone().reshape(16).reshape(16, 1)})
+    tensors: dict = {}
+    skeleton = pack({"u": col}, tensors)
+    store = Store(__import__("tempfile").mkdtemp())
+    store.put(KIND, "k", tensors, {"state": skeleton})
+    got = store.get(KIND, "k")
+    assert torch.equal(unpack(got[1]["state"], got[0])["u"], col)
+
+
 TTM_METHODS = [
     {"name": "sequential", "lora": {"rank": 4, "targets": ["k", "v"]}},
     {"name": "pm", "lora": {"rank": 4, "targets": ["k", "v"]}},
