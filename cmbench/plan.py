@@ -127,6 +127,8 @@ def _data_lines(suite: Suite) -> list[str]:
     root, out, seen = current().data_root, [], set()
     for t in suite.tasks:
         if t.dataset in TEXT_DATASETS:
+            if not t.dataset.startswith("glue_"):
+                continue  # generated text (text_micro): nothing to fetch
             from .data.text import GLUE_REPO
 
             out.append(
@@ -485,7 +487,8 @@ def describe(suite: Suite, todo: list[Job], build: ToBuild, measured: dict | Non
     by = Counter(j.label for j in todo)
     per = 1 if on_gpu(suite) else suite.resources.cpus_per_job
     arts = [
-        f"{what} {per * 3 * gf * c[k] / (throughput_tflops(suite) * 1e3) / 3600:.2f} {c['unit']} ({c[k]:,.0f} images)"
+        f"{what} {per * 3 * gf * c[k] / (throughput_tflops(suite) * 1e3) / 3600:.2f} {c['unit']} "
+        f"({c[k]:,.0f} {example_word(suite)}s)"
         for what, k in (("pretraining θ0", "pretrain_images"), ("fine-tuning experts", "finetune_images"))
         if c[k]
     ]

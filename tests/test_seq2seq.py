@@ -315,3 +315,14 @@ def test_micro_text_tasks_use_the_vocabulary_and_disjoint_splits():
             parts = [set(s.prompts) for s in (td.train, td.val, td.test)]
             assert sum(map(len, parts)) == len(set().union(*parts)) == 100, task
     assert build("text_micro", "s", 3, 0, {"task": "similar"}).test.metric == "spearman"
+
+
+def test_the_micro_text_suites_dry_run_lists_no_download():
+    """Generated text tasks have nothing to fetch: the dry run's needs name no hub copy, and its
+    cost counts prompts, not images."""
+    from cmbench import plan
+    from cmbench.suite import load_suite
+
+    suite = load_suite("suites/micro-text-merge.yaml")
+    assert plan._data_lines(suite) == []
+    assert plan.example_word(suite) == "prompt"

@@ -8,8 +8,10 @@ colour and a good or bad adjective), and questions about them answered in words.
   (STS-B), each with its own prompt and label words.
 * **The pretraining tasks** (``pretrain_*``) are a broad mixture of *other* questions about
   the same world (the colour of a thing, its kind, counting, copying, single-word sentiment,
-  whether two sentences share a thing): θ0 learns the world and the answer format, as an
-  instruction-tuned model has, and never sees a target task's prompt or data.
+  whether two sentences share a thing), and the eight target tasks asked in a *second*
+  template on examples of their own (``pretrain_gram`` …): θ0 learns the world, the answer
+  format and something of each task, as Flan-T5 met GLUE's tasks in other templates during
+  instruction tuning, and never sees a target task's scored template or its splits.
 
 Splits are generated from the data seed and the task; a task's train, validation and test
 examples are drawn apart (no example in two splits). Every sentence is built from
@@ -18,13 +20,14 @@ examples are drawn apart (no example in two splits). Every sentence is built fro
 
 from __future__ import annotations
 
+import functools
 import random
 from functools import lru_cache
 
 from . import TaskData, TextSplit, dataset, split_defaults
 
 # Bump when a change alters any generated prompt, target or split.
-TEXT_MICRO_VERSION = 1
+TEXT_MICRO_VERSION = 2
 
 KINDS = {
     "animal": ["cat", "dog", "fox", "owl", "bee", "cow", "eel", "yak"],
@@ -45,6 +48,8 @@ _PROMPT_WORDS = (
     "contradiction rate how similar are from 0 to 5 what colour of in kind many copy word good bad share "
     "first which comes last contain , : phrase order part against beside things"
 ).split()
+# words only the target tasks' second templates use (appended last: earlier ids unchanged)
+_TEMPLATE_WORDS = "it this there if then".split()
 NUMBERS = [f"{x / 10:.1f}" for x in range(51)] + [str(i) for i in range(10)]
 SPECIAL = ["<pad>", "</s>", "<unk>"]
 
@@ -53,7 +58,7 @@ SPECIAL = ["<pad>", "</s>", "<unk>"]
 def vocab() -> list[str]:
     """The word-level vocabulary, in a fixed order (T5's special tokens first)."""
     out = list(SPECIAL)
-    for w in [*NOUNS, *COLOURS, *GOOD, *BAD, *KINDS, *_PROMPT_WORDS, *NUMBERS, "'"]:
+    for w in [*NOUNS, *COLOURS, *GOOD, *BAD, *KINDS, *_PROMPT_WORDS, *NUMBERS, "'", *_TEMPLATE_WORDS]:
         if w not in out:
             out.append(w)
     return out
@@ -95,24 +100,28 @@ def _q(s: str) -> str:
 # -- the target tasks: (prompt, target) from a generator --------------------------------------
 
 
-def _gram(rng):  # CoLA: a phrase in the wrong order is unacceptable
+def _gram(rng, alt=False):  # CoLA: a phrase in the wrong order is unacceptable
     s = _sentence(rng)
     ok = rng.random() < 0.5
-    if not ok:
-        i = rng.randrange(len(s))
-        a, c, n = s[i]
-        s[i] = rng.choice([(n, a, c), (c, n, a), (a, n, c)])
-    return f"is the sentence {_q(_text(s))} well formed ? answer acceptable or unacceptable .", (
-        "acceptable" if ok else "unacceptable"
+    if not ok:  # every phrase in one of the wrong orders: a tiny model learns word order, not a search
+        s = [rng.choice([(n, a, c), (c, n, a), (a, n, c)]) for a, c, n in s]
+    prompt = (
+        f"{_q(_text(s))} : is it acceptable or unacceptable ?"
+        if alt
+        else f"is the sentence {_q(_text(s))} well formed ? answer acceptable or unacceptable ."
     )
+    return prompt, "acceptable" if ok else "unacceptable"
 
 
-def _sent(rng):  # SST-2: more good than bad adjectives
+def _sent(rng, alt=False):  # SST-2: more good than bad adjectives
     n = rng.choice([3, 5])
     s = _sentence(rng, n, n)
-    return f"given the sentence {_q(_text(s))} determine the feeling : positive or negative ?", (
-        "positive" if sum(p[0] in GOOD for p in s) * 2 > n else "negative"
+    prompt = (
+        f"{_q(_text(s))} : is this positive or negative ?"
+        if alt
+        else f"given the sentence {_q(_text(s))} determine the feeling : positive or negative ?"
     )
+    return prompt, "positive" if sum(p[0] in GOOD for p in s) * 2 > n else "negative"
 
 
 def _pair(rng, same: bool):
@@ -125,27 +134,40 @@ def _pair(rng, same: bool):
     return a, b
 
 
-def _same(rng):  # MRPC: the same phrases in another order
+def _same(rng, alt=False):  # MRPC: the same phrases in another order
     yes = rng.random() < 0.5
     a, b = _pair(rng, yes)
-    return f"do {_q(_text(a))} and {_q(_text(b))} say the same thing ? answer yes or no .", "yes" if yes else "no"
+    prompt = (
+        f"{_q(_text(a))} , {_q(_text(b))} : is it the same thing ? yes or no ."
+        if alt
+        else f"do {_q(_text(a))} and {_q(_text(b))} say the same thing ? answer yes or no ."
+    )
+    return prompt, "yes" if yes else "no"
 
 
-def _mention(rng):  # QNLI: is a thing of this kind mentioned
+def _mention(rng, alt=False):  # QNLI: is a thing of this kind mentioned
     s = _sentence(rng)
     kinds = {KIND_OF[p[2]] for p in s}
     yes = rng.random() < 0.5 and len(kinds) > 0
     kind = rng.choice(sorted(kinds)) if yes else rng.choice(sorted(set(KINDS) - kinds) or sorted(KINDS))
-    return f"does the sentence {_q(_text(s))} mention a {kind} ? answer yes or no .", ("yes" if kind in kinds else "no")
+    prompt = (
+        f"is there a {kind} in {_q(_text(s))} ? yes or no ."
+        if alt
+        else f"does the sentence {_q(_text(s))} mention a {kind} ? answer yes or no ."
+    )
+    return prompt, "yes" if kind in kinds else "no"
 
 
-def _start(rng):  # QQP: do both start with the same thing
+def _start(rng, alt=False):  # QQP: do both start with the same thing
     a, b = _sentence(rng), _sentence(rng)
     if rng.random() < 0.5:
         b[0] = _phrase(rng, a[0][2])
-    return f"do {_q(_text(a))} and {_q(_text(b))} start with the same thing ? answer yes or no .", (
-        "yes" if a[0][2] == b[0][2] else "no"
+    prompt = (
+        f"{_q(_text(a))} , {_q(_text(b))} : is the first thing the same ? yes or no ."
+        if alt
+        else f"do {_q(_text(a))} and {_q(_text(b))} start with the same thing ? answer yes or no ."
     )
+    return prompt, "yes" if a[0][2] == b[0][2] else "no"
 
 
 def _subset(rng):
@@ -167,21 +189,28 @@ def _subset(rng):
     return a, b, label
 
 
-def _entail(rng):  # RTE: does a entail b
+def _entail(rng, alt=False):  # RTE: does a entail b
     a, b, label = _subset(rng)
-    return f"does {_q(_text(a))} imply {_q(_text(b))} ? answer yes or no .", "yes" if label == "entailment" else "no"
-
-
-def _nli(rng):  # MNLI: entailment, contradiction or neutral
-    a, b, label = _subset(rng)
-    return (
-        f"does {_q(_text(a))} imply , contradict or is neutral to {_q(_text(b))} ? answer entailment , "
-        "contradiction or neutral .",
-        label,
+    prompt = (
+        f"if {_q(_text(a))} then {_q(_text(b))} ? yes or no ."
+        if alt
+        else f"does {_q(_text(a))} imply {_q(_text(b))} ? answer yes or no ."
     )
+    return prompt, "yes" if label == "entailment" else "no"
 
 
-def _similar(rng):  # STS-B: 5 × the share of things in common, one decimal
+def _nli(rng, alt=False):  # MNLI: entailment, contradiction or neutral
+    a, b, label = _subset(rng)
+    prompt = (
+        f"{_q(_text(a))} , {_q(_text(b))} : entailment , contradiction or neutral ?"
+        if alt
+        else f"does {_q(_text(a))} imply , contradict or is neutral to {_q(_text(b))} ? answer entailment , "
+        "contradiction or neutral ."
+    )
+    return prompt, label
+
+
+def _similar(rng, alt=False):  # STS-B: 5 × the share of things in common, one decimal
     a = _sentence(rng, 3, 4)
     k = rng.randint(0, len(a))
     b = rng.sample(a, k) + [
@@ -189,7 +218,12 @@ def _similar(rng):  # STS-B: 5 × the share of things in common, one decimal
     ]
     rng.shuffle(b)
     shared = len({p[2] for p in a} & {p[2] for p in b})
-    return f"rate how similar {_q(_text(a))} and {_q(_text(b))} are from 0 to 5 .", f"{5 * shared / len(a):.1f}"
+    prompt = (
+        f"{_q(_text(a))} , {_q(_text(b))} : how similar from 0 to 5 ?"
+        if alt
+        else f"rate how similar {_q(_text(a))} and {_q(_text(b))} are from 0 to 5 ."
+    )
+    return prompt, f"{5 * shared / len(a):.1f}"
 
 
 # -- the pretraining mixture: other questions about the same world ---------------------------
@@ -298,6 +332,15 @@ GENERATORS = {
     "pretrain_relation": _p_relation,
     "pretrain_overlap": _p_overlap,
 }
+# The target tasks asked in a second template, on examples drawn apart from theirs (their own
+# stream): Flan's mixture holds GLUE's tasks in other templates than the one scored, so
+# Flan-T5 answers them before any expert is trained.
+GENERATORS.update(
+    {
+        f"pretrain_{t}": functools.partial(GENERATORS[t], alt=True)
+        for t in ("gram", "sent", "same", "mention", "start", "entail", "nli", "similar")
+    }
+)
 METRIC = {"similar": "spearman"}  # the rest: exact match
 LABELS = {
     "gram": ["acceptable", "unacceptable"],
