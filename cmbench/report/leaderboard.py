@@ -18,7 +18,17 @@ from . import plots, stats
 from .cells import data_text, devices, final_mean, hparam_text, published_text, storage_text
 from .escape import md
 from .outputs import MARK, check_markdown, claim_plots
-from .summary import LEVELS, SIGNED, SuiteSummary, level_runs, pct, reference_levels, summarise, task_title
+from .summary import (
+    LEVELS,
+    SIGNED,
+    SuiteSummary,
+    level_runs,
+    pct,
+    reference_levels,
+    scored_by,
+    summarise,
+    task_title,
+)
 
 INTRO = (
     "Rendered by `cmbench report` from the result files under `results/` alone. Accuracies in %: the mean over "
@@ -480,7 +490,8 @@ def per_task_section(s: SuiteSummary) -> list[str]:
             per_task_e[t][(r["seed"], 0)] = r["E"][j]
             per_task_0[t][(r["seed"], 0)] = r["R"][0][j]
     how = "mean over seeds" + ("" if s.demonstration else " [95 % interval]")
-    lines = [f"Per task ({how}): θ0 with the frozen head, and the expert on its own task:", ""]
+    theta0 = "θ0 answering in words" if scored_by(ok[0]) else "θ0 with the frozen head"  # text: no head
+    lines = [f"Per task ({how}): {theta0}, and the expert on its own task:", ""]
     lines += ["| | " + " | ".join(md(task_title(ok[0], t)) for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
     for name, table in (("θ0", per_task_0), ("expert", per_task_e)):
         lines.append(
