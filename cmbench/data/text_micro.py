@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import random
+from collections.abc import Callable
 from functools import lru_cache
 
 from . import TaskData, TextSplit, dataset, split_defaults
@@ -310,7 +311,7 @@ def _p_contain(rng):
     return f"does {_q(_text(s))} contain a {c} thing ? answer yes or no .", ("yes" if c in {p[1] for p in s} else "no")
 
 
-GENERATORS = {
+GENERATORS: dict[str, Callable[..., tuple[str, str]]] = {
     "gram": _gram,
     "sent": _sent,
     "same": _same,
