@@ -26,7 +26,8 @@ def my_merge(ctx, merged, incoming, *, lam: NonNegative = 0.3):
 
 
 # 2. A method with state across steps: a class. Attributes it keeps between steps are
-#    measured as storage. Declare the data it needs: "none", "current_task", "calibration".
+#    measured as storage. Declare the data it needs: "none", "current_task", "calibration"
+#    ("test_inputs": unlabeled test inputs, test-time adaptation; suites must opt in).
 @register
 class MyStatefulMerge(Method):
     name = "my_stateful_merge"

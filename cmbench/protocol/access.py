@@ -44,7 +44,9 @@ class DataAccess:
     * ``current_task``: the current task's train/val splits;
     * ``calibration``: nested subsets of seen tasks' train splits (``calibration(task, n)``
       returns the first n samples of a fixed permutation, so smaller budgets are prefixes);
-    * ``all_seen``: every seen task's train/val splits (reference rows only).
+    * ``all_seen``: every seen task's train/val splits (reference rows only);
+    * ``test_inputs``: unlabeled inputs of the current task's test split (test-time
+      adaptation; a suite must opt in): the images only, never their labels.
     """
 
     def __init__(
@@ -105,3 +107,19 @@ class DataAccess:
         perm = torch.randperm(len(s), generator=torch.Generator().manual_seed(self.seed))[: min(n, len(s))]
         self.samples_handed += len(perm)
         return Split(x=s.x[perm].to(self.device), y=s.y[perm].to(self.device))
+
+    def test_inputs(self, per_class: int) -> torch.Tensor:
+        """``per_class`` test inputs of each of the current task's classes (all of a class
+        that has fewer), without labels: the "seed samples" of test-time adaptation. The
+        harness reads the labels to balance the classes, as the reference selects them
+        (MINGLE, ``select_seed_subset``); the method gets the images, in a fixed seeded order."""
+        if self.declared != "test_inputs":
+            self._deny(f"test inputs of {self.ctx.task if self.ctx else 'a task'}")
+        assert self.ctx is not None  # set by the loop before a method runs
+        s = self.tasks[self.ctx.task].test
+        g = torch.Generator().manual_seed(self.seed)
+        perm = torch.randperm(len(s.y), generator=g)
+        picked = torch.cat([perm[s.y[perm] == c][:per_class] for c in torch.unique(s.y)])
+        picked = picked[torch.randperm(len(picked), generator=g)]  # classes interleaved, not in blocks
+        self.samples_handed += len(picked)
+        return s.x[picked].to(self.device)

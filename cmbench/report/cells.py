@@ -12,6 +12,7 @@ DATA_LABEL = {
     "current_task": "current task",
     "calibration": "calibration samples",
     "all_seen": "all seen tasks",
+    "test_inputs": "unlabeled test inputs",
 }
 LONG_HPARAMS = 8  # beyond this many, a row lists what differs from its method's first row
 

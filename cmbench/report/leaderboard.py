@@ -40,7 +40,9 @@ INTRO = (
     "difference to the best row (same seed and order, 95 % interval with both rows' test-set error) contains 0 "
     "share its rank; the best of the rest starts the next rank. Rows with fewer jobs than the suite's grid "
     "(n = k of N) are not ranked and are compared with the full rows on their own jobs under the table; "
-    "reference rows (all seen tasks' data, θ0, the experts) are never ranked. With three seeds an interval is "
+    "reference rows (all seen tasks' data, θ0, the experts) are never ranked; test-time rows (*(test-time)*: "
+    "they adapt on the current task's unlabeled test inputs, in suites that allow it) are ranked among "
+    "themselves only (T1, T2, ...), never with rows that see no test data. With three seeds an interval is "
     "optimistic: read it with its runs. "
     "ACC final average accuracy, AIA average incremental accuracy, BWT backward transfer (negative = "
     "forgetting), FGT forgetting, FWT forward transfer, NACC accuracy normalised by each expert's own. "
@@ -63,13 +65,16 @@ DEMO = (
 
 
 def row_name(s: SuiteSummary, label: str) -> str:
-    name = md(s.title(label))
-    return f"*{name}* (reference)" if s.row(label).reference else name
+    name, kind = md(s.title(label)), s.kind(label)
+    return f"*{name}* ({kind})" if kind else name
 
 
 def rank_text(s: SuiteSummary, label: str) -> str:
+    """The row's rank group; a test-time row's counts among test-time rows only ("T1")."""
     row = s.row(label)
-    return "ref" if row.reference else str(row.rank) if row.rank else "–"
+    if row.reference:
+        return "ref"
+    return f"{'T' if row.test_time else ''}{row.rank}" if row.rank else "–"
 
 
 def suite_section(s: SuiteSummary, plots_dir: Path, md_dir: Path, figures: bool = True) -> list[str]:
@@ -314,10 +319,10 @@ def floor_note(s: SuiteSummary) -> list[str]:
 
 
 def rank_lines(s: SuiteSummary) -> list[str]:
-    groups: dict[int, list[str]] = defaultdict(list)
+    groups: dict[str, list[str]] = defaultdict(list)
     for row in s.rows:
         if row.rank:
-            groups[row.rank].append(md(row.label))
+            groups[rank_text(s, row.label)].append(md(row.label))
     unranked = [md(row.label) for row in s.rows if not row.rank and not row.reference]
     sd = [s.test_sd(row.label, s.headline) for row in s.rows if row.rank]
     test = (
@@ -329,9 +334,14 @@ def rank_lines(s: SuiteSummary) -> list[str]:
     )
     return [
         f"Rank groups by {s.headline} (95 %, paired on seed and order; {test}): "
-        + "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(groups.items()))
+        + "; ".join(f"{k}: {', '.join(v)}" for k, v in groups.items())
         + (f"; not ranked (fewer jobs): {', '.join(unranked)}" if unranked else "")
         + "."
+        + (
+            " T: test-time rows (they adapt on unlabeled test inputs), ranked among themselves only."
+            if any(row.test_time and row.rank for row in s.rows)
+            else ""
+        )
     ]
 
 

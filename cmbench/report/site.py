@@ -69,11 +69,12 @@ def suite_data(s: SuiteSummary) -> dict:
         rows.append(
             {
                 "label": row.label,
-                "name": s.title(row.label) + (" (reference)" if row.reference else ""),
+                "name": s.title(row.label) + (f" ({s.kind(row.label)})" if s.kind(row.label) else ""),
                 "rank": rank_text(s, row.label) if interval else "",
-                "top": row.rank == 1,
+                "top": row.rank == 1 and not row.test_time,
                 "reconstruction": bool(row.first.get("reconstruction")),
                 "reference": row.reference,
+                "test_time": row.test_time,
                 "partial": row.partial,
                 "paper": row.first.get("paper") or "",
                 "url": _paper_link(row.first.get("paper")),

@@ -9,9 +9,11 @@ Rules (the same in every output):
 * rows that see every seen task's data (``data_access: all_seen``, the multitask reference)
   are *references*: shown after the methods, never ranked; θ0 and the experts are reference
   rows of the merge stream (last);
+* rows that adapt on unlabeled test inputs (``data_access: test_inputs``, test-time
+  adaptation) are a class apart: ranked among themselves only, shown after the other methods;
 * a suite whose fullest row has one job is a *demonstration*: no rank, no interval claimed;
 * ranked rows come first, by rank group, then by mean; then partial rows by mean, then
-  references.
+  test-time rows, then references.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Row:
     label: str
     records: list[dict]
     reference: bool = False
+    test_time: bool = False
     partial: bool = False
     rank: int | None = None
 
@@ -117,6 +120,11 @@ class SuiteSummary:
             + (" ‡" if row.first.get("R_final_before_finish") else "")
             + (f" (n = {len(row.records)} of {self.full})" if row.partial else "")
         )
+
+    def kind(self, label: str) -> str:
+        """The class a row belongs to beside the ranked methods, as every output names it."""
+        row = self.row(label)
+        return "reference" if row.reference else "test-time" if row.test_time else ""
 
     def runs(self, label: str) -> str:
         e = self.est(label, self.headline)
@@ -198,6 +206,7 @@ def summarise(suite: str, recs: list[dict]) -> SuiteSummary:
             lb,
             sorted(rs, key=job_of),
             reference=rs[0].get("data_access") == "all_seen",
+            test_time=rs[0].get("data_access") == "test_inputs",
             partial=len(rs) < full,
         )
         for lb, rs in by_label.items()
@@ -219,19 +228,21 @@ def summarise(suite: str, recs: list[dict]) -> SuiteSummary:
         row.label: (cast(stats.Estimate, s.est(row.label, headline)).mean if s.est(row.label, headline) else -math.inf)
         for row in rows
     }
-    ranked = [row.label for row in rows if not (row.reference or row.partial)]
-    if not s.demonstration and ranked:
 
-        def differs(a: str, b: str) -> bool:
-            d = s.paired(a, b, headline)
-            return d is not None and stats.distinguishable(d[0])
+    def differs(a: str, b: str) -> bool:
+        d = s.paired(a, b, headline)
+        return d is not None and stats.distinguishable(d[0])
 
-        for label, rank in stats.rank_groups(ranked, means, differs).items():
-            s.row(label).rank = rank
+    # test-time rows saw test inputs: ranked among themselves, never with the others
+    for test_time in (False, True):
+        ranked = [row.label for row in rows if not (row.reference or row.partial) and row.test_time == test_time]
+        if not s.demonstration and ranked:
+            for label, rank in stats.rank_groups(ranked, means, differs).items():
+                s.row(label).rank = rank
 
     def place(row: Row) -> tuple:
-        kind = 2 if row.reference else 1 if row.partial or row.rank is None else 0
-        return (kind, row.rank or 0, -means[row.label], row.label)
+        kind = 3 if row.reference else 2 if row.test_time else 1 if row.partial or row.rank is None else 0
+        return (kind, row.partial, row.rank or 0, -means[row.label], row.label)
 
     s.rows.sort(key=place)
     return s

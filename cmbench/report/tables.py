@@ -60,9 +60,9 @@ def _cell(s: SuiteSummary, label: str, fn, what: str, test_sd: float = 0.0, accu
         est,
         values,
         test_sd,
-        ranked=not (row.partial or row.reference),
+        ranked=not (row.partial or row.reference or row.test_time),  # test-time rows: never marked among the others
         interval=not s.demonstration,
-        rank=row.rank if what == s.headline else None,
+        rank=row.rank if what == s.headline and not row.test_time else None,
     )
 
 
@@ -148,7 +148,8 @@ def _render(title: str, header: list[str], rows: list[str], cols: list[Column], 
 
 
 def _title(s: SuiteSummary, label: str) -> str:
-    return s.title(label) + (" (reference)" if s.row(label).reference else "")
+    kind = s.kind(label)
+    return s.title(label) + (f" ({kind})" if kind else "")
 
 
 def stream_table(recs: list[dict], fmt: str, methods: list[str] | None = None) -> str:

@@ -42,6 +42,10 @@ class Suite(Strict):
     evaluation: Evaluation = Field(default_factory=Evaluation)
     resources: Resources = Field(default_factory=Resources)
     rehearsal: Optional[Rehearsal] = None
+    # let methods that adapt on the current task's unlabeled test inputs run (data_access
+    # "test_inputs": test-time adaptation, as MINGLE's and C-AdaMerging's papers do): off by
+    # default; their rows are reported as a class apart. A permission, not a number: not hashed
+    test_time_adaptation: bool = False
     # a folder of artefacts (θ0, heads, experts) shipped with the suite, in the store's layout
     # and under the same keys (tools/ship_artefacts.py writes it): they are read, checked
     # against their content hashes, instead of built, so every machine merges the same experts.
@@ -202,6 +206,12 @@ class Suite(Strict):
                     f"{m.display} reads data ({cls.data_access}) or merges sequential experts ({m.experts}): "
                     "text suites run data-free merges of the published experts for now; remove the row",
                 )
+            if cls.data_access == "test_inputs" and not self.test_time_adaptation:
+                raise FieldError(
+                    f"methods.{i}.name",
+                    f"{m.display} adapts on unlabeled test inputs (test-time adaptation); "
+                    "set `test_time_adaptation: true` in the suite to allow it (its rows are reported apart)",
+                )
             if m.experts != "independent" and self.setting != "merge_stream":
                 raise FieldError(
                     f"methods.{i}.experts", "sequential experts belong to the merge stream; remove the field"
@@ -262,7 +272,9 @@ class Suite(Strict):
     def environment(self) -> dict:
         """Everything that changes numbers except the method list (adding a method does
         not invalidate the other methods' results)."""
-        env = self.model_dump(exclude={"name", "description", "methods", "shipped"}, mode="json")
+        env = self.model_dump(
+            exclude={"name", "description", "methods", "shipped", "test_time_adaptation"}, mode="json"
+        )
         if env["rehearsal"] is None:  # a real suite hashes as it did before rehearsals existed
             del env["rehearsal"]
         if env["evaluation"]["precision"] == "fp32":  # ... and before evaluation.precision existed
