@@ -49,6 +49,11 @@ CLIP_METHODS = [
     "# continual fine-tuning (OPCM's and MINGLE's row) and MagMax on them (its paper's sequential protocol)",
     {"name": "sequential", "label": "continual-ft", "experts": "sequential"},
     {"name": "magmax", "label": "magmax-seq", "hparams": {"lam": 0.5}, "experts": "sequential"},
+    "# test-time adaptation on 5 unlabeled test images a class (MINGLE's protocol; the suite opts in",
+    "# with test_time_adaptation): ranked among test-time rows only. C-AdaMerging as its public code",
+    "# runs (each step merges into θ0) and with the merged model carried",
+    {"name": "c_adamerging"},
+    {"name": "c_adamerging", "label": "c_adamerging-carry", "hparams": {"carry": "merged"}},
 ]
 
 
@@ -113,6 +118,7 @@ def clip_suites() -> None:
                 "orders": {"explicit": [ode_m_reference_order(tasks)], "random": 9},
                 "evaluation": {"batch_size": 512},
                 "resources": {"cpus_per_job": 4, "gpus_per_job": 1},
+                "test_time_adaptation": True,
             }
             dump(ROOT / "suites" / f"{name}.yaml", header, doc, CLIP_METHODS)
 
