@@ -86,7 +86,8 @@ def suite_section(s: SuiteSummary, plots_dir: Path, md_dir: Path, figures: bool 
         # train then merge with LoRA: P&M's comparisons, to averaging and to sequential LoRA
         labels = [row.label for row in s.rows]
         refs: list[str] = [r for r in ("weight_average-lora", "sequential-lora") if r in labels and not s.stream]
-        for ref in refs or ["weight_average" if "weight_average" in labels else sorted(labels)[0]]:
+        plain = sorted(row.label for row in s.rows if not (row.test_time or row.reference))
+        for ref in refs or ["weight_average" if "weight_average" in labels else (plain or sorted(labels))[0]]:
             lines += paired_section(s, ref)
         lines += matched_data_section(s)
     if ok and not s.stream and any(r.get("R_within") for r in ok):
@@ -355,7 +356,7 @@ def seed_table(s: SuiteSummary) -> list[str]:
         for x in seeds:
             v = [r["metrics"][s.headline] for r in row.records if r["seed"] == x]
             cells.append(f"{100 * np.mean(v):.1f}" if v else "–")
-        lines.append(f"| {md(row.label)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row_name(s, row.label)} | " + " | ".join(cells) + " |")
     if s.stream:
         for name, fn in (
             ("pretrained θ0", lambda r: np.mean(r["R"][0])),
@@ -368,10 +369,11 @@ def seed_table(s: SuiteSummary) -> list[str]:
 
 def shared_job_comparisons(s: SuiteSummary) -> list[str]:
     """For each partial row: its mean and the best full row's on the same (seed, order) jobs,
-    the only comparison its mean supports."""
-    full_rows = [row for row in s.rows if not row.partial and not row.reference]
+    the only comparison its mean supports (a test-time row with test-time rows only, and the
+    others without them)."""
     out = []
     for row in s.rows:
+        full_rows = [f for f in s.rows if not (f.partial or f.reference) and f.test_time == row.test_time]
         if not row.partial or not full_rows:
             continue
         own = row.values(s.headline)
@@ -388,7 +390,7 @@ def shared_job_comparisons(s: SuiteSummary) -> list[str]:
 
 def paired_section(s: SuiteSummary, ref: str) -> list[str]:
     """Headline differences to ``ref`` on the same (seed, order), with their intervals and the
-    wins counted per seed (the independent unit)."""
+    wins counted per seed (the independent unit); test-time rows last, marked."""
     lines = [
         f"Paired {s.headline} difference to {md(ref)} (same seed and order; mean [95 % interval], "
         "wins of the row counted per seed):",
@@ -403,7 +405,8 @@ def paired_section(s: SuiteSummary, ref: str) -> list[str]:
         d = s.paired(row.label, ref, s.headline)
         if d:
             est, wins, seeds = d
-            rows.append((-est.mean, row.label, f"| {md(row.label)} | {pct(est, signed=True)} | {wins}/{seeds} |"))
+            line = f"| {row_name(s, row.label)} | {pct(est, signed=True)} | {wins}/{seeds} |"
+            rows.append((row.test_time, -est.mean, row.label, line))
     return lines + [line for *_, line in sorted(rows)] + [""]
 
 

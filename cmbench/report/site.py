@@ -214,7 +214,9 @@ def _board(d: dict) -> str:
             if r["url"]
             else f'<span title="{e(r["paper"])}">{name}</span>'
         )
-        rank_v = r["rank"] if r["rank"].isdigit() else ""
+        # a test-time rank (T1) sorts after every other rank, among its own
+        rank, tt = r["rank"], r["test_time"] and r["rank"][1:].isdigit()
+        rank_v = rank if rank.isdigit() else str(1000 + int(rank[1:])) if tt else ""
         cells = [
             *([f'<td data-v="{e(rank_v)}">{e(r["rank"])}</td>'] if ranked else []),
             f'<td class="l" data-v="{e(r["label"])}">{link}</td>',
@@ -229,7 +231,8 @@ def _board(d: dict) -> str:
         cells.append(f'<td class="l hp" data-v="{e(r["hparams"])}">{e(r["hparams"])}</td>')
         prov = f"{r['n']} jobs · commit {', '.join(r['commits'])}"
         cells.append(f'<td class="l pv" data-v="{e(prov)}">{e(prov)}</td>')
-        cls = " ".join(c for c, on in (("ref", r["reference"]), ("top", r["top"]), ("partial", r["partial"])) if on)
+        marks = (("ref", r["reference"]), ("top", r["top"]), ("partial", r["partial"]), ("tt", r["test_time"]))
+        cls = " ".join(c for c, on in marks if on)
         trs.append(f'<tr class="{cls}" data-label="{e(r["label"])}" data-access="{e(r["data"])}">{"".join(cells)}</tr>')
     foot = []  # the merge stream's reference levels, as in leaderboard.md: below the rows, never sorted
     for key, name in LEVELS:
