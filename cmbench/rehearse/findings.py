@@ -146,11 +146,13 @@ def protocol_facts(suite: Suite) -> dict[str, str]:
 
 
 def report_lines(suite: Suite, rep: dict) -> list[str]:
-    r = rehearsal_of(suite)
+    from ..plan import example_word
+
+    r, ex = rehearsal_of(suite), example_word(suite)  # an image, or a text suite's prompt
     lines = [
         f"# rehearsal of {suite.name} (random weights, generated data)",
         "",
-        f"sizes: scale {r.scale}, at most {r.max_per_split or '-'} images per split; caps: "
+        f"sizes: scale {r.scale}, at most {r.max_per_split or '-'} {ex}s per split; caps: "
         f"{json.dumps(r.caps) if r.caps else 'none'}",
         "",
         *(f"protocol: {k}: {v}" for k, v in (rep.get("protocol") or {}).items()),
@@ -175,7 +177,7 @@ def report_lines(suite: Suite, rep: dict) -> list[str]:
         lines.append(f"| {kind} ({a['count']} built) | {a['s']:.1f} | {_gb(a['peak_rss_bytes'])} | |")
     lines += [
         "",
-        "| method | jobs | merge s/step | train s/opt. step (batch) | eval s (images/s) | job s | "
+        f"| method | jobs | merge s/step | train s/opt. step (batch) | eval s ({ex}s/s) | job s | "
         "peak host GB (private) | peak GPU GB | storage GB |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -194,7 +196,7 @@ def report_lines(suite: Suite, rep: dict) -> list[str]:
     lines += [
         "",
         "disk: " + ", ".join(f"{k} {_gb(v)} GB" for k, v in rep["disk_bytes"].items()),
-        f"evaluation: {rep['eval_images_per_s'] or 0:.1f} images/s on {rep['host']['threads_per_job']} threads "
+        f"evaluation: {rep['eval_images_per_s'] or 0:.1f} {ex}s/s on {rep['host']['threads_per_job']} threads "
         f"({rep['host']['cpus']} CPUs)",
     ]
     c = rep.get("check")
@@ -202,7 +204,7 @@ def report_lines(suite: Suite, rep: dict) -> list[str]:
         lines += [
             "",
             f"cost model checked on these jobs (sizes as generated, the host's {c['host_gflops']:.0f} "
-            f"GFLOP/s from evaluation): evaluation images predicted {c['eval_images_predicted']:,.0f}, "
+            f"GFLOP/s from evaluation): evaluation {ex}s predicted {c['eval_images_predicted']:,.0f}, "
             f"counted {c['eval_images_counted']:,.0f}; training seconds predicted "
             f"{c['train_s_predicted']:.0f} (backward = 2 × forward), measured {c['train_s_measured']:.0f}",
         ]
