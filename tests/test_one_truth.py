@@ -43,13 +43,18 @@ def _leaderboard_rows(md: str, suite: str) -> list[tuple[str, str]]:
         cells = [c.strip() for c in line.strip("|").split("|")]
         rank = cells[0] if head[0] == "Rank" else ""
         name = cells[head.index("Method")]
-        name = re.sub(r"^\*(.*)\*( \(reference\))?$", lambda m: m[1] + (m[2] or ""), name)
+        name = re.sub(r"^\*(.*)\*( \((?:reference|test-time)\))?$", lambda m: m[1] + (m[2] or ""), name)
         rows.append((rank, name))
     return rows
 
 
 def _plain(name: str) -> str:
-    return name.replace("\\_", "_").replace("\\*", "*").removesuffix(" (reference)")
+    return _bare(name.replace("\\_", "_").replace("\\*", "*"))
+
+
+def _bare(name: str) -> str:
+    """A row's name without the class it is marked with (reference, test-time)."""
+    return name.removesuffix(" (reference)").removesuffix(" (test-time)")
 
 
 def _md_table(text: str) -> list[list[str]]:
@@ -73,7 +78,7 @@ def test_every_output_says_the_same_about_a_committed_suite(rendered, suite):
     # rows, their order and markers (†, ‡, n = k of N): the same names everywhere
     assert [_plain(n) for _, n in methods] == titles
     site = suite_data(s)
-    assert [r["name"].removesuffix(" (reference)") for r in site["rows"]] == titles
+    assert [_bare(r["name"]) for r in site["rows"]] == titles
     kind = "stream" if s.stream else "benchmarks"
     table = _md_table(render_table(mine, kind, "markdown", suite=suite))
     table_names = [_plain(r[0]) for r in table[1:]]
@@ -100,6 +105,15 @@ def test_every_output_says_the_same_about_a_committed_suite(rendered, suite):
     assert {_plain(n) for r, n in methods if r == "ref"} == refs
     assert {r["name"].removesuffix(" (reference)") for r in site["rows"] if r["reference"]} == refs
     assert {_plain(r[0]) for r in table[1:] if r[0].endswith("(reference)")} == refs | set(expected_levels)
+
+    # test-time rows: marked in every output, ranked among themselves only (T1, T2, ...)
+    tts = {s.title(row.label) for row in s.rows if row.test_time}
+    assert {_plain(n) for r, n in methods if r.startswith("T")} == {
+        _plain(n) for r, n in methods if n.endswith("(test-time)") and r != "–"
+    }
+    assert {_plain(n) for _, n in methods if n.endswith("(test-time)")} == tts
+    assert {_bare(r["name"]) for r in site["rows"] if r["test_time"]} == tts
+    assert {_plain(r[0]) for r in table[1:] if r[0].endswith("(test-time)")} == tts
 
     # rank 1: the leaderboard's Rank, the site's bold rows, the table's bold headline column,
     # the CSV's rank and LaTeX's \textbf agree; a demonstration ranks nothing anywhere
