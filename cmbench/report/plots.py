@@ -246,7 +246,8 @@ def plot_pareto(s: SuiteSummary, plots_dir: Path) -> Path:
     95 % interval as a vertical bar); the numbers are keyed in a legend beside the axes."""
     plt = _plt()
     colors = _colors([row.label for row in s.rows])
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10.4, 3.8), layout="constrained")
+    # the legend keys every row: the figure grows with them (about 21 legend lines fit 3.8 in)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10.4, max(3.8, 0.16 * len(s.rows) + 0.6)), layout="constrained")
     for i, row in enumerate(s.rows, start=1):
         rs = row.records
         e = s.est(row.label, s.headline)
