@@ -119,7 +119,8 @@ class DataAccess:
         s = self.tasks[self.ctx.task].test
         g = torch.Generator().manual_seed(self.seed)
         perm = torch.randperm(len(s.y), generator=g)
-        picked = torch.cat([perm[s.y[perm] == c][:per_class] for c in torch.unique(s.y)])
+        y = s.y[perm]
+        picked = torch.cat([perm[y == c][:per_class] for c in torch.unique(s.y)])
         picked = picked[torch.randperm(len(picked), generator=g)]  # classes interleaved, not in blocks
         self.samples_handed += len(picked)
         return s.x[picked].to(self.device)

@@ -65,8 +65,8 @@ DEMO = (
 
 
 def row_name(s: SuiteSummary, label: str) -> str:
-    name, kind = md(s.title(label)), s.kind(label)
-    return f"*{name}* ({kind})" if kind else name
+    name, note = md(s.title(label)), s.kind_note(label)
+    return f"*{name}*{note}" if note else name
 
 
 def rank_text(s: SuiteSummary, label: str) -> str:
@@ -373,8 +373,10 @@ def shared_job_comparisons(s: SuiteSummary) -> list[str]:
     others without them)."""
     out = []
     for row in s.rows:
+        if not row.partial:
+            continue
         full_rows = [f for f in s.rows if not (f.partial or f.reference) and f.test_time == row.test_time]
-        if not row.partial or not full_rows:
+        if not full_rows:
             continue
         own = row.values(s.headline)
         on_jobs = {

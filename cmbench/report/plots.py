@@ -95,7 +95,7 @@ def plot_accuracy_over_steps(s: SuiteSummary, plots_dir: Path) -> Path:
             ]
             steps = np.arange(1, T + 1)
             mean = np.array([100 * e.mean if e else np.nan for e in est])
-            name = _t(row.label) + (f" ({s.kind(row.label)})" if s.kind(row.label) else "")
+            name = _t(row.label) + s.kind_note(row.label)
             ax.plot(steps, mean, marker="o", ms=3, color=colors[row.label], label=f"{name} ({s.runs(row.label)})")
             if not s.demonstration:
                 lo = np.array([100 * e.lo if e else np.nan for e in est])
@@ -258,8 +258,7 @@ def plot_pareto(s: SuiteSummary, plots_dir: Path) -> Path:
         t = max(1e-3, np.mean([r["timings"]["merge_total_s"] + (r["timings"].get("train_total_s") or 0.0) for r in rs]))
         yerr = None if s.demonstration else [[100 * (e.mean - e.lo)], [100 * (e.hi - e.mean)]]
         for ax, xv in ((a1, storage), (a2, t)):
-            kind = f" ({s.kind(row.label)})" if s.kind(row.label) else ""
-            key = f"{i}  {_t(row.label)}{kind} ({acc:.1f})" if ax is a1 else None
+            key = f"{i}  {_t(row.label)}{s.kind_note(row.label)} ({acc:.1f})" if ax is a1 else None
             ax.errorbar([xv], [acc], yerr=yerr, color=colors[row.label], fmt="o", ms=7, lw=0.8, label=key)
             ax.annotate(str(i), (xv, acc), fontsize=6, ha="center", va="center")
     a1.set_xlabel("storage kept between steps (MiB)")

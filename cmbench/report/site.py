@@ -69,8 +69,10 @@ def suite_data(s: SuiteSummary) -> dict:
         rows.append(
             {
                 "label": row.label,
-                "name": s.title(row.label) + (f" ({s.kind(row.label)})" if s.kind(row.label) else ""),
+                "name": s.title(row.label) + s.kind_note(row.label),
                 "rank": rank_text(s, row.label) if interval else "",
+                # the rank's sort value: a test-time rank (T1) after every other rank, among its own
+                "rank_v": str(row.rank + (1000 if row.test_time else 0)) if interval and row.rank else "",
                 "top": row.rank == 1 and not row.test_time,
                 "reconstruction": bool(row.first.get("reconstruction")),
                 "reference": row.reference,
@@ -214,11 +216,8 @@ def _board(d: dict) -> str:
             if r["url"]
             else f'<span title="{e(r["paper"])}">{name}</span>'
         )
-        # a test-time rank (T1) sorts after every other rank, among its own
-        rank, tt = r["rank"], r["test_time"] and r["rank"][1:].isdigit()
-        rank_v = rank if rank.isdigit() else str(1000 + int(rank[1:])) if tt else ""
         cells = [
-            *([f'<td data-v="{e(rank_v)}">{e(r["rank"])}</td>'] if ranked else []),
+            *([f'<td data-v="{e(r["rank_v"])}">{e(r["rank"])}</td>'] if ranked else []),
             f'<td class="l" data-v="{e(r["label"])}">{link}</td>',
             f'<td class="l" data-v="{e(r["runs"])}">{e(r["runs"])}</td>',
             f'<td data-v="{r["verified"]}">{r["verified"]} of {r["n"]}</td>',

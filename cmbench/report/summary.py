@@ -126,6 +126,11 @@ class SuiteSummary:
         row = self.row(label)
         return "reference" if row.reference else "test-time" if row.test_time else ""
 
+    def kind_note(self, label: str) -> str:
+        """ " (reference)", " (test-time)" or "": what every output appends to the row's name."""
+        kind = self.kind(label)
+        return f" ({kind})" if kind else ""
+
     def runs(self, label: str) -> str:
         e = self.est(label, self.headline)
         return e.runs_text() if e else "–"

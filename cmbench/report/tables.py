@@ -148,8 +148,7 @@ def _render(title: str, header: list[str], rows: list[str], cols: list[Column], 
 
 
 def _title(s: SuiteSummary, label: str) -> str:
-    kind = s.kind(label)
-    return s.title(label) + (f" ({kind})" if kind else "")
+    return s.title(label) + s.kind_note(label)
 
 
 def stream_table(recs: list[dict], fmt: str, methods: list[str] | None = None) -> str:
